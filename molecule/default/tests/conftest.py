@@ -1,0 +1,62 @@
+"""Shared helpers for the default scenario's verify step (testinfra + real clients)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+from demo_wheel import build_wheel  # noqa: E402
+
+CLIENT = "airgap-pypi-client"
+PRISTINE = "airgap-pypi-pristine"
+NETWORK = "airgap-pypi-molecule"
+PORT = 8080
+USER = "tester"
+PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+CLIENT_BIN = "/opt/clients/bin"
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI and return its result."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def on_client(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a command on the client container."""
+    return docker("exec", CLIENT, *args, check=check)
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.5) -> bool:
+    """Poll predicate until it holds or the time is up."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def health_from_client(server: str) -> bool:
+    """True when the index on server answers /health to the client container."""
+    code = (
+        "import urllib.request,sys;"
+        f"sys.exit(0 if urllib.request.urlopen('http://{server}:{PORT}/health', timeout=3).status == 200 else 1)"
+    )
+    return on_client("/usr/bin/python3", "-c", code).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def demo_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A fresh wheel (unique version per run) copied onto the client; returns (path on client, version)."""
+    version = f"1.0.{int(time.time())}"
+    wheel = build_wheel(tmp_path_factory.mktemp("wheel"), "airgap-demo", version)
+    docker("cp", str(wheel), f"{CLIENT}:/tmp/{wheel.name}")
+    return f"/tmp/{wheel.name}", version

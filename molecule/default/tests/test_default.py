@@ -1,0 +1,151 @@
+"""The index as its users meet it: served, protected, reachable through the firewall, and self-healing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import testinfra.utils.ansible_runner
+from conftest import (
+    CLIENT,
+    CLIENT_BIN,
+    NETWORK,
+    PASSWORD,
+    PORT,
+    USER,
+    docker,
+    health_from_client,
+    on_client,
+    wait_for,
+)
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
+    "pypi_servers"
+)
+
+SUPERVISORCTL_DEBIAN = "/opt/airgap-pypi/supervisor/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+
+
+def name_of(host) -> str:
+    return host.backend.get_hostname()
+
+
+def gunicorn_processes(host) -> list[tuple[str, str, str]]:
+    """(pid, ppid, user) of every gunicorn process."""
+    out = host.check_output("ps -eo pid=,ppid=,user:32=,args= | grep '[b]in/gunicorn' || true")
+    return [tuple(line.split()[:3]) for line in out.splitlines() if line.strip()]
+
+
+def master_pid(host) -> str:
+    return host.check_output(f"{SUPERVISORCTL_DEBIAN} pid pypiserver").strip()
+
+
+def test_test_network_has_no_egress() -> None:
+    inspect = docker("network", "inspect", "--format", "{{.Internal}}", NETWORK).stdout.strip()
+    assert inspect == "true", "the test hosts must sit on an internal docker network"
+
+
+def test_supervisord_runs_gunicorn_unprivileged(host) -> None:
+    status = host.run(f"{SUPERVISORCTL_DEBIAN} status pypiserver")
+    assert "RUNNING" in status.stdout, status.stdout + status.stderr
+    procs = gunicorn_processes(host)
+    assert len(procs) >= 3, f"expected a master and 2 workers, got {procs}"
+    assert {user for _, _, user in procs} == {"pypiserver"}, procs
+    assert host.user("pypiserver").shell.endswith("nologin")
+
+
+def test_control_socket_is_private_unix_socket(host) -> None:
+    sock = host.file("/run/supervisord.sock")
+    assert sock.is_socket
+    assert sock.mode == 0o700
+    assert sock.user == "root"
+    conf = host.file("/etc/supervisor/supervisord.conf").content_string
+    assert "[inet_http_server]" not in conf.replace("; never add one", "")
+    assert "[unix_http_server]" in conf
+
+
+def test_supervisord_starts_at_boot(host) -> None:
+    if host.file("/run/systemd/system").is_directory:
+        assert host.service("supervisord").is_enabled
+        assert host.service("supervisord").is_running
+    else:
+        script = host.file("/etc/init.d/supervisord")
+        assert script.mode == 0o755
+        assert "### BEGIN INIT INFO" in script.content_string
+        assert "# chkconfig: 345" in script.content_string
+        assert host.run("ls /etc/rc2.d/ | grep -q '^S.*supervisord$'").rc == 0
+
+
+def test_program_logs_rotate(host) -> None:
+    conf = host.file("/etc/supervisor/conf.d/pypiserver.conf").content_string
+    for key in ("autostart=true", "autorestart=true", "stopsignal=TERM", "stdout_logfile_maxbytes=", "user=pypiserver"):
+        assert key in conf
+
+
+def test_port_open_in_firewall(host) -> None:
+    if host.exists("firewall-cmd") and host.run("firewall-cmd --state").rc == 0:
+        assert f"{PORT}/tcp" in host.check_output("firewall-cmd --list-ports").split()
+        assert f"{PORT}/tcp" in host.check_output("firewall-cmd --permanent --list-ports").split()
+        assert host.run("systemctl is-active firewalld").stdout.strip() == "active"
+    elif host.file("/etc/iptables/rules.v4").exists:
+        assert f"--dport {PORT}" in host.file("/etc/iptables/rules.v4").content_string
+        live = host.check_output("iptables -S INPUT")
+        assert f"--dport {PORT}" in live
+        assert "-P INPUT DROP" in live, "the firewall must stay on"
+    else:
+        pytest.skip(f"{name_of(host)} runs no firewall (the role says so and leaves it alone)")
+
+
+def test_upload_needs_credentials_then_pip_installs(host, demo_wheel) -> None:
+    server = name_of(host)
+    wheel, version = demo_wheel
+    url = f"http://{server}:{PORT}/"
+    anonymous = on_client(
+        "/usr/bin/python3",
+        "-c",
+        "import urllib.request,urllib.error,sys\n"
+        f"req = urllib.request.Request('{url}', data=b'', method='POST')\n"
+        "try:\n urllib.request.urlopen(req, timeout=10)\nexcept urllib.error.HTTPError as e:\n print(e.code)\n",
+    )
+    assert anonymous.stdout.strip() == "401", anonymous.stdout + anonymous.stderr
+    wrong = on_client(f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "--repository-url", url,
+                      "-u", USER, "-p", "not-the-password", wheel)  # fmt: skip
+    assert wrong.returncode != 0
+    assert "403" in wrong.stdout + wrong.stderr
+    ok = on_client(f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "--repository-url", url,
+                   "-u", USER, "-p", PASSWORD, wheel)  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    target = f"/tmp/site-{server}"
+    install = on_client(f"{CLIENT_BIN}/pip", "install", "--no-cache-dir", "--index-url", f"{url}simple/",
+                        "--target", target, "--upgrade", f"airgap-demo=={version}")  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    imported = on_client("env", f"PYTHONPATH={target}", "/usr/bin/python3", "-c", "import airgap_demo; print(airgap_demo.VERSION)")
+    assert imported.stdout.strip() == version
+    assert host.file(f"/srv/pypi/packages/{wheel.rsplit('/', 1)[1]}").user == "pypiserver"
+
+
+def test_no_fallback_to_a_public_index(host) -> None:
+    server = name_of(host)
+    missing = on_client(f"{CLIENT_BIN}/pip", "download", "--no-cache-dir", "--no-deps", "-d", "/tmp/none",
+                        "--index-url", f"http://{server}:{PORT}/simple/", "six")  # fmt: skip
+    assert missing.returncode != 0
+    assert "No matching distribution found for six" in missing.stdout + missing.stderr
+
+
+def test_supervisord_restarts_a_killed_gunicorn(host) -> None:
+    before = master_pid(host)
+    assert before.isdigit() and before != "0"
+    host.run(f"kill -9 {before}")
+    assert wait_for(lambda: master_pid(host) not in (before, "0", ""), 15), "gunicorn did not come back"
+    assert wait_for(lambda: health_from_client(name_of(host)), 15)
+
+
+def test_index_comes_back_after_a_restart(host) -> None:
+    server = name_of(host)
+    docker("restart", "--time", "20", server, timeout=180)
+    assert wait_for(lambda: health_from_client(server), 90, step=1), f"{server} did not serve again after a restart"
+    assert "RUNNING" in host.run(f"{SUPERVISORCTL_DEBIAN} status pypiserver").stdout
+
+
+def test_client_is_on_the_same_network() -> None:
+    assert docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", CLIENT).stdout.count(NETWORK) == 1

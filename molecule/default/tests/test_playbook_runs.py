@@ -1,0 +1,128 @@
+"""site.yml runs of their own: check mode on the converged hosts, and bad input on a pristine host.
+
+Every bad input must fail before anything changes: `docker diff` of the pristine host is the same
+before and after each failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker
+
+INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+ARTIFACTS = PROJECT_DIR / "offline_artifacts"
+IGNORED = re.compile(r"^[ACD] /(root/\.ansible|tmp|run|var/log)(/|$)")
+
+
+def playbook(*args: str, inventory: str | Path = INVENTORY_DIR) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(PROJECT_DIR / "site.yml"), *args],
+        capture_output=True, text=True, env=env, cwd=PROJECT_DIR, timeout=900,
+    )  # fmt: skip
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """Parse PLAY RECAP lines into {host: {ok: n, changed: n, ...}}."""
+    hosts: dict[str, dict[str, int]] = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        if ":" in line and "=" in line:
+            name, counts = line.split(":", 1)
+            hosts[name.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return hosts
+
+
+def test_check_mode_on_converged_hosts_changes_nothing() -> None:
+    result = playbook("--check", "--limit", "pypi_servers")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    counts = recap(result.stdout)
+    assert len(counts) == 3, counts
+    for host, numbers in counts.items():
+        assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
+
+
+@pytest.fixture(scope="module")
+def pristine_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An inventory naming only the never-converged host as an index server."""
+    path = tmp_path_factory.mktemp("inv") / "hosts.json"
+    group_vars = {"ansible_connection": "community.docker.docker", "pypi_server_users": [{"name": USER, "password": PASSWORD}]}
+    path.write_text(json.dumps({"pypi_servers": {"hosts": {PRISTINE: None}, "vars": group_vars}}))
+    # Ansible's first contact leaves /root/.ansible behind; that is not the playbook's doing.
+    subprocess.run(["ansible", "-i", str(path), PRISTINE, "-m", "ansible.builtin.ping"], check=True,
+                   capture_output=True, env=dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles")))  # fmt: skip
+    return path
+
+
+def changes_of(container: str) -> set[str]:
+    lines = docker("diff", container).stdout.splitlines()
+    return {line for line in lines if not IGNORED.match(line)}
+
+
+@pytest.fixture
+def unchanged(pristine_inventory: Path) -> Iterator[Path]:
+    """Yield the pristine inventory and assert afterwards that the host did not change."""
+    before = changes_of(PRISTINE)
+    yield pristine_inventory
+    assert changes_of(PRISTINE) == before, "a failed check must leave the host as it was"
+
+
+def expect_failure(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text[-3000:]
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in output:\n{text[-3000:]}"
+
+
+def test_missing_bundle(unchanged: Path, tmp_path: Path) -> None:
+    result = playbook("-e", f"pypi_bootstrap_artifacts_dir={tmp_path}/none", inventory=unchanged)
+    expect_failure(result, "SHA256SUMS is missing", "make bundle")
+
+
+def test_corrupted_wheel(unchanged: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "offline_artifacts"
+    shutil.copytree(ARTIFACTS, copy)
+    victim = sorted((copy / "wheels").glob("gunicorn-*.whl"))[0]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"corrupted!")
+    result = playbook("-e", f"pypi_bootstrap_artifacts_dir={copy}", inventory=unchanged)
+    expect_failure(result, "failed its checksum check", f"wheels/{victim.name}: FAILED")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        ({"pypi_server_port": 70000}, ["pypi_server_port=70000", "1-65535"]),
+        ({"pypi_server_port": "http"}, ["pypi_server_port", "int"]),
+        ({"pypi_server_workers": 0}, ["pypi_server_workers=0", "1-64"]),
+        ({"pypi_server_packages_dir": "srv/packages"}, ["pypi_server_packages_dir=srv/packages", "absolute"]),
+        ({"pypi_server_user": "Bad User"}, ["'Bad User'", "must match"]),
+        ({"pypi_supervisor_init_system": "upstart"}, ["pypi_supervisor_init_system", "upstart"]),
+        ({"pypi_server_users": [{"name": "alice", "password": ""}]}, ["without a password", "alice"]),
+        ({"pypi_server_users": [{"name": "bob"}]}, ["password", "pypi_server_users"]),
+    ],
+    ids=["port-range", "port-type", "workers", "relative-path", "user-name", "init-system", "empty-password",
+         "missing-password"],
+)  # fmt: skip
+def test_bad_inventory_value(unchanged: Path, extra: dict[str, object], needles: list[str]) -> None:
+    result = playbook("-e", json.dumps(extra), inventory=unchanged)
+    expect_failure(result, *needles)
+    assert "Nothing was changed" in result.stdout or "Validating arguments against arg spec" in result.stdout
+
+
+def test_port_in_use(unchanged: Path) -> None:
+    docker("exec", "-d", PRISTINE, "python3", "-m", "http.server", str(PORT))
+    try:
+        assert docker("exec", PRISTINE, "python3", "-c",
+                      f"import socket,time\nfor _ in range(50):\n try:\n  socket.create_connection(('127.0.0.1',{PORT}),1); break\n"
+                      " except OSError: time.sleep(0.1)").returncode == 0  # fmt: skip
+        result = playbook(inventory=unchanged)
+        expect_failure(result, f"Port {PORT} on {PRISTINE} is already in use by python3 -m http.server")
+    finally:
+        docker("exec", PRISTINE, "pkill", "-f", "http.server", check=False)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Print the path of a Python >= 3.12 for the controller toolchain (ansible-core 2.20+ needs it).
+# Looks at $AIRGAP_PYPI_PYTHON, then python3.13/python3.12/python3 on PATH, then pyenv's versions.
+set -euo pipefail
+
+ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
+
+candidates=()
+[ -n "${AIRGAP_PYPI_PYTHON:-}" ] && candidates+=("$AIRGAP_PYPI_PYTHON")
+for name in python3.13 python3.12 python3; do
+    command -v "$name" >/dev/null 2>&1 && candidates+=("$(command -v "$name")")
+done
+if command -v pyenv >/dev/null 2>&1; then
+    root=$(pyenv root)
+    for dir in $(ls -d "$root"/versions/3.1[2-9]* 2>/dev/null | sort -rV); do
+        [ -x "$dir/bin/python3" ] && candidates+=("$dir/bin/python3")
+    done
+fi
+for python in "${candidates[@]}"; do
+    if ok "$python"; then
+        echo "$python"
+        exit 0
+    fi
+done
+echo "No Python >= 3.12 found (ansible-core 2.20+ needs it on the controller)." >&2
+echo "Install python3.12 or newer (e.g. apt-get install python3.12, or pyenv install 3.12)," >&2
+echo "or point AIRGAP_PYPI_PYTHON at one." >&2
+exit 1

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv with the hash-locked controller toolchain (requirements/toolchain.txt).
+# Skips the work when .venv already matches the lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+lock=requirements/toolchain.txt
+stamp=.venv/.toolchain-$(sha256sum "$lock" | cut -c1-16)
+if [ -f "$stamp" ]; then
+    exit 0
+fi
+python=$(scripts/find_python.sh)
+echo "==> toolchain: creating .venv with $python ($("$python" --version))"
+# This machine's pip configuration and PIP_* variables must not leak into the toolchain.
+while IFS='=' read -r name _; do unset "$name"; done < <(env | grep -E '^(PIP|UV)_' || true)
+export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
+rm -rf .venv
+"$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --require-hashes --no-deps -r "$lock"
+touch "$stamp"
+echo "==> toolchain: $(.venv/bin/ansible --version | head -1), $(.venv/bin/molecule --version 2>/dev/null | head -1 | tr -s ' ')"
