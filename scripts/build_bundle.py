@@ -139,13 +139,9 @@ def parse_target(text: str) -> Target:
         raise ValueError(f"bad target {text!r}: use the form 3.11 or cp311")
     target = Target(int(match.group(1)))
     if target.minor <= 8:
-        raise ValueError(
-            f"target {target.version} is not supported. {TOO_OLD_REASON}. Supported: {supported()}"
-        )
+        raise ValueError(f"target {target.version} is not supported. {TOO_OLD_REASON}. Supported: {supported()}")
     if target.version not in SUPPORTED_TARGETS:
-        raise ValueError(
-            f"target {target.version} is not supported. Supported: {supported()}"
-        )
+        raise ValueError(f"target {target.version} is not supported. Supported: {supported()}")
     return target
 
 
@@ -174,9 +170,7 @@ def supported() -> str:
 def scrubbed_env(base: Mapping[str, str]) -> dict[str, str]:
     """`base` without any PIP_*/UV_* variable, with pip/uv configuration files disabled."""
     env = {k: v for k, v in base.items() if not k.upper().startswith(("PIP_", "UV_"))}
-    env.update(
-        PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1"
-    )
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1")
     return env
 
 
@@ -186,15 +180,11 @@ def find_uv(python: str = sys.executable) -> str:
         return str(candidate)
     found = shutil.which("uv")
     if found is None:
-        raise BuildError(
-            f"uv not found next to {python} nor on PATH (install the toolchain venv: `make venv`)"
-        )
+        raise BuildError(f"uv not found next to {python} nor on PATH (install the toolchain venv: `make venv`)")
     return found
 
 
-def run(
-    cmd: Sequence[str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         cmd,
         cwd=cwd,
@@ -205,9 +195,7 @@ def run(
     )
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).strip()
-        raise BuildError(
-            f"command failed ({proc.returncode}): {' '.join(cmd)}\n{output}"
-        )
+        raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{output}")
     return proc
 
 
@@ -264,8 +252,8 @@ def needs_lock(path: Path, digest: str, upgrade: bool) -> str | None:
 def parse_pins(text: str) -> tuple[Pin, ...]:
     """The `name==version --hash=sha256:...` entries of a requirements lock."""
     pins: list[Pin] = []
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.split(" #", 1)[0].strip()
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
         hashes = frozenset(HASH_RE.findall(line))
@@ -347,36 +335,23 @@ def satisfies(filename: str, digest: str, pin: Pin, target: Target) -> bool:
         name, version, _build, tags = parse_wheel_filename(filename)
     except InvalidWheelFilename:
         return False
-    return (
-        name == pin.name
-        and version == pin.version
-        and digest in pin.hashes
-        and not tags.isdisjoint(target.tags())
-    )
+    return name == pin.name and version == pin.version and digest in pin.hashes and not tags.isdisjoint(target.tags())
 
 
 def missing_pins(lock: Lock, files: Mapping[str, str]) -> list[Pin]:
     """Pins of `lock` with no matching file in `files` (name -> sha256)."""
-    return [
-        p
-        for p in lock.pins
-        if not any(satisfies(f, d, p, lock.target) for f, d in files.items())
-    ]
+    return [p for p in lock.pins if not any(satisfies(f, d, p, lock.target) for f, d in files.items())]
 
 
 def unreferenced(files: Mapping[str, str], locks: Iterable[Lock]) -> list[str]:
     """Files (name -> sha256) that satisfy no pin of any lock: stale or corrupt."""
     locks = list(locks)
     return sorted(
-        f
-        for f, d in files.items()
-        if not any(satisfies(f, d, p, lk.target) for lk in locks for p in lk.pins)
+        f for f, d in files.items() if not any(satisfies(f, d, p, lk.target) for lk in locks for p in lk.pins)
     )
 
 
-def download(
-    lock: Lock, pins: Sequence[Pin], wheels_dir: Path
-) -> tuple[list[str], list[str]]:
+def download(lock: Lock, pins: Sequence[Pin], wheels_dir: Path) -> tuple[list[str], list[str]]:
     """Fetch the wheels of `pins` for `lock.target` into `wheels_dir`.
 
     Returns the names fetched and those among them that replaced a file of the same
@@ -388,9 +363,7 @@ def download(
         req_file = tmp_path / "requirements.txt"
         req_file.write_text(
             "".join(
-                f"{p.name}=={p.version} "
-                + " ".join(f"--hash=sha256:{h}" for h in sorted(p.hashes))
-                + "\n"
+                f"{p.name}=={p.version} " + " ".join(f"--hash=sha256:{h}" for h in sorted(p.hashes)) + "\n"
                 for p in pins
             )
         )
@@ -409,17 +382,13 @@ def download(
         cmd += ["--dest", str(dest), "--requirement", str(req_file)]
         run(cmd)
         got = hash_dir(dest)
-        bad = [
-            f for f, d in got.items() if not any(satisfies(f, d, p, t) for p in pins)
-        ]
+        bad = [f for f, d in got.items() if not any(satisfies(f, d, p, t) for p in pins)]
         if bad:
-            raise BuildError(
-                f"{lock.path.name}: downloaded file(s) whose hash or tags the lock does not allow: {bad}"
-            )
+            raise BuildError(f"{lock.path.name}: downloaded file(s) whose hash or tags the lock does not allow: {bad}")
         wheels_dir.mkdir(parents=True, exist_ok=True)
         replaced = sorted(n for n in got if (wheels_dir / n).exists())
         for name in got:
-            os.replace(dest / name, wheels_dir / name)
+            (dest / name).replace(wheels_dir / name)
     return sorted(got), replaced
 
 
@@ -428,9 +397,7 @@ def download(
 
 def sums_text(root: Path, lock_files: Iterable[Path]) -> str:
     """`<sha256>  <path>` for every wheel and the given locks, sorted by path (GNU sha256sum format)."""
-    entries: dict[str, str] = {
-        f"wheels/{n}": d for n, d in hash_dir(root / "wheels").items()
-    }
+    entries: dict[str, str] = {f"wheels/{n}": d for n, d in hash_dir(root / "wheels").items()}
     for path in lock_files:
         entries[path.relative_to(root).as_posix()] = sha256_file(path)
     for rel in entries:
@@ -465,11 +432,7 @@ def check(root: Path) -> list[str]:
         elif sha256_file(path) != digest:
             problems.append(f"{rel}: sha256 mismatch")
     wheels = hash_dir(root / "wheels")
-    problems += [
-        f"wheels/{n}: not listed in {SUMS_NAME}"
-        for n in wheels
-        if f"wheels/{n}" not in listed
-    ]
+    problems += [f"wheels/{n}: not listed in {SUMS_NAME}" for n in wheels if f"wheels/{n}" not in listed]
     lock_rels = sorted(rel for rel in listed if rel.startswith("locks/"))
     if not lock_rels:
         problems.append(f"{SUMS_NAME}: lists no lock")
@@ -481,17 +444,10 @@ def check(root: Path) -> list[str]:
         except BuildError as exc:
             problems.append(f"{rel}: {exc}")
             continue
-        problems += [
-            f"{rel}: no wheel for {p.name}=={p.version}"
-            for p in missing_pins(lock, wheels)
-        ]
+        problems += [f"{rel}: no wheel for {p.name}=={p.version}" for p in missing_pins(lock, wheels)]
         in_file = root / "requirements" / f"{lock.name}.in"
-        if in_file.is_file() and read_fingerprint(lock.path) != fingerprint(
-            in_file.read_text(), lock.target
-        ):
-            print(
-                f"warning: {rel} is out of date with requirements/{lock.name}.in (run `make lock`)"
-            )
+        if in_file.is_file() and read_fingerprint(lock.path) != fingerprint(in_file.read_text(), lock.target):
+            print(f"warning: {rel} is out of date with requirements/{lock.name}.in (run `make lock`)")
     return problems
 
 
@@ -509,17 +465,11 @@ def version_table(locks: Sequence[Lock], targets: Sequence[Target]) -> str:
         rows.append(
             [
                 pkg,
-                *(
-                    " / ".join(sorted(cells.get((pkg, t), {"-"}), key=_version_key))
-                    for t in targets
-                ),
+                *(" / ".join(sorted(cells.get((pkg, t), {"-"}), key=_version_key)) for t in targets),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def _version_key(text: str) -> tuple[int, Version | str]:
@@ -532,9 +482,7 @@ def _version_key(text: str) -> tuple[int, Version | str]:
 # --------------------------------------------------------------------------- main
 
 
-def build(
-    root: Path, targets: Sequence[Target], upgrade: bool, lock_only: bool
-) -> None:
+def build(root: Path, targets: Sequence[Target], upgrade: bool, lock_only: bool) -> None:
     started = time.monotonic()
     req_dir, locks_dir, wheels_dir = (
         root / "requirements",
@@ -582,9 +530,7 @@ def build(
             fetched, replaced = download(lock, todo, wheels_dir)
             files = hash_dir(wheels_dir)
             if missing_pins(lock, files):
-                raise BuildError(
-                    f"{lock.path.name}: still unsatisfied after download: {missing_pins(lock, files)}"
-                )
+                raise BuildError(f"{lock.path.name}: still unsatisfied after download: {missing_pins(lock, files)}")
             print(f"{len(fetched)} fetched, {len(lock.pins) - len(todo)} present")
             for name in replaced:
                 print(f"  replaced wheels/{name}: its hash was not the locked one")
@@ -596,9 +542,7 @@ def build(
     files = hash_dir(wheels_dir)
     sums = write_sums(root, (lk.path for lk in locks))
     size = sum((wheels_dir / n).stat().st_size for n in files)
-    print(
-        f"\n{len(files)} wheels, {size / 1e6:.1f} MB in {wheels_dir.relative_to(root.parent)}/; {len(locks)} locks"
-    )
+    print(f"\n{len(files)} wheels, {size / 1e6:.1f} MB in {wheels_dir.relative_to(root.parent)}/; {len(locks)} locks")
     print(f"wrote {sums.relative_to(root.parent)} (sha256 {sha256_file(sums)[:16]}...)")
     print(version_table(locks, targets))
     print(f"done in {time.monotonic() - started:.2f} s")
@@ -624,9 +568,7 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-resolve every lock to the newest allowed releases",
     )
-    parser.add_argument(
-        "--lock-only", action="store_true", help="update the locks, download nothing"
-    )
+    parser.add_argument("--lock-only", action="store_true", help="update the locks, download nothing")
     parser.add_argument(
         "--check",
         action="store_true",
@@ -653,9 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problems:
                 print(f"check failed: {len(problems)} problem(s)", file=sys.stderr)
                 return 1
-            print(
-                f"OK: {root.name}/{SUMS_NAME} matches wheels/ and locks; every locked wheel present"
-            )
+            print(f"OK: {root.name}/{SUMS_NAME} matches wheels/ and locks; every locked wheel present")
             return 0
         build(root, args.targets, args.upgrade, args.lock_only)
     except BuildError as exc:

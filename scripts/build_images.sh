@@ -48,6 +48,7 @@
 # Environment:
 #   AIRGAP_PYPI_DEBIAN_MIRROR  Debian mirror URL (default: the host's apt sources)
 #   AIRGAP_PYPI_CACHE          cache directory (see above)
+#   AIRGAP_PYPI_IMAGE_PREFIX   image repository prefix (default airgap-pypi)
 #   DOCKER                     docker client (default: the first `docker` on PATH that
 #                              talks to the daemon)
 # Needs root (debootstrap, chroot) for a build; the up-to-date check does not.
@@ -59,7 +60,7 @@ REPO_ROOT=$(dirname "$SCRIPT_DIR")
 readonly SELF SCRIPT_DIR REPO_ROOT
 
 readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian12-client)
-readonly IMAGE_PREFIX=airgap-pypi
+readonly IMAGE_PREFIX=${AIRGAP_PYPI_IMAGE_PREFIX:-airgap-pypi}
 readonly LABEL_KEY=airgap-pypi.recipe
 readonly CLIENT_LOCK=$REPO_ROOT/molecule/requirements/client.txt
 CACHE_DIR=${AIRGAP_PYPI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airgap-pypi}
@@ -208,7 +209,8 @@ chroot_begin() {
 }
 
 chroot_apt_install() { # packages... (after debootstrap; from the same mirror)
-    in_chroot apt-get -qq -y -o Dpkg::Use-Pty=0 install --no-install-recommends "$@" >/dev/null
+    in_chroot apt-get -q -y -o Dpkg::Use-Pty=0 install --no-install-recommends "$@" \
+        >>"$WORK_DIR/apt.log" 2>&1 || { tail -n 25 "$WORK_DIR/apt.log" >&2; return 1; }
 }
 
 # Mask units that cannot work in a container.
@@ -354,7 +356,8 @@ EOF
 spec_debian12_client() {
     SUITE=bookworm
     INCLUDE=(python3 python3-venv ca-certificates procps iproute2)
-    CMD='["sleep", "infinity"]'
+    # `sleep infinity`, but as a PID 1 that ends on SIGTERM (docker stop is immediate).
+    CMD='["/bin/sh", "-c", "trap \"exit 0\" TERM INT; sleep infinity & wait"]'
     ENVS=(PATH=/opt/clients/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 }
 customize_debian12_client() {
@@ -388,7 +391,7 @@ customize_debian12_client() {
 # <<< recipe: debian12-client
 
 build_image() { # NAME
-    local name=$1 fn=${1//-/_} hash ref tarball start t label
+    local name=$1 fn=${1//-/_} hash ref tarball start t label old_id
     local SUITE CMD ROOTFS
     local -a INCLUDE ENVS changes
     hash=$(recipe_hash "$name")
@@ -441,10 +444,19 @@ build_image() { # NAME
 
     t=$(now)
     log "[$name] docker import $ref ..."
+    old_id=$("$DOCKER" image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)
     zstd -dc -q "$tarball" | "$DOCKER" import "${changes[@]}" - "$ref" >/dev/null
     label=$(image_label "$ref")
     [[ "$label" == "$hash" ]] || die "imported $ref but its label is '$label', not '$hash'"
     log "[$name]   imported in $(since "$t")"
+    # The image this one replaced, if nothing else uses it (no tag, no container).
+    if [[ -n "$old_id" && "$old_id" != "$("$DOCKER" image inspect --format '{{.Id}}' "$ref")" &&
+        -z "$("$DOCKER" image inspect --format '{{join .RepoTags ""}}' "$old_id" 2>/dev/null)" ]]; then
+        "$DOCKER" image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+    # Keep the newest two cached rootfs tarballs of this image (this one and the last).
+    find "$IMAGE_CACHE" -maxdepth 1 -name "$name-*.tar.zst" -printf '%T@ %p\n' | sort -rn |
+        awk -v keep="$tarball" 'NR > 2 && $2 != keep { print $2 }' | xargs -r rm -f
     log "[$name] built $ref (recipe $hash) in $(since "$start")"
 }
 

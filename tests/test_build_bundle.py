@@ -36,10 +36,7 @@ IN_TEXT = "# demo\ndemo-pkg\n"
 
 
 def lock_body(sha: str = WHEEL_SHA) -> str:
-    return (
-        f"demo-pkg==1.0 \\\n    --hash=sha256:{sha} \\\n    --hash=sha256:{'0' * 64}\n"
-        "    # via -r demo.in\n"
-    )
+    return f"demo-pkg==1.0 \\\n    --hash=sha256:{sha} \\\n    --hash=sha256:{'0' * 64}\n    # via -r demo.in\n"
 
 
 @pytest.fixture
@@ -62,9 +59,7 @@ def bundle(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("text", ["3.6", "3.7", "3.8", "cp36"])
 def test_old_targets_rejected_with_reason(text: str) -> None:
-    with pytest.raises(
-        ValueError, match=r"Supported: 3\.9, 3\.10, 3\.11, 3\.12, 3\.13"
-    ):
+    with pytest.raises(ValueError, match=r"Supported: 3\.9, 3\.10, 3\.11, 3\.12, 3\.13"):
         bb.parse_target(text)
     with pytest.raises(ValueError, match="platform-python"):
         bb.parse_target(text)
@@ -140,9 +135,7 @@ def test_run_failure_is_a_build_error() -> None:
         bb.run([sys.executable, "-c", "import sys; sys.exit('boom')"])
 
 
-def test_find_uv_next_to_python_then_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_find_uv_next_to_python_then_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = tmp_path / "venv" / "bin"
     bindir.mkdir(parents=True)
     uv = bindir / "uv"
@@ -174,9 +167,7 @@ def test_fingerprint_tracks_resolver_options(monkeypatch: pytest.MonkeyPatch) ->
 def test_lock_header_round_trip(tmp_path: Path) -> None:
     digest = bb.fingerprint(IN_TEXT, CP312)
     header = bb.lock_header("demo", CP312, digest)
-    assert (
-        str(tmp_path) not in header and "/root" not in header and "http" not in header
-    )
+    assert str(tmp_path) not in header and "/root" not in header and "http" not in header
     assert "make lock" in header and "cp312" in header
     lock = tmp_path / "demo-cp312.txt"
     lock.write_text(header + lock_body())
@@ -200,10 +191,7 @@ def test_parse_pins() -> None:
     text = (
         bb.lock_header("demo", CP312, "a" * 64)
         + lock_body()
-        + (
-            "Typing_Extensions==4.16.0 \\\n    --hash=sha256:" + "1" * 64 + "\n"
-            "    # via\n    #   virtualenv\n"
-        )
+        + ("Typing_Extensions==4.16.0 \\\n    --hash=sha256:" + "1" * 64 + "\n    # via\n    #   virtualenv\n")
     )
     pins = bb.parse_pins(text)
     assert [(p.name, str(p.version)) for p in pins] == [
@@ -213,17 +201,13 @@ def test_parse_pins() -> None:
     assert pins[0].hashes == {WHEEL_SHA, "0" * 64}
 
 
-@pytest.mark.parametrize(
-    "line", ["demo-pkg>=1.0 --hash=sha256:" + "1" * 64, "demo-pkg==1.0"]
-)
+@pytest.mark.parametrize("line", ["demo-pkg>=1.0 --hash=sha256:" + "1" * 64, "demo-pkg==1.0"])
 def test_parse_pins_rejects_unpinned_or_unhashed(line: str) -> None:
     with pytest.raises(bb.BuildError):
         bb.parse_pins(line + "\n")
 
 
-def test_resolve_writes_header_and_relative_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_writes_header_and_relative_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     req = tmp_path / "requirements"
     req.mkdir()
     in_file = req / "demo.in"
@@ -285,9 +269,7 @@ def test_stale_and_missing_wheels(bundle: Path) -> None:
     assert bb.unreferenced(corrupt, [lock]) == [WHEEL]
 
 
-def test_download_moves_verified_files(
-    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_moves_verified_files(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = bb.load_lock(bundle / "locks" / "demo-cp312.txt")
     seen: list[list[str]] = []
 
@@ -313,9 +295,7 @@ def test_download_moves_verified_files(
     assert platforms == ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "any"]
 
 
-def test_download_rejects_unlocked_hash(
-    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_rejects_unlocked_hash(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = bb.load_lock(bundle / "locks" / "demo-cp312.txt")
 
     def evil_pip(cmd: Sequence[str], cwd: Path | None = None) -> None:
@@ -346,18 +326,11 @@ def test_sums_deterministic_sorted_lf(bundle: Path) -> None:
     assert b"\r" not in first and first.endswith(b"\n")
     paths = [line.split("  ", 1)[1] for line in first.decode().splitlines()]
     assert paths == sorted(paths)
-    assert (
-        paths[0] == "locks/demo-cp312.txt"
-        and "wheels/zeta-1.0-py3-none-any.whl" in paths
-    )
-    assert all(
-        len(line.split("  ", 1)[0]) == 64 for line in first.decode().splitlines()
-    )
+    assert paths[0] == "locks/demo-cp312.txt" and "wheels/zeta-1.0-py3-none-any.whl" in paths
+    assert all(len(line.split("  ", 1)[0]) == 64 for line in first.decode().splitlines())
 
 
-@pytest.mark.skipif(
-    shutil.which("sha256sum") is None, reason="GNU sha256sum not installed"
-)
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="GNU sha256sum not installed")
 def test_sums_accepted_by_gnu_sha256sum(bundle: Path) -> None:
     subprocess.run(
         ["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"],
@@ -366,17 +339,13 @@ def test_sums_accepted_by_gnu_sha256sum(bundle: Path) -> None:
     )
 
 
-def test_check_passes_on_intact_bundle(
-    bundle: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_passes_on_intact_bundle(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bb.check(bundle) == []
     assert bb.main(["--check", "--artifacts", str(bundle)]) == 0
     assert "OK" in capsys.readouterr().out
 
 
-def test_check_detects_corrupted_wheel(
-    bundle: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_detects_corrupted_wheel(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (bundle / "wheels" / WHEEL).write_bytes(b"corrupted")
     assert bb.main(["--check", "--artifacts", str(bundle)]) == 1
     err = capsys.readouterr().err
@@ -399,9 +368,7 @@ def test_check_without_sums(tmp_path: Path) -> None:
     assert bb.check(tmp_path) == ["SHA256SUMS: missing (build the bundle first)"]
 
 
-def test_check_warns_on_stale_lock(
-    bundle: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_warns_on_stale_lock(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (bundle / "requirements" / "demo.in").write_text(IN_TEXT + "passlib\n")
     assert bb.check(bundle) == []
     assert "out of date" in capsys.readouterr().out

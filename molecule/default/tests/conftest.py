@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-from demo_wheel import build_wheel  # noqa: E402
+from demo_wheel import build_wheel
 
 CLIENT = "airgap-pypi-client"
 PRISTINE = "airgap-pypi-pristine"
@@ -58,5 +58,6 @@ def demo_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A fresh wheel (unique version per run) copied onto the client; returns (path on client, version)."""
     version = f"1.0.{int(time.time())}"
     wheel = build_wheel(tmp_path_factory.mktemp("wheel"), "airgap-demo", version)
-    docker("cp", str(wheel), f"{CLIENT}:/tmp/{wheel.name}")
-    return f"/tmp/{wheel.name}", version
+    # /tmp is a tmpfs in the container: docker cp would write beneath it, out of sight.
+    docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
+    return f"/var/tmp/{wheel.name}", version
