@@ -9,14 +9,16 @@
 #
 #   --force   rebuild with debootstrap even if the image or a cached rootfs exists
 #   --check   after building, boot a throwaway container of each image and check it
-#             (init up, firewall state, `python3 -m venv --without-pip`, docker restart)
+#             (init up, firewall state, `python3 -m venv --without-pip`, docker restart;
+#             on debian12-sysv an LSB script enabled with update-rc.d must start again)
 #   --list    print the image names and their recipe hashes
 #
 # Images (tag airgap-pypi/NAME:latest, label airgap-pypi.recipe=HASH):
 #   debian12-systemd  bookworm, systemd PID 1, python3 3.11 without venv/pip, firewalld (nftables)
 #   debian12-sysv     bookworm, sysvinit PID 1, python3 3.11 without venv/pip
 #   debian11-systemd  bullseye, systemd PID 1, python3 3.9 without venv/pip, iptables-persistent
-#   debian12-client   bookworm, python3 3.11 + venv /opt/clients (pip, twine), CMD sleep infinity
+#   debian12-client   bookworm, python3 3.11 + venv /opt/clients (pip, twine, on PATH),
+#                     CMD sleep infinity (in a sh that exits on SIGTERM)
 #
 # docker run options (no --privileged: it fails on the test machines):
 #   systemd images (debian12-systemd, debian11-systemd):
@@ -42,8 +44,8 @@
 # section (and, for debian12-client, molecule/requirements/client.txt). An image whose
 # label matches is left alone; else a cached rootfs
 #   ${AIRGAP_PYPI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airgap-pypi}/images/NAME-HASH.tar.zst
-# is imported; else the rootfs is built and cached. Delete the cache directory to reclaim
-# space; old tarballs are not pruned.
+# is imported; else the rootfs is built and cached. The newest two tarballs of each image
+# are kept; delete the cache directory to reclaim the space.
 #
 # Environment:
 #   AIRGAP_PYPI_DEBIAN_MIRROR  Debian mirror URL (default: the host's apt sources)

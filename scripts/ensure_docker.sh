@@ -91,5 +91,5 @@ for ((i = 0; i < WAIT_SECONDS * 2; i++)); do
     sleep 0.5
 done
 
-log "docker did not answer within ${WAIT_SECONDS} s; see $DOCKERD_LOG"
+log "docker (client: ${DOCKER:-docker on PATH}) did not answer within ${WAIT_SECONDS} s; see $DOCKERD_LOG"
 exit 1

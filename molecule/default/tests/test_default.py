@@ -132,6 +132,8 @@ def test_upload_needs_credentials_then_pip_installs(host, demo_wheel) -> None:
         f"{CLIENT_BIN}/pip",
         "install",
         "--no-cache-dir",
+        "--trusted-host",
+        server,
         "--index-url",
         f"{url}simple/",
         "--target",
@@ -148,20 +150,22 @@ def test_upload_needs_credentials_then_pip_installs(host, demo_wheel) -> None:
 
 
 def test_no_fallback_to_a_public_index(host) -> None:
+    """A missing project is a 404 here, never a redirect to a public index."""
     server = name_of(host)
-    missing = on_client(
-        f"{CLIENT_BIN}/pip",
-        "download",
-        "--no-cache-dir",
-        "--no-deps",
-        "-d",
-        "/tmp/none",
-        "--index-url",
-        f"http://{server}:{PORT}/simple/",
-        "six",
+    probe = on_client(
+        "/usr/bin/python3",
+        "-c",
+        "import urllib.request, urllib.error\n"
+        "class NoRedirect(urllib.request.HTTPRedirectHandler):\n"
+        "    def redirect_request(self, *args):\n"
+        "        return None\n"
+        "try:\n"
+        f"    urllib.request.build_opener(NoRedirect).open('http://{server}:{PORT}/simple/six/', timeout=10)\n"
+        "    print(200)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code)\n",
     )
-    assert missing.returncode != 0
-    assert "No matching distribution found for six" in missing.stdout + missing.stderr
+    assert probe.stdout.strip() == "404", probe.stdout + probe.stderr
 
 
 def test_supervisord_restarts_a_killed_gunicorn(host) -> None:
