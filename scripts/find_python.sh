@@ -3,7 +3,13 @@
 # Looks at $AIRGAP_PYPI_PYTHON, then python3.13/python3.12/python3 on PATH, then pyenv's versions.
 set -euo pipefail
 
-ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
+# Print the interpreter behind $1 (the base one when $1 belongs to a virtualenv) if it is >= 3.12.
+base_if_ok() {
+    "$1" -c 'import sys
+if sys.version_info < (3, 12):
+    sys.exit(1)
+print(getattr(sys, "_base_executable", sys.executable) if sys.prefix != sys.base_prefix else sys.executable)' 2>/dev/null
+}
 
 candidates=()
 [ -n "${AIRGAP_PYPI_PYTHON:-}" ] && candidates+=("$AIRGAP_PYPI_PYTHON")
@@ -17,8 +23,7 @@ if command -v pyenv >/dev/null 2>&1; then
     done
 fi
 for python in "${candidates[@]}"; do
-    if ok "$python"; then
-        echo "$python"
+    if base_if_ok "$python"; then
         exit 0
     fi
 done
