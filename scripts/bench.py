@@ -48,8 +48,8 @@ SYSTEMD_RUN = [
 GOALS = {"first_run_s": 45.0, "rerun_s": 10.0}
 
 
-def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, **kwargs)
+def run(cmd: list[str], check: bool = False, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kwargs)
 
 
 def timed(cmd: list[str], **kwargs: Any) -> tuple[float, subprocess.CompletedProcess[str]]:

@@ -19,9 +19,13 @@
 #   debian11-systemd  bullseye, systemd PID 1, python3 3.9 without venv/pip, iptables-persistent
 #   debian12-client   bookworm, python3 3.11 + venv /opt/clients (pip, twine, on PATH),
 #                     CMD sleep infinity (in a sh that exits on SIGTERM)
+#   debian12-nm       bookworm, systemd PID 1, python3 3.11, NetworkManager (started at
+#                     boot; leaves docker's eth0 and /etc/resolv.conf alone)
+#   debian12-ifupdown bookworm, systemd PID 1, python3 3.11, ifupdown with
+#                     networking.service enabled (interfaces.d sourced)
 #
 # docker run options (no --privileged: it fails on the test machines):
-#   systemd images (debian12-systemd, debian11-systemd):
+#   systemd images (debian12-systemd, debian11-systemd, debian12-nm, debian12-ifupdown):
 #     docker run -d --name C --hostname C \
 #       --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
 #       --cap-add SYS_ADMIN --cap-add NET_ADMIN \
@@ -61,7 +65,7 @@ SCRIPT_DIR=$(dirname "$SELF")
 REPO_ROOT=$(dirname "$SCRIPT_DIR")
 readonly SELF SCRIPT_DIR REPO_ROOT
 
-readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian12-client)
+readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian12-client debian12-nm debian12-ifupdown)
 readonly IMAGE_PREFIX=${AIRGAP_PYPI_IMAGE_PREFIX:-airgap-pypi}
 readonly LABEL_KEY=airgap-pypi.recipe
 readonly CLIENT_LOCK=$REPO_ROOT/molecule/requirements/client.txt
@@ -392,6 +396,67 @@ customize_debian12_client() {
 }
 # <<< recipe: debian12-client
 
+# >>> recipe: debian12-nm
+spec_debian12_nm() {
+    SUITE=bookworm
+    INCLUDE=(systemd systemd-sysv dbus libpam-systemd python3 network-manager iproute2 procps)
+    CMD='["/lib/systemd/systemd"]'
+    ENVS=(container=docker)
+}
+customize_debian12_nm() {
+    chroot_begin
+    mask_container_units "${SYSTEMD_MASKED_UNITS[@]}"
+    # docker owns eth0 (the container's link to its network) and /etc/resolv.conf (a bind
+    # mount): NetworkManager must neither take eth0 over nor make default connections for
+    # the other interfaces docker adds. Those are left for the role under test.
+    # docker configures every interface before PID 1 starts, which a real boot does not:
+    # keep-configuration=no makes NetworkManager activate the interface's profile at boot
+    # instead of adopting docker's address as an "external" connection.
+    cat >"$ROOTFS/etc/NetworkManager/conf.d/90-airgap-pypi-container.conf" <<'EOF'
+[main]
+no-auto-default=*
+dns=none
+
+[keyfile]
+unmanaged-devices=interface-name:eth0
+
+[device-airgap-pypi-container]
+match-device=except:interface-name:eth0
+keep-configuration=no
+EOF
+    chmod 644 "$ROOTFS/etc/NetworkManager/conf.d/90-airgap-pypi-container.conf"
+    in_chroot systemctl enable NetworkManager.service >/dev/null 2>&1
+    in_chroot systemctl set-default multi-user.target >/dev/null 2>&1
+    chroot_end
+}
+# <<< recipe: debian12-nm
+
+# >>> recipe: debian12-ifupdown
+spec_debian12_ifupdown() {
+    SUITE=bookworm
+    INCLUDE=(systemd systemd-sysv dbus python3 ifupdown iproute2 procps)
+    CMD='["/lib/systemd/systemd"]'
+    ENVS=(container=docker)
+}
+customize_debian12_ifupdown() {
+    chroot_begin
+    mask_container_units "${SYSTEMD_MASKED_UNITS[@]}"
+    # As the Debian installer leaves it, minus the primary interface: docker configures
+    # eth0; the role under test adds files to interfaces.d/.
+    cat >"$ROOTFS/etc/network/interfaces" <<'EOF'
+# interfaces(5) file used by ifup(8) and ifdown(8)
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+EOF
+    install -d -m 755 "$ROOTFS/etc/network/interfaces.d"
+    in_chroot systemctl enable networking.service >/dev/null 2>&1
+    in_chroot systemctl set-default multi-user.target >/dev/null 2>&1
+    chroot_end
+}
+# <<< recipe: debian12-ifupdown
+
 build_image() { # NAME
     local name=$1 fn=${1//-/_} hash ref tarball start t label old_id
     local SUITE CMD ROOTFS
@@ -514,6 +579,18 @@ check_specific() { # NAME CONTAINER
                 dexec "$c" /etc/init.d/airgap-dummy status
             fi
             ;;
+        debian12-nm)
+            wait_for 30 dexec "$c" nmcli -t -f RUNNING general || true
+            log "  nmcli general: $(dexec "$c" nmcli -t -f RUNNING,STATE general 2>&1 || true)," \
+                "devices: $(dexec "$c" nmcli -t -f DEVICE,STATE device 2>&1 | tr '\n' ' ')"
+            [[ "$(dexec "$c" nmcli -t -f RUNNING general 2>&1)" == running ]] || return 1
+            dexec "$c" nmcli -t -f DEVICE,STATE device | grep -qx 'eth0:unmanaged' || return 1
+            ;;
+        debian12-ifupdown)
+            log "  networking.service: $(dexec "$c" systemctl is-active networking.service 2>&1 || true)," \
+                "ifquery --state: $(dexec "$c" ifquery --state 2>&1 | tr '\n' ' ')"
+            [[ "$(dexec "$c" systemctl is-active networking.service 2>&1)" == active ]] || return 1
+            ;;
         debian12-client)
             log "  $(dexec "$c" /opt/clients/bin/pip --version | cut -d' ' -f1-2), $(dexec "$c" twine --version | head -n1)"
             ;;
@@ -550,7 +627,7 @@ check_image() { # NAME
     local name=$1 c t ok=1
     local -a opts
     case $name in
-        debian12-systemd | debian11-systemd) opts=("${SYSTEMD_RUN_OPTS[@]}") ;;
+        debian12-systemd | debian11-systemd | debian12-nm | debian12-ifupdown) opts=("${SYSTEMD_RUN_OPTS[@]}") ;;
         debian12-sysv) opts=("${SYSV_RUN_OPTS[@]}") ;;
         *) opts=("${CLIENT_RUN_OPTS[@]}") ;;
     esac
@@ -560,7 +637,7 @@ check_image() { # NAME
     t=$(now)
     "$DOCKER" run -d --name "$c" --hostname "$c" "${opts[@]}" "$IMAGE_PREFIX/$name:latest" >/dev/null
     case $name in
-        *-systemd) check_systemd_state "$c" || ok=0 ;;
+        *-systemd | debian12-nm | debian12-ifupdown) check_systemd_state "$c" || ok=0 ;;
         debian12-sysv)
             wait_for 30 dexec "$c" sh -c 'runlevel | grep -q " 2$"' || ok=0
             install_dummy_service "$c" || ok=0
@@ -574,7 +651,7 @@ check_image() { # NAME
     "$DOCKER" restart "$c" >/dev/null
     log "[$name] check after docker restart ($(since "$t") to restart)"
     case $name in
-        *-systemd) check_systemd_state "$c" || ok=0 ;;
+        *-systemd | debian12-nm | debian12-ifupdown) check_systemd_state "$c" || ok=0 ;;
         debian12-sysv) wait_for 30 dexec "$c" sh -c 'runlevel | grep -q " 2$"' || ok=0 ;;
     esac
     check_specific "$name" "$c" || ok=0

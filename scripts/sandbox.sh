@@ -62,7 +62,7 @@ up() {
 The sandbox index is up.
   Index URL:  $url/simple/
   Install:    pip install --index-url $url/simple/ airgap-demo
-  Upload:     twine upload --repository-url $url/ -u demo -p "\$(cat $state/password)" dist/*
+  Upload:     TWINE_PASSWORD="\$(cat $state/password)" twine upload --repository-url $url/ -u demo dist/*
   Remove:     make down
 MSG
 }

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker
+from conftest import CLIENT, PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker, wait_for
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 ARTIFACTS = PROJECT_DIR / "offline_artifacts"
@@ -155,3 +155,33 @@ def test_port_in_use(unchanged: Path) -> None:
         expect_failure(result, f"Port {PORT} on {PRISTINE} is already in use by python3 -m http.server")
     finally:
         docker("exec", PRISTINE, "pkill", "-f", "http.server", check=False)
+
+
+def http_status(url: str, auth: bool) -> str:
+    """HTTP status of a GET from the client container, with or without the test account."""
+    code = (
+        "import base64, urllib.request, urllib.error\n"
+        f"req = urllib.request.Request('{url}')\n"
+        f"if {auth}:\n"
+        f"    req.add_header('Authorization', 'Basic ' + base64.b64encode(b'{USER}:{PASSWORD}').decode())\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code)\n"
+    )
+    return docker("exec", CLIENT, "/usr/bin/python3", "-c", code).stdout.strip()
+
+
+def test_downloads_can_require_a_password() -> None:
+    host = "airgap-pypi-deb12"
+    url = f"http://{host}:{PORT}/simple/"
+    assert http_status(url, auth=False) == "200"
+    try:
+        result = playbook("--limit", host, "-e", "pypi_server_auth_downloads=true")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert wait_for(lambda: http_status(url, auth=False) == "401", 30)
+        assert http_status(url, auth=True) == "200"
+    finally:
+        restored = playbook("--limit", host)
+        assert restored.returncode == 0, restored.stdout[-3000:]
+    assert wait_for(lambda: http_status(url, auth=False) == "200", 30)
