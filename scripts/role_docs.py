@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec_file in sorted(args.roles.glob("*/meta/argument_specs.yml")):
         role = spec_file.parent.parent
         readme_file = role / "README.md"
+        if not readme_file.exists():
+            print(f"missing: {readme_file} (write it with the variable markers, then run this again)")
+            stale.append(readme_file)
+            continue
         readme = readme_file.read_text()
         wanted = render(readme, yaml.safe_load(spec_file.read_text()))
         if wanted != readme:

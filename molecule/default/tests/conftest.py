@@ -24,9 +24,15 @@ PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).r
 CLIENT_BIN = "/opt/clients/bin"
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the docker CLI and return its result."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+def docker(
+    *args: str, check: bool = True, timeout: float = 120, input_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI and return its result (input_file, if given, is its standard input)."""
+    if input_file is None:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+    with input_file.open("rb") as stdin:
+        done = subprocess.run(["docker", *args], stdin=stdin, capture_output=True, check=check, timeout=timeout)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 def on_client(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLIENT, PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker, wait_for
+from conftest import CLIENT, NETWORK, PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker, wait_for
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 ARTIFACTS = PROJECT_DIR / "offline_artifacts"
@@ -136,6 +136,85 @@ def test_bad_inventory_value(unchanged: Path, extra: dict[str, object], needles:
     result = playbook("-e", json.dumps(extra), inventory=unchanged)
     text = expect_failure(result, *needles)
     assert "Nothing was changed" in text or "Validation of arguments failed" in text
+
+
+def python36_prefix() -> str | None:
+    """Where pyenv keeps a CPython 3.6 on this machine, if it has one."""
+    pyenv = shutil.which("pyenv")
+    if not pyenv:
+        return None
+    root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False).stdout.strip()
+    found = sorted(Path(root, "versions").glob("3.6.*")) if root else []
+    return str(found[-1]) if found else None
+
+
+@pytest.fixture
+def python36_only_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A host whose only Python is a real CPython 3.6 at /usr/libexec/platform-python, as on EL 8 minimal.
+
+    A Debian container with its python3 removed and pyenv's 3.6 put in: it emulates EL 8's interpreter
+    situation, not EL 8 itself.
+    """
+    prefix = python36_prefix()
+    if prefix is None:
+        pytest.skip("not run: no CPython 3.6 from pyenv on this machine to carry into the container")
+    name = "airgap-pypi-py36"
+    docker("rm", "-f", name, check=False)
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        name,
+        "--network",
+        NETWORK,
+        "--cap-add",
+        "SYS_BOOT",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        "--tmpfs",
+        "/tmp",
+        "airgap-pypi/debian12-sysv:latest",
+    )
+    try:
+        purge = "dpkg --purge --force-depends $(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*')"
+        docker("exec", name, "sh", "-c", purge)
+        archive = tmp_path / "python36.tar"
+        subprocess.run(
+            ["tar", "-C", "/", "--exclude=test", "--exclude=site-packages", "-cf", str(archive), prefix.lstrip("/")],
+            check=True,
+        )
+        docker("cp", "-", f"{name}:/", input_file=archive)
+        docker("exec", name, "ln", "-s", f"{prefix}/bin/python3.6", "/usr/libexec/platform-python")
+        version = docker("exec", name, "/usr/libexec/platform-python", "-c", "import sys; print(sys.version[:4])")
+        assert version.stdout.strip() == "3.6."
+        assert docker("exec", name, "sh", "-c", "command -v python3", check=False).returncode != 0
+        inventory = tmp_path / "hosts.json"
+        group_vars = {
+            "ansible_connection": "community.docker.docker",
+            "pypi_server_users": [{"name": USER, "password": PASSWORD}],
+        }
+        inventory.write_text(json.dumps({"pypi_servers": {"hosts": {name: None}, "vars": group_vars}}))
+        yield name, inventory
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_python36_only_host_is_refused_with_a_way_out(python36_only_host: tuple[str, Path]) -> None:
+    name, inventory = python36_only_host
+    before = changes_of(name)
+    result = playbook(inventory=inventory)
+    expect_failure(
+        result,
+        f"{name} has no Python that this bundle supports",
+        "3.6 /usr/libexec/platform-python",
+        "supported: 3.9, 3.10, 3.11, 3.12, 3.13",
+        "AppStream",
+    )
+    assert changes_of(name) == before, "a refused host must be left as it was"
 
 
 def test_port_in_use(unchanged: Path) -> None:
