@@ -23,6 +23,9 @@
 #                     boot; leaves docker's eth0 and /etc/resolv.conf alone)
 #   debian12-ifupdown bookworm, systemd PID 1, python3 3.11, ifupdown with
 #                     networking.service enabled (interfaces.d sourced)
+#   debian13-controller trixie, python3 3.13 only (no pip, no venv package, no ansible):
+#                     the offline controller of the air-gap proof, run with --network none;
+#                     CMD sleep infinity (in a sh that exits on SIGTERM)
 #
 # docker run options (no --privileged: it fails on the test machines):
 #   systemd images (debian12-systemd, debian11-systemd, debian12-nm, debian12-ifupdown):
@@ -65,7 +68,8 @@ SCRIPT_DIR=$(dirname "$SELF")
 REPO_ROOT=$(dirname "$SCRIPT_DIR")
 readonly SELF SCRIPT_DIR REPO_ROOT
 
-readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian12-client debian12-nm debian12-ifupdown)
+readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian12-client debian12-nm debian12-ifupdown
+    debian13-controller)
 readonly IMAGE_PREFIX=${AIRGAP_PYPI_IMAGE_PREFIX:-airgap-pypi}
 readonly LABEL_KEY=airgap-pypi.recipe
 readonly CLIENT_LOCK=$REPO_ROOT/molecule/requirements/client.txt
@@ -456,6 +460,21 @@ EOF
     chroot_end
 }
 # <<< recipe: debian12-ifupdown
+
+# >>> recipe: debian13-controller
+spec_debian13_controller() {
+    SUITE=trixie
+    # A bare Python 3.13: the toolchain comes from the carried-in archive, installed offline.
+    INCLUDE=(python3 procps)
+    CMD='["/bin/sh", "-c", "trap \"exit 0\" TERM INT; sleep infinity & wait"]'
+    ENVS=(LANG=C.UTF-8)
+}
+customize_debian13_controller() {
+    chroot_begin
+    ! in_chroot python3 -m pip --version >/dev/null 2>&1 || die "pip got into the controller image"
+    chroot_end
+}
+# <<< recipe: debian13-controller
 
 build_image() { # NAME
     local name=$1 fn=${1//-/_} hash ref tarball start t label old_id
