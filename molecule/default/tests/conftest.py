@@ -14,9 +14,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 from demo_wheel import build_wheel
 
-CLIENT = "airgap-pypi-client"
+# The scenario's client container and network: molecule/el names its own, so the two scenarios never collide.
+CLIENT = os.environ.get("AIRGAP_PYPI_MOLECULE_CLIENT", "airgap-pypi-client")
 PRISTINE = "airgap-pypi-pristine"
-NETWORK = "airgap-pypi-molecule"
+NETWORK = os.environ.get("AIRGAP_PYPI_MOLECULE_NETWORK", "airgap-pypi-molecule")
 PORT = 8080
 USER = "tester"
 PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)

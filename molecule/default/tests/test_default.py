@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -24,7 +25,24 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLEC
     "pypi_servers"
 )
 
-SUPERVISORCTL_DEBIAN = "/opt/airgap-pypi/supervisor/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+SUPERVISOR_BIN = "/opt/airgap-pypi/supervisor/bin"
+
+
+def is_redhat(host) -> bool:
+    return host.file("/etc/redhat-release").exists
+
+
+def supervisor_config(host) -> str:
+    """Where pypi_supervisor writes supervisord.conf (its vars/Debian.yml and vars/RedHat.yml)."""
+    return "/etc/supervisord.conf" if is_redhat(host) else "/etc/supervisor/supervisord.conf"
+
+
+def supervisor_include_dir(host) -> str:
+    return "/etc/supervisord.d" if is_redhat(host) else "/etc/supervisor/conf.d"
+
+
+def supervisorctl(host) -> str:
+    return f"{SUPERVISOR_BIN}/supervisorctl -c {supervisor_config(host)}"
 
 
 def name_of(host) -> str:
@@ -38,7 +56,7 @@ def gunicorn_processes(host) -> list[tuple[str, str, str]]:
 
 
 def master_pid(host) -> str:
-    return host.check_output(f"{SUPERVISORCTL_DEBIAN} pid pypiserver").strip()
+    return host.check_output(f"{supervisorctl(host)} pid pypiserver").strip()
 
 
 def test_test_network_has_no_egress() -> None:
@@ -47,7 +65,7 @@ def test_test_network_has_no_egress() -> None:
 
 
 def test_supervisord_runs_gunicorn_unprivileged(host) -> None:
-    status = host.run(f"{SUPERVISORCTL_DEBIAN} status pypiserver")
+    status = host.run(f"{supervisorctl(host)} status pypiserver")
     assert "RUNNING" in status.stdout, status.stdout + status.stderr
     procs = gunicorn_processes(host)
     assert len(procs) >= 3, f"expected a master and 2 workers, got {procs}"
@@ -60,7 +78,7 @@ def test_control_socket_is_private_unix_socket(host) -> None:
     assert sock.is_socket
     assert sock.mode == 0o700
     assert sock.user == "root"
-    conf = host.file("/etc/supervisor/supervisord.conf").content_string
+    conf = host.file(supervisor_config(host)).content_string
     assert re.search(r"(?m)^\[inet_http_server\]", conf) is None
     assert "[unix_http_server]" in conf
 
@@ -74,25 +92,30 @@ def test_supervisord_starts_at_boot(host) -> None:
         assert script.mode == 0o755
         assert "### BEGIN INIT INFO" in script.content_string
         assert "# chkconfig: 345" in script.content_string
-        assert host.run("ls /etc/rc2.d/ | grep -q '^S.*supervisord$'").rc == 0
+        rc_dir = "/etc/rc.d/rc3.d" if is_redhat(host) else "/etc/rc2.d"
+        assert host.run(f"ls {rc_dir}/ | grep -q '^S.*supervisord$'").rc == 0
 
 
 def test_program_logs_rotate(host) -> None:
-    conf = host.file("/etc/supervisor/conf.d/pypiserver.conf").content_string
+    conf = host.file(f"{supervisor_include_dir(host)}/pypiserver.conf").content_string
     for key in ("autostart=true", "autorestart=true", "stopsignal=TERM", "stdout_logfile_maxbytes=", "user=pypiserver"):
         assert key in conf
 
 
 def test_port_open_in_firewall(host) -> None:
+    rules = "/etc/sysconfig/iptables" if is_redhat(host) else "/etc/iptables/rules.v4"
     if host.exists("firewall-cmd") and host.run("firewall-cmd --state").rc == 0:
         assert f"{PORT}/tcp" in host.check_output("firewall-cmd --list-ports").split()
         assert f"{PORT}/tcp" in host.check_output("firewall-cmd --permanent --list-ports").split()
         assert host.run("systemctl is-active firewalld").stdout.strip() == "active"
-    elif host.file("/etc/iptables/rules.v4").exists:
-        assert f"--dport {PORT}" in host.file("/etc/iptables/rules.v4").content_string
-        live = host.check_output("iptables -S INPUT")
-        assert f"--dport {PORT}" in live
-        assert "-P INPUT DROP" in live, "the firewall must stay on"
+    elif host.file(rules).exists:
+        assert f"--dport {PORT}" in host.file(rules).content_string
+        live = host.check_output("iptables -S INPUT").splitlines()
+        opened = [i for i, rule in enumerate(live) if f"--dport {PORT}" in rule and rule.endswith("-j ACCEPT")]
+        assert opened, live
+        # On: a default-drop policy (Debian's test host) or a final REJECT (EL's stock rules), after the opening.
+        rejects = [i for i, rule in enumerate(live) if rule.startswith("-A INPUT") and "-j REJECT" in rule]
+        assert "-P INPUT DROP" in live or (rejects and opened[0] < rejects[-1]), "the firewall must stay on"
     else:
         pytest.skip(f"{name_of(host)} runs no firewall (the role says so and leaves it alone)")
 
@@ -174,15 +197,16 @@ def test_supervisord_restarts_a_killed_gunicorn(host) -> None:
     host.run(f"kill -9 {before}")
     assert wait_for(lambda: master_pid(host) not in (before, "0", ""), 15), "gunicorn did not come back"
     assert wait_for(lambda: health_from_client(name_of(host)), 15)
-    assert wait_for(lambda: "RUNNING" in host.run(f"{SUPERVISORCTL_DEBIAN} status pypiserver").stdout, 15)
+    assert wait_for(lambda: "RUNNING" in host.run(f"{supervisorctl(host)} status pypiserver").stdout, 15)
 
 
 def test_index_comes_back_after_a_restart(host) -> None:
     server = name_of(host)
     docker("restart", "--time", "20", server, timeout=180)
     assert wait_for(lambda: health_from_client(server), 90, step=1), f"{server} did not serve again after a restart"
-    assert wait_for(lambda: "RUNNING" in host.run(f"{SUPERVISORCTL_DEBIAN} status pypiserver").stdout, 15)
+    assert wait_for(lambda: "RUNNING" in host.run(f"{supervisorctl(host)} status pypiserver").stdout, 15)
 
 
 def test_client_is_on_the_same_network() -> None:
-    assert docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", CLIENT).stdout.count(NETWORK) == 1
+    networks = json.loads(docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", CLIENT).stdout)
+    assert NETWORK in networks, sorted(networks)
