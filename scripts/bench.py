@@ -9,6 +9,7 @@ Usage: bench.py [--skip-bundle] [--out DIR]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -82,15 +83,41 @@ def provision(inventory: Path) -> dict[str, Any]:
         if first.returncode != 0:
             raise RuntimeError("site.yml failed on the bench host:\n" + first.stdout[-3000:])
         rerun_s, rerun = timed(playbook, env=env, cwd=ROOT)
-        return {
+        results = {
             "first_run_s": round(first_s, 1),
             "first_run_changed": changed_count(first.stdout),
             "rerun_s": round(rerun_s, 1),
             "rerun_changed": changed_count(rerun.stdout),
         }
+        results.update(mirror_load(playbook, env, rerun_s))
+        return results
     finally:
         run(["docker", "rm", "-f", HOST])
         run(["docker", "network", "rm", NETWORK])
+
+
+def mirror_load(playbook: list[str], env: dict[str, str], rerun_s: float, count: int = 1000) -> dict[str, Any]:
+    """Time loading `count` small wheels as a carried-in mirror into the running index, then the re-run."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from demo_wheel import build_wheel  # noqa: PLC0415 - a sibling script, not a package
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mirror = Path(tmp) / "mirror"
+        files = mirror / "files"
+        wheels = [build_wheel(files, f"bench-pkg-{i:04d}", "1.0.0") for i in range(count)]
+        sums = (f"{hashlib.sha256(w.read_bytes()).hexdigest()}  files/{w.name}" for w in sorted(wheels))
+        (mirror / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+        command = [*playbook, "-e", f"pypi_server_mirror_dir={mirror}"]
+        load_s, load = timed(command, env=env, cwd=ROOT)
+        if load.returncode != 0:
+            return {"mirror_load_error": load.stdout[-500:]}
+        again_s, again = timed(command, env=env, cwd=ROOT)
+    return {
+        f"mirror_load_{count}_files_s": round(load_s, 1),
+        f"mirror_load_{count}_files_minus_rerun_s": round(load_s - rerun_s, 1),
+        f"rerun_with_{count}_mirror_files_s": round(again_s, 1),
+        f"rerun_with_{count}_mirror_files_changed": changed_count(again.stdout),
+    }
 
 
 def bundle() -> dict[str, Any]:
