@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv bundle lock bundle-check images docker demo down test lint unit molecule bench clean
+.PHONY: help venv bundle archive mirror controller proof lock bundle-check images docker demo down test lint unit molecule bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -14,11 +14,25 @@ venv: ## Install the hash-locked controller toolchain into .venv
 lock: venv ## Re-resolve the bundle locks to the newest releases (connected side)
 	$(VENV)/bin/python scripts/build_bundle.py --lock-only --upgrade
 
-bundle: venv ## Build the offline bundle in offline_artifacts/ (connected side)
+bundle: venv ## Build offline_artifacts/ (server, controller, mirror) and the archive to carry (connected side)
 	$(VENV)/bin/python scripts/build_bundle.py $(if $(TARGETS),--targets $(TARGETS))
+	$(VENV)/bin/python scripts/build_controller.py
+	$(VENV)/bin/python scripts/build_mirror.py $(foreach a,$(MIRROR_ALLOW_MISSING),--allow-missing $(a))
+	$(VENV)/bin/python scripts/pack_archive.py
+
+controller: venv ## Build only the offline controller's wheelhouse and collections
+	$(VENV)/bin/python scripts/build_controller.py
+
+mirror: venv ## Build only the carried-in mirror (MIRROR_ALLOW_MISSING="name@platform ...")
+	$(VENV)/bin/python scripts/build_mirror.py $(foreach a,$(MIRROR_ALLOW_MISSING),--allow-missing $(a))
+
+archive: ## Pack the repository and offline_artifacts/ into dist/ (reproducible)
+	$(VENV)/bin/python scripts/pack_archive.py
 
 bundle-check: venv ## Verify offline_artifacts/ against SHA256SUMS (no network)
 	$(VENV)/bin/python scripts/build_bundle.py --check
+	$(VENV)/bin/python scripts/build_controller.py --check
+	$(VENV)/bin/python scripts/build_mirror.py --check
 
 docker: ## Make sure a docker daemon answers (installs docker.io on Debian/Ubuntu as root)
 	@scripts/ensure_docker.sh
@@ -36,13 +50,17 @@ test: ## Lint, unit tests and Molecule; ends with "N passed, N failed"
 	@scripts/test.sh
 
 lint: venv ## yamllint, ansible-lint (production profile), ruff
-	yamllint --strict . && ansible-lint --profile production --offline && ruff check scripts tests molecule roles && ruff format --check scripts tests molecule roles
+	yamllint --strict . && ansible-lint --profile production --offline && ruff check scripts tests molecule roles proof && ruff format --check scripts tests molecule roles proof
 
 unit: venv ## pytest for the Python helpers
 	pytest -q tests
 
-molecule: venv images bundle ## molecule test (default scenario)
+molecule: venv images bundle ## molecule test (default and network scenarios)
 	molecule test --scenario-name default
+	molecule test --scenario-name network
+
+proof: venv images ## The air-gap proof: offline controller container, site.yml, client installs from the mirror
+	pytest -q -p no:cacheprovider proof
 
 bench: venv docker ## Measure provisioning and bundle numbers (reports, never asserts)
 	@scripts/bench.sh

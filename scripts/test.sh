@@ -15,13 +15,15 @@ step "setup"
 scripts/ensure_docker.sh || exit 1
 scripts/venv.sh || exit 1
 .venv/bin/python scripts/build_bundle.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_bundle.py || exit 1
+.venv/bin/python scripts/build_controller.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_controller.py || exit 1
+.venv/bin/python scripts/build_mirror.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_mirror.py || exit 1
 scripts/build_images.sh || exit 1
 
 step "lint: yamllint, ansible-lint (production profile), ruff"
 yamllint --strict . || note_failure yamllint
 ansible-lint --profile production --offline || note_failure ansible-lint
-ruff check scripts tests molecule roles || note_failure "ruff check"
-ruff format --check scripts tests molecule roles || note_failure "ruff format"
+ruff check scripts tests molecule roles proof || note_failure "ruff check"
+ruff format --check scripts tests molecule roles proof || note_failure "ruff format"
 
 step "unit tests (pytest)"
 pytest -q -p no:cacheprovider --junitxml="$results/unit.xml" tests
@@ -32,6 +34,22 @@ step "molecule test (default scenario)"
 MOLECULE_JUNIT_XML="$PWD/$results/molecule.xml" molecule test --scenario-name default
 rc=$?
 [ "$rc" -eq 0 ] || note_failure "molecule"
+
+step "molecule test (network scenario)"
+MOLECULE_JUNIT_XML="$PWD/$results/molecule-network.xml" molecule test --scenario-name network
+rc=$?
+[ "$rc" -eq 0 ] || note_failure "molecule network"
+
+# --- real-EL scenario (molecule/el): runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them
+# it prints "molecule el: NOT RUN ..." and writes skipped test cases ($results/molecule-el.xml), never passed.
+step "molecule test (el scenario, operator's EL/Ubuntu images)"
+.venv/bin/python scripts/run_el_scenario.py --results "$results" || note_failure "molecule el"
+# --- end real-EL scenario
+
+step "air-gap proof (offline controller container, proof/)"
+pytest -q -p no:cacheprovider --junitxml="$results/airgap.xml" proof
+rc=$?
+[ "$rc" -eq 0 ] || note_failure "air-gap proof"
 
 step "summary"
 python3 - "$results" "$failures" <<'PY'
