@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -25,21 +24,11 @@ import tarfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
+
+import build_bundle as bb  # a sibling script: python puts scripts/ on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def _load_build_bundle() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_bundle", ROOT / "scripts" / "build_bundle.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return sys.modules[spec.name]
-
-
-bb = _load_build_bundle()
 
 DEFAULT_ROOT = ROOT / "offline_artifacts" / "controller"
 CONTROLLER_TARGETS: tuple[str, ...] = ("3.12", "3.13")

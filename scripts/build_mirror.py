@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import re
 import sys
@@ -35,25 +34,14 @@ import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
+import build_bundle as bb  # a sibling script: python puts scripts/ on sys.path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def _load_build_bundle() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_bundle", ROOT / "scripts" / "build_bundle.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return sys.modules[spec.name]
-
-
-bb = _load_build_bundle()
 BuildError = bb.BuildError
 
 DEFAULT_ROOT = ROOT / "offline_artifacts" / "mirror"

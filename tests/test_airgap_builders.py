@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
+import build_controller as controller
+import build_mirror as mirror
+import pack_archive as packer
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mirror = _load("build_mirror")
-controller = _load("build_controller")
-packer = _load("pack_archive")
 
 NOT_FOUND = (
     "command failed (1): uv pip compile ...\nerror: No solution found when resolving dependencies\n"

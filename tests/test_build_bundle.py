@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -11,23 +10,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
+import build_bundle as bb
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_bundle.py"
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_bundle", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bb = _load()
 CP312 = bb.Target(12)
 WHEEL = "demo_pkg-1.0-py3-none-any.whl"
 WHEEL_BYTES = b"not really a wheel, but hashed like one"

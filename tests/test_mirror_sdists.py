@@ -7,15 +7,13 @@ no wheel on any platform, no pyproject.toml) from the index; set AIRGAP_NO_NETWO
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
+import build_mirror as mirror
 import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -23,16 +21,6 @@ from packaging.version import Version
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mirror = _load("build_mirror")
 LINUX = mirror.Platform(12, "x86_64-manylinux_2_28")
 
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "pypi_network_filters", ROOT / "roles" / "pypi_network" / "filter_plugins" / "pypi_network.py"
-)
-assert _spec and _spec.loader
-filters = importlib.util.module_from_spec(_spec)
-sys.modules["pypi_network_filters"] = filters
-_spec.loader.exec_module(filters)
+filters = load_module("pypi_network_filters", ROOT / "roles" / "pypi_network" / "filter_plugins" / "pypi_network.py")
 
 HOST = ["lo", "eth0", "eth1", "ens192"]
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 from pathlib import Path
 
+from conftest import load_module
+
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location(
+port_check = load_module(
     "pypi_server_port_check", ROOT / "roles" / "pypi_server" / "library" / "pypi_server_port_check.py"
 )
-assert _spec and _spec.loader
-port_check = importlib.util.module_from_spec(_spec)
-sys.modules["pypi_server_port_check"] = port_check
-_spec.loader.exec_module(port_check)
 
 
 def test_finds_a_listening_socket_and_its_owner() -> None:

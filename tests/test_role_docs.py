@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+import role_docs
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("role_docs", ROOT / "scripts" / "role_docs.py")
-assert _spec and _spec.loader
-role_docs = importlib.util.module_from_spec(_spec)
-sys.modules["role_docs"] = role_docs
-_spec.loader.exec_module(role_docs)
 
 
 def test_readmes_match_argument_specs() -> None:
