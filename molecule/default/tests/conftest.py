@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1].parent / "shared"))
+from containers import docker, wait_for  # noqa: F401 - the tests import both from here
 from demo_wheel import build_wheel
 
 # The scenario's client container and network: molecule/el names its own, so the two scenarios never collide.
@@ -25,30 +26,9 @@ PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).r
 CLIENT_BIN = "/opt/clients/bin"
 
 
-def docker(
-    *args: str, check: bool = True, timeout: float = 120, input_file: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the docker CLI and return its result (input_file, if given, is its standard input)."""
-    if input_file is None:
-        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
-    with input_file.open("rb") as stdin:
-        done = subprocess.run(["docker", *args], stdin=stdin, capture_output=True, check=check, timeout=timeout)
-    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
-
-
 def on_client(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run a command on the client container."""
     return docker("exec", CLIENT, *args, check=check)
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.5) -> bool:
-    """Poll predicate until it holds or the time is up."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def health_from_client(server: str) -> bool:

@@ -6,12 +6,14 @@ import json
 import os
 import re
 import subprocess
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from containers import docker, wait_for  # noqa: F401 - the tests import both from here
 
 NM = "airgap-pypi-net-nm"
 IFUPDOWN = "airgap-pypi-net-ifupdown"
@@ -24,24 +26,9 @@ CONVERGE = SCENARIO_DIR / "converge.yml"
 IGNORED = re.compile(r"^[ACD] /(root/\.ansible|root/\.ansible_async|tmp|run|var/log|var/tmp|var/lib/systemd)(/|$)")
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the docker CLI and return its result."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
-
-
 def on(container: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run a command in a container."""
     return docker("exec", container, *args, check=check)
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.5) -> bool:
-    """Poll predicate until it holds or the time is up."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def addresses(container: str, interface: str) -> list[str]:
