@@ -73,17 +73,10 @@ NO_WHEEL_RE = re.compile(
 
 
 @dataclass(frozen=True, order=True)
-class Platform:
-    minor: int  # CPython 3.<minor>
+class Platform(bb.Target):
+    """A client platform: the bundle's CPython target (version, tag) on one OS/architecture."""
+
     triple: str  # a uv --python-platform value
-
-    @property
-    def version(self) -> str:
-        return f"3.{self.minor}"
-
-    @property
-    def tag(self) -> str:
-        return f"cp3{self.minor}"
 
     @property
     def label(self) -> str:
