@@ -1,0 +1,261 @@
+"""Day-2 operations on a converged index, in order: upgrade A -> B, a broken upgrade that rolls itself back,
+playbooks/rollback.yml, pruning, playbooks/backup.yml, playbooks/restore.yml (refusal, replace, a new host).
+
+Each test builds on the state the one before left; they run in file order. The index host and the client are
+real containers on a docker network with no egress; bundle B is built on the controller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    ARTIFACTS,
+    CLIENT,
+    NETWORK,
+    PACKAGES,
+    RELEASES,
+    SERVER,
+    VENV,
+    current_release,
+    docker,
+    new_server_container,
+    on,
+    packages,
+    pip_install,
+    playbook,
+    recap,
+    release_of,
+    running_release,
+    sh,
+    tail,
+    upload,
+)
+from demo_wheel import build_wheel
+
+STAMP = int(time.time())
+RELEASE_A = release_of(ARTIFACTS)
+STATE: dict[str, object] = {}
+
+
+def wheel_on_client(tmp_path: Path, name: str, version: str) -> str:
+    wheel = build_wheel(tmp_path, name, version)
+    docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
+    return f"/var/tmp/{wheel.name}"
+
+
+def htpasswd_sum() -> str:
+    return sh(SERVER, "sha256sum /etc/airgap-pypi/htpasswd").split()[0]
+
+
+def test_network_has_no_egress() -> None:
+    internal = docker("network", "inspect", "--format", "{{.Internal}}", NETWORK).stdout.strip()
+    assert internal == "true"
+
+
+def test_converged_host_runs_release_a_from_the_releases_directory() -> None:
+    assert sh(SERVER, f"test -L {VENV} && echo link").strip() == "link"
+    assert current_release() == RELEASE_A
+    assert running_release() == RELEASE_A
+    assert sh(SERVER, f"test -x {RELEASES}/{RELEASE_A}/bin/gunicorn && echo ok").strip() == "ok"
+
+
+def test_upload_packages_before_the_upgrade(tmp_path: Path) -> None:
+    for number in range(3):
+        upload(wheel_on_client(tmp_path, f"ops-pkg{number}", f"1.0.{STAMP}"))
+    files = packages()
+    assert all(f"ops_pkg{n}-1.0.{STAMP}-py3-none-any.whl" in files for n in range(3)), files
+
+
+def test_upgrade_to_bundle_b_keeps_every_package_byte_for_byte(bundle_b: Path) -> None:
+    release_b = release_of(bundle_b)
+    assert release_b != RELEASE_A
+    assert "gunicorn==23.0.0" in (bundle_b / "locks" / "server-cp311.txt").read_text()
+    before, accounts = packages(), htpasswd_sum()
+    result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_b}")
+    assert result.returncode == 0, tail(result)
+    assert current_release() == release_b
+    assert running_release() == release_b
+    version = sh(SERVER, f"{VENV}/bin/python -c 'import gunicorn; print(gunicorn.__version__)'").strip()
+    assert version == "23.0.0"
+    after = packages()
+    assert len(after) == len(before) and after == before
+    assert htpasswd_sum() == accounts
+    # Release A stays, as the previous one.
+    assert sh(SERVER, f"cat {RELEASES}/previous").strip() == RELEASE_A
+    assert sh(SERVER, f"test -d {RELEASES}/{RELEASE_A} && echo ok").strip() == "ok"
+    installed = pip_install(f"ops-pkg0==1.0.{STAMP}")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    STATE["release_b"] = release_b
+
+
+def test_rerun_and_check_mode_with_bundle_b_change_nothing(bundle_b: Path) -> None:
+    for extra in ([], ["--check"]):
+        result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_b}", *extra)
+        assert result.returncode == 0, tail(result)
+        counts = recap(result.stdout)
+        assert counts["changed"] == 0 and counts["failed"] == 0, (extra, counts, tail(result))
+
+
+def test_broken_release_rolls_back_by_itself(bundle_broken: Path) -> None:
+    release_b, broken = STATE["release_b"], release_of(bundle_broken)
+    before, accounts = packages(), htpasswd_sum()
+    result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_broken}")
+    assert result.returncode != 0, tail(result)
+    output = " ".join(result.stdout.split())
+    assert f"did not serve on release {broken}" in output, tail(result)
+    assert f"Rolled back to release {release_b}, which serves again" in output, tail(result)
+    assert "Packages and accounts were not touched" in output
+    assert current_release() == release_b
+    assert running_release() == release_b
+    assert packages() == before
+    assert htpasswd_sum() == accounts
+    assert sh(SERVER, f"cat {RELEASES}/previous").strip() == RELEASE_A
+    installed = pip_install(f"ops-pkg1==1.0.{STAMP}")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    STATE["broken"] = broken
+
+
+def test_rollback_playbook_switches_to_the_previous_release_and_back() -> None:
+    release_b = STATE["release_b"]
+    before = packages()
+    result = playbook("playbooks/rollback.yml")
+    assert result.returncode == 0, tail(result)
+    assert current_release() == RELEASE_A and running_release() == RELEASE_A
+    assert sh(SERVER, f"cat {RELEASES}/previous").strip() == release_b
+    assert pip_install(f"ops-pkg2==1.0.{STAMP}").returncode == 0
+    # To a named release; the same request again (and in check mode) changes nothing.
+    for extra in ([], [], ["--check"]):
+        result = playbook("playbooks/rollback.yml", "-e", f"pypi_server_rollback_to={release_b}", *extra)
+        assert result.returncode == 0, tail(result)
+        if extra or STATE.get("rolled_to_b"):
+            assert recap(result.stdout)["changed"] == 0, tail(result)
+        STATE["rolled_to_b"] = True
+    assert current_release() == release_b and running_release() == release_b
+    assert packages() == before
+
+
+def test_rollback_to_an_unknown_release_is_refused() -> None:
+    result = playbook("playbooks/rollback.yml", "-e", "pypi_server_rollback_to=cp311-000000000000")
+    assert result.returncode != 0
+    output = " ".join(result.stdout.split())
+    assert "Release cp311-000000000000 is not on" in output and "Nothing was changed" in output, tail(result)
+    assert current_release() == STATE["release_b"]
+
+
+def test_releases_beyond_the_limit_are_pruned(bundle_b: Path) -> None:
+    releases = sh(SERVER, f"ls {RELEASES}").split()
+    assert STATE["broken"] in releases, releases
+    result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_b}", "-e", "pypi_server_releases_keep=2")
+    assert result.returncode == 0, tail(result)
+    assert sorted(sh(SERVER, f"ls -d {RELEASES}/*/").split()) == sorted(
+        f"{RELEASES}/{release}/" for release in (RELEASE_A, STATE["release_b"])
+    )
+    assert running_release() == STATE["release_b"]
+
+
+# --- backup and restore ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("backups")
+
+
+def test_backup_without_a_directory_is_refused() -> None:
+    result = playbook("playbooks/backup.yml")
+    assert result.returncode != 0
+    assert "pypi_backup_dir ('') must be an absolute directory" in " ".join(result.stdout.split()), tail(result)
+
+
+def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) -> None:
+    expected = packages()
+    result = playbook("playbooks/backup.yml", "-e", f"pypi_backup_dir={backup_dir}")
+    assert result.returncode == 0, tail(result)
+    archives = sorted(backup_dir.glob(f"{SERVER}-*.tar.gz"))
+    assert len(archives) == 1, list(backup_dir.iterdir())
+    archive = archives[0]
+    digest, name = (backup_dir / f"{archive.name}.sha256").read_text().split()
+    assert name == archive.name
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == digest
+    with tarfile.open(archive) as tar:
+        manifest = tar.extractfile("MANIFEST.sha256").read().decode()
+        info = json.loads(tar.extractfile("INFO.json").read())
+        listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in manifest.splitlines()}
+        for member in tar.getmembers():
+            if member.isfile() and member.name in listed:
+                assert hashlib.sha256(tar.extractfile(member).read()).hexdigest() == listed[member.name]
+    assert {k.removeprefix("packages/"): v for k, v in listed.items() if k.startswith("packages/")} == expected
+    assert {"config/htpasswd", "config/gunicorn.conf.py", "config/pypiserver_wsgi.py"} <= set(listed)
+    assert info["host"] == SERVER and info["files"] == len(listed)
+    assert sh(SERVER, "ls -A /srv/pypi").split() == ["packages"], "the work directory must be gone"
+    for extra in ([], ["--check"]):
+        again = playbook("playbooks/backup.yml", "-e", f"pypi_backup_dir={backup_dir}", *extra)
+        assert again.returncode == 0, tail(again)
+        assert recap(again.stdout)["changed"] == 0, tail(again)
+    assert sorted(backup_dir.glob("*.tar.gz")) == [archive]
+    STATE["archive"], STATE["backed_up"] = archive, expected
+
+
+def test_restore_onto_the_same_data_changes_nothing() -> None:
+    for extra in ([], ["--check"]):
+        result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}", *extra)
+        assert result.returncode == 0, tail(result)
+        assert recap(result.stdout)["changed"] == 0, tail(result)
+
+
+def test_a_corrupted_archive_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    archive: Path = STATE["archive"]
+    bad = tmp_path / archive.name
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    before = packages()
+    result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={bad}")
+    assert result.returncode != 0
+    assert "failed verification" in result.stdout, tail(result)
+    assert packages() == before
+
+
+def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -> None:
+    extra = wheel_on_client(tmp_path, "ops-extra", f"2.0.{STAMP}")
+    upload(extra)
+    with_extra = packages()
+    result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
+    assert result.returncode != 0
+    output = " ".join(result.stdout.split())
+    assert f"1 file(s) not in the archive: ops_extra-2.0.{STAMP}-py3-none-any.whl" in output, tail(result)
+    assert "pypi_backup_replace=true" in output and "Nothing was changed" in output
+    assert packages() == with_extra
+    replaced = playbook(
+        "playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}", "-e", "pypi_backup_replace=true"
+    )
+    assert replaced.returncode == 0, tail(replaced)
+    assert packages() == STATE["backed_up"]
+    aside = sh(SERVER, "find /srv/pypi -path '*/.airgap-pypi-replaced-*' -type f").split()
+    assert [path.rsplit("/", 1)[-1] for path in aside] == [f"ops_extra-2.0.{STAMP}-py3-none-any.whl"]
+
+
+def test_restore_onto_a_new_host_gives_the_same_files_and_uploads_work(tmp_path: Path) -> None:
+    new_server_container()
+    assert sh(SERVER, f"ls -A {PACKAGES} 2>/dev/null || true").strip() == ""
+    installed = playbook("site.yml")
+    assert installed.returncode == 0, tail(installed)
+    result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
+    assert result.returncode == 0, tail(result)
+    restored = packages()
+    assert len(restored) == len(STATE["backed_up"]) and restored == STATE["backed_up"]
+    assert sh(SERVER, f"stat -c %U {PACKAGES}/ops_pkg0-1.0.{STAMP}-py3-none-any.whl").strip() == "pypiserver"
+    again = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
+    assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, tail(again)
+    rerun = playbook("site.yml")
+    assert rerun.returncode == 0 and recap(rerun.stdout)["changed"] == 0, tail(rerun)
+    assert pip_install(f"ops-pkg0==1.0.{STAMP}").returncode == 0
+    upload(wheel_on_client(tmp_path, "ops-after-restore", f"1.0.{STAMP}"))
+    assert f"ops_after_restore-1.0.{STAMP}-py3-none-any.whl" in packages()
+    assert on(SERVER, "true").returncode == 0

@@ -1,0 +1,201 @@
+"""The modules behind upgrades and backups: the index probe, the data manifest and the archive check."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import re
+import socket
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from conftest import load_module
+
+ROOT = Path(__file__).resolve().parent.parent
+probe = load_module("pypi_server_probe", ROOT / "roles" / "pypi_server" / "library" / "pypi_server_probe.py")
+manifest = load_module("pypi_backup_manifest", ROOT / "roles" / "pypi_backup" / "library" / "pypi_backup_manifest.py")
+verify = load_module("pypi_backup_verify", ROOT / "roles" / "pypi_backup" / "library" / "pypi_backup_verify.py")
+
+WHEEL = b"not really a wheel, but bytes with a known sha256"
+
+
+class FakeIndex(http.server.BaseHTTPRequestHandler):
+    """Answers like pypiserver: /simple/, /packages/ with sha256 fragments, the files themselves."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    listed_sha: ClassVar[dict[str, str]] = {}
+    simple_status = 200
+
+    def do_GET(self) -> None:
+        if self.path == "/simple/":
+            self.reply(self.simple_status, b"<html><body></body></html>")
+        elif self.path == "/packages/":
+            links = "".join(
+                f'<a href="/packages/{name}#sha256={self.listed_sha.get(name, hashlib.sha256(data).hexdigest())}">'
+                f"{name}</a>\n"
+                for name, data in self.files.items()
+            )
+            self.reply(200, f"<html><body>{links}</body></html>".encode())
+        elif self.path.startswith("/packages/") and self.path[10:] in self.files:
+            self.reply(200, self.files[self.path[10:]])
+        else:
+            self.reply(404, b"")
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def index() -> Iterator[tuple[str, type[FakeIndex]]]:
+    handler = type("Handler", (FakeIndex,), {"files": {}, "listed_sha": {}, "simple_status": 200})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_downloads_the_first_file_and_checks_its_sha256(index) -> None:
+    url, handler = index
+    handler.files = {"b-1.0-py3-none-any.whl": b"other", "a-1.0-py3-none-any.whl": WHEEL}
+    result = probe.probe(url, None, 5)
+    assert result["serving"] is True, result
+    assert result["files"] == 2 and result["file"] == "a-1.0-py3-none-any.whl"
+    assert any("sha256 matches the listing" in line for line in result["checks"])
+
+
+def test_probe_fails_on_a_file_with_other_bytes(index) -> None:
+    url, handler = index
+    handler.files = {"a-1.0-py3-none-any.whl": WHEEL}
+    handler.listed_sha = {"a-1.0-py3-none-any.whl": "0" * 64}
+    result = probe.probe(url, None, 5)
+    assert result["serving"] is False
+    assert "a-1.0-py3-none-any.whl downloaded with sha256" in result["msg"]
+
+
+def test_probe_passes_an_empty_index_and_says_so(index) -> None:
+    url, _ = index
+    result = probe.probe(url, None, 5)
+    assert result["serving"] is True and result["file"] == ""
+    assert "the index holds no file yet: no download to check" in result["checks"]
+
+
+def test_probe_names_a_failing_simple_index(index) -> None:
+    url, handler = index
+    handler.simple_status = 500
+    result = probe.probe(url, None, 5)
+    assert result["serving"] is False and result["msg"] == f"GET {url}/simple/ answered 500, not 200"
+
+
+def test_probe_reports_an_index_that_does_not_answer() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = probe.probe(f"http://127.0.0.1:{port}", None, 2)
+    assert result["serving"] is False and "did not answer" in result["msg"]
+
+
+@pytest.fixture
+def index_data(tmp_path: Path) -> tuple[Path, Path]:
+    packages, config = tmp_path / "data" / "packages", tmp_path / "etc"
+    (packages / "sub").mkdir(parents=True)
+    config.mkdir()
+    (packages / "a-1.0-py3-none-any.whl").write_bytes(WHEEL)
+    (packages / "sub" / "b-2.0.tar.gz").write_bytes(b"sdist")
+    (config / "htpasswd").write_text("alice:$apr1$x$y\nbob:$apr1$z$w\n")
+    (config / "gunicorn.conf.py").write_text("workers = 2\n")
+    return packages, config
+
+
+def test_manifest_read_only_lists_every_file_with_its_sha256(index_data: tuple[Path, Path]) -> None:
+    packages, config = index_data
+    result = manifest.build(packages, config, ["htpasswd", "gunicorn.conf.py", "absent.py"], None, {})
+    assert result["files"] == {
+        "config/gunicorn.conf.py": hashlib.sha256(b"workers = 2\n").hexdigest(),
+        "config/htpasswd": hashlib.sha256((config / "htpasswd").read_bytes()).hexdigest(),
+        "packages/a-1.0-py3-none-any.whl": hashlib.sha256(WHEEL).hexdigest(),
+        "packages/sub/b-2.0.tar.gz": hashlib.sha256(b"sdist").hexdigest(),
+    }
+    assert result["count"] == 4 and result["bytes"] == len(WHEEL) + 5 + 12 + len((config / "htpasswd").read_bytes())
+    again = manifest.build(packages, config, ["htpasswd", "gunicorn.conf.py"], None, {})
+    assert again["digest"] == result["digest"], "the same data must give the same digest"
+
+
+def test_snapshot_hard_links_packages_and_writes_a_checkable_manifest(index_data: tuple[Path, Path]) -> None:
+    packages, config = index_data
+    snapshot = packages.parent / ".backup" / "snapshot"
+    result = manifest.build(packages, config, ["htpasswd"], snapshot, {"host": "h1"})
+    linked = snapshot / "packages" / "a-1.0-py3-none-any.whl"
+    assert linked.stat().st_ino == (packages / "a-1.0-py3-none-any.whl").stat().st_ino
+    assert (snapshot / "config" / "htpasswd").stat().st_ino != (config / "htpasswd").stat().st_ino
+    lines = (snapshot / "MANIFEST.sha256").read_text().splitlines()
+    assert lines == [f"{digest}  {path}" for path, digest in sorted(result["files"].items())]
+    for line in lines:
+        digest, path = line.split("  ", 1)
+        assert hashlib.sha256((snapshot / path).read_bytes()).hexdigest() == digest
+    assert '"host": "h1"' in (snapshot / "INFO.json").read_text()
+
+
+def pack(snapshot: Path, archive: Path, extra: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("MANIFEST.sha256", "INFO.json", "packages", "config"):
+            tar.add(snapshot / name, arcname=name)
+        for name, data in (extra or {}).items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return archive
+
+
+@pytest.fixture
+def archive(index_data: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    packages, config = index_data
+    snapshot = tmp_path / "snapshot"
+    manifest.build(packages, config, ["htpasswd", "gunicorn.conf.py"], snapshot, {"host": "h1"})
+    return snapshot, pack(snapshot, tmp_path / "good.tar.gz")
+
+
+def test_verify_accepts_a_good_archive_and_names_its_accounts(archive: tuple[Path, Path]) -> None:
+    snapshot, path = archive
+    result = verify.verify(str(path))
+    assert result["count"] == 4 and result["accounts"] == ["alice", "bob"]
+    assert result["info"]["host"] == "h1"
+    assert result["digest"] == hashlib.sha256((snapshot / "MANIFEST.sha256").read_bytes()).hexdigest()
+
+
+def test_verify_rejects_a_file_with_other_bytes(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    snapshot, _ = archive
+    (snapshot / "packages" / "a-1.0-py3-none-any.whl").unlink()  # a hard link: replace, do not edit in place
+    (snapshot / "packages" / "a-1.0-py3-none-any.whl").write_bytes(b"tampered")
+    with pytest.raises(verify.BadArchive, match=re.escape("1 file(s) with another sha256 than listed: packages/a-1.0")):
+        verify.verify(str(pack(snapshot, tmp_path / "bad.tar.gz")))
+
+
+def test_verify_rejects_unlisted_and_unsafe_members(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    snapshot, _ = archive
+    with pytest.raises(verify.BadArchive, match=re.escape("the manifest does not list: packages/sneaked.whl")):
+        verify.verify(str(pack(snapshot, tmp_path / "extra.tar.gz", {"packages/sneaked.whl": b"x"})))
+    with pytest.raises(verify.BadArchive, match="outside the restore directory"):
+        verify.verify(str(pack(snapshot, tmp_path / "escape.tar.gz", {"../etc/passwd": b"x"})))
+
+
+def test_verify_rejects_a_truncated_archive(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    _, path = archive
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(verify.BadArchive, match=re.escape("cannot read it as a tar.gz archive")):
+        verify.verify(str(truncated))
