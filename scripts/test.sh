@@ -40,6 +40,11 @@ MOLECULE_JUNIT_XML="$PWD/$results/molecule-network.xml" molecule test --scenario
 rc=$?
 [ "$rc" -eq 0 ] || note_failure "molecule network"
 
+step "molecule test (operations scenario: upgrade, rollback, backup, restore)"
+MOLECULE_JUNIT_XML="$PWD/$results/molecule-operations.xml" molecule test --scenario-name operations
+rc=$?
+[ "$rc" -eq 0 ] || note_failure "molecule operations"
+
 # --- real-EL scenario (molecule/el): runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them
 # it prints "molecule el: NOT RUN ..." and writes skipped test cases ($results/molecule-el.xml), never passed.
 step "molecule test (el scenario, operator's EL/Ubuntu images)"
