@@ -35,6 +35,8 @@ SUPERVISORCTL = "/opt/airgap-pypi/supervisor/bin/supervisorctl -c /etc/superviso
 TAG = "cp311"  # Debian 12's Python
 # Bundle B pins an older gunicorn than bundle A's lock (27.x for 3.11): the two lock sets differ in one package.
 B_PIN = "gunicorn==23.0.0"
+# The file whose first commit introduced releases: its parent is the single-virtualenv layout.
+RELEASES_TASKS = "roles/pypi_server/tasks/release.yml"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airgap-pypi" / "bundles"
 
 
@@ -50,18 +52,41 @@ def sh(container: str, script: str) -> str:
     return done.stdout
 
 
-def playbook(path: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook <path> against the scenario's inventory, from the project directory."""
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+def playbook(
+    path: str, *args: str, project: Path = PROJECT_DIR, timeout: int = 900
+) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook <path> of project (default: this one) against the scenario's inventory."""
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(project / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY_DIR), str(PROJECT_DIR / path), "--limit", SERVER, *args],
+        ["ansible-playbook", "-i", str(INVENTORY_DIR), str(project / path), "--limit", SERVER, *args],
         check=False,
         capture_output=True,
         text=True,
         env=env,
-        cwd=PROJECT_DIR,
+        cwd=project,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def project_before_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This repository as it was before releases (single-virtualenv layout), from git."""
+    added = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "log", "--diff-filter=A", "--format=%H", "--", RELEASES_TASKS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not added:
+        pytest.skip("no git history with the commit that introduced releases")
+    dest = tmp_path_factory.mktemp("before-releases")
+    archive = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "archive", f"{added[-1]}^", "roles", "site.yml", "ansible.cfg", "VERSION"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def recap(output: str) -> dict[str, int]:

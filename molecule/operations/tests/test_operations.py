@@ -241,11 +241,31 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     assert [path.rsplit("/", 1)[-1] for path in aside] == [f"ops_extra-2.0.{STAMP}-py3-none-any.whl"]
 
 
-def test_restore_onto_a_new_host_gives_the_same_files_and_uploads_work(tmp_path: Path) -> None:
+def test_a_host_of_the_single_virtualenv_layout_moves_to_releases(project_before_releases: Path) -> None:
+    """A new host installed by the code before releases; this site.yml moves it without losing anything."""
     new_server_container()
     assert sh(SERVER, f"ls -A {PACKAGES} 2>/dev/null || true").strip() == ""
-    installed = playbook("site.yml")
-    assert installed.returncode == 0, tail(installed)
+    old = playbook(
+        "site.yml",
+        "-e",
+        f"pypi_bootstrap_artifacts_dir={ARTIFACTS}",
+        "-e",
+        f"pypi_server_mirror_dir={ARTIFACTS / 'mirror'}",
+        project=project_before_releases,
+    )
+    assert old.returncode == 0, tail(old)
+    assert sh(SERVER, f"test -d {VENV} && ! test -L {VENV} && echo dir").strip() == "dir"
+    before, accounts = packages(), htpasswd_sum()
+    assert before, "the carried-in mirror should have put files into the index"
+    moved = playbook("site.yml")
+    assert moved.returncode == 0, tail(moved)
+    assert current_release() == RELEASE_A and running_release() == RELEASE_A
+    assert sh(SERVER, f"ls {RELEASES}").split() == [RELEASE_A]
+    assert packages() == before and htpasswd_sum() == accounts
+    assert pip_install("click").returncode == 0, "click comes with the default mirror"
+
+
+def test_restore_onto_a_new_host_gives_the_same_files_and_uploads_work(tmp_path: Path) -> None:
     result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
     assert result.returncode == 0, tail(result)
     restored = packages()
