@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 import build_bundle
-from containers import docker, wait_for  # noqa: F401 - the tests import both from here
+from containers import docker, wait_for
 
 SERVER = "airgap-pypi-ops-deb12"
 CLIENT = "airgap-pypi-ops-client"
@@ -282,5 +282,8 @@ def new_server_container() -> None:
         "airgap-pypi.molecule=true",
         IMAGE,
     )
-    booted = on(SERVER, "timeout", "120", "systemctl", "is-system-running", "--wait")
-    assert booted.returncode == 0 or "degraded" in booted.stdout, booted.stdout + booted.stderr
+    # Right after `docker run` systemd may not even have its bus yet: ask until it says it is up.
+    booted = wait_for(
+        lambda: on(SERVER, "systemctl", "is-system-running").stdout.strip() in {"running", "degraded"}, 120, 1
+    )
+    assert booted, on(SERVER, "systemctl", "is-system-running").stdout

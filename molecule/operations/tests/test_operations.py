@@ -77,6 +77,12 @@ def test_upgrade_to_bundle_b_keeps_every_package_byte_for_byte(bundle_b: Path) -
     assert release_b != RELEASE_A
     assert "gunicorn==23.0.0" in (bundle_b / "locks" / "server-cp311.txt").read_text()
     before, accounts = packages(), htpasswd_sum()
+    # Check mode says an upgrade would change things, and changes none of them.
+    dry = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_b}", "--check")
+    assert dry.returncode == 0, tail(dry)
+    assert recap(dry.stdout)["changed"] > 0
+    assert current_release() == RELEASE_A and running_release() == RELEASE_A
+    assert sh(SERVER, f"ls {RELEASES}").split() == [RELEASE_A]
     result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_b}")
     assert result.returncode == 0, tail(result)
     assert current_release() == release_b
