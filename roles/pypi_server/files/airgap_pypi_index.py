@@ -298,7 +298,7 @@ border:1px solid #9aa5b1;border-radius:4px}
 """
 
 BASE_SCRIPT = """
-(function(){var base=location.origin+location.pathname.replace(/\\/(project\\/[^\\/]*\\/?)?$/,'');
+(function(){var base=location.origin+location.pathname.replace(/\\/(index\\.html|project\\/[^\\/]*\\/?)?$/,'');
 document.querySelectorAll('.base').forEach(function(e){e.textContent=base;});})();
 """
 
