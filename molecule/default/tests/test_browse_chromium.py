@@ -133,17 +133,24 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def index_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The index on its container's address, with three projects whose summaries the search can tell apart."""
+def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(URL of the index on its container's address, this run's stamp): three projects named with the stamp,
+    whose summaries the search can tell apart."""
     address = docker(
         "inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}', SERVER
     ).stdout.strip()
     assert address, f"{SERVER} has no address on {NETWORK}"
-    stamp = time.time_ns() % 10**9
+    stamp = str(time.time_ns() % 10**9)
     directory = tmp_path_factory.mktemp("browse")
     wheels = [
         build_wheel(directory, f"browse-zebra-{stamp}", "1.0", summary="Striped animals <b>not bold</b>"),
-        build_wheel(directory, f"browse-lion-{stamp}", "2.0", summary="Big cats of the savanna"),
+        build_wheel(
+            directory,
+            f"browse-lion-{stamp}",
+            "2.0",
+            summary="Big cats of the savanna",
+            description="Lions <script>alert(1)</script> live in prides.",
+        ),
         build_wheel(directory, f"browse-okapi-{stamp}", "0.3", summary="A forest giraffe, also striped"),
     ]
     remote = []
@@ -164,23 +171,24 @@ def index_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         *remote,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return f"http://{address}:{PORT}"
+    return f"http://{address}:{PORT}", stamp
 
 
 ROWS = "Array.from(document.querySelectorAll('#projects tbody tr'))"
 VISIBLE = f"{ROWS}.filter(r => !r.hidden).map(r => r.cells[0].textContent)"
 
 
-def test_the_page_loads_offline_and_search_narrows_the_list(browser: Browser, index_url: str) -> None:
+def test_the_page_loads_offline_and_search_narrows_the_list(browser: Browser, index: tuple[str, str]) -> None:
+    index_url, stamp = index
     browser.navigate(f"{index_url}/")
     assert browser.evaluate("document.title") == "airgap-pypi packages"
     everything = browser.evaluate(VISIBLE)
     assert len(everything) >= 3 and any(name.startswith("browse-zebra-") for name in everything)
-    assert "pip install --index-url " + index_url in browser.evaluate("document.body.innerText")
+    assert f"pip install --index-url {index_url}/simple/ --trusted-host" in browser.evaluate("document.body.innerText")
     browser.screenshot(RESULTS / "browse-all.png")
-    # Type into the search box as a person would: the input event narrows the list.
+    # Type into the search box as a person would: the input event narrows the list (every word must match).
     browser.evaluate("document.getElementById('search').focus()")
-    browser.call("Input.insertText", {"text": "striped"}, session=True)
+    browser.call("Input.insertText", {"text": f"Striped {stamp}"}, session=True)
     narrowed = browser.evaluate(VISIBLE)
     assert sorted(name.split("-")[1] for name in narrowed) == ["okapi", "zebra"], narrowed
     assert browser.evaluate("document.getElementById('count').textContent").startswith("2 of ")
@@ -194,13 +202,17 @@ def test_the_page_loads_offline_and_search_narrows_the_list(browser: Browser, in
     assert requested and all(url.startswith(index_url) for url in requested), requested
 
 
-def test_a_project_page_shows_files_hashes_and_description(browser: Browser, index_url: str) -> None:
+def test_a_project_page_shows_files_hashes_and_description(browser: Browser, index: tuple[str, str]) -> None:
+    index_url, stamp = index
     browser.navigate(f"{index_url}/")
-    link = browser.evaluate("document.querySelector('#projects a[href*=\"browse-lion-\"]').href")
+    link = browser.evaluate(f"document.querySelector('#projects a[href*=\"browse-lion-{stamp}\"]').href")
     browser.navigate(link)
     text = browser.evaluate("document.body.innerText")
     assert "Big cats of the savanna" in text and "2.0" in text and "Requires-Python" in text
-    assert "pip install --index-url " + index_url + "/simple/ browse-lion-" in text
+    host = index_url.split("//", 1)[1].split(":", 1)[0]
+    assert f"pip install --index-url {index_url}/simple/ --trusted-host {host} browse-lion-" in text
+    description = browser.evaluate("document.getElementById('description').textContent")
+    assert description == "Lions <script>alert(1)</script> live in prides.", "shown as text, never run"
     hashes = browser.evaluate("Array.from(document.querySelectorAll('td.hash')).map(td => td.textContent)")
     assert hashes and all(len(value) == 64 for value in hashes)
     browser.screenshot(RESULTS / "browse-project.png")

@@ -299,7 +299,9 @@ border:1px solid #9aa5b1;border-radius:4px}
 
 BASE_SCRIPT = """
 (function(){var base=location.origin+location.pathname.replace(/\\/(index\\.html|project\\/[^\\/]*\\/?)?$/,'');
-document.querySelectorAll('.base').forEach(function(e){e.textContent=base;});})();
+document.querySelectorAll('.base').forEach(function(e){e.textContent=base;});
+var h=location.hostname,plain=location.protocol==='http:'&&!/^(localhost|127[.]|\\[::1\\]$)/.test(h);
+document.querySelectorAll('.trusted').forEach(function(e){e.textContent=plain?'--trusted-host '+h+' ':'';});})();
 """
 
 SEARCH_SCRIPT = """
@@ -336,7 +338,7 @@ def render_browse_index(summaries: List[Tuple[str, Entry, int]]) -> bytes:
     body = (
         "<h1>Packages</h1>\n"
         '<p class="muted">Install: <code>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
-        "NAME</code> &middot; Upload: <code>twine upload --repository-url "
+        '<span class="trusted"></span>NAME</code> &middot; Upload: <code>twine upload --repository-url '
         '<span class="base">http://HOST:PORT</span>/ dist/*</code> &middot; <a href="simple/">simple index</a></p>\n'
         '<label for="search">Search names and summaries</label>\n'
         '<input type="search" id="search" placeholder="Search packages" autofocus>\n'
@@ -368,7 +370,7 @@ def render_browse_project(project: str, entries: List[Tuple[str, Entry]], descri
         f'<h1>{esc(newest["name"])} <span class="muted">{esc(newest["version"])}</span></h1>\n'
         f"<p>{esc(newest.get('summary'))}</p>\n"
         f'<pre>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
-        f"{esc(project)}=={esc(newest['version'])}\n"
+        f'<span class="trusted"></span>{esc(project)}=={esc(newest["version"])}\n'
         f'twine upload --repository-url <span class="base">http://HOST:PORT</span>/ dist/*</pre>\n'
         f'<p><a href="../../simple/{esc(quote(project))}/">simple page</a> &middot; '
         f'<a href="../../">all packages</a></p>\n'
