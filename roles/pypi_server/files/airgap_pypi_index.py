@@ -27,6 +27,7 @@ import base64
 import contextlib
 import email.parser
 import fcntl
+import functools
 import hashlib
 import html
 import json
@@ -101,6 +102,7 @@ def parse_filename(filename: str) -> Optional[Tuple[str, str]]:
     return name, version
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def version_key(version: str) -> Tuple[int, Any]:
     """Sort key: PEP 440 versions in order, anything else before them, by text."""
     try:
@@ -109,6 +111,7 @@ def version_key(version: str) -> Tuple[int, Any]:
         return (0, version)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_prerelease(version: str) -> bool:
     try:
         return Version(version).is_prerelease
@@ -212,9 +215,14 @@ def file_url(relfn: str) -> str:
     return "../../packages/" + quote(relfn)
 
 
-def project_files(files: Dict[str, Entry], project: str) -> List[Tuple[str, Entry]]:
-    chosen = [(relfn, entry) for relfn, entry in files.items() if entry["project"] == project]
-    return sorted(chosen, key=lambda item: (version_key(item[1]["version"]), item[0]))
+def by_project(files: Dict[str, Entry]) -> Dict[str, List[Tuple[str, Entry]]]:
+    """Each project's (file, entry) pairs, oldest version first."""
+    grouped: Dict[str, List[Tuple[str, Entry]]] = {}
+    for relfn, entry in files.items():
+        grouped.setdefault(entry["project"], []).append((relfn, entry))
+    for entries in grouped.values():
+        entries.sort(key=lambda item: (version_key(item[1]["version"]), item[0]))
+    return grouped
 
 
 def latest(entries: List[Tuple[str, Entry]]) -> Entry:
@@ -392,6 +400,7 @@ class Tree:
         self._thread_lock = threading.Lock()
         self._seen: Optional[Dict[str, int]] = None
         self._next_check = 0.0
+        self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any]]] = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.tree, *parts)
@@ -416,6 +425,24 @@ class Tree:
                 stamps[rel] = -1
         return stamps
 
+    def load_state(self) -> Optional[Dict[str, Any]]:
+        """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
+        try:
+            stat = os.stat(self.path("state.json"))
+        except OSError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._state is not None and self._state[0] == key:
+            return self._state[1]
+        state = self.read_json("state.json")
+        self._state = (key, state) if state else None
+        return state
+
+    def save_state(self, document: Dict[str, Any]) -> None:
+        write_atomic(self.path("state.json"), json.dumps(document).encode())
+        stat = os.stat(self.path("state.json"))
+        self._state = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), document)
+
     def read_json(self, name: str) -> Optional[Dict[str, Any]]:
         try:
             with open(self.path(name), "rb") as handle:
@@ -424,10 +451,10 @@ class Tree:
         except (OSError, ValueError):
             return None
 
-    def scan(self) -> Tuple[Dict[str, int], Dict[str, Tuple[os.stat_result, str, str]]]:
-        """Directory mtimes (taken before listing) and the distribution files below packages."""
+    def scan(self) -> Tuple[Dict[str, int], Dict[str, os.stat_result]]:
+        """Directory mtimes (taken before listing) and the files below packages that may be distributions."""
         dirs: Dict[str, int] = {}
-        found: Dict[str, Tuple[os.stat_result, str, str]] = {}
+        found: Dict[str, os.stat_result] = {}
         pending = [""]
         while pending:
             rel = pending.pop()
@@ -444,11 +471,10 @@ class Tree:
                 if item.is_dir(follow_symlinks=False):
                     pending.append(relfn)
                     continue
-                parsed = parse_filename(item.name)
-                if parsed is None or not item.is_file():
+                if not item.name.lower().endswith(ARCHIVE_SUFFIXES) or not item.is_file():
                     continue
                 try:
-                    found[relfn] = (item.stat(), parsed[0], parsed[1])
+                    found[relfn] = item.stat()
                 except OSError:
                     continue
         return dirs, found
@@ -459,7 +485,7 @@ class Tree:
             return self._sync(rebuild, skip_young)
 
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
-        state = self.read_json("state.json")
+        state = self.load_state()
         if not state or state.get("version") != STATE_VERSION or state.get("packages") != self.packages:
             state = {"files": {}}
             rebuild = True
@@ -475,27 +501,32 @@ class Tree:
         for relfn, entry in old.items():
             if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
                 remove_quietly(self.path("metadata", relfn + ".metadata"))
-        projects = sorted({entry["project"] for entry in files.values()})
+        if not (changed or rebuild or not os.path.exists(self.path("browse", "index.html"))):
+            self.finish(dirs, dirty)
+            return []
+        grouped = by_project(files)
+        projects = sorted(grouped)
         if rebuild:
             with contextlib.suppress(OSError):
                 changed |= set(os.listdir(self.path("simple"))) - set(projects) - {"index.html", "index.json"}
         for project in sorted(changed):
-            self.write_project(project, project_files(files, project))
-        if changed or rebuild or not os.path.exists(self.path("browse", "index.html")):
-            self.write_root(projects, files)
-        if changed or rebuild or files != old:
-            document = {"version": STATE_VERSION, "packages": self.packages, "files": files}
-            write_atomic(self.path("state.json"), json.dumps(document).encode())
+            self.write_project(project, grouped.get(project, []))
+        self.write_root(projects, grouped)
+        self.save_state({"version": STATE_VERSION, "packages": self.packages, "files": files})
+        self.finish(dirs, dirty)
+        return sorted(changed)
+
+    def finish(self, dirs: Dict[str, int], dirty: bool) -> None:
+        """Write the stamp that reads compare the directories with."""
         # A directory changed within the clock's granularity of this scan could change again unseen by its mtime.
         dirty = dirty or any(0 <= time.time_ns() - mtime < YOUNG_SECONDS * 1e9 for mtime in dirs.values())
         if dirty:
             dirs[""] = -1  # something was left for later: the next read-triggered check syncs again
         write_atomic(self.path("stamp.json"), json.dumps({"dirs": dirs}).encode())
         self._seen = dirs
-        return sorted(changed)
 
     def collect(
-        self, old: Dict[str, Entry], found: Dict[str, Tuple[os.stat_result, str, str]], rebuild: bool, skip_young: bool
+        self, old: Dict[str, Entry], found: Dict[str, os.stat_result], rebuild: bool, skip_young: bool
     ) -> Tuple[Dict[str, Entry], Dict[str, bytes], bool]:
         """State entries of the files found (cached when name, size and mtime match), new METADATA, and whether
         a file was left out because it may still be being written."""
@@ -503,16 +534,21 @@ class Tree:
         files: Dict[str, Entry] = {}
         fresh_metadata: Dict[str, bytes] = {}
         dirty = False
-        for relfn, (stat, name, version) in found.items():
+        for relfn, stat in found.items():
             known = old.get(relfn)
             if known and known["size"] == stat.st_size and known["mtime"] == stat.st_mtime_ns:
                 files[relfn] = known
-                metadata_file = self.path("metadata", relfn + ".metadata")
-                if not (rebuild and known.get("metadata_sha256") and not os.path.exists(metadata_file)):
+                if not (rebuild and known.get("metadata_sha256")):
+                    continue
+                if os.path.exists(self.path("metadata", relfn + ".metadata")):
                     continue
             elif skip_young and now - stat.st_mtime < YOUNG_SECONDS:
                 dirty = True
                 continue
+            parsed = parse_filename(os.path.basename(relfn))
+            if parsed is None:
+                continue
+            name, version = parsed
             path = os.path.join(self.packages, relfn)
             try:
                 entry, metadata = file_entry(path, stat, name, version)
@@ -550,11 +586,8 @@ class Tree:
         write_atomic(json_path, render_project_json(project, entries))
         write_atomic(browse_path, render_browse_project(project, entries, description))
 
-    def write_root(self, projects: List[str], files: Dict[str, Entry]) -> None:
-        summaries = []
-        for project in projects:
-            entries = project_files(files, project)
-            summaries.append((project, latest(entries), len(entries)))
+    def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]]) -> None:
+        summaries = [(project, latest(grouped[project]), len(grouped[project])) for project in projects]
         write_atomic(self.path("simple", "index.html"), render_root_html(projects))
         write_atomic(self.path("simple", "index.json"), render_root_json(projects))
         write_atomic(self.path("browse", "index.html"), render_browse_index(summaries))
