@@ -14,10 +14,19 @@ import zipfile
 from pathlib import Path
 
 
-def build_wheel(directory: Path, name: str, version: str) -> Path:
+def build_wheel(
+    directory: Path,
+    name: str,
+    version: str,
+    *,
+    summary: str = "airgap-pypi demo package",
+    requires_python: str = ">=3.7",
+    description: str = "",
+) -> Path:
     """Write <module>-<version>-py3-none-any.whl into directory and return its path.
 
-    Importing the module gives VERSION == version, so a client can prove which file it installed.
+    Importing the module gives VERSION == version, so a client can prove which file it installed. description,
+    when given, is the METADATA body (the long description).
     """
     module = name.replace("-", "_")
     dist_info = f"{module}-{version}.dist-info"
@@ -25,7 +34,8 @@ def build_wheel(directory: Path, name: str, version: str) -> Path:
         f"{module}/__init__.py": f'VERSION = "{version}"\n'.encode(),
         f"{dist_info}/METADATA": (
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-            "Summary: airgap-pypi demo package\nRequires-Python: >=3.7\n"
+            f"Summary: {summary}\nRequires-Python: {requires_python}\n"
+            + (f"Description-Content-Type: text/plain\n\n{description}" if description else "")
         ).encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: airgap-pypi\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }

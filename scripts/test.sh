@@ -18,6 +18,8 @@ scripts/venv.sh || exit 1
 .venv/bin/python scripts/build_controller.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_controller.py || exit 1
 .venv/bin/python scripts/build_mirror.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_mirror.py || exit 1
 scripts/build_images.sh || exit 1
+# The browse page test needs Debian's chromium; without it that test says NOT RUN (skipped), never passed.
+scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"
 
 step "lint: yamllint, ansible-lint (production profile), ruff"
 yamllint --strict . || note_failure yamllint

@@ -260,7 +260,40 @@ def test_downloads_can_require_a_password() -> None:
         assert result.returncode == 0, result.stdout[-3000:]
         assert wait_for(lambda: http_status(url, auth=False) == "401", 30)
         assert http_status(url, auth=True) == "200"
+        # The static read path guards every read as pypiserver does: pages, browse page, metadata, files.
+        base = f"http://{host}:{PORT}"
+        wheel = docker(
+            "exec", host, "sh", "-c", "ls /srv/pypi/packages | grep '^airgap_demo-' | head -1"
+        ).stdout.strip()
+        assert wheel, "the default tests uploaded airgap-demo"
+        for path in ("/", "/simple/airgap-demo/", f"/packages/{wheel}.metadata", f"/packages/{wheel}"):
+            assert http_status(base + path, auth=False) == "401", path
+            assert http_status(base + path, auth=True) == "200", path
     finally:
         restored = playbook("--limit", host)
         assert restored.returncode == 0, restored.stdout[-3000:]
     assert wait_for(lambda: http_status(url, auth=False) == "200", 30)
+
+
+def http_body(url: str) -> str:
+    """Body of a GET from the client container."""
+    code = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10).read().decode())"
+    return docker("exec", CLIENT, "/usr/bin/python3", "-c", code).stdout
+
+
+def test_static_index_can_be_turned_off() -> None:
+    """pypi_server_static_index=false is pypiserver alone, as before (the benchmark's baseline)."""
+    host = "airgap-pypi-deb11"
+    page = f"http://{host}:{PORT}/simple/airgap-demo/"
+    assert "data-requires-python" in http_body(page)
+    try:
+        result = playbook("--limit", host, "-e", "pypi_server_static_index=false")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert wait_for(lambda: "data-requires-python" not in http_body(page), 30)
+        assert "airgap_demo-" in http_body(page), "pypiserver lists the same files itself"
+        assert "pypiserver" in http_body(f"http://{host}:{PORT}/"), "its own welcome page"
+    finally:
+        restored = playbook("--limit", host)
+        assert restored.returncode == 0, restored.stdout[-3000:]
+    assert wait_for(lambda: "data-requires-python" in http_body(page), 30)
+    assert 'id="search"' in http_body(f"http://{host}:{PORT}/")

@@ -1,0 +1,852 @@
+#!/usr/bin/env python3
+"""Static read path of airgap-pypi: pre-generated simple index pages served in front of pypiserver.
+
+The tree (one directory, written only by this module) holds, for the packages directory:
+
+    simple/index.html, simple/index.json            PEP 503 / PEP 691 project list
+    simple/<project>/index.html, index.json         PEP 503 / PEP 691 (+ PEP 700 sizes) file lists with sha256,
+                                                    data-requires-python and PEP 658/714 core-metadata hashes
+    metadata/<file>.metadata                        the METADATA of each wheel (PEP 658)
+    browse/index.html, browse/<project>.html        the browse and search pages (inline CSS and JS only)
+    state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing
+    stamp.json                                      the package directories' mtimes at the last sync
+
+`sync()` compares the packages directory with state.json and rewrites only the pages of projects whose files
+changed (every write goes to a temporary file then os.replace, so no reader sees half a page), under an flock.
+`StaticIndex` is a WSGI layer in front of pypiserver: it serves GET/HEAD of the pages, metadata files and package
+files from the tree, sends everything else (uploads, removals, /health, ...) to pypiserver, and syncs after a
+successful POST before the response is returned, so a file is on its page when `twine upload` returns.
+
+Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packaging` (pypiserver's dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import email.parser
+import fcntl
+import functools
+import hashlib
+import html
+import json
+import mimetypes
+import os
+import pwd
+import re
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import zipfile
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from urllib.parse import quote
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+STATE_VERSION = 1
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_V1_TYPE = "application/vnd.pypi.simple.v1+html"
+# Files pypiserver lists (its pkg_helpers._archive_suffix_rx, plus wheels).
+ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".zip", ".egg", ".tar")
+# A file changed this recently may still be being written by hand: a read-triggered sync leaves it for later.
+YOUNG_SECONDS = 2.0
+RECHECK_SECONDS = 1.0
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.!+~-]+(/[A-Za-z0-9_.!+~-]+)*$")
+
+Entry = Dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
+# (body: bytes, an open package file or None for "Not Found", headers, status)
+Response = Tuple[Any, List[Tuple[str, str]], str]
+NOT_FOUND: Response = (None, [("Content-Type", "text/plain")], "404 Not Found")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_filename(filename: str) -> Optional[Tuple[str, str]]:
+    """(project name as written, version) of a distribution file name; None for a file pypiserver ignores."""
+    lower = filename.lower()
+    if filename.startswith(".") or not lower.endswith(ARCHIVE_SUFFIXES):
+        return None
+    try:
+        if lower.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(filename)
+            return filename.split("-", 1)[0], str(version)
+        if lower.endswith((".tar.gz", ".zip")):
+            name, version = parse_sdist_filename(filename)
+            return filename.rsplit("-", 1)[0], str(version)
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        pass
+    stem = filename
+    for suffix in ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix):
+            stem = filename[: -len(suffix)]
+            break
+    if lower.endswith(".egg"):
+        stem = "-".join(stem.split("-")[:2])
+    name, sep, version = stem.rpartition("-")
+    if not sep or not name:
+        return None
+    return name, version
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def version_key(version: str) -> Tuple[int, Any]:
+    """Sort key: PEP 440 versions in order, anything else before them, by text."""
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def is_prerelease(version: str) -> bool:
+    try:
+        return Version(version).is_prerelease
+    except InvalidVersion:
+        return False
+
+
+def read_core_metadata(path: str) -> Tuple[Optional[bytes], bool]:
+    """(metadata bytes, is a wheel's METADATA). Wheels: the .dist-info/METADATA; sdists: PKG-INFO (never served)."""
+    lower = path.lower()
+    try:
+        if lower.endswith(".whl"):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if re.match(r"^[^/]+\.dist-info/METADATA$", n)]
+                if len(names) == 1:
+                    return archive.read(names[0]), True
+            return None, False
+        if lower.endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if re.match(r"^[^/]+/PKG-INFO$", n)]
+                return (archive.read(names[0]) if names else None), False
+        if ".tar" in lower or lower.endswith((".tgz", ".tbz", ".txz")):
+            with tarfile.open(path) as archive:
+                for member in archive:
+                    if member.isfile() and re.match(r"^[^/]+/PKG-INFO$", member.name):
+                        extracted = archive.extractfile(member)
+                        return (extracted.read() if extracted else None), False
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, KeyError, EOFError, ValueError):
+        pass
+    return None, False
+
+
+def parse_metadata(raw: Optional[bytes]) -> Dict[str, str]:
+    """Name, Summary, Requires-Python and Description of core metadata (email header format)."""
+    if not raw:
+        return {}
+    message = email.parser.BytesParser().parsebytes(raw)
+    fields = {}
+    for key in ("Name", "Version", "Summary", "Requires-Python"):
+        value = message.get(key)
+        if value is not None:
+            fields[key.lower()] = " ".join(str(value).split())
+    body = message.get_payload()
+    description = body if isinstance(body, str) and body.strip() else str(message.get("Description") or "")
+    fields["description"] = description
+    return fields
+
+
+def file_entry(path: str, stat: os.stat_result, project: str, version: str) -> Tuple[Entry, Optional[bytes]]:
+    """Hash a file and read its metadata: the state entry and, for a wheel, the METADATA to serve."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    raw, is_wheel_metadata = read_core_metadata(path)
+    fields = parse_metadata(raw)
+    entry: Entry = {
+        "size": stat.st_size,
+        "mtime": stat.st_mtime_ns,
+        "sha256": digest.hexdigest(),
+        "project": normalize(project),
+        "name": fields.get("name") or project,
+        "version": version,
+        "requires_python": fields.get("requires-python"),
+        "summary": fields.get("summary", ""),
+        "metadata_sha256": hashlib.sha256(raw).hexdigest() if raw is not None and is_wheel_metadata else None,
+    }
+    return entry, (raw if is_wheel_metadata else None)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write data to path so that a reader sees either the old or the new file, never a part."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def esc(text: Optional[str]) -> str:
+    """HTML-escape untrusted text (quotes too: it is also used in attributes)."""
+    return html.escape(text or "", quote=True)
+
+
+def file_url(relfn: str) -> str:
+    return "../../packages/" + quote(relfn)
+
+
+def by_project(files: Dict[str, Entry]) -> Dict[str, List[Tuple[str, Entry]]]:
+    """Each project's (file, entry) pairs, oldest version first."""
+    grouped: Dict[str, List[Tuple[str, Entry]]] = {}
+    for relfn, entry in files.items():
+        grouped.setdefault(entry["project"], []).append((relfn, entry))
+    for entries in grouped.values():
+        entries.sort(key=lambda item: (version_key(item[1]["version"]), item[0]))
+    return grouped
+
+
+def latest(entries: List[Tuple[str, Entry]]) -> Entry:
+    """The newest final release's entry (the newest of all when there are only pre-releases)."""
+    finals = [entry for _, entry in entries if not is_prerelease(entry["version"])]
+    pool = finals or [entry for _, entry in entries]
+    best = max(pool, key=lambda entry: (version_key(entry["version"]), entry.get("metadata_sha256") is not None))
+    return best
+
+
+def render_project_html(project: str, entries: List[Tuple[str, Entry]]) -> bytes:
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "  <head>",
+        '    <meta name="pypi:repository-version" content="1.1">',
+        f"    <title>Links for {esc(project)}</title>",
+        "  </head>",
+        "  <body>",
+        f"    <h1>Links for {esc(project)}</h1>",
+    ]
+    for relfn, entry in entries:
+        attributes = f'href="{esc(file_url(relfn))}#sha256={entry["sha256"]}"'
+        if entry.get("requires_python"):
+            attributes += f' data-requires-python="{esc(entry["requires_python"])}"'
+        if entry.get("metadata_sha256"):
+            value = f"sha256={entry['metadata_sha256']}"
+            attributes += f' data-core-metadata="{value}" data-dist-info-metadata="{value}"'
+        lines.append(f"    <a {attributes}>{esc(os.path.basename(relfn))}</a><br>")
+    lines += ["  </body>", "</html>", ""]
+    return "\n".join(lines).encode()
+
+
+def render_project_json(project: str, entries: List[Tuple[str, Entry]]) -> bytes:
+    files = []
+    for relfn, entry in entries:
+        metadata: Any = {"sha256": entry["metadata_sha256"]} if entry.get("metadata_sha256") else False
+        item: Entry = {
+            "filename": os.path.basename(relfn),
+            "url": file_url(relfn),
+            "hashes": {"sha256": entry["sha256"]},
+            "size": entry["size"],
+            "core-metadata": metadata,
+            "dist-info-metadata": metadata,
+            "yanked": False,
+        }
+        if entry.get("requires_python"):
+            item["requires-python"] = entry["requires_python"]
+        files.append(item)
+    versions = sorted({entry["version"] for _, entry in entries}, key=version_key)
+    document = {"meta": {"api-version": "1.1"}, "name": project, "versions": versions, "files": files}
+    return json.dumps(document, indent=1).encode()
+
+
+def render_root_html(projects: List[str]) -> bytes:
+    links = "\n".join(f'    <a href="{esc(quote(p))}/">{esc(p)}</a><br>' for p in projects)
+    return (
+        '<!DOCTYPE html>\n<html>\n  <head>\n    <meta name="pypi:repository-version" content="1.1">\n'
+        "    <title>Simple Index</title>\n  </head>\n  <body>\n    <h1>Simple Index</h1>\n"
+        f"{links}\n  </body>\n</html>\n"
+    ).encode()
+
+
+def render_root_json(projects: List[str]) -> bytes:
+    document = {"meta": {"api-version": "1.1"}, "projects": [{"name": p} for p in projects]}
+    return json.dumps(document, indent=1).encode()
+
+
+PAGE_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;
+color:#1b1f24;background:#f6f7f9}
+header{background:#22313f;color:#fff;padding:1rem 2rem}header a{color:#fff;text-decoration:none}
+main{max-width:70rem;margin:0 auto;padding:1rem 2rem}h1{margin:.2rem 0;font-size:1.5rem}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #e1e4e8;vertical-align:top}
+th{background:#eef1f4}code,pre{font-family:"DejaVu Sans Mono",monospace;font-size:.85rem}
+pre{background:#fff;border:1px solid #e1e4e8;padding:.8rem;overflow:auto;white-space:pre-wrap}
+input[type=search]{width:100%;box-sizing:border-box;font-size:1.1rem;padding:.5rem;margin:.5rem 0 1rem;
+border:1px solid #9aa5b1;border-radius:4px}
+.hash{word-break:break-all;font-size:.75rem}.muted{color:#5f6b77}
+"""
+
+BASE_SCRIPT = """
+(function(){var base=location.origin+location.pathname.replace(/\\/(index\\.html|project\\/[^\\/]*\\/?)?$/,'');
+document.querySelectorAll('.base').forEach(function(e){e.textContent=base;});
+var h=location.hostname,plain=location.protocol==='http:'&&!/^(localhost|127[.]|\\[::1\\]$)/.test(h);
+document.querySelectorAll('.trusted').forEach(function(e){e.textContent=plain?'--trusted-host '+h+' ':'';});})();
+"""
+
+SEARCH_SCRIPT = """
+(function(){
+var box=document.getElementById('search'),rows=document.querySelectorAll('#projects tbody tr'),
+count=document.getElementById('count');
+function apply(){var words=box.value.toLowerCase().split(/\\s+/).filter(Boolean),shown=0;
+rows.forEach(function(r){var text=r.getAttribute('data-search');
+var hit=words.every(function(w){return text.indexOf(w)>=0;});r.hidden=!hit;if(hit){shown++;}});
+count.textContent=shown+' of '+rows.length+' projects';}
+var q=new URLSearchParams(location.search).get('q');if(q){box.value=q;}
+box.addEventListener('input',apply);apply();})();
+"""
+
+
+def page(title: str, body: str, script: str) -> bytes:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n"
+        '<header><a href="{root}"><strong>airgap-pypi</strong></a> <span>private package index</span></header>\n'
+        f"<main>\n{body}\n</main>\n<script>{BASE_SCRIPT}{script}</script>\n</body>\n</html>\n"
+    ).encode()
+
+
+def render_browse_index(summaries: List[Tuple[str, Entry, int]]) -> bytes:
+    rows = []
+    for project, entry, count in summaries:
+        search = esc(f"{project} {entry['name']} {entry.get('summary') or ''}".lower())
+        rows.append(
+            f'<tr data-search="{search}"><td><a href="project/{esc(quote(project))}/">{esc(entry["name"])}</a></td>'
+            f"<td>{esc(entry['version'])}</td><td>{esc(entry.get('summary'))}</td><td>{count}</td></tr>"
+        )
+    body = (
+        "<h1>Packages</h1>\n"
+        '<p class="muted">Install: <code>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
+        '<span class="trusted"></span>NAME</code> &middot; Upload: <code>twine upload --repository-url '
+        '<span class="base">http://HOST:PORT</span>/ dist/*</code> &middot; <a href="simple/">simple index</a></p>\n'
+        '<label for="search">Search names and summaries</label>\n'
+        '<input type="search" id="search" placeholder="Search packages" autofocus>\n'
+        f'<p id="count" class="muted">{len(rows)} projects</p>\n'
+        '<table id="projects"><thead><tr><th>Project</th><th>Latest</th><th>Summary</th><th>Files</th></tr></thead>\n'
+        f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>"
+    )
+    return page("airgap-pypi packages", body, SEARCH_SCRIPT).replace(b"{root}", b"./")
+
+
+def render_browse_project(project: str, entries: List[Tuple[str, Entry]], description: str) -> bytes:
+    newest = latest(entries)
+    by_version: Dict[str, List[Tuple[str, Entry]]] = {}
+    for relfn, entry in entries:
+        by_version.setdefault(entry["version"], []).append((relfn, entry))
+    sections = []
+    for version in sorted(by_version, key=version_key, reverse=True):
+        rows = "".join(
+            f'<tr><td><a href="../../packages/{esc(quote(relfn))}">{esc(os.path.basename(relfn))}</a></td>'
+            f"<td>{entry['size']:,}</td><td>{esc(entry.get('requires_python') or '')}</td>"
+            f'<td class="hash">{entry["sha256"]}</td></tr>'
+            for relfn, entry in by_version[version]
+        )
+        sections.append(
+            f"<h3>{esc(version)}</h3>\n<table><thead><tr><th>File</th><th>Bytes</th><th>Requires-Python</th>"
+            f"<th>sha256</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    body = (
+        f'<h1>{esc(newest["name"])} <span class="muted">{esc(newest["version"])}</span></h1>\n'
+        f"<p>{esc(newest.get('summary'))}</p>\n"
+        f'<pre>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
+        f'<span class="trusted"></span>{esc(project)}=={esc(newest["version"])}\n'
+        f'twine upload --repository-url <span class="base">http://HOST:PORT</span>/ dist/*</pre>\n'
+        f'<p><a href="../../simple/{esc(quote(project))}/">simple page</a> &middot; '
+        f'<a href="../../">all packages</a></p>\n'
+        f'<h2>Description</h2>\n<pre id="description">{esc(description) or "(none)"}</pre>\n'
+        f"<h2>Versions and files</h2>\n{chr(10).join(sections)}"
+    )
+    return page(f"{newest['name']} - airgap-pypi", body, "").replace(b"{root}", b"../../")
+
+
+# --- the tree --------------------------------------------------------------------------------------------------
+
+
+class Tree:
+    """The generated tree for one packages directory."""
+
+    def __init__(self, packages: str, tree: str) -> None:
+        self.packages = os.path.abspath(packages)
+        self.tree = os.path.abspath(tree)
+        self._thread_lock = threading.Lock()
+        self._seen: Optional[Dict[str, int]] = None
+        self._next_check = 0.0
+        self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any]]] = None
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.tree, *parts)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One sync at a time: threads of this process, and other processes (flock on a file of the tree)."""
+        os.makedirs(self.tree, exist_ok=True)
+        with self._thread_lock, open(self.path(".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def dir_stamps(self, dirs: Iterable[str]) -> Dict[str, int]:
+        stamps = {}
+        for rel in dirs:
+            try:
+                stamps[rel] = os.stat(os.path.join(self.packages, rel)).st_mtime_ns
+            except OSError:
+                stamps[rel] = -1
+        return stamps
+
+    def load_state(self) -> Optional[Dict[str, Any]]:
+        """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
+        try:
+            stat = os.stat(self.path("state.json"))
+        except OSError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._state is not None and self._state[0] == key:
+            return self._state[1]
+        state = self.read_json("state.json")
+        self._state = (key, state) if state else None
+        return state
+
+    def save_state(self, document: Dict[str, Any]) -> None:
+        write_atomic(self.path("state.json"), json.dumps(document).encode())
+        stat = os.stat(self.path("state.json"))
+        self._state = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), document)
+
+    def read_json(self, name: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.path(name), "rb") as handle:
+                value = json.load(handle)
+            return value if isinstance(value, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def scan(self) -> Tuple[Dict[str, int], Dict[str, os.stat_result]]:
+        """Directory mtimes (taken before listing) and the files below packages that may be distributions."""
+        dirs: Dict[str, int] = {}
+        found: Dict[str, os.stat_result] = {}
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            full = os.path.join(self.packages, rel)
+            try:
+                dirs[rel] = os.stat(full).st_mtime_ns
+                entries = list(os.scandir(full))
+            except OSError:
+                continue
+            for item in entries:
+                if item.name.startswith("."):
+                    continue
+                relfn = f"{rel}/{item.name}" if rel else item.name
+                if item.is_dir(follow_symlinks=False):
+                    pending.append(relfn)
+                    continue
+                if not item.name.lower().endswith(ARCHIVE_SUFFIXES) or not item.is_file():
+                    continue
+                try:
+                    found[relfn] = item.stat()
+                except OSError:
+                    continue
+        return dirs, found
+
+    def sync(self, rebuild: bool = False, skip_young: bool = False) -> List[str]:
+        """Bring the tree up to date with the packages directory; return the projects whose pages changed."""
+        with self.locked():
+            return self._sync(rebuild, skip_young)
+
+    def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
+        state = self.load_state()
+        if not state or state.get("version") != STATE_VERSION or state.get("packages") != self.packages:
+            state = {"files": {}}
+            rebuild = True
+        old: Dict[str, Entry] = state["files"]
+        dirs, found = self.scan()
+        files, fresh_metadata, dirty = self.collect(old, found, rebuild, skip_young)
+        changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
+        changed |= {entry["project"] for relfn, entry in old.items() if relfn not in files}
+        if rebuild:
+            changed |= {entry["project"] for entry in files.values()}
+        for relfn, metadata in fresh_metadata.items():
+            write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
+        for relfn, entry in old.items():
+            if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
+                remove_quietly(self.path("metadata", relfn + ".metadata"))
+        if not (changed or rebuild or not os.path.exists(self.path("browse", "index.html"))):
+            self.finish(dirs, dirty)
+            return []
+        grouped = by_project(files)
+        projects = sorted(grouped)
+        if rebuild:
+            with contextlib.suppress(OSError):
+                changed |= set(os.listdir(self.path("simple"))) - set(projects) - {"index.html", "index.json"}
+        for project in sorted(changed):
+            self.write_project(project, grouped.get(project, []))
+        self.write_root(projects, grouped)
+        self.save_state({"version": STATE_VERSION, "packages": self.packages, "files": files})
+        self.finish(dirs, dirty)
+        return sorted(changed)
+
+    def finish(self, dirs: Dict[str, int], dirty: bool) -> None:
+        """Write the stamp that reads compare the directories with."""
+        # A directory changed within the clock's granularity of this scan could change again unseen by its mtime.
+        dirty = dirty or any(0 <= time.time_ns() - mtime < YOUNG_SECONDS * 1e9 for mtime in dirs.values())
+        if dirty:
+            dirs[""] = -1  # something was left for later: the next read-triggered check syncs again
+        write_atomic(self.path("stamp.json"), json.dumps({"dirs": dirs}).encode())
+        self._seen = dirs
+
+    def collect(
+        self, old: Dict[str, Entry], found: Dict[str, os.stat_result], rebuild: bool, skip_young: bool
+    ) -> Tuple[Dict[str, Entry], Dict[str, bytes], bool]:
+        """State entries of the files found (cached when name, size and mtime match), new METADATA, and whether
+        a file was left out because it may still be being written."""
+        now = time.time()
+        files: Dict[str, Entry] = {}
+        fresh_metadata: Dict[str, bytes] = {}
+        dirty = False
+        for relfn, stat in found.items():
+            known = old.get(relfn)
+            if known and known["size"] == stat.st_size and known["mtime"] == stat.st_mtime_ns:
+                files[relfn] = known
+                if not (rebuild and known.get("metadata_sha256")):
+                    continue
+                if os.path.exists(self.path("metadata", relfn + ".metadata")):
+                    continue
+            elif skip_young and now - stat.st_mtime < YOUNG_SECONDS:
+                dirty = True
+                continue
+            parsed = parse_filename(os.path.basename(relfn))
+            if parsed is None:
+                continue
+            name, version = parsed
+            path = os.path.join(self.packages, relfn)
+            try:
+                entry, metadata = file_entry(path, stat, name, version)
+                after = os.stat(path)
+            except OSError:
+                dirty = True
+                continue
+            if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+                dirty = True  # still being written: its own upload's sync, or the next check, takes it
+                continue
+            files[relfn] = entry
+            if metadata is not None:
+                fresh_metadata[relfn] = metadata
+        return files, fresh_metadata, dirty
+
+    def write_project(self, project: str, entries: List[Tuple[str, Entry]]) -> None:
+        html_path = self.path("simple", project, "index.html")
+        json_path = self.path("simple", project, "index.json")
+        browse_path = self.path("browse", project + ".html")
+        if not entries:
+            for path in (html_path, json_path, browse_path):
+                remove_quietly(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path("simple", project))
+            return
+        newest = latest(entries)
+        description = ""
+        for relfn, entry in reversed(entries):
+            if entry is newest or entry["version"] == newest["version"]:
+                raw, _ = read_core_metadata(os.path.join(self.packages, relfn))
+                description = parse_metadata(raw).get("description", "")
+                if description:
+                    break
+        write_atomic(html_path, render_project_html(project, entries))
+        write_atomic(json_path, render_project_json(project, entries))
+        write_atomic(browse_path, render_browse_project(project, entries, description))
+
+    def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]]) -> None:
+        summaries = [(project, latest(grouped[project]), len(grouped[project])) for project in projects]
+        write_atomic(self.path("simple", "index.html"), render_root_html(projects))
+        write_atomic(self.path("simple", "index.json"), render_root_json(projects))
+        write_atomic(self.path("browse", "index.html"), render_browse_index(summaries))
+
+    def ensure_fresh(self) -> None:
+        """Cheap check on a read: sync when a package directory changed since the last sync (files by hand)."""
+        seen = self._seen
+        if seen is not None and self.dir_stamps(seen) == seen:
+            return
+        stamp = self.read_json("stamp.json")
+        dirs = stamp.get("dirs") if stamp else None
+        if isinstance(dirs, dict) and self.dir_stamps(dirs) == dirs:
+            self._seen = dirs
+            return
+        now = time.monotonic()
+        if seen is not None and now < self._next_check:
+            return  # a file being written by hand: look again in a second, not on every request
+        self._next_check = now + RECHECK_SECONDS
+        self.sync(skip_young=True)
+
+
+# --- WSGI ------------------------------------------------------------------------------------------------------
+
+
+def preferred_type(accept: Optional[str]) -> Optional[str]:
+    """PEP 691 content negotiation: the media type to serve, or None when nothing acceptable is offered."""
+    offers = [JSON_TYPE, HTML_V1_TYPE, "text/html"]
+    aliases = {
+        "application/vnd.pypi.simple.latest+json": JSON_TYPE,
+        "application/vnd.pypi.simple.latest+html": HTML_V1_TYPE,
+    }
+    if not accept or not accept.strip():
+        return "text/html"
+    best: Optional[Tuple[float, int, str]] = None
+    for part in accept.split(","):
+        pieces = [p.strip() for p in part.split(";")]
+        media = aliases.get(pieces[0].lower(), pieces[0].lower())
+        quality = 1.0
+        for parameter in pieces[1:]:
+            if parameter.lower().startswith("q="):
+                try:
+                    quality = float(parameter[2:])
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        if media in ("*/*", "text/*"):
+            candidate = "text/html"
+        elif media == "application/*":
+            candidate = JSON_TYPE
+        elif media in offers:
+            candidate = media
+        else:
+            continue
+        rank = (quality, -offers.index(candidate), candidate)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return best[2] if best else None
+
+
+def _chunks(handle: Any) -> Iterator[bytes]:
+    with handle:
+        yield from iter(lambda: handle.read(1 << 16), b"")
+
+
+class StaticIndex:
+    """WSGI layer: the generated tree for reads, pypiserver for everything else."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        packages: str,
+        tree: str,
+        check_password: Optional[Callable[[str, str], bool]] = None,
+    ) -> None:
+        self.app = app
+        self.index = Tree(packages, tree)
+        # When set, every read here needs Basic auth, as pypiserver's authenticate=[list, download] does.
+        self.check_password = check_password
+
+    def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "") or "/"
+        if method == "POST" and path == "/":
+            return self.after_change(environ, start_response)
+        if method not in ("GET", "HEAD") or not self.is_static(path):
+            return self.app(environ, start_response)
+        denied = self.authenticate(environ, start_response)
+        if denied is not None:
+            return denied
+        self.index.ensure_fresh()
+        body, headers, status = self.route(environ, path)
+        start_response(status, headers)
+        if body is not None and not isinstance(body, bytes):  # a package file
+            if method == "HEAD":
+                body.close()
+                return [b""]
+            wrapper = environ.get("wsgi.file_wrapper")
+            return wrapper(body, 1 << 16) if wrapper else _chunks(body)
+        return [b""] if method == "HEAD" else [b"Not Found\n" if body is None else body]
+
+    @staticmethod
+    def is_static(path: str) -> bool:
+        return (
+            path in ("/", "/simple", "/index.html")
+            or path.startswith(("/simple/", "/project/"))
+            or (path.startswith("/packages/") and len(path) > len("/packages/"))
+        )
+
+    def after_change(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """pypiserver handles the upload or removal; on success the pages are updated before the response."""
+        seen: List[str] = []
+
+        def remember(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+            seen.append(status)
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        result = self.app(environ, remember)
+        body = list(result)  # bottle has stored (or removed) the file once its body is produced
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        if seen and seen[0][:1] == "2":
+            self.index.sync()
+        return body
+
+    def authenticate(self, environ: Dict[str, Any], start_response: StartResponse) -> Optional[List[bytes]]:
+        if self.check_password is None:
+            return None
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        user = password = None
+        if header[:6].lower() == "basic ":
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+        if user is None:
+            start_response(
+                "401 Unauthorized", [("WWW-Authenticate", 'Basic realm="pypi"'), ("Content-Type", "text/plain")]
+            )
+            return [b"Unauthorized\n"]
+        if not self.check_password(user, password or ""):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"Forbidden\n"]
+        return None
+
+    def redirect(self, environ: Dict[str, Any], target: str) -> Tuple[bytes, List[Tuple[str, str]], str]:
+        location = environ.get("SCRIPT_NAME", "").rstrip("/") + target
+        return b"", [("Location", location), ("Content-Type", "text/plain")], "301 Moved Permanently"
+
+    def route(self, environ: Dict[str, Any], path: str) -> Response:
+        if path in ("/", "/index.html"):
+            return self.page(self.index.path("browse", "index.html"), "text/html; charset=utf-8")
+        if path == "/simple":
+            return self.redirect(environ, "/simple/")
+        if path.startswith("/project/"):
+            return self.route_project(environ, path[len("/project/") :])
+        if path.startswith("/packages/"):
+            return self.route_file(path[len("/packages/") :])
+        return self.route_simple(environ, path[len("/simple/") :])
+
+    def route_project(self, environ: Dict[str, Any], rest: str) -> Response:
+        name = rest.strip("/")
+        if not name or "/" in name:
+            return NOT_FOUND
+        wanted = normalize(name)
+        if rest != f"{wanted}/":
+            return self.redirect(environ, f"/project/{quote(wanted)}/")
+        return self.page(self.index.path("browse", wanted + ".html"), "text/html; charset=utf-8")
+
+    def route_file(self, relfn: str) -> Response:
+        """A package file, or its PEP 658 metadata file."""
+        if not _SAFE_PATH.match(relfn) or any(part.startswith(".") for part in relfn.split("/")):
+            return NOT_FOUND
+        if relfn.endswith(".metadata"):
+            return self.page(self.index.path("metadata", relfn), "text/plain; charset=utf-8")
+        full = os.path.join(self.index.packages, relfn)
+        if parse_filename(os.path.basename(relfn)) is None:
+            return NOT_FOUND
+        try:
+            handle = open(full, "rb")  # noqa: SIM115 - closed by the server through wsgi.file_wrapper
+        except OSError:
+            return NOT_FOUND
+        size = os.fstat(handle.fileno()).st_size
+        kind = mimetypes.guess_type(relfn)[0] or "application/octet-stream"
+        return handle, [("Content-Type", kind), ("Content-Length", str(size))], "200 OK"
+
+    def route_simple(self, environ: Dict[str, Any], rest: str) -> Response:
+        """/simple/ and /simple/<project>/ (PEP 503 names; PEP 691 by the Accept header)."""
+        name = rest.removesuffix("/")
+        if "/" in name:
+            return NOT_FOUND
+        if name != normalize(name) or (name and not rest.endswith("/")):
+            return self.redirect(environ, f"/simple/{quote(normalize(name))}/")
+        chosen = preferred_type(environ.get("HTTP_ACCEPT"))
+        if chosen is None:
+            message = f"Not Acceptable: ask for text/html, {HTML_V1_TYPE} or {JSON_TYPE}\n"
+            return message.encode(), [("Content-Type", "text/plain"), ("Vary", "Accept")], "406 Not Acceptable"
+        folder = ("simple", name) if name else ("simple",)
+        target = self.index.path(*folder, "index.json" if chosen == JSON_TYPE else "index.html")
+        body, headers, status = self.page(target, chosen if chosen != "text/html" else "text/html; charset=utf-8")
+        headers.append(("Vary", "Accept"))
+        return body, headers, status
+
+    @staticmethod
+    def page(path: str, content_type: str) -> Tuple[Optional[bytes], List[Tuple[str, str]], str]:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return None, [("Content-Type", "text/plain")], "404 Not Found"
+        return data, [("Content-Type", content_type), ("Content-Length", str(len(data)))], "200 OK"
+
+
+def htpasswd_checker(password_file: str) -> Callable[[str, str], bool]:
+    """The check pypiserver makes (passlib's HtpasswdFile, re-read when the file changes)."""
+    from passlib.apache import HtpasswdFile  # noqa: PLC0415 - only in the index's virtualenv, only with auth
+
+    holder = HtpasswdFile(password_file)
+    lock = threading.Lock()
+
+    def check(user: str, password: str) -> bool:
+        with lock:
+            holder.load_if_changed()
+            return bool(holder.check_password(user, password))
+
+    return check
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def drop_privileges(user: str) -> None:
+    """As root, become user (and its groups) before writing, so the tree stays the index's own."""
+    if os.geteuid() != 0:
+        return
+    account = pwd.getpwnam(user)
+    os.initgroups(user, account.pw_gid)
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--rebuild", action="store_true", help="rewrite every page (hashes stay cached)")
+    parser.add_argument("--user", help="when run as root, write as this user")
+    args = parser.parse_args(argv)
+    if args.user:
+        drop_privileges(args.user)
+    tree = Tree(args.packages, args.tree)
+    started = time.monotonic()
+    changed = tree.sync(rebuild=args.rebuild)
+    files = len((tree.read_json("state.json") or {}).get("files", {}))
+    print(
+        f"changed: {len(changed)} project(s); {files} file(s) indexed in {time.monotonic() - started:.2f} s"
+        + (f" ({', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''})" if changed else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
