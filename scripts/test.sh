@@ -40,6 +40,11 @@ MOLECULE_JUNIT_XML="$PWD/$results/molecule-network.xml" molecule test --scenario
 rc=$?
 [ "$rc" -eq 0 ] || note_failure "molecule network"
 
+step "molecule test (tls scenario)"
+MOLECULE_JUNIT_XML="$PWD/$results/molecule-tls.xml" molecule test --scenario-name tls
+rc=$?
+[ "$rc" -eq 0 ] || note_failure "molecule tls"
+
 # --- real-EL scenario (molecule/el): runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them
 # it prints "molecule el: NOT RUN ..." and writes skipped test cases ($results/molecule-el.xml), never passed.
 step "molecule test (el scenario, operator's EL/Ubuntu images)"
