@@ -55,10 +55,11 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 unit: venv ## pytest for the Python helpers
 	pytest -q tests
 
-molecule: venv images bundle ## molecule test (default, network and operations scenarios)
+molecule: venv images bundle ## molecule test (default, network, operations and tls scenarios)
 	molecule test --scenario-name default
 	molecule test --scenario-name network
 	molecule test --scenario-name operations
+	molecule test --scenario-name tls
 
 proof: venv images ## The air-gap proof: offline controller container, site.yml, client installs from the mirror
 	pytest -q -p no:cacheprovider proof

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = ROOT / "offline_artifacts" / "controller"
 CONTROLLER_TARGETS: tuple[str, ...] = ("3.12", "3.13")
 # The collections site.yml's roles use (ansible.posix: firewalld; community.general: htpasswd, seport,
-# sefcontext, dict_kv) and community.docker (the docker connections of the tests and the proof).
-# Their declared dependencies are added.
-COLLECTIONS: tuple[str, ...] = ("ansible.posix", "community.general", "community.docker")
+# sefcontext, dict_kv), community.crypto (pypi_server's TLS: the internal CA, certificate checks) and
+# community.docker (the docker connections of the tests and the proof). Their declared dependencies are added.
+COLLECTIONS: tuple[str, ...] = ("ansible.posix", "community.crypto", "community.general", "community.docker")
 COLLECTIONS_TARGET = bb.Target(12)
 CACHE = Path(
     os.environ.get("AIRGAP_PYPI_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airgap-pypi")

@@ -46,6 +46,10 @@ step "molecule test (operations scenario: upgrade, rollback, backup, restore)"
 MOLECULE_JUNIT_XML="$PWD/$results/molecule-operations.xml" molecule test --scenario-name operations
 rc=$?
 [ "$rc" -eq 0 ] || note_failure "molecule operations"
+step "molecule test (tls scenario)"
+MOLECULE_JUNIT_XML="$PWD/$results/molecule-tls.xml" molecule test --scenario-name tls
+rc=$?
+[ "$rc" -eq 0 ] || note_failure "molecule tls"
 
 # --- real-EL scenario (molecule/el): runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them
 # it prints "molecule el: NOT RUN ..." and writes skipped test cases ($results/molecule-el.xml), never passed.

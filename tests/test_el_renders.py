@@ -99,7 +99,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
                     {
                         "name": f"Insert the rule (run {run})",
                         "ansible.builtin.lineinfile": insert,
-                        "vars": {"__pypi_firewall_iptables_rules": str(rules)},
+                        # The role loops over its ports with this loop variable.
+                        "vars": {"__pypi_firewall_iptables_rules": str(rules), "__pypi_firewall_item": 8080},
                         "register": f"__insert_{run}",
                     }
                     for run in (1, 2)

@@ -17,7 +17,7 @@ import pytest
 from conftest import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
-probe = load_module("pypi_server_probe", ROOT / "roles" / "pypi_server" / "library" / "pypi_server_probe.py")
+probe = load_module("pypi_server_serving", ROOT / "roles" / "pypi_server" / "library" / "pypi_server_serving.py")
 manifest = load_module("pypi_backup_manifest", ROOT / "roles" / "pypi_backup" / "library" / "pypi_backup_manifest.py")
 verify = load_module("pypi_backup_verify", ROOT / "roles" / "pypi_backup" / "library" / "pypi_backup_verify.py")
 

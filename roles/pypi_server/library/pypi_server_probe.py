@@ -1,148 +1,237 @@
 #!/usr/bin/python
-"""Check that a running index really serves: its simple index, its file list and one download (read-only)."""
+"""Send one HTTP(S) request to the index, connecting to a given address but checking a given name (read-only)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
+import socket
+import ssl
+import time
 from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 module: pypi_server_probe
-short_description: Check that a pypiserver index serves its simple index and a file
+short_description: One HTTP(S) request to the index, with the certificate checked against a name and a CA
 description:
-  - GETs /simple/, then /packages/ (the flat list of every file), downloads the first file listed and compares
-    its sha256 with the one in its link. An empty index passes with C(file) empty and says so.
-  - Changes nothing.
+  - Connects to I(host):I(port) (e.g. the loopback address), and with I(tls) verifies the server's certificate
+    chain against I(ca_file) (or the system's trust store) and its names against I(server_name), as a client
+    using that name would. Never fails on a refused connection or a bad certificate; it reports them in I(error).
+    Changes nothing.
 options:
-  url:
-    description: Base URL of the index, e.g. http://127.0.0.1:8080.
+  host:
+    description: Address to connect to.
     type: str
-    required: true
-  username:
-    description: Account for an index that needs a password to list and download.
-    type: str
-    default: ""
-  password:
-    description: Its password.
-    type: str
-    default: ""
-    no_log: true
-  timeout:
-    description: Seconds for each request.
+    default: 127.0.0.1
+  port:
+    description: TCP port.
     type: int
+    required: true
+  path:
+    description: Request path.
+    type: str
+    default: /
+  method:
+    description: HTTP method (POST sends an empty body).
+    type: str
+    default: GET
+    choices: [GET, POST]
+  tls:
+    description: Speak TLS and verify the certificate.
+    type: bool
+    default: false
+  server_name:
+    description: Name sent as SNI and Host, which the certificate must cover; defaults to I(host).
+    type: str
+  ca_file:
+    description: PEM file of the CA(s) to trust; empty uses the system's trust store.
+    type: path
+  username:
+    description: Basic-auth user.
+    type: str
+  password:
+    description: Basic-auth password.
+    type: str
+  sha256:
+    description: Return the sha256 of the body instead of the body.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds for connecting and for each read.
+    type: float
     default: 10
 author: airgap-pypi
 """
 
 RETURN = r"""
-serving:
-  description: Whether every check passed.
-  type: bool
-  returned: always
-files:
-  description: How many files /packages/ lists.
+status:
+  description: HTTP status code, or null when no HTTP answer came.
   type: int
   returned: always
-file:
-  description: The file downloaded and verified (empty for an empty index).
+error:
+  description: Why no HTTP answer came (refused, certificate verify failed, ...), or null.
   type: str
   returned: always
-checks:
-  description: What was checked, one line each.
+body:
+  description: The first 256 KiB of the body as text (unless sha256 is true).
+  type: str
+  returned: when an answer came
+sha256:
+  description: sha256 of the whole body.
+  type: str
+  returned: when sha256 is true and an answer came
+links:
+  description: The page's links (a simple index page), each with path (resolved against the request path),
+    name (the last path segment) and sha256 (from the URL fragment, or null).
   type: list
-  elements: str
-  returned: always
+  elements: dict
+  returned: when an answer came and sha256 is false
+certificate:
+  description: The verified peer certificate (not_after, days_left, subject, subject_alt_name) and TLS version.
+  type: dict
+  returned: when tls is true and the handshake succeeded
 """
 
+BODY_LIMIT = 256 * 1024
 HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 
 
-def fetch(url: str, auth: str | None, timeout: int) -> tuple[int, bytes]:
-    """GET url; (status, body). HTTP errors are returned as their status, not raised."""
-    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+class _Connection(http.client.HTTPConnection):
+    """An HTTP connection over a socket that is already open (and maybe wrapped in TLS)."""
+
+    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.sock = sock
+
+    def connect(self) -> None:  # the socket is connected already
+        return None
+
+
+def links_of(body: str, base: str) -> list[dict[str, Any]]:
+    """Every href of an HTML page, as a path resolved against base, its file name and its #sha256= fragment."""
+    found = []
+    for href in HREF.findall(body):
+        parts = urlsplit(urljoin(base, href))
+        fragment = dict(p.split("=", 1) for p in parts.fragment.split("&") if "=" in p)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        found.append(
+            {"path": path, "name": unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]), "sha256": fragment.get("sha256")}
+        )
+    return found
+
+
+def describe_certificate(sock: ssl.SSLSocket) -> dict[str, Any]:
+    """The verified peer certificate as plain data."""
+    cert = sock.getpeercert() or {}
+    subject = ", ".join("=".join(pair) for rdn in cert.get("subject", ()) for pair in rdn)
+    not_after = cert.get("notAfter")
+    return {
+        "version": sock.version(),
+        "not_after": not_after,
+        "days_left": int((ssl.cert_time_to_seconds(not_after) - time.time()) // 86400) if not_after else None,
+        "subject": subject,
+        "subject_alt_name": [f"{kind}:{value}" for kind, value in cert.get("subjectAltName", ())],
+    }
+
+
+def probe(
+    host: str,
+    port: int,
+    *,
+    path: str = "/",
+    method: str = "GET",
+    tls: bool = False,
+    server_name: str | None = None,
+    ca_file: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    want_sha256: bool = False,
+    timeout: float = 10,
+) -> dict[str, Any]:
+    """One request; the result always has status and error."""
+    name = server_name or host
+    result: dict[str, Any] = {"status": None, "error": None}
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-
-
-def file_links(base: str, html: str) -> list[tuple[str, str, str]]:
-    """(name, absolute URL without fragment, sha256 from the fragment or '') of every link in a listing."""
-    links = []
-    for href in HREF.findall(html):
-        url, _, fragment = urllib.parse.urljoin(base, href).partition("#")
-        name = urllib.parse.unquote(url.rstrip("/").rsplit("/", 1)[-1])
-        digest = fragment[len("sha256=") :] if fragment.startswith("sha256=") else ""
-        if name and not url.endswith("/"):
-            links.append((name, url, digest))
-    return links
-
-
-def probe(url: str, auth: str | None, timeout: int) -> dict[str, Any]:
-    """Run the checks; the result dict of the module (ok False with msg on the first failure)."""
-    base = url.rstrip("/")
-    checks: list[str] = []
-    result: dict[str, Any] = {"serving": False, "files": 0, "file": "", "checks": checks}
+        sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+    except OSError as error:
+        result["error"] = f"cannot connect to {host}:{port}: {error.strerror or error}"
+        return result
     try:
-        status, _ = fetch(f"{base}/simple/", auth, timeout)
-        if status != 200:
-            result["msg"] = f"GET {base}/simple/ answered {status}, not 200"
+        if tls:
+            context = ssl.create_default_context(cafile=ca_file or None)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=name)
+            except ssl.SSLCertVerificationError as error:
+                result["error"] = f"certificate verify failed for {name}: {error.verify_message}"
+                return result
+            except (ssl.SSLError, OSError) as error:
+                result["error"] = f"TLS handshake with {host}:{port} failed: {error}"
+                return result
+            result["certificate"] = describe_certificate(sock)  # type: ignore[arg-type]
+        headers = {"Host": f"{name}:{port}", "User-Agent": "airgap-pypi-probe"}
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        connection = _Connection(sock, name, port, timeout)
+        try:
+            connection.request(method, path, body=b"" if method == "POST" else None, headers=headers)
+            response = connection.getresponse()
+            digest = hashlib.sha256()
+            kept = b""
+            while chunk := response.read(65536):
+                digest.update(chunk)
+                if len(kept) < BODY_LIMIT:
+                    kept += chunk[: BODY_LIMIT - len(kept)]
+        except (OSError, http.client.HTTPException) as error:
+            result["error"] = f"no HTTP answer from {host}:{port}: {error!r}"
             return result
-        checks.append(f"GET {base}/simple/: 200")
-        status, body = fetch(f"{base}/packages/", auth, timeout)
-        if status != 200:
-            result["msg"] = f"GET {base}/packages/ answered {status}, not 200"
-            return result
-        links = file_links(f"{base}/packages/", body.decode("utf-8", "replace"))
-        result["files"] = len(links)
-        checks.append(f"GET {base}/packages/: 200, {len(links)} file(s)")
-        if not links:
-            checks.append("the index holds no file yet: no download to check")
-            result["serving"] = True
-            return result
-        name, file_url, digest = min(links)
-        status, data = fetch(file_url, auth, timeout)
-        if status != 200:
-            result["msg"] = f"GET {file_url} (the first file the index lists) answered {status}, not 200"
-            return result
-        got = hashlib.sha256(data).hexdigest()
-        if digest and got != digest:
-            result["msg"] = f"{name} downloaded with sha256 {got}, but the index lists {digest}"
-            return result
-        result["file"] = name
-        checks.append(f"GET {file_url}: 200, {len(data)} bytes, sha256 {'matches the listing' if digest else got}")
-        result["serving"] = True
-    except (OSError, ValueError) as exc:
-        result["msg"] = f"{base} did not answer: {exc}"
-    return result
+        result["status"] = response.status
+        if want_sha256:
+            result["sha256"] = digest.hexdigest()
+        else:
+            result["body"] = kept.decode("utf-8", errors="replace")
+            result["links"] = links_of(result["body"], path)
+        return result
+    finally:
+        sock.close()
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "url": {"type": "str", "required": True},
-            "username": {"type": "str", "default": ""},
-            "password": {"type": "str", "default": "", "no_log": True},
-            "timeout": {"type": "int", "default": 10},
+            "host": {"type": "str", "default": "127.0.0.1"},
+            "port": {"type": "int", "required": True},
+            "path": {"type": "str", "default": "/"},
+            "method": {"type": "str", "default": "GET", "choices": ["GET", "POST"]},
+            "tls": {"type": "bool", "default": False},
+            "server_name": {"type": "str"},
+            "ca_file": {"type": "path"},
+            "username": {"type": "str"},
+            "password": {"type": "str", "no_log": True},
+            "sha256": {"type": "bool", "default": False},
+            "timeout": {"type": "float", "default": 10},
         },
         supports_check_mode=True,
     )
-    params = module.params
-    auth = None
-    if params["username"]:
-        token = base64.b64encode(f"{params['username']}:{params['password']}".encode()).decode()
-        auth = f"Basic {token}"
-    result = probe(params["url"], auth, params["timeout"])
-    if not result["serving"]:
-        module.fail_json(changed=False, **result)
+    p = module.params
+    result = probe(
+        p["host"],
+        p["port"],
+        path=p["path"],
+        method=p["method"],
+        tls=p["tls"],
+        server_name=p["server_name"],
+        ca_file=p["ca_file"],
+        username=p["username"],
+        password=p["password"],
+        want_sha256=p["sha256"],
+        timeout=p["timeout"],
+    )
     module.exit_json(changed=False, **result)
 
 

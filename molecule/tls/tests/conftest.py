@@ -1,0 +1,76 @@
+"""Shared helpers for the TLS scenario's verify step (testinfra + real pip and twine on client containers)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1].parent / "shared"))
+from containers import docker, wait_for  # noqa: F401 - the tests import both from here
+from demo_wheel import build_wheel
+
+SERVER = "airgap-pypi-tls-deb12"
+CLIENT = "airgap-pypi-tls-client"
+STRANGER = "airgap-pypi-tls-stranger"
+NETWORK = "airgap-pypi-tls"
+PORT = 8080
+USER = "tester"
+PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)
+INDEX = f"https://{SERVER}:{PORT}/simple/"
+CLIENT_BIN = "/opt/clients/bin"
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+PKI = INVENTORY_DIR / "pki"  # pypi_server_tls_ca_dir's default: next to the inventory
+# Paths a running container changes by itself, and Ansible's own temporary files.
+IGNORED = re.compile(r"^[ACD] /(root/\.ansible|root/\.cache|tmp|run|var/log|var/tmp)(/|$)")
+
+
+def on(container: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in a container (never raises on its exit code)."""
+    return docker("exec", container, *args, check=False, timeout=300)
+
+
+def changes_of(container: str) -> set[str]:
+    return {line for line in docker("diff", container).stdout.splitlines() if not IGNORED.match(line)}
+
+
+def run_playbook(path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(path), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_DIR,
+        timeout=900,
+    )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """Parse PLAY RECAP lines into {host: {ok: n, changed: n, ...}}."""
+    hosts: dict[str, dict[str, int]] = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        if ":" in line and "=" in line:
+            name, counts = line.split(":", 1)
+            hosts[name.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return hosts
+
+
+@pytest.fixture(scope="session")
+def uploaded_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A fresh wheel (unique version per run) uploaded by the client with twine and its ~/.pypirc, over HTTPS."""
+    version = f"1.0.{int(time.time())}"
+    wheel = build_wheel(tmp_path_factory.mktemp("wheel"), "airgap-demo", version)
+    # /tmp is a tmpfs in the container: docker cp would write beneath it, out of sight.
+    docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
+    upload = on(CLIENT, f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "-r", "airgap", f"/var/tmp/{wheel.name}")
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    return wheel.name, version
