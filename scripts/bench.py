@@ -119,8 +119,23 @@ def timed(cmd: Sequence[str], **kwargs: Any) -> tuple[float, subprocess.Complete
     return time.monotonic() - start, result
 
 
+def tool(name: str) -> str:
+    """A program of the toolchain next to this Python (.venv/bin), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
+STARTED = time.monotonic()
+
+
 def say(text: str) -> None:
-    print(f"==> {text}", flush=True)
+    """A progress line with the minutes and seconds since the start and the machine's 1-minute load."""
+    minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+    print(f"==> [{minutes:02d}:{seconds:02d} load {load_1min()}] {text}", flush=True)
+
+
+def load_1min() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 def changed_count(output: str) -> int:
@@ -191,7 +206,7 @@ class Site:
 
     def play(self, extra_vars: dict[str, Any] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
-        cmd = ["ansible-playbook", "-i", str(self.inventory), str(ROOT / "site.yml")]
+        cmd = [tool("ansible-playbook"), "-i", str(self.inventory), str(ROOT / "site.yml")]
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
         return timed(cmd, env=env, cwd=ROOT)
@@ -203,22 +218,24 @@ class Site:
         return seconds, result
 
 
-def first_provision(site: Site, hosts: Sequence[str]) -> dict[str, Any]:
-    """Time bare containers to serving indexes (container start, init, site.yml), then the re-run."""
+def first_provision(site: Site, hosts: Sequence[str], rerun: bool = True) -> dict[str, Any]:
+    """Time bare containers to serving indexes (container start, init, site.yml), then (if asked) the re-run."""
     site.write_inventory(hosts)
     remove_containers(hosts)
     start = time.monotonic()
     start_hosts(hosts)
     _, first = site.play_or_fail()
     first_s = time.monotonic() - start
-    rerun_s, rerun = site.play()
-    return {
+    out = {
         "hosts": len(hosts),
         "first_run_s": round(first_s, 1),
         "first_run_changed": changed_count(first.stdout),
-        "rerun_s": round(rerun_s, 1),
-        "rerun_changed": changed_count(rerun.stdout),
+        "load_1min": load_1min(),
     }
+    if rerun:
+        rerun_s, again = site.play()
+        out.update(rerun_s=round(rerun_s, 1), rerun_changed=changed_count(again.stdout))
+    return out
 
 
 def provision_many(site: Site) -> dict[str, Any]:
@@ -464,7 +481,8 @@ def parse_wrk(text: str) -> WrkResult:
     seconds = (duration_ms(total.group(2) + total.group(3)) or 0.0) / 1000
 
     def pct(key: str) -> float | None:
-        return duration_ms(percentiles[key]) if key in percentiles else None
+        # With no finished request wrk prints 0.00us percentiles: there is no latency to report.
+        return duration_ms(percentiles[key]) if key in percentiles and int(total.group(1)) else None
 
     return WrkResult(
         requests=int(total.group(1)),
@@ -563,7 +581,7 @@ def measure_server(server: str, base: str, files: int, expected_links: int, load
             f"  {server:8} {files:>6} files {path:20} {result.rps:>10.1f} req/s"
             f"  p50 {result.p50_ms} ms  p99 {result.p99_ms} ms"
         )
-        rows.append({"files": files, "path": path, "server": server, **asdict(result)})
+        rows.append({"files": files, "path": path, "server": server, **asdict(result), "load_1min": load_1min()})
     return rows
 
 
@@ -622,21 +640,27 @@ def reads(index: Index, counts: Sequence[int], load: Load, workdir: Path) -> dic
     ip = container_ip(INDEX)
     rows: list[dict[str, Any]] = []
     trees: dict[str, Any] = {}
+    errors: list[str] = []
     for files in counts:
         # The running deployment first (it loads the new files), the default one last (pip and upload use it).
         current = index.state[0] if index.state else "default"
         order = sorted(found, key=lambda d: (d.name != current, d.name == "default"))
+        expected = -1  # files of TARGET_PROJECT in the index, counted once the files are loaded
         for deployment in order:
-            index.ensure(deployment, files)
-            if deployment is order[0]:
-                names = index_files(INDEX)
-                expected = sum(1 for n in names if project_of(n) == TARGET_PROJECT)
-                trees[str(files)] = yardstick(
-                    names, [index.mirror / "files", *mirror_dirs()], workdir / f"tree-{files}"
-                )
-                with nginx(workdir / f"tree-{files}", workers=2) as url:
-                    rows += measure_server("nginx", url, files, expected, load)
-            rows += measure_server(deployment.name, f"http://{ip}:{deployment.port}", files, expected, load)
+            try:
+                index.ensure(deployment, files)
+                if expected < 0:
+                    names = index_files(INDEX)
+                    expected = sum(1 for n in names if project_of(n) == TARGET_PROJECT)
+                    tree = workdir / f"tree-{files}"
+                    trees[str(files)] = yardstick(names, [index.mirror / "files", *mirror_dirs()], tree)
+                    with nginx(tree, workers=2) as url:
+                        rows += measure_server("nginx", url, files, expected, load)
+                rows += measure_server(deployment.name, f"http://{ip}:{deployment.port}", files, expected, load)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                say(f"{deployment.name} at {files} files failed: {str(exc)[-1500:]}")
+                errors.append(f"{deployment.name} at {files} files: {str(exc)[-1500:]}")
+                index.state = None  # unknown now: the next deployment runs site.yml again
     return {
         "load": asdict(load),
         "target_project": TARGET_PROJECT,
@@ -644,6 +668,7 @@ def reads(index: Index, counts: Sequence[int], load: Load, workdir: Path) -> dic
         "index_files": trees,
         "rows": add_ratios(rows),
         **index.loads,
+        **({"errors": errors} if errors else {}),
     }
 
 
@@ -1022,10 +1047,24 @@ def markdown(results: dict[str, Any]) -> str:
             f"Measured {section.get('measured_at')}: wrk -t{load.get('threads')} -c{load.get('connections')} "
             f"-d{load.get('seconds')}s --latency from the machine to the index container's IP; nginx serves the "
             f"same files as a static PEP 503 tree on 127.0.0.1. /simple/<project>/ is {section.get('target_project')} "
-            f"({VERSIONS} files).\n",
+            f"({VERSIONS} files). Files: the synthetic wheels; the index also holds the default mirror and the pip "
+            "set. x nginx, x baseline: req/s over theirs at the same files and path. Errors: socket errors and "
+            "non-2xx answers. Load: the machine's 1-minute load average after the row (other work shares it).\n",
             "".join(f"- {name}: {note}\n" for name, note in section.get("deployments", {}).items()) + "\n",
             table(
-                ["Files", "Path", "Server", "req/s", "p50 ms", "p99 ms", "x nginx", "x baseline", "errors"],
+                [
+                    "Files",
+                    "Path",
+                    "Server",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "x nginx",
+                    "x baseline",
+                    "requests",
+                    "errors",
+                    "load",
+                ],
                 (
                     [
                         r["files"],
@@ -1036,7 +1075,9 @@ def markdown(results: dict[str, Any]) -> str:
                         r["p99_ms"],
                         r.get("x_nginx"),
                         r.get("x_baseline"),
+                        r.get("requests"),
                         r.get("socket_errors", 0) + r.get("non_2xx", 0),
+                        r.get("load_1min"),
                     ]
                     for r in section.get("rows", [])
                 ),
@@ -1081,6 +1122,10 @@ def markdown(results: dict[str, Any]) -> str:
             "## Bundle, mirror, archive\n",
             table(["Measure", "Value"], ([k.replace("_", " "), v] for k, v in sections["bundle"].items())),
         ]
+    failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
+    failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
+    if failures:
+        parts += ["## Errors\n", *(f"- {name}: `{' '.join(error.split())[-600:]}`\n" for name, error in failures)]
     return "\n".join(parts)
 
 
@@ -1151,19 +1196,31 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attempt(name: str, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one section; a failure becomes its result ({"error": ...}) so that the other sections still run."""
+    try:
+        return step()
+    except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        say(f"{name} failed: {str(exc)[-1500:]}")
+        return {"error": str(exc)[-3000:]}
+
+
 def index_session(chosen: Sequence[str], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Provision the index container and run the sections that need it (provision, reads, pip, upload)."""
-    out: dict[str, Any] = {}
-    extra = fetch_pip_set(cache_dir() / f"pip-set-{CLIENT_PYTHON.tag}") if "pip" in chosen else []
+    wanted = [s for s in ("provision", "reads", "pip", "upload") if s in chosen]
     site = Site(workdir / "hosts.json")
-    try:
+    index = Index(site, workdir / "mirror", [], workdir / "synthetic")
+    default = Deployment("default", {}, PORT, "")
+    first_files = args.files[0] if "reads" in chosen else 1000
+    out: dict[str, Any] = {}
+
+    def setup() -> dict[str, Any]:
+        if "pip" in chosen:
+            index.extra_files = fetch_pip_set(cache_dir() / f"pip-set-{CLIENT_PYTHON.tag}")
         if "pip" in chosen or "upload" in chosen:
             start_client()
-        say("provisioning one bare container with site.yml, then re-running it")
-        provision = first_provision(site, [INDEX])
-        index = Index(site, workdir / "mirror", extra, workdir / "synthetic")
-        first_files = args.files[0] if "reads" in chosen else 1000
-        default = Deployment("default", {}, PORT, "")
+        say("provisioning one bare container with site.yml" + (", then re-running it" if "provision" in chosen else ""))
+        provision = first_provision(site, [INDEX], rerun="provision" in chosen)
         index.ensure(default, first_files)
         if "provision" in chosen:
             load_s = index.loads[f"site_yml_loading_mirror_to_{first_files}_files_s"]
@@ -1174,23 +1231,34 @@ def index_session(chosen: Sequence[str], args: argparse.Namespace, workdir: Path
                     f"mirror_load_{first_files}_files_minus_rerun_s": round(load_s - provision["rerun_s"], 1),
                     f"rerun_with_{first_files}_mirror_files_s": round(again_s, 1),
                     f"rerun_with_{first_files}_mirror_files_changed": changed_count(again.stdout),
-                    "mirror_extra_files": len(extra),
+                    "mirror_extra_files": len(index.extra_files),
                 }
             )
+        return provision
+
+    def pip() -> dict[str, Any]:
+        index.ensure(default, index.state[1] if index.state else first_files)
+        say("pip install of the set from the index and from a local directory")
+        return pip_bench(container_ip(INDEX), index.extra_files, args.runs)
+
+    def upload() -> dict[str, Any]:
+        index.ensure(default, index.state[1] if index.state else first_files)
+        say("twine upload, then poll until pip sees the file")
+        return upload_bench(container_ip(INDEX), site.password, args.runs)
+
+    def read() -> dict[str, Any]:
+        say(f"reads at {', '.join(map(str, args.files))} files")
+        return reads(index, args.files, Load(args.threads, args.connections, args.duration), workdir)
+
+    try:
+        provision = attempt("provisioning the index", setup)
+        if "error" in provision:
+            return dict.fromkeys(wanted, provision)
+        if "provision" in chosen:
             out["provision"] = provision
-        if "reads" in chosen:
-            say(f"reads at {', '.join(map(str, args.files))} files")
-            load = Load(args.threads, args.connections, args.duration)
-            out["reads"] = reads(index, args.files, load, workdir)
-        ip = container_ip(INDEX)
-        if "pip" in chosen or "upload" in chosen:
-            index.ensure(default, index.state[1] if index.state else first_files)
-        if "pip" in chosen:
-            say("pip install of the set from the index and from a local directory")
-            out["pip"] = pip_bench(ip, extra, args.runs)
-        if "upload" in chosen:
-            say("twine upload, then poll until pip sees the file")
-            out["upload"] = upload_bench(ip, site.password, args.runs)
+        for name, step in (("reads", read), ("pip", pip), ("upload", upload)):
+            if name in chosen:
+                out[name] = attempt(name, step)
     finally:
         remove_containers([INDEX, CLIENT])
     return out
@@ -1220,7 +1288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     measured[name] = {"measured_at": now(), **values}
             if "hosts4" in chosen:
                 say("provisioning four bare containers in one site.yml run, then re-running it")
-                measured["hosts4"] = {"measured_at": now(), **provision_many(Site(workdir / "hosts4.json"))}
+                values = attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json")))
+                measured["hosts4"] = {"measured_at": now(), **values}
     if "bundle" in chosen:
         say("building the bundle from the committed locks into an empty directory")
         values = bundle()

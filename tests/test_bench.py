@@ -73,6 +73,13 @@ def test_parse_wrk_fast_server_in_microseconds() -> None:
     assert (result.socket_errors, result.non_2xx) == (0, 0)
 
 
+def test_parse_wrk_without_a_finished_request_has_no_latency() -> None:
+    text = WRK_SLOW.replace("121 requests in", "0 requests in").replace("12.08", "0.00")
+    text = text.replace("650.23ms", "0.00us").replace("800.00ms", "0.00us").replace("1.10s", "0.00us")
+    result = bench.parse_wrk(text)
+    assert (result.requests, result.rps, result.p50_ms, result.p99_ms) == (0, 0.0, None, None)
+
+
 def test_parse_wrk_refuses_other_output() -> None:
     with pytest.raises(ValueError, match="not wrk --latency output"):
         bench.parse_wrk("unable to connect to 172.18.0.2:8080 Connection refused\n")
@@ -251,7 +258,7 @@ def test_markdown_report_and_merge() -> None:
     text = bench.markdown(results)
     assert "| default /simple/<project>/ at 10,000 files vs pypiserver today | 200.0 | >= 100x | yes |" in text
     assert "| front server /simple/<project>/ at 10,000 files vs nginx | - | >= 0.5x | n/a |" in text
-    assert "| 10,000 | /simple/<project>/ | default | 2,000.0 | 0.5 | 12.0 | 0.04 | 200.0 |" in text
+    assert "| 10,000 | /simple/<project>/ | default | 2,000.0 | 0.5 | 12.0 | 0.04 | 200.0 | - | 0 | - |" in text
     assert "## Bundle, mirror, archive" in text
     json.dumps(results)  # what results.json gets
 
