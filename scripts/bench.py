@@ -7,7 +7,7 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
 
   provision  a bare container to a serving index with site.yml, the idempotent re-run, loading 1,000 small
              wheels as a carried-in mirror and the re-run after it
-  hosts4     four bare containers provisioned in one site.yml run (forks), and its re-run
+  hosts4     four bare containers provisioned in one site.yml run (forks)
   reads      wrk req/s, p50 and p99 of /simple/, /simple/<project>/ and a file at 1,000 and 10,000 files, for
              the default deployment, pypiserver as it is today (pypi_server_static_index=false) and the
              optional front server, each as a ratio to nginx serving the same files as a static tree
@@ -31,6 +31,7 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -239,9 +240,9 @@ def first_provision(site: Site, hosts: Sequence[str], rerun: bool = True) -> dic
 
 
 def provision_many(site: Site) -> dict[str, Any]:
-    """Four bare containers in one site.yml run (ansible.cfg's forks cover them), and the re-run."""
+    """Four bare containers in one site.yml run (ansible.cfg's forks cover them)."""
     try:
-        return first_provision(site, MANY)
+        return first_provision(site, MANY, rerun=False)
     finally:
         remove_containers(MANY)
 
@@ -379,22 +380,30 @@ def nginx(root: Path, workers: int) -> Iterator[str]:
         port = free_port()
         (prefix / "nginx.conf").write_text(nginx_conf(prefix, root, port, workers))
         cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Its own session: the master and its workers form a process group whose id is the master's PID.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            if not wait_until(lambda: http_get(url + "/simple/")[0] == 200, 10):
-                proc.kill()
+            if not wait_until(lambda: proc.poll() is not None or http_get(url + "/simple/")[0] == 200, 10):
+                raise RuntimeError(f"nginx did not serve {url} within 10 s")
+            if proc.poll() is not None:
                 log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-                raise RuntimeError(f"nginx did not serve {url}: {proc.communicate(timeout=10)[1][-500:]}{log[-500:]}")
+                raise RuntimeError(f"nginx exited with {proc.returncode}: {log[-800:]}")
             yield url
         finally:
-            if proc.poll() is None:
-                proc.terminate()  # nginx's master: SIGTERM is a fast shutdown of it and its workers
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a child that leads its own process group: SIGTERM to the leader (nginx's fast shutdown of itself and
+    its workers), then SIGKILL to the whole group if anything is left after 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the leader is still alive, so the group is still ours
+            proc.wait(timeout=15)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -624,12 +633,23 @@ class Index:
     synthetic_dir: Path
     state: tuple[str, int] | None = None
     loads: dict[str, float] = field(default_factory=dict)
+    applied: dict[str, Any] | None = None  # the role variables of the last site.yml run
 
     def ensure(self, deployment: Deployment, files: int) -> None:
-        """Run site.yml with the deployment's variables and a mirror of `files` synthetic wheels (+ extras)."""
+        """Run site.yml with the deployment's variables and a mirror of `files` synthetic wheels (+ extras).
+
+        Variables the role does not have (a deployment of a branch not merged yet) change nothing: when only
+        they differ from the last run, site.yml is not run again.
+        """
         if self.state == (deployment.name, files):
             return
+        options = server_options()
+        effective = {k: v for k, v in deployment.extra_vars.items() if k in options}
         loading = self.state is None or self.state[1] != files
+        if not loading and effective == self.applied:
+            say(f"{deployment.name} deployment: same role variables as the running one, no site.yml run")
+            self.state = (deployment.name, files)
+            return
         if loading:
             count = write_mirror(self.mirror, [*build_synthetic(self.synthetic_dir, files), *self.extra_files])
             say(f"site.yml: {deployment.name} deployment, loading a mirror of {count} files")
@@ -638,7 +658,7 @@ class Index:
         seconds, _ = self.site.play_or_fail({**deployment.extra_vars, "pypi_server_mirror_dir": str(self.mirror)})
         if loading:
             self.loads[f"site_yml_loading_mirror_to_{files}_files_s"] = round(seconds, 1)
-        self.state = (deployment.name, files)
+        self.state, self.applied = (deployment.name, files), effective
 
 
 def reads(index: Index, counts: Sequence[int], load: Load, workdir: Path) -> dict[str, Any]:
