@@ -1233,14 +1233,15 @@ def attempt(name: str, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": str(exc)[-3000:]}
 
 
-def index_session(chosen: Sequence[str], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def index_session(
+    chosen: Sequence[str], args: argparse.Namespace, workdir: Path, record: Callable[[str, dict[str, Any]], None]
+) -> None:
     """Provision the index container and run the sections that need it (provision, reads, pip, upload)."""
     wanted = [s for s in ("provision", "reads", "pip", "upload") if s in chosen]
     site = Site(workdir / "hosts.json")
     index = Index(site, workdir / "mirror", [], workdir / "synthetic")
     default = Deployment("default", {}, PORT, "")
     first_files = args.files[0] if "reads" in chosen else 1000
-    out: dict[str, Any] = {}
 
     def setup() -> dict[str, Any]:
         if "pip" in chosen:
@@ -1281,15 +1282,16 @@ def index_session(chosen: Sequence[str], args: argparse.Namespace, workdir: Path
     try:
         provision = attempt("provisioning the index", setup)
         if "error" in provision:
-            return dict.fromkeys(wanted, provision)
+            for name in wanted:
+                record(name, provision)
+            return
         if "provision" in chosen:
-            out["provision"] = provision
+            record("provision", provision)
         for name, step in (("reads", read), ("pip", pip), ("upload", upload)):
             if name in chosen:
-                out[name] = attempt(name, step)
+                record(name, attempt(name, step))
     finally:
         remove_containers([INDEX, CLIENT])
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1305,41 +1307,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.skip_bundle and "bundle" in chosen:
         chosen.remove("bundle")
-    measured: dict[str, Any] = {}
     started = time.monotonic()
+
+    def record(name: str, values: dict[str, Any]) -> None:
+        """Keep a section's results at once: an interrupted run still leaves the sections it finished."""
+        write_results(args.out, {name: {"measured_at": now(), **values}}, chosen, started)
+
     with tempfile.TemporaryDirectory(prefix="airgap-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # nginx's workers (another user) read the yardstick tree in here
         with bench_network():
             if {"provision", "reads", "pip", "upload"} & set(chosen):
-                for name, values in index_session(chosen, args, workdir).items():
-                    measured[name] = {"measured_at": now(), **values}
+                index_session(chosen, args, workdir, record)
             if "hosts4" in chosen:
-                say("provisioning four bare containers in one site.yml run, then re-running it")
-                values = attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json")))
-                measured["hosts4"] = {"measured_at": now(), **values}
+                say("provisioning four bare containers in one site.yml run")
+                record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))
     if "bundle" in chosen:
         say("building the bundle from the committed locks into an empty directory")
         values = bundle()
         say("building the default mirror from its locks, then packing the archive")
         values.update(mirror_and_archive())
-        measured["bundle"] = {"measured_at": now(), **values}
-    out_json = args.out / "results.json"
+        record("bundle", values)
+    print(write_results(args.out, {}, chosen, started))
+    return 0
+
+
+def write_results(out: Path, measured: dict[str, Any], chosen: Sequence[str], started: float) -> str:
+    """Merge `measured` into out/results.json, rewrite out/results.md from it, and return the Markdown."""
+    out_json = out / "results.json"
     old = json.loads(out_json.read_text()) if out_json.is_file() else {}
     results = merge(old, measured)
     results.update(
         cpus=os.cpu_count(),
         wrk=tool_version(["wrk", "--version"], r"wrk (\S+)"),
         nginx=tool_version(["nginx", "-v"], r"nginx/(\S+)"),
-        last_run={"sections": chosen, "seconds": round(time.monotonic() - started)},
+        last_run={"sections": list(chosen), "seconds": round(time.monotonic() - started)},
     )
     results["goals"] = goals(results["sections"])
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
-    (args.out / "results.md").write_text(text)
-    print(text)
-    return 0
+    (out / "results.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
