@@ -64,8 +64,8 @@ molecule: venv images bundle ## molecule test (default, network, operations and 
 proof: venv images ## The air-gap proof: offline controller container, site.yml, client installs from the mirror
 	pytest -q -p no:cacheprovider proof
 
-bench: venv docker ## Measure provisioning and bundle numbers (reports, never asserts)
-	@scripts/bench.sh
+bench: venv docker ## Measure provisioning, reads vs nginx, pip, uploads, bundle (BENCH_ARGS="--only reads")
+	@scripts/bench.sh $(BENCH_ARGS)
 
 clean: down ## Remove the toolchain and test results (the bundle and image cache stay)
 	rm -rf $(VENV) .test-results

@@ -1,31 +1,75 @@
 #!/usr/bin/env python3
-"""Measure airgap-pypi's provisioning and bundle numbers in one run; report, never assert.
+"""Measure airgap-pypi in one run: provisioning, reads against an nginx yardstick, pip, uploads, the bundle.
 
-Writes bench/results.json and bench/results.md. Numbers are wall-clock times on a shared machine:
-compare the ratios within one run, not absolute seconds across runs.
-Usage: bench.py [--skip-bundle] [--out DIR]
+Reports, never asserts: it writes bench/results.json and bench/results.md with the goals' ratios and never fails
+on a number. Numbers are wall-clock on a shared machine: compare the ratios within one run, not seconds across
+runs. Sections (--only runs a subset; the others keep their last results in results.json):
+
+  provision  a bare container to a serving index with site.yml, the idempotent re-run, loading 1,000 small
+             wheels as a carried-in mirror and the re-run after it
+  hosts4     four bare containers provisioned in one site.yml run (forks)
+  reads      wrk req/s, p50 and p99 of /simple/, /simple/<project>/ and a file at 1,000 and 10,000 files, for
+             the default deployment, pypiserver as it is today (pypi_server_static_index=false) and the
+             optional front server, each as a ratio to nginx serving the same files as a static tree
+  pip        pip install of the locked set bench/pip-set.txt from the index vs from a --find-links directory
+  upload     time from a finished twine upload to pip (and a plain HTTP GET) seeing the file
+  bundle     a bundle build from the committed locks, the default mirror build, packing the archive
+
+Needs docker, the test images, wrk and nginx (scripts/bench.sh installs what is missing on Debian/Ubuntu).
+The index under test is a container on the bench's own --internal docker network; nginx runs on 127.0.0.1
+as an ordinary process with its own temporary prefix and is stopped by its PID.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import html.parser
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-NETWORK = "airgap-pypi-bench"
-HOST = "airgap-pypi-bench1"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import build_bundle as bb  # noqa: E402 - a sibling script, found through the path above
+from demo_wheel import build_wheel  # noqa: E402
+from packaging.utils import (  # noqa: E402
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "pip", "upload", "bundle")
+PREFIX = "airgap-pypi-bench"
+NETWORK = PREFIX
+INDEX = f"{PREFIX}-index"
+CLIENT = f"{PREFIX}-client"
+MANY = tuple(f"{PREFIX}-h{i}" for i in range(1, 5))
 IMAGE = "airgap-pypi/debian12-systemd:latest"
+CLIENT_IMAGE = "airgap-pypi/debian12-client:latest"
+CLIENT_BIN = "/opt/clients/bin"
+CLIENT_PYTHON = bb.Target(11)  # the client image's python3 (Debian 12), which the pip set is locked for
+PORT = 8080
 SYSTEMD_RUN = [
     "--cgroupns",
     "host",
@@ -46,17 +90,53 @@ SYSTEMD_RUN = [
     "--stop-signal",
     "SIGRTMIN+3",
 ]
-GOALS = {"first_run_s": 45.0, "rerun_s": 10.0}
+PACKAGES_DIR = "/srv/pypi/packages"  # pypi_server_packages_dir's default
+PIP_SET_IN = ROOT / "bench" / "pip-set.in"
+PIP_SET_LOCK = ROOT / "bench" / "pip-set.txt"
+SERVER_SPECS = ROOT / "roles" / "pypi_server" / "meta" / "argument_specs.yml"
+# Synthetic files: every project has VERSIONS files, so /simple/<project>/ lists several; the 1,000-file set is
+# the first tenth of the 10,000-file set, and TARGET_PROJECT is in both.
+VERSIONS = 10
+TARGET_PROJECT = "bench-pkg-0000"
+# Goals of the issue; reported as ratios, never asserted.
+TIME_GOALS = {"first_run_s": 45.0, "rerun_s": 10.0}
+GOAL_BASELINE_FACTOR = 100.0
+GOAL_P99_MS = 20.0
+GOAL_FRONT_VS_NGINX = 0.5
+GOAL_PIP_RATIO = 1.2
+GOAL_UPLOAD_S = 1.0
 
 
-def run(cmd: list[str], check: bool = False, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kwargs)
+# --------------------------------------------------------------------------- processes
 
 
-def timed(cmd: list[str], **kwargs: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
+def run(cmd: Sequence[str], check: bool = False, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), check=check, capture_output=True, text=True, **kwargs)
+
+
+def timed(cmd: Sequence[str], **kwargs: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.monotonic()
     result = run(cmd, **kwargs)
     return time.monotonic() - start, result
+
+
+def tool(name: str) -> str:
+    """A program of the toolchain next to this Python (.venv/bin), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
+STARTED = time.monotonic()
+
+
+def say(text: str) -> None:
+    """A progress line with the minutes and seconds since the start and the machine's 1-minute load."""
+    minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+    print(f"==> [{minutes:02d}:{seconds:02d} load {load_1min()}] {text}", flush=True)
+
+
+def load_1min() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 def changed_count(output: str) -> int:
@@ -65,59 +145,750 @@ def changed_count(output: str) -> int:
     return sum(int(n) for n in re.findall(r"changed=(\d+)", recap))
 
 
-def provision(inventory: Path) -> dict[str, Any]:
-    """Time a bare container to a serving index, then the idempotent re-run."""
-    run(["docker", "rm", "-f", HOST])
-    run(["docker", "network", "create", "--internal", NETWORK])
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
-    playbook = ["ansible-playbook", "-i", str(inventory), str(ROOT / "site.yml")]
-    try:
-        start = time.monotonic()
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def cache_dir() -> Path:
+    """Where downloads for the benchmark are kept between runs, outside the repository (as build_images.sh)."""
+    if os.environ.get("AIRGAP_PYPI_CACHE"):
+        return Path(os.environ["AIRGAP_PYPI_CACHE"]) / "bench"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "airgap-pypi" / "bench"
+
+
+# --------------------------------------------------------------------------- containers and site.yml
+
+
+def remove_containers(names: Iterable[str]) -> None:
+    names = list(names)
+    if names:
+        run(["docker", "rm", "-f", *names])
+
+
+def start_hosts(names: Sequence[str]) -> None:
+    """Start bare systemd containers on the bench network and wait until their init is up."""
+    for name in names:
         run(
-            ["docker", "run", "-d", "--name", HOST, "--hostname", HOST, "--network", NETWORK, *SYSTEMD_RUN, IMAGE],
+            ["docker", "run", "-d", "--name", name, "--hostname", name, "--network", NETWORK, *SYSTEMD_RUN, IMAGE],
             check=True,
         )
-        run(["docker", "exec", HOST, "timeout", "120", "systemctl", "is-system-running", "--wait"])
-        first = run(playbook, env=env, cwd=ROOT)
-        first_s = time.monotonic() - start
-        if first.returncode != 0:
-            raise RuntimeError("site.yml failed on the bench host:\n" + first.stdout[-3000:])
-        rerun_s, rerun = timed(playbook, env=env, cwd=ROOT)
-        results = {
-            "first_run_s": round(first_s, 1),
-            "first_run_changed": changed_count(first.stdout),
-            "rerun_s": round(rerun_s, 1),
-            "rerun_changed": changed_count(rerun.stdout),
-        }
-        results.update(mirror_load(playbook, env, rerun_s))
-        return results
+    for name in names:
+        run(["docker", "exec", name, "timeout", "120", "systemctl", "is-system-running", "--wait"])
+
+
+def container_ip(name: str) -> str:
+    fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    return run(["docker", "inspect", "-f", fmt, name], check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def bench_network() -> Iterator[None]:
+    run(["docker", "network", "create", "--internal", NETWORK])
+    try:
+        yield
     finally:
-        run(["docker", "rm", "-f", HOST])
         run(["docker", "network", "rm", NETWORK])
 
 
-def mirror_load(playbook: list[str], env: dict[str, str], rerun_s: float, count: int = 1000) -> dict[str, Any]:
-    """Time loading `count` small wheels as a carried-in mirror into the running index, then the re-run."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from demo_wheel import build_wheel  # noqa: PLC0415 - a sibling script, not a package
+@dataclass
+class Site:
+    """site.yml against an inventory of bench containers."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        mirror = Path(tmp) / "mirror"
-        files = mirror / "files"
-        wheels = [build_wheel(files, f"bench-pkg-{i:04d}", "1.0.0") for i in range(count)]
-        sums = (f"{hashlib.sha256(w.read_bytes()).hexdigest()}  files/{w.name}" for w in sorted(wheels))
-        (mirror / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-        command = [*playbook, "-e", f"pypi_server_mirror_dir={mirror}"]
-        load_s, load = timed(command, env=env, cwd=ROOT)
-        if load.returncode != 0:
-            return {"mirror_load_error": load.stdout[-500:]}
-        again_s, again = timed(command, env=env, cwd=ROOT)
-    return {
-        f"mirror_load_{count}_files_s": round(load_s, 1),
-        f"mirror_load_{count}_files_minus_rerun_s": round(load_s - rerun_s, 1),
-        f"rerun_with_{count}_mirror_files_s": round(again_s, 1),
-        f"rerun_with_{count}_mirror_files_changed": changed_count(again.stdout),
+    inventory: Path
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+
+    def write_inventory(self, hosts: Sequence[str]) -> None:
+        group_vars = {
+            "ansible_connection": "community.docker.docker",
+            "pypi_server_users": [{"name": "bench", "password": self.password}],
+        }
+        self.inventory.write_text(json.dumps({"pypi_servers": {"hosts": dict.fromkeys(hosts), "vars": group_vars}}))
+
+    def play(self, extra_vars: dict[str, Any] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
+        cmd = [tool("ansible-playbook"), "-i", str(self.inventory), str(ROOT / "site.yml")]
+        if extra_vars:
+            cmd += ["-e", json.dumps(extra_vars)]
+        return timed(cmd, env=env, cwd=ROOT)
+
+    def play_or_fail(self, extra_vars: dict[str, Any] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+        seconds, result = self.play(extra_vars)
+        if result.returncode != 0:
+            raise RuntimeError(f"site.yml failed (extra vars {extra_vars}):\n{result.stdout[-3000:]}")
+        return seconds, result
+
+
+def first_provision(site: Site, hosts: Sequence[str], rerun: bool = True) -> dict[str, Any]:
+    """Time bare containers to serving indexes (container start, init, site.yml), then (if asked) the re-run."""
+    site.write_inventory(hosts)
+    remove_containers(hosts)
+    start = time.monotonic()
+    start_hosts(hosts)
+    _, first = site.play_or_fail()
+    first_s = time.monotonic() - start
+    out = {
+        "hosts": len(hosts),
+        "first_run_s": round(first_s, 1),
+        "first_run_changed": changed_count(first.stdout),
+        "load_1min": load_1min(),
     }
+    if rerun:
+        rerun_s, again = site.play()
+        out.update(rerun_s=round(rerun_s, 1), rerun_changed=changed_count(again.stdout))
+    return out
+
+
+def provision_many(site: Site) -> dict[str, Any]:
+    """Four bare containers in one site.yml run (ansible.cfg's forks cover them)."""
+    try:
+        return first_provision(site, MANY, rerun=False)
+    finally:
+        remove_containers(MANY)
+
+
+# --------------------------------------------------------------------------- file sets
+
+
+def synthetic_names(files: int, versions: int = VERSIONS) -> list[tuple[str, str]]:
+    """(project, version) for `files` wheels: files // versions projects with `versions` releases each."""
+    if files <= 0 or files % versions:
+        raise ValueError(f"{files} files: use a positive multiple of {versions}")
+    return [(f"bench-pkg-{p:04d}", f"1.0.{v}") for p in range(files // versions) for v in range(versions)]
+
+
+def build_synthetic(directory: Path, files: int) -> list[Path]:
+    """The synthetic wheels in directory (built where missing; the builder writes identical bytes each time)."""
+    paths = []
+    for name, version in synthetic_names(files):
+        path = directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+        paths.append(path if path.exists() else build_wheel(directory, name, version))
+    return paths
+
+
+def write_mirror(mirror: Path, files: Iterable[Path]) -> int:
+    """Make `mirror` a carried-in mirror (files/, SHA256SUMS) holding exactly `files`; return their number."""
+    dest = mirror / "files"
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for path in sorted(set(files), key=lambda p: p.name):
+        target = dest / path.name
+        if path.resolve() != target.resolve() and not target.exists():
+            link_or_copy(path, target)
+        lines.append(f"{bb.sha256_file(target)}  files/{path.name}")
+    (mirror / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def index_files(container: str) -> list[str]:
+    """Names of the files in the index container's packages directory."""
+    listing = run(["docker", "exec", container, "ls", "-1", PACKAGES_DIR], check=True).stdout
+    return sorted(line for line in listing.splitlines() if line)
+
+
+# --------------------------------------------------------------------------- the nginx yardstick
+
+
+def project_of(filename: str) -> str | None:
+    """The normalized project name of a wheel or sdist file name, or None for anything else."""
+    try:
+        return canonicalize_name(parse_wheel_filename(filename)[0])
+    except InvalidWheelFilename:
+        pass
+    try:
+        return canonicalize_name(parse_sdist_filename(filename)[0])
+    except InvalidSdistFilename:
+        return None
+
+
+def page(title: str, links: Iterable[tuple[str, str]]) -> str:
+    """A PEP 503 page: one anchor per (href, text)."""
+    anchors = "".join(f'<a href="{href}">{text}</a><br>\n' for href, text in links)
+    return f"<!DOCTYPE html>\n<html><head><title>{title}</title></head><body>\n{anchors}</body></html>\n"
+
+
+def build_yardstick_tree(files: Iterable[Path], root: Path) -> dict[str, int]:
+    """Lay `files` out under root as a static PEP 503 tree: simple/index.html, simple/<project>/index.html
+    (links ../../packages/<file>#sha256=<digest>) and packages/<file>. Files of no project are left out.
+
+    Deliberately independent of the product's own static index: it is the yardstick, not the thing measured.
+    """
+    projects: dict[str, list[tuple[str, str]]] = {}
+    (root / "packages").mkdir(parents=True, exist_ok=True)
+    for path in sorted(files, key=lambda p: p.name):
+        project = project_of(path.name)
+        if project is None:
+            continue
+        link_or_copy(path, root / "packages" / path.name)
+        projects.setdefault(project, []).append((path.name, bb.sha256_file(path)))
+    for project, entries in projects.items():
+        (root / "simple" / project).mkdir(parents=True, exist_ok=True)
+        links = ((f"../../packages/{name}#sha256={digest}", name) for name, digest in entries)
+        (root / "simple" / project / "index.html").write_text(page(f"Links for {project}", links))
+    listing = ((f"{project}/", project) for project in sorted(projects))
+    (root / "simple" / "index.html").write_text(page("Simple index", listing))
+    return {"projects": len(projects), "files": sum(len(e) for e in projects.values())}
+
+
+def nginx_conf(prefix: Path, root: Path, port: int, workers: int) -> str:
+    """A self-contained nginx configuration: everything under prefix, serving root on 127.0.0.1:port."""
+    temp = " ".join(
+        f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # As root, nginx's workers would switch to nobody, who may not reach a private temporary directory.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes {workers};
+daemon off;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+    {temp}
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    types {{ text/html html; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def nginx(root: Path, workers: int) -> Iterator[str]:
+    """nginx serving root on a free loopback port as a child process; yields its base URL; stops it by PID."""
+    with tempfile.TemporaryDirectory(prefix="airgap-bench-nginx-") as tmp:
+        prefix = Path(tmp)
+        port = free_port()
+        (prefix / "nginx.conf").write_text(nginx_conf(prefix, root, port, workers))
+        cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")]
+        # Its own session: the master and its workers form a process group whose id is the master's PID.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_until(lambda: proc.poll() is not None or http_get(url + "/simple/")[0] == 200, 10):
+                raise RuntimeError(f"nginx did not serve {url} within 10 s")
+            if proc.poll() is not None:
+                log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+                raise RuntimeError(f"nginx exited with {proc.returncode}: {log[-800:]}")
+            yield url
+        finally:
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a child that leads its own process group: SIGTERM to the leader (nginx's fast shutdown of itself and
+    its workers), then SIGKILL to the whole group if anything is left after 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the leader is still alive, so the group is still ours
+            proc.wait(timeout=15)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def http_get(url: str, timeout: float = 60) -> tuple[int, str]:
+    """Status and body of a GET (status 0 when nothing answered)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+class _Anchors(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href")
+        if tag == "a" and href:
+            self.hrefs.append(href)
+
+
+def hrefs(text: str) -> list[str]:
+    """The href of every anchor of an HTML page."""
+    parser = _Anchors()
+    parser.feed(text)
+    return parser.hrefs
+
+
+def file_url(project_url: str, text: str) -> str | None:
+    """Absolute URL (fragment dropped) of the last file a project page links, or None."""
+    links = [h for h in hrefs(text) if project_of(urllib.parse.urlsplit(h).path.rsplit("/", 1)[-1])]
+    if not links:
+        return None
+    return urllib.parse.urldefrag(urllib.parse.urljoin(project_url, links[-1]))[0]
+
+
+# --------------------------------------------------------------------------- wrk
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def duration_ms(text: str) -> float | None:
+    """wrk's `650.23ms`, `71.00us`, `1.20s`, `2.00m` in milliseconds; None for anything else (-nan)."""
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    return round(float(match.group(1)) * _UNITS_MS[match.group(2)], 6) if match else None
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    socket_errors: int
+    non_2xx: int
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse the output of `wrk --latency`."""
+    total = re.search(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h),", text, re.MULTILINE)
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.MULTILINE)
+    if total is None or rps is None:
+        raise ValueError(f"not wrk --latency output: {text[-300:]!r}")
+    percentiles = dict(re.findall(r"^\s+(50|90|99)(?:\.0+)?%\s+(\S+)\s*$", text, re.MULTILINE))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    seconds = (duration_ms(total.group(2) + total.group(3)) or 0.0) / 1000
+
+    def pct(key: str) -> float | None:
+        # With no finished request wrk prints 0.00us percentiles: there is no latency to report.
+        return duration_ms(percentiles[key]) if key in percentiles and int(total.group(1)) else None
+
+    return WrkResult(
+        requests=int(total.group(1)),
+        seconds=round(seconds, 2),
+        rps=float(rps.group(1)),
+        p50_ms=pct("50"),
+        p90_ms=pct("90"),
+        p99_ms=pct("99"),
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+@dataclass(frozen=True)
+class Load:
+    threads: int = 2
+    connections: int = 8
+    seconds: int = 10
+    timeout_s: int = 30
+
+
+def wrk(url: str, load: Load) -> WrkResult:
+    cmd = ["wrk", f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds}s", f"--timeout={load.timeout_s}s"]
+    done = run([*cmd, "--latency", url], timeout=load.seconds + load.timeout_s + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed on {url}: {done.stderr.strip()[-300:]}")
+    return parse_wrk(done.stdout)
+
+
+# --------------------------------------------------------------------------- reads
+
+PATHS = ("/simple/", "/simple/<project>/", "file")
+MIN_REQUESTS = 20  # fewer finished requests than this: wrk runs again for longer
+MAX_WRK_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    extra_vars: dict[str, Any]
+    port: int
+    note: str
+
+
+def server_options(specs: Path = SERVER_SPECS) -> dict[str, Any]:
+    """The pypi_server role's options (name -> spec) from its argument_specs."""
+    import yaml  # noqa: PLC0415 - PyYAML comes with ansible-core in the toolchain
+
+    return dict(yaml.safe_load(specs.read_text())["argument_specs"]["main"]["options"])
+
+
+def deployments(options: dict[str, Any]) -> tuple[list[Deployment], dict[str, str]]:
+    """The deployments to measure, and a note for each one that cannot be measured in this tree."""
+    static_note = (
+        "site.yml -e pypi_server_static_index=false"
+        if "pypi_server_static_index" in options
+        else "site.yml -e pypi_server_static_index=false; this tree has no such variable, so it is the default"
+    )
+    found = [
+        Deployment("default", {}, PORT, "site.yml defaults: gunicorn, no front server"),
+        Deployment("baseline", {"pypi_server_static_index": False}, PORT, "pypiserver as it is today: " + static_note),
+    ]
+    missing = {}
+    if "pypi_server_front_server" in options:
+        # The front server listens on pypi_server_front_server_port where the role has one, else on the index port.
+        port = options.get("pypi_server_front_server_port", {}).get("default", PORT)
+        port = port if isinstance(port, int) else PORT
+        found.append(Deployment("front", {"pypi_server_front_server": True}, port, "the optional front server"))
+    else:
+        missing["front"] = "not available (the pypi_server role has no pypi_server_front_server in this tree)"
+    return found, missing
+
+
+def check_server(base: str, project: str, expected_links: int) -> dict[str, str]:
+    """The three URLs to load on a server, after checking each answers 200 (and the project page's links)."""
+    urls = {"/simple/": f"{base}/simple/", "/simple/<project>/": f"{base}/simple/{project}/"}
+    status, body = http_get(urls["/simple/<project>/"])
+    links = len([h for h in hrefs(body) if project_of(urllib.parse.urlsplit(h).path.rsplit("/", 1)[-1])])
+    if status != 200 or links != expected_links:
+        raise RuntimeError(
+            f"{urls['/simple/<project>/']}: status {status}, {links} file links, {expected_links} expected"
+        )
+    found = file_url(urls["/simple/<project>/"], body) or ""
+    urls["file"] = found
+    for url in (urls["/simple/"], found):
+        status, _ = http_get(url)
+        if status != 200:
+            raise RuntimeError(f"{url}: status {status}, expected 200")
+    return urls
+
+
+def measure_server(server: str, base: str, files: int, expected_links: int, load: Load) -> list[dict[str, Any]]:
+    urls = check_server(base, TARGET_PROJECT, expected_links)
+    rows = []
+    for path in PATHS:
+        result = wrk(urls[path], load)
+        if result.requests < MIN_REQUESTS:
+            # Too few answers for a rate or a p99 (a slow server): once more, longer, within a bound.
+            longer = Load(load.threads, load.connections, min(load.seconds * 6, MAX_WRK_SECONDS), load.timeout_s)
+            say(f"  {server} {path}: {result.requests} requests in {load.seconds} s; again for {longer.seconds} s")
+            result = wrk(urls[path], longer)
+        say(
+            f"  {server:8} {files:>6} files {path:20} {result.rps:>10.1f} req/s"
+            f"  p50 {result.p50_ms} ms  p99 {result.p99_ms} ms"
+        )
+        rows.append({"files": files, "path": path, "server": server, **asdict(result), "load_1min": load_1min()})
+    return rows
+
+
+def add_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with x_nginx (its req/s over nginx's at the same files and path) and, but for nginx and the
+    baseline, x_baseline (over the baseline's)."""
+
+    def rps_of(server: str, row: dict[str, Any]) -> float | None:
+        for other in rows:
+            if other["server"] == server and other["files"] == row["files"] and other["path"] == row["path"]:
+                return float(other["rps"])
+        return None
+
+    out = []
+    for row in rows:
+        new = dict(row)
+        for server in ("nginx", "baseline"):
+            if row["server"] in ("nginx", server):
+                continue
+            base = rps_of(server, row)
+            new[f"x_{server}"] = float(f"{row['rps'] / base:.4g}") if base else None
+        out.append(new)
+    return out
+
+
+@dataclass
+class Index:
+    """The one index container under test and what it currently runs."""
+
+    site: Site
+    mirror: Path
+    extra_files: list[Path]
+    synthetic_dir: Path
+    state: tuple[str, int] | None = None
+    loads: dict[str, float] = field(default_factory=dict)
+    applied: dict[str, Any] | None = None  # the role variables of the last site.yml run
+
+    def ensure(self, deployment: Deployment, files: int) -> None:
+        """Run site.yml with the deployment's variables and a mirror of `files` synthetic wheels (+ extras).
+
+        Variables the role does not have (a deployment of a branch not merged yet) change nothing: when only
+        they differ from the last run, site.yml is not run again.
+        """
+        if self.state == (deployment.name, files):
+            return
+        options = server_options()
+        effective = {k: v for k, v in deployment.extra_vars.items() if k in options}
+        loading = self.state is None or self.state[1] != files
+        if not loading and effective == self.applied:
+            say(f"{deployment.name} deployment: same role variables as the running one, no site.yml run")
+            self.state = (deployment.name, files)
+            return
+        if loading:
+            count = write_mirror(self.mirror, [*build_synthetic(self.synthetic_dir, files), *self.extra_files])
+            say(f"site.yml: {deployment.name} deployment, loading a mirror of {count} files")
+        else:
+            say(f"site.yml: {deployment.name} deployment")
+        seconds, _ = self.site.play_or_fail({**deployment.extra_vars, "pypi_server_mirror_dir": str(self.mirror)})
+        if loading:
+            self.loads[f"site_yml_loading_mirror_to_{files}_files_s"] = round(seconds, 1)
+        self.state, self.applied = (deployment.name, files), effective
+
+
+def reads(index: Index, counts: Sequence[int], load: Load, workdir: Path) -> dict[str, Any]:
+    """wrk against every deployment and the nginx yardstick, at each file count."""
+    found, missing = deployments(server_options())
+    ip = container_ip(INDEX)
+    rows: list[dict[str, Any]] = []
+    trees: dict[str, Any] = {}
+    errors: list[str] = []
+    for files in counts:
+        # The running deployment first (it loads the new files), the default one last (pip and upload use it).
+        current = index.state[0] if index.state else "default"
+        order = sorted(found, key=lambda d: (d.name != current, d.name == "default"))
+        expected = -1  # files of TARGET_PROJECT in the index, counted once the files are loaded
+        for deployment in order:
+            try:
+                index.ensure(deployment, files)
+                if expected < 0:
+                    names = index_files(INDEX)
+                    expected = sum(1 for n in names if project_of(n) == TARGET_PROJECT)
+                    tree = workdir / f"tree-{files}"
+                    trees[str(files)] = yardstick(names, [index.mirror / "files", *mirror_dirs()], tree)
+                    with nginx(tree, workers=2) as url:
+                        rows += measure_server("nginx", url, files, expected, load)
+                rows += measure_server(deployment.name, f"http://{ip}:{deployment.port}", files, expected, load)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                say(f"{deployment.name} at {files} files failed: {str(exc)[-1500:]}")
+                errors.append(f"{deployment.name} at {files} files: {str(exc)[-1500:]}")
+                index.state = None  # unknown now: the next deployment runs site.yml again
+    return {
+        "load": asdict(load),
+        "target_project": TARGET_PROJECT,
+        "deployments": {d.name: d.note for d in found} | missing,
+        "index_files": trees,
+        "rows": add_ratios(rows),
+        **index.loads,
+        **({"errors": errors} if errors else {}),
+    }
+
+
+def mirror_dirs() -> list[Path]:
+    """Where local copies of other files the index holds may be: the default carried-in mirror."""
+    return [ROOT / "offline_artifacts" / "mirror" / "files"]
+
+
+def yardstick(names: Sequence[str], sources: Sequence[Path], root: Path) -> dict[str, int]:
+    """Build the nginx tree from local copies of exactly the files the index holds; count any without a copy."""
+    local = {}
+    for directory in sources:
+        for name in names:
+            if name not in local and (directory / name).is_file():
+                local[name] = directory / name
+    shutil.rmtree(root, ignore_errors=True)
+    counts = build_yardstick_tree(local.values(), root)
+    return {
+        "index": len(names),
+        "tree": counts["files"],
+        "projects": counts["projects"],
+        "no_local_copy": len(names) - len(local),
+    }
+
+
+# --------------------------------------------------------------------------- the pip set
+
+
+def lock_pip_set() -> None:
+    """Re-resolve bench/pip-set.in into the hash-locked bench/pip-set.txt for the client's CPython (needs PyPI)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pip-set.txt"
+        cmd = [bb.find_uv(), "pip", "compile", "--quiet", *bb.UV_OPTIONS, "--python-version", CLIENT_PYTHON.version]
+        bb.run([*cmd, PIP_SET_IN.name, "--output-file", str(out)], cwd=PIP_SET_IN.parent)
+        header = (
+            f"# bench/pip-set.in locked for CPython {CLIENT_PYTHON.version}, {bb.UV_PLATFORM}, wheels only, hashed.\n"
+            "# Generated by `scripts/bench.py --lock`: do not edit.\n"
+        )
+        PIP_SET_LOCK.write_text(header + out.read_text())
+
+
+def fetch_pip_set(directory: Path) -> list[Path]:
+    """The pip set's wheels for the client, downloaded into directory where missing (hash-checked)."""
+    lock = bb.Lock("pip-set", CLIENT_PYTHON, PIP_SET_LOCK, bb.parse_pins(PIP_SET_LOCK.read_text()))
+    missing = bb.missing_pins(lock, bb.hash_dir(directory))
+    if missing:
+        say(f"downloading {len(missing)} wheels of the pip set into {directory}")
+        bb.download(lock, missing, directory)
+    files = bb.hash_dir(directory)
+    chosen = {p.name: f for p in lock.pins for f, d in files.items() if bb.satisfies(f, d, p, lock.target)}
+    return [directory / f for f in sorted(chosen.values())]
+
+
+def client_exec(*cmd: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    flags = [arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")]
+    return run(["docker", "exec", "-e", "PIP_CONFIG_FILE=/dev/null", *flags, CLIENT, *cmd], timeout=timeout)
+
+
+def start_client() -> None:
+    remove_containers([CLIENT])
+    run(["docker", "run", "-d", "--name", CLIENT, "--hostname", CLIENT, "--network", NETWORK, CLIENT_IMAGE], check=True)
+    client_exec("mkdir", "-p", "/root/bench")
+
+
+# Runs in the client: a fresh venv (untimed), then the pip command timed inside the container.
+TIMED_INSTALL = """
+set -e
+rm -rf /root/venv
+{bin}/python -m venv --without-pip /root/venv
+start=$(date +%s%N)
+{bin}/pip --python /root/venv/bin/python "$@" >/root/pip.log 2>&1 || {{ tail -20 /root/pip.log; exit 1; }}
+end=$(date +%s%N)
+echo "elapsed_ns=$((end - start))"
+/root/venv/bin/python -c 'import requests, flask, rich, yaml, pytest, bs4, dateutil, tabulate'
+{bin}/pip --python /root/venv/bin/python list --format=freeze 2>/dev/null | wc -l
+"""
+
+
+def pip_install(args: Sequence[str]) -> tuple[float, int]:
+    """Seconds of one pip install of the set into a fresh venv on the client, and the number of packages then."""
+    script = TIMED_INSTALL.format(bin=CLIENT_BIN)
+    done = client_exec("sh", "-c", script, "sh", "install", "--no-cache-dir", "--disable-pip-version-check", *args)
+    match = re.search(r"elapsed_ns=(\d+)", done.stdout)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(
+            f"pip install {' '.join(args)} failed on the client:\n{done.stdout[-2000:]}{done.stderr[-1000:]}"
+        )
+    return int(match.group(1)) / 1e9, int(done.stdout.strip().splitlines()[-1])
+
+
+def pip_bench(ip: str, wheels: Sequence[Path], runs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "wheels"
+        local.mkdir()
+        for wheel in wheels:
+            shutil.copyfile(wheel, local / wheel.name)
+        run(["docker", "cp", str(local), f"{CLIENT}:/root/bench/wheels"], check=True)
+    run(["docker", "cp", str(PIP_SET_LOCK), f"{CLIENT}:/root/bench/pip-set.txt"], check=True)
+    index_args = ["--index-url", f"http://{ip}:{PORT}/simple/", "--trusted-host", ip, "-r", "/root/bench/pip-set.txt"]
+    local_args = ["--no-index", "--find-links", "/root/bench/wheels", "-r", "/root/bench/pip-set.txt"]
+    times: dict[str, list[float]] = {"index": [], "find_links": []}
+    installed = 0
+    for attempt in range(runs):  # alternate, so that drift on the shared machine hits both alike
+        for mode, args in (("index", index_args), ("find_links", local_args)):
+            seconds, installed = pip_install(args)
+            times[mode].append(round(seconds, 2))
+            say(f"  pip install {mode} run {attempt + 1}: {seconds:.2f} s ({installed} packages)")
+    index_s, local_s = statistics.median(times["index"]), statistics.median(times["find_links"])
+    return {
+        "packages": installed,
+        "wheels": len(wheels),
+        "runs": runs,
+        "index_s": times["index"],
+        "find_links_s": times["find_links"],
+        "index_median_s": index_s,
+        "find_links_median_s": local_s,
+        "index_over_find_links": round(index_s / local_s, 3),
+    }
+
+
+# --------------------------------------------------------------------------- uploads
+
+# Runs in the client's Python: twine upload, then poll until the file is seen (bounded), and print JSON.
+POLL = r"""
+import json, subprocess, sys, tempfile, time, urllib.request
+mode, repo, index, host, name, version, wheel = sys.argv[1:]
+bin = "/opt/clients/bin"
+up = subprocess.run([bin + "/twine", "upload", "--non-interactive", "--repository-url", repo, wheel],
+                    capture_output=True, text=True)
+t0 = time.monotonic()
+if up.returncode != 0:
+    print(json.dumps({"error": "twine: " + (up.stdout + up.stderr)[-300:]})); sys.exit(0)
+polls, filename = 0, wheel.rsplit("/", 1)[-1]
+while True:
+    start = time.monotonic()
+    if mode == "pip":
+        with tempfile.TemporaryDirectory() as dest:
+            ok = subprocess.run([bin + "/pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+                                 "-q", "--index-url", index, "--trusted-host", host, "-d", dest,
+                                 name + "==" + version], capture_output=True).returncode == 0
+    else:
+        try:
+            with urllib.request.urlopen(index + name + "/", timeout=10) as r:
+                ok = filename in r.read().decode()
+        except OSError:
+            ok = False
+    end, polls = time.monotonic(), polls + 1
+    if ok:
+        print(json.dumps({"seen_from_s": start - t0, "seen_by_s": end - t0, "poll_s": end - start, "polls": polls}))
+        break
+    if end - t0 > 30:
+        print(json.dumps({"error": "not seen after 30 s", "polls": polls})); break
+    time.sleep(0.05 if mode == "http" else 0)
+"""
+
+
+def upload_bench(ip: str, password: str, runs: int) -> dict[str, Any]:
+    """Upload `runs` new versions per mode with twine from the client; time until pip (or an HTTP GET) sees each."""
+    results: dict[str, list[dict[str, Any]]] = {"pip": [], "http": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode, outcomes in results.items():
+            for i in range(runs):
+                version = f"1.{len(results['pip']) + len(results['http'])}.0"
+                wheel = build_wheel(Path(tmp), "bench-upload", version)
+                run(["docker", "cp", str(wheel), f"{CLIENT}:/root/bench/{wheel.name}"], check=True)
+                args = [f"http://{ip}:{PORT}/", f"http://{ip}:{PORT}/simple/", ip, "bench-upload", version]
+                done = client_exec(
+                    f"{CLIENT_BIN}/python",
+                    "-c",
+                    POLL,
+                    mode,
+                    *args,
+                    f"/root/bench/{wheel.name}",
+                    env={"TWINE_USERNAME": "bench", "TWINE_PASSWORD": password},
+                    timeout=120,
+                )
+                outcome = (
+                    json.loads(done.stdout.strip().splitlines()[-1])
+                    if done.stdout.strip()
+                    else {"error": done.stderr[-300:]}
+                )
+                say(f"  upload {mode} run {i + 1}: {outcome}")
+                outcomes.append(outcome)
+    summary: dict[str, Any] = {"runs": runs, "pip": results["pip"], "http": results["http"]}
+    for mode, outcomes in results.items():
+        seen = [o["seen_from_s"] for o in outcomes if "seen_from_s" in o]
+        summary[f"{mode}_seen_median_s"] = round(statistics.median(seen), 3) if len(seen) == len(outcomes) else None
+    calls = [o["poll_s"] for o in results["pip"] if "poll_s" in o]
+    summary["pip_call_median_s"] = round(statistics.median(calls), 2) if calls else None
+    return summary
+
+
+# --------------------------------------------------------------------------- bundle
 
 
 def bundle() -> dict[str, Any]:
@@ -167,46 +938,417 @@ def mirror_and_archive() -> dict[str, Any]:
     return results
 
 
-def report(results: dict[str, Any]) -> str:
-    lines = ["| Measure | Value | Goal | Ratio (value / goal) |", "| --- | --- | --- | --- |"]
-    for key, value in results.items():
-        goal = GOALS.get(key)
-        ratio = f"{value / goal:.2f}" if goal and isinstance(value, (int, float)) else ""
-        lines.append(f"| {key} | {value} | {goal or ''} | {ratio} |")
-    if "first_run_s" in results and results.get("rerun_s"):
-        lines.append(f"| rerun / first run | {results['rerun_s'] / results['first_run_s']:.2f} | | |")
+# --------------------------------------------------------------------------- goals and report
+
+
+def find_row(rows: Sequence[dict[str, Any]], server: str, files: int, path: str) -> dict[str, Any] | None:
+    return next((r for r in rows if (r["server"], r["files"], r["path"]) == (server, files, path)), None)
+
+
+def goal(name: str, value: float | None, target: str, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {"goal": name, "value": value, "target": target, "met": met, "note": note}
+
+
+def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, from whichever sections have results (None: not measured)."""
+    out = []
+    provision = sections.get("provision", {})
+    for key, limit in TIME_GOALS.items():
+        value = provision.get(key)
+        out.append(goal(f"1 host: {key}", value, f"<= {limit:g} s", None if value is None else value <= limit))
+    rows = sections.get("reads", {}).get("rows", [])
+    files = max((r["files"] for r in rows), default=10_000)
+    default = find_row(rows, "default", files, "/simple/<project>/")
+    ratio = default.get("x_baseline") if default else None
+    out.append(
+        goal(
+            f"default /simple/<project>/ at {files:,} files vs pypiserver today",
+            ratio,
+            f">= {GOAL_BASELINE_FACTOR:g}x",
+            None if ratio is None else ratio >= GOAL_BASELINE_FACTOR,
+        )
+    )
+    p99 = default.get("p99_ms") if default else None
+    out.append(
+        goal(
+            f"default /simple/<project>/ at {files:,} files, p99",
+            p99,
+            f"<= {GOAL_P99_MS:g} ms",
+            None if p99 is None else p99 <= GOAL_P99_MS,
+        )
+    )
+    front = find_row(rows, "front", files, "/simple/<project>/")
+    front_note = sections.get("reads", {}).get("deployments", {}).get("front", "") if front is None else ""
+    value = front.get("x_nginx") if front else None
+    out.append(
+        goal(
+            f"front server /simple/<project>/ at {files:,} files vs nginx",
+            value,
+            f">= {GOAL_FRONT_VS_NGINX:g}x",
+            None if value is None else value >= GOAL_FRONT_VS_NGINX,
+            front_note,
+        )
+    )
+    value = sections.get("pip", {}).get("index_over_find_links")
+    out.append(
+        goal(
+            "pip install of the set: index / --find-links",
+            value,
+            f"<= {GOAL_PIP_RATIO:g}x",
+            None if value is None else value <= GOAL_PIP_RATIO,
+        )
+    )
+    value = sections.get("upload", {}).get("pip_seen_median_s")
+    out.append(
+        goal(
+            "upload visible to pip (twine returned -> start of the pip call that finds it)",
+            value,
+            f"<= {GOAL_UPLOAD_S:g} s",
+            None if value is None else value <= GOAL_UPLOAD_S,
+        )
+    )
+    return out
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def met_text(row: dict[str, Any]) -> str:
+    """The Met column: yes, no, or why it was not measured."""
+    if row["met"] is not None:
+        return "yes" if row["met"] else "no"
+    return row["note"] or "not measured"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-bundle", action="store_true", help="do not time a bundle build (needs PyPI)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        inventory = Path(tmp) / "hosts.json"
-        group_vars = {
-            "ansible_connection": "community.docker.docker",
-            "pypi_server_users": [{"name": "bench", "password": secrets.token_urlsafe(12)}],
-        }
-        inventory.write_text(json.dumps({"pypi_servers": {"hosts": {HOST: None}, "vars": group_vars}}))
-        print("==> provisioning one bare container with site.yml, then re-running it", flush=True)
-        results: dict[str, Any] = provision(inventory)
-    if not args.skip_bundle:
-        print("==> building the bundle from the committed locks into an empty directory", flush=True)
-        results.update(bundle())
-        print("==> building the default mirror from its locks, then packing the archive", flush=True)
-        results.update(mirror_and_archive())
-    results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["cpus"] = os.cpu_count()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = report(results)
-    (args.out / "results.md").write_text(
-        "# Benchmark results\n\nWritten by `make bench` (scripts/bench.py).\n\n" + table
+def markdown(results: dict[str, Any]) -> str:
+    """bench/results.md: the goals first, then each section measured."""
+    sections = results.get("sections", {})
+    parts = [
+        "# Benchmark results\n",
+        f"Written by `make bench` (scripts/bench.py) on {results.get('cpus')} CPUs; wrk {results.get('wrk', '?')}, "
+        f"nginx {results.get('nginx', '?')}. Ratios compare numbers of one run; seconds vary between runs.\n",
+        "## Goals\n",
+        table(
+            ["Goal", "Measured", "Target", "Met"],
+            ([g["goal"], g["value"], g["target"], met_text(g)] for g in results.get("goals", [])),
+        ),
+    ]
+    if "provision" in sections or "hosts4" in sections:
+        one, many = sections.get("provision", {}), sections.get("hosts4", {})
+        rows = [
+            ["bare containers to serving (site.yml)", one.get("first_run_s"), many.get("first_run_s")],
+            ["its changed count", one.get("first_run_changed"), many.get("first_run_changed")],
+            ["idempotent re-run", one.get("rerun_s"), many.get("rerun_s")],
+            ["its changed count", one.get("rerun_changed"), many.get("rerun_changed")],
+        ]
+        rows += [
+            [key.replace("_", " "), value, None]
+            for key, value in one.items()
+            if key.startswith(("mirror_load", "rerun_with"))
+        ]
+        parts += [
+            "## Provisioning (seconds)\n",
+            f"Measured {one.get('measured_at', '-')} (1 host), {many.get('measured_at', '-')} (4 hosts).\n",
+            table(["Measure", "1 host", "4 hosts"], rows),
+        ]
+    if "reads" in sections:
+        section = sections["reads"]
+        load = section.get("load", {})
+        parts += [
+            "## Reads\n",
+            f"Measured {section.get('measured_at')}: wrk -t{load.get('threads')} -c{load.get('connections')} "
+            f"-d{load.get('seconds')}s --latency from the machine to the index container's IP; nginx serves the "
+            f"same files as a static PEP 503 tree on 127.0.0.1. /simple/<project>/ is {section.get('target_project')} "
+            f"({VERSIONS} files). Files: the synthetic wheels; the index also holds the default mirror and the pip "
+            "set. x nginx, x baseline: req/s over theirs at the same files and path. Errors: socket errors and "
+            "non-2xx answers. Load: the machine's 1-minute load average after the row (other work shares it). A "
+            f"row with fewer than {MIN_REQUESTS} requests was measured again for up to {MAX_WRK_SECONDS} s.\n",
+            "".join(f"- {name}: {note}\n" for name, note in section.get("deployments", {}).items()) + "\n",
+            table(
+                [
+                    "Files",
+                    "Path",
+                    "Server",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "x nginx",
+                    "x baseline",
+                    "requests",
+                    "errors",
+                    "load",
+                ],
+                (
+                    [
+                        r["files"],
+                        r["path"],
+                        r["server"],
+                        r["rps"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r.get("x_nginx"),
+                        r.get("x_baseline"),
+                        r.get("requests"),
+                        r.get("socket_errors", 0) + r.get("non_2xx", 0),
+                        r.get("load_1min"),
+                    ]
+                    for r in section.get("rows", [])
+                ),
+            ),
+        ]
+    if "pip" in sections:
+        pip = sections["pip"]
+        parts += [
+            "## pip install of bench/pip-set.txt\n",
+            f"Measured {pip.get('measured_at')}: {pip.get('packages')} packages into a fresh venv on the client "
+            f"container, median of {pip.get('runs')} runs each, no cache.\n",
+            table(
+                ["Source", "Median s", "Runs s"],
+                [
+                    ["the index (--index-url)", pip.get("index_median_s"), ", ".join(map(str, pip.get("index_s", [])))],
+                    [
+                        "a local directory (--no-index --find-links)",
+                        pip.get("find_links_median_s"),
+                        ", ".join(map(str, pip.get("find_links_s", []))),
+                    ],
+                    ["index / local", pip.get("index_over_find_links"), ""],
+                ],
+            ),
+        ]
+    if "upload" in sections:
+        up = sections["upload"]
+        parts += [
+            "## Upload to visible\n",
+            f"Measured {up.get('measured_at')}: from twine's return on the client to the start of the first poll that "
+            f"finds the new file (0 = the first poll after the upload found it), median of {up.get('runs')} uploads "
+            f"each; a pip call itself took {fmt(up.get('pip_call_median_s'))} s.\n",
+            table(
+                ["Poll", "Median s"],
+                [
+                    ["pip download --no-deps", up.get("pip_seen_median_s")],
+                    ["HTTP GET /simple/<project>/", up.get("http_seen_median_s")],
+                ],
+            ),
+        ]
+    if "bundle" in sections:
+        parts += [
+            "## Bundle, mirror, archive\n",
+            table(["Measure", "Value"], ([k.replace("_", " "), v] for k, v in sections["bundle"].items())),
+        ]
+    failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
+    failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
+    if failures:
+        parts += ["## Errors\n", *(f"- {name}: `{' '.join(error.split())[-600:]}`\n" for name, error in failures)]
+    return "\n".join(parts)
+
+
+def merge(old: dict[str, Any], new_sections: dict[str, Any]) -> dict[str, Any]:
+    """Results with new_sections replacing old ones of the same name (old results of another format dropped)."""
+    sections = dict(old.get("sections", {})) if old.get("format") == 2 else {}
+    sections.update(new_sections)
+    return {"format": 2, "sections": {name: sections[name] for name in SECTIONS if name in sections}}
+
+
+def tool_version(cmd: Sequence[str], pattern: str) -> str:
+    try:
+        done = run(cmd)
+    except FileNotFoundError:
+        return "missing"
+    match = re.search(pattern, done.stdout + done.stderr)
+    return match.group(1) if match else "?"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_only(values: Sequence[str] | None) -> list[str]:
+    """--only a,b --only c -> the named sections in SECTIONS' order; all when none is named."""
+    if not values:
+        return list(SECTIONS)
+    named = {part.strip() for value in values for part in value.split(",") if part.strip()}
+    unknown = sorted(named - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    return [s for s in SECTIONS if s in named]
+
+
+def parse_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    for count in counts:
+        synthetic_names(count)  # raises on a bad count
+    return counts
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    print(table)
+    parser.add_argument(
+        "--only", action="append", metavar="SECTIONS", help=f"comma-separated subset of: {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--skip-bundle", action="store_true", help="leave out the bundle section (needs PyPI)")
+    parser.add_argument(
+        "--files",
+        type=parse_counts,
+        default=[1000, 10_000],
+        metavar="N,N",
+        help="file counts for reads (default: 1000,10000)",
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default: %(default)s)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default: %(default)s)")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="pip installs per source and uploads per poll (default: %(default)s)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where results.json and results.md go")
+    parser.add_argument(
+        "--lock", action="store_true", help="re-lock bench/pip-set.in into bench/pip-set.txt (needs PyPI) and exit"
+    )
+    return parser
+
+
+def attempt(name: str, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one section; a failure becomes its result ({"error": ...}) so that the other sections still run."""
+    try:
+        return step()
+    except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        say(f"{name} failed: {str(exc)[-1500:]}")
+        return {"error": str(exc)[-3000:]}
+
+
+def index_session(
+    chosen: Sequence[str], args: argparse.Namespace, workdir: Path, record: Callable[[str, dict[str, Any]], None]
+) -> None:
+    """Provision the index container and run the sections that need it (provision, reads, pip, upload)."""
+    wanted = [s for s in ("provision", "reads", "pip", "upload") if s in chosen]
+    site = Site(workdir / "hosts.json")
+    index = Index(site, workdir / "mirror", [], workdir / "synthetic")
+    default = Deployment("default", {}, PORT, "")
+    first_files = args.files[0] if "reads" in chosen else 1000
+
+    def setup() -> dict[str, Any]:
+        if "pip" in chosen:
+            index.extra_files = fetch_pip_set(cache_dir() / f"pip-set-{CLIENT_PYTHON.tag}")
+        if "pip" in chosen or "upload" in chosen:
+            start_client()
+        say("provisioning one bare container with site.yml" + (", then re-running it" if "provision" in chosen else ""))
+        provision = first_provision(site, [INDEX], rerun="provision" in chosen)
+        index.ensure(default, first_files)
+        if "provision" in chosen:
+            load_s = index.loads[f"site_yml_loading_mirror_to_{first_files}_files_s"]
+            again_s, again = site.play_or_fail({"pypi_server_mirror_dir": str(index.mirror)})
+            provision.update(
+                {
+                    f"mirror_load_{first_files}_files_s": load_s,
+                    f"mirror_load_{first_files}_files_minus_rerun_s": round(load_s - provision["rerun_s"], 1),
+                    f"rerun_with_{first_files}_mirror_files_s": round(again_s, 1),
+                    f"rerun_with_{first_files}_mirror_files_changed": changed_count(again.stdout),
+                    "mirror_extra_files": len(index.extra_files),
+                }
+            )
+        return provision
+
+    def pip() -> dict[str, Any]:
+        index.ensure(default, index.state[1] if index.state else first_files)
+        say("pip install of the set from the index and from a local directory")
+        return pip_bench(container_ip(INDEX), index.extra_files, args.runs)
+
+    def upload() -> dict[str, Any]:
+        index.ensure(default, index.state[1] if index.state else first_files)
+        say("twine upload, then poll until pip sees the file")
+        return upload_bench(container_ip(INDEX), site.password, args.runs)
+
+    def read() -> dict[str, Any]:
+        say(f"reads at {', '.join(map(str, args.files))} files")
+        return reads(index, args.files, Load(args.threads, args.connections, args.duration), workdir)
+
+    try:
+        provision = attempt("provisioning the index", setup)
+        if "error" in provision:
+            for name in wanted:
+                record(name, provision)
+            return
+        if "provision" in chosen:
+            record("provision", provision)
+        for name, step in (("reads", read), ("pip", pip), ("upload", upload)):
+            if name in chosen:
+                record(name, attempt(name, step))
+    finally:
+        remove_containers([INDEX, CLIENT])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.lock:
+        lock_pip_set()
+        print(f"wrote {PIP_SET_LOCK.relative_to(ROOT)}")
+        return 0
+    try:
+        chosen = parse_only(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.skip_bundle and "bundle" in chosen:
+        chosen.remove("bundle")
+    started = time.monotonic()
+
+    def record(name: str, values: dict[str, Any]) -> None:
+        """Keep a section's results at once: an interrupted run still leaves the sections it finished."""
+        write_results(args.out, {name: {"measured_at": now(), **values}}, chosen, started)
+
+    with tempfile.TemporaryDirectory(prefix="airgap-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx's workers (another user) read the yardstick tree in here
+        with bench_network():
+            if {"provision", "reads", "pip", "upload"} & set(chosen):
+                index_session(chosen, args, workdir, record)
+            if "hosts4" in chosen:
+                say("provisioning four bare containers in one site.yml run")
+                record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))
+    if "bundle" in chosen:
+        say("building the bundle from the committed locks into an empty directory")
+        values = bundle()
+        say("building the default mirror from its locks, then packing the archive")
+        values.update(mirror_and_archive())
+        record("bundle", values)
+    print(write_results(args.out, {}, chosen, started))
     return 0
+
+
+def write_results(out: Path, measured: dict[str, Any], chosen: Sequence[str], started: float) -> str:
+    """Merge `measured` into out/results.json, rewrite out/results.md from it, and return the Markdown."""
+    out_json = out / "results.json"
+    old = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    results = merge(old, measured)
+    results.update(
+        cpus=os.cpu_count(),
+        wrk=tool_version(["wrk", "--version"], r"wrk (\S+)"),
+        nginx=tool_version(["nginx", "-v"], r"nginx/(\S+)"),
+        last_run={"sections": list(chosen), "seconds": round(time.monotonic() - started)},
+    )
+    results["goals"] = goals(results["sections"])
+    out.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    text = markdown(results)
+    (out / "results.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -1,0 +1,305 @@
+"""The pure parts of scripts/bench.py: wrk output, the yardstick tree, ratios, goals and the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import build_bundle
+import pytest
+from demo_wheel import build_wheel
+
+import bench
+
+# Real `wrk -t2 -c8 -d10s --latency` output (a slow server: timeouts and 5xx responses included).
+WRK_SLOW = """Running 10s test @ http://172.18.0.2:8080/simple/bench-pkg-0000/
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   651.02ms  102.33ms   1.20s    71.43%
+    Req/Sec     6.20      3.01    10.00     60.00%
+  Latency Distribution
+     50%  650.23ms
+     75%  700.10ms
+     90%  800.00ms
+     99%    1.10s
+  121 requests in 10.02s, 1.01MB read
+  Socket errors: connect 0, read 1, write 0, timeout 3
+  Non-2xx or 3xx responses: 5
+Requests/sec:     12.08
+Transfer/sec:    103.21KB
+"""
+WRK_FAST = """Running 10s test @ http://127.0.0.1:41234/simple/
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    99.31us   45.12us   3.01ms   90.00%
+    Req/Sec    38.71k     2.10k   42.00k    70.00%
+  Latency Distribution
+     50%   88.00us
+     75%  110.00us
+     90%  140.00us
+     99%  301.00us
+  770420 requests in 10.00s, 1.20GB read
+Requests/sec:  77041.95
+Transfer/sec:    122.90MB
+"""
+
+
+def test_parse_wrk_slow_server() -> None:
+    result = bench.parse_wrk(WRK_SLOW)
+    assert result == bench.WrkResult(
+        requests=121,
+        seconds=10.02,
+        rps=12.08,
+        p50_ms=650.23,
+        p90_ms=800.0,
+        p99_ms=1100.0,
+        socket_errors=4,
+        non_2xx=5,
+    )
+
+
+def test_parse_wrk_fast_server_in_microseconds() -> None:
+    result = bench.parse_wrk(WRK_FAST)
+    assert result.requests == 770420
+    assert result.rps == 77041.95
+    assert result.p50_ms == pytest.approx(0.088)
+    assert result.p99_ms == pytest.approx(0.301)
+    assert (result.socket_errors, result.non_2xx) == (0, 0)
+
+
+def test_parse_wrk_without_a_finished_request_has_no_latency() -> None:
+    text = WRK_SLOW.replace("121 requests in", "0 requests in").replace("12.08", "0.00")
+    text = text.replace("650.23ms", "0.00us").replace("800.00ms", "0.00us").replace("1.10s", "0.00us")
+    result = bench.parse_wrk(text)
+    assert (result.requests, result.rps, result.p50_ms, result.p99_ms) == (0, 0.0, None, None)
+
+
+def test_parse_wrk_refuses_other_output() -> None:
+    with pytest.raises(ValueError, match="not wrk --latency output"):
+        bench.parse_wrk("unable to connect to 172.18.0.2:8080 Connection refused\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("71.00us", 0.071), ("650.23ms", 650.23), ("1.20s", 1200.0), ("2.00m", 120_000.0), ("-nan", None), ("", None)],
+)
+def test_duration_ms(text: str, ms: float | None) -> None:
+    assert bench.duration_ms(text) == (pytest.approx(ms) if ms is not None else None)
+
+
+def test_synthetic_names_nest_and_give_every_project_several_files() -> None:
+    small, large = bench.synthetic_names(1000), bench.synthetic_names(10_000)
+    assert len(small) == 1000 and len(large) == 10_000 and len(set(large)) == 10_000
+    assert large[:1000] == small  # the 10,000-file set only adds files to the 1,000-file one
+    target = [v for name, v in small if name == bench.TARGET_PROJECT]
+    assert len(target) == bench.VERSIONS > 1
+    with pytest.raises(ValueError, match="multiple of 10"):
+        bench.synthetic_names(1005)
+
+
+def test_write_mirror_is_a_checkable_mirror(tmp_path: Path) -> None:
+    wheels = bench.build_synthetic(tmp_path / "built", 20)
+    assert bench.write_mirror(tmp_path / "mirror", wheels) == 20
+    done = subprocess.run(
+        ["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=tmp_path / "mirror", check=False
+    )
+    assert done.returncode == 0
+    # Rebuilding gives the same bytes, so a second load of the mirror copies nothing.
+    again = bench.build_synthetic(tmp_path / "again", 20)
+    assert [w.read_bytes() for w in again] == [w.read_bytes() for w in wheels]
+
+
+def make_tree(tmp_path: Path) -> tuple[Path, list[Path]]:
+    files = [build_wheel(tmp_path / "src", "Bench_Pkg.Zero", f"1.0.{v}") for v in range(3)]
+    files.append(build_wheel(tmp_path / "src", "other-pkg", "2.0"))
+    notes = tmp_path / "src" / "notes.txt"
+    notes.write_text("not a distribution\n")
+    root = tmp_path / "tree"
+    counts = bench.build_yardstick_tree([*files, notes], root)
+    assert counts == {"projects": 2, "files": 4}
+    return root, files
+
+
+def test_yardstick_tree_layout_and_hashes(tmp_path: Path) -> None:
+    root, files = make_tree(tmp_path)
+    assert bench.hrefs((root / "simple" / "index.html").read_text()) == ["bench-pkg-zero/", "other-pkg/"]
+    page = (root / "simple" / "bench-pkg-zero" / "index.html").read_text()
+    links = bench.hrefs(page)
+    assert len(links) == 3
+    for link, wheel in zip(links, files[:3], strict=True):
+        path, fragment = urllib.parse.urldefrag(link)
+        assert path == f"../../packages/{wheel.name}"
+        assert fragment == "sha256=" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+        assert (root / "simple" / "bench-pkg-zero" / path).resolve().read_bytes() == wheel.read_bytes()
+    assert not (root / "packages" / "notes.txt").exists()
+
+
+def test_pip_installs_from_the_yardstick_tree(tmp_path: Path) -> None:
+    """A real pip reads the tree as an index (file:// URL, no network) and checks the sha256 fragments."""
+    root, files = make_tree(tmp_path)
+    env = build_bundle.scrubbed_env(os.environ)
+    url = (root / "simple").as_uri() + "/"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--index-url",
+            url,
+            "-d",
+            str(tmp_path / "dl"),
+            "bench-pkg-zero==1.0.1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [files[1].name]
+
+
+def test_file_url_resolves_the_last_file_link() -> None:
+    page = '<a href="../../packages/x-1.0-py3-none-any.whl#sha256=ab">x</a><a href="/p/x-2.0-py3-none-any.whl#md5=1">'
+    assert bench.file_url("http://h:1/simple/x/", page) == "http://h:1/p/x-2.0-py3-none-any.whl"
+    assert bench.file_url("http://h:1/simple/x/", '<a href="../">up</a>') is None
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (scripts/bench.sh installs it)")
+def test_nginx_conf_is_valid_and_serves_the_tree(tmp_path: Path) -> None:
+    root, _ = make_tree(tmp_path)
+    tmp_path.chmod(0o755)
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(bench.nginx_conf(prefix, root, bench.free_port(), workers=1))
+    checked = subprocess.run(
+        ["nginx", "-t", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    with bench.nginx(root, workers=1) as url:
+        status, body = bench.http_get(url + "/simple/bench-pkg-zero/")
+        assert status == 200 and len(bench.hrefs(body)) == 3
+        links = bench.check_server(url, "bench-pkg-zero", 3)
+        assert bench.http_get(links["file"])[0] == 200
+    assert bench.http_get(url + "/simple/")[0] == 0  # stopped
+
+
+def row(server: str, files: int, path: str, rps: float, p99: float | None = 1.0) -> dict[str, object]:
+    return {"server": server, "files": files, "path": path, "rps": rps, "p50_ms": 0.5, "p99_ms": p99}
+
+
+READS = [
+    row("nginx", 10_000, "/simple/<project>/", 50_000.0),
+    row("default", 10_000, "/simple/<project>/", 2_000.0, p99=12.0),
+    row("baseline", 10_000, "/simple/<project>/", 10.0, p99=900.0),
+    row("nginx", 10_000, "file", 40_000.0),
+    row("default", 10_000, "file", 800.0),
+]
+
+
+def test_add_ratios_against_nginx_and_the_baseline() -> None:
+    rows = {(r["server"], r["path"]): r for r in bench.add_ratios(READS)}
+    assert rows["default", "/simple/<project>/"]["x_nginx"] == 0.04
+    assert rows["default", "/simple/<project>/"]["x_baseline"] == 200.0
+    assert rows["baseline", "/simple/<project>/"]["x_nginx"] == 0.0002
+    assert "x_baseline" not in rows["baseline", "/simple/<project>/"]
+    assert "x_nginx" not in rows["nginx", "file"]
+    assert rows["default", "file"]["x_baseline"] is None  # no baseline row for that path
+
+
+def test_goals_from_measured_sections() -> None:
+    sections = {
+        "provision": {"first_run_s": 44.0, "rerun_s": 19.0},
+        "reads": {"rows": bench.add_ratios(READS), "deployments": {"front": "not available (no variable)"}},
+        "pip": {"index_over_find_links": 1.1},
+        "upload": {"pip_seen_median_s": 0.0},
+    }
+    found = {g["goal"].split(" ")[0] + g["target"]: g for g in bench.goals(sections)}
+    assert found["1<= 45 s"]["met"] is True
+    assert found["1<= 10 s"]["met"] is False
+    assert found["default>= 100x"] == {
+        "goal": "default /simple/<project>/ at 10,000 files vs pypiserver today",
+        "value": 200.0,
+        "target": ">= 100x",
+        "met": True,
+        "note": "",
+    }
+    assert found["default<= 20 ms"]["value"] == 12.0 and found["default<= 20 ms"]["met"] is True
+    assert found["front>= 0.5x"]["met"] is None
+    assert found["front>= 0.5x"]["note"] == "not available (no variable)"
+    assert found["pip<= 1.2x"]["met"] is True
+    assert found["upload<= 1 s"]["met"] is True
+
+
+def test_goals_without_results_are_not_measured() -> None:
+    assert all(g["met"] is None and g["value"] is None for g in bench.goals({}))
+
+
+def test_markdown_report_and_merge() -> None:
+    old = {"format": 2, "sections": {"bundle": {"bundle_build_s": 3.9}, "pip": {"index_over_find_links": 9.0}}}
+    results = bench.merge(old, {"pip": {"index_over_find_links": 1.1, "index_s": [2.0], "find_links_s": [1.8]}})
+    assert list(results["sections"]) == ["pip", "bundle"]
+    assert results["sections"]["pip"]["index_over_find_links"] == 1.1
+    assert bench.merge({"first_run_s": 44.2}, {})["sections"] == {}  # the old flat format is dropped
+    results["sections"]["reads"] = {"rows": bench.add_ratios(READS), "load": {}, "deployments": {"front": "n/a"}}
+    results["goals"] = bench.goals(results["sections"])
+    text = bench.markdown(results)
+    assert "| default /simple/<project>/ at 10,000 files vs pypiserver today | 200.0 | >= 100x | yes |" in text
+    assert "| front server /simple/<project>/ at 10,000 files vs nginx | - | >= 0.5x | n/a |" in text
+    assert "| 10,000 | /simple/<project>/ | default | 2,000.0 | 0.5 | 12.0 | 0.04 | 200.0 | - | 0 | - |" in text
+    assert "## Bundle, mirror, archive" in text
+    json.dumps(results)  # what results.json gets
+
+
+def test_deployments_follow_the_role_options() -> None:
+    found, missing = bench.deployments({})
+    assert [d.name for d in found] == ["default", "baseline"]
+    assert found[1].extra_vars == {"pypi_server_static_index": False}
+    assert "no such variable" in found[1].note
+    assert missing["front"].startswith("not available")
+    options = {
+        "pypi_server_static_index": {"type": "bool"},
+        "pypi_server_front_server": {"type": "bool"},
+        "pypi_server_front_server_port": {"type": "int", "default": 8081},
+    }
+    found, missing = bench.deployments(options)
+    assert [(d.name, d.port) for d in found] == [("default", 8080), ("baseline", 8080), ("front", 8081)]
+    assert "no such variable" not in found[1].note
+    assert missing == {}
+
+
+def test_the_role_options_are_readable() -> None:
+    options = bench.server_options()
+    assert "pypi_server_port" in options
+
+
+def test_parse_only() -> None:
+    assert bench.parse_only(None) == list(bench.SECTIONS)
+    assert bench.parse_only(["pip,reads", "bundle"]) == ["reads", "pip", "bundle"]
+    with pytest.raises(ValueError, match="unknown section"):
+        bench.parse_only(["read"])
+
+
+def test_pip_set_lock_matches_its_input() -> None:
+    """The committed lock is exact, hashed pins for every name the input lists (re-lock with --lock)."""
+    pins = build_bundle.parse_pins(bench.PIP_SET_LOCK.read_text())
+    listed = {line.strip() for line in bench.PIP_SET_IN.read_text().splitlines() if line.strip() and line[0] != "#"}
+    assert listed <= {str(p.name) for p in pins}
+    assert 25 <= len(pins) <= 40
+
+
+def test_changed_count_reads_the_recap() -> None:
+    out = "changed=9 in a task\nPLAY RECAP ***\nh1 : ok=3 changed=2 unreachable=0\nh2 : ok=3 changed=1\n"
+    assert bench.changed_count(out) == 3
