@@ -123,6 +123,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         "pypi_server_packages_dir": str(packages),
         "pypi_server_auth_downloads": False,
         "pypi_server_overwrite": False,
+        "pypi_server_tls": False,
         "__pypi_server_htpasswd": str(htpasswd),
         "__pypi_server_master_user": "pypiserver",
     }
