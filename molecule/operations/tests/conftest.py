@@ -97,6 +97,11 @@ def recap(output: str) -> dict[str, int]:
     raise AssertionError(f"no recap for {SERVER} in:\n{output[-3000:]}")
 
 
+def said(result: subprocess.CompletedProcess[str]) -> str:
+    """Everything a run printed, whitespace folded (ansible-core prints task errors on stderr too)."""
+    return " ".join((result.stdout + result.stderr).split())
+
+
 def tail(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout[-4000:] + result.stderr[-2000:]
 

@@ -32,6 +32,7 @@ from conftest import (
     recap,
     release_of,
     running_release,
+    said,
     sh,
     tail,
     upload,
@@ -113,7 +114,7 @@ def test_broken_release_rolls_back_by_itself(bundle_broken: Path) -> None:
     before, accounts = packages(), htpasswd_sum()
     result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_broken}")
     assert result.returncode != 0, tail(result)
-    output = " ".join(result.stdout.split())
+    output = said(result)
     assert f"did not serve on release {broken}" in output, tail(result)
     assert f"Rolled back to release {release_b}, which serves again" in output, tail(result)
     assert "Packages and accounts were not touched" in output
@@ -149,7 +150,7 @@ def test_rollback_playbook_switches_to_the_previous_release_and_back() -> None:
 def test_rollback_to_an_unknown_release_is_refused() -> None:
     result = playbook("playbooks/rollback.yml", "-e", "pypi_server_rollback_to=cp311-000000000000")
     assert result.returncode != 0
-    output = " ".join(result.stdout.split())
+    output = said(result)
     assert "Release cp311-000000000000 is not on" in output and "Nothing was changed" in output, tail(result)
     assert current_release() == STATE["release_b"]
 
@@ -176,7 +177,7 @@ def backup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_backup_without_a_directory_is_refused() -> None:
     result = playbook("playbooks/backup.yml")
     assert result.returncode != 0
-    assert "pypi_backup_dir ('') must be an absolute directory" in " ".join(result.stdout.split()), tail(result)
+    assert "pypi_backup_dir ('') must be an absolute directory" in said(result), tail(result)
 
 
 def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) -> None:
@@ -224,7 +225,7 @@ def test_a_corrupted_archive_is_refused_before_anything_changes(tmp_path: Path) 
     before = packages()
     result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={bad}")
     assert result.returncode != 0
-    assert "failed verification" in result.stdout, tail(result)
+    assert "failed verification" in said(result), tail(result)
     assert packages() == before
 
 
@@ -234,7 +235,7 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     with_extra = packages()
     result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
     assert result.returncode != 0
-    output = " ".join(result.stdout.split())
+    output = said(result)
     assert f"1 file(s) not in the archive: ops_extra-2.0.{STAMP}-py3-none-any.whl" in output, tail(result)
     assert "pypi_backup_replace=true" in output and "Nothing was changed" in output
     assert packages() == with_extra
