@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT, NETWORK, PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker, wait_for
+from containers import ansible_playbook, recap
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 ARTIFACTS = PROJECT_DIR / "offline_artifacts"
@@ -23,26 +24,7 @@ IGNORED = re.compile(r"^[ACD] /(root/\.ansible|tmp|run|var/log)(/|$)")
 
 
 def playbook(*args: str, inventory: str | Path = INVENTORY_DIR) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(PROJECT_DIR / "site.yml"), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT_DIR,
-        timeout=900,
-    )
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """Parse PLAY RECAP lines into {host: {ok: n, changed: n, ...}}."""
-    hosts: dict[str, dict[str, int]] = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        if ":" in line and "=" in line:
-            name, counts = line.split(":", 1)
-            hosts[name.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
-    return hosts
+    return ansible_playbook(PROJECT_DIR / "site.yml", Path(inventory), *args, project=PROJECT_DIR)
 
 
 def test_check_mode_on_converged_hosts_changes_nothing() -> None:

@@ -15,7 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 import build_bundle
-from containers import docker, wait_for
+from containers import SYSTEMD_RUN_OPTIONS, ansible_playbook, docker, wait_for
+from containers import recap as recap_of_hosts
 
 SERVER = "airgap-pypi-ops-deb12"
 CLIENT = "airgap-pypi-ops-client"
@@ -56,16 +57,7 @@ def playbook(
     path: str, *args: str, project: Path = PROJECT_DIR, timeout: int = 900
 ) -> subprocess.CompletedProcess[str]:
     """ansible-playbook <path> of project (default: this one) against the scenario's inventory."""
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(project / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY_DIR), str(project / path), "--limit", SERVER, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=project,
-        timeout=timeout,
-    )
+    return ansible_playbook(project / path, INVENTORY_DIR, "--limit", SERVER, *args, project=project, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +83,9 @@ def project_before_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def recap(output: str) -> dict[str, int]:
     """The PLAY RECAP counts of the index host."""
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        if line.strip().startswith(SERVER):
-            return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
-    raise AssertionError(f"no recap for {SERVER} in:\n{output[-3000:]}")
+    counts = recap_of_hosts(output)
+    assert SERVER in counts, f"no recap for {SERVER} in:\n{output[-3000:]}"
+    return counts[SERVER]
 
 
 def said(result: subprocess.CompletedProcess[str]) -> str:
@@ -265,24 +256,7 @@ def new_server_container() -> None:
         SERVER,
         "--network",
         NETWORK,
-        "--cgroupns",
-        "host",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--cap-add",
-        "SYS_ADMIN",
-        "--cap-add",
-        "NET_ADMIN",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
-        "--tmpfs",
-        "/tmp",
-        "-e",
-        "container=docker",
-        "--stop-signal",
-        "SIGRTMIN+3",
+        *SYSTEMD_RUN_OPTIONS,
         "--label",
         "airgap-pypi.molecule=true",
         IMAGE,

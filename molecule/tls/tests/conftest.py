@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1].parent / "shared"))
-from containers import docker, wait_for  # noqa: F401 - the tests import both from here
+from containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
 from demo_wheel import build_wheel
 
 SERVER = "airgap-pypi-tls-deb12"
@@ -42,26 +42,7 @@ def changes_of(container: str) -> set[str]:
 
 
 def run_playbook(path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(path), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT_DIR,
-        timeout=900,
-    )
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """Parse PLAY RECAP lines into {host: {ok: n, changed: n, ...}}."""
-    hosts: dict[str, dict[str, int]] = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        if ":" in line and "=" in line:
-            name, counts = line.split(":", 1)
-            hosts[name.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
-    return hosts
+    return ansible_playbook(path, inventory, *args, project=PROJECT_DIR)
 
 
 @pytest.fixture(scope="session")
