@@ -265,8 +265,9 @@ def render_project_json(project: str, entries: List[Tuple[str, Entry]]) -> bytes
             "url": file_url(relfn),
             "hashes": {"sha256": entry["sha256"]},
             "size": entry["size"],
+            # PEP 714's name only: pip 23.0 (Debian 12's) crashes on a hash dict under the old
+            # "dist-info-metadata" key, which is why PEP 714 renamed it. HTML keeps both attributes (strings).
             "core-metadata": metadata,
-            "dist-info-metadata": metadata,
             "yanked": False,
         }
         if entry.get("requires_python"):
