@@ -48,8 +48,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "molecule" / "shared"))
 
 import build_bundle as bb  # noqa: E402 - a sibling script, found through the path above
+from containers import SYSTEMD_RUN_OPTIONS  # noqa: E402 - the docker run options the scenarios use
 from demo_wheel import build_wheel  # noqa: E402
 from packaging.utils import (  # noqa: E402
     InvalidSdistFilename,
@@ -70,26 +72,6 @@ CLIENT_IMAGE = "airgap-pypi/debian12-client:latest"
 CLIENT_BIN = "/opt/clients/bin"
 CLIENT_PYTHON = bb.Target(11)  # the client image's python3 (Debian 12), which the pip set is locked for
 PORT = 8080
-SYSTEMD_RUN = [
-    "--cgroupns",
-    "host",
-    "-v",
-    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-    "--cap-add",
-    "SYS_ADMIN",
-    "--cap-add",
-    "NET_ADMIN",
-    "--tmpfs",
-    "/run",
-    "--tmpfs",
-    "/run/lock",
-    "--tmpfs",
-    "/tmp",
-    "-e",
-    "container=docker",
-    "--stop-signal",
-    "SIGRTMIN+3",
-]
 PACKAGES_DIR = "/srv/pypi/packages"  # pypi_server_packages_dir's default
 PIP_SET_IN = ROOT / "bench" / "pip-set.in"
 PIP_SET_LOCK = ROOT / "bench" / "pip-set.txt"
@@ -170,7 +152,19 @@ def start_hosts(names: Sequence[str]) -> None:
     """Start bare systemd containers on the bench network and wait until their init is up."""
     for name in names:
         run(
-            ["docker", "run", "-d", "--name", name, "--hostname", name, "--network", NETWORK, *SYSTEMD_RUN, IMAGE],
+            [
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--hostname",
+                name,
+                "--network",
+                NETWORK,
+                *SYSTEMD_RUN_OPTIONS,
+                IMAGE,
+            ],
             check=True,
         )
     for name in names:
