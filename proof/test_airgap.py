@@ -18,9 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "molecule" / "shared"))
+from containers import SYSTEMD_RUN_OPTIONS
 from pack_archive import pack, version
-
-from bench import SYSTEMD_RUN
 
 NETWORK = "airgap-pypi-proof"
 INDEX = "airgap-pypi-proof-index"
@@ -67,7 +67,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = pack(ROOT, out)
     TIMES["pack archive"] = time.monotonic() - start
     docker("network", "create", "--internal", NETWORK, check=True)
-    docker("run", "-d", "--name", INDEX, "--hostname", INDEX, "--network", NETWORK, *SYSTEMD_RUN,
+    docker("run", "-d", "--name", INDEX, "--hostname", INDEX, "--network", NETWORK, *SYSTEMD_RUN_OPTIONS,
            "airgap-pypi/debian12-systemd:latest", check=True)  # fmt: skip
     docker("run", "-d", "--name", CLIENT, "--network", NETWORK, "airgap-pypi/debian12-client:latest", check=True)
     docker("run", "-d", "--name", CONTROLLER, "--network", "none", "-v", "/var/run/docker.sock:/var/run/docker.sock",

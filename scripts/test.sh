@@ -31,6 +31,8 @@ step "unit tests (pytest)"
 pytest -q -p no:cacheprovider --junitxml="$results/unit.xml" tests
 rc=$?
 [ "$rc" -eq 0 ] || note_failure "unit tests"
+# The proof runs last: a broken import in it must show here, in seconds, not after the Molecule scenarios.
+pytest -q -p no:cacheprovider --collect-only proof >/dev/null || note_failure "air-gap proof collection"
 
 step "molecule test (default scenario)"
 MOLECULE_JUNIT_XML="$PWD/$results/molecule.xml" molecule test --scenario-name default
