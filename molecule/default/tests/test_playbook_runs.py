@@ -102,6 +102,11 @@ def test_corrupted_wheel(unchanged: Path, tmp_path: Path) -> None:
         ({"pypi_supervisor_init_system": "upstart"}, ["pypi_supervisor_init_system", "upstart"]),
         ({"pypi_server_users": [{"name": "alice", "password": ""}]}, ["without a password", "alice"]),
         ({"pypi_server_users": [{"name": "bob"}]}, ["password", "pypi_server_users"]),
+        ({"pypi_front_enabled": True, "pypi_front_port": 8080}, ["pypi_front_port=8080", "other than"]),
+        ({"pypi_front_enabled": True, "pypi_front_max_upload_size": "lots"}, ["pypi_front_max_upload_size='lots'"]),
+        ({"pypi_front_enabled": True, "pypi_server_auth_downloads": True}, ["without the index's password check"]),
+        # The pristine host's apt knows no repository: nginx cannot come from its OS mirror.
+        ({"pypi_front_enabled": True}, ["needs the OS package 'nginx'", "OS repositories of your private network"]),
     ],
     ids=[
         "port-range",
@@ -112,6 +117,10 @@ def test_corrupted_wheel(unchanged: Path, tmp_path: Path) -> None:
         "init-system",
         "empty-password",
         "missing-password",
+        "front-port",
+        "front-upload-size",
+        "front-auth-downloads",
+        "front-no-os-mirror",
     ],
 )
 def test_bad_inventory_value(unchanged: Path, extra: dict[str, object], needles: list[str]) -> None:

@@ -54,22 +54,22 @@ def name_of(host) -> str:
     return host.backend.get_hostname()
 
 
-def base_url(host) -> str:
-    return f"http://{name_of(host)}:{PORT}"
+def base_url(host, port: int = PORT) -> str:
+    return f"http://{name_of(host)}:{port}"
 
 
-def twine(host, *wheels: str) -> str:
+def twine(host, *wheels: str, port: int = PORT) -> str:
     """Shell command of a twine upload of wheels (paths on the client) to host."""
     words = [f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "--disable-progress-bar"]
-    return " ".join([*words, "--repository-url", f"{base_url(host)}/", "-u", USER, "-p", PASSWORD, *wheels])
+    return " ".join([*words, "--repository-url", f"{base_url(host, port)}/", "-u", USER, "-p", PASSWORD, *wheels])
 
 
-def upload(host, *wheels: str) -> None:
-    done = on_client("sh", "-c", twine(host, *wheels))
+def upload(host, *wheels: str, port: int = PORT) -> None:
+    done = on_client("sh", "-c", twine(host, *wheels, port=port))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def pip(host, *args: str) -> tuple[int, str, str]:
+def pip(host, *args: str, port: int = PORT) -> tuple[int, str, str]:
     done = on_client(
         f"{CLIENT_BIN}/pip",
         *args,
@@ -78,9 +78,27 @@ def pip(host, *args: str) -> tuple[int, str, str]:
         "--trusted-host",
         name_of(host),
         "--index-url",
-        f"{base_url(host)}/simple/",
+        f"{base_url(host, port)}/simple/",
     )
     return done.returncode, done.stdout, done.stderr
+
+
+REMOVE = """
+import base64, sys, urllib.parse, urllib.request
+form = urllib.parse.urlencode({':action': 'remove_pkg', 'name': sys.argv[2], 'version': sys.argv[3]}).encode()
+request = urllib.request.Request(sys.argv[1], data=form, method='POST')
+request.add_header('Authorization', 'Basic ' + base64.b64encode(sys.argv[4].encode()).decode())
+print(urllib.request.urlopen(request, timeout=20).status)
+"""
+
+
+def remove(host, filename: str, version: str, port: int = PORT) -> None:
+    """Remove a release through pypiserver's form (what `pypiserver`'s remove action takes)."""
+    # pypiserver finds the file by the name as the file name spells it.
+    name = filename.split("-", 1)[0]
+    url = f"{base_url(host, port)}/"
+    done = on_client("/usr/bin/python3", "-c", REMOVE, url, name, version, f"{USER}:{PASSWORD}")
+    assert done.stdout.strip() == "200", done.stdout + done.stderr
 
 
 def local_wheel(tmp_path: Path, name: str, version: str, **metadata: str) -> tuple[Path, str]:
@@ -166,17 +184,7 @@ def test_a_removed_file_disappears_from_its_page(host, tmp_path: Path) -> None:
     drop, drop_remote = local_wheel(tmp_path, project, "1.1")
     upload(host, keep_remote, drop_remote)
     assert drop.name in anchors(fetch(f"{base_url(host)}/simple/{project}/")[2])
-    code = (
-        "import base64, sys, urllib.parse, urllib.request\n"
-        "form = urllib.parse.urlencode({':action': 'remove_pkg', 'name': sys.argv[2], 'version': '1.1'}).encode()\n"
-        "request = urllib.request.Request(sys.argv[1], data=form, method='POST')\n"
-        "request.add_header('Authorization', 'Basic ' + base64.b64encode(sys.argv[3].encode()).decode())\n"
-        "print(urllib.request.urlopen(request, timeout=20).status)\n"
-    )
-    # pypiserver finds the file by the name as the file name spells it.
-    name = drop.name.split("-", 1)[0]
-    removed = on_client("/usr/bin/python3", "-c", code, f"{base_url(host)}/", name, f"{USER}:{PASSWORD}")
-    assert removed.stdout.strip() == "200", removed.stdout + removed.stderr
+    remove(host, drop.name, "1.1")
     page = anchors(fetch(f"{base_url(host)}/simple/{project}/")[2])
     assert keep.name in page and drop.name not in page
     assert not host.file(f"{PACKAGES}/{drop.name}").exists
