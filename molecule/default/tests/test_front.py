@@ -144,5 +144,7 @@ def test_the_client_role_points_pip_at_the_front_server(host, tmp_path: Path) ->
     _, remote = local_wheel(tmp_path, project, "1.0")
     upload(host, remote, port=FRONT_PORT)
     # No --index-url: the system-wide configuration the client role wrote.
-    done = on_client("/opt/clients/bin/pip", "download", "--no-deps", "--no-cache-dir", "-d", f"/var/tmp/{project}", project)
+    done = on_client(
+        "/opt/clients/bin/pip", "download", "--no-deps", "--no-cache-dir", "-d", f"/var/tmp/{project}", project
+    )
     assert done.returncode == 0 and f"Looking in indexes: {FRONT}/simple/" in done.stdout, done.stdout + done.stderr
