@@ -76,6 +76,8 @@ PACKAGES_DIR = "/srv/pypi/packages"  # pypi_server_packages_dir's default
 PIP_SET_IN = ROOT / "bench" / "pip-set.in"
 PIP_SET_LOCK = ROOT / "bench" / "pip-set.txt"
 SERVER_SPECS = ROOT / "roles" / "pypi_server" / "meta" / "argument_specs.yml"
+FRONT_SPECS = ROOT / "roles" / "pypi_front" / "meta" / "argument_specs.yml"
+OS_MIRROR = ROOT / "scripts" / "os_mirror.sh"
 # Synthetic files: every project has VERSIONS files, so /simple/<project>/ lists several; the 1,000-file set is
 # the first tenth of the 10,000-file set, and TARGET_PROJECT is in both.
 VERSIONS = 10
@@ -530,11 +532,15 @@ class Deployment:
     note: str
 
 
-def server_options(specs: Path = SERVER_SPECS) -> dict[str, Any]:
-    """The pypi_server role's options (name -> spec) from its argument_specs."""
+def server_options(specs: Sequence[Path] = (SERVER_SPECS, FRONT_SPECS)) -> dict[str, Any]:
+    """The options (name -> spec) of the roles that serve the index (pypi_server, pypi_front where it exists)."""
     import yaml  # noqa: PLC0415 - PyYAML comes with ansible-core in the toolchain
 
-    return dict(yaml.safe_load(specs.read_text())["argument_specs"]["main"]["options"])
+    options: dict[str, Any] = {}
+    for path in specs:
+        if path.exists():
+            options.update(yaml.safe_load(path.read_text())["argument_specs"]["main"]["options"])
+    return options
 
 
 def deployments(options: dict[str, Any]) -> tuple[list[Deployment], dict[str, str]]:
@@ -549,13 +555,14 @@ def deployments(options: dict[str, Any]) -> tuple[list[Deployment], dict[str, st
         Deployment("baseline", {"pypi_server_static_index": False}, PORT, "pypiserver as it is today: " + static_note),
     ]
     missing = {}
-    if "pypi_server_front_server" in options:
-        # The front server listens on pypi_server_front_server_port where the role has one, else on the index port.
-        port = options.get("pypi_server_front_server_port", {}).get("default", PORT)
+    if "pypi_front_enabled" in options:
+        # nginx listens on pypi_front_port (its default), gunicorn stays on the index port behind it.
+        port = options.get("pypi_front_port", {}).get("default", PORT)
         port = port if isinstance(port, int) else PORT
-        found.append(Deployment("front", {"pypi_server_front_server": True}, port, "the optional front server"))
+        note = "nginx from the host's OS repositories in front of gunicorn (pypi_front_enabled)"
+        found.append(Deployment("front", {"pypi_front_enabled": True}, port, note))
     else:
-        missing["front"] = "not available (the pypi_server role has no pypi_server_front_server in this tree)"
+        missing["front"] = "not available (this tree has no pypi_front role with pypi_front_enabled)"
     return found, missing
 
 
@@ -628,6 +635,7 @@ class Index:
     state: tuple[str, int] | None = None
     loads: dict[str, float] = field(default_factory=dict)
     applied: dict[str, Any] | None = None  # the role variables of the last site.yml run
+    os_mirror: bool = False  # the container's apt points at the stand-in OS mirror (for nginx)
 
     def ensure(self, deployment: Deployment, files: int) -> None:
         """Run site.yml with the deployment's variables and a mirror of `files` synthetic wheels (+ extras).
@@ -649,6 +657,11 @@ class Index:
             say(f"site.yml: {deployment.name} deployment, loading a mirror of {count} files")
         else:
             say(f"site.yml: {deployment.name} deployment")
+        if deployment.extra_vars.get("pypi_front_enabled") and not self.os_mirror:
+            # As an operator's host has its OS repositories: nginx comes from them (scripts/os_mirror.sh).
+            run([str(OS_MIRROR), "build"], check=True)
+            run([str(OS_MIRROR), "attach", INDEX], check=True)
+            self.os_mirror = True
         seconds, _ = self.site.play_or_fail({**deployment.extra_vars, "pypi_server_mirror_dir": str(self.mirror)})
         if loading:
             self.loads[f"site_yml_loading_mirror_to_{files}_files_s"] = round(seconds, 1)

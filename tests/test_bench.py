@@ -271,11 +271,12 @@ def test_deployments_follow_the_role_options() -> None:
     assert missing["front"].startswith("not available")
     options = {
         "pypi_server_static_index": {"type": "bool"},
-        "pypi_server_front_server": {"type": "bool"},
-        "pypi_server_front_server_port": {"type": "int", "default": 8081},
+        "pypi_front_enabled": {"type": "bool"},
+        "pypi_front_port": {"type": "int", "default": 8081},
     }
     found, missing = bench.deployments(options)
     assert [(d.name, d.port) for d in found] == [("default", 8080), ("baseline", 8080), ("front", 8081)]
+    assert found[2].extra_vars == {"pypi_front_enabled": True}
     assert "no such variable" not in found[1].note
     assert missing == {}
 
@@ -283,6 +284,9 @@ def test_deployments_follow_the_role_options() -> None:
 def test_the_role_options_are_readable() -> None:
     options = bench.server_options()
     assert "pypi_server_port" in options
+    found, missing = bench.deployments(options)
+    assert [(d.name, d.port) for d in found] == [("default", 8080), ("baseline", 8080), ("front", 80)]
+    assert missing == {}
 
 
 def test_parse_only() -> None:
