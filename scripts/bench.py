@@ -556,11 +556,11 @@ def deployments(options: dict[str, Any]) -> tuple[list[Deployment], dict[str, st
     ]
     missing = {}
     if "pypi_front_enabled" in options:
-        # nginx listens on pypi_front_port (its default), gunicorn stays on the index port behind it.
-        port = options.get("pypi_front_port", {}).get("default", PORT)
-        port = port if isinstance(port, int) else PORT
+        # nginx listens on pypi_front_port (its plain HTTP default, 80), gunicorn stays on the index port behind it.
+        port = options.get("pypi_front_port", {}).get("default")
+        port = port if isinstance(port, int) else 80
         note = "nginx from the host's OS repositories in front of gunicorn (pypi_front_enabled)"
-        found.append(Deployment("front", {"pypi_front_enabled": True}, port, note))
+        found.append(Deployment("front", {"pypi_front_enabled": True, "pypi_front_port": port}, port, note))
     else:
         missing["front"] = "not available (this tree has no pypi_front role with pypi_front_enabled)"
     return found, missing

@@ -276,7 +276,7 @@ def test_deployments_follow_the_role_options() -> None:
     }
     found, missing = bench.deployments(options)
     assert [(d.name, d.port) for d in found] == [("default", 8080), ("baseline", 8080), ("front", 8081)]
-    assert found[2].extra_vars == {"pypi_front_enabled": True}
+    assert found[2].extra_vars == {"pypi_front_enabled": True, "pypi_front_port": 8081}
     assert "no such variable" not in found[1].note
     assert missing == {}
 

@@ -33,6 +33,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = {"/simple/demo/": PAGE, "/packages/demo-1.0-py3-none-any.whl": WHEEL}.get(self.path)
         self.send_response(200 if body else 404)
+        # Echoes the Accept header it got, so the tests see what the probe sent.
+        self.send_header("Content-Type", self.headers.get("Accept") or "text/html")
         self.send_header("Content-Length", str(len(body or b"")))
         self.end_headers()
         self.wfile.write(body or b"")
@@ -125,6 +127,13 @@ def test_plain_http_page_links_and_download(plain_port: int) -> None:
     assert link["name"] == "demo-1.0-py3-none-any.whl"
     download = probe_module.probe("127.0.0.1", plain_port, path=link["path"], want_sha256=True)
     assert download["status"] == 200 and download["sha256"] == link["sha256"]
+
+
+def test_accept_header_and_content_type(plain_port: int) -> None:
+    json_type = "application/vnd.pypi.simple.v1+json"
+    answer = probe_module.probe("127.0.0.1", plain_port, path="/simple/demo/", accept=json_type)
+    assert answer["content_type"] == json_type
+    assert probe_module.probe("127.0.0.1", plain_port, path="/simple/demo/")["content_type"] == "text/html"
 
 
 def test_post_without_and_with_credentials(plain_port: int) -> None:

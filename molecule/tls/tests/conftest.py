@@ -20,10 +20,12 @@ SERVER = "airgap-pypi-tls-deb12"
 CLIENT = "airgap-pypi-tls-client"
 STRANGER = "airgap-pypi-tls-stranger"
 NETWORK = "airgap-pypi-tls"
-PORT = 8080
+PORT = 8080  # gunicorn, HTTPS
+FRONT_PORT = 443  # nginx in front (pypi_front_enabled), HTTPS with the same certificate
 USER = "tester"
 PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)
-INDEX = f"https://{SERVER}:{PORT}/simple/"
+# What the client role points pip at: the front server.
+INDEX = f"https://{SERVER}:{FRONT_PORT}/simple/"
 CLIENT_BIN = "/opt/clients/bin"
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent

@@ -73,6 +73,11 @@ def test_verify_playbook_passes_reports_and_changes_nothing() -> None:
             f"PASS | TLS chain valid for {SERVER}",
             "PASS | plain HTTP is not served on port 8080",
             "PASS | port 8080/tcp open in firewalld",
+            "PASS | port 443/tcp open in firewalld",
+            "PASS | front server serves /simple/ (PEP 691 JSON) on port 443 over HTTPS, certificate valid for "
+            + SERVER,
+            "PASS | front server reaches gunicorn (/health)",
+            "PASS | upload without credentials through the front server is refused (401)",
             "PASS | index reachable from this client with its certificate verified",
         ):
             assert needle in text, f"{needle!r} not in:\n{text[-4000:]}"

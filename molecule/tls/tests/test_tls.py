@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import testinfra.utils.ansible_runner
-from conftest import CLIENT, CLIENT_BIN, INDEX, PKI, PORT, SERVER, STRANGER, on
+from conftest import CLIENT, CLIENT_BIN, FRONT_PORT, INDEX, PKI, PORT, SERVER, STRANGER, on
 from cryptography import x509
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
@@ -13,9 +14,10 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLEC
 )
 
 
-def test_client_installs_over_https_with_verification(uploaded_wheel: tuple[str, str]) -> None:
-    """No index flags at all: /etc/pip.conf (index-url, cert) is all pip gets; verification is on."""
-    _, version = uploaded_wheel
+def test_client_installs_over_https_with_verification(host, uploaded_wheel: tuple[str, str]) -> None:
+    """No index flags at all: /etc/pip.conf (index-url, cert) is all pip gets; verification is on. The index URL
+    is the front server's: nginx serves the pages and the file over HTTPS, gunicorn took only the upload."""
+    wheel, version = uploaded_wheel
     target = "/tmp/site-tls"
     install = on(
         CLIENT,
@@ -33,6 +35,10 @@ def test_client_installs_over_https_with_verification(uploaded_wheel: tuple[str,
     code = "import airgap_demo; print(airgap_demo.VERSION)"
     imported = on(CLIENT, "env", f"PYTHONPATH={target}", "python3", "-c", code)
     assert imported.stdout.strip() == version
+    log = host.file("/var/log/supervisor/pypiserver.out.log").content_string
+    assert f"GET /packages/{wheel} " not in log, "nginx served the file, gunicorn never saw it"
+    proxied = [line for line in log.splitlines() if line.startswith("127.0.0.1 ") and '"POST / HTTP/1.1" 200' in line]
+    assert proxied, "twine's upload reached gunicorn through nginx"
 
 
 def test_pip_configuration_names_only_the_index() -> None:
@@ -72,11 +78,12 @@ def test_client_without_the_ca_is_refused(uploaded_wheel: tuple[str, str]) -> No
     assert "CERTIFICATE_VERIFY_FAILED" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
 
 
-def test_plain_http_is_not_served() -> None:
+@pytest.mark.parametrize("port", [PORT, FRONT_PORT], ids=["gunicorn", "front"])
+def test_plain_http_is_not_served(port: int) -> None:
     code = (
         "import urllib.request, sys\n"
         "try:\n"
-        f"    urllib.request.urlopen('http://{SERVER}:{PORT}/health', timeout=10)\n"
+        f"    urllib.request.urlopen('http://{SERVER}:{port}/health', timeout=10)\n"
         "except Exception as error:\n"
         "    print(type(error).__name__)\n"
         "else:\n"
@@ -86,14 +93,14 @@ def test_plain_http_is_not_served() -> None:
     assert answer not in ("served", ""), answer
 
 
-def test_only_the_https_port_listens(host) -> None:
-    """One listener, HTTPS: no plain HTTP port beside it (docker's DNS on 127.0.0.11 aside)."""
+def test_only_the_https_ports_listen(host) -> None:
+    """gunicorn's and the front server's, both HTTPS: no plain HTTP port beside them (docker's DNS aside)."""
     ports = {
         line.split()[3].rsplit(":", 1)[1]
         for line in host.check_output("ss -Hltn").splitlines()
         if not line.split()[3].startswith("127.0.0.11:")
     }
-    assert ports == {str(PORT)}
+    assert ports == {str(PORT), str(FRONT_PORT)}
 
 
 def test_key_is_readable_by_the_gunicorn_group_only(host) -> None:
@@ -118,19 +125,38 @@ def test_server_certificate_is_the_one_the_ca_issued(host) -> None:
     assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usage
 
 
-def test_tls_minimum_is_1_2_and_1_2_works(host) -> None:
-    """gunicorn's context refuses anything older than TLS 1.2 (its config), and a TLS 1.2-only client gets in.
+@pytest.mark.parametrize("port", [PORT, FRONT_PORT], ids=["gunicorn", "front"])
+def test_tls_minimum_is_1_2_and_1_2_works(host, port: int) -> None:
+    """gunicorn's context and nginx's ssl_protocols refuse anything older than TLS 1.2 (their configs), and a
+    TLS 1.2-only client gets in.
 
     Older versions cannot be offered from here: Debian's OpenSSL refuses them on the client side already.
     """
     config = host.file("/etc/airgap-pypi/gunicorn.conf.py").content_string
     assert "context.minimum_version = ssl.TLSVersion.TLSv1_2" in config
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in host.file("/etc/nginx/conf.d/airgap-pypi.conf").content_string
     code = (
         "import socket, ssl\n"
         "ctx = ssl.create_default_context()\n"
         "ctx.maximum_version = ssl.TLSVersion.TLSv1_2\n"
-        f"s = ctx.wrap_socket(socket.create_connection(('{SERVER}', {PORT}), timeout=10), server_hostname='{SERVER}')\n"
+        f"s = ctx.wrap_socket(socket.create_connection(('{SERVER}', {port}), timeout=10), server_hostname='{SERVER}')\n"
         "print(s.version())\n"
     )
     answer = on(CLIENT, "python3", "-c", code)
     assert answer.stdout.strip() == "TLSv1.2", answer.stdout + answer.stderr
+
+
+def test_front_server_serves_the_certificate_the_ca_issued() -> None:
+    """What nginx presents on 443 is the same certificate gunicorn presents on 8080, verified against the CA."""
+    code = (
+        "import socket, ssl, sys, hashlib\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+        "name = sys.argv[4]\n"
+        "for port in (int(sys.argv[2]), int(sys.argv[3])):\n"
+        "    s = ctx.wrap_socket(socket.create_connection((name, port), timeout=10), server_hostname=name)\n"
+        "    print(hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest())\n"
+    )
+    ca = "/usr/local/share/ca-certificates/airgap-pypi-ca.crt"
+    answer = on(CLIENT, "python3", "-c", code, ca, str(PORT), str(FRONT_PORT), SERVER)
+    digests = answer.stdout.split()
+    assert len(digests) == 2 and digests[0] == digests[1], answer.stdout + answer.stderr

@@ -57,6 +57,10 @@ options:
   password:
     description: Basic-auth password.
     type: str
+  accept:
+    description: Accept header to send (PEP 691 content negotiation); none when empty.
+    type: str
+    default: ""
   sha256:
     description: Return the sha256 of the body instead of the body.
     type: bool
@@ -79,6 +83,10 @@ error:
   returned: always
 body:
   description: The first 256 KiB of the body as text (unless sha256 is true).
+  type: str
+  returned: when an answer came
+content_type:
+  description: The answer's Content-Type header, or null.
   type: str
   returned: when an answer came
 sha256:
@@ -152,6 +160,7 @@ def probe(
     password: str | None = None,
     want_sha256: bool = False,
     timeout: float = 10,
+    accept: str = "",
 ) -> dict[str, Any]:
     """One request; the result always has status and error."""
     name = server_name or host
@@ -174,6 +183,8 @@ def probe(
                 return result
             result["certificate"] = describe_certificate(sock)  # type: ignore[arg-type]
         headers = {"Host": f"{name}:{port}", "User-Agent": "airgap-pypi-probe"}
+        if accept:
+            headers["Accept"] = accept
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
@@ -191,6 +202,7 @@ def probe(
             result["error"] = f"no HTTP answer from {host}:{port}: {error!r}"
             return result
         result["status"] = response.status
+        result["content_type"] = response.getheader("Content-Type")
         if want_sha256:
             result["sha256"] = digest.hexdigest()
         else:
@@ -215,6 +227,7 @@ def main() -> None:
             "password": {"type": "str", "no_log": True},
             "sha256": {"type": "bool", "default": False},
             "timeout": {"type": "float", "default": 10},
+            "accept": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -231,6 +244,7 @@ def main() -> None:
         password=p["password"],
         want_sha256=p["sha256"],
         timeout=p["timeout"],
+        accept=p["accept"],
     )
     module.exit_json(changed=False, **result)
 

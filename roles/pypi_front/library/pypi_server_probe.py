@@ -1,0 +1,1 @@
+../../pypi_server/library/pypi_server_probe.py
