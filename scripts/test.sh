@@ -18,6 +18,8 @@ scripts/venv.sh || exit 1
 .venv/bin/python scripts/build_controller.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_controller.py || exit 1
 .venv/bin/python scripts/build_mirror.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_mirror.py || exit 1
 scripts/build_images.sh || exit 1
+# The front server's tests install nginx from a stand-in OS mirror (built once from Debian's mirror, then cached).
+scripts/os_mirror.sh build >/dev/null || exit 1
 # The browse page test needs Debian's chromium; without it that test says NOT RUN (skipped), never passed.
 scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"
 
