@@ -243,13 +243,15 @@ def http_status(url: str, auth: bool) -> str:
 
 
 def test_downloads_can_require_a_password() -> None:
+    """On the host with the front server: turned off with it (nginx cannot check passwords), and back after."""
     host = "airgap-pypi-deb12"
-    url = f"http://{host}:{PORT}/simple/"
-    assert http_status(url, auth=False) == "200"
+    url, front = f"http://{host}:{PORT}/simple/", f"http://{host}:80/simple/"
+    assert http_status(url, auth=False) == "200" and http_status(front, auth=False) == "200"
     try:
-        result = playbook("--limit", host, "-e", "pypi_server_auth_downloads=true")
+        result = playbook("--limit", host, "-e", "pypi_server_auth_downloads=true", "-e", "pypi_front_enabled=false")
         assert result.returncode == 0, result.stdout[-3000:]
         assert wait_for(lambda: http_status(url, auth=False) == "401", 30)
+        assert http_status(front, auth=False) != "200", "nginx no longer serves the index once it is off"
         assert http_status(url, auth=True) == "200"
         # The static read path guards every read as pypiserver does: pages, browse page, metadata, files.
         base = f"http://{host}:{PORT}"
@@ -264,6 +266,7 @@ def test_downloads_can_require_a_password() -> None:
         restored = playbook("--limit", host)
         assert restored.returncode == 0, restored.stdout[-3000:]
     assert wait_for(lambda: http_status(url, auth=False) == "200", 30)
+    assert http_status(front, auth=False) == "200", "the front server is back"
 
 
 def http_body(url: str) -> str:
