@@ -49,8 +49,8 @@ down: ## Remove the sandbox
 test: ## Lint, unit tests and Molecule; ends with "N passed, N failed"
 	@scripts/test.sh
 
-lint: venv ## yamllint, ansible-lint (production profile), ruff
-	yamllint --strict . && ansible-lint --profile production --offline && ruff check scripts tests molecule roles proof && ruff format --check scripts tests molecule roles proof
+lint: venv ## yamllint, ansible-lint (production profile), ruff, shellcheck
+	@scripts/lint.sh
 
 unit: venv ## pytest for the Python helpers
 	pytest -q tests

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317  # functions called indirectly (spec_NAME, customize_NAME, traps)
+# shellcheck disable=SC2317,SC2329  # functions called indirectly (spec_NAME, customize_NAME, traps)
 # Build the local docker images the Molecule scenarios run in. No image registry is
 # reachable: every image is a Debian rootfs made with debootstrap (from the host's
 # Debian mirror) and loaded with `docker import`.

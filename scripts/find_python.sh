@@ -18,9 +18,9 @@ for name in python3.13 python3.12 python3; do
 done
 if command -v pyenv >/dev/null 2>&1; then
     root=$(pyenv root)
-    for dir in $(ls -d "$root"/versions/3.1[2-9]* 2>/dev/null | sort -rV); do
+    while IFS= read -r dir; do
         [ -x "$dir/bin/python3" ] && candidates+=("$dir/bin/python3")
-    done
+    done < <(find "$root/versions" -mindepth 1 -maxdepth 1 -name '3.1[2-9]*' 2>/dev/null | sort -rV)
 fi
 for python in "${candidates[@]}"; do
     if base_if_ok "$python"; then

@@ -26,7 +26,7 @@ python=$(scripts/find_python.sh) || exit 1
 tag=$("$python" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
 lock=$bundle/locks/controller-$tag.txt
 if [ ! -f "$lock" ]; then
-    have=$(cd "$bundle/locks" && ls controller-cp3*.txt | sed 's/^controller-//; s/[.]txt$//' | tr '\n' ' ')
+    have=$(find "$bundle/locks" -maxdepth 1 -name 'controller-cp3*.txt' -printf '%f\n' | sed 's/^controller-//; s/[.]txt$//' | sort | tr '\n' ' ')
     die "$python is $tag; this bundle has controller locks for: $have. Point AIRGAP_PYPI_PYTHON at one of those, or build for $tag on the connected side (scripts/build_controller.py --targets ...)."
 fi
 
