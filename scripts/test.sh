@@ -1,90 +1,121 @@
 #!/usr/bin/env bash
-# The whole test suite, as `make test` and CI run it: lint, unit tests, Molecule.
-# Builds what is missing first (docker, toolchain, bundle, images). Ends with "N passed, N failed".
+# The whole test suite, as `make test` and CI run it: lint, unit tests, Molecule, the air-gap proof.
+# Builds what is missing first (docker, toolchain, bundle, images), then runs the steps in two lanes side by side
+# (each scenario has its own container names and docker network). Ends with a table of the steps, the slowest
+# test cases and Ansible tasks, and "N passed, N failed, N skipped".
+#
+#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default tls el operations network proof
+#   AIRGAP_PYPI_TEST_LANES=1     run the steps one after the other instead of in two lanes
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_NOCOLOR=1 PY_COLORS=0
 results=.test-results
-rm -rf "$results" && mkdir -p "$results"
-failures=0
+rm -rf "$results" && mkdir -p "$results/logs"
+# Every playbook run of the suite appends its tasks' wall times here (molecule/shared/callback_plugins).
+export AIRGAP_PYPI_TASK_TIMES="$PWD/$results/task-times.jsonl"
+export ANSIBLE_CALLBACK_PLUGINS="$PWD/molecule/shared/callback_plugins" ANSIBLE_CALLBACKS_ENABLED=task_times
+# pytest (unit tests and every scenario's verifier) prints its 15 slowest tests in each step's log.
+export PYTEST_ADDOPTS="--durations=15"
+began=$(date +%s.%N)
+wanted=("$@")
 
-step() { printf '\n==> %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
-note_failure() { echo "FAILED: $1"; failures=$((failures + 1)); }
+# record NAME LANE STARTED RC JUNIT: one line of steps.tsv (scripts/test_report.py reads it).
+record() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(date +%s.%N)" "$4" "$5" >>"$results/steps.tsv"
+}
 
-step "setup"
-scripts/ensure_docker.sh || exit 1
-scripts/venv.sh || exit 1
-.venv/bin/python scripts/build_bundle.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_bundle.py || exit 1
-.venv/bin/python scripts/build_controller.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_controller.py || exit 1
-.venv/bin/python scripts/build_mirror.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_mirror.py || exit 1
-scripts/build_images.sh || exit 1
+# setup NAME CMD...: a setup step, its output shown as it comes (a fresh machine's installs take minutes).
+setup() {
+    local name=$1 started rc
+    shift
+    printf '\n==> setup: %s (%s)\n' "$name" "$(date +%H:%M:%S)"
+    started=$(date +%s.%N)
+    "$@"
+    rc=$?
+    record "setup: $name" - "$started" "$rc" -
+    if [ "$rc" -ne 0 ]; then
+        echo "FAILED: setup: $name (exit $rc): the tests cannot run"
+        .venv/bin/python scripts/test_report.py "$results" 2>/dev/null || python3 scripts/test_report.py "$results"
+        exit 1
+    fi
+}
+
+wants() {
+    [ "${#wanted[@]}" -eq 0 ] && return 0
+    local step
+    for step in "${wanted[@]}"; do [ "$step" = "$1" ] && return 0; done
+    return 1
+}
+
+# step NAME LANE JUNIT CMD...: a test step; its output goes to logs/NAME.log and is printed whole when it ends,
+# so two lanes never interleave their lines.
+step() {
+    local name=$1 lane=$2 junit=$3 log started rc
+    shift 3
+    wants "$name" || return 0
+    log="$results/logs/$name.log"
+    started=$(date +%s.%N)
+    printf '==> %s: started %s in lane %s\n' "$name" "$(date +%H:%M:%S)" "$lane"
+    AIRGAP_PYPI_STEP=$name "$@" >"$log" 2>&1 </dev/null
+    rc=$?
+    record "$name" "$lane" "$started" "$rc" "$junit"
+    {
+        flock 9
+        printf '\n==> %s (lane %s): exit %s at %s\n' "$name" "$lane" "$rc" "$(date +%H:%M:%S)"
+        cat "$log"
+        printf '<== %s: exit %s\n' "$name" "$rc"
+    } 9>"$results/.print-lock"
+}
+
+unit() {
+    pytest -q -p no:cacheprovider --junitxml="$results/unit.xml" tests || return 1
+    # The proof runs last: a broken import in it must show here, in seconds, not after the Molecule scenarios.
+    pytest -q -p no:cacheprovider --collect-only proof >/dev/null
+}
+
+scenario() {
+    MOLECULE_JUNIT_XML="$PWD/$results/molecule-$1.xml" molecule test --scenario-name "$1"
+}
+
+# Lane A: the default scenario (the largest), tls, and the real-EL scenario (NOT RUN without operator images).
+lane_a() {
+    step default A molecule-default.xml scenario default
+    step tls A molecule-tls.xml scenario tls
+    # molecule/el runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them it writes skipped
+    # cases that say "NOT RUN", never passed.
+    step el A molecule-el.xml .venv/bin/python scripts/run_el_scenario.py --results "$results"
+}
+
+# Lane B: what needs no containers first (lint, unit tests), then operations, network and the air-gap proof.
+lane_b() {
+    step lint B - scripts/lint.sh
+    step unit B unit.xml unit
+    step operations B molecule-operations.xml scenario operations
+    step network B molecule-network.xml scenario network
+    step proof B airgap.xml pytest -q -p no:cacheprovider --junitxml="$results/airgap.xml" proof
+}
+
+setup docker scripts/ensure_docker.sh
+setup toolchain scripts/venv.sh
+setup bundle sh -c '.venv/bin/python scripts/build_bundle.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_bundle.py'
+setup controller sh -c '.venv/bin/python scripts/build_controller.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_controller.py'
+setup mirror sh -c '.venv/bin/python scripts/build_mirror.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_mirror.py'
+setup images scripts/build_images.sh
 # The front server's tests install nginx from a stand-in OS mirror (built once from Debian's mirror, then cached).
-scripts/os_mirror.sh build >/dev/null || exit 1
+setup "os mirror" sh -c 'scripts/os_mirror.sh build >/dev/null'
 # The browse page test needs Debian's chromium; without it that test says NOT RUN (skipped), never passed.
-scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"
+setup chromium sh -c 'scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"'
 
-step "lint: yamllint, ansible-lint (production profile), ruff"
-yamllint --strict . || note_failure yamllint
-ansible-lint --profile production --offline || note_failure ansible-lint
-ruff check scripts tests molecule roles proof || note_failure "ruff check"
-ruff format --check scripts tests molecule roles proof || note_failure "ruff format"
+printf '\n==> tests (%s)\n' "$(date +%H:%M:%S)"
+if [ "${AIRGAP_PYPI_TEST_LANES:-2}" = 1 ]; then
+    lane_b
+    lane_a
+else
+    lane_a &
+    lane_a_pid=$!
+    lane_b
+    wait "$lane_a_pid"
+fi
 
-step "unit tests (pytest)"
-pytest -q -p no:cacheprovider --junitxml="$results/unit.xml" tests
-rc=$?
-[ "$rc" -eq 0 ] || note_failure "unit tests"
-# The proof runs last: a broken import in it must show here, in seconds, not after the Molecule scenarios.
-pytest -q -p no:cacheprovider --collect-only proof >/dev/null || note_failure "air-gap proof collection"
-
-step "molecule test (default scenario)"
-MOLECULE_JUNIT_XML="$PWD/$results/molecule.xml" molecule test --scenario-name default
-rc=$?
-[ "$rc" -eq 0 ] || note_failure "molecule"
-
-step "molecule test (network scenario)"
-MOLECULE_JUNIT_XML="$PWD/$results/molecule-network.xml" molecule test --scenario-name network
-rc=$?
-[ "$rc" -eq 0 ] || note_failure "molecule network"
-
-step "molecule test (operations scenario: upgrade, rollback, backup, restore)"
-MOLECULE_JUNIT_XML="$PWD/$results/molecule-operations.xml" molecule test --scenario-name operations
-rc=$?
-[ "$rc" -eq 0 ] || note_failure "molecule operations"
-step "molecule test (tls scenario)"
-MOLECULE_JUNIT_XML="$PWD/$results/molecule-tls.xml" molecule test --scenario-name tls
-rc=$?
-[ "$rc" -eq 0 ] || note_failure "molecule tls"
-
-# --- real-EL scenario (molecule/el): runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them
-# it prints "molecule el: NOT RUN ..." and writes skipped test cases ($results/molecule-el.xml), never passed.
-step "molecule test (el scenario, operator's EL/Ubuntu images)"
-.venv/bin/python scripts/run_el_scenario.py --results "$results" || note_failure "molecule el"
-# --- end real-EL scenario
-
-step "air-gap proof (offline controller container, proof/)"
-pytest -q -p no:cacheprovider --junitxml="$results/airgap.xml" proof
-rc=$?
-[ "$rc" -eq 0 ] || note_failure "air-gap proof"
-
-step "summary"
-python3 - "$results" "$failures" <<'PY'
-import sys
-import xml.etree.ElementTree as ET
-from pathlib import Path
-
-passed = failed = skipped = 0
-for report in sorted(Path(sys.argv[1]).glob("*.xml")):
-    for case in ET.parse(report).iter("testcase"):
-        outcome = {child.tag for child in case}
-        if outcome & {"failure", "error"}:
-            failed += 1
-        elif "skipped" in outcome:
-            skipped += 1
-        else:
-            passed += 1
-steps_failed = int(sys.argv[2])
-# A failed step that ran no test (lint, converge, idempotence) still counts as a failure.
-failed = max(failed, steps_failed) if failed == 0 else failed
-print(f"{passed} passed, {failed} failed, {skipped} skipped")
-PY
-[ "$failures" -eq 0 ]
+wall=$(python3 -c "import sys, time; print(time.time() - float(sys.argv[1]))" "$began")
+.venv/bin/python scripts/test_report.py "$results" --wall "$wall"
