@@ -4,7 +4,7 @@
 # cached outside the repository. The test hosts themselves never reach the internet: `attach` copies the
 # repository into a container and points its apt at it alone, as an air-gapped host points at its local mirror.
 #
-#   scripts/os_mirror.sh build            build the repository when it is missing or its image changed; prints its path
+#   scripts/os_mirror.sh build            build the repository when it is missing or its image's recipe changed; prints its path
 #   scripts/os_mirror.sh path             print the path without building
 #   scripts/os_mirror.sh attach CONTAINER copy it into CONTAINER (/srv/os-mirror), make it apt's only source
 #
@@ -23,10 +23,13 @@ say() { echo "os_mirror: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 build() {
-    local image_id stamp
-    image_id=$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null) ||
+    local recipe stamp
+    # Keyed by the image's recipe (scripts/build_images.sh labels each image with its hash), not its id: an image
+    # imported again from the cached rootfs gets a new id but holds the same packages, so the mirror still fits.
+    recipe=$("$DOCKER" image inspect --format '{{index .Config.Labels "airgap-pypi.recipe"}}' "$IMAGE" 2>/dev/null) ||
         die "image $IMAGE is missing: run scripts/build_images.sh debian12-systemd first"
-    stamp="$image_id ${PACKAGES[*]}"
+    [ -n "$recipe" ] || die "image $IMAGE has no airgap-pypi.recipe label: rebuild it with scripts/build_images.sh --force debian12-systemd"
+    stamp="recipe=$recipe packages=${PACKAGES[*]}"
     if [ -s "$MIRROR/Packages" ] && [ "$(cat "$MIRROR/STAMP" 2>/dev/null)" = "$stamp" ]; then
         echo "$MIRROR"
         return
