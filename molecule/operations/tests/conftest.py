@@ -39,6 +39,9 @@ B_PIN = "gunicorn==23.0.0"
 # The file whose first commit introduced releases: its parent is the single-virtualenv layout.
 RELEASES_TASKS = "roles/pypi_server/tasks/release.yml"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airgap-pypi" / "bundles"
+# The old single-virtualenv host, converged once per set of inputs and kept as a local image.
+SINGLE_VENV_IMAGE = "airgap-pypi/ops-single-venv"
+PROBE = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=5)"
 
 
 def on(container: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -60,9 +63,8 @@ def playbook(
     return ansible_playbook(project / path, INVENTORY_DIR, "--limit", SERVER, *args, project=project, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def project_before_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This repository as it was before releases (single-virtualenv layout), from git."""
+def commit_before_releases() -> str | None:
+    """The commit before the one that introduced releases (the single-virtualenv layout), if git has it."""
     added = subprocess.run(
         ["git", "-C", str(PROJECT_DIR), "log", "--diff-filter=A", "--format=%H", "--", RELEASES_TASKS],
         capture_output=True,
@@ -70,10 +72,21 @@ def project_before_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     ).stdout.split()
     if not added:
+        return None
+    return subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "rev-parse", f"{added[-1]}^"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def project_before_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This repository as it was before releases (single-virtualenv layout), from git."""
+    commit = commit_before_releases()
+    if commit is None:
         pytest.skip("no git history with the commit that introduced releases")
     dest = tmp_path_factory.mktemp("before-releases")
     archive = subprocess.run(
-        ["git", "-C", str(PROJECT_DIR), "archive", f"{added[-1]}^", "roles", "site.yml", "ansible.cfg", "VERSION"],
+        ["git", "-C", str(PROJECT_DIR), "archive", commit, "roles", "site.yml", "ansible.cfg", "VERSION"],
         capture_output=True,
         check=True,
     ).stdout
@@ -244,7 +257,7 @@ def bundle_broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def new_server_container() -> None:
+def new_server_container(image: str = IMAGE) -> None:
     """A fresh index host under the same name, started as create.yml starts it (systemd, no --privileged)."""
     docker("rm", "-f", SERVER, check=False)
     docker(
@@ -259,10 +272,50 @@ def new_server_container() -> None:
         *SYSTEMD_RUN_OPTIONS,
         "--label",
         "airgap-pypi.molecule=true",
-        IMAGE,
+        image,
     )
     # Right after `docker run` systemd may not even have its bus yet: ask until it says it is up.
     booted = wait_for(
         lambda: on(SERVER, "systemctl", "is-system-running").stdout.strip() in {"running", "degraded"}, 120, 1
     )
     assert booted, on(SERVER, "systemctl", "is-system-running").stdout
+
+
+def single_venv_image_key(commit: str) -> str:
+    """What the old single-virtualenv host is made of: the old code, the base image's recipe, the bundle, the mirror."""
+    recipe = docker("image", "inspect", "--format", '{{index .Config.Labels "airgap-pypi.recipe"}}', IMAGE).stdout
+    parts = [commit, recipe.strip(), TAG, (ARTIFACTS / "SHA256SUMS").read_text()]
+    parts.append((ARTIFACTS / "mirror" / "SHA256SUMS").read_text())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def single_venv_host(project: Path) -> bool:
+    """A new index host as the code before releases left it; True when it came from the image cache.
+
+    Converging the old code takes a minute and gives the same host for the same inputs, so the converged host is
+    kept as a local image (docker commit) keyed by those inputs; older keys are removed.
+    """
+    commit = commit_before_releases()
+    assert commit is not None
+    image = f"{SINGLE_VENV_IMAGE}:{single_venv_image_key(commit)}"
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        new_server_container(image)
+        # supervisord starts at boot; the index answers once gunicorn is up.
+        serving = wait_for(lambda: on(SERVER, "python3", "-c", PROBE).returncode == 0, 60, 1)
+        assert serving, f"the cached single-virtualenv host ({image}) did not serve after boot"
+        return True
+    new_server_container()
+    assert sh(SERVER, f"ls -A {PACKAGES} 2>/dev/null || true").strip() == ""
+    old = playbook(
+        "site.yml",
+        "-e",
+        f"pypi_bootstrap_artifacts_dir={ARTIFACTS}",
+        "-e",
+        f"pypi_server_mirror_dir={ARTIFACTS / 'mirror'}",
+        project=project,
+    )
+    assert old.returncode == 0, tail(old)
+    for stale in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", SINGLE_VENV_IMAGE).stdout.split():
+        docker("image", "rm", stale, check=False)
+    docker("commit", SERVER, image)
+    return False

@@ -24,7 +24,6 @@ from conftest import (
     VENV,
     current_release,
     docker,
-    new_server_container,
     on,
     packages,
     pip_install,
@@ -34,6 +33,7 @@ from conftest import (
     running_release,
     said,
     sh,
+    single_venv_host,
     tail,
     upload,
 )
@@ -251,17 +251,7 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
 
 def test_a_host_of_the_single_virtualenv_layout_moves_to_releases(project_before_releases: Path) -> None:
     """A new host installed by the code before releases; this site.yml moves it without losing anything."""
-    new_server_container()
-    assert sh(SERVER, f"ls -A {PACKAGES} 2>/dev/null || true").strip() == ""
-    old = playbook(
-        "site.yml",
-        "-e",
-        f"pypi_bootstrap_artifacts_dir={ARTIFACTS}",
-        "-e",
-        f"pypi_server_mirror_dir={ARTIFACTS / 'mirror'}",
-        project=project_before_releases,
-    )
-    assert old.returncode == 0, tail(old)
+    single_venv_host(project_before_releases)
     assert sh(SERVER, f"test -d {VENV} && ! test -L {VENV} && echo dir").strip() == "dir"
     before, accounts = packages(), htpasswd_sum()
     assert before, "the carried-in mirror should have put files into the index"
