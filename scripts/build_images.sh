@@ -17,6 +17,8 @@
 #   debian12-systemd  bookworm, systemd PID 1, python3 3.11 without venv/pip, firewalld (nftables)
 #   debian12-sysv     bookworm, sysvinit PID 1, python3 3.11 without venv/pip
 #   debian11-systemd  bullseye, systemd PID 1, python3 3.9 without venv/pip, iptables-persistent
+#   debian13-systemd  trixie, systemd PID 1, python3 3.13 without venv/pip, nftables enabled at boot
+#                     with a default-drop input chain in /etc/nftables.conf
 #   debian12-client   bookworm, python3 3.11 + venv /opt/clients (pip, twine, on PATH),
 #                     CMD sleep infinity (in a sh that exits on SIGTERM)
 #   debian12-nm       bookworm, systemd PID 1, python3 3.11, NetworkManager (started at
@@ -28,7 +30,7 @@
 #                     CMD sleep infinity (in a sh that exits on SIGTERM)
 #
 # docker run options (no --privileged: it fails on the test machines):
-#   systemd images (debian12-systemd, debian11-systemd, debian12-nm, debian12-ifupdown):
+#   systemd images (debian12-systemd, debian11-systemd, debian13-systemd, debian12-nm, debian12-ifupdown):
 #     docker run -d --name C --hostname C \
 #       --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
 #       --cap-add SYS_ADMIN --cap-add NET_ADMIN \
@@ -68,7 +70,7 @@ SCRIPT_DIR=$(dirname "$SELF")
 REPO_ROOT=$(dirname "$SCRIPT_DIR")
 readonly SELF SCRIPT_DIR REPO_ROOT
 
-readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian12-client debian12-nm debian12-ifupdown
+readonly ALL_IMAGES=(debian12-systemd debian12-sysv debian11-systemd debian13-systemd debian12-client debian12-nm debian12-ifupdown
     debian13-controller)
 readonly IMAGE_PREFIX=${AIRGAP_PYPI_IMAGE_PREFIX:-airgap-pypi}
 readonly LABEL_KEY=airgap-pypi.recipe
@@ -362,6 +364,44 @@ EOF
 }
 # <<< recipe: debian11-systemd
 
+# >>> recipe: debian13-systemd
+spec_debian13_systemd() {
+    SUITE=trixie
+    INCLUDE=(systemd systemd-sysv dbus libpam-systemd python3 nftables netbase iproute2 procps)
+    CMD='["/lib/systemd/systemd"]'
+    ENVS=(container=docker)
+}
+customize_debian13_systemd() {
+    chroot_begin
+    mask_container_units "${SYSTEMD_MASKED_UNITS[@]}"
+    # Default-deny inbound with nftables, loaded at boot by nftables.service. Only its own table is flushed
+    # (not `flush ruleset`): docker's embedded DNS keeps its NAT rules in the container's namespace.
+    cat >"$ROOTFS/etc/nftables.conf" <<'EOF'
+#!/usr/sbin/nft -f
+table inet filter
+flush table inet filter
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		iif "lo" accept
+		ct state established,related accept
+		meta l4proto { icmp, ipv6-icmp } accept
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+}
+EOF
+    chmod 755 "$ROOTFS/etc/nftables.conf"
+    in_chroot systemctl enable nftables.service >/dev/null 2>&1
+    in_chroot systemctl set-default multi-user.target >/dev/null 2>&1
+    chroot_end
+}
+# <<< recipe: debian13-systemd
+
 # >>> recipe: debian12-client
 spec_debian12_client() {
     SUITE=bookworm
@@ -586,6 +626,10 @@ check_specific() { # NAME CONTAINER
                 "8080/tcp open: $(dexec "$c" firewall-cmd --query-port=8080/tcp 2>&1 || true)," \
                 "backend: $(dexec "$c" sed -n 's/^FirewallBackend=//p' /etc/firewalld/firewalld.conf)"
             ;;
+        debian13-systemd)
+            log "  nftables.service: $(dexec "$c" systemctl is-active nftables.service 2>&1 || true)"
+            [[ "$(dexec "$c" nft list chain inet filter input 2>&1)" == *"policy drop"* ]] || return 1
+            ;;
         debian11-systemd)
             log "  iptables -S INPUT: $(dexec "$c" iptables -S INPUT | tr '\n' ';')"
             dexec "$c" iptables -S INPUT | grep -qx -- '-P INPUT DROP' || return 1
@@ -646,7 +690,7 @@ check_image() { # NAME
     local name=$1 c t ok=1
     local -a opts
     case $name in
-        debian12-systemd | debian11-systemd | debian12-nm | debian12-ifupdown) opts=("${SYSTEMD_RUN_OPTS[@]}") ;;
+        debian12-systemd | debian11-systemd | debian13-systemd | debian12-nm | debian12-ifupdown) opts=("${SYSTEMD_RUN_OPTS[@]}") ;;
         debian12-sysv) opts=("${SYSV_RUN_OPTS[@]}") ;;
         *) opts=("${CLIENT_RUN_OPTS[@]}") ;;
     esac
