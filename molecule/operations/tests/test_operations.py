@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -17,10 +18,14 @@ import pytest
 from conftest import (
     ARTIFACTS,
     CLIENT,
+    CLIENT_BIN,
     NETWORK,
     PACKAGES,
+    PASSWORD,
+    PORT,
     RELEASES,
     SERVER,
+    USER,
     VENV,
     current_release,
     docker,
@@ -50,6 +55,23 @@ def wheel_on_client(tmp_path: Path, name: str, version: str) -> str:
     return f"/var/tmp/{wheel.name}"
 
 
+def twine(wheel: str, user: str, password: str) -> subprocess.CompletedProcess[str]:
+    """twine upload of a wheel on the client with the given account (not checked)."""
+    return on(
+        CLIENT,
+        f"{CLIENT_BIN}/twine",
+        "upload",
+        "--non-interactive",
+        "--repository-url",
+        f"http://{SERVER}:{PORT}/",
+        "-u",
+        user,
+        "-p",
+        password,
+        wheel,
+    )
+
+
 def htpasswd_sum() -> str:
     return sh(SERVER, "sha256sum /etc/airgap-pypi/htpasswd").split()[0]
 
@@ -71,6 +93,40 @@ def test_upload_packages_before_the_upgrade(tmp_path: Path) -> None:
         upload(wheel_on_client(tmp_path, f"ops-pkg{number}", f"1.0.{STAMP}"))
     files = packages()
     assert all(f"ops_pkg{n}-1.0.{STAMP}-py3-none-any.whl" in files for n in range(3)), files
+
+
+def test_a_re_upload_is_refused_and_the_file_is_kept(tmp_path: Path) -> None:
+    """pypi_server_overwrite is false by default: the same file name again is refused, the first copy stays."""
+    name = f"ops_pkg0-1.0.{STAMP}-py3-none-any.whl"
+    before = packages()[name]
+    again = build_wheel(tmp_path, "ops-pkg0", f"1.0.{STAMP}", summary="a different file under the same name")
+    docker("cp", str(again), f"{CLIENT}:/var/tmp/again-{again.name}")
+    on(CLIENT, "sh", "-c", f"mkdir -p /var/tmp/again && mv /var/tmp/again-{again.name} /var/tmp/again/{again.name}")
+    refused = upload(f"/var/tmp/again/{again.name}", check=False)
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert "409" in refused.stdout + refused.stderr or "400" in refused.stdout + refused.stderr, refused.stdout
+    assert packages()[name] == before
+
+
+def test_account_changes_take_effect_at_once(tmp_path: Path) -> None:
+    """A changed password refuses the old one and a removed account is refused, right after the run, no restart."""
+    wheel = wheel_on_client(tmp_path, "ops-accounts", f"1.0.{STAMP}")
+    second, new_password = ("ops-second", "second-test-only"), "molecule-test-only-changed"
+    users = [{"name": USER, "password": new_password}, {"name": second[0], "password": second[1]}]
+    changed = playbook("site.yml", "-e", json.dumps({"pypi_server_users": users}))
+    assert changed.returncode == 0, tail(changed)
+    try:
+        assert twine(wheel, USER, PASSWORD).returncode != 0, "the old password must be refused at once"
+        assert "403" in said(twine(wheel, USER, PASSWORD))
+        assert twine(wheel, *second).returncode == 0, "the new account uploads"
+        newer = wheel_on_client(tmp_path, "ops-accounts", f"1.1.{STAMP}")
+        assert twine(newer, USER, new_password).returncode == 0, "the new password uploads"
+    finally:
+        restored = playbook("site.yml")
+        assert restored.returncode == 0, tail(restored)
+    gone = twine(wheel_on_client(tmp_path, "ops-accounts", f"2.0.{STAMP}"), *second)
+    assert gone.returncode != 0 and "403" in said(gone), "a removed account must be refused at once"
+    assert upload(wheel_on_client(tmp_path, "ops-accounts", f"3.0.{STAMP}"), check=False).returncode == 0
 
 
 def test_upgrade_to_bundle_b_keeps_every_package_byte_for_byte(bundle_b: Path) -> None:
