@@ -18,4 +18,4 @@ rm -rf .venv
 "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --require-hashes --no-deps -r "$lock"
 touch "$stamp"
-echo "==> toolchain: $(.venv/bin/ansible --version | head -1), $(.venv/bin/molecule --version 2>/dev/null | head -1 | tr -s ' ')"
+echo "==> toolchain: $(.venv/bin/ansible --version | head -1), $(NO_COLOR=1 PATH="$PWD/.venv/bin:$PATH" .venv/bin/molecule --version 2>/dev/null | head -1 | tr -s ' ')"
