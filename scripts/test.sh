@@ -4,7 +4,7 @@
 # (each scenario has its own container names and docker network). Ends with a table of the steps, the slowest
 # test cases and Ansible tasks, and "N passed, N failed, N skipped".
 #
-#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default tls el operations network proof
+#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default tls el demo operations network proof
 #   AIRGAP_PYPI_TEST_LANES=1     run the steps one after the other instead of in two lanes
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -77,13 +77,15 @@ scenario() {
     MOLECULE_JUNIT_XML="$PWD/$results/molecule-$1.xml" molecule test --scenario-name "$1"
 }
 
-# Lane A: the default scenario (the largest), tls, and the real-EL scenario (NOT RUN without operator images).
+# Lane A: the default scenario (the largest), tls, the real-EL scenario (NOT RUN without operator images), demo.
 lane_a() {
     step default A molecule-default.xml scenario default
     step tls A molecule-tls.xml scenario tls
     # molecule/el runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them it writes skipped
     # cases that say "NOT RUN", never passed.
     step el A molecule-el.xml .venv/bin/python scripts/run_el_scenario.py --results "$results"
+    # The README's quick start on a clean clone of HEAD: make demo, its pip line, make down.
+    step demo A demo.xml pytest -q -s -p no:cacheprovider --junitxml="$results/demo.xml" proof/test_demo.py
 }
 
 # Lane B: what needs no containers first (lint, unit tests), then operations, network and the air-gap proof.
@@ -92,7 +94,7 @@ lane_b() {
     step unit B unit.xml unit
     step operations B molecule-operations.xml scenario operations
     step network B molecule-network.xml scenario network
-    step proof B airgap.xml pytest -q -p no:cacheprovider --junitxml="$results/airgap.xml" proof
+    step proof B airgap.xml pytest -q -p no:cacheprovider --junitxml="$results/airgap.xml" proof/test_airgap.py
 }
 
 setup docker scripts/ensure_docker.sh
