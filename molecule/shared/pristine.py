@@ -305,5 +305,6 @@ def refused(outcome: Outcome, *needles: str) -> str:
     assert outcome.messages, f"no failed task of {outcome.host} in the output:\n{tail}"
     for needle in needles:
         assert needle in outcome.text, f"{needle!r} not in the failure of {outcome.host}: {outcome.text}"
-    assert outcome.after == outcome.before, "a failed check must leave the host as it was"
+    changed = sorted(outcome.after ^ outcome.before)
+    assert not changed, f"a failed check must leave the host as it was; docker diff of {outcome.host} now: {changed}"
     return outcome.text
