@@ -120,8 +120,9 @@ def corrupted_wheel() -> str:
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
     """Every bad-input case on a pristine container of its own, in one site.yml run; {case: Outcome}.
 
-    The bundle cases get runs of their own, beside it: the bundle checks are run_once on the controller, so a
-    bad pypi_bootstrap_artifacts_dir on one host would be read for every host of a shared run (and fail them all).
+    The bundle cases get runs of their own, beside it: the bundle checks are run_once on the controller and read
+    the first host's pypi_bootstrap_artifacts_dir for every host of a run, so in a shared run a bad one fails
+    all hosts, or is never checked when its host is not the first.
     """
     workdir = tmp_path_factory.mktemp("bad-inputs")
     copy = workdir / "offline_artifacts"
