@@ -1,6 +1,7 @@
-"""Playbook runs of their own: check mode and verify.yml on the converged hosts, bad TLS input on an untouched host.
+"""Playbook runs of their own: check mode and verify.yml on the converged hosts, bad TLS input on untouched hosts.
 
-Every bad input must fail before anything changes: `docker diff` of the stranger is the same before and after.
+Every bad input must fail before anything changes: each case is an untouched container of its own (molecule/shared/
+pristine.py), all of them in one site.yml run, and `docker diff` of each is the same before and after.
 """
 
 from __future__ import annotations
