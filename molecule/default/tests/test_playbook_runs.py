@@ -1,12 +1,12 @@
-"""site.yml runs of their own: check mode on the converged hosts, and bad input on a pristine host.
+"""site.yml runs of their own: check mode on the converged hosts, and bad input on pristine hosts.
 
-Every bad input must fail before anything changes: `docker diff` of the pristine host is the same
-before and after each failed run.
+Every bad input must fail before anything changes: each case is a pristine container of its own (molecule/shared/
+pristine.py), all of them in one site.yml run, and `docker diff` of each is the same before and after.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import re
 import shutil
@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLIENT, NETWORK, PASSWORD, PORT, PRISTINE, PROJECT_DIR, USER, docker, wait_for
+from conftest import CLIENT, PASSWORD, PORT, PROJECT_DIR, USER, docker, wait_for
 from containers import ansible_playbook, recap
+from pristine import Case, Outcome, bad_input_runs, refused
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 ARTIFACTS = PROJECT_DIR / "offline_artifacts"
@@ -36,97 +37,35 @@ def test_check_mode_on_converged_hosts_changes_nothing() -> None:
         assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
 
 
-@pytest.fixture(scope="module")
-def pristine_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An inventory naming only the never-converged host as an index server."""
-    path = tmp_path_factory.mktemp("inv") / "hosts.json"
-    group_vars = {
-        "ansible_connection": "community.docker.docker",
-        "pypi_server_users": [{"name": USER, "password": PASSWORD}],
-    }
-    path.write_text(json.dumps({"pypi_servers": {"hosts": {PRISTINE: None}, "vars": group_vars}}))
-    # Ansible's first contact leaves /root/.ansible behind; that is not the playbook's doing.
-    subprocess.run(
-        ["ansible", "-i", str(path), PRISTINE, "-m", "ansible.builtin.ping"],
-        check=True,
-        capture_output=True,
-        env=dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles")),
-    )
-    return path
+# --- bad input: one pristine container per case, one site.yml run over all of them ----------------------------
 
-
-def changes_of(container: str) -> set[str]:
-    lines = docker("diff", container).stdout.splitlines()
-    return {line for line in lines if not IGNORED.match(line)}
-
-
-@pytest.fixture
-def unchanged(pristine_inventory: Path) -> Iterator[Path]:
-    """Yield the pristine inventory and assert afterwards that the host did not change."""
-    before = changes_of(PRISTINE)
-    yield pristine_inventory
-    assert changes_of(PRISTINE) == before, "a failed check must leave the host as it was"
-
-
-def expect_failure(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Assert the run failed and said every needle (whitespace folded, as the callback wraps lines)."""
-    text = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0, text[-3000:]
-    for needle in needles:
-        assert needle in text, f"{needle!r} not in output:\n{text[-3000:]}"
-    return text
-
-
-def test_missing_bundle(unchanged: Path, tmp_path: Path) -> None:
-    result = playbook("-e", f"pypi_bootstrap_artifacts_dir={tmp_path}/none", inventory=unchanged)
-    expect_failure(result, "SHA256SUMS is missing", "make bundle")
-
-
-def test_corrupted_wheel(unchanged: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "offline_artifacts"
-    shutil.copytree(ARTIFACTS, copy)
-    victim = min((copy / "wheels").glob("gunicorn-*.whl"))
-    victim.write_bytes(victim.read_bytes()[:-10] + b"corrupted!")
-    result = playbook("-e", f"pypi_bootstrap_artifacts_dir={copy}", inventory=unchanged)
-    expect_failure(result, "failed its checksum check", f"wheels/{victim.name}: FAILED")
-
-
-@pytest.mark.parametrize(
-    ("extra", "needles"),
-    [
-        ({"pypi_server_port": 70000}, ["pypi_server_port=70000", "1-65535"]),
-        ({"pypi_server_port": "http"}, ["pypi_server_port", "int"]),
-        ({"pypi_server_workers": 0}, ["pypi_server_workers=0", "1-64"]),
-        ({"pypi_server_packages_dir": "srv/packages"}, ["pypi_server_packages_dir=srv/packages", "absolute"]),
-        ({"pypi_server_user": "Bad User"}, ["'Bad User'", "must match"]),
-        ({"pypi_supervisor_init_system": "upstart"}, ["pypi_supervisor_init_system", "upstart"]),
-        ({"pypi_server_users": [{"name": "alice", "password": ""}]}, ["without a password", "alice"]),
-        ({"pypi_server_users": [{"name": "bob"}]}, ["password", "pypi_server_users"]),
-        ({"pypi_front_enabled": True, "pypi_front_port": 8080}, ["pypi_front_port=8080", "other than"]),
-        ({"pypi_front_enabled": True, "pypi_front_max_upload_size": "lots"}, ["pypi_front_max_upload_size='lots'"]),
-        ({"pypi_front_enabled": True, "pypi_server_auth_downloads": True}, ["without the index's password check"]),
-        # The pristine host's apt knows no repository: nginx cannot come from its OS mirror.
-        ({"pypi_front_enabled": True}, ["needs the OS package 'nginx'", "OS repositories of your private network"]),
-    ],
-    ids=[
-        "port-range",
-        "port-type",
-        "workers",
-        "relative-path",
-        "user-name",
-        "init-system",
-        "empty-password",
-        "missing-password",
-        "front-port",
-        "front-upload-size",
-        "front-auth-downloads",
-        "front-no-os-mirror",
-    ],
-)
-def test_bad_inventory_value(unchanged: Path, extra: dict[str, object], needles: list[str]) -> None:
-    result = playbook("-e", json.dumps(extra), inventory=unchanged)
-    text = expect_failure(result, *needles)
-    assert "Nothing was changed" in text or "Validation of arguments failed" in text
+BAD_VALUES = {
+    "port-range": ({"pypi_server_port": 70000}, ["pypi_server_port=70000", "1-65535"]),
+    "port-type": ({"pypi_server_port": "http"}, ["pypi_server_port", "int"]),
+    "workers": ({"pypi_server_workers": 0}, ["pypi_server_workers=0", "1-64"]),
+    "relative-path": (
+        {"pypi_server_packages_dir": "srv/packages"},
+        ["pypi_server_packages_dir=srv/packages", "absolute"],
+    ),
+    "user-name": ({"pypi_server_user": "Bad User"}, ["'Bad User'", "must match"]),
+    "init-system": ({"pypi_supervisor_init_system": "upstart"}, ["pypi_supervisor_init_system", "upstart"]),
+    "empty-password": ({"pypi_server_users": [{"name": "alice", "password": ""}]}, ["without a password", "alice"]),
+    "missing-password": ({"pypi_server_users": [{"name": "bob"}]}, ["password", "pypi_server_users"]),
+    "front-port": ({"pypi_front_enabled": True, "pypi_front_port": 8080}, ["pypi_front_port=8080", "other than"]),
+    "front-upload-size": (
+        {"pypi_front_enabled": True, "pypi_front_max_upload_size": "lots"},
+        ["pypi_front_max_upload_size='lots'"],
+    ),
+    "front-auth-downloads": (
+        {"pypi_front_enabled": True, "pypi_server_auth_downloads": True},
+        ["without the index's password check"],
+    ),
+    # A pristine host's apt knows no repository: nginx cannot come from its OS mirror.
+    "front-no-os-mirror": (
+        {"pypi_front_enabled": True},
+        ["needs the OS package 'nginx'", "OS repositories of your private network"],
+    ),
+}
 
 
 def python36_prefix() -> str | None:
@@ -139,92 +78,114 @@ def python36_prefix() -> str | None:
     return str(found[-1]) if found else None
 
 
-@pytest.fixture
-def python36_only_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A host whose only Python is a real CPython 3.6 at /usr/libexec/platform-python, as on EL 8 minimal.
-
-    A Debian container with its python3 removed and pyenv's 3.6 put in: it emulates EL 8's interpreter
-    situation, not EL 8 itself.
-    """
-    prefix = python36_prefix()
-    if prefix is None:
-        pytest.skip("not run: no CPython 3.6 from pyenv on this machine to carry into the container")
-    name = "airgap-pypi-py36"
-    docker("rm", "-f", name, check=False)
-    docker(
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--hostname",
-        name,
-        "--network",
-        NETWORK,
-        "--cap-add",
-        "SYS_BOOT",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
-        "--tmpfs",
-        "/tmp",
-        "airgap-pypi/debian12-sysv:latest",
+def only_python36(prefix: str, workdir: Path, name: str) -> None:
+    """Make the container a host whose only Python is a real CPython 3.6 at /usr/libexec/platform-python, as on
+    EL 8 minimal: its python3 removed and pyenv's 3.6 put in. It emulates EL 8's interpreter situation, not EL 8."""
+    purge = "dpkg --purge --force-depends $(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*')"
+    docker("exec", name, "sh", "-c", purge)
+    archive = workdir / "python36.tar"
+    subprocess.run(
+        ["tar", "-C", "/", "--exclude=test", "--exclude=site-packages", "-cf", str(archive), prefix.lstrip("/")],
+        check=True,
     )
-    try:
-        purge = "dpkg --purge --force-depends $(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*')"
-        docker("exec", name, "sh", "-c", purge)
-        archive = tmp_path / "python36.tar"
-        subprocess.run(
-            ["tar", "-C", "/", "--exclude=test", "--exclude=site-packages", "-cf", str(archive), prefix.lstrip("/")],
-            check=True,
-        )
-        docker("cp", "-", f"{name}:/", input_file=archive)
-        docker("exec", name, "ln", "-s", f"{prefix}/bin/python3.6", "/usr/libexec/platform-python")
-        version = docker("exec", name, "/usr/libexec/platform-python", "-c", "import sys; print(sys.version[:4])")
-        assert version.stdout.strip() == "3.6."
-        assert docker("exec", name, "sh", "-c", "command -v python3", check=False).returncode != 0
-        inventory = tmp_path / "hosts.json"
-        group_vars = {
-            "ansible_connection": "community.docker.docker",
-            "pypi_server_users": [{"name": USER, "password": PASSWORD}],
-        }
-        inventory.write_text(json.dumps({"pypi_servers": {"hosts": {name: None}, "vars": group_vars}}))
-        yield name, inventory
-    finally:
-        docker("rm", "-f", name, check=False)
+    docker("cp", "-", f"{name}:/", input_file=archive)
+    docker("exec", name, "ln", "-s", f"{prefix}/bin/python3.6", "/usr/libexec/platform-python")
+    version = docker("exec", name, "/usr/libexec/platform-python", "-c", "import sys; print(sys.version[:4])")
+    assert version.stdout.strip() == "3.6."
+    assert docker("exec", name, "sh", "-c", "command -v python3", check=False).returncode != 0
 
 
-def test_python36_only_host_is_refused_with_a_way_out(python36_only_host: tuple[str, Path]) -> None:
-    name, inventory = python36_only_host
-    before = changes_of(name)
-    result = playbook(inventory=inventory)
-    expect_failure(
-        result,
+def listen_on_port(name: str) -> None:
+    """Another program holds the index's port on the container: python3 -m http.server, listening once this returns."""
+    docker("exec", "-d", name, "python3", "-m", "http.server", str(PORT))
+    wait = (
+        "import socket, sys, time\n"
+        "for _ in range(50):\n"
+        "    try:\n"
+        f"        socket.create_connection(('127.0.0.1', {PORT}), 1)\n"
+        "        sys.exit(0)\n"
+        "    except OSError:\n"
+        "        time.sleep(0.1)\n"
+        "sys.exit(1)\n"
+    )
+    assert docker("exec", name, "python3", "-c", wait, check=False).returncode == 0, "http.server never listened"
+
+
+def corrupted_wheel() -> str:
+    """The bundle file the corrupted-wheel case breaks in its copy of the bundle, relative to the bundle."""
+    return str(min((ARTIFACTS / "wheels").glob("gunicorn-*.whl")).relative_to(ARTIFACTS))
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
+    """Every bad-input case on a pristine container of its own, in one site.yml run; {case: Outcome}.
+
+    The bundle cases get runs of their own, beside it: the bundle checks are run_once on the controller and read
+    the first host's pypi_bootstrap_artifacts_dir for every host of a run, so in a shared run a bad one fails
+    all hosts, or is never checked when its host is not the first.
+    """
+    workdir = tmp_path_factory.mktemp("bad-inputs")
+    copy = workdir / "offline_artifacts"
+    shutil.copytree(ARTIFACTS, copy)
+    victim = copy / corrupted_wheel()
+    victim.write_bytes(victim.read_bytes()[:-10] + b"corrupted!")
+    cases = [Case(case, host_vars) for case, (host_vars, _) in BAD_VALUES.items()]
+    cases += [
+        Case("missing-bundle", {"pypi_bootstrap_artifacts_dir": f"{workdir}/none"}, run="missing-bundle"),
+        Case("corrupted-wheel", {"pypi_bootstrap_artifacts_dir": str(copy)}, run="corrupted-wheel"),
+        Case("port-in-use", prepare=listen_on_port),
+    ]
+    prefix = python36_prefix()
+    if prefix is not None:
+        cases.append(Case("python36-only", prepare=functools.partial(only_python36, prefix, workdir)))
+    group_vars = {
+        "ansible_connection": "community.docker.docker",
+        "pypi_server_users": [{"name": USER, "password": PASSWORD}],
+    }
+    with bad_input_runs(
+        cases,
+        playbook=PROJECT_DIR / "site.yml",
+        project=PROJECT_DIR,
+        workdir=workdir,
+        group="pypi_servers",
+        group_vars=group_vars,
+        image="airgap-pypi/debian12-sysv:latest",  # the scenario's pristine host's image and init
+        init="sysv",
+        ignored=IGNORED,
+    ) as outcomes:
+        yield outcomes
+
+
+def test_missing_bundle(bad_inputs: dict[str, Outcome]) -> None:
+    refused(bad_inputs["missing-bundle"], "SHA256SUMS is missing", "make bundle")
+
+
+def test_corrupted_wheel(bad_inputs: dict[str, Outcome]) -> None:
+    refused(bad_inputs["corrupted-wheel"], "failed its checksum check", f"{corrupted_wheel()}: FAILED")
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_inventory_value(bad_inputs: dict[str, Outcome], case: str) -> None:
+    text = refused(bad_inputs[case], *BAD_VALUES[case][1])
+    assert "Nothing was changed" in text or "Validation of arguments failed" in text
+
+
+def test_python36_only_host_is_refused_with_a_way_out(bad_inputs: dict[str, Outcome]) -> None:
+    if "python36-only" not in bad_inputs:
+        pytest.skip("not run: no CPython 3.6 from pyenv on this machine to carry into the container")
+    name = bad_inputs["python36-only"].host
+    refused(
+        bad_inputs["python36-only"],
         f"{name} has no Python that this bundle supports",
         "3.6 /usr/libexec/platform-python",
         "supported: 3.9, 3.10, 3.11, 3.12, 3.13",
         "AppStream",
     )
-    assert changes_of(name) == before, "a refused host must be left as it was"
 
 
-def test_port_in_use(unchanged: Path) -> None:
-    docker("exec", "-d", PRISTINE, "python3", "-m", "http.server", str(PORT))
-    try:
-        wait = (
-            "import socket, time\n"
-            "for _ in range(50):\n"
-            "    try:\n"
-            f"        socket.create_connection(('127.0.0.1', {PORT}), 1)\n"
-            "        break\n"
-            "    except OSError:\n"
-            "        time.sleep(0.1)\n"
-        )
-        assert docker("exec", PRISTINE, "python3", "-c", wait).returncode == 0
-        result = playbook(inventory=unchanged)
-        expect_failure(result, f"Port {PORT} on {PRISTINE} is already in use by python3 -m http.server")
-    finally:
-        docker("exec", PRISTINE, "pkill", "-f", "http.server", check=False)
+def test_port_in_use(bad_inputs: dict[str, Outcome]) -> None:
+    name = bad_inputs["port-in-use"].host
+    refused(bad_inputs["port-in-use"], f"Port {PORT} on {name} is already in use by python3 -m http.server")
 
 
 def http_status(url: str, auth: bool) -> str:

@@ -1,27 +1,25 @@
-"""Playbook runs of their own: check mode and verify.yml on the converged hosts, bad TLS input on an untouched host.
+"""Playbook runs of their own: check mode and verify.yml on the converged hosts, bad TLS input on untouched hosts.
 
-Every bad input must fail before anything changes: `docker diff` of the stranger is the same before and after.
+Every bad input must fail before anything changes: each case is an untouched container of its own (molecule/shared/
+pristine.py), all of them in one site.yml run, and `docker diff` of each is the same before and after.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import (
+    IGNORED,
     INVENTORY_DIR,
     PASSWORD,
     PKI,
     PROJECT_DIR,
     SERVER,
-    STRANGER,
     USER,
-    changes_of,
     on,
     recap,
     run_playbook,
@@ -31,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pristine import PREFIX, Case, Outcome, bad_input_runs, refused
 
 SITE = PROJECT_DIR / "site.yml"
 VERIFY = PROJECT_DIR / "playbooks" / "verify.yml"
@@ -96,7 +95,7 @@ def test_verify_playbook_fails_and_names_the_failed_checks() -> None:
     assert wait_for(lambda: "RUNNING" in on(SERVER, *SUPERVISORCTL, "status", "pypiserver").stdout, 30)
 
 
-# --- bad TLS input: the play stops in its first play, the host stays as it was ------------------------------
+# --- bad TLS input: one untouched container per case, one site.yml run; each stops in the first play, unchanged --
 
 
 def pem_pair(names: list[str], days: int = 30) -> tuple[str, str]:
@@ -121,48 +120,54 @@ def pem_pair(names: list[str], days: int = 30) -> tuple[str, str]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
+BAD_TLS = {
+    "cert-without-key": ["pypi_server_tls_key is empty", "Nothing was changed"],
+    "key-of-another-cert": ["does not match"],
+    "names-not-covered": ["does not cover {host}"],
+}
+
+
+def bad_tls_input(case: str, host: str) -> dict[str, str]:
+    """The TLS inventory values of a case, for its host."""
+    good_cert, _ = pem_pair([host])
+    other_cert, other_key = pem_pair(["pypi.elsewhere.internal"])
+    return {
+        "cert-without-key": {"pypi_server_tls_cert": good_cert},
+        "key-of-another-cert": {"pypi_server_tls_cert": good_cert, "pypi_server_tls_key": other_key},
+        "names-not-covered": {"pypi_server_tls_cert": other_cert, "pypi_server_tls_key": other_key},
+    }[case]
+
+
 @pytest.fixture(scope="module")
-def stranger_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An inventory naming the never-configured stranger as an index server with TLS from the inventory."""
-    path = tmp_path_factory.mktemp("inv") / "hosts.json"
+def bad_tls_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Outcome, dict[str, str]]]]:
+    """Every bad TLS case on an untouched container of its own (the stranger's image), in one site.yml run."""
+    cases = [Case(f"tls-{case}", bad_tls_input(case, f"{PREFIX}tls-{case}")) for case in BAD_TLS]
     group_vars = {
         "ansible_connection": "community.docker.docker",
         "pypi_server_users": [{"name": USER, "password": PASSWORD}],
         "pypi_server_tls": True,
         "pypi_server_tls_source": "inventory",
     }
-    path.write_text(json.dumps({"pypi_servers": {"hosts": {STRANGER: None}, "vars": group_vars}}))
-    return path
+    with bad_input_runs(
+        cases,
+        playbook=SITE,
+        project=PROJECT_DIR,
+        workdir=tmp_path_factory.mktemp("bad-tls-inputs"),
+        group="pypi_servers",
+        group_vars=group_vars,
+        image="airgap-pypi/debian12-client:latest",  # the stranger's image and init
+        init="none",
+        ignored=IGNORED,
+    ) as outcomes:
+        yield {case.id.removeprefix("tls-"): (outcomes[case.id], dict(case.host_vars)) for case in cases}
 
 
-@pytest.fixture
-def unchanged(stranger_inventory: Path) -> Iterator[Path]:
-    before = changes_of(STRANGER)
-    yield stranger_inventory
-    assert changes_of(STRANGER) == before, "a failed check must leave the host as it was"
-
-
-GOOD_CERT, GOOD_KEY = pem_pair([STRANGER])
-OTHER_CERT, OTHER_KEY = pem_pair(["pypi.elsewhere.internal"])
-
-
-@pytest.mark.parametrize(
-    ("extra", "needles"),
-    [
-        ({"pypi_server_tls_cert": GOOD_CERT}, ["pypi_server_tls_key is empty", "Nothing was changed"]),
-        ({"pypi_server_tls_cert": GOOD_CERT, "pypi_server_tls_key": OTHER_KEY}, ["does not match"]),
-        ({"pypi_server_tls_cert": OTHER_CERT, "pypi_server_tls_key": OTHER_KEY}, [f"does not cover {STRANGER}"]),
-    ],
-    ids=["cert-without-key", "key-of-another-cert", "names-not-covered"],
-)
-def test_bad_tls_input_stops_before_any_change(unchanged: Path, extra: dict[str, str], needles: list[str]) -> None:
-    extra_file = unchanged.with_name("extra.json")
-    extra_file.write_text(json.dumps(extra))
-    result = run_playbook(SITE, unchanged, "-e", f"@{extra_file}")
-    text = folded(result)
-    assert result.returncode != 0, text[-3000:]
-    for needle in needles:
-        assert needle in text, f"{needle!r} not in output:\n{text[-3000:]}"
-    # The key never shows up in the output, whatever failed.
-    key_body = re.sub(r"-----[A-Z ]+-----", "", extra.get("pypi_server_tls_key", "")).split()
-    assert not any(line in result.stdout + result.stderr for line in key_body if len(line) > 20)
+@pytest.mark.parametrize("case", list(BAD_TLS))
+def test_bad_tls_input_stops_before_any_change(
+    bad_tls_inputs: dict[str, tuple[Outcome, dict[str, str]]], case: str
+) -> None:
+    outcome, inputs = bad_tls_inputs[case]
+    refused(outcome, *(needle.format(host=outcome.host) for needle in BAD_TLS[case]))
+    # The key never shows up in the output of the run, whatever failed.
+    key_body = re.sub(r"-----[A-Z ]+-----", "", inputs.get("pypi_server_tls_key", "")).split()
+    assert not any(line in outcome.output for line in key_body if len(line) > 20)
