@@ -17,7 +17,6 @@ from demo_wheel import build_wheel
 
 # The scenario's client container and network: molecule/el names its own, so the two scenarios never collide.
 CLIENT = os.environ.get("AIRGAP_PYPI_MOLECULE_CLIENT", "airgap-pypi-client")
-PRISTINE = "airgap-pypi-pristine"
 NETWORK = os.environ.get("AIRGAP_PYPI_MOLECULE_NETWORK", "airgap-pypi-molecule")
 PORT = 8080
 USER = "tester"
