@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLEC
 
 FRONT = f"http://{FRONT_HOST}:{FRONT_PORT}"
 GUNICORN = f"http://{FRONT_HOST}:8080"
+# The stand-in OS mirror molecule/shared/prepare_os_mirror.yml copies in (scripts/os_mirror.sh attach).
+OS_MIRROR = "/srv/os-mirror"
+OS_MIRROR_SOURCE = f"file:{OS_MIRROR} ./"
 PIP_ACCEPT = f"{JSON_TYPE}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
 
 
@@ -42,10 +46,45 @@ def gunicorn_log(host) -> str:
     return host.file(ACCESS_LOG).content_string
 
 
+def installed_version_sources(policy: str) -> tuple[str, list[str]]:
+    """From `apt-cache policy PACKAGE`: the installed version and the sources apt lists for that version."""
+    installed = re.search(r"(?m)^\s*Installed: (\S+)$", policy)
+    assert installed and installed.group(1) != "(none)", policy
+    sources: list[str] = []
+    in_installed = False
+    for line in policy.split("Version table:", 1)[-1].splitlines():
+        version = re.match(r"^ (\*\*\*| {3}) (\S+) \d+$", line)
+        if version:
+            in_installed = version.group(1) == "***"
+        elif in_installed and line.strip():
+            sources.append(line.split(maxsplit=1)[1])
+    return installed.group(1), sources
+
+
+def mirror_stanza(packages_index: str, package: str, version: str) -> dict[str, str]:
+    """The stanza of package=version in a flat repository's Packages index (empty when it is not there)."""
+    for stanza in packages_index.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
+        if fields.get("Package") == package and fields.get("Version") == version:
+            return fields
+    return {}
+
+
 def test_nginx_came_from_the_os_mirror_and_runs_at_boot(host) -> None:
-    assert host.package("nginx").is_installed
+    """The nginx that runs is the one the stand-in OS mirror carries: apt knows its installed version from the
+    mirror's index, and the files dpkg installed are those of the mirror's .deb (scripts/os_mirror.sh)."""
     assert host.service("nginx").is_running and host.service("nginx").is_enabled
-    assert host.file("/etc/apt/sources.list.d/os-mirror.list").exists, "installed from the stand-in OS mirror"
+    owner = host.check_output("dpkg-query --search /usr/sbin/nginx").split(":", 1)[0]
+    version, sources = installed_version_sources(host.check_output(f"apt-cache policy {owner}"))
+    assert f"{OS_MIRROR_SOURCE} Packages" in sources, (owner, version, sources)
+    stanza = mirror_stanza(host.file(f"{OS_MIRROR}/Packages").content_string, owner, version)
+    assert stanza, f"{owner} {version} is not in the OS mirror's index"
+    deb = f"{OS_MIRROR}/{stanza['Filename'].removeprefix('./')}"
+    assert host.check_output(f"sha256sum {deb}").split()[0] == stanza["SHA256"], deb
+    # What dpkg recorded for the installed files is the mirror's .deb's list, and the files still match it.
+    listed = host.check_output(f"dpkg-deb --info {deb} md5sums").strip()
+    assert listed and listed == host.file(f"/var/lib/dpkg/info/{owner}.md5sums").content_string.strip()
+    assert host.run(f"dpkg --verify {owner}").stdout == "", "installed files changed since"
     assert not host.file("/etc/nginx/sites-enabled/default").exists, "the distribution's default site is gone"
     assert host.run("nginx -t").rc == 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import pytest
@@ -78,19 +80,69 @@ def test_client_without_the_ca_is_refused(uploaded_wheel: tuple[str, str]) -> No
     assert "CERTIFICATE_VERIFY_FAILED" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
 
 
-@pytest.mark.parametrize("port", [PORT, FRONT_PORT], ids=["gunicorn", "front"])
-def test_plain_http_is_not_served(port: int) -> None:
-    code = (
-        "import urllib.request, sys\n"
-        "try:\n"
-        f"    urllib.request.urlopen('http://{SERVER}:{port}/health', timeout=10)\n"
-        "except Exception as error:\n"
-        "    print(type(error).__name__)\n"
-        "else:\n"
-        "    print('served')\n"
-    )
-    answer = on(CLIENT, "python3", "-c", code).stdout.strip()
-    assert answer not in ("served", ""), answer
+# Run on the client: a verified TLS handshake with the port, then a plain HTTP request on a fresh connection; prints
+# what came back (never raises).
+PLAIN_HTTP_PROBE = """
+import base64, json, socket, ssl, sys
+server, port, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+answer = {}
+try:
+    context = ssl.create_default_context(cafile=cafile)
+    with context.wrap_socket(socket.create_connection((server, port), timeout=10), server_hostname=server) as tls:
+        answer["tls"] = tls.version()
+except (OSError, ssl.SSLError) as error:
+    answer["tls_error"] = repr(error)
+try:
+    plain = socket.create_connection((server, port), timeout=10)
+except OSError as error:
+    answer["connect_error"] = repr(error)
+else:
+    received, ending = b"", "closed"
+    try:
+        plain.sendall(("GET /health HTTP/1.1\\r\\nHost: %s\\r\\nConnection: close\\r\\n\\r\\n" % server).encode())
+        while len(received) < 65536:
+            chunk = plain.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    except socket.timeout:
+        ending = "timeout"
+    except OSError as error:
+        ending = repr(error)
+    plain.close()
+    answer.update(received=base64.b64encode(received).decode(), ending=ending)
+print(json.dumps(answer))
+"""
+
+
+def plain_http_answer(port: int) -> tuple[dict[str, str], bytes]:
+    ca = "/usr/local/share/ca-certificates/airgap-pypi-ca.crt"
+    done = on(CLIENT, "python3", "-c", PLAIN_HTTP_PROBE, SERVER, str(port), ca)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    return answer, base64.b64decode(answer.get("received", ""))
+
+
+def test_plain_http_is_not_served_by_gunicorn() -> None:
+    """The port answers TLS; a plain HTTP request on it gets no HTTP answer: gunicorn's TLS layer fails the
+    handshake and closes the connection (or sends a TLS alert), it is neither refused nor left hanging."""
+    answer, received = plain_http_answer(PORT)
+    assert answer.get("tls") in ("TLSv1.2", "TLSv1.3"), f"port {PORT} must answer TLS first: {answer}"
+    assert "connect_error" not in answer, answer
+    assert answer["ending"] != "timeout", f"no answer at all: {answer}"
+    assert not received.startswith(b"HTTP/"), received[:200]
+    assert received == b"" or received[:2] == b"\x15\x03", f"neither a close nor a TLS alert: {received[:200]!r}"
+
+
+def test_plain_http_is_not_served_by_the_front_server() -> None:
+    """The port answers TLS; a plain HTTP request on it gets nginx's own refusal (400, "The plain HTTP request was
+    sent to HTTPS port"), never the index's answer."""
+    answer, received = plain_http_answer(FRONT_PORT)
+    assert answer.get("tls") in ("TLSv1.2", "TLSv1.3"), f"port {FRONT_PORT} must answer TLS first: {answer}"
+    assert "connect_error" not in answer, answer
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request", received[:300]
+    assert b"The plain HTTP request was sent to HTTPS port" in body, body[:300]
 
 
 def test_only_the_https_ports_listen(host) -> None:
@@ -128,10 +180,7 @@ def test_server_certificate_is_the_one_the_ca_issued(host) -> None:
 @pytest.mark.parametrize("port", [PORT, FRONT_PORT], ids=["gunicorn", "front"])
 def test_tls_minimum_is_1_2_and_1_2_works(host, port: int) -> None:
     """gunicorn's context and nginx's ssl_protocols refuse anything older than TLS 1.2 (their configs), and a
-    TLS 1.2-only client gets in.
-
-    Older versions cannot be offered from here: Debian's OpenSSL refuses them on the client side already.
-    """
+    TLS 1.2-only client gets in (test_tls_1_0_and_1_1_are_refused offers the older versions)."""
     config = host.file("/etc/airgap-pypi/gunicorn.conf.py").content_string
     assert "context.minimum_version = ssl.TLSVersion.TLSv1_2" in config
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in host.file("/etc/nginx/conf.d/airgap-pypi.conf").content_string
@@ -160,3 +209,74 @@ def test_front_server_serves_the_certificate_the_ca_issued() -> None:
     answer = on(CLIENT, "python3", "-c", code, ca, str(PORT), str(FRONT_PORT), SERVER)
     digests = answer.stdout.split()
     assert len(digests) == 2 and digests[0] == digests[1], answer.stdout + answer.stderr
+
+
+# Run on the client: Python's ssl builds a ClientHello that offers only the given version (security level 0, so
+# that Debian's OpenSSL 3 agrees to build it), the probe checks in its bytes what was offered, sends it to the
+# server over a plain socket and reports the first TLS record the server sends back.
+OLD_TLS_PROBE = """
+import json, socket, ssl, struct, sys
+server, port, version = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+context.set_ciphers("DEFAULT:@SECLEVEL=0")
+context.minimum_version = context.maximum_version = getattr(ssl.TLSVersion, version)
+outgoing = ssl.MemoryBIO()
+tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server)
+answer = {}
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+except ssl.SSLError as error:
+    answer["client_error"] = repr(error)
+hello = outgoing.read()
+if hello[:1] == b"\\x16" and hello[5:6] == b"\\x01":
+    answer["offered"] = hello[9:11].hex()
+    # Extensions after the session id, cipher suites and compression methods: supported_versions (43) would
+    # offer other versions than the legacy field says.
+    at = 43
+    at += 1 + hello[at]
+    at += 2 + struct.unpack(">H", hello[at:at + 2])[0]
+    at += 1 + hello[at]
+    end = at + 2 + struct.unpack(">H", hello[at:at + 2])[0] if len(hello) > at else at
+    at += 2
+    while at < end:
+        kind, size = struct.unpack(">HH", hello[at:at + 4])
+        if kind == 43:
+            answer["supported_versions"] = hello[at + 5:at + 4 + size].hex()
+        at += 4 + size
+    sock = socket.create_connection((server, port), timeout=10)
+    sock.sendall(hello)
+    record = b""
+    try:
+        while len(record) < 5 or len(record) < 5 + struct.unpack(">H", record[3:5])[0]:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            record += chunk
+    except OSError as error:
+        answer["read_error"] = repr(error)
+    sock.close()
+    answer["reply"] = record[:64].hex()
+print(json.dumps(answer))
+"""
+ALERT, HANDSHAKE, FATAL, PROTOCOL_VERSION = 0x15, 0x16, 2, 70
+
+
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
+@pytest.mark.parametrize("port", [PORT, FRONT_PORT], ids=["gunicorn", "front"])
+def test_tls_1_0_and_1_1_are_refused(port: int, version: str) -> None:
+    """A client that really offers TLS 1.0 (1.1) and nothing newer gets a fatal protocol_version alert from the
+    server, not a ServerHello. A client that cannot build the offer fails this test: it says nothing of the
+    server."""
+    done = on(CLIENT, "python3", "-c", OLD_TLS_PROBE, SERVER, str(port), version)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    wire = {"TLSv1": "0301", "TLSv1_1": "0302"}[version]
+    assert answer.get("offered") == wire, f"the client did not offer {version}, so the server was not asked: {answer}"
+    assert answer.get("supported_versions", f"02{wire}") == f"02{wire}", f"the client offered more: {answer}"
+    reply = bytes.fromhex(answer["reply"])
+    assert reply, f"the server closed without a word: {answer}"
+    assert reply[0] != HANDSHAKE, f"the server answered {version} with a handshake (ServerHello {reply[9:11].hex()})"
+    assert (reply[0], reply[5], reply[6]) == (ALERT, FATAL, PROTOCOL_VERSION), f"not a protocol_version alert: {answer}"
