@@ -71,8 +71,10 @@ def read_cases(report: Path) -> list[Case]:
         tags = {child.tag for child in case}
         outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
         name = case.get("name", "?")
-        classname = case.get("classname", "")
-        cases.append(Case(f"{classname}::{name}" if classname else name, float(case.get("time") or 0), outcome))
+        # testinfra runs from / and writes classnames like work.main.molecule.default.tests.test_default: the
+        # module is enough beside the step's name.
+        module = case.get("classname", "").rsplit(".", 1)[-1]
+        cases.append(Case(f"{module}::{name}" if module else name, float(case.get("time") or 0), outcome))
     return cases
 
 
