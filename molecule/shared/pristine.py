@@ -186,6 +186,9 @@ def _environment(project: Path) -> dict[str, str]:
         ANSIBLE_ROLES_PATH=str(project / "roles"),
         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
         ANSIBLE_CALLBACK_RESULT_FORMAT="yaml",
+        # Failed results on stdout with the rest, where failures() reads them: molecule's ansible.cfg sends them
+        # to stderr (display_failed_stderr).
+        ANSIBLE_DISPLAY_FAILED_STDERR="0",
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_FORCE_COLOR="0",
     )
