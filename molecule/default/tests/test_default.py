@@ -173,6 +173,7 @@ EXPECTED_FIREWALL = {
     "airgap-pypi-deb12": "firewalld",
     "airgap-pypi-deb11": "iptables",
     "airgap-pypi-deb12-sysv": "none",
+    "airgap-pypi-deb13": "nftables",
 }
 
 
@@ -211,6 +212,13 @@ def test_port_open_in_firewall(host) -> None:
         assert "-P INPUT DROP" in live or (rejects and opened[0] < rejects[-1]), "the firewall must stay on"
         if not is_redhat(host):
             assert host.run("systemctl is-enabled netfilter-persistent").stdout.strip() == "enabled", "loaded at boot"
+    elif expected == "nftables":
+        rule = f"tcp dport {PORT} accept"
+        assert rule in host.file("/etc/nftables.conf").content_string, "kept in the configuration loaded at boot"
+        live = host.check_output("nft list chain inet filter input")
+        assert rule in live, live
+        assert "policy drop" in live, "the firewall must stay on"
+        assert host.run("systemctl is-enabled nftables").stdout.strip() == "enabled", "loaded at boot"
     else:
         assert expected == "none", expected
         if name_of(host) not in EXPECTED_FIREWALL:

@@ -90,7 +90,7 @@ def test_nginx_came_from_the_os_mirror_and_runs_at_boot(host) -> None:
 
 
 def test_only_the_host_that_asks_runs_a_front_server() -> None:
-    for other in ("airgap-pypi-deb11", "airgap-pypi-deb12-sysv"):
+    for other in ("airgap-pypi-deb11", "airgap-pypi-deb12-sysv", "airgap-pypi-deb13"):
         assert docker("exec", other, "sh", "-c", "command -v nginx", check=False).returncode != 0, other
 
 

@@ -32,7 +32,7 @@ def test_check_mode_on_converged_hosts_changes_nothing() -> None:
     result = playbook("--check", "--limit", "pypi_servers")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     counts = recap(result.stdout)
-    assert len(counts) == 3, counts
+    assert len(counts) == 4, counts
     for host, numbers in counts.items():
         assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
 
