@@ -1,0 +1,170 @@
+#!/usr/bin/python
+"""Directories, files with given contents, and absent paths, in one call (idempotent, check mode, diff)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: pypi_bootstrap_files
+short_description: Several directories, files and absent paths in one call
+description:
+  - Brings each path of I(paths), in order, to its state, as M(ansible.builtin.file) (C(directory), C(absent)) and
+    M(ansible.builtin.copy) with C(content) (C(file)) would, one round trip instead of one per path. Missing parent
+    directories of a directory are created with its owner, group and mode, as M(ansible.builtin.file) does.
+    Supports check mode and diff mode.
+options:
+  paths:
+    description: The paths, handled in the order given.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      state:
+        description: C(directory), C(file) (with I(content)) or C(absent) (removed, a directory with its contents).
+        type: str
+        choices: [directory, file, absent]
+        required: true
+      content:
+        description: The file's contents (C(file) only).
+        type: str
+      force:
+        description: For C(file), replace contents that differ; false writes the file only when it is missing.
+        type: bool
+        default: true
+      owner:
+        description: Owner (name or uid).
+        type: str
+      group:
+        description: Group (name or gid).
+        type: str
+      mode:
+        description: Permissions, an octal string such as C("0644").
+        type: str
+author: airgap-pypi
+"""
+
+RETURN = r"""
+changed_paths:
+  description: The paths that changed (or would change in check mode), in order.
+  type: list
+  elements: str
+  returned: always
+"""
+
+ENTRY_SPEC: dict[str, Any] = {
+    "path": {"type": "path", "required": True},
+    "state": {"type": "str", "required": True, "choices": ["directory", "file", "absent"]},
+    "content": {"type": "str"},
+    "force": {"type": "bool", "default": True},
+    "owner": {"type": "str"},
+    "group": {"type": "str"},
+    "mode": {"type": "str"},
+}
+
+
+def set_attributes(module: AnsibleModule, path: str, entry: dict[str, Any]) -> bool:
+    """Owner, group and mode of an existing path; True when one of them differs."""
+    changed = False
+    if entry.get("owner") is not None:
+        changed = module.set_owner_if_different(path, entry["owner"], changed)
+    if entry.get("group") is not None:
+        changed = module.set_group_if_different(path, entry["group"], changed)
+    if entry.get("mode") is not None:
+        changed = module.set_mode_if_different(path, entry["mode"], changed)
+    return changed
+
+
+def ensure_absent(module: AnsibleModule, path: str) -> bool:
+    if not os.path.lexists(path):
+        return False
+    if not module.check_mode:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    return True
+
+
+def ensure_directory(module: AnsibleModule, path: str, entry: dict[str, Any]) -> bool:
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            module.fail_json(msg=f"{path} exists and is not a directory")
+        return set_attributes(module, path, entry)
+    if module.check_mode:
+        return True
+    missing = [path]
+    parent = os.path.dirname(path)
+    while parent and parent != "/" and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        set_attributes(module, directory, entry)
+    return True
+
+
+def ensure_file(module: AnsibleModule, path: str, entry: dict[str, Any], diffs: list[dict[str, str]]) -> bool:
+    wanted = (entry.get("content") or "").encode()
+    exists = os.path.lexists(path)
+    if exists and os.path.isdir(path):
+        module.fail_json(msg=f"{path} is a directory, not a file")
+    current = b""
+    if exists:
+        with open(path, "rb") as handle:
+            current = handle.read()
+    write = not exists or (entry["force"] and current != wanted)
+    if write:
+        if module._diff:
+            diffs.append(
+                {
+                    "before_header": path,
+                    "after_header": path,
+                    "before": current.decode(errors="replace"),
+                    "after": wanted.decode(errors="replace"),
+                }
+            )
+        if module.check_mode:
+            return True
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pypi_bootstrap_files.")
+        with os.fdopen(handle, "wb") as out:
+            out.write(wanted)
+        module.atomic_move(temporary, path)
+    return set_attributes(module, path, entry) or write
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={"paths": {"type": "list", "elements": "dict", "required": True, "options": ENTRY_SPEC}},
+        supports_check_mode=True,
+    )
+    changed_paths: list[str] = []
+    diffs: list[dict[str, str]] = []
+    for entry in module.params["paths"]:
+        path = entry["path"]
+        if not os.path.isabs(path):
+            module.fail_json(msg=f"{path} is not an absolute path")
+        if entry["state"] == "absent":
+            changed = ensure_absent(module, path)
+        elif entry["state"] == "directory":
+            changed = ensure_directory(module, path, entry)
+        else:
+            if entry.get("content") is None:
+                module.fail_json(msg=f"{path}: state file needs content")
+            changed = ensure_file(module, path, entry, diffs)
+        if changed:
+            changed_paths.append(path)
+    module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+#!/usr/bin/python
+"""Find out which firewall a host runs, in one call (read-only)."""
+
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: pypi_firewall_detect
+short_description: Which firewall the host runs (firewalld, an iptables rules file, nftables, none)
+description:
+  - Asks C(firewall-cmd --state) whether firewalld runs, looks for the iptables rules file and the nftables
+    configuration, and asks C(systemctl is-enabled nftables.service). The first that applies, in that order, is
+    C(firewall). Changes nothing.
+options:
+  iptables_rules:
+    description: The iptables rules file of the platform (e.g. /etc/iptables/rules.v4).
+    type: path
+    required: true
+  nftables_config:
+    description: The nftables configuration.
+    type: path
+    required: true
+author: airgap-pypi
+"""
+
+RETURN = r"""
+firewall:
+  description: firewalld, iptables, nftables or none.
+  type: str
+  returned: always
+firewalld_running:
+  description: C(firewall-cmd --state) succeeded.
+  type: bool
+  returned: always
+iptables_rules:
+  description: The iptables rules file exists.
+  type: bool
+  returned: always
+nftables_config:
+  description: The nftables configuration exists.
+  type: bool
+  returned: always
+nftables_enabled:
+  description: C(systemctl is-enabled nftables.service) says enabled.
+  type: bool
+  returned: always
+"""
+
+
+def choose(firewalld_running: bool, iptables_rules: bool, nftables_config: bool, nftables_enabled: bool) -> str:
+    """The firewall to configure: firewalld when it runs, then an iptables rules file, then nftables enabled at boot."""
+    if firewalld_running:
+        return "firewalld"
+    if iptables_rules:
+        return "iptables"
+    if nftables_config and nftables_enabled:
+        return "nftables"
+    return "none"
+
+
+def succeeds(module: AnsibleModule, *argv: str) -> tuple[bool, str]:
+    """Whether the command exits 0, and its output; False when the program is not installed."""
+    program = module.get_bin_path(argv[0])
+    if program is None:
+        return False, ""
+    rc, out, _ = module.run_command([program, *argv[1:]])
+    return rc == 0, out.strip()
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "iptables_rules": {"type": "path", "required": True},
+            "nftables_config": {"type": "path", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    firewalld_running, _ = succeeds(module, "firewall-cmd", "--state")
+    _, enabled = succeeds(module, "systemctl", "is-enabled", "nftables.service")
+    facts = {
+        "firewalld_running": firewalld_running,
+        "iptables_rules": os.path.exists(module.params["iptables_rules"]),
+        "nftables_config": os.path.exists(module.params["nftables_config"]),
+        "nftables_enabled": enabled == "enabled",
+    }
+    module.exit_json(changed=False, firewall=choose(**facts), **facts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+../../pypi_bootstrap/library/pypi_bootstrap_files.py

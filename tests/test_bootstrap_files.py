@@ -1,0 +1,94 @@
+"""pypi_bootstrap_files, run as Ansible runs it: directories, contents, absent paths; idempotent and check mode."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "roles" / "pypi_bootstrap" / "library" / "pypi_bootstrap_files.py"
+OWNER = pwd.getpwuid(os.getuid()).pw_name
+GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def run(tmp_path: Path, paths: list[dict[str, Any]], check: bool = False, diff: bool = False) -> dict[str, Any]:
+    """The module's JSON result for these paths (it runs as a separate process, as on a host)."""
+    args = tmp_path / f"args-{len(list(tmp_path.glob('args-*')))}.json"
+    params = {"paths": paths, "_ansible_check_mode": check, "_ansible_diff": diff}
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    done = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False)
+    result = json.loads(done.stdout)
+    assert not result.get("failed"), result
+    return result
+
+
+def mode_of(path: Path) -> str:
+    return oct(stat.S_IMODE(path.stat().st_mode))
+
+
+def layout(base: Path) -> list[dict[str, Any]]:
+    return [
+        {"path": str(base / "a" / "b"), "state": "directory", "owner": OWNER, "group": GROUP, "mode": "0750"},
+        {"path": str(base / "a" / "b" / "conf"), "state": "file", "content": "x = 1\n", "mode": "0640"},
+        {"path": str(base / "a" / "htpasswd"), "state": "file", "content": "", "force": False, "mode": "0600"},
+        {"path": str(base / "gone"), "state": "absent"},
+    ]
+
+
+def test_creates_everything_then_changes_nothing(tmp_path: Path) -> None:
+    base = tmp_path / "root"
+    (base / "gone").mkdir(parents=True)
+    (base / "gone" / "file").write_text("old")
+    first = run(tmp_path, layout(base))
+    assert first["changed"] and len(first["changed_paths"]) == 4
+    assert mode_of(base / "a") == "0o750", "a missing parent gets the directory's mode, as the file module does"
+    assert mode_of(base / "a" / "b") == "0o750"
+    assert (base / "a" / "b" / "conf").read_text() == "x = 1\n" and mode_of(base / "a" / "b" / "conf") == "0o640"
+    assert (base / "a" / "htpasswd").read_text() == "" and mode_of(base / "a" / "htpasswd") == "0o600"
+    assert not (base / "gone").exists()
+    second = run(tmp_path, layout(base))
+    assert not second["changed"] and second["changed_paths"] == []
+
+
+def test_check_mode_reports_but_does_not_touch(tmp_path: Path) -> None:
+    base = tmp_path / "root"
+    result = run(tmp_path, layout(base), check=True)
+    assert result["changed"]
+    assert not base.exists()
+    run(tmp_path, layout(base))
+    (base / "a" / "b").chmod(0o755)
+    (base / "a" / "b" / "conf").write_text("x = 2\n")
+    drift = run(tmp_path, layout(base), check=True, diff=True)
+    assert drift["changed_paths"] == [str(base / "a" / "b"), str(base / "a" / "b" / "conf")]
+    assert drift["diff"][0]["before"] == "x = 2\n" and drift["diff"][0]["after"] == "x = 1\n"
+    assert mode_of(base / "a" / "b") == "0o755" and (base / "a" / "b" / "conf").read_text() == "x = 2\n"
+
+
+def test_repairs_contents_and_mode_but_keeps_a_file_without_force(tmp_path: Path) -> None:
+    base = tmp_path / "root"
+    run(tmp_path, layout(base))
+    (base / "a" / "b" / "conf").write_text("edited by hand\n")
+    (base / "a" / "htpasswd").write_text("alice:$apr1$...\n")
+    (base / "a" / "htpasswd").chmod(0o644)
+    result = run(tmp_path, layout(base))
+    assert result["changed_paths"] == [str(base / "a" / "b" / "conf"), str(base / "a" / "htpasswd")]
+    assert (base / "a" / "b" / "conf").read_text() == "x = 1\n"
+    assert (base / "a" / "htpasswd").read_text() == "alice:$apr1$...\n", "force: false never overwrites"
+    assert mode_of(base / "a" / "htpasswd") == "0o600", "but its mode is still enforced"
+
+
+def test_a_file_where_a_directory_belongs_fails(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("")
+    args = tmp_path / "args.json"
+    params = {"paths": [{"path": str(tmp_path / "taken"), "state": "directory"}]}
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    done = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False)
+    result = json.loads(done.stdout)
+    assert result["failed"] and "is not a directory" in result["msg"]

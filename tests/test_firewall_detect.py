@@ -1,0 +1,73 @@
+"""pypi_firewall_detect, run as Ansible runs it, against stand-in firewall-cmd and systemctl programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import load_module
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "roles" / "pypi_firewall" / "library" / "pypi_firewall_detect.py"
+detect = load_module("pypi_firewall_detect", MODULE)
+
+
+def fake(bin_dir: Path, name: str, output: str, rc: int) -> None:
+    """A program on PATH that prints output and exits rc."""
+    program = bin_dir / name
+    program.write_text(f"#!/bin/sh\necho '{output}'\nexit {rc}\n")
+    program.chmod(0o755)
+
+
+def run(tmp_path: Path, bin_dir: Path) -> dict[str, Any]:
+    args = tmp_path / "args.json"
+    params = {"iptables_rules": str(tmp_path / "rules.v4"), "nftables_config": str(tmp_path / "nftables.conf")}
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    done = subprocess.run(
+        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, env=env, check=False
+    )
+    result = json.loads(done.stdout)
+    assert not result.get("failed") and not result["changed"], result
+    return result
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "bin"
+    path.mkdir()
+    fake(path, "firewall-cmd", "not running", 252)
+    fake(path, "systemctl", "disabled", 1)
+    return path
+
+
+def test_firewalld_wins_when_it_runs(tmp_path: Path, bin_dir: Path) -> None:
+    fake(bin_dir, "firewall-cmd", "running", 0)
+    (tmp_path / "rules.v4").write_text("*filter\nCOMMIT\n")
+    result = run(tmp_path, bin_dir)
+    assert result["firewall"] == "firewalld" and result["firewalld_running"] and result["iptables_rules"]
+
+
+def test_an_iptables_rules_file_when_firewalld_does_not_run(tmp_path: Path, bin_dir: Path) -> None:
+    (tmp_path / "rules.v4").write_text("*filter\nCOMMIT\n")
+    (tmp_path / "nftables.conf").write_text("")
+    fake(bin_dir, "systemctl", "enabled", 0)
+    assert run(tmp_path, bin_dir)["firewall"] == "iptables"
+
+
+def test_nftables_only_when_enabled_at_boot(tmp_path: Path, bin_dir: Path) -> None:
+    (tmp_path / "nftables.conf").write_text("")
+    result = run(tmp_path, bin_dir)
+    assert result["firewall"] == "none" and result["nftables_config"] and not result["nftables_enabled"]
+    fake(bin_dir, "systemctl", "enabled", 0)
+    assert run(tmp_path, bin_dir)["firewall"] == "nftables"
+
+
+def test_choose_without_any_firewall() -> None:
+    assert detect.choose(False, False, False, True) == "none"
+    assert detect.choose(False, False, True, False) == "none"
