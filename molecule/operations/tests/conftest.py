@@ -135,8 +135,10 @@ def release_of(artifacts: Path) -> str:
     return f"{TAG}-{build_bundle.sha256_file(artifacts / 'locks' / f'server-{TAG}.txt')[:12]}"
 
 
-def upload(wheel: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """twine upload of a wheel on the client to the index."""
+def upload(
+    wheel: str, check: bool = True, user: str = USER, password: str = PASSWORD
+) -> subprocess.CompletedProcess[str]:
+    """twine upload of a wheel on the client to the index (the scenario's account unless told)."""
     done = on(
         CLIENT,
         f"{CLIENT_BIN}/twine",
@@ -145,9 +147,9 @@ def upload(wheel: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         "--repository-url",
         f"http://{SERVER}:{PORT}/",
         "-u",
-        USER,
+        user,
         "-p",
-        PASSWORD,
+        password,
         wheel,
     )
     if check:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -18,11 +17,9 @@ import pytest
 from conftest import (
     ARTIFACTS,
     CLIENT,
-    CLIENT_BIN,
     NETWORK,
     PACKAGES,
     PASSWORD,
-    PORT,
     RELEASES,
     SERVER,
     USER,
@@ -53,23 +50,6 @@ def wheel_on_client(tmp_path: Path, name: str, version: str) -> str:
     wheel = build_wheel(tmp_path, name, version)
     docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
     return f"/var/tmp/{wheel.name}"
-
-
-def twine(wheel: str, user: str, password: str) -> subprocess.CompletedProcess[str]:
-    """twine upload of a wheel on the client with the given account (not checked)."""
-    return on(
-        CLIENT,
-        f"{CLIENT_BIN}/twine",
-        "upload",
-        "--non-interactive",
-        "--repository-url",
-        f"http://{SERVER}:{PORT}/",
-        "-u",
-        user,
-        "-p",
-        password,
-        wheel,
-    )
 
 
 def htpasswd_sum() -> str:
@@ -116,15 +96,15 @@ def test_account_changes_take_effect_at_once(tmp_path: Path) -> None:
     changed = playbook("site.yml", "-e", json.dumps({"pypi_server_users": users}))
     assert changed.returncode == 0, tail(changed)
     try:
-        assert twine(wheel, USER, PASSWORD).returncode != 0, "the old password must be refused at once"
-        assert "403" in said(twine(wheel, USER, PASSWORD))
-        assert twine(wheel, *second).returncode == 0, "the new account uploads"
+        assert upload(wheel, False, USER, PASSWORD).returncode != 0, "the old password must be refused at once"
+        assert "403" in said(upload(wheel, False, USER, PASSWORD))
+        assert upload(wheel, False, *second).returncode == 0, "the new account uploads"
         newer = wheel_on_client(tmp_path, "ops-accounts", f"1.1.{STAMP}")
-        assert twine(newer, USER, new_password).returncode == 0, "the new password uploads"
+        assert upload(newer, False, USER, new_password).returncode == 0, "the new password uploads"
     finally:
         restored = playbook("site.yml")
         assert restored.returncode == 0, tail(restored)
-    gone = twine(wheel_on_client(tmp_path, "ops-accounts", f"2.0.{STAMP}"), *second)
+    gone = upload(wheel_on_client(tmp_path, "ops-accounts", f"2.0.{STAMP}"), False, *second)
     assert gone.returncode != 0 and "403" in said(gone), "a removed account must be refused at once"
     assert upload(wheel_on_client(tmp_path, "ops-accounts", f"3.0.{STAMP}"), check=False).returncode == 0
 
