@@ -1103,9 +1103,9 @@ def markdown(results: dict[str, Any]) -> str:
             ["idempotent re-run", one.get("rerun_s"), many.get("rerun_s")],
             ["its changed count", one.get("rerun_changed"), many.get("rerun_changed")],
             ["re-run: tasks in all", one.get("rerun_tasks"), None],
-            ["re-run: tasks executed on the host", one.get("rerun_tasks_executed"), None],
-            ["re-run: seconds per executed task", one.get("rerun_s_per_executed_task"), None],
-            ["first run: tasks executed", one.get("first_run_tasks_executed"), many.get("first_run_tasks_executed")],
+            ["re-run: tasks not skipped (on the host or the controller)", one.get("rerun_tasks_executed"), None],
+            ["re-run: seconds per task not skipped", one.get("rerun_s_per_executed_task"), None],
+            ["first run: tasks not skipped", one.get("first_run_tasks_executed"), many.get("first_run_tasks_executed")],
         ]
         rows += [
             [key.replace("_", " "), value, None]
