@@ -24,24 +24,30 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bz2
 import contextlib
 import email.parser
 import fcntl
 import functools
+import gzip
 import hashlib
 import html
+import io
 import json
+import logging
+import lzma
 import mimetypes
 import os
 import pwd
 import re
+import struct
 import sys
 import tarfile
 import tempfile
 import threading
 import time
 import zipfile
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 from packaging.utils import (
@@ -60,6 +66,7 @@ ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".
 # A file changed this recently may still be being written by hand: a read-triggered sync leaves it for later.
 YOUNG_SECONDS = 2.0
 RECHECK_SECONDS = 1.0
+LOG = logging.getLogger("airgap_pypi_index")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.!+~-]+(/[A-Za-z0-9_.!+~-]+)*$")
 
 Entry = Dict[str, Any]
@@ -119,36 +126,126 @@ def is_prerelease(version: str) -> bool:
         return False
 
 
-def read_core_metadata(path: str) -> Tuple[Optional[bytes], bool]:
-    """(metadata bytes, is a wheel's METADATA). Wheels: the .dist-info/METADATA; sdists: PKG-INFO (never served)."""
-    lower = path.lower()
+class BadDistribution(ValueError):
+    """A distribution file that is not what its name says (the message says why, for twine and the log)."""
+
+
+# Bounds on what is read from an archive: a METADATA or PKG-INFO, a zip's central directory, and the bytes a
+# sdist's tar stream is decompressed for while looking for its PKG-INFO.
+MAX_METADATA_BYTES = 4 << 20
+MAX_ZIP_DIRECTORY_BYTES = 32 << 20
+MAX_TAR_SCAN_BYTES = 1 << 30
+_EOCD = struct.Struct("<4s4H2LH")
+
+
+def _zip_directory_size(handle: BinaryIO) -> int:
+    """The central directory's size from a zip's end record, read before zipfile parses the directory."""
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - (_EOCD.size + 0xFFFF)))
+    tail = handle.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise BadDistribution("not a zip archive")
+    _, _, _, _, entries, directory, _, _ = _EOCD.unpack_from(tail, at)
+    if entries == 0xFFFF or directory == 0xFFFFFFFF:
+        raise BadDistribution("zip64 archives (over 65,535 members) are not accepted")
+    return int(directory)
+
+
+def _bounded_read(stream: BinaryIO, what: str) -> bytes:
+    data = stream.read(MAX_METADATA_BYTES + 1)
+    if len(data) > MAX_METADATA_BYTES:
+        raise BadDistribution(f"{what} is larger than {MAX_METADATA_BYTES >> 20} MiB")
+    return data
+
+
+class _Budget(io.RawIOBase):
+    """A read-only stream that refuses to give more than `limit` bytes (a decompression bomb stops here)."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream, self.left = stream, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(min(len(buffer), 1 << 16))
+        self.left -= len(data)
+        if self.left < 0:
+            raise BadDistribution(f"no PKG-INFO in the first {MAX_TAR_SCAN_BYTES >> 20} MiB of the archive")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+# Tar sdists by suffix: the decompressor (a file object), so the budget counts the bytes tarfile is given.
+_TAR_OPENERS: Tuple[Tuple[Tuple[str, ...], Callable[[BinaryIO], Any]], ...] = (
+    ((".tar.gz", ".tgz"), lambda handle: gzip.GzipFile(fileobj=handle, mode="rb")),
+    ((".tar.bz2", ".tbz"), bz2.BZ2File),
+    ((".tar.xz", ".txz"), lzma.LZMAFile),
+    ((".tar",), contextlib.nullcontext),
+)
+
+
+def core_metadata(handle: BinaryIO, filename: str) -> Tuple[bytes, bool]:
+    """(METADATA or PKG-INFO bytes, is a wheel's METADATA) of an open distribution, every read bounded.
+
+    Raises BadDistribution when the archive is not what its name says or holds no single metadata file."""
+    lower = filename.lower()
     try:
-        if lower.endswith(".whl"):
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if re.match(r"^[^/]+\.dist-info/METADATA$", n)]
-                if len(names) == 1:
-                    return archive.read(names[0]), True
-            return None, False
-        if lower.endswith(".zip"):
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if re.match(r"^[^/]+/PKG-INFO$", n)]
-                return (archive.read(names[0]) if names else None), False
-        if ".tar" in lower or lower.endswith((".tgz", ".tbz", ".txz")):
-            with tarfile.open(path) as archive:
-                for member in archive:
-                    if member.isfile() and re.match(r"^[^/]+/PKG-INFO$", member.name):
-                        extracted = archive.extractfile(member)
-                        return (extracted.read() if extracted else None), False
-    except (OSError, zipfile.BadZipFile, tarfile.TarError, KeyError, EOFError, ValueError):
-        pass
-    return None, False
+        if lower.endswith((".whl", ".zip")):
+            if _zip_directory_size(handle) > MAX_ZIP_DIRECTORY_BYTES:
+                raise BadDistribution(f"the zip directory is larger than {MAX_ZIP_DIRECTORY_BYTES >> 20} MiB")
+            handle.seek(0)
+            wheel = lower.endswith(".whl")
+            pattern = r"^[^/]+\.dist-info/METADATA$" if wheel else r"^[^/]+/PKG-INFO$"
+            with zipfile.ZipFile(handle) as archive:
+                names = [n for n in archive.namelist() if re.match(pattern, n)]
+                if len(names) != 1 if wheel else not names:
+                    what = "a single .dist-info/METADATA" if wheel else "a PKG-INFO"
+                    raise BadDistribution(f"the archive holds {len(names)} metadata files, not {what}")
+                with archive.open(names[0]) as member:
+                    return _bounded_read(member, names[0]), wheel
+        opener = next((o for suffixes, o in _TAR_OPENERS if lower.endswith(suffixes)), None)
+        if opener is not None:
+            handle.seek(0)
+            with opener(handle) as unpacked:
+                stream = io.BufferedReader(_Budget(unpacked, MAX_TAR_SCAN_BYTES))  # type: ignore[arg-type]
+                with tarfile.open(fileobj=stream, mode="r|") as archive:
+                    for member in archive:
+                        if member.isfile() and re.match(r"^[^/]+/PKG-INFO$", member.name):
+                            extracted = archive.extractfile(member)
+                            if extracted is not None:
+                                return _bounded_read(extracted, member.name), False
+            raise BadDistribution("no PKG-INFO at the top of the archive")
+    except (
+        OSError,
+        EOFError,
+        lzma.LZMAError,
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        RuntimeError,
+        NotImplementedError,
+    ) as error:
+        raise BadDistribution(f"the archive cannot be read ({error.__class__.__name__}: {error})") from error
+    raise BadDistribution("not a wheel (.whl) or a source distribution (.tar.gz, .zip)")
+
+
+def read_core_metadata(path: str) -> Tuple[Optional[bytes], bool]:
+    """(metadata bytes, is a wheel's METADATA) of a file in the packages directory; (None, False) when it has none
+    that can be read within the bounds (it is still listed, without PEP 658 metadata)."""
+    try:
+        with open(path, "rb") as handle:
+            return core_metadata(handle, os.path.basename(path))
+    except (OSError, BadDistribution):
+        return None, False
 
 
 def parse_metadata(raw: Optional[bytes]) -> Dict[str, str]:
-    """Name, Summary, Requires-Python and Description of core metadata (email header format)."""
+    """Name, Summary, Requires-Python and Description of core metadata (email header format, UTF-8)."""
     if not raw:
         return {}
-    message = email.parser.BytesParser().parsebytes(raw)
+    message = email.parser.Parser().parsestr(raw.decode("utf-8", errors="replace"))
     fields = {}
     for key in ("Name", "Version", "Summary", "Requires-Python"):
         value = message.get(key)
@@ -392,6 +489,24 @@ def render_browse_project(project: str, entries: List[Tuple[str, Entry]], descri
 # --- the tree --------------------------------------------------------------------------------------------------
 
 
+_ENTRY_TYPES = {"size": int, "mtime": int, "sha256": str, "project": str, "name": str, "version": str}
+
+
+def valid_state(state: Dict[str, Any]) -> bool:
+    """state.json as this module writes it (anything else is rebuilt, never trusted)."""
+    files, skipped = state.get("files"), state.get("skipped", {})
+    if not isinstance(files, dict) or not isinstance(skipped, dict):
+        return False
+    for entry in list(files.values()) + list(skipped.values()):
+        if not isinstance(entry, dict):
+            return False
+    return all(
+        isinstance(entry.get(key), kind) and not isinstance(entry.get(key), bool)
+        for entry in files.values()
+        for key, kind in _ENTRY_TYPES.items()
+    )
+
+
 class Tree:
     """The generated tree for one packages directory."""
 
@@ -401,6 +516,7 @@ class Tree:
         self._thread_lock = threading.Lock()
         self._seen: Optional[Dict[str, int]] = None
         self._next_check = 0.0
+        self._failed_until = 0.0
         self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any]]] = None
 
     def path(self, *parts: str) -> str:
@@ -436,6 +552,9 @@ class Tree:
         if self._state is not None and self._state[0] == key:
             return self._state[1]
         state = self.read_json("state.json")
+        if state is not None and not valid_state(state):
+            LOG.warning("%s has an unexpected shape: every page is written again", self.path("state.json"))
+            state = None
         self._state = (key, state) if state else None
         return state
 
@@ -491,8 +610,10 @@ class Tree:
             state = {"files": {}}
             rebuild = True
         old: Dict[str, Entry] = state["files"]
+        old_skipped: Dict[str, Entry] = state.get("skipped", {})
+        remove_leftovers(self.packages)
         dirs, found = self.scan()
-        files, fresh_metadata, dirty = self.collect(old, found, rebuild, skip_young)
+        files, fresh_metadata, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young)
         changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
         changed |= {entry["project"] for relfn, entry in old.items() if relfn not in files}
         if rebuild:
@@ -502,7 +623,7 @@ class Tree:
         for relfn, entry in old.items():
             if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
                 remove_quietly(self.path("metadata", relfn + ".metadata"))
-        if not (changed or rebuild or not os.path.exists(self.path("browse", "index.html"))):
+        if not (changed or rebuild or skipped != old_skipped or not os.path.exists(self.path("browse", "index.html"))):
             self.finish(dirs, dirty)
             return []
         grouped = by_project(files)
@@ -513,7 +634,7 @@ class Tree:
         for project in sorted(changed):
             self.write_project(project, grouped.get(project, []))
         self.write_root(projects, grouped)
-        self.save_state({"version": STATE_VERSION, "packages": self.packages, "files": files})
+        self.save_state({"version": STATE_VERSION, "packages": self.packages, "files": files, "skipped": skipped})
         self.finish(dirs, dirty)
         return sorted(changed)
 
@@ -527,22 +648,34 @@ class Tree:
         self._seen = dirs
 
     def collect(
-        self, old: Dict[str, Entry], found: Dict[str, os.stat_result], rebuild: bool, skip_young: bool
-    ) -> Tuple[Dict[str, Entry], Dict[str, bytes], bool]:
-        """State entries of the files found (cached when name, size and mtime match), new METADATA, and whether
-        a file was left out because it may still be being written."""
+        self,
+        old: Dict[str, Entry],
+        old_skipped: Dict[str, Entry],
+        found: Dict[str, os.stat_result],
+        rebuild: bool,
+        skip_young: bool,
+    ) -> Tuple[Dict[str, Entry], Dict[str, bytes], Dict[str, Entry], bool]:
+        """State entries of the files found (cached when name, size and mtime match), new METADATA, the files
+        left off every page (with why, kept until they change), and whether a file was left out because it may
+        still be being written."""
         now = time.time()
         files: Dict[str, Entry] = {}
         fresh_metadata: Dict[str, bytes] = {}
+        skipped: Dict[str, Entry] = {}
         dirty = False
+        longest = name_max(self.tree) - len(_DERIVED_SUFFIX)
         for relfn, stat in found.items():
             known = old.get(relfn)
+            bad = old_skipped.get(relfn)
             if known and known["size"] == stat.st_size and known["mtime"] == stat.st_mtime_ns:
                 files[relfn] = known
                 if not (rebuild and known.get("metadata_sha256")):
                     continue
                 if os.path.exists(self.path("metadata", relfn + ".metadata")):
                     continue
+            elif bad and bad.get("size") == stat.st_size and bad.get("mtime") == stat.st_mtime_ns:
+                skipped[relfn] = bad
+                continue
             elif skip_young and now - stat.st_mtime < YOUNG_SECONDS:
                 dirty = True
                 continue
@@ -552,10 +685,16 @@ class Tree:
             name, version = parsed
             path = os.path.join(self.packages, relfn)
             try:
+                if len(os.path.basename(relfn).encode()) > longest:
+                    raise BadDistribution(f"file name longer than {longest} bytes")
                 entry, metadata = file_entry(path, stat, name, version)
                 after = os.stat(path)
             except OSError:
                 dirty = True
+                continue
+            except Exception as error:  # one bad file must never stop the index
+                skipped[relfn] = {"size": stat.st_size, "mtime": stat.st_mtime_ns, "reason": str(error)[:300]}
+                LOG.warning("left off the index: %s: %s", relfn, error)
                 continue
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 dirty = True  # still being written: its own upload's sync, or the next check, takes it
@@ -563,7 +702,7 @@ class Tree:
             files[relfn] = entry
             if metadata is not None:
                 fresh_metadata[relfn] = metadata
-        return files, fresh_metadata, dirty
+        return files, fresh_metadata, skipped, dirty
 
     def write_project(self, project: str, entries: List[Tuple[str, Entry]]) -> None:
         html_path = self.path("simple", project, "index.html")
@@ -596,7 +735,8 @@ class Tree:
     def ensure_fresh(self) -> None:
         """Cheap check on a read: sync when a package directory changed since the last sync (files by hand)."""
         seen = self._seen
-        if seen is not None and self.dir_stamps(seen) == seen:
+        # The stamp is gone when the tree was deleted: then the pages are written again.
+        if seen is not None and self.dir_stamps(seen) == seen and os.path.exists(self.path("stamp.json")):
             return
         stamp = self.read_json("stamp.json")
         dirs = stamp.get("dirs") if stamp else None
@@ -604,10 +744,261 @@ class Tree:
             self._seen = dirs
             return
         now = time.monotonic()
-        if seen is not None and now < self._next_check:
-            return  # a file being written by hand: look again in a second, not on every request
+        # A file being written by hand, or a failed sync: look again in a second, not on every request. A tree
+        # without its stamp (deleted) is written again at once.
+        if (stamp is not None and now < self._next_check) or now < self._failed_until:
+            return
         self._next_check = now + RECHECK_SECONDS
-        self.sync(skip_young=True)
+        try:
+            self.sync(skip_young=True)
+        except Exception:
+            self._failed_until = now + RECHECK_SECONDS
+            LOG.exception("the index pages could not be brought up to date; they are served as they are")
+
+    def startup(self) -> None:
+        """When a worker starts: remove what killed writers left, then check the pages. Never raises, so the
+        WSGI module always imports and the index serves what it has."""
+        try:
+            with self.locked():  # every writer of the tree holds this lock: any temporary file is a leftover
+                for directory, _, _ in os.walk(self.tree):
+                    remove_leftovers(directory, ".tmp-", locked_only=False)
+                remove_leftovers(self.packages)
+        except Exception:
+            LOG.exception("leftover temporary files could not be removed")
+        self.ensure_fresh()
+
+    def listed(self, relfn: str) -> bool:
+        """Whether a file is on the pages (a file reached through a link, or left off, is not served)."""
+        state = self.load_state()
+        return bool(state) and relfn in state.get("files", {})
+
+
+# --- uploads ---------------------------------------------------------------------------------------------------
+
+# What an upload may be: wheels and the two sdist formats PyPI takes. Its name must also be servable as is.
+UPLOAD_SUFFIXES = (".whl", ".tar.gz", ".zip")
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9_.!+~-]+$")
+# Uploads are written under this name beside their target, locked while written, then renamed.
+UPLOAD_TEMP_PREFIX = ".tmp-upload-"
+# Derived names: metadata/<file>.metadata in the tree (and a temporary name beside it).
+_DERIVED_SUFFIX = ".metadata"
+
+
+def name_max(directory: str) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def canonical_filename(filename: str) -> Optional[str]:
+    """One spelling for the file names that denote the same distribution (GoodPkg-1.0 and goodpkg-1.0)."""
+    lower = filename.lower()
+    try:
+        if lower.endswith(".whl"):
+            name, version, build, tags = parse_wheel_filename(filename)
+            return f"{name}-{version}-{build!r}-{'.'.join(sorted(str(tag) for tag in tags))}.whl"
+        for suffix in (".tar.gz", ".zip"):
+            if lower.endswith(suffix):
+                name, version = parse_sdist_filename(filename)
+                return f"{name}-{version}{suffix}"
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+    return None
+
+
+def check_upload_name(filename: str, packages: str) -> Tuple[str, Version]:
+    """(normalised project name, version) of an upload's file name; BadDistribution says what is wrong."""
+    if not _UPLOAD_NAME.match(filename) or filename.startswith("."):
+        raise BadDistribution(f"bad file name {filename[:80]!r}: letters, digits and _.!+~- only, not starting with .")
+    if not filename.lower().endswith(UPLOAD_SUFFIXES):
+        raise BadDistribution(f"{filename}: only wheels (.whl) and source distributions (.tar.gz, .zip) are taken")
+    longest = name_max(packages) - len(_DERIVED_SUFFIX)
+    if len(filename.encode()) > longest:
+        raise BadDistribution(f"file name of {len(filename.encode())} bytes: at most {longest} fit this index")
+    try:
+        if filename.lower().endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(filename)
+        else:
+            name, version = parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion) as error:
+        raise BadDistribution(f"{filename}: {error}") from error
+    return str(name), version
+
+
+def check_upload(filename: str, handle: BinaryIO, packages: str) -> None:
+    """Refuse (BadDistribution, with the reason) an upload that is not a whole distribution of the name it has,
+    or that another spelling of its name is already stored under. Every read is bounded; handle is left at 0."""
+    project, version = check_upload_name(filename, packages)
+    try:
+        raw, _ = core_metadata(handle, filename)
+    finally:
+        handle.seek(0)
+    fields = parse_metadata(raw)
+    if not fields.get("name") or not fields.get("version"):
+        raise BadDistribution(f"{filename}: its metadata has no Name or no Version")
+    if normalize(fields["name"]) != project:
+        raise BadDistribution(f"{filename}: its metadata says Name {fields['name'][:80]!r}, the file name {project!r}")
+    try:
+        same_version = Version(fields["version"]) == version
+    except InvalidVersion:
+        same_version = False
+    if not same_version:
+        raise BadDistribution(
+            f"{filename}: its metadata says Version {fields['version'][:40]!r}, the file name {version}"
+        )
+    wanted = canonical_filename(filename)
+    for _root, dirs, files in os.walk(packages):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for other in files:
+            if (
+                other != filename
+                and normalize(other.split("-", 1)[0]) == project
+                and canonical_filename(other) == wanted
+            ):
+                raise BadDistribution(f"{filename}: the index already has this file as {other}")
+
+
+def store_whole(source: BinaryIO, destination: Any) -> None:
+    """Write an upload under a temporary name beside destination (locked while written) and rename it when
+    complete: a reader never sees part of it, and a killed upload leaves only a temporary file to remove."""
+    directory, target = os.path.split(os.fspath(destination))
+    handle, temporary = tempfile.mkstemp(prefix=UPLOAD_TEMP_PREFIX, dir=directory)
+    offset = source.tell()
+    try:
+        with os.fdopen(handle, "wb") as out:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, os.path.join(directory, target))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    finally:
+        source.seek(offset)
+
+
+def remove_leftovers(directory: str, prefix: str = UPLOAD_TEMP_PREFIX, locked_only: bool = True) -> List[str]:
+    """Remove temporary files of killed writers: not locked by a writer and older than YOUNG_SECONDS (a writer
+    locks its file at once). Links and directories are left alone."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for item in entries:
+        if not item.name.startswith(prefix) or not item.is_file(follow_symlinks=False):
+            continue
+        try:
+            if locked_only and now - item.stat(follow_symlinks=False).st_mtime < YOUNG_SECONDS:
+                continue
+            descriptor = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if locked_only:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(item.path)
+            removed.append(item.name)
+        except OSError:
+            continue  # still being written (locked), or already gone
+        finally:
+            os.close(descriptor)
+    return removed
+
+
+def atomic_uploads(pypiserver_app: Any) -> None:
+    """Make pypiserver store uploads with store_whole instead of writing straight to the final name."""
+    import pypiserver.backend  # noqa: PLC0415 - only in the index's virtualenv
+
+    pypiserver.backend.write_file = store_whole
+    _ = pypiserver_app
+
+
+def _reason(text: str) -> str:
+    """A status line's reason phrase (twine prints it): printable ASCII on one line."""
+    return re.sub(r"[^ -~]", "?", text)[:300]
+
+
+class UploadChecks:
+    """WSGI layer in front of pypiserver: an authenticated upload is checked before anything is stored."""
+
+    def __init__(self, app: WSGIApp, packages: str, max_upload_bytes: int) -> None:
+        self.app = app
+        self.packages = os.path.abspath(packages)
+        self.max_upload_bytes = max_upload_bytes
+        config = getattr(app, "_pypiserver_config", None)
+        self.auther: Optional[Callable[[str, str], bool]] = getattr(config, "auther", None)
+        atomic_uploads(app)
+        with contextlib.suppress(OSError):
+            for path in self.upload_dirs():
+                remove_leftovers(path)
+
+    def upload_dirs(self) -> List[str]:
+        return [self.packages]
+
+    def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST" and (environ.get("PATH_INFO") or "/") == "/":
+            refusal = self.refusal(environ)
+            if refusal is not None:
+                status, text = refusal
+                body = (text + "\n").encode("utf-8", errors="replace")
+                start_response(
+                    f"{status} {_reason(text)}",
+                    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+            for path in self.upload_dirs():
+                remove_leftovers(path)
+        return self.app(environ, start_response)
+
+    def authenticated(self, environ: Dict[str, Any]) -> bool:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if self.auther is None or header[:6].lower() != "basic ":
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return bool(self.auther(user, password))
+
+    def size_refusal(self, header: Optional[str]) -> Optional[Tuple[int, str]]:
+        try:
+            length = int(header or -1)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return 411, "Length Required: the upload must say its size (Content-Length)"
+        if length > self.max_upload_bytes:
+            limit = self.max_upload_bytes >> 20
+            return 413, f"Payload Too Large: {length >> 20} MiB, this index takes uploads up to {limit} MiB"
+        return None
+
+    def refusal(self, environ: Dict[str, Any]) -> Optional[Tuple[int, str]]:
+        """(status, reason) for an upload to refuse; None lets pypiserver answer (its own auth, its 409s)."""
+        if not self.authenticated(environ):
+            return None  # pypiserver answers 401 or 403 without reading the body
+        too_large = self.size_refusal(environ.get("CONTENT_LENGTH"))
+        if too_large is not None:
+            return too_large
+        from pypiserver.bottle_wrapper.bottle import BaseRequest  # noqa: PLC0415 - pypiserver's own parser
+
+        request = BaseRequest(environ)  # pypiserver reads the same parsed body (bottle keeps it in environ)
+        if request.forms.get(":action") != "file_upload":
+            return None
+        upload = request.files.get("content")
+        if upload is None:
+            return None
+        try:
+            check_upload(upload.raw_filename, upload.file, self.packages)
+        except BadDistribution as error:
+            return 400, f"Bad Request: {error}"
+        return None
 
 
 # --- WSGI ------------------------------------------------------------------------------------------------------
@@ -712,7 +1103,17 @@ class StaticIndex:
         if close is not None:
             close()
         if seen and seen[0][:1] == "2":
-            self.index.sync()
+            try:
+                self.index.sync()
+            except Exception as error:
+                LOG.exception("the index pages could not be updated after a change")
+                text = f"Stored, but the index pages could not be updated: {error}".encode(errors="replace")
+                start_response(
+                    "500 Internal Server Error",
+                    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text)))],
+                    sys.exc_info(),
+                )
+                return [text]
         return body
 
     def authenticate(self, environ: Dict[str, Any], start_response: StartResponse) -> Optional[List[bytes]]:
@@ -738,6 +1139,8 @@ class StaticIndex:
         return b"", [("Location", location), ("Content-Type", "text/plain")], "301 Moved Permanently"
 
     def route(self, environ: Dict[str, Any], path: str) -> Response:
+        if "\x00" in path:
+            return NOT_FOUND
         if path in ("/", "/index.html"):
             return self.page(self.index.path("browse", "index.html"), "text/html; charset=utf-8")
         if path == "/simple":
@@ -764,7 +1167,7 @@ class StaticIndex:
         if relfn.endswith(".metadata"):
             return self.page(self.index.path("metadata", relfn), "text/plain; charset=utf-8")
         full = os.path.join(self.index.packages, relfn)
-        if parse_filename(os.path.basename(relfn)) is None:
+        if parse_filename(os.path.basename(relfn)) is None or not self.index.listed(relfn):
             return NOT_FOUND
         try:
             handle = open(full, "rb")  # noqa: SIM115 - closed by the server through wsgi.file_wrapper
