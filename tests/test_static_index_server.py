@@ -12,159 +12,26 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jinja2
 import pytest
-from conftest import ROOT
 from demo_wheel import build_wheel
-
-ROLE = ROOT / "roles" / "pypi_server"
-WHEELS = Path(os.environ.get("AIRGAP_PYPI_TEST_WHEELS", ROOT / "offline_artifacts" / "wheels"))
-LOCK = ROOT / "offline_artifacts" / "locks" / f"server-cp{sys.version_info[0]}{sys.version_info[1]}.txt"
-BIN = Path(sys.executable).parent
-USER, PASSWORD = "uploader", "static-test-only"
-
-
-def locked_wheels() -> list[Path]:
-    """The bundle's wheels of the server lock of the Python running the tests."""
-    names = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==([^ \\]+)", LOCK.read_text())
-    found = []
-    for name, version in names:
-        stem = re.sub(r"[-_.]+", "_", name).lower()
-        matches = [w for w in WHEELS.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}-")]
-        if not matches:
-            pytest.skip(f"not run: the bundle lacks {name} {version} (build it: make bundle)")
-        found.append(matches[0])
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def render(template: str, variables: dict[str, object]) -> str:
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
-    environment.filters["bool"] = bool
-    return environment.from_string((ROLE / "templates" / template).read_text()).render(**variables)
-
-
-# Straight to loopback, whatever proxy the environment names.
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def get(url: str, accept: str | None = None) -> tuple[int, bytes]:
-    """Status and body of a GET; 0 when nothing answers."""
-    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
-    try:
-        with OPENER.open(request, timeout=20) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except urllib.error.URLError:
-        return 0, b""
+from index_stack import OPENER, PASSWORD, USER, get, serve, twine_upload
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     """gunicorn (2 gthread workers) serving pypiserver behind the static read path, as the role configures it."""
-    if not LOCK.exists() or not WHEELS.is_dir():
-        pytest.skip("not run: no built bundle (offline_artifacts/wheels); build it with make bundle")
-    base = tmp_path_factory.mktemp("static-server")
-    site = base / "site"
-    for wheel in locked_wheels():
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(site)
-    config, packages, tree = base / "etc", base / "packages", base / "static"
-    config.mkdir()
-    packages.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PYTHONPATH"] = f"{site}{os.pathsep}{config}"
-    htpasswd = config / "htpasswd"
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from passlib.apache import HtpasswdFile\n"
-            "h = HtpasswdFile(sys.argv[1], new=True, default_scheme='apr_md5_crypt')\n"
-            "h.set_password(sys.argv[2], sys.argv[3]); h.save()",
-            str(htpasswd),
-            USER,
-            PASSWORD,
-        ],
-        check=True,
-        env=env,
-    )
-    port = free_port()
-    variables: dict[str, object] = {
-        "ansible_managed": "rendered by tests/test_static_index_server.py",
-        "pypi_server_config_dir": str(config),
-        "pypi_server_program_name": "static-test",
-        "pypi_server_bind_address": "127.0.0.1",
-        "pypi_server_port": port,
-        "pypi_server_workers": 2,
-        "pypi_server_threads": 4,
-        "pypi_server_timeout": 60,
-        "pypi_server_static_index": True,
-        "pypi_server_static_dir": str(tree),
-        "pypi_server_packages_dir": str(packages),
-        "pypi_server_auth_downloads": False,
-        "pypi_server_overwrite": False,
-        "pypi_server_tls": False,
-        "__pypi_server_htpasswd": str(htpasswd),
-        "__pypi_server_master_user": "pypiserver",
-    }
-    (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
-    (config / "pypiserver_wsgi.py").write_text(render("pypiserver_wsgi.py.j2", variables))
-    shutil.copy(ROLE / "files" / "airgap_pypi_index.py", config)
-    log = (base / "gunicorn.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", str(config / "gunicorn.conf.py")],
-        env=env,
-        cwd=base,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while get(f"{url}/health")[0] != 200:
-            assert process.poll() is None, (base / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline, "gunicorn did not answer /health within 60 s"
-            time.sleep(0.2)
-        yield {"url": url, "packages": packages, "log": base / "gunicorn.log", "base": base, "env": env}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-def twine_upload(url: str, wheel: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
-    return subprocess.run(
-        [
-            *(str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar"),
-            *("--repository-url", f"{url}/", "-u", USER, "-p", PASSWORD, str(wheel)),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    with serve(tmp_path_factory.mktemp("static-server")) as stack:
+        yield {"url": stack.url, "packages": stack.packages, "log": stack.log, "base": stack.base, "env": stack.env}
 
 
 def test_concurrent_uploads_are_on_their_pages_when_twine_returns(server: dict[str, object], tmp_path: Path) -> None:

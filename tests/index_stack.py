@@ -1,0 +1,186 @@
+"""The index's real stack on loopback for tests: pypiserver and gunicorn from the bundle's wheels, the role's own
+templates rendered (upload checks, static read path), and the toolchain's twine and pip as clients."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import pytest
+from conftest import ROOT
+
+ROLE = ROOT / "roles" / "pypi_server"
+WHEELS = Path(os.environ.get("AIRGAP_PYPI_TEST_WHEELS", ROOT / "offline_artifacts" / "wheels"))
+LOCK = ROOT / "offline_artifacts" / "locks" / f"server-cp{sys.version_info[0]}{sys.version_info[1]}.txt"
+BIN = Path(sys.executable).parent
+USER, PASSWORD = "uploader", "static-test-only"
+# Straight to loopback, whatever proxy the environment names.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def locked_wheels() -> list[Path]:
+    """The bundle's wheels of the server lock of the Python running the tests."""
+    if not LOCK.exists() or not WHEELS.is_dir():
+        pytest.skip("not run: no built bundle (offline_artifacts/wheels); build it with make bundle")
+    names = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==([^ \\]+)", LOCK.read_text())
+    found = []
+    for name, version in names:
+        stem = re.sub(r"[-_.]+", "_", name).lower()
+        matches = [w for w in WHEELS.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}-")]
+        if not matches:
+            pytest.skip(f"not run: the bundle lacks {name} {version} (build it: make bundle)")
+        found.append(matches[0])
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def render(template: str, variables: dict[str, object]) -> str:
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
+    environment.filters["bool"] = bool
+    return environment.from_string((ROLE / "templates" / template).read_text()).render(**variables)
+
+
+def get(url: str, accept: str | None = None, timeout: float = 20) -> tuple[int, bytes]:
+    """Status and body of a GET; 0 when nothing answers."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with OPENER.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b""
+
+
+def auth_header() -> str:
+    return "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+@dataclass
+class Stack:
+    url: str
+    packages: Path
+    tree: Path
+    log: Path
+    base: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def workers(self) -> list[int]:
+        """PIDs of this gunicorn's workers (children of the master this test started)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def wait_healthy(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while get(f"{self.url}/health", timeout=5)[0] != 200:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"gunicorn did not answer /health within {seconds} s"
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serve(base: Path, *, max_upload_mb: int = 2048, packages: Path | None = None, workers: int = 2) -> Iterator[Stack]:
+    """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
+    role configures it, with one upload account."""
+    site = base / "site"
+    for wheel in locked_wheels():
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
+    config, tree = base / "etc", base / "static"
+    packages = packages or base / "packages"
+    config.mkdir()
+    packages.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{config}"
+    htpasswd = config / "htpasswd"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from passlib.apache import HtpasswdFile\n"
+            "h = HtpasswdFile(sys.argv[1], new=True, default_scheme='apr_md5_crypt')\n"
+            "h.set_password(sys.argv[2], sys.argv[3]); h.save()",
+            *(str(htpasswd), USER, PASSWORD),
+        ],
+        check=True,
+        env=env,
+    )
+    port = free_port()
+    variables: dict[str, object] = {
+        "ansible_managed": f"rendered by {__name__}",
+        "pypi_server_config_dir": str(config),
+        "pypi_server_program_name": "static-test",
+        "pypi_server_bind_address": "127.0.0.1",
+        "pypi_server_port": port,
+        "pypi_server_workers": workers,
+        "pypi_server_threads": 4,
+        "pypi_server_timeout": 60,
+        "pypi_server_static_index": True,
+        "pypi_server_static_dir": str(tree),
+        "pypi_server_packages_dir": str(packages),
+        "pypi_server_auth_downloads": False,
+        "pypi_server_overwrite": False,
+        "pypi_server_max_upload_mb": max_upload_mb,
+        "pypi_server_tls": False,
+        "__pypi_server_htpasswd": str(htpasswd),
+        "__pypi_server_master_user": "pypiserver",
+    }
+    (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
+    (config / "pypiserver_wsgi.py").write_text(render("pypiserver_wsgi.py.j2", variables))
+    shutil.copy(ROLE / "files" / "airgap_pypi_index.py", config)
+    log_path = base / "gunicorn.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(config / "gunicorn.conf.py")],
+            env=env,
+            cwd=base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    stack = Stack(f"http://127.0.0.1:{port}", packages, tree, log_path, base, env, process)
+    try:
+        stack.wait_healthy()
+        yield stack
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def twine_upload(url: str, wheel: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
+    return subprocess.run(
+        [
+            *(str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar"),
+            *("--repository-url", f"{url}/", "-u", USER, "-p", PASSWORD, str(wheel)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env or clean,
+        timeout=300,
+        check=False,
+    )
