@@ -278,3 +278,12 @@ def raw_upload(url: str, filename: str, data: bytes, authenticated: bool = True)
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
+
+
+def test_a_project_named_index_does_not_shadow_the_front_page(stack: Stack, tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path, "index", "1.0", summary="the project called index")
+    assert twine_upload(stack.url, wheel).returncode == 0
+    front = get(f"{stack.url}/")[1]
+    assert b'id="search"' in front and b'href="project/index/"' in front
+    project = get(f"{stack.url}/project/index/")[1]
+    assert b"the project called index" in project and b'id="search"' not in project

@@ -177,6 +177,22 @@ def test_hidden_files_are_not_served(host) -> None:
     host.run(f"rm -f {PACKAGES}/.partial-upload /srv/pypi/static/simple/.hidden")
 
 
+def test_links_other_files_and_doubled_slashes_get_gunicorns_404(host) -> None:
+    """Only distribution files on the pages are served, never through a link; //simple/ is not merged."""
+    host.run(
+        f'mkdir -p /var/tmp/outside && cp "$(ls {PACKAGES}/*.whl | head -1)" /var/tmp/outside/ '
+        f"&& ln -sfn /var/tmp/outside {PACKAGES}/linked && echo secret > {PACKAGES}/notes.txt"
+    )
+    linked = host.run("ls /var/tmp/outside").stdout.split()[0]
+    try:
+        for path in (f"/packages/linked/{linked}", "/packages/notes.txt", "//simple/", "/simple//airgap-demo/"):
+            front, direct = fetch(f"{FRONT}{path}"), fetch(f"{GUNICORN}{path}")
+            assert direct[0] == 404, (path, direct[0])
+            assert front[0] == 404, (path, front[0])
+    finally:
+        host.run(f"rm -rf {PACKAGES}/linked {PACKAGES}/notes.txt /var/tmp/outside")
+
+
 def test_the_client_role_points_pip_at_the_front_server(host, tmp_path: Path) -> None:
     config = on_client("cat", "/etc/pip.conf").stdout
     assert f"index-url = {FRONT}/simple/" in config, config

@@ -7,7 +7,9 @@ The tree (one directory, written only by this module) holds, for the packages di
     simple/<project>/index.html, index.json         PEP 503 / PEP 691 (+ PEP 700 sizes) file lists with sha256,
                                                     data-requires-python and PEP 658/714 core-metadata hashes
     metadata/<file>.metadata                        the METADATA of each wheel (PEP 658)
-    browse/index.html, browse/<project>.html        the browse and search pages (inline CSS and JS only)
+    index.html, browse/<project>.html               the browse and search pages (inline CSS and JS only; the
+                                                    front page sits outside browse/, where a project may be
+                                                    named "index")
     state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing
     stamp.json                                      the package directories' mtimes at the last sync
 
@@ -623,7 +625,7 @@ class Tree:
         for relfn, entry in old.items():
             if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
                 remove_quietly(self.path("metadata", relfn + ".metadata"))
-        if not (changed or rebuild or skipped != old_skipped or not os.path.exists(self.path("browse", "index.html"))):
+        if not (changed or rebuild or skipped != old_skipped or not os.path.exists(self.path("index.html"))):
             self.finish(dirs, dirty)
             return []
         grouped = by_project(files)
@@ -730,7 +732,9 @@ class Tree:
         summaries = [(project, latest(grouped[project]), len(grouped[project])) for project in projects]
         write_atomic(self.path("simple", "index.html"), render_root_html(projects))
         write_atomic(self.path("simple", "index.json"), render_root_json(projects))
-        write_atomic(self.path("browse", "index.html"), render_browse_index(summaries))
+        write_atomic(self.path("index.html"), render_browse_index(summaries))
+        if "index" not in grouped:
+            remove_quietly(self.path("browse", "index.html"))  # the front page's place before 0.4.0
 
     def ensure_fresh(self) -> None:
         """Cheap check on a read: sync when a package directory changed since the last sync (files by hand)."""
@@ -1142,7 +1146,7 @@ class StaticIndex:
         if "\x00" in path:
             return NOT_FOUND
         if path in ("/", "/index.html"):
-            return self.page(self.index.path("browse", "index.html"), "text/html; charset=utf-8")
+            return self.page(self.index.path("index.html"), "text/html; charset=utf-8")
         if path == "/simple":
             return self.redirect(environ, "/simple/")
         if path.startswith("/project/"):
