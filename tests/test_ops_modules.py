@@ -9,6 +9,7 @@ import re
 import socket
 import tarfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -197,5 +198,37 @@ def test_verify_rejects_a_truncated_archive(archive: tuple[Path, Path], tmp_path
     _, path = archive
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(verify.BadArchive, match=re.escape("cannot read it as a tar.gz archive")):
+    with pytest.raises(verify.BadArchive, match=re.escape("cannot read it as one tar.gz archive")):
         verify.verify(str(truncated))
+
+
+def test_verify_refuses_an_archive_with_another_appended(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """A tar.gz followed by a zip (which unzip and unarchive's zip handler would read instead) fails the check."""
+    _, path = archive
+    crafted = tmp_path / "crafted.tar.gz"
+    appended = io.BytesIO()
+    with zipfile.ZipFile(appended, "w") as extra:
+        link = zipfile.ZipInfo("packages/evil")
+        link.external_attr = 0o120777 << 16  # a symlink, as the issue's crafted backup held
+        extra.writestr(link, "/etc/shadow")
+    crafted.write_bytes(path.read_bytes() + b"\0" * 4096 + appended.getvalue())
+    with pytest.raises(verify.BadArchive, match=r"follows the gzip stream|follows the end of the tar"):
+        verify.verify(str(crafted))
+
+
+def test_verify_unpacks_what_it_verified_and_nothing_when_it_fails(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    snapshot, path = archive
+    dest = tmp_path / "staging"
+    result = verify.verify(str(path), str(dest))
+    written = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert written == set(result["files"]) | {"MANIFEST.sha256", "INFO.json"}
+    for name, digest in result["files"].items():
+        assert not (dest / name).is_symlink()
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest
+    bad = pack(snapshot, tmp_path / "extra.tar.gz", {"packages/sneaked.whl": b"x"})
+    second = tmp_path / "second"
+    with pytest.raises(verify.BadArchive, match="does not list"):
+        verify.verify(str(bad), str(second))
+    assert list(second.iterdir()) == []
+    with pytest.raises(verify.BadArchive, match="is not empty"):
+        verify.verify(str(path), str(dest))

@@ -8,9 +8,11 @@ real containers on a docker network with no egress; bundle B is built on the con
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -264,6 +266,23 @@ def test_a_corrupted_archive_is_refused_before_anything_changes(tmp_path: Path) 
     assert result.returncode != 0
     assert "failed verification" in said(result), tail(result)
     assert packages() == before
+
+
+def test_an_archive_with_a_zip_appended_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    """The crafted backup of issue 12: the real tar.gz, padding, then a zip whose symlink other readers follow."""
+    archive: Path = STATE["archive"]
+    crafted = tmp_path / archive.name
+    appended = io.BytesIO()
+    with zipfile.ZipFile(appended, "w") as extra:
+        link = zipfile.ZipInfo("packages/evil")
+        link.external_attr = 0o120777 << 16
+        extra.writestr(link, "/etc/shadow")
+    crafted.write_bytes(archive.read_bytes() + b"\0" * 4096 + appended.getvalue())
+    before, shadow = packages(), sh(SERVER, "stat -c '%U %a' /etc/shadow")
+    result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={crafted}")
+    assert result.returncode != 0
+    assert "failed verification" in said(result) and "follows" in said(result), tail(result)
+    assert packages() == before and sh(SERVER, "stat -c '%U %a' /etc/shadow") == shadow
 
 
 def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -> None:

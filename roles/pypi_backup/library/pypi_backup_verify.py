@@ -1,11 +1,14 @@
 #!/usr/bin/python
-"""Verify a backup archive against the manifest it carries, without unpacking it (read-only)."""
+"""Verify a backup archive against the manifest it carries; with dest, unpack it in the same single read."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
 import re
+import shutil
 import tarfile
 from pathlib import PurePosixPath
 from typing import Any
@@ -16,14 +19,21 @@ DOCUMENTATION = r"""
 module: pypi_backup_verify
 short_description: Check every file of a backup archive against its MANIFEST.sha256
 description:
-  - Reads the tar.gz archive once; every file the manifest lists must be in it with that sha256, and the archive
-    may hold nothing else but MANIFEST.sha256 and INFO.json. Members with absolute paths, C(..), links or devices
-    fail the check. Changes nothing.
+  - Reads the tar.gz archive once, as one gzip stream of one tar; every file the manifest lists must be in it with
+    that sha256, and the archive may hold nothing else but MANIFEST.sha256 and INFO.json. Members with absolute
+    paths, C(..), links or devices fail the check, and so does anything after the tar's end (another archive
+    appended, which other readers would pick instead).
+  - With O(dest), the same read writes each member into that empty directory as a new regular file (never through
+    a link); when the check fails, what was written is removed. Restores unpack with this, so what is restored is
+    exactly what was verified.
 options:
   path:
     description: The archive.
     type: path
     required: true
+  dest:
+    description: An empty directory to unpack the verified archive into (created with mode 0700 when missing).
+    type: path
 author: airgap-pypi
 """
 
@@ -77,37 +87,97 @@ def safe_name(name: str) -> str:
     return path.as_posix().removeprefix("./")
 
 
-def verify(archive: str) -> dict[str, Any]:
-    """Hash every member; the manifest, its digest, the accounts in config/htpasswd and INFO.json."""
-    hashes: dict[str, str] = {}
-    manifest_raw = b""
-    info: dict[str, Any] = {}
-    htpasswd = b""
+def open_new(dest: str, name: str) -> int:
+    """A new regular file dest/name, its directories made as needed; never through a link (O_NOFOLLOW, O_EXCL)."""
+    directory = dest
+    for part in name.split("/")[:-1]:
+        directory = os.path.join(directory, part)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if os.path.islink(directory) or not os.path.isdir(directory):
+                raise BadArchive(f"member {name!r} is below something that is not a directory") from None
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        return os.open(os.path.join(dest, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise BadArchive(f"member {name!r} is in the archive twice") from None
+
+
+KEPT = (MANIFEST, INFO, "config/htpasswd")
+
+
+def read_members(archive: str, dest: str | None) -> tuple[dict[str, str], dict[str, bytes]]:
+    """{name: sha256 hex} of every regular member, and the bytes of the manifest, INFO.json and htpasswd; written
+    into dest too when it is given."""
+    found: dict[str, str] = {}
+    kept: dict[str, bytes] = {}
+    with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+        with tarfile.open(fileobj=unzipped, mode="r|") as tar:
             for member in tar:
                 name = safe_name(member.name)
                 if member.isdir():
                     continue
                 if not member.isfile():
                     raise BadArchive(f"member {name!r} is not a regular file")
+                if name in found:
+                    raise BadArchive(f"member {name!r} is in the archive twice")
                 handle = tar.extractfile(member)
                 assert handle is not None
+                out = open_new(dest, name) if dest is not None else None
                 data = hashlib.sha256()
                 content = b""
-                while block := handle.read(1 << 20):
-                    data.update(block)
-                    if name in (MANIFEST, INFO, "config/htpasswd"):
-                        content += block
-                hashes[name] = data.hexdigest()
-                if name == MANIFEST:
-                    manifest_raw = content
-                elif name == INFO:
-                    info = json.loads(content or b"{}")
-                elif name == "config/htpasswd":
-                    htpasswd = content
+                try:
+                    while block := handle.read(1 << 20):
+                        data.update(block)
+                        if out is not None:
+                            os.write(out, block)
+                        if name in KEPT:
+                            content += block
+                finally:
+                    if out is not None:
+                        os.close(out)
+                found[name] = data.hexdigest()
+                if name in KEPT:
+                    kept[name] = content
+        # Only the tar's zero blocks may follow its end, up to the end of the one gzip stream.
+        while rest := unzipped.read(1 << 20):
+            if rest.strip(b"\0"):
+                raise BadArchive("data follows the end of the tar archive")
+    return found, kept
+
+
+def verify(archive: str, dest: str | None = None) -> dict[str, Any]:
+    """Hash every member; the manifest, its digest, the accounts in config/htpasswd and INFO.json. With dest,
+    the members are written there in the same read, and removed again when the check fails."""
+    if dest is not None:
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        if os.listdir(dest):
+            raise BadArchive(f"{dest} is not empty")
+    try:
+        return check(*read_members(archive, dest))
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
-        raise BadArchive(f"cannot read it as a tar.gz archive: {exc}") from exc
+        clear(dest)
+        message = "something follows the gzip stream" if isinstance(exc, gzip.BadGzipFile) else str(exc)
+        raise BadArchive(f"cannot read it as one tar.gz archive: {message}") from exc
+    except BadArchive:
+        clear(dest)
+        raise
+
+
+def clear(dest: str | None) -> None:
+    if dest is None:
+        return
+    for item in os.scandir(dest):
+        if item.is_dir(follow_symlinks=False):
+            shutil.rmtree(item.path)
+        else:
+            os.unlink(item.path)
+
+
+def check(hashes: dict[str, str], kept: dict[str, bytes]) -> dict[str, Any]:
+    """The manifest against the members' hashes."""
+    manifest_raw, htpasswd = kept.get(MANIFEST, b""), kept.get("config/htpasswd", b"")
+    info: dict[str, Any] = json.loads(kept.get(INFO) or b"{}")
     if MANIFEST not in hashes:
         raise BadArchive(f"it holds no {MANIFEST}")
     files = parse_manifest(manifest_raw.decode())
@@ -130,12 +200,16 @@ def verify(archive: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"path": {"type": "path", "required": True}}, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec={"path": {"type": "path", "required": True}, "dest": {"type": "path"}},
+        supports_check_mode=True,
+    )
+    dest = None if module.check_mode else module.params["dest"]
     try:
-        result = verify(module.params["path"])
+        result = verify(module.params["path"], dest)
     except BadArchive as exc:
         module.fail_json(msg=f"{module.params['path']} failed verification: {exc}")
-    module.exit_json(changed=False, **result)
+    module.exit_json(changed=dest is not None, **result)
 
 
 if __name__ == "__main__":
