@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.error
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, load_module
 from demo_wheel import build_wheel
 from index_stack import OPENER, Stack, auth_header, get, serve, twine_upload
 
@@ -287,3 +289,30 @@ def test_a_project_named_index_does_not_shadow_the_front_page(stack: Stack, tmp_
     assert b'id="search"' in front and b'href="project/index/"' in front
     project = get(f"{stack.url}/project/index/")[1]
     assert b"the project called index" in project and b'id="search"' not in project
+
+
+def test_zip_directories_and_tar_scans_are_bounded_before_they_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks read a zip's end record before zipfile parses its directory, and a sdist's tar stream only
+    within a budget: a huge member list or a compressed bomb is refused, not unpacked."""
+    index = load_module("airgap_pypi_index", ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py")
+    wheel = make_wheel(tmp_path, "many-1.0-py3-none-any.whl")
+    data = bytearray(wheel.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = b"\xff\xff\xff\xff"  # entries on this disk and in all: the zip64 marker
+    with pytest.raises(index.BadDistribution, match="zip64"):
+        index.core_metadata(io.BytesIO(bytes(data)), wheel.name)
+    data[end + 8 : end + 12] = b"\x03\x00\x03\x00"
+    data[end + 12 : end + 16] = (64 << 20).to_bytes(4, "little")  # a 64 MiB central directory
+    with pytest.raises(index.BadDistribution, match="zip directory is larger than 32 MiB"):
+        index.core_metadata(io.BytesIO(bytes(data)), wheel.name)
+    monkeypatch.setattr(index, "MAX_TAR_SCAN_BYTES", 4 << 20)  # the same bound, smaller, to keep the test quick
+    bomb = io.BytesIO()
+    with tarfile.open(fileobj=bomb, mode="w:gz") as sdist:
+        padding = tarfile.TarInfo("bomb-1.0/zeros.bin")
+        padding.size = index.MAX_TAR_SCAN_BYTES + (1 << 20)
+        sdist.addfile(padding, io.BytesIO(b"\0" * padding.size))
+    assert bomb.tell() < 1 << 20
+    with pytest.raises(index.BadDistribution, match="no PKG-INFO in the first 4 MiB"):
+        index.core_metadata(io.BytesIO(bomb.getvalue()), "bomb-1.0.tar.gz")
