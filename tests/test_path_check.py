@@ -67,6 +67,20 @@ def test_empty_file_and_dangling_link(tmp_path: Path) -> None:
     assert dangling["exists"] and dangling["link"] and dangling["kind"] == "missing"
 
 
+def test_probes_do_not_follow_symlinks_on_the_way(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "pypi-server").touch()
+    (tmp_path / "elsewhere" / "bin").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "bin" / "pypi-server").touch()
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "bin").symlink_to(tmp_path / "elsewhere" / "bin")
+    probes = ["bin/pypi-server", "bin/gunicorn", "../venv/bin/pypi-server", ""]
+    assert path_check.look(str(venv), 8, probes)["present"] == ["bin/pypi-server"]
+    assert path_check.look(str(tmp_path / "linked"), 8, probes)["present"] == []
+    assert path_check.look(str(tmp_path / "none"), 8, probes)["present"] == []
+
+
 def test_unknown_ids_are_reported_as_numbers() -> None:
     assert path_check.user_name(2**31 - 7) == str(2**31 - 7)
     assert path_check.group_name(2**31 - 7) == str(2**31 - 7)
@@ -96,10 +110,17 @@ def test_the_filter_decides_from_what_the_module_saw(tmp_path: Path) -> None:
 def test_runs_as_ansible_runs_it_in_check_mode(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     args = tmp_path / "args.json"
-    params = {"paths": {"a": str(tmp_path / "dir"), "b": str(tmp_path / "none")}, "_ansible_check_mode": True}
+    (tmp_path / "dir" / "bin").mkdir()
+    (tmp_path / "dir" / "bin" / "pypi-server").touch()
+    params = {
+        "paths": {"a": str(tmp_path / "dir"), "b": str(tmp_path / "none")},
+        "probes": {"a": ["bin/pypi-server"]},
+        "_ansible_check_mode": True,
+    }
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
     done = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False)
     result = json.loads(done.stdout)
     assert not result.get("failed") and result["changed"] is False, result
     assert result["paths"]["a"]["kind"] == "directory" and result["paths"]["b"]["exists"] is False
+    assert result["paths"]["a"]["present"] == ["bin/pypi-server"] and result["paths"]["b"]["present"] == []
     assert sorted(path.name for path in tmp_path.iterdir()) == ["args.json", "dir"]

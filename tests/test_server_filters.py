@@ -87,6 +87,7 @@ def converged() -> dict[str, dict[str, Any]]:
             owner="root",
             group="root",
             entries=["bin", "lib", "pyvenv.cfg", ".airgap-pypi-lock-0123456789ab"],
+            present=["bin/pypi-server"],
         ),
     }
 
@@ -111,6 +112,21 @@ def test_a_legacy_virtualenv_directory_is_the_index_s_own() -> None:
     host["pypi_server_venv"] |= {"link": False, "link_target": "", "realpath": "/opt/airgap-pypi/pypiserver"}
     host["pypi_server_releases_dir"] = facts("/opt/airgap-pypi/releases")
     assert problems(host) == []
+
+
+def test_another_virtualenv_of_the_toolkit_is_not_the_index_s() -> None:
+    """supervisord's virtualenv has a lock marker too, but not pypiserver: the role would move it away."""
+    host = pristine()
+    host["pypi_server_venv"] = facts(
+        "/opt/airgap-pypi/supervisor",
+        exists=True,
+        kind="directory",
+        owner="root",
+        group="root",
+        entries=["bin", "lib", "pyvenv.cfg", ".airgap-pypi-lock-0123456789ab"],
+    )
+    found = problems(host, pypi_server_venv="/opt/airgap-pypi/supervisor")
+    assert len(found) == 1 and "is not a virtualenv of the index" in found[0], found
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,8 @@ UPLOADER = re.compile(r"^[A-Za-z0-9._@-]+$")
 # What a releases directory holds: release virtualenvs (<python tag>-<sha256[:12] of the lock>, or legacy for an
 # old virtualenv without a lock marker) and the file naming the previous release.
 RELEASE_ENTRY = re.compile(r"^(previous|legacy|cp\d+-[0-9a-f]{12})$")
-LOCK_MARKER = ".airgap-pypi-lock-"  # pypi_bootstrap's record of the lock a virtualenv holds
+LOCK_MARKER = ".airgap-pypi-lock-"  # pypi_bootstrap's record of the lock a virtualenv holds (every one it builds)
+INDEX_SCRIPT = "bin/pypi-server"  # what tells the index's virtualenv from the others (supervisord's, ...)
 
 
 def normalize(path: str) -> str:
@@ -236,7 +237,8 @@ def _index_owns(name: str, facts: Mapping[str, Any], settings: Mapping[str, Any]
     if directory and not entries and not facts.get("more"):
         return True
     if name == VENV:
-        return directory and any(entry.startswith(LOCK_MARKER) for entry in entries)
+        marked = any(entry.startswith(LOCK_MARKER) for entry in entries)
+        return directory and marked and INDEX_SCRIPT in (facts.get("present") or [])
     if name == RELEASES:
         return directory and not facts.get("more") and all(RELEASE_ENTRY.match(entry) for entry in entries)
     # The role leaves these to the index's account: packages and static user:group, data and config root:group.
@@ -255,7 +257,7 @@ def _foreign(name: str, facts: Mapping[str, Any], settings: Mapping[str, Any]) -
         what = (
             "is not the index's symlink to a release in pypi_server_releases_dir"
             if facts.get("link")
-            else "is not a virtualenv of the index (it has no .airgap-pypi-lock-* file)"
+            else f"is not a virtualenv of the index (without {LOCK_MARKER}* and {INDEX_SCRIPT})"
         )
         return f"{name}={path}: {seen} {what}; choose a path that does not exist yet, e.g. {PATHS[name]}"
     if facts.get("kind") != "directory":

@@ -24,6 +24,12 @@ options:
     description: The paths to look at, by name (the names come back as the keys of I(paths) in the result).
     type: dict
     required: true
+  probes:
+    description:
+      - By name, relative paths (such as C(bin/pypi-server)) to look for below the path's real path, with lstat
+        alone - one with a symlink or a file on its way counts as absent. Reported as I(present).
+    type: dict
+    default: {}
   max_entries:
     description: At most this many names are read from a directory (one more tells whether there are more).
     type: int
@@ -36,7 +42,8 @@ paths:
   description:
     - By name - path, exists (something is there, a dangling symlink too), link, link_target, realpath,
       kind (directory, file, other or missing), owner and group (names, or ids without a name), entries (the
-      first max_entries names, sorted) and more (whether there are more names, or the directory cannot be read).
+      first max_entries names, sorted), more (whether there are more names, or the directory cannot be read) and
+      present (those of its probes that are there).
     - A relative path is not looked at (kind missing).
   type: dict
   returned: always
@@ -69,7 +76,25 @@ def first_entries(path: str, limit: int) -> tuple[list[str], bool]:
     return sorted(names), False
 
 
-def look(path: str, limit: int) -> dict[str, Any]:
+def present(root: str, relative: str) -> bool:
+    """Whether relative (e.g. bin/pypi-server) is there below directory root; lstat only, so a symlink or a file on
+    the way (not at the end) means no."""
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return False
+    path = root
+    for index, part in enumerate(parts):
+        path = os.path.join(path, part)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if index < len(parts) - 1 and not stat.S_ISDIR(info.st_mode):
+            return False
+    return True
+
+
+def look(path: str, limit: int, probes: list[str] | None = None) -> dict[str, Any]:
     """What is at path: see RETURN."""
     facts: dict[str, Any] = {
         "path": path,
@@ -82,6 +107,7 @@ def look(path: str, limit: int) -> dict[str, Any]:
         "group": "",
         "entries": [],
         "more": False,
+        "present": [],
     }
     if not os.path.isabs(path):
         return facts
@@ -102,6 +128,7 @@ def look(path: str, limit: int) -> dict[str, Any]:
             facts["entries"], facts["more"] = first_entries(facts["realpath"], limit)
         except OSError:
             facts["more"] = True  # unreadable: not known to be empty
+        facts["present"] = [probe for probe in probes or [] if present(facts["realpath"], probe)]
     else:
         facts["kind"] = "file" if stat.S_ISREG(info.st_mode) else "other"
     return facts
@@ -111,14 +138,19 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "paths": {"type": "dict", "required": True},
+            "probes": {"type": "dict", "default": {}},
             "max_entries": {"type": "int", "default": 64},
         },
         supports_check_mode=True,
     )
     limit = max(1, module.params["max_entries"])
+    probes = module.params["probes"]
     module.exit_json(
         changed=False,
-        paths={str(name): look(str(path), limit) for name, path in module.params["paths"].items()},
+        paths={
+            str(name): look(str(path), limit, [str(probe) for probe in probes.get(name) or []])
+            for name, path in module.params["paths"].items()
+        },
     )
 
 
