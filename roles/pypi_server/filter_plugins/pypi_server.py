@@ -99,6 +99,11 @@ LOCK_MARKER = ".airgap-pypi-lock-"  # pypi_bootstrap's record of the lock a virt
 INDEX_SCRIPT = "bin/pypi-server"  # what tells the index's virtualenv from the others (supervisord's, ...)
 
 
+def _example(name: str, value: str) -> str:
+    """', e.g. <the default>' for a message, unless value is the default."""
+    return "" if normalize(value) == PATHS[name] else f", e.g. {PATHS[name]}"
+
+
 def normalize(path: str) -> str:
     """The path with duplicate slashes, '.' and '..' resolved on paper (no look at any file system)."""
     return posixpath.normpath(re.sub("/+", "/", path))
@@ -259,13 +264,13 @@ def _foreign(name: str, facts: Mapping[str, Any], settings: Mapping[str, Any]) -
             if facts.get("link")
             else f"is not a virtualenv of the index (without {LOCK_MARKER}* and {INDEX_SCRIPT})"
         )
-        return f"{name}={path}: {seen} {what}; choose a path that does not exist yet, e.g. {PATHS[name]}"
+        return f"{name}={path}: {seen} {what}; choose a path that does not exist yet{_example(name, path)}"
     if facts.get("kind") != "directory":
-        return f"{name}={path}: {seen} is not a directory; choose a new or empty directory, e.g. {PATHS[name]}"
+        return f"{name}={path}: {seen} is not a directory; choose a new or empty directory{_example(name, path)}"
     if name == RELEASES:
         return (
             f"{name}={path}: {seen} holds more than the index's releases, and the role deletes old releases "
-            f"there; choose a new or empty directory, e.g. {PATHS[name]}"
+            f"there; choose a new or empty directory{_example(name, path)}"
         )
     owner = f"{facts.get('owner')}:{facts.get('group')}"
     return (
@@ -288,16 +293,16 @@ def path_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | None) -
         facts = host.get(name) or {}
         realpath = normalize(str(facts.get("realpath") or value)) if value.startswith("/") else ""
         if not value.startswith("/"):
-            problems.append(f"{name}={value}: must be an absolute path, e.g. {PATHS[name]}")
+            problems.append(f"{name}={value}: must be an absolute path{_example(name, value)}")
         elif normalize(value) in SYSTEM_DIRS:
             problems.append(
                 f"{name}={value}: {normalize(value)} is a system directory, which the role would take over; "
-                f"choose a directory of the index's own, e.g. {PATHS[name]}"
+                f"choose a directory of the index's own{_example(name, value)}"
             )
         elif realpath in SYSTEM_DIRS:
             problems.append(
                 f"{name}={value}: on this host it leads to {realpath} through a symlink, a system directory, which "
-                f"the role would take over; choose a directory of the index's own, e.g. {PATHS[name]}"
+                f"the role would take over; choose a directory of the index's own{_example(name, value)}"
             )
         else:
             clean.append(name)
