@@ -65,6 +65,44 @@ BAD_VALUES = {
         {"pypi_front_enabled": True},
         ["needs the OS package 'nginx'", "OS repositories of your private network"],
     ),
+    # Values that would hand the host's own directories to the index, or hide a mistake (issue 12).
+    "packages-etc": ({"pypi_server_packages_dir": "/etc"}, ["pypi_server_packages_dir=/etc:", "system directory"]),
+    "data-root": ({"pypi_server_data_dir": "/"}, ["pypi_server_data_dir=/:", "system directory"]),
+    "static-is-packages": (
+        {"pypi_server_static_dir": "/srv/pypi/packages"},
+        ["pypi_server_static_dir=/srv/pypi/packages:", "the same directory as pypi_server_packages_dir"],
+    ),
+    "config-in-packages": (
+        {"pypi_server_config_dir": "/srv/pypi/packages/conf"},
+        ["pypi_server_config_dir=/srv/pypi/packages/conf:", "inside pypi_server_packages_dir"],
+    ),
+    "duplicate-account": (
+        {
+            "pypi_server_users": [
+                {"name": "alice", "password": "test-only-1"},
+                {"name": "alice", "password": "test-only-2"},
+            ]
+        },
+        ["account 'alice' is listed 2 times"],
+    ),
+    "health-timeout": ({"pypi_server_health_timeout": 0}, ["pypi_server_health_timeout=0:", "1 or more"]),
+}
+# Each of these alone is bad: its message names it and no other number.
+NUMBERS = ["pypi_server_port", "pypi_server_workers", "pypi_server_timeout", "pypi_server_health_timeout"]
+
+# Host state the role would take over (issue 12): (shell command run in the pristine container before the run,
+# host vars, what the message must contain). docker diff is compared from after the command.
+HOST_STATES = {
+    "data-symlink-to-etc": (
+        "mkdir -p /srv && ln -s /etc /srv/pypi",
+        {},
+        ["pypi_server_data_dir=/srv/pypi:", "leads to /etc through a symlink", "system directory"],
+    ),
+    "foreign-packages-dir": (
+        "mkdir -p /srv/reports && echo 1 > /srv/reports/q3.csv",
+        {"pypi_server_packages_dir": "/srv/reports"},
+        ["pypi_server_packages_dir=/srv/reports:", "is not empty and belongs to root:root"],
+    ),
 }
 
 
@@ -111,6 +149,11 @@ def listen_on_port(name: str) -> None:
     assert docker("exec", name, "python3", "-c", wait, check=False).returncode == 0, "http.server never listened"
 
 
+def run_in(command: str, name: str) -> None:
+    """Prepare a case's pristine container with a shell command."""
+    docker("exec", name, "sh", "-c", command)
+
+
 def corrupted_wheel() -> str:
     """The bundle file the corrupted-wheel case breaks in its copy of the bundle, relative to the bundle."""
     return str(min((ARTIFACTS / "wheels").glob("gunicorn-*.whl")).relative_to(ARTIFACTS))
@@ -134,6 +177,10 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, O
         Case("missing-bundle", {"pypi_bootstrap_artifacts_dir": f"{workdir}/none"}, run="missing-bundle"),
         Case("corrupted-wheel", {"pypi_bootstrap_artifacts_dir": str(copy)}, run="corrupted-wheel"),
         Case("port-in-use", prepare=listen_on_port),
+    ]
+    cases += [
+        Case(case, host_vars, prepare=functools.partial(run_in, command))
+        for case, (command, host_vars, _) in HOST_STATES.items()
     ]
     prefix = python36_prefix()
     if prefix is not None:
@@ -168,6 +215,20 @@ def test_corrupted_wheel(bad_inputs: dict[str, Outcome]) -> None:
 def test_bad_inventory_value(bad_inputs: dict[str, Outcome], case: str) -> None:
     text = refused(bad_inputs[case], *BAD_VALUES[case][1])
     assert "Nothing was changed" in text or "Validation of arguments failed" in text
+
+
+@pytest.mark.parametrize("case", ["workers", "health-timeout"])
+def test_a_bad_number_is_reported_alone(bad_inputs: dict[str, Outcome], case: str) -> None:
+    bad = set(BAD_VALUES[case][0])
+    text = bad_inputs[case].text
+    assert all(name in text for name in bad), text
+    assert not [name for name in NUMBERS if name not in bad and name in text], text
+
+
+@pytest.mark.parametrize("case", list(HOST_STATES))
+def test_host_state_the_role_would_take_over(bad_inputs: dict[str, Outcome], case: str) -> None:
+    text = refused(bad_inputs[case], *HOST_STATES[case][2])
+    assert text.endswith("Nothing was changed on this host."), text
 
 
 def test_python36_only_host_is_refused_with_a_way_out(bad_inputs: dict[str, Outcome]) -> None:
