@@ -86,9 +86,16 @@ BAD_VALUES = {
         ["account 'alice' is listed 2 times"],
     ),
     "health-timeout": ({"pypi_server_health_timeout": 0}, ["pypi_server_health_timeout=0:", "1 or more"]),
+    "upload-limit": ({"pypi_server_max_upload_mb": 0}, ["pypi_server_max_upload_mb=0:", "1-1048576"]),
 }
 # Each of these alone is bad: its message names it and no other number.
-NUMBERS = ["pypi_server_port", "pypi_server_workers", "pypi_server_timeout", "pypi_server_health_timeout"]
+NUMBERS = [
+    "pypi_server_port",
+    "pypi_server_workers",
+    "pypi_server_timeout",
+    "pypi_server_health_timeout",
+    "pypi_server_max_upload_mb",
+]
 
 # Host state the role would take over (issue 12): (shell command run in the pristine container before the run,
 # host vars, what the message must contain). docker diff is compared from after the command.
@@ -217,7 +224,7 @@ def test_bad_inventory_value(bad_inputs: dict[str, Outcome], case: str) -> None:
     assert "Nothing was changed" in text or "Validation of arguments failed" in text
 
 
-@pytest.mark.parametrize("case", ["workers", "health-timeout"])
+@pytest.mark.parametrize("case", ["workers", "health-timeout", "upload-limit"])
 def test_a_bad_number_is_reported_alone(bad_inputs: dict[str, Outcome], case: str) -> None:
     bad = set(BAD_VALUES[case][0])
     text = bad_inputs[case].text
