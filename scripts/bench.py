@@ -61,7 +61,7 @@ from packaging.utils import (  # noqa: E402
     parse_wheel_filename,
 )
 
-SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "pip", "upload", "bundle")
+SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "pip", "upload", "bundle")
 PREFIX = "airgap-pypi-bench"
 NETWORK = PREFIX
 INDEX = f"{PREFIX}-index"
@@ -92,6 +92,7 @@ GOAL_P99_MS = 20.0
 GOAL_FRONT_VS_NGINX = 0.5
 GOAL_PIP_RATIO = 1.2
 GOAL_UPLOAD_S = 1.0
+GOAL_AUTH_RATIO = 0.8
 
 
 # --------------------------------------------------------------------------- processes
@@ -539,12 +540,41 @@ class Load:
     timeout_s: int = 30
 
 
-def wrk(url: str, load: Load) -> WrkResult:
+def wrk(url: str, load: Load, headers: Sequence[str] = ()) -> WrkResult:
     cmd = ["wrk", f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds}s", f"--timeout={load.timeout_s}s"]
+    cmd += [item for header in headers for item in ("-H", header)]
     done = run([*cmd, "--latency", url], timeout=load.seconds + load.timeout_s + 30)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed on {url}: {done.stderr.strip()[-300:]}")
     return parse_wrk(done.stdout)
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def auth_reads(workdir: Path, load: Load) -> dict[str, Any]:
+    """/simple/<project>/ on loopback through the real stack (tests/index_stack.py): an index with
+    pypi_server_auth_downloads read with the password (sha512_crypt, 100,000 rounds; verified passwords
+    remembered) against the same index without auth read without one."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from index_stack import auth_header, serve, twine_upload  # noqa: PLC0415 - the tests' stack, on demand
+
+    out: dict[str, Any] = {"load": asdict(load)}
+    for name, protected in (("open", False), ("password", True)):
+        with serve(workdir / f"auth-{name}", auth_downloads=protected) as stack:
+            wheel = build_wheel(workdir / f"auth-{name}-dist", "bench-auth", "1.0")
+            done = twine_upload(stack.url, wheel)
+            if done.returncode != 0:
+                raise RuntimeError(f"upload to the {name} index failed: {done.stdout[-300:]} {done.stderr[-300:]}")
+            result = wrk(f"{stack.url}/simple/bench-auth/", load, [f"Authorization: {auth_header()}"] * protected)
+            out[name] = {
+                "rps": result.rps,
+                "p99_ms": result.p99_ms,
+                "requests": result.requests,
+                "errors": result.socket_errors + result.non_2xx,
+            }
+    out["password_over_open"] = round(out["password"]["rps"] / out["open"]["rps"], 3) if out["open"]["rps"] else None
+    return out
 
 
 # --------------------------------------------------------------------------- reads
@@ -1036,6 +1066,15 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
             front_note,
         )
     )
+    value = sections.get("auth", {}).get("password_over_open")
+    out.append(
+        goal(
+            "reads with a password (auth_downloads) vs without, /simple/<project>/ on loopback",
+            value,
+            f">= {GOAL_AUTH_RATIO:g}x",
+            None if value is None else value >= GOAL_AUTH_RATIO,
+        )
+    )
     value = sections.get("pip", {}).get("index_over_find_links")
     out.append(
         goal(
@@ -1160,6 +1199,24 @@ def markdown(results: dict[str, Any]) -> str:
                     ]
                     for r in section.get("rows", [])
                 ),
+            ),
+        ]
+    if "auth" in sections:
+        auth = sections["auth"]
+        load = auth.get("load", {})
+        parts += [
+            "## Reads with a password\n",
+            f"Measured {auth.get('measured_at')}: wrk -t{load.get('threads')} -c{load.get('connections')} "
+            f"-d{load.get('seconds')}s on 127.0.0.1 against gunicorn, pypiserver and the static read path as the role "
+            "renders them (tests/index_stack.py), one project page; with pypi_server_auth_downloads every read "
+            "carries the account's password (sha512_crypt, 100,000 rounds).\n",
+            table(
+                ["Index", "req/s", "p99 ms", "requests", "errors"],
+                [
+                    [name, row.get("rps"), row.get("p99_ms"), row.get("requests"), row.get("errors")]
+                    for name, row in ((n, auth.get(n, {})) for n in ("open", "password"))
+                ]
+                + [["password / open", auth.get("password_over_open"), None, None, None]],
             ),
         ]
     if "pip" in sections:
@@ -1370,6 +1427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with bench_network():
             if {"provision", "reads", "pip", "upload"} & set(chosen):
                 index_session(chosen, args, workdir, record)
+            if "auth" in chosen:
+                say("reads with and without a password on loopback")
+                record("auth", attempt("auth", lambda: auth_reads(workdir, Load())))
             if "hosts4" in chosen:
                 say("provisioning four bare containers in one site.yml run")
                 record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))

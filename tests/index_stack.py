@@ -99,10 +99,39 @@ class Stack:
             time.sleep(0.2)
 
 
+def write_htpasswd(path: Path, env: dict[str, str], accounts: dict[str, str]) -> None:
+    """The accounts as pypi_server_accounts writes them (passlib from the bundle, as in the index's virtualenv)."""
+    lines = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from passlib.hash import sha512_crypt\n"
+            "pairs = sys.argv[1:]\n"
+            "for name, password in zip(pairs[::2], pairs[1::2]):\n"
+            "    print(f'{name}:{sha512_crypt.using(rounds=100000).hash(password)}')",
+            *(item for pair in accounts.items() for item in pair),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    temporary = path.with_name(".tmp-htpasswd")
+    temporary.write_text(lines)
+    temporary.replace(path)
+
+
 @contextlib.contextmanager
-def serve(base: Path, *, max_upload_mb: int = 2048, packages: Path | None = None, workers: int = 2) -> Iterator[Stack]:
+def serve(
+    base: Path,
+    *,
+    max_upload_mb: int = 2048,
+    packages: Path | None = None,
+    workers: int = 2,
+    auth_downloads: bool = False,
+) -> Iterator[Stack]:
     """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
-    role configures it, with one upload account."""
+    role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds)."""
     site = base / "site"
     for wheel in locked_wheels():
         with zipfile.ZipFile(wheel) as archive:
@@ -113,19 +142,8 @@ def serve(base: Path, *, max_upload_mb: int = 2048, packages: Path | None = None
     packages.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
     env["PYTHONPATH"] = f"{site}{os.pathsep}{config}"
+    write_htpasswd(config / "htpasswd", env, {USER: PASSWORD})
     htpasswd = config / "htpasswd"
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from passlib.apache import HtpasswdFile\n"
-            "h = HtpasswdFile(sys.argv[1], new=True, default_scheme='apr_md5_crypt')\n"
-            "h.set_password(sys.argv[2], sys.argv[3]); h.save()",
-            *(str(htpasswd), USER, PASSWORD),
-        ],
-        check=True,
-        env=env,
-    )
     port = free_port()
     variables: dict[str, object] = {
         "ansible_managed": f"rendered by {__name__}",
@@ -139,7 +157,7 @@ def serve(base: Path, *, max_upload_mb: int = 2048, packages: Path | None = None
         "pypi_server_static_index": True,
         "pypi_server_static_dir": str(tree),
         "pypi_server_packages_dir": str(packages),
-        "pypi_server_auth_downloads": False,
+        "pypi_server_auth_downloads": auth_downloads,
         "pypi_server_overwrite": False,
         "pypi_server_max_upload_mb": max_upload_mb,
         "pypi_server_tls": False,

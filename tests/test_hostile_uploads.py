@@ -5,6 +5,7 @@ stored whole, and the index keeps serving every other project.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, load_module
 from demo_wheel import build_wheel
-from index_stack import OPENER, Stack, auth_header, get, serve, twine_upload
+from index_stack import OPENER, PASSWORD, USER, Stack, auth_header, get, serve, twine_upload, write_htpasswd
 
 
 def make_wheel(
@@ -316,3 +317,32 @@ def test_zip_directories_and_tar_scans_are_bounded_before_they_are_read(
     assert bomb.tell() < 1 << 20
     with pytest.raises(index.BadDistribution, match="no PKG-INFO in the first 4 MiB"):
         index.core_metadata(io.BytesIO(bomb.getvalue()), "bomb-1.0.tar.gz")
+
+
+def test_protected_reads_take_the_password_and_forget_it_when_the_file_changes(tmp_path: Path) -> None:
+    """With pypi_server_auth_downloads, a verified password is remembered, but a new password file (a password
+    changed, an account removed) refuses the old one at once; a wrong password is never remembered."""
+    with serve(tmp_path / "stack", auth_downloads=True) as protected:
+        wheel = build_wheel(tmp_path, "protected", "1.0")
+        assert twine_upload(protected.url, wheel).returncode == 0
+        url = f"{protected.url}/simple/protected/"
+
+        def read(password: str | None) -> int:
+            request = urllib.request.Request(url)
+            if password is not None:
+                token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+                request.add_header("Authorization", f"Basic {token}")
+            try:
+                with OPENER.open(request, timeout=20) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert read(None) == 401 and read("wrong") == 403
+        assert [read(PASSWORD) for _ in range(5)] == [200] * 5
+        assert read("wrong") == 403
+        write_htpasswd(protected.base / "etc" / "htpasswd", protected.env, {USER: "changed-password"})
+        assert read(PASSWORD) == 403, "the old password must be refused as soon as the file changes"
+        assert read("changed-password") == 200
+        done = twine_upload(protected.url, build_wheel(tmp_path / "again", "protected", "2.0"))
+        assert done.returncode != 0, "uploads check the same file: the old password is refused there too"

@@ -58,6 +58,10 @@ def htpasswd_sum() -> str:
     return sh(SERVER, "sha256sum /etc/airgap-pypi/htpasswd").split()[0]
 
 
+def htpasswd_hashes() -> dict[str, str]:
+    return dict(line.split(":", 1) for line in sh(SERVER, "cat /etc/airgap-pypi/htpasswd").split())
+
+
 def test_network_has_no_egress() -> None:
     internal = docker("network", "inspect", "--format", "{{.Internal}}", NETWORK).stdout.strip()
     assert internal == "true"
@@ -304,17 +308,25 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     assert [path.rsplit("/", 1)[-1] for path in aside] == [f"ops_extra-2.0.{STAMP}-py3-none-any.whl"]
 
 
-def test_a_host_of_the_single_virtualenv_layout_moves_to_releases(project_before_releases: Path) -> None:
-    """A new host installed by the code before releases; this site.yml moves it without losing anything."""
+def test_a_host_of_the_single_virtualenv_layout_moves_to_releases(
+    project_before_releases: Path, tmp_path: Path
+) -> None:
+    """A new host installed by the code before releases; this site.yml moves it without losing anything, and
+    gives its accounts' apr1 (MD5) hashes sha512_crypt ones with the same passwords."""
     single_venv_host(project_before_releases)
     assert sh(SERVER, f"test -d {VENV} && ! test -L {VENV} && echo dir").strip() == "dir"
-    before, accounts = packages(), htpasswd_sum()
+    before, accounts = packages(), htpasswd_hashes()
+    assert accounts and all(value.startswith("$apr1$") for value in accounts.values()), accounts
     assert before, "the carried-in mirror should have put files into the index"
     moved = playbook("site.yml")
     assert moved.returncode == 0, tail(moved)
     assert current_release() == RELEASE_A and running_release() == RELEASE_A
     assert sh(SERVER, f"ls {RELEASES}").split() == [RELEASE_A]
-    assert packages() == before and htpasswd_sum() == accounts
+    assert packages() == before
+    rehashed = htpasswd_hashes()
+    assert set(rehashed) == set(accounts), rehashed
+    assert all(value.startswith("$6$rounds=100000$") for value in rehashed.values()), rehashed
+    upload(wheel_on_client(tmp_path, "ops-rehashed", f"1.0.{STAMP}"))  # the same password, the new hash
     assert pip_install("click").returncode == 0, "click comes with the default mirror"
 
 
