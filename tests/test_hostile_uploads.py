@@ -346,3 +346,24 @@ def test_protected_reads_take_the_password_and_forget_it_when_the_file_changes(t
         assert read("changed-password") == 200
         done = twine_upload(protected.url, build_wheel(tmp_path / "again", "protected", "2.0"))
         assert done.returncode != 0, "uploads check the same file: the old password is refused there too"
+
+
+def test_a_tree_that_cannot_be_written_answers_500_never_an_empty_reply(tmp_path: Path) -> None:
+    """A sync that fails after an upload says so (500 with why); reads go on with the pages as they are, and the
+    next read after the fault is gone writes them."""
+    with serve(tmp_path / "stack") as stack:
+        still_serving(stack, tmp_path, "before-fault")
+        project_dir = stack.tree / "simple" / "blocked"
+        project_dir.parent.mkdir(parents=True, exist_ok=True)
+        project_dir.write_text("a file where the project's directory must go")
+        done = twine_upload(stack.url, build_wheel(tmp_path / "blocked", "blocked", "1.0"))
+        assert done.returncode != 0 and "500" in done.stdout + done.stderr, done.stdout + done.stderr
+        status, body = get(f"{stack.url}/simple/")
+        assert status == 200 and b"before-fault" in body
+        assert get(f"{stack.url}/simple/before-fault/")[0] == 200
+        project_dir.unlink()
+        deadline = time.monotonic() + 10
+        while get(f"{stack.url}/simple/blocked/")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert get(f"{stack.url}/simple/blocked/")[0] == 200
+        assert "Traceback" in stack.log.read_text(), "the failed sync is logged with its cause"

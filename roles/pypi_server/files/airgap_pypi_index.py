@@ -1095,30 +1095,32 @@ class StaticIndex:
         )
 
     def after_change(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """pypiserver handles the upload or removal; on success the pages are updated before the response."""
-        seen: List[str] = []
+        """pypiserver handles the upload or removal; on success the pages are updated before the response, which
+        is held back until then (a failed update answers 500 instead, never pypiserver's headers and ours)."""
+        held: List[Tuple[str, List[Tuple[str, str]]]] = []
 
-        def remember(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
-            seen.append(status)
-            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+        def hold(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            held[:] = [(status, headers)]  # a later call (with exc_info) replaces an earlier one
+            return lambda data: None  # bottle returns its body; it never writes through this
 
-        result = self.app(environ, remember)
+        result = self.app(environ, hold)
         body = list(result)  # bottle has stored (or removed) the file once its body is produced
         close = getattr(result, "close", None)
         if close is not None:
             close()
-        if seen and seen[0][:1] == "2":
+        status, headers = held[0] if held else ("500 Internal Server Error", [("Content-Type", "text/plain")])
+        if status[:1] == "2":
             try:
                 self.index.sync()
             except Exception as error:
                 LOG.exception("the index pages could not be updated after a change")
-                text = f"Stored, but the index pages could not be updated: {error}".encode(errors="replace")
+                text = f"Stored, but the index pages could not be updated: {error}\n".encode(errors="replace")
                 start_response(
                     "500 Internal Server Error",
                     [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text)))],
-                    sys.exc_info(),
                 )
                 return [text]
+        start_response(status, headers)
         return body
 
     def authenticate(self, environ: Dict[str, Any], start_response: StartResponse) -> Optional[List[bytes]]:
