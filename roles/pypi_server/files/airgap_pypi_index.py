@@ -925,6 +925,46 @@ def atomic_uploads(pypiserver_app: Any) -> None:
     _ = pypiserver_app
 
 
+# The form fields besides the files (twine's metadata, the description among them) are held in memory when
+# the form is parsed: their sum is bounded before that.
+MAX_FORM_FIELD_BYTES = 8 << 20
+_MAX_PARTS = 256
+
+
+def form_field_bytes(body: BinaryIO, content_type: str) -> int:
+    """Bytes in the parts of a multipart body that are not files, found by scanning the body for its boundary
+    (the body stays where bottle spooled it; nothing is parsed into memory). 0 for a body that is not multipart."""
+    found = re.search(r'boundary="?([^";,]+)"?', content_type) if content_type.startswith("multipart/") else None
+    if not found:
+        return 0
+    delimiter = b"--" + found.group(1).encode("latin-1")
+    starts: List[int] = []
+    body.seek(0)
+    offset, carry = 0, b""
+    while chunk := body.read(1 << 20):
+        window = carry + chunk
+        base = offset - len(carry)
+        at = window.find(delimiter)
+        while at >= 0:
+            if base + at not in starts:
+                starts.append(base + at)
+            if len(starts) > _MAX_PARTS:
+                body.seek(0)
+                return MAX_FORM_FIELD_BYTES + 1
+            at = window.find(delimiter, at + 1)
+        offset += len(chunk)
+        carry = window[-len(delimiter) :]
+    total = 0
+    for index in range(len(starts) - 1):  # the last start is the closing delimiter
+        start, end = starts[index], starts[index + 1]
+        body.seek(start)
+        headers = body.read(min(end - start, 16 << 10)).split(b"\r\n\r\n", 1)[0]
+        if b"filename=" not in headers.lower():
+            total += end - start
+    body.seek(0)
+    return total
+
+
 def _reason(text: str) -> str:
     """A status line's reason phrase (twine prints it): printable ASCII on one line."""
     return re.sub(r"[^ -~]", "?", text)[:300]
@@ -988,12 +1028,20 @@ class UploadChecks:
         """(status, reason) for an upload to refuse; None lets pypiserver answer (its own auth, its 409s)."""
         if not self.authenticated(environ):
             return None  # pypiserver answers 401 or 403 without reading the body
-        too_large = self.size_refusal(environ.get("CONTENT_LENGTH"))
-        if too_large is not None:
-            return too_large
         from pypiserver.bottle_wrapper.bottle import BaseRequest  # noqa: PLC0415 - pypiserver's own parser
 
         request = BaseRequest(environ)  # pypiserver reads the same parsed body (bottle keeps it in environ)
+        too_large = self.size_refusal(environ.get("CONTENT_LENGTH"))
+        if too_large is None:
+            fields = form_field_bytes(request.body, environ.get("CONTENT_TYPE", ""))  # read, not yet parsed
+            if fields > MAX_FORM_FIELD_BYTES:
+                limit = MAX_FORM_FIELD_BYTES >> 20
+                too_large = (
+                    413,
+                    f"Payload Too Large: {fields >> 20} MiB of form fields besides the file, at most {limit} MiB",
+                )
+        if too_large is not None:
+            return too_large
         if request.forms.get(":action") != "file_upload":
             return None
         upload = request.files.get("content")
