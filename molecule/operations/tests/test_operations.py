@@ -225,8 +225,10 @@ def test_backup_without_a_directory_is_refused() -> None:
 def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) -> None:
     expected = packages()
     data_dir_before = sh(SERVER, "ls -A /srv/pypi").split()
+    backup_dir.chmod(0o755)  # a directory that exists keeps its mode (pypi_backup_dir=/etc must not become 0700)
     result = playbook("playbooks/backup.yml", "-e", f"pypi_backup_dir={backup_dir}")
     assert result.returncode == 0, tail(result)
+    assert backup_dir.stat().st_mode & 0o7777 == 0o755
     archives = sorted(backup_dir.glob(f"{SERVER}-*.tar.gz"))
     assert len(archives) == 1, list(backup_dir.iterdir())
     archive = archives[0]
