@@ -47,21 +47,50 @@ def table(spec: dict[str, Any]) -> str:
 
 
 def render(readme: str, specs: dict[str, Any]) -> str:
-    """Return readme with its generated section replaced by the current tables."""
+    """Return readme with its generated section replaced by the current tables.
+
+    Each variable has one row per README: the main entry point's table comes first; each other entry point
+    (preflight is internal and left out) names the variables it shares with the ones above and tabulates only
+    its own. Entry points must spec a shared variable alike, or its one row would be wrong for one of them.
+    """
     if BEGIN not in readme or END not in readme:
         raise ValueError("README lacks the variable markers")
     entry_points = specs["argument_specs"]
-    parts = [table(entry_points["main"])]
+    documented: dict[str, tuple[str, Any]] = {}
+    parts: list[str] = []
     for name, spec in entry_points.items():
-        if name in ("main", "preflight") or not spec.get("options"):
+        if name == "preflight" or (name != "main" and not spec.get("options")):
             continue
-        parts.append(
-            f"Entry point `{name}` (`include_role: tasks_from: {name}`): {spec.get('short_description', '')}\n"
-        )
-        parts.append(table(spec))
+        options: dict[str, Any] = spec.get("options") or {}
+        shared = [option for option in options if option in documented]
+        for option in shared:
+            first, first_spec = documented[option]
+            if options[option] != first_spec:
+                raise ValueError(
+                    f"entry points {first!r} and {name!r} spec {option!r} differently: make them alike"
+                    " (a YAML anchor) or give the variable its own name"
+                )
+        own = {option: value for option, value in options.items() if option not in documented}
+        documented.update((option, (name, value)) for option, value in own.items())
+        if name != "main":
+            parts.append(
+                f"Entry point `{name}` (`include_role: tasks_from: {name}`): {spec.get('short_description', '')}"
+            )
+            if shared:
+                if len(shared) == len(documented) - len(own):
+                    parts.append("It takes every variable above.")
+                else:
+                    parts.append("It takes these variables of the tables above: " + shared_list(shared) + ".")
+        if own or name == "main":
+            parts.append(table({"options": own}))
     head, rest = readme.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     return f"{head}{BEGIN}\n" + "\n\n".join(parts) + f"\n{END}{tail}"
+
+
+def shared_list(names: list[str]) -> str:
+    """Variable names as inline code, separated by commas."""
+    return ", ".join(f"`{name}`" for name in names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,3 +36,47 @@ def test_render_replaces_only_the_marked_section() -> None:
 def test_render_needs_markers() -> None:
     with pytest.raises(ValueError):
         role_docs.render("# no markers\n", {"argument_specs": {"main": {}}})
+
+
+def variable_rows(readme: str) -> list[str]:
+    """The variable names of the table rows in a README's generated section."""
+    section = readme.split(role_docs.BEGIN, 1)[1].split(role_docs.END, 1)[0]
+    return [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_no_variable_row_appears_twice_in_a_readme() -> None:
+    for readme in ROOT.glob("roles/*/README.md"):
+        rows = variable_rows(readme.read_text())
+        assert rows, readme
+        assert len(rows) == len(set(rows)), f"{readme.parent.name}: {sorted({r for r in rows if rows.count(r) > 1})}"
+
+
+def test_entry_points_sharing_options_get_one_row_each() -> None:
+    readme = f"{role_docs.BEGIN}\n{role_docs.END}\n"
+    port = {"type": "int", "default": 1, "description": "A port."}
+    main = {"x_port": port, "x_host": {"description": "A host."}}
+    specs = {
+        "argument_specs": {
+            "main": {"options": main},
+            "preflight": {"options": main},
+            "again": {"short_description": "The same.", "options": main},
+            "more": {"short_description": "More.", "options": {"x_port": port, "x_name": {"description": "A name."}}},
+        }
+    }
+    out = role_docs.render(readme, specs)
+    assert variable_rows(out) == ["`x_port`", "`x_host`", "`x_name`"]
+    assert "Entry point `again` (`include_role: tasks_from: again`): The same.\n\nIt takes every variable above." in out
+    assert "Entry point `more`" in out and "It takes these variables of the tables above: `x_port`." in out
+    assert "preflight" not in out
+
+
+def test_entry_points_that_spec_a_variable_differently_are_refused() -> None:
+    readme = f"{role_docs.BEGIN}\n{role_docs.END}\n"
+    specs = {
+        "argument_specs": {
+            "main": {"options": {"x_port": {"type": "int", "default": 1}}},
+            "other": {"options": {"x_port": {"type": "int", "required": True}}},
+        }
+    }
+    with pytest.raises(ValueError, match="x_port"):
+        role_docs.render(readme, specs)
