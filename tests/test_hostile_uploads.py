@@ -6,11 +6,13 @@ stored whole, and the index keeps serving every other project.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import tarfile
 import threading
@@ -236,9 +238,26 @@ def test_paths_with_nul_links_and_a_broken_state_never_stop_the_index(stack: Sta
     (stack.packages / "linked").symlink_to(outside, target_is_directory=True)
     assert get(f"{stack.url}/packages/linked/linked_in-1.0-py3-none-any.whl")[0] == 404
     assert get(f"{stack.url}/simple/linked-in/")[0] == 404
+    # Nor a file link (to a file outside the directory).
+    stray = build_wheel(outside, "file-link", "1.0")
+    os.utime(stray, (time.time() - 60, time.time() - 60))  # an old file: not one still being written
+    (stack.packages / stray.name).symlink_to(stray)
+    deadline = time.monotonic() + 3  # past the read-triggered sync's once-a-second check
+    while time.monotonic() < deadline:
+        assert get(f"{stack.url}/packages/{stray.name}")[0] == 404
+        assert get(f"{stack.url}/simple/file-link/")[0] == 404
+        time.sleep(0.5)
+    (stack.packages / stray.name).unlink()
     # state.json of the wrong shape: rebuilt, not trusted.
     (stack.tree / "state.json").write_text(json.dumps({"version": 1, "packages": str(stack.packages), "files": []}))
     still_serving(stack, tmp_path, "after-bad-state")
+    state = json.loads((stack.tree / "state.json").read_text())
+    for entry in state["files"].values():
+        entry["requires_python"] = 3  # a field of the wrong type
+    (stack.tree / "state.json").write_text(json.dumps(state))
+    again = build_wheel(tmp_path / "again", "after-bad-state", "2.0")  # its page renders every entry's fields
+    assert twine_upload(stack.url, again).returncode == 0
+    assert again.name.encode() in listed(stack, "after-bad-state")
     # The whole tree deleted: the next read writes it again.
     subprocess.run(["rm", "-rf", "--", *(str(p) for p in stack.tree.iterdir())], check=True)
     assert get(f"{stack.url}/simple/")[0] == 200
@@ -261,10 +280,20 @@ def test_a_leftover_of_a_killed_sync_is_removed_when_workers_start(stack: Stack)
     assert not leftover.exists()
 
 
-def raw_upload(url: str, filename: str, data: bytes, authenticated: bool = True) -> tuple[int, str]:
+def raw_upload(
+    url: str,
+    filename: str,
+    data: bytes,
+    authenticated: bool = True,
+    *,
+    authorization: str | None = None,
+    content_type: str = "multipart/form-data; boundary=airgap-pypi-test-boundary",
+    extra_part: bytes = b"",
+) -> tuple[int, str]:
     """A multipart upload as twine sends it, without twine's own checks of the file."""
     boundary = "airgap-pypi-test-boundary"
     body = io.BytesIO()
+    body.write(extra_part)
     for field, value in ((":action", "file_upload"), ("name", filename.split("-", maxsplit=1)[0]), ("version", "1.0")):
         body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode())
     body.write(
@@ -273,9 +302,9 @@ def raw_upload(url: str, filename: str, data: bytes, authenticated: bool = True)
     )
     body.write(data + f"\r\n--{boundary}--\r\n".encode())
     request = urllib.request.Request(f"{url}/", data=body.getvalue(), method="POST")
-    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    request.add_header("Content-Type", content_type)
     if authenticated:
-        request.add_header("Authorization", auth_header())
+        request.add_header("Authorization", authorization or auth_header())
     try:
         with OPENER.open(request, timeout=60) as response:
             return response.status, response.read().decode(errors="replace")
@@ -306,7 +335,7 @@ def test_zip_directories_and_tar_scans_are_bounded_before_they_are_read(
         index.core_metadata(io.BytesIO(bytes(data)), wheel.name)
     data[end + 8 : end + 12] = b"\x03\x00\x03\x00"
     data[end + 12 : end + 16] = (64 << 20).to_bytes(4, "little")  # a 64 MiB central directory
-    with pytest.raises(index.BadDistribution, match="zip directory is larger than 32 MiB"):
+    with pytest.raises(index.BadDistribution, match="zip directory is larger than 8 MiB"):
         index.core_metadata(io.BytesIO(bytes(data)), wheel.name)
     monkeypatch.setattr(index, "MAX_TAR_SCAN_BYTES", 4 << 20)  # the same bound, smaller, to keep the test quick
     bomb = io.BytesIO()
@@ -367,3 +396,85 @@ def test_a_tree_that_cannot_be_written_answers_500_never_an_empty_reply(tmp_path
             time.sleep(0.5)
         assert get(f"{stack.url}/simple/blocked/")[0] == 200
         assert "Traceback" in stack.log.read_text(), "the failed sync is logged with its cause"
+
+
+def test_authorization_headers_pypiserver_accepts_are_checked_too(stack: Stack, tmp_path: Path) -> None:
+    """bottle (pypiserver's parser) takes 'Basic<TAB>...' and stray bytes after the base64: the checks must see
+    every request pypiserver would let store a file."""
+    posing = make_wheel(tmp_path, "oddauth-1.0-py3-none-any.whl", name="requests")
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    for header in (f"Basic\t{token}", f"Basic {token}\xff", f"basic {token}"):
+        status, text = raw_upload(stack.url, posing.name, posing.read_bytes(), authorization=header)
+        assert status == 400 and "Name 'requests'" in text, (header, status, text)
+    assert not (stack.packages / posing.name).exists()
+    wrong = base64.b64encode(f"{USER}:wrong".encode()).decode()
+    assert raw_upload(stack.url, posing.name, posing.read_bytes(), authorization=f"Basic {wrong}")[0] == 403
+
+
+FAKE = b"filename=\r\n\r\n"  # a delimiter-like line inside a field's value, not at a line's start
+
+
+@pytest.mark.parametrize(
+    ("content_type", "extra_header", "prefix"),
+    [
+        ("multipart/form-data; BOUNDARY=airgap-pypi-test-boundary", b"", b""),
+        ('multipart/form-data; x="boundary=nope"; boundary=airgap-pypi-test-boundary', b"", b""),
+        ("multipart/form-data; boundary=airgap-pypi-test-boundary", b"X-Note: filename=x\r\n", b""),
+        (
+            "multipart/form-data; boundary=airgap-pypi-test-boundary",
+            b"",
+            b"--airgap-pypi-test-boundaryfilename=\r\n\r\n",
+        ),
+    ],
+    ids=["upper-case-boundary", "decoy-parameter", "filename-in-another-header", "delimiter-inside-a-value"],
+)
+def test_the_form_field_bound_holds_however_the_body_is_written(
+    stack: Stack, tmp_path: Path, content_type: str, extra_header: bytes, prefix: bytes
+) -> None:
+    wheel = make_wheel(tmp_path, "fieldy-1.0-py3-none-any.whl")
+    field = (
+        b'--airgap-pypi-test-boundary\r\nContent-Disposition: form-data; name="description"\r\n'
+        + extra_header
+        + b"\r\n"
+        + prefix
+        + b"A" * (9 << 20)
+        + b"\r\n"
+    )
+    status, text = raw_upload(stack.url, wheel.name, wheel.read_bytes(), content_type=content_type, extra_part=field)
+    assert status == 413 and "form fields besides the file" in text, (status, text)
+
+
+def test_another_spelling_of_a_hyphenated_sdist_is_refused(stack: Stack, tmp_path: Path) -> None:
+    def sdist(directory: Path, filename: str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        pkg_info = b"Metadata-Version: 2.1\nName: good-pkg\nVersion: 1.0\n"
+        member = tarfile.TarInfo(filename.removesuffix(".tar.gz") + "/PKG-INFO")
+        member.size = len(pkg_info)
+        with tarfile.open(directory / filename, "w:gz") as archive:
+            archive.addfile(member, io.BytesIO(pkg_info))
+        return directory / filename
+
+    first = sdist(tmp_path / "a", "good-pkg-1.0.tar.gz")
+    assert raw_upload(stack.url, first.name, first.read_bytes())[0] == 200
+    for other in ("Good_Pkg-1.0.tar.gz", "good.pkg-1.0.tar.gz"):
+        variant = sdist(tmp_path / other, other)
+        status, text = raw_upload(stack.url, other, variant.read_bytes())
+        assert status == 400 and "already has this file as good-pkg-1.0.tar.gz" in text, (other, status, text)
+    assert listed(stack, "good-pkg").count(b"<a ") == 1
+
+
+def test_zip64_records_and_huge_tar_headers_are_refused_unread(tmp_path: Path) -> None:
+    index = load_module("airgap_pypi_index", ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py")
+    wheel = make_wheel(tmp_path, "z-1.0-py3-none-any.whl")
+    data = wheel.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 1)  # zipfile follows this whatever the end record says
+    with pytest.raises(index.BadDistribution, match="zip64"):
+        index.core_metadata(io.BytesIO(data[:end] + locator + data[end:]), wheel.name)
+    bomb = io.BytesIO()
+    with gzip.GzipFile(fileobj=bomb, mode="wb") as packed:
+        header = tarfile.TarInfo("././@PaxHeader")
+        header.type, header.size = tarfile.XHDTYPE, 2 << 20
+        packed.write(header.tobuf(tarfile.USTAR_FORMAT) + b"\0" * header.size)
+    with pytest.raises(index.BadDistribution, match="extended tar header"):
+        index.core_metadata(io.BytesIO(bomb.getvalue()), "z-1.0.tar.gz")

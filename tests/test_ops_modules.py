@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -232,3 +233,30 @@ def test_verify_unpacks_what_it_verified_and_nothing_when_it_fails(archive: tupl
     assert list(second.iterdir()) == []
     with pytest.raises(verify.BadArchive, match="is not empty"):
         verify.verify(str(path), str(dest))
+
+
+def test_verify_refuses_a_second_tar_after_a_single_zero_block(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """A second tar in the same 10 KiB record as the first one's end, which tarfile has already buffered."""
+    snapshot, _ = archive
+    first = io.BytesIO()
+    with tarfile.open(fileobj=first, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("MANIFEST.sha256", "INFO.json", "packages", "config"):
+            tar.add(snapshot / name, arcname=name)
+    data = first.getvalue().rstrip(b"\0")
+    data += b"\0" * (-len(data) % 512) + b"\0" * 512  # one zero block: tarfile stops here
+    second = tarfile.TarInfo("packages/evil.whl")
+    second.size = 4
+    data += second.tobuf(tarfile.USTAR_FORMAT) + b"evil" + b"\0" * 508
+    crafted = tmp_path / "second.tar.gz"
+    crafted.write_bytes(gzip.compress(data))
+    with pytest.raises(verify.BadArchive, match="follows the end of the tar"):
+        verify.verify(str(crafted))
+
+
+def test_unpacking_an_archive_other_than_the_one_verified_fails(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    _, path = archive
+    dest = tmp_path / "staging"
+    with pytest.raises(verify.BadArchive, match="as verified before"):
+        verify.verify(str(path), str(dest), "0" * 64)
+    assert list(dest.iterdir()) == []
+    assert verify.verify(str(path), str(dest), verify.verify(str(path))["digest"])["count"] == 4

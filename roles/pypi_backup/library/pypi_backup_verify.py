@@ -34,6 +34,11 @@ options:
   dest:
     description: An empty directory to unpack the verified archive into (created with mode 0700 when missing).
     type: path
+  digest:
+    description: >-
+      The manifest digest this archive had when it was verified elsewhere (on the controller); another one fails
+      the check, so the archive unpacked is the one verified.
+    type: str
 author: airgap-pypi
 """
 
@@ -106,6 +111,13 @@ def open_new(dest: str, name: str) -> int:
 KEPT = (MANIFEST, INFO, "config/htpasswd")
 
 
+def only_zeros(stream: Any) -> None:
+    """Read stream to its end; anything but zero bytes is another archive appended."""
+    while rest := stream.read(1 << 20):
+        if rest.strip(b"\0"):
+            raise BadArchive("data follows the end of the tar archive")
+
+
 def read_members(archive: str, dest: str | None) -> tuple[dict[str, str], dict[str, bytes]]:
     """{name: sha256 hex} of every regular member, and the bytes of the manifest, INFO.json and htpasswd; written
     into dest too when it is given."""
@@ -139,14 +151,14 @@ def read_members(archive: str, dest: str | None) -> tuple[dict[str, str], dict[s
                 found[name] = data.hexdigest()
                 if name in KEPT:
                     kept[name] = content
+            # The rest of the tar's last record (already buffered by tarfile) holds zero blocks only.
+            only_zeros(tar.fileobj)
         # Only the tar's zero blocks may follow its end, up to the end of the one gzip stream.
-        while rest := unzipped.read(1 << 20):
-            if rest.strip(b"\0"):
-                raise BadArchive("data follows the end of the tar archive")
+        only_zeros(unzipped)
     return found, kept
 
 
-def verify(archive: str, dest: str | None = None) -> dict[str, Any]:
+def verify(archive: str, dest: str | None = None, expect_digest: str | None = None) -> dict[str, Any]:
     """Hash every member; the manifest, its digest, the accounts in config/htpasswd and INFO.json. With dest,
     the members are written there in the same read, and removed again when the check fails."""
     if dest is not None:
@@ -154,7 +166,10 @@ def verify(archive: str, dest: str | None = None) -> dict[str, Any]:
         if os.listdir(dest):
             raise BadArchive(f"{dest} is not empty")
     try:
-        return check(*read_members(archive, dest))
+        result = check(*read_members(archive, dest))
+        if expect_digest and result["digest"] != expect_digest:
+            raise BadArchive(f"its manifest is {result['digest']}, not {expect_digest} as verified before")
+        return result
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
         clear(dest)
         message = "something follows the gzip stream" if isinstance(exc, gzip.BadGzipFile) else str(exc)
@@ -201,12 +216,12 @@ def check(hashes: dict[str, str], kept: dict[str, bytes]) -> dict[str, Any]:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"path": {"type": "path", "required": True}, "dest": {"type": "path"}},
+        argument_spec={"path": {"type": "path", "required": True}, "dest": {"type": "path"}, "digest": {"type": "str"}},
         supports_check_mode=True,
     )
     dest = None if module.check_mode else module.params["dest"]
     try:
-        result = verify(module.params["path"], dest)
+        result = verify(module.params["path"], dest, module.params["digest"])
     except BadArchive as exc:
         module.fail_json(msg=f"{module.params['path']} failed verification: {exc}")
     module.exit_json(changed=dest is not None, **result)

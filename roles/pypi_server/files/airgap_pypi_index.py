@@ -28,6 +28,7 @@ import argparse
 import base64
 import bz2
 import contextlib
+import email.message
 import email.parser
 import fcntl
 import functools
@@ -136,7 +137,7 @@ class BadDistribution(ValueError):
 # Bounds on what is read from an archive: a METADATA or PKG-INFO, a zip's central directory, and the bytes a
 # sdist's tar stream is decompressed for while looking for its PKG-INFO.
 MAX_METADATA_BYTES = 4 << 20
-MAX_ZIP_DIRECTORY_BYTES = 32 << 20
+MAX_ZIP_DIRECTORY_BYTES = 8 << 20
 MAX_TAR_SCAN_BYTES = 1 << 30
 _EOCD = struct.Struct("<4s4H2LH")
 
@@ -151,7 +152,8 @@ def _zip_directory_size(handle: BinaryIO) -> int:
     if at < 0 or len(tail) - at < _EOCD.size:
         raise BadDistribution("not a zip archive")
     _, _, _, _, entries, directory, _, _ = _EOCD.unpack_from(tail, at)
-    if entries == 0xFFFF or directory == 0xFFFFFFFF:
+    # zipfile reads a zip64 end record wherever its locator stands before this one, whatever this one says.
+    if entries == 0xFFFF or directory == 0xFFFFFFFF or tail.rfind(b"PK\x06\x07", 0, at) >= 0:
         raise BadDistribution("zip64 archives (over 65,535 members) are not accepted")
     return int(directory)
 
@@ -179,6 +181,16 @@ class _Budget(io.RawIOBase):
             raise BadDistribution(f"no PKG-INFO in the first {MAX_TAR_SCAN_BYTES >> 20} MiB of the archive")
         buffer[: len(data)] = data
         return len(data)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose long-name or pax extension is read into memory only up to 1 MiB."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+        if self.type in extended and self.size > 1 << 20:
+            raise tarfile.HeaderError(f"an extended tar header of {self.size} bytes")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
 # Tar sdists by suffix: the decompressor (a file object), so the budget counts the bytes tarfile is given.
@@ -214,7 +226,7 @@ def core_metadata(handle: BinaryIO, filename: str) -> Tuple[bytes, bool]:
             handle.seek(0)
             with opener(handle) as unpacked:
                 stream = io.BufferedReader(_Budget(unpacked, MAX_TAR_SCAN_BYTES))  # type: ignore[arg-type]
-                with tarfile.open(fileobj=stream, mode="r|") as archive:
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as archive:
                     for member in archive:
                         if member.isfile() and re.match(r"^[^/]+/PKG-INFO$", member.name):
                             extracted = archive.extractfile(member)
@@ -503,10 +515,14 @@ def valid_state(state: Dict[str, Any]) -> bool:
     for entry in list(files.values()) + list(skipped.values()):
         if not isinstance(entry, dict):
             return False
+    optional = ("requires_python", "summary", "metadata_sha256")
     return all(
-        isinstance(entry.get(key), kind) and not isinstance(entry.get(key), bool)
+        all(
+            isinstance(entry.get(key), kind) and not isinstance(entry.get(key), bool)
+            for key, kind in _ENTRY_TYPES.items()
+        )
+        and all(entry.get(key) is None or isinstance(entry.get(key), str) for key in optional)
         for entry in files.values()
-        for key, kind in _ENTRY_TYPES.items()
     )
 
 
@@ -594,7 +610,7 @@ class Tree:
                 if item.is_dir(follow_symlinks=False):
                     pending.append(relfn)
                     continue
-                if not item.name.lower().endswith(ARCHIVE_SUFFIXES) or not item.is_file():
+                if not item.name.lower().endswith(ARCHIVE_SUFFIXES) or not item.is_file(follow_symlinks=False):
                     continue
                 try:
                     found[relfn] = item.stat()
@@ -856,11 +872,7 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> None:
     for _root, dirs, files in os.walk(packages):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for other in files:
-            if (
-                other != filename
-                and normalize(other.split("-", 1)[0]) == project
-                and canonical_filename(other) == wanted
-            ):
+            if other != filename and other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
                 raise BadDistribution(f"{filename}: the index already has this file as {other}")
 
 
@@ -931,14 +943,27 @@ MAX_FORM_FIELD_BYTES = 8 << 20
 _MAX_PARTS = 256
 
 
+def multipart_boundary(content_type: str) -> Optional[bytes]:
+    """The boundary parameter as the form parser reads it (parameter names in any case, quotes removed)."""
+    message = email.message.Message()
+    message["Content-Type"] = content_type
+    if message.get_content_maintype() != "multipart":
+        return None
+    boundary = message.get_param("boundary")
+    return str(boundary).encode("latin-1", errors="replace") if isinstance(boundary, str) and boundary else None
+
+
 def form_field_bytes(body: BinaryIO, content_type: str) -> int:
-    """Bytes in the parts of a multipart body that are not files, found by scanning the body for its boundary
-    (the body stays where bottle spooled it; nothing is parsed into memory). 0 for a body that is not multipart."""
-    found = re.search(r'boundary="?([^";,]+)"?', content_type) if content_type.startswith("multipart/") else None
-    if not found:
+    """Bytes in the parts of a multipart body that are not files, found by scanning the body for its delimiter
+    lines (the body stays where bottle spooled it; nothing is parsed into memory). 0 when it is not multipart."""
+    boundary = multipart_boundary(content_type)
+    if boundary is None:
         return 0
-    delimiter = b"--" + found.group(1).encode("latin-1")
+    delimiter = b"\r\n--" + boundary
     starts: List[int] = []
+    body.seek(0)
+    if body.read(len(delimiter) - 2) == delimiter[2:]:
+        starts.append(0)
     body.seek(0)
     offset, carry = 0, b""
     while chunk := body.read(1 << 20):
@@ -946,8 +971,8 @@ def form_field_bytes(body: BinaryIO, content_type: str) -> int:
         base = offset - len(carry)
         at = window.find(delimiter)
         while at >= 0:
-            if base + at not in starts:
-                starts.append(base + at)
+            if base + at + 2 not in starts:
+                starts.append(base + at + 2)
             if len(starts) > _MAX_PARTS:
                 body.seek(0)
                 return MAX_FORM_FIELD_BYTES + 1
@@ -958,8 +983,9 @@ def form_field_bytes(body: BinaryIO, content_type: str) -> int:
     for index in range(len(starts) - 1):  # the last start is the closing delimiter
         start, end = starts[index], starts[index + 1]
         body.seek(start)
-        headers = body.read(min(end - start, 16 << 10)).split(b"\r\n\r\n", 1)[0]
-        if b"filename=" not in headers.lower():
+        head = body.read(min(end - start, 16 << 10)).split(b"\r\n\r\n", 1)[0].split(b"\r\n", 1)[-1]
+        headers = email.parser.BytesHeaderParser().parsebytes(head + b"\r\n\r\n")
+        if headers.get_param("filename", header="content-disposition") is None:
             total += end - start
     body.seek(0)
     return total
@@ -1002,15 +1028,12 @@ class UploadChecks:
                 remove_leftovers(path)
         return self.app(environ, start_response)
 
-    def authenticated(self, environ: Dict[str, Any]) -> bool:
-        header = environ.get("HTTP_AUTHORIZATION", "")
-        if self.auther is None or header[:6].lower() != "basic ":
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return bool(self.auther(user, password))
+    def credentials(self, environ: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+        """(user, password) as pypiserver reads them (bottle's own parser, so both see the same request)."""
+        from pypiserver.bottle_wrapper.bottle import parse_auth  # noqa: PLC0415 - pypiserver's own parser
+
+        found = parse_auth(environ.get("HTTP_AUTHORIZATION", ""))
+        return (str(found[0]), str(found[1])) if found and found[1] is not None else None
 
     def size_refusal(self, header: Optional[str]) -> Optional[Tuple[int, str]]:
         try:
@@ -1025,32 +1048,39 @@ class UploadChecks:
         return None
 
     def refusal(self, environ: Dict[str, Any]) -> Optional[Tuple[int, str]]:
-        """(status, reason) for an upload to refuse; None lets pypiserver answer (its own auth, its 409s)."""
-        if not self.authenticated(environ):
-            return None  # pypiserver answers 401 or 403 without reading the body
+        """(status, reason) for an upload to refuse; None lets pypiserver answer (its 401, its 409s)."""
+        found = self.credentials(environ)
+        if found is None or self.auther is None:
+            return None  # pypiserver answers 401 without reading the body
+        if not self.auther(*found):
+            return 403, "Forbidden"  # as pypiserver answers, without hashing the wrong password a second time
         from pypiserver.bottle_wrapper.bottle import BaseRequest  # noqa: PLC0415 - pypiserver's own parser
 
         request = BaseRequest(environ)  # pypiserver reads the same parsed body (bottle keeps it in environ)
-        too_large = self.size_refusal(environ.get("CONTENT_LENGTH"))
-        if too_large is None:
-            fields = form_field_bytes(request.body, environ.get("CONTENT_TYPE", ""))  # read, not yet parsed
-            if fields > MAX_FORM_FIELD_BYTES:
-                limit = MAX_FORM_FIELD_BYTES >> 20
-                too_large = (
-                    413,
-                    f"Payload Too Large: {fields >> 20} MiB of form fields besides the file, at most {limit} MiB",
-                )
-        if too_large is not None:
-            return too_large
-        if request.forms.get(":action") != "file_upload":
-            return None
-        upload = request.files.get("content")
-        if upload is None:
-            return None
         try:
-            check_upload(upload.raw_filename, upload.file, self.packages)
+            return self.size_refusal(environ.get("CONTENT_LENGTH")) or self.form_refusal(request, environ)
         except BadDistribution as error:
             return 400, f"Bad Request: {error}"
+        except Exception:  # bottle refuses a body it cannot read (its HTTPError), or the body is cut off
+            LOG.warning("an upload's form could not be read", exc_info=True)
+            return 400, "Bad Request: the upload's form cannot be read"
+
+    @staticmethod
+    def form_fields_refusal(request: Any, environ: Dict[str, Any]) -> Optional[Tuple[int, str]]:
+        fields = form_field_bytes(request.body, environ.get("CONTENT_TYPE", ""))  # read, not yet parsed
+        if fields > MAX_FORM_FIELD_BYTES:
+            limit = MAX_FORM_FIELD_BYTES >> 20
+            return 413, f"Payload Too Large: {fields >> 20} MiB of form fields besides the file, at most {limit} MiB"
+        return None
+
+    def form_refusal(self, request: Any, environ: Dict[str, Any]) -> Optional[Tuple[int, str]]:
+        """The form's fields within their bound, then the uploaded file's checks (BadDistribution)."""
+        too_large = self.form_fields_refusal(request, environ)
+        if too_large is not None:
+            return too_large
+        upload = request.files.get("content")
+        if request.forms.get(":action") == "file_upload" and upload is not None:
+            check_upload(upload.raw_filename, upload.file, self.packages)
         return None
 
 
@@ -1225,7 +1255,7 @@ class StaticIndex:
         if parse_filename(os.path.basename(relfn)) is None or not self.index.listed(relfn):
             return NOT_FOUND
         try:
-            handle = open(full, "rb")  # noqa: SIM115 - closed by the server through wsgi.file_wrapper
+            handle = os.fdopen(os.open(full, os.O_RDONLY | os.O_NOFOLLOW), "rb")  # closed by the file wrapper
         except OSError:
             return NOT_FOUND
         size = os.fstat(handle.fileno()).st_size
@@ -1263,6 +1293,8 @@ class StaticIndex:
 # do; any change to the password file forgets them all. Failed checks are never remembered.
 VERIFIED_SECONDS = 300.0
 VERIFIED_MAX = 1024
+# Longer passwords or user names are refused unhashed (a huge one would keep a worker hashing).
+MAX_PASSWORD_CHARS = 1024
 
 
 def htpasswd_checker(password_file: str) -> Callable[[str, str], bool]:
@@ -1274,21 +1306,43 @@ def htpasswd_checker(password_file: str) -> Callable[[str, str], bool]:
     lock = threading.Lock()
     key = os.urandom(32)
     verified: Dict[Tuple[str, bytes], float] = {}
+    generation = [0]  # bumped on every reload: a success against an older file is not remembered
 
-    def check(user: str, password: str) -> bool:
-        token = (user, hmac.new(key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
-        now = time.monotonic()
-        with lock:  # passlib's file object is not shared between threads unlocked
+    def recall(user: str, token: Tuple[str, bytes], now: float) -> Tuple[bool, Optional[str], int]:
+        """(remembered, the stored hash, the file's generation), under the lock."""
+        with lock:
             if holder.load_if_changed():
                 verified.clear()
+                generation[0] += 1
             if verified.get(token, 0.0) > now:
-                return True
-            if not holder.check_password(user, password):
-                return False
-            if len(verified) >= VERIFIED_MAX:
-                verified.clear()
-            verified[token] = now + VERIFIED_SECONDS
+                return True, None, generation[0]
+            try:
+                return False, holder.get_hash(user), generation[0]
+            except ValueError:  # a user name passlib cannot hold (a tab, a colon)
+                return False, None, generation[0]
+
+    def matches(password: str, stored: str) -> bool:
+        try:  # outside the lock: a slow hash (a wrong or huge password) never holds up the others
+            return bool(holder.context.verify(password.encode(holder.encoding), stored))
+        except (ValueError, TypeError, UnicodeError):
+            return False
+
+    def check(user: str, password: str) -> bool:
+        if len(password) > MAX_PASSWORD_CHARS or len(user) > MAX_PASSWORD_CHARS:
+            return False
+        token = (user, hmac.new(key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
+        now = time.monotonic()
+        remembered, stored, seen = recall(user, token, now)
+        if remembered:
             return True
+        if stored is None or not matches(password, stored):
+            return False
+        with lock:
+            if generation[0] == seen:
+                if len(verified) >= VERIFIED_MAX:
+                    verified.clear()
+                verified[token] = now + VERIFIED_SECONDS
+        return True
 
     return check
 
