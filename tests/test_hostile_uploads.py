@@ -172,6 +172,11 @@ def test_an_anonymous_upload_gets_pypiserver_401_unread(stack: Stack, tmp_path: 
     assert status == 401
 
 
+def test_documentation_uploads_are_refused_before_pypiserver_reads_them_into_memory(stack: Stack) -> None:
+    status, text = raw_upload(stack.url, "docs.zip", os.urandom(4096), action="doc_upload")
+    assert status == 400 and "documentation uploads are not kept" in text, (status, text)
+
+
 def test_non_ascii_metadata_is_served_as_utf8(stack: Stack, tmp_path: Path) -> None:
     text = "There\u2019s caf\u00e9 \u2603"
     wheel = build_wheel(tmp_path, "unicode-meta", "1.0", summary=text, description=text)
@@ -289,12 +294,13 @@ def raw_upload(
     authorization: str | None = None,
     content_type: str = "multipart/form-data; boundary=airgap-pypi-test-boundary",
     extra_part: bytes = b"",
+    action: str = "file_upload",
 ) -> tuple[int, str]:
     """A multipart upload as twine sends it, without twine's own checks of the file."""
     boundary = "airgap-pypi-test-boundary"
     body = io.BytesIO()
     body.write(extra_part)
-    for field, value in ((":action", "file_upload"), ("name", filename.split("-", maxsplit=1)[0]), ("version", "1.0")):
+    for field, value in ((":action", action), ("name", filename.split("-", maxsplit=1)[0]), ("version", "1.0")):
         body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode())
     body.write(
         f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="{filename}"\r\n'

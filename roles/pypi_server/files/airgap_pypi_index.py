@@ -1078,8 +1078,10 @@ class UploadChecks:
         too_large = self.form_fields_refusal(request, environ)
         if too_large is not None:
             return too_large
-        upload = request.files.get("content")
-        if request.forms.get(":action") == "file_upload" and upload is not None:
+        upload, action = request.files.get("content"), request.forms.get(":action")
+        if action == "doc_upload":  # pypiserver reads the whole file into memory, then keeps nothing
+            return 400, "Bad Request: documentation uploads are not kept by this index"
+        if action == "file_upload" and upload is not None:
             check_upload(upload.raw_filename, upload.file, self.packages)
         return None
 
