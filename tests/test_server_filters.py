@@ -12,6 +12,8 @@ from conftest import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
+ROLE = ROOT / "roles" / "pypi_server"
+path_check = load_module("pypi_server_path_check", ROLE / "library" / "pypi_server_path_check.py")
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "pypi_server" / "defaults" / "main.yml").read_text())
 
 GOOD: dict[str, Any] = {
@@ -32,18 +34,7 @@ GOOD: dict[str, Any] = {
 
 def facts(path: str, **seen: Any) -> dict[str, Any]:
     """What pypi_server_path_check reports for path; by default nothing is there."""
-    return {
-        "path": path,
-        "exists": False,
-        "link": False,
-        "link_target": "",
-        "realpath": path,
-        "kind": "missing",
-        "owner": "",
-        "group": "",
-        "entries": [],
-        "more": False,
-    } | seen
+    return path_check.missing(path) | seen
 
 
 def pristine() -> dict[str, dict[str, Any]]:

@@ -94,9 +94,9 @@ def present(root: str, relative: str) -> bool:
     return True
 
 
-def look(path: str, limit: int, probes: list[str] | None = None) -> dict[str, Any]:
-    """What is at path: see RETURN."""
-    facts: dict[str, Any] = {
+def missing(path: str) -> dict[str, Any]:
+    """The facts of a path where nothing is (what look() starts from)."""
+    return {
         "path": path,
         "exists": False,
         "link": False,
@@ -109,6 +109,11 @@ def look(path: str, limit: int, probes: list[str] | None = None) -> dict[str, An
         "more": False,
         "present": [],
     }
+
+
+def look(path: str, limit: int, probes: list[str] | None = None) -> dict[str, Any]:
+    """What is at path: see RETURN."""
+    facts = missing(path)
     if not os.path.isabs(path):
         return facts
     facts["exists"] = os.path.lexists(path)
