@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import time
 import zipfile
@@ -220,6 +221,18 @@ def test_backup_without_a_directory_is_refused() -> None:
     result = playbook("playbooks/backup.yml")
     assert result.returncode != 0
     assert "pypi_backup_dir ('') must be an absolute directory" in said(result), tail(result)
+
+
+def test_a_backup_directory_that_is_a_system_directory_is_refused(tmp_path: Path) -> None:
+    """Also through a symlink on the controller: the archives would land among the system's files."""
+    link = tmp_path / "backups"
+    link.symlink_to("/etc")
+    before = sorted(os.listdir("/etc"))
+    for value in ("/etc", str(link)):
+        result = playbook("playbooks/backup.yml", "-e", f"pypi_backup_dir={value}")
+        assert result.returncode != 0
+        assert f"pypi_backup_dir={value} leads to /etc, a system directory" in said(result), tail(result)
+    assert sorted(os.listdir("/etc")) == before
 
 
 def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) -> None:
