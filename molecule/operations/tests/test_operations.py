@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 import time
 import zipfile
@@ -227,12 +226,12 @@ def test_a_backup_directory_that_is_a_system_directory_is_refused(tmp_path: Path
     """Also through a symlink on the controller: the archives would land among the system's files."""
     link = tmp_path / "backups"
     link.symlink_to("/etc")
-    before = sorted(os.listdir("/etc"))
+    before = sorted(Path("/etc").iterdir())
     for value in ("/etc", str(link)):
         result = playbook("playbooks/backup.yml", "-e", f"pypi_backup_dir={value}")
         assert result.returncode != 0
         assert f"pypi_backup_dir={value} leads to /etc, a system directory" in said(result), tail(result)
-    assert sorted(os.listdir("/etc")) == before
+    assert sorted(Path("/etc").iterdir()) == before
 
 
 def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) -> None:
