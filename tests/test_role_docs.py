@@ -80,3 +80,18 @@ def test_entry_points_that_spec_a_variable_differently_are_refused() -> None:
     }
     with pytest.raises(ValueError, match="x_port"):
         role_docs.render(readme, specs)
+
+
+def test_every_default_value_is_the_same_in_the_argument_specs() -> None:
+    """A default is written twice (defaults/main.yml for Ansible, meta/argument_specs.yml for the docs and the
+    validation): the values, not only the names, must agree in every entry point that documents one."""
+    drift = []
+    for defaults_file in ROOT.glob("roles/*/defaults/main.yml"):
+        role = defaults_file.parent.parent
+        defaults = yaml.safe_load(defaults_file.read_text())
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+        for entry_point, spec in specs.items():
+            for name, option in (spec.get("options") or {}).items():
+                if name in defaults and "default" in option and option["default"] != defaults[name]:
+                    drift.append(f"{role.name} {entry_point} {name}: {option['default']!r} != {defaults[name]!r}")
+    assert not drift, drift
