@@ -71,7 +71,9 @@ ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".
 YOUNG_SECONDS = 2.0
 RECHECK_SECONDS = 1.0
 LOG = logging.getLogger("airgap_pypi_index")
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.!+~-]+(/[A-Za-z0-9_.!+~-]+)*$")
+# The characters a served file name may hold: an upload's name, and each part of a path under /packages/.
+_NAME = r"[A-Za-z0-9_.!+~-]+"
+_SAFE_PATH = re.compile(rf"^{_NAME}(/{_NAME})*$")
 
 Entry = Dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -780,10 +782,11 @@ class Tree:
         """When a worker starts: remove what killed writers left, then check the pages. Never raises, so the
         WSGI module always imports and the index serves what it has."""
         try:
-            with self.locked():  # every writer of the tree holds this lock: any temporary file is a leftover
+            # Every writer of the tree holds this lock: any temporary file is a leftover. (UploadChecks clears the
+            # packages directory's when the worker starts.)
+            with self.locked():
                 for directory, _, _ in os.walk(self.tree):
                     remove_leftovers(directory, ".tmp-", locked_only=False)
-                remove_leftovers(self.packages)
         except Exception:
             LOG.exception("leftover temporary files could not be removed")
         self.ensure_fresh()
@@ -798,7 +801,7 @@ class Tree:
 
 # What an upload may be: wheels and the two sdist formats PyPI takes. Its name must also be servable as is.
 UPLOAD_SUFFIXES = (".whl", ".tar.gz", ".zip")
-_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9_.!+~-]+$")
+_UPLOAD_NAME = re.compile(rf"^{_NAME}$")
 # Uploads are written under this name beside their target, locked while written, then renamed.
 UPLOAD_TEMP_PREFIX = ".tmp-upload-"
 # Derived names: metadata/<file>.metadata in the tree (and a temporary name beside it).
@@ -929,12 +932,11 @@ def remove_leftovers(directory: str, prefix: str = UPLOAD_TEMP_PREFIX, locked_on
     return removed
 
 
-def atomic_uploads(pypiserver_app: Any) -> None:
+def atomic_uploads() -> None:
     """Make pypiserver store uploads with store_whole instead of writing straight to the final name."""
     import pypiserver.backend  # noqa: PLC0415 - only in the index's virtualenv
 
     pypiserver.backend.write_file = store_whole
-    _ = pypiserver_app
 
 
 # The form fields besides the files (twine's metadata, the description among them) are held in memory when
@@ -1005,13 +1007,8 @@ class UploadChecks:
         self.max_upload_bytes = max_upload_bytes
         config = getattr(app, "_pypiserver_config", None)
         self.auther: Optional[Callable[[str, str], bool]] = getattr(config, "auther", None)
-        atomic_uploads(app)
-        with contextlib.suppress(OSError):
-            for path in self.upload_dirs():
-                remove_leftovers(path)
-
-    def upload_dirs(self) -> List[str]:
-        return [self.packages]
+        atomic_uploads()
+        remove_leftovers(self.packages)  # of uploads killed before this worker started
 
     def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST" and (environ.get("PATH_INFO") or "/") == "/":
@@ -1024,8 +1021,7 @@ class UploadChecks:
                     [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
                 )
                 return [body]
-            for path in self.upload_dirs():
-                remove_leftovers(path)
+            remove_leftovers(self.packages)  # the static read path's sync does this too; without it, only here
         return self.app(environ, start_response)
 
     def credentials(self, environ: Dict[str, Any]) -> Optional[Tuple[str, str]]:
