@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import ansible.module_utils
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -19,3 +21,29 @@ def load_module(name: str, path: Path) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+# The shared module_utils of the roles (roles/pypi_common/module_utils) import as Ansible ships them to a host:
+# as ansible.module_utils.<name>.
+ansible.module_utils.__path__.append(str(ROOT / "roles" / "pypi_common" / "module_utils"))
+
+# A module run as Ansible runs it on a host: a Python process of its own with its arguments file, and the
+# shared module_utils where the AnsiballZ payload puts them.
+_RUN_MODULE = (
+    "import ansible.module_utils, runpy, sys; "
+    "ansible.module_utils.__path__.append(sys.argv.pop(1)); "
+    "sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def module_argv(module: Path, args: Path) -> list[str]:
+    """The command that runs module with its arguments file args (subprocess.run it)."""
+    return [
+        sys.executable,
+        "-c",
+        _RUN_MODULE,
+        str(ROOT / "roles" / "pypi_common" / "module_utils"),
+        str(module),
+        str(args),
+    ]

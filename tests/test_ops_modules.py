@@ -32,9 +32,15 @@ class FakeIndex(http.server.BaseHTTPRequestHandler):
     files: ClassVar[dict[str, bytes]] = {}
     listed_sha: ClassVar[dict[str, str]] = {}
     simple_status = 200
+    # /health answers 503 this many times, then 200.
+    health_fails: ClassVar[list[int]] = [0]
 
     def do_GET(self) -> None:
-        if self.path == "/simple/":
+        if self.path == "/health":
+            failing = self.health_fails[0] > 0
+            self.health_fails[0] -= 1
+            self.reply(503 if failing else 200, b"")
+        elif self.path == "/simple/":
             self.reply(self.simple_status, b"<html><body></body></html>")
         elif self.path == "/packages/":
             links = "".join(
@@ -60,7 +66,7 @@ class FakeIndex(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def index() -> Iterator[tuple[str, type[FakeIndex]]]:
-    handler = type("Handler", (FakeIndex,), {"files": {}, "listed_sha": {}, "simple_status": 200})
+    handler = type("Handler", (FakeIndex,), {"files": {}, "listed_sha": {}, "simple_status": 200, "health_fails": [0]})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -101,6 +107,28 @@ def test_probe_names_a_failing_simple_index(index) -> None:
     handler.simple_status = 500
     result = probe.probe(url, None, 5)
     assert result["serving"] is False and result["msg"] == f"GET {url}/simple/ answered 500, not 200"
+
+
+def test_health_wait_asks_until_health_answers_200(index) -> None:
+    url, handler = index
+    handler.health_fails = [2]
+    assert probe.wait_for_health(url, 10, None) == ""
+    assert handler.health_fails[0] < 0, "/health was not asked until it answered 200"
+
+
+def test_health_wait_gives_up_naming_the_last_answer(index) -> None:
+    url, handler = index
+    handler.health_fails = [100]
+    assert probe.wait_for_health(url, 2, None) == "GET /health did not answer 200 within 2 s (status 503)"
+
+
+def test_an_index_without_accounts_must_ask_for_a_password(index) -> None:
+    url, handler = index
+    handler.simple_status = 401
+    assert probe.asks_password(url, 5)["serving"] is True
+    handler.simple_status = 200
+    result = probe.asks_password(url, 5)
+    assert result["serving"] is False and result["msg"] == "GET /simple/ answered 200, not 401"
 
 
 def test_probe_reports_an_index_that_does_not_answer() -> None:

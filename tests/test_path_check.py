@@ -8,10 +8,9 @@ import json
 import os
 import pwd
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import load_module
+from conftest import load_module, module_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_path_check.py"
@@ -118,7 +117,7 @@ def test_runs_as_ansible_runs_it_in_check_mode(tmp_path: Path) -> None:
         "_ansible_check_mode": True,
     }
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    done = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False)
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, check=False)
     result = json.loads(done.stdout)
     assert not result.get("failed") and result["changed"] is False, result
     assert result["paths"]["a"]["kind"] == "directory" and result["paths"]["b"]["exists"] is False

@@ -1,17 +1,12 @@
-"""The port check module finds a real listening socket and its process, from /proc."""
+"""The shared port reader (pypi_common_port, used by the port check and path check modules) finds a real
+listening socket and its process, from /proc."""
 
 from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
-from conftest import load_module
-
-ROOT = Path(__file__).resolve().parent.parent
-port_check = load_module(
-    "pypi_server_port_check", ROOT / "roles" / "pypi_server" / "library" / "pypi_server_port_check.py"
-)
+from ansible.module_utils import pypi_common_port as port_check
 
 
 def test_finds_a_listening_socket_and_its_owner() -> None:
@@ -24,6 +19,8 @@ def test_finds_a_listening_socket_and_its_owner() -> None:
         assert set(sockets.values()) == {os.getuid()}
         owners = port_check.owners_of(sockets)
         assert os.getpid() in [owner["pid"] for owner in owners]
+        facts = port_check.who_listens(port)
+        assert facts["in_use"] and os.getpid() in [owner["pid"] for owner in facts["owners"]]
 
 
 def test_a_bound_but_not_listening_socket_is_free() -> None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
-probe_module = load_module("pypi_server_probe", ROOT / "roles" / "pypi_server" / "library" / "pypi_server_probe.py")
+probe_module = load_module("pypi_common_probe", ROOT / "roles" / "pypi_common" / "library" / "pypi_common_probe.py")
 WHEEL = b"not really a wheel, but bytes with a known sha256"
 PAGE = (
     '<html><body><a href="../../packages/demo-1.0-py3-none-any.whl#sha256='

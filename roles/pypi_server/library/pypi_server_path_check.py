@@ -10,6 +10,7 @@ import stat
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pypi_common_port import who_listens
 
 DOCUMENTATION = r"""
 module: pypi_server_path_check
@@ -34,6 +35,9 @@ options:
     description: At most this many names are read from a directory (one more tells whether there are more).
     type: int
     default: 64
+  port:
+    description: A TCP port to report the listeners of, in the same round trip (as M(pypi_common_port_check)).
+    type: int
 author: airgap-pypi
 """
 
@@ -47,6 +51,10 @@ paths:
     - A relative path is not looked at (kind missing).
   type: dict
   returned: always
+port:
+  description: For I(port) - in_use, owners (pid, cmdline) and users of the sockets listening on it.
+  type: dict
+  returned: when port is given
 """
 
 
@@ -145,13 +153,16 @@ def main() -> None:
             "paths": {"type": "dict", "required": True},
             "probes": {"type": "dict", "default": {}},
             "max_entries": {"type": "int", "default": 64},
+            "port": {"type": "int"},
         },
         supports_check_mode=True,
     )
     limit = max(1, module.params["max_entries"])
     probes = module.params["probes"]
+    extra = {} if module.params["port"] is None else {"port": who_listens(module.params["port"])}
     module.exit_json(
         changed=False,
+        **extra,
         paths={
             str(name): look(str(path), limit, [str(probe) for probe in probes.get(name) or []])
             for name, path in module.params["paths"].items()

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pypi_common_http import basic_auth, page_links
 
 DOCUMENTATION = r"""
 module: pypi_server_serving
@@ -45,10 +45,26 @@ options:
     description: Seconds for each request.
     type: int
     default: 10
+  health_wait:
+    description:
+      - First wait up to this many seconds for GET /health to answer 200, asking once a second (after a restart);
+        0 does not ask. When it never answers 200, the result says so in C(msg) and C(health) is false.
+    type: int
+    default: 0
+  expect_unauthorized:
+    description:
+      - The index asks for a password and the play has no account to give: check only that GET /simple/ answers
+        401 (I(username) is not used).
+    type: bool
+    default: false
 author: airgap-pypi
 """
 
 RETURN = r"""
+health:
+  description: Whether /health answered 200 (true when I(health_wait) is 0).
+  type: bool
+  returned: always
 serving:
   description: Whether every check passed.
   type: bool
@@ -67,8 +83,6 @@ checks:
   elements: str
   returned: always
 """
-
-HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
@@ -89,15 +103,12 @@ def fetch(url: str, auth: str | None, timeout: int, context: ssl.SSLContext | No
 
 
 def file_links(base: str, html: str) -> list[tuple[str, str, str]]:
-    """(name, absolute URL without fragment, sha256 from the fragment or '') of every link in a listing."""
-    links = []
-    for href in HREF.findall(html):
-        url, _, fragment = urllib.parse.urljoin(base, href).partition("#")
-        name = urllib.parse.unquote(url.rstrip("/").rsplit("/", 1)[-1])
-        digest = fragment[len("sha256=") :] if fragment.startswith("sha256=") else ""
-        if name and not url.endswith("/"):
-            links.append((name, url, digest))
-    return links
+    """(name, absolute URL without fragment, sha256 from the fragment or '') of every file link in a listing."""
+    return [
+        (link.name, link.url, link.sha256 or "")
+        for link in page_links(html, base)
+        if link.name and not link.url.endswith("/")
+    ]
 
 
 def probe(url: str, auth: str | None, timeout: int, ca_file: str = "") -> dict[str, Any]:
@@ -140,6 +151,41 @@ def probe(url: str, auth: str | None, timeout: int, ca_file: str = "") -> dict[s
     return result
 
 
+def asks_password(url: str, timeout: int, ca_file: str = "") -> dict[str, Any]:
+    """GET /simple/ without a password must answer 401."""
+    base = url.rstrip("/")
+    context = tls_context(ca_file) if base.startswith("https:") else None
+    result: dict[str, Any] = {"serving": False, "files": 0, "file": "", "checks": []}
+    try:
+        status, _ = fetch(f"{base}/simple/", None, timeout, context)
+    except (OSError, ValueError) as exc:
+        result["msg"] = f"{base} did not answer: {exc}"
+        return result
+    if status != 401:
+        result["msg"] = f"GET /simple/ answered {status}, not 401"
+        return result
+    result["checks"].append(f"GET {base}/simple/ without a password: 401")
+    result["serving"] = True
+    return result
+
+
+def wait_for_health(url: str, seconds: int, context: ssl.SSLContext | None) -> str:
+    """Ask url/health once a second for up to seconds; '' when it answered 200, else what the last try got."""
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while True:
+        try:
+            status, _ = fetch(f"{url.rstrip('/')}/health", None, 5, context)
+            if status == 200:
+                return ""
+            last = f"status {status}"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        if time.monotonic() + 1 > deadline:
+            return f"GET /health did not answer 200 within {seconds} s ({last})"
+        time.sleep(1)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -148,15 +194,25 @@ def main() -> None:
             "password": {"type": "str", "default": "", "no_log": True},
             "ca_file": {"type": "str", "default": ""},
             "timeout": {"type": "int", "default": 10},
+            "health_wait": {"type": "int", "default": 0},
+            "expect_unauthorized": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     params = module.params
     auth = None
     if params["username"]:
-        token = base64.b64encode(f"{params['username']}:{params['password']}".encode()).decode()
-        auth = f"Basic {token}"
-    result = probe(params["url"], auth, params["timeout"], params["ca_file"])
+        auth = basic_auth(params["username"], params["password"])
+    if params["health_wait"] > 0:
+        context = tls_context(params["ca_file"]) if params["url"].startswith("https:") else None
+        error = wait_for_health(params["url"], params["health_wait"], context)
+        if error:
+            module.fail_json(changed=False, health=False, serving=False, files=0, file="", checks=[], msg=error)
+    if params["expect_unauthorized"]:
+        result = asks_password(params["url"], params["timeout"], params["ca_file"])
+    else:
+        result = probe(params["url"], auth, params["timeout"], params["ca_file"])
+    result["health"] = True
     if not result["serving"]:
         module.fail_json(changed=False, **result)
     module.exit_json(changed=False, **result)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
-module: pypi_bootstrap_files
+module: pypi_common_files
 short_description: Several directories, files and absent paths in one call
 description:
   - Brings each path of I(paths), in order, to its state, as M(ansible.builtin.file) (C(directory), C(absent)) and
@@ -50,12 +51,37 @@ options:
       mode:
         description: Permissions, an octal string such as C("0644").
         type: str
+  verify:
+    description:
+      - After the paths, check the files listed in this C(sha256sum) file (C(<sha256>  <relative path>) lines,
+        relative to its directory) as C(sha256sum --check --strict) would, in the same round trip. When the file
+        is one of I(paths), its wanted content is used (so check mode sees what a real run would write).
+    type: path
+  probe:
+    description: Paths whose existence is reported in C(present) (lstat, nothing followed), in the same round trip.
+    type: list
+    elements: path
+    default: []
 author: airgap-pypi
 """
 
 RETURN = r"""
 changed_paths:
   description: The paths that changed (or would change in check mode), in order.
+  type: list
+  elements: str
+  returned: always
+verified:
+  description: Whether every file listed in I(verify) is there with its sha256 (true when I(verify) is not given).
+  type: bool
+  returned: always
+mismatched:
+  description: The first ten listed files that are missing or whose sha256 differs.
+  type: list
+  elements: str
+  returned: always
+present:
+  description: The paths of I(probe) that exist.
   type: list
   elements: str
   returned: always
@@ -135,16 +161,50 @@ def ensure_file(module: AnsibleModule, path: str, entry: dict[str, Any], diffs: 
             )
         if module.check_mode:
             return True
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pypi_bootstrap_files.")
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pypi_common_files.")
         with os.fdopen(handle, "wb") as out:
             out.write(wanted)
         module.atomic_move(temporary, path)
     return set_attributes(module, path, entry) or write
 
 
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mismatched(sums_path: str, text: str) -> list[str]:
+    """The files listed in a sha256sum file that are missing or differ (relative to its directory)."""
+    base = os.path.dirname(sums_path)
+    bad: list[str] = []
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if not line.strip():
+            continue
+        if len(digest) != 64 or not name:
+            bad.append(f"{sums_path}: malformed line {line[:80]!r}")
+            continue
+        path = os.path.join(base, name)
+        try:
+            if not os.path.isfile(path) or sha256_of(path) != digest:
+                bad.append(name)
+        except OSError:
+            bad.append(name)
+        if len(bad) >= 10:
+            break
+    return bad
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"paths": {"type": "list", "elements": "dict", "required": True, "options": ENTRY_SPEC}},
+        argument_spec={
+            "paths": {"type": "list", "elements": "dict", "required": True, "options": ENTRY_SPEC},
+            "verify": {"type": "path"},
+            "probe": {"type": "list", "elements": "path", "default": []},
+        },
         supports_check_mode=True,
     )
     changed_paths: list[str] = []
@@ -163,7 +223,28 @@ def main() -> None:
             changed = ensure_file(module, path, entry, diffs)
         if changed:
             changed_paths.append(path)
-    module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
+    bad: list[str] = []
+    sums = module.params["verify"]
+    if sums:
+        wanted = [entry.get("content") for entry in module.params["paths"] if entry["path"] == sums]
+        try:
+            if wanted and wanted[-1] is not None:
+                text = wanted[-1]
+            else:
+                with open(sums, encoding="utf-8") as handle:
+                    text = handle.read()
+            bad = mismatched(sums, text)
+        except (OSError, UnicodeDecodeError) as error:
+            bad = [f"{sums}: {error}"]
+    present = [path for path in module.params["probe"] if os.path.lexists(path)]
+    module.exit_json(
+        changed=bool(changed_paths),
+        changed_paths=changed_paths,
+        diff=diffs,
+        verified=not bad,
+        mismatched=bad,
+        present=present,
+    )
 
 
 if __name__ == "__main__":

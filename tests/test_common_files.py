@@ -1,29 +1,33 @@
-"""pypi_bootstrap_files, run as Ansible runs it: directories, contents, absent paths; idempotent and check mode."""
+"""pypi_common_files, run as Ansible runs it: directories, contents, absent paths; idempotent and check mode."""
 
 from __future__ import annotations
 
 import grp
+import hashlib
 import json
 import os
 import pwd
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from conftest import module_argv
+
 ROOT = Path(__file__).resolve().parent.parent
-MODULE = ROOT / "roles" / "pypi_bootstrap" / "library" / "pypi_bootstrap_files.py"
+MODULE = ROOT / "roles" / "pypi_common" / "library" / "pypi_common_files.py"
 OWNER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
 
 
-def run(tmp_path: Path, paths: list[dict[str, Any]], check: bool = False, diff: bool = False) -> dict[str, Any]:
+def run(
+    tmp_path: Path, paths: list[dict[str, Any]], check: bool = False, diff: bool = False, **extra: Any
+) -> dict[str, Any]:
     """The module's JSON result for these paths (it runs as a separate process, as on a host)."""
     args = tmp_path / f"args-{len(list(tmp_path.glob('args-*')))}.json"
-    params = {"paths": paths, "_ansible_check_mode": check, "_ansible_diff": diff}
+    params = {"paths": paths, "_ansible_check_mode": check, "_ansible_diff": diff, **extra}
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    done = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False)
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, check=False)
     result = json.loads(done.stdout)
     assert not result.get("failed"), result
     return result
@@ -89,6 +93,30 @@ def test_a_file_where_a_directory_belongs_fails(tmp_path: Path) -> None:
     args = tmp_path / "args.json"
     params = {"paths": [{"path": str(tmp_path / "taken"), "state": "directory"}]}
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    done = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False)
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, check=False)
     result = json.loads(done.stdout)
     assert result["failed"] and "is not a directory" in result["msg"]
+
+
+def test_verify_checks_the_listed_files_as_sha256sum_would(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.whl", tmp_path / "bad.whl"
+    good.write_bytes(b"good")
+    bad.write_bytes(b"tampered")
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in [("good.whl", b"good"), ("bad.whl", b"bad")]
+    )
+    entry = {"path": str(tmp_path / "SHA256SUMS"), "state": "file", "content": sums}
+    result = run(tmp_path, [entry], verify=str(tmp_path / "SHA256SUMS"), probe=[str(good), str(tmp_path / "none")])
+    assert result["verified"] is False and result["mismatched"] == ["bad.whl"], result
+    assert result["present"] == [str(good)]
+    bad.write_bytes(b"bad")
+    assert run(tmp_path, [entry], verify=str(tmp_path / "SHA256SUMS"))["verified"] is True
+
+
+def test_verify_in_check_mode_uses_the_content_that_would_be_written(tmp_path: Path) -> None:
+    (tmp_path / "a.whl").write_bytes(b"a")
+    sums = f"{hashlib.sha256(b'a').hexdigest()}  a.whl\n"
+    entry = {"path": str(tmp_path / "SHA256SUMS"), "state": "file", "content": sums}
+    result = run(tmp_path, [entry], check=True, verify=str(tmp_path / "SHA256SUMS"))
+    assert result["changed"] is True and result["verified"] is True, result
+    assert not (tmp_path / "SHA256SUMS").exists()

@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
-import re
 import socket
 import ssl
 import time
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pypi_common_http import basic_auth, page_links
 
 DOCUMENTATION = r"""
-module: pypi_server_probe
+module: pypi_common_probe
 short_description: One HTTP(S) request to the index, with the certificate checked against a name and a CA
 description:
   - Connects to I(host):I(port) (e.g. the loopback address), and with I(tls) verifies the server's certificate
@@ -106,7 +105,6 @@ certificate:
 """
 
 BODY_LIMIT = 256 * 1024
-HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 
 
 class _Connection(http.client.HTTPConnection):
@@ -123,13 +121,10 @@ class _Connection(http.client.HTTPConnection):
 def links_of(body: str, base: str) -> list[dict[str, Any]]:
     """Every href of an HTML page, as a path resolved against base, its file name and its #sha256= fragment."""
     found = []
-    for href in HREF.findall(body):
-        parts = urlsplit(urljoin(base, href))
-        fragment = dict(p.split("=", 1) for p in parts.fragment.split("&") if "=" in p)
+    for link in page_links(body, base):
+        parts = urlsplit(link.url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        found.append(
-            {"path": path, "name": unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]), "sha256": fragment.get("sha256")}
-        )
+        found.append({"path": path, "name": link.name, "sha256": link.sha256})
     return found
 
 
@@ -186,8 +181,7 @@ def probe(
         if accept:
             headers["Accept"] = accept
         if username is not None:
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
+            headers["Authorization"] = basic_auth(username, password)
         connection = _Connection(sock, name, port, timeout)
         try:
             connection.request(method, path, body=b"" if method == "POST" else None, headers=headers)

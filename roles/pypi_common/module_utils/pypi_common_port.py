@@ -1,42 +1,10 @@
-#!/usr/bin/python
-"""Report which processes listen on a TCP port, from /proc (read-only)."""
+"""Which processes listen on a TCP port, read from /proc (no ss or netstat needed)."""
 
 from __future__ import annotations
 
 import os
 import pwd
-
-from ansible.module_utils.basic import AnsibleModule
-
-DOCUMENTATION = r"""
-module: pypi_server_port_check
-short_description: Report which processes listen on a TCP port
-description:
-  - Reads /proc/net/tcp and /proc/net/tcp6 and the open file descriptors in /proc. Changes nothing.
-options:
-  port:
-    description: TCP port to look for.
-    type: int
-    required: true
-author: airgap-pypi
-"""
-
-RETURN = r"""
-in_use:
-  description: Whether any socket listens on the port.
-  type: bool
-  returned: always
-owners:
-  description: The listening processes that could be read, each with pid and cmdline.
-  type: list
-  elements: dict
-  returned: always
-users:
-  description: Names (or uids) of the users owning the listening sockets.
-  type: list
-  elements: str
-  returned: always
-"""
+from typing import Any
 
 LISTEN = "0A"
 
@@ -81,16 +49,11 @@ def owners_of(inodes: dict[str, int]) -> list[dict[str, object]]:
     return owners
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec={"port": {"type": "int", "required": True}}, supports_check_mode=True)
-    inodes = listening_sockets(module.params["port"])
-    module.exit_json(
-        changed=False,
-        in_use=bool(inodes),
-        owners=owners_of(inodes) if inodes else [],
-        users=sorted({user_name(uid) for uid in inodes.values()}),
-    )
-
-
-if __name__ == "__main__":
-    main()
+def who_listens(port: int) -> dict[str, Any]:
+    """in_use, owners (pid, cmdline) and users (names or uids) of the sockets listening on port."""
+    inodes = listening_sockets(port)
+    return {
+        "in_use": bool(inodes),
+        "owners": owners_of(inodes) if inodes else [],
+        "users": sorted({user_name(uid) for uid in inodes.values()}),
+    }

@@ -1,0 +1,143 @@
+#!/usr/bin/python
+"""A virtualenv holding exactly one lock of the bundle, checked and (re)built in one call."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: pypi_bootstrap_venv
+short_description: A virtualenv that holds exactly one lock of the offline bundle
+description:
+  - The virtualenv at I(path) is current when it holds the marker C(.airgap-pypi-lock-<lock_sha256>). When it does
+    not, it is created anew (C(virtualenv --clear --no-seed) run by I(python) with the bootstrap tools on its path)
+    and the lock is installed into it by pip run from its wheel, with C(--no-index --require-hashes) from the
+    bundle's wheels only; the marker is written last, so a cut-off build is rebuilt on the next run.
+  - One round trip when nothing changes (the stat), instead of a task each for the check, the build and the record.
+  - Supports check mode (reports the build, does nothing).
+options:
+  path:
+    description: Where the virtualenv goes.
+    type: path
+    required: true
+  python:
+    description: The host's Python that runs the bootstrap virtualenv.
+    type: path
+    required: true
+  tools_dir:
+    description: The bootstrap tools (virtualenv), put on that Python's path.
+    type: path
+    required: true
+  bundle_dir:
+    description: The host's copy of the bundle (wheels/ and locks/).
+    type: path
+    required: true
+  lock:
+    description: The lock, relative to I(bundle_dir) (C(locks/<name>-<tag>.txt)).
+    type: str
+    required: true
+  lock_sha256:
+    description: The lock's sha256, which names the marker.
+    type: str
+    required: true
+  pip_wheel:
+    description: pip's wheel, relative to I(bundle_dir); pip runs from it.
+    type: str
+    required: true
+  pip_launcher:
+    description: The Python code that runs pip from its wheel (the role's vars).
+    type: str
+    required: true
+  environment:
+    description: Environment for virtualenv and pip (no config files, no prompts, no network).
+    type: dict
+    default: {}
+author: airgap-pypi
+"""
+
+RETURN = r"""
+marker:
+  description: The marker file that says which lock the virtualenv holds.
+  type: str
+  returned: always
+"""
+
+MARKER_PREFIX = ".airgap-pypi-lock-"
+
+
+def run(module: AnsibleModule, argv: list[str], environ: dict[str, str], what: str) -> None:
+    rc, out, err = module.run_command(argv, environ_update=environ)
+    if rc != 0:
+        module.fail_json(msg=f"{what} failed (exit {rc}): {(err or out)[-2000:]}", rc=rc, cmd=argv)
+
+
+def build(module: AnsibleModule, params: dict[str, Any], marker: str) -> None:
+    environ = {str(key): str(value) for key, value in params["environment"].items()}
+    tools_env = dict(environ, PYTHONPATH=params["tools_dir"], VIRTUALENV_CONFIG_FILE="/dev/null")
+    path = params["path"]
+    bundle = params["bundle_dir"]
+    run(
+        module,
+        [params["python"], "-m", "virtualenv", "--clear", "--no-seed", "--no-download", "--no-periodic-update", path],
+        tools_env,
+        f"Creating the virtualenv {path}",
+    )
+    run(
+        module,
+        [
+            os.path.join(path, "bin", "python"),
+            "-c",
+            params["pip_launcher"],
+            os.path.join(bundle, params["pip_wheel"]),
+            "install",
+            "--no-index",
+            f"--find-links={os.path.join(bundle, 'wheels')}",
+            "--require-hashes",
+            f"--requirement={os.path.join(bundle, params['lock'])}",
+        ],
+        environ,
+        f"Installing {params['lock']} into {path}",
+    )
+    handle, temporary = tempfile.mkstemp(dir=path, prefix=".pypi_bootstrap_venv.")
+    with os.fdopen(handle, "w") as out:
+        out.write(params["lock"] + "\n")
+    os.chmod(temporary, 0o644)
+    os.rename(temporary, marker)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "python": {"type": "path", "required": True},
+            "tools_dir": {"type": "path", "required": True},
+            "bundle_dir": {"type": "path", "required": True},
+            "lock": {"type": "str", "required": True},
+            "lock_sha256": {"type": "str", "required": True},
+            "pip_wheel": {"type": "str", "required": True},
+            "pip_launcher": {"type": "str", "required": True},
+            "environment": {"type": "dict", "default": {}},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    digest = params["lock_sha256"]
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        module.fail_json(msg=f"lock_sha256 {digest!r} is not a sha256 in hex")
+    marker = os.path.join(params["path"], MARKER_PREFIX + digest)
+    # lstat: a link planted at the marker's name does not count as a built virtualenv.
+    try:
+        current = os.path.isfile(marker) and not os.path.islink(marker)
+    except OSError:
+        current = False
+    if not current and not module.check_mode:
+        build(module, params, marker)
+    module.exit_json(changed=not current, marker=marker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-../../pypi_server/library/pypi_server_port_check.py

@@ -1,1 +1,0 @@
-../../pypi_bootstrap/library/pypi_bootstrap_files.py
