@@ -30,6 +30,13 @@ def on_client(*args: str, check: bool = False) -> subprocess.CompletedProcess[st
     return docker("exec", CLIENT, *args, check=check)
 
 
+def twine_upload(url: str, *files: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+    """twine upload of files on the client container to the index at url, as the scenario's account."""
+    credentials = ("-u", USER, "-p", password)
+    twine = (f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "--repository-url", url)
+    return on_client(*twine, *credentials, *files)
+
+
 def health_from_client(server: str) -> bool:
     """True when the index on server answers /health to the client container."""
     code = (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENT, CLIENT_BIN, NETWORK, PASSWORD, PORT, PROJECT_DIR, USER, docker, on_client
+from conftest import CLIENT, NETWORK, PORT, PROJECT_DIR, docker, twine_upload
 from demo_wheel import build_wheel
 
 SERVER = "airgap-pypi-deb12"
@@ -158,18 +158,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
         remote.append(f"/var/tmp/{wheel.name}")
     url = f"http://{SERVER}:{PORT}/"
-    done = on_client(
-        f"{CLIENT_BIN}/twine",
-        "upload",
-        "--non-interactive",
-        "--repository-url",
-        url,
-        "-u",
-        USER,
-        "-p",
-        PASSWORD,
-        *remote,
-    )
+    done = twine_upload(url, *remote)
     assert done.returncode == 0, done.stdout + done.stderr
     return f"http://{address}:{PORT}", stamp
 

@@ -12,12 +12,11 @@ from conftest import (
     CLIENT,
     CLIENT_BIN,
     NETWORK,
-    PASSWORD,
     PORT,
-    USER,
     docker,
     health_from_client,
     on_client,
+    twine_upload,
     wait_for,
 )
 
@@ -242,23 +241,10 @@ def test_upload_needs_credentials_then_pip_installs(host, demo_wheel) -> None:
         "try:\n urllib.request.urlopen(req, timeout=10)\nexcept urllib.error.HTTPError as e:\n print(e.code)\n",
     )
     assert anonymous.stdout.strip() == "401", anonymous.stdout + anonymous.stderr
-    wrong = on_client(
-        f"{CLIENT_BIN}/twine",
-        "upload",
-        "--non-interactive",
-        "--repository-url",
-        url,
-        "-u",
-        USER,
-        "-p",
-        "not-the-password",
-        wheel,
-    )
+    wrong = twine_upload(url, wheel, password="not-the-password")
     assert wrong.returncode != 0
     assert "403" in wrong.stdout + wrong.stderr
-    ok = on_client(
-        f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "--repository-url", url, "-u", USER, "-p", PASSWORD, wheel
-    )
+    ok = twine_upload(url, wheel)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     target = f"/tmp/site-{server}"
     install = on_client(
