@@ -1,4 +1,4 @@
-"""Test set-up: the helpers in scripts/ import by name; load_module loads a file that is in no package."""
+"""Test set-up: load_module loads a file that is in no package (the helpers in scripts/ import as a package)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from types import ModuleType
 import ansible.module_utils
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def load_module(name: str, path: Path) -> ModuleType:

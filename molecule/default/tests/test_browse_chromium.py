@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import CLIENT, CLIENT_BIN, NETWORK, PASSWORD, PORT, PROJECT_DIR, USER, docker, on_client
-from demo_wheel import build_wheel
+
+from scripts.demo_wheel import build_wheel
 
 SERVER = "airgap-pypi-deb12"
 RESULTS = PROJECT_DIR / ".test-results"

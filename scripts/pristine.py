@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from containers import docker, recap
+
+from .containers import docker, recap
 
 NETWORK = "airgap-pypi-bad-inputs"
 PREFIX = "airgap-pypi-bad-"
