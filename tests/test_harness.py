@@ -1,6 +1,7 @@
 """The test harness keeps one copy of each thing it shares: the helpers are one package, imported as such; the
 Molecule scenarios create and destroy their containers with one pair of playbooks; the docker run options of each
-kind of init are written once (molecule/shared/vars/run-options.yml) and every user reads them from there."""
+kind of init are written once (molecule/shared/vars/run-options.yml) and every user reads them from there; the
+scenarios are listed once, in scripts/test.sh, which `make molecule` calls."""
 
 from __future__ import annotations
 
@@ -250,3 +251,21 @@ def test_the_shared_create_starts_each_platform_with_its_run_options(
         **options,
         "labels": {"airgap-pypi.molecule": "true"},
     }, scenario
+
+
+def test_scripts_test_sh_lists_every_scenario_once_and_runs_each() -> None:
+    text = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
+    lists = re.findall(r"(?m)^scenarios=\(([^)]*)\)$", text)
+    assert len(lists) == 1, "scripts/test.sh has one scenarios=(...) line"
+    listed = lists[0].split()
+    assert sorted(listed) == SCENARIOS, f"scripts/test.sh lists {listed}; molecule/ has {SCENARIOS}"
+    for name in listed:
+        assert re.search(rf"(?m)^\s*step {name} [AB] ", text), f"scripts/test.sh runs no step {name} in a lane"
+
+
+def test_make_molecule_runs_the_scenarios_of_scripts_test_sh() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    target = re.search(r"(?ms)^molecule:[^\n]*\n((?:\t[^\n]*\n)+)", makefile)
+    assert target, "the Makefile has a molecule target"
+    assert target[1].split() == ["@scripts/test.sh", "molecule"]
+    assert "--scenario-name" not in makefile, "the Makefile names scenarios again: call scripts/test.sh"
