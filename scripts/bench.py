@@ -415,7 +415,11 @@ def nginx(root: Path, workers: int) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            if not wait_until(lambda: proc.poll() is not None or http_get(url + "/simple/")[0] == 200, 10):
+
+            def answered() -> bool:  # or stopped: the check below says why
+                return proc.poll() is not None or http_get(url + "/simple/")[0] == 200
+
+            if not containers.wait_for(answered, 10, step=0.2):
                 raise RuntimeError(f"nginx did not serve {url} within 10 s")
             if proc.poll() is not None:
                 log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
@@ -449,15 +453,6 @@ def http_get(url: str, timeout: float = 60) -> tuple[int, str]:
         return exc.code, ""
     except (urllib.error.URLError, OSError):
         return 0, ""
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 class _Anchors(html.parser.HTMLParser):

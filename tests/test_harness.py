@@ -6,9 +6,7 @@ scenarios are listed once, in scripts/test.sh, which `make molecule` calls."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import run_playbook
 
 from scripts import containers
 
@@ -157,14 +156,6 @@ def test_the_run_options_are_written_in_one_place() -> None:
     assert not found, f"read them from {RUN_OPTIONS.relative_to(ROOT)} (scripts/containers.py): {found}"
 
 
-def ansible_playbook() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
-    if not found:
-        pytest.skip("not run: ansible-playbook is not installed (scripts/venv.sh)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """{container: the docker_container arguments molecule/shared/create.yml starts it with}, for every platform of
@@ -205,18 +196,7 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
         }
         for scenario in SHARED_SCENARIOS
     ]
-    playbook = out / "render.json"
-    playbook.write_text(json.dumps(plays))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_LOCALHOST_WARNING="0")
-    done = subprocess.run(
-        [ansible_playbook(), "-i", "localhost,", str(playbook)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
+    done = run_playbook(plays, out / "render.json")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     rendered = {}
     for scenario in SHARED_SCENARIOS:
