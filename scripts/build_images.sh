@@ -32,7 +32,7 @@
 # docker run options (no --privileged: it fails on the test machines): those of the image's kind
 # of init in molecule/shared/vars/run-options.yml, which says why each is needed (systemd for the
 # systemd images, sysv for debian12-sysv, none for debian12-client); print them with
-#   python3 scripts/containers.py run-options systemd
+#   .venv/bin/python scripts/containers.py run-options systemd
 # --check runs the systemd images with exactly those; debian12-sysv with the fewest it needs
 # (SYSV_RUN_OPTS: sysv's without --tmpfs /tmp and -e container=docker); the others with none.
 #

@@ -4,7 +4,7 @@ of each kind of init (molecule/shared/vars/run-options.yml), polling and ansible
 
 As a script it prints the run options of one kind of init as docker run flags, one a line, for shell scripts:
 
-    python3 scripts/containers.py run-options systemd
+    .venv/bin/python scripts/containers.py run-options systemd   (any python3 with PyYAML)
 """
 
 from __future__ import annotations
