@@ -55,11 +55,8 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff, shellcheck
 unit: venv ## pytest for the Python helpers
 	pytest -q tests
 
-molecule: venv images bundle ## molecule test (default, network, operations and tls scenarios)
-	molecule test --scenario-name default
-	molecule test --scenario-name network
-	molecule test --scenario-name operations
-	molecule test --scenario-name tls
+molecule: ## molecule test of every scenario (scripts/test.sh molecule: its setup, then the scenarios in two lanes)
+	@scripts/test.sh molecule
 
 proof: venv images ## The air-gap proof: offline controller container, site.yml, client installs from the mirror
 	pytest -q -p no:cacheprovider proof

@@ -9,18 +9,16 @@ libraries of the carried-in mirror with `--index-url` only. Run by scripts/test.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from scripts.containers import SYSTEMD_RUN_OPTIONS
+from scripts.pack_archive import pack, version
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "molecule" / "shared"))
-from containers import SYSTEMD_RUN_OPTIONS
-from pack_archive import pack, version
 
 NETWORK = "airgap-pypi-proof"
 INDEX = "airgap-pypi-proof-index"

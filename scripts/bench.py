@@ -46,20 +46,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "molecule" / "shared"))
-
-import build_bundle as bb  # noqa: E402 - a sibling script, found through the path above
-from containers import SYSTEMD_RUN_OPTIONS  # noqa: E402 - the docker run options the scenarios use
-from demo_wheel import build_wheel  # noqa: E402
-from packaging.utils import (  # noqa: E402
+from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
     canonicalize_name,
     parse_sdist_filename,
     parse_wheel_filename,
 )
+
+if __package__:  # imported: from scripts import bench (the unit tests)
+    from . import build_bundle as bb
+    from . import containers, demo_wheel, index_stack
+else:  # run as a file (scripts/bench.sh): python puts its folder, scripts/, first on sys.path
+    import build_bundle as bb
+    import containers
+    import demo_wheel
+    import index_stack
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "pip", "upload", "bundle")
 PREFIX = "airgap-pypi-bench"
@@ -168,7 +172,7 @@ def start_hosts(names: Sequence[str]) -> None:
                 name,
                 "--network",
                 NETWORK,
-                *SYSTEMD_RUN_OPTIONS,
+                *containers.SYSTEMD_RUN_OPTIONS,
                 IMAGE,
             ],
             check=True,
@@ -289,7 +293,7 @@ def build_synthetic(directory: Path, files: int) -> list[Path]:
     paths = []
     for name, version in synthetic_names(files):
         path = directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
-        paths.append(path if path.exists() else build_wheel(directory, name, version))
+        paths.append(path if path.exists() else demo_wheel.build_wheel(directory, name, version))
     return paths
 
 
@@ -411,7 +415,11 @@ def nginx(root: Path, workers: int) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            if not wait_until(lambda: proc.poll() is not None or http_get(url + "/simple/")[0] == 200, 10):
+
+            def answered() -> bool:  # or stopped: the check below says why
+                return proc.poll() is not None or http_get(url + "/simple/")[0] == 200
+
+            if not containers.wait_for(answered, 10, step=0.2):
                 raise RuntimeError(f"nginx did not serve {url} within 10 s")
             if proc.poll() is not None:
                 log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
@@ -445,15 +453,6 @@ def http_get(url: str, timeout: float = 60) -> tuple[int, str]:
         return exc.code, ""
     except (urllib.error.URLError, OSError):
         return 0, ""
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 class _Anchors(html.parser.HTMLParser):
@@ -553,20 +552,19 @@ def wrk(url: str, load: Load, headers: Sequence[str] = ()) -> WrkResult:
 
 
 def auth_reads(workdir: Path, load: Load) -> dict[str, Any]:
-    """/simple/<project>/ on loopback through the real stack (tests/index_stack.py): an index with
+    """/simple/<project>/ on loopback through the real stack (scripts/index_stack.py): an index with
     pypi_server_auth_downloads read with the password (sha512_crypt, 100,000 rounds; verified passwords
     remembered) against the same index without auth read without one."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from index_stack import auth_header, serve, twine_upload  # noqa: PLC0415 - the tests' stack, on demand
-
     out: dict[str, Any] = {"load": asdict(load)}
     for name, protected in (("open", False), ("password", True)):
-        with serve(workdir / f"auth-{name}", auth_downloads=protected) as stack:
-            wheel = build_wheel(workdir / f"auth-{name}-dist", "bench-auth", "1.0")
-            done = twine_upload(stack.url, wheel)
+        with index_stack.serve(workdir / f"auth-{name}", auth_downloads=protected) as stack:
+            wheel = demo_wheel.build_wheel(workdir / f"auth-{name}-dist", "bench-auth", "1.0")
+            done = index_stack.twine_upload(stack.url, wheel)
             if done.returncode != 0:
                 raise RuntimeError(f"upload to the {name} index failed: {done.stdout[-300:]} {done.stderr[-300:]}")
-            result = wrk(f"{stack.url}/simple/bench-auth/", load, [f"Authorization: {auth_header()}"] * protected)
+            result = wrk(
+                f"{stack.url}/simple/bench-auth/", load, [f"Authorization: {index_stack.auth_header()}"] * protected
+            )
             out[name] = {
                 "rps": result.rps,
                 "p99_ms": result.p99_ms,
@@ -926,7 +924,7 @@ def upload_bench(ip: str, password: str, runs: int) -> dict[str, Any]:
         for mode, outcomes in results.items():
             for i in range(runs):
                 version = f"1.{len(results['pip']) + len(results['http'])}.0"
-                wheel = build_wheel(Path(tmp), "bench-upload", version)
+                wheel = demo_wheel.build_wheel(Path(tmp), "bench-upload", version)
                 run(["docker", "cp", str(wheel), f"{CLIENT}:/root/bench/{wheel.name}"], check=True)
                 args = [f"http://{ip}:{PORT}/", f"http://{ip}:{PORT}/simple/", ip, "bench-upload", version]
                 done = client_exec(
@@ -1208,7 +1206,7 @@ def markdown(results: dict[str, Any]) -> str:
             "## Reads with a password\n",
             f"Measured {auth.get('measured_at')}: wrk -t{load.get('threads')} -c{load.get('connections')} "
             f"-d{load.get('seconds')}s on 127.0.0.1 against gunicorn, pypiserver and the static read path as the role "
-            "renders them (tests/index_stack.py), one project page; with pypi_server_auth_downloads every read "
+            "renders them (scripts/index_stack.py), one project page; with pypi_server_auth_downloads every read "
             "carries the account's password (sha512_crypt, 100,000 rounds).\n",
             table(
                 ["Index", "req/s", "p99 ms", "requests", "errors"],

@@ -25,7 +25,10 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import build_bundle as bb  # a sibling script: python puts scripts/ on sys.path
+if __package__:  # imported: from scripts import build_controller
+    from . import build_bundle as bb
+else:  # run as a file, python scripts/build_controller.py: python puts its folder, scripts/, first on sys.path
+    import build_bundle as bb
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,25 +29,12 @@
 #                     the offline controller of the air-gap proof, run with --network none;
 #                     CMD sleep infinity (in a sh that exits on SIGTERM)
 #
-# docker run options (no --privileged: it fails on the test machines):
-#   systemd images (debian12-systemd, debian11-systemd, debian13-systemd, debian12-nm, debian12-ifupdown):
-#     docker run -d --name C --hostname C \
-#       --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
-#       --cap-add SYS_ADMIN --cap-add NET_ADMIN \
-#       --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
-#       -e container=docker --stop-signal SIGRTMIN+3 airgap-pypi/debian12-systemd
-#     (docker 20.10 rejects `docker import --change STOPSIGNAL`: give it at run time.)
-#   debian12-sysv:
-#     docker run -d --name C --hostname C --cap-add NET_ADMIN --cap-add SYS_BOOT \
-#       --tmpfs /run --tmpfs /run/lock --stop-signal SIGINT airgap-pypi/debian12-sysv
-#     (tmpfs /run: init cannot mount it without SYS_ADMIN, stale pid files would survive
-#      a restart. SIGINT = ctrl-alt-del, which /etc/inittab maps to `shutdown -h now`:
-#      runlevel 0 stops the services, then halt's reboot(2) ends the container's PID
-#      namespace, which needs SYS_BOOT (it only affects the container's namespace).
-#      Without SYS_BOOT init stays in runlevel 0 and docker stop/restart wait for the
-#      timeout and SIGKILL.)
-#   debian12-client:
-#     docker run -d --name C airgap-pypi/debian12-client
+# docker run options (no --privileged: it fails on the test machines): those of the image's kind
+# of init in molecule/shared/vars/run-options.yml, which says why each is needed (systemd for the
+# systemd images, sysv for debian12-sysv, none for debian12-client); print them with
+#   .venv/bin/python scripts/containers.py run-options systemd
+# --check runs the systemd images with exactly those; debian12-sysv with the fewest it needs
+# (SYSV_RUN_OPTS: sysv's without --tmpfs /tmp and -e container=docker); the others with none.
 #
 # Recipe hash: sha256 of this script's "common" recipe section plus the image's own
 # section (and, for debian12-client, molecule/requirements/client.txt). An image whose
@@ -78,11 +65,8 @@ readonly CLIENT_LOCK=$REPO_ROOT/molecule/requirements/client.txt
 CACHE_DIR=${AIRGAP_PYPI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airgap-pypi}
 readonly CACHE_DIR IMAGE_CACHE=$CACHE_DIR/images
 
-# Run options, also used by --check (see the header).
-readonly SYSTEMD_RUN_OPTS=(--cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw
-    --cap-add SYS_ADMIN --cap-add NET_ADMIN
-    --tmpfs /run --tmpfs /run/lock --tmpfs /tmp
-    -e container=docker --stop-signal SIGRTMIN+3)
+# Run options of --check (see the header); the systemd images' are read by read_systemd_run_opts.
+SYSTEMD_RUN_OPTS=()
 readonly SYSV_RUN_OPTS=(--cap-add NET_ADMIN --cap-add SYS_BOOT --tmpfs /run --tmpfs /run/lock --stop-signal SIGINT)
 readonly CLIENT_RUN_OPTS=()
 
@@ -686,6 +670,14 @@ EOF
     dexec "$1" /etc/init.d/airgap-dummy start
 }
 
+read_systemd_run_opts() { # -> SYSTEMD_RUN_OPTS, from molecule/shared/vars/run-options.yml
+    local python=python3 options
+    [[ -x $REPO_ROOT/.venv/bin/python ]] && python=$REPO_ROOT/.venv/bin/python
+    options=$("$python" "$REPO_ROOT/scripts/containers.py" run-options systemd) ||
+        die "cannot read the systemd run options with $python (it needs PyYAML: scripts/venv.sh makes .venv)"
+    mapfile -t SYSTEMD_RUN_OPTS <<<"$options"
+}
+
 check_image() { # NAME
     local name=$1 c t ok=1
     local -a opts
@@ -774,6 +766,7 @@ for n in "${names[@]}"; do
 done
 failed=0
 if ((CHECK)); then
+    read_systemd_run_opts
     for n in "${names[@]}"; do
         check_image "$n" || failed=1
     done

@@ -35,10 +35,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import build_bundle as bb  # a sibling script: python puts scripts/ on sys.path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+
+if __package__:  # imported: from scripts import build_mirror
+    from . import build_bundle as bb
+else:  # run as a file, python scripts/build_mirror.py: python puts its folder, scripts/, first on sys.path
+    import build_bundle as bb
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,11 +32,13 @@ up() {
             echo "Port $port on 127.0.0.1 is in use: set AIRGAP_PYPI_DEMO_PORT to a free port." >&2
             exit 1
         fi
+        # A systemd host's docker run options, as the Molecule scenarios start theirs (molecule/shared/vars).
+        local options run_options
+        options=$(.venv/bin/python scripts/containers.py run-options systemd)
+        mapfile -t run_options <<<"$options"
         docker network inspect "$network" >/dev/null 2>&1 || docker network create "$network" >/dev/null
         echo "==> starting the sandbox host $name"
-        docker run -d --name "$name" --hostname "$name" --network "$network" \
-            --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --cap-add SYS_ADMIN --cap-add NET_ADMIN \
-            --tmpfs /run --tmpfs /run/lock --tmpfs /tmp -e container=docker --stop-signal SIGRTMIN+3 \
+        docker run -d --name "$name" --hostname "$name" --network "$network" "${run_options[@]}" \
             -p "127.0.0.1:$port:8080" "$image" >/dev/null
         docker exec "$name" timeout 120 systemctl is-system-running --wait >/dev/null || true
     fi

@@ -4,14 +4,20 @@
 # (each scenario has its own container names and docker network). Ends with a table of the steps, the slowest
 # test cases and Ansible tasks, and "N passed, N failed, N skipped".
 #
-#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default tls el demo operations network proof
+#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default tls el operations network demo
+#                                proof; `molecule` stands for every Molecule scenario (make molecule)
 #   AIRGAP_PYPI_TEST_LANES=1     run the steps one after the other instead of in two lanes
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-wanted=("$@")
-steps=(lint unit default tls el demo operations network proof)
+# The Molecule scenarios (molecule/NAME), one step each in the lanes below: the only list of them.
+scenarios=(default tls el operations network)
+steps=(lint unit "${scenarios[@]}" demo proof)
+wanted=()
+for name in "$@"; do
+    if [ "$name" = molecule ]; then wanted+=("${scenarios[@]}"); else wanted+=("$name"); fi
+done
 for name in "${wanted[@]}"; do
-    [[ " ${steps[*]} " == *" $name "* ]] || { echo "scripts/test.sh: no step '$name' (steps: ${steps[*]})" >&2; exit 2; }
+    [[ " ${steps[*]} " == *" $name "* ]] || { echo "scripts/test.sh: no step '$name' (steps: ${steps[*]} molecule)" >&2; exit 2; }
 done
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_NOCOLOR=1 PY_COLORS=0
 results=.test-results

@@ -71,7 +71,7 @@ def read_cases(report: Path) -> list[Case]:
         tags = {child.tag for child in case}
         outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
         name = case.get("name", "?")
-        # testinfra runs from / and writes classnames like work.main.molecule.default.tests.test_default: the
+        # Classnames are dotted paths from pytest.ini's directory (molecule.default.tests.test_default): the
         # module is enough beside the step's name.
         module = case.get("classname", "").rsplit(".", 1)[-1]
         cases.append(Case(f"{module}::{name}" if module else name, float(case.get("time") or 0), outcome))

@@ -1,16 +1,22 @@
-"""Test set-up: the helpers in scripts/ import by name; load_module loads a file that is in no package."""
+"""Test set-up: load_module loads a file that is in no package (the helpers in scripts/ import as a package); the
+roles' shared module_utils import as Ansible ships them, and module_argv runs a module so; run_playbook runs plays on
+localhost with the toolchain's ansible-playbook."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import ansible.module_utils
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -47,3 +53,22 @@ def module_argv(module: Path, args: Path) -> list[str]:
         str(module),
         str(args),
     ]
+
+
+def run_playbook(plays: list[dict[str, Any]], path: Path) -> subprocess.CompletedProcess[str]:
+    """Write plays to path (as JSON, which Ansible reads as YAML) and run them on localhost: the ansible-playbook
+    beside the tests' Python (else on PATH), the repository's roles, no colour."""
+    path.write_text(json.dumps(plays, indent=1))
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    command = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    assert command, "ansible-playbook is not installed: run scripts/venv.sh"
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        [command, "-i", "localhost,", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=ROOT,
+        timeout=180,
+    )

@@ -10,10 +10,11 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import build_controller as controller
-import build_mirror as mirror
-import pack_archive as packer
 import pytest
+
+from scripts import build_controller as controller
+from scripts import build_mirror as mirror
+from scripts import pack_archive as packer
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

@@ -11,11 +11,10 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-import build_bundle
 import pytest
-from demo_wheel import build_wheel
 
-import bench
+from scripts import bench, build_bundle
+from scripts.demo_wheel import build_wheel
 
 # Real `wrk -t2 -c8 -d10s --latency` output (a slow server: timeouts and 5xx responses included).
 WRK_SLOW = """Running 10s test @ http://172.18.0.2:8080/simple/bench-pkg-0000/

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import build_bundle as bb
 import pytest
+
+from scripts import build_bundle as bb
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_bundle.py"
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import run_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR = ROOT / "roles" / "pypi_supervisor"
@@ -53,13 +54,6 @@ def iptables_task() -> dict[str, Any]:
         if args and args.get("path") == "{{ __pypi_firewall_iptables_rules }}":
             return dict(args)
     raise AssertionError("roles/pypi_firewall/tasks/main.yml has no lineinfile task for the iptables rules file")
-
-
-def ansible_playbook() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
-    assert found, "ansible-playbook is not installed: run scripts/venv.sh"
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +110,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
             ],
         },
     ]
-    path = out / "render.yml"
-    path.write_text(json.dumps(playbook, indent=1))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    done = subprocess.run(
-        [ansible_playbook(), "-i", "localhost,", str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
+    done = run_playbook(playbook, out / "render.yml")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     return Rendered(
         init=out / "supervisord.init",

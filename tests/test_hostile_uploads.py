@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, load_module
-from demo_wheel import build_wheel
-from index_stack import OPENER, PASSWORD, USER, Stack, auth_header, get, serve, twine_upload, write_htpasswd
+
+from scripts.demo_wheel import build_wheel
+from scripts.index_stack import OPENER, PASSWORD, USER, Stack, auth_header, get, serve, twine_upload, write_htpasswd
 
 
 def make_wheel(

@@ -13,10 +13,11 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import build_mirror as mirror
 import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from scripts import build_mirror as mirror
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

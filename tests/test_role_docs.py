@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import role_docs
 import yaml
+
+from scripts import role_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 

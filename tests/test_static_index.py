@@ -19,7 +19,8 @@ from typing import Any
 import jsonschema
 import pytest
 from conftest import ROOT, load_module
-from demo_wheel import build_wheel
+
+from scripts.demo_wheel import build_wheel
 
 MODULE = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
 index = load_module("airgap_pypi_index", MODULE)

@@ -23,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from demo_wheel import build_wheel
-from index_stack import OPENER, PASSWORD, USER, get, serve, twine_upload
+
+from scripts.demo_wheel import build_wheel
+from scripts.index_stack import OPENER, PASSWORD, USER, get, serve, twine_upload
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import test_report
+
+from scripts import test_report
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLBACKS = ROOT / "molecule" / "shared" / "callback_plugins"

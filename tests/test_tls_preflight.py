@@ -7,13 +7,11 @@ runs the same checks inside site.yml and proves the host is left unchanged.
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_playbook
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -74,18 +72,7 @@ def preflight(tmp_path: Path, **tls: object) -> subprocess.CompletedProcess[str]
             ],
         }
     ]
-    path = tmp_path / "play.json"
-    path.write_text(json.dumps(play))
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        cwd=ROOT,
-        timeout=180,
-    )
+    return run_playbook(play, tmp_path / "play.json")
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1].parent / "shared"))
-from containers import docker, wait_for  # noqa: F401 - the tests import both from here
-from demo_wheel import build_wheel
+from scripts.containers import docker, wait_for  # noqa: F401 - the tests import both from here
+from scripts.demo_wheel import build_wheel
 
 # The scenario's client container and network: molecule/el names its own, so the two scenarios never collide.
 CLIENT = os.environ.get("AIRGAP_PYPI_MOLECULE_CLIENT", "airgap-pypi-client")

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import CLIENT, NETWORK, PORT, PROJECT_DIR, docker, twine_upload
-from demo_wheel import build_wheel
+
+from scripts.demo_wheel import build_wheel
 
 SERVER = "airgap-pypi-deb12"
 RESULTS = PROJECT_DIR / ".test-results"

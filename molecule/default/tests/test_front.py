@@ -13,7 +13,6 @@ from pathlib import Path
 
 import testinfra.utils.ansible_runner
 from conftest import docker, on_client
-from containers import ansible_playbook
 from test_static_index import (
     ACCESS_LOG,
     JSON_TYPE,
@@ -26,6 +25,8 @@ from test_static_index import (
     unique,
     upload,
 )
+
+from scripts.containers import ansible_playbook
 
 FRONT_HOST = "airgap-pypi-deb12"
 FRONT_PORT = 80

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT, PASSWORD, PORT, PROJECT_DIR, USER, docker, wait_for
-from containers import ansible_playbook, recap
-from pristine import Case, Outcome, bad_input_runs, refused
+
+from scripts.containers import ansible_playbook, recap
+from scripts.pristine import Case, Outcome, bad_input_runs, refused
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 ARTIFACTS = PROJECT_DIR / "offline_artifacts"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import testinfra.utils.ansible_runner
 from conftest import CLIENT, CLIENT_BIN, PASSWORD, PORT, USER, docker, on_client
-from demo_wheel import build_wheel
+
+from scripts.demo_wheel import build_wheel
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
     "pypi_servers"

@@ -6,14 +6,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from containers import docker, wait_for  # noqa: F401 - the tests import both from here
+from scripts.containers import docker, wait_for  # noqa: F401 - the tests import both from here
 
 NM = "airgap-pypi-net-nm"
 IFUPDOWN = "airgap-pypi-net-ifupdown"

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-import build_bundle
-from containers import SYSTEMD_RUN_OPTIONS, ansible_playbook, docker, wait_for
-from containers import recap as recap_of_hosts
+from scripts import build_bundle
+from scripts.containers import SYSTEMD_RUN_OPTIONS, ansible_playbook, docker, wait_for
+from scripts.containers import recap as recap_of_hosts
 
 SERVER = "airgap-pypi-ops-deb12"
 CLIENT = "airgap-pypi-ops-client"

@@ -41,7 +41,8 @@ from conftest import (
     tail,
     upload,
 )
-from demo_wheel import build_wheel
+
+from scripts.demo_wheel import build_wheel
 
 STAMP = int(time.time())
 RELEASE_A = release_of(ARTIFACTS)

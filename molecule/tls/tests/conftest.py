@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1].parent / "shared"))
-from containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
-from demo_wheel import build_wheel
+from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
+from scripts.demo_wheel import build_wheel
 
 SERVER = "airgap-pypi-tls-deb12"
 CLIENT = "airgap-pypi-tls-client"

@@ -29,7 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pristine import PREFIX, Case, Outcome, bad_input_runs, refused
+
+from scripts.pristine import PREFIX, Case, Outcome, bad_input_runs, refused
 
 SITE = PROJECT_DIR / "site.yml"
 VERIFY = PROJECT_DIR / "playbooks" / "verify.yml"

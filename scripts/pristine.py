@@ -31,19 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from containers import docker, recap
+
+from .containers import docker, recap, run_options
 
 NETWORK = "airgap-pypi-bad-inputs"
 PREFIX = "airgap-pypi-bad-"
 OWNER_LABEL = "airgap-pypi.bad-inputs"  # its value names the fixture instance that created the container
 MAX_FORKS = 20
-# docker run options per kind of init, as the scenarios' create.yml start their containers (no --privileged).
-RUN_OPTIONS = {
-    "sysv": ["--cap-add", "NET_ADMIN", "--cap-add", "SYS_BOOT", "--stop-signal", "SIGINT"],
-    "none": ["--stop-signal", "SIGTERM"],
-}
 LABELS = ["--label", "airgap-pypi.molecule=true"]
-COMMON_OPTIONS = ["--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp", "-e", "container=docker"]
 # `fatal: [host]: FAILED! =>`, `fatal: [host -> localhost]: UNREACHABLE! =>`, `failed: [host] (item=...) =>`
 HEADER = re.compile(
     r"^(?:fatal: \[(?P<host>[^\]\s]+)(?: -> [^\]]+)?\]: (?:FAILED|UNREACHABLE)!"
@@ -149,7 +144,8 @@ def _remove_network() -> None:
 def _start(name: str, image: str, init: str, owner: str) -> None:
     """docker run one pristine container. Never touches a container of that name that it did not make."""
     argv = ["run", "-d", "--name", name, "--hostname", name, "--network", NETWORK]
-    argv += [*RUN_OPTIONS[init], *COMMON_OPTIONS, *LABELS, "--label", f"{OWNER_LABEL}={owner}"]
+    # The docker run options of that kind of init, as the scenarios start their containers (no --privileged).
+    argv += [*run_options(init), *LABELS, "--label", f"{OWNER_LABEL}={owner}"]
     for _ in range(2):
         started = docker(*argv, image, check=False)
         if started.returncode == 0:

@@ -1,5 +1,6 @@
-"""The index's real stack on loopback for tests: pypiserver and gunicorn from the bundle's wheels, the role's own
-templates rendered (upload checks, static read path), and the toolchain's twine and pip as clients."""
+"""The index's real stack on loopback for the unit tests and the benchmark: pypiserver and gunicorn from the
+bundle's wheels, the role's own templates rendered (upload checks, static read path), and the toolchain's twine and
+pip as clients."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from conftest import ROOT
 
+ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "pypi_server"
 WHEELS = Path(os.environ.get("AIRGAP_PYPI_TEST_WHEELS", ROOT / "offline_artifacts" / "wheels"))
 LOCK = ROOT / "offline_artifacts" / "locks" / f"server-cp{sys.version_info[0]}{sys.version_info[1]}.txt"
