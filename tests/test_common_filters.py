@@ -22,3 +22,20 @@ def test_every_role_loads_its_platform_vars_through_it() -> None:
     assert loaders, "no platform vars loader found"
     for path in loaders:
         assert "pypi_common_platform_files" in path.read_text(), path
+
+
+def test_front_port_is_443_with_tls_else_80() -> None:
+    assert common.front_port(True) == 443 and common.front_port("yes") == 443
+    assert common.front_port(False) == 80 and common.front_port("false") == 80
+
+
+def test_index_url_of_a_plain_index_uses_its_port_or_the_common_default() -> None:
+    assert common.index_url({}, "pypi1", 8080) == "http://pypi1:8080/simple/"
+    assert common.index_url({"pypi_server_port": "9000"}, "pypi1", 8080) == "http://pypi1:9000/simple/"
+
+
+def test_index_url_with_tls_and_the_front_server() -> None:
+    server = {"pypi_server_tls": True, "pypi_server_tls_names": ["pypi.example.internal"], "pypi_front_enabled": True}
+    assert common.index_url(server, "pypi1", 8080) == "https://pypi.example.internal:443/simple/"
+    assert common.index_url({**server, "pypi_front_port": 8443}, "pypi1", 8080).endswith(":8443/simple/")
+    assert common.index_url({**server, "pypi_front_enabled": False}, "pypi1", 8080).endswith(":8080/simple/")

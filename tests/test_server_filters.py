@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
 ROLE = ROOT / "roles" / "pypi_server"
 path_check = load_module("pypi_server_path_check", ROLE / "library" / "pypi_server_path_check.py")
+COMMON = yaml.safe_load((ROOT / "roles" / "pypi_common" / "defaults" / "main.yml").read_text())
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "pypi_server" / "defaults" / "main.yml").read_text())
 
 GOOD: dict[str, Any] = {
@@ -88,8 +89,10 @@ def problems(host: dict[str, Any] | None = None, **changes: Any) -> list[str]:
 
 
 def test_the_examples_are_the_defaults() -> None:
+    data_dir = DEFAULTS["pypi_server_data_dir"].replace("{{ pypi_common_data_dir }}", COMMON["pypi_common_data_dir"])
     for name, example in filters.PATHS.items():
-        assert str(DEFAULTS[name]).replace("{{ pypi_server_data_dir }}", DEFAULTS["pypi_server_data_dir"]) == example
+        value = str(DEFAULTS[name]).replace("{{ pypi_server_data_dir }}", data_dir)
+        assert value.replace("{{ pypi_common_data_dir }}", COMMON["pypi_common_data_dir"]) == example, name
 
 
 def test_defaults_on_a_pristine_and_on_a_converged_host_pass() -> None:

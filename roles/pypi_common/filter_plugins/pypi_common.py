@@ -18,6 +18,37 @@ def platform_files(facts: dict[str, Any]) -> list[str]:
     return [f"{name}.yml" for name in dict.fromkeys(names) if name and not name.endswith("_")]
 
 
+def front_port(tls: Any) -> int:
+    """The front server's port by default: 443 with TLS, else 80."""
+    return 443 if as_bool(tls) else 80
+
+
+def as_bool(value: Any) -> bool:
+    """Ansible's truthiness of an inventory value (true, "yes", "1", 1 ...)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("yes", "on", "1", "true", "y", "t")
+    return bool(value)
+
+
+def index_url(server: dict[str, Any], name: str, index_port: int) -> str:
+    """The /simple/ URL clients use for the index host name with settings server (its hostvars).
+
+    HTTPS when it has TLS; its first TLS name, else its inventory name; the front server's port when the front
+    server runs there, else the index's own port (index_port when the host does not set pypi_server_port).
+    """
+    tls = as_bool(server.get("pypi_server_tls", False))
+    host = (server.get("pypi_server_tls_names") or [name])[0] or name
+    if as_bool(server.get("pypi_front_enabled", False)):
+        port = server.get("pypi_front_port") or front_port(tls)
+    else:
+        port = server.get("pypi_server_port") or index_port
+    return f"{'https' if tls else 'http'}://{host}:{int(port)}/simple/"
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"pypi_common_platform_files": platform_files}
+        return {
+            "pypi_common_platform_files": platform_files,
+            "pypi_common_front_port": front_port,
+            "pypi_common_index_url": index_url,
+        }
