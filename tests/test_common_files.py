@@ -120,3 +120,28 @@ def test_verify_in_check_mode_uses_the_content_that_would_be_written(tmp_path: P
     result = run(tmp_path, [entry], check=True, verify=str(tmp_path / "SHA256SUMS"))
     assert result["changed"] is True and result["verified"] is True, result
     assert not (tmp_path / "SHA256SUMS").exists()
+
+
+def test_compare_names_missing_files_and_files_with_other_bytes(tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    (packages / "same.whl").write_bytes(b"same")
+    (packages / "other.whl").write_bytes(b"changed by hand")
+    (packages / "link.whl").symlink_to(packages / "same.whl")
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+        for name, data in [("same.whl", b"same"), ("other.whl", b"other"), ("gone.whl", b"gone"), ("link.whl", b"same")]
+    )
+    result = run(tmp_path, [], compare={"dir": str(packages), "sums": sums})
+    assert result["compared"] == {"missing": ["gone.whl"], "differ": ["other.whl", "link.whl"]}, result
+    # Check mode on a new host: the directory is not there yet, so every file is missing.
+    fresh = run(tmp_path, [], check=True, compare={"dir": str(tmp_path / "none"), "sums": sums})
+    assert fresh["compared"]["missing"] == ["same.whl", "other.whl", "gone.whl", "link.whl"]
+
+
+def test_compare_refuses_a_name_that_leaves_the_directory(tmp_path: Path) -> None:
+    args = tmp_path / "args.json"
+    bad = f"{'0' * 64}  ../etc/passwd\n"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"paths": [], "compare": {"dir": str(tmp_path), "sums": bad}}}))
+    result = json.loads(subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, check=False).stdout)
+    assert result["failed"] is True and "bad line" in result["msg"]

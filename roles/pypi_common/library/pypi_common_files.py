@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any
 
@@ -62,6 +63,21 @@ options:
     type: list
     elements: path
     default: []
+  compare:
+    description:
+      - After the paths, compare the files of a directory with C(sha256sum) lines, in the same round trip; reported
+        in C(compared) as the names that are missing and those present with other bytes (or not a plain file).
+        A name with a C(/) or that is C(.) or C(..) fails the call.
+    type: dict
+    suboptions:
+      dir:
+        description: The directory.
+        type: path
+        required: true
+      sums:
+        description: Lines C(<sha256>  <file name>).
+        type: str
+        required: true
 author: airgap-pypi
 """
 
@@ -85,6 +101,10 @@ present:
   type: list
   elements: str
   returned: always
+compared:
+  description: For I(compare) - C(missing) and C(differ), lists of file names.
+  type: dict
+  returned: when compare is given
 """
 
 ENTRY_SPEC: dict[str, Any] = {
@@ -198,12 +218,47 @@ def mismatched(sums_path: str, text: str) -> list[str]:
     return bad
 
 
+def compare_dir(module: AnsibleModule, directory: str, sums: str) -> dict[str, list[str]]:
+    """The names of sums missing from directory, and those there with other bytes (or not a plain file)."""
+    missing: list[str] = []
+    differ: list[str] = []
+    for line in sums.splitlines():
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name or "/" in name or name in (".", ".."):
+            module.fail_json(msg=f"compare: bad line {line[:120]!r} (want '<sha256>  <file name>')")
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            missing.append(name)
+            continue
+        except OSError:
+            differ.append(name)  # a link, or unreadable: not the mirror's file
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                differ.append(name)
+                continue
+            digest_now = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                digest_now.update(chunk)
+        if digest_now.hexdigest() != digest:
+            differ.append(name)
+    return {"missing": missing, "differ": differ}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "paths": {"type": "list", "elements": "dict", "required": True, "options": ENTRY_SPEC},
             "verify": {"type": "path"},
             "probe": {"type": "list", "elements": "path", "default": []},
+            "compare": {
+                "type": "dict",
+                "options": {"dir": {"type": "path", "required": True}, "sums": {"type": "str", "required": True}},
+            },
         },
         supports_check_mode=True,
     )
@@ -237,7 +292,11 @@ def main() -> None:
         except (OSError, UnicodeDecodeError) as error:
             bad = [f"{sums}: {error}"]
     present = [path for path in module.params["probe"] if os.path.lexists(path)]
+    extra = {}
+    if module.params["compare"]:
+        extra["compared"] = compare_dir(module, module.params["compare"]["dir"], module.params["compare"]["sums"])
     module.exit_json(
+        **extra,
         changed=bool(changed_paths),
         changed_paths=changed_paths,
         diff=diffs,
