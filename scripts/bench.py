@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import html.parser
+import importlib.util
 import json
 import os
 import pwd
@@ -455,22 +455,23 @@ def http_get(url: str, timeout: float = 60) -> tuple[int, str]:
         return 0, ""
 
 
-class _Anchors(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
+def _roles_http_utils() -> Any:
+    """The link parser the roles' modules use (roles/pypi_common/module_utils), so all three read pages alike."""
+    path = ROOT / "roles" / "pypi_common" / "module_utils" / "pypi_common_http.py"
+    spec = importlib.util.spec_from_file_location("pypi_common_http", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("pypi_common_http", module)
+    spec.loader.exec_module(module)
+    return module
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        href = dict(attrs).get("href")
-        if tag == "a" and href:
-            self.hrefs.append(href)
+
+HTTP_UTILS = _roles_http_utils()
 
 
 def hrefs(text: str) -> list[str]:
     """The href of every anchor of an HTML page."""
-    parser = _Anchors()
-    parser.feed(text)
-    return parser.hrefs
+    return list(HTTP_UTILS.HREF.findall(text))
 
 
 def file_url(project_url: str, text: str) -> str | None:
