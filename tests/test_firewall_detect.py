@@ -71,3 +71,36 @@ def test_nftables_only_when_enabled_at_boot(tmp_path: Path, bin_dir: Path) -> No
 def test_choose_without_any_firewall() -> None:
     assert detect.choose(False, False, False, True) == "none"
     assert detect.choose(False, False, True, False) == "none"
+
+
+def test_tcp_ports_reads_single_tcp_ports_only() -> None:
+    assert detect.tcp_ports("8080/tcp 53/udp 6000-6005/tcp 443/tcp\n") == {8080, 443}
+
+
+def test_ports_open_now_and_permanently_are_reported(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Open now: 8080 and 9000; open permanently: 8080 and 443. Only 8080 is both.
+    (bin_dir / "firewall-cmd").write_text(
+        '#!/bin/sh\ncase "$*" in\n'
+        "  --state) echo running ;;\n"
+        '  "--permanent --zone=internal --list-ports") echo "8080/tcp 443/tcp" ;;\n'
+        '  "--zone=internal --list-ports") echo "8080/tcp 9000/tcp 53/udp" ;;\n'
+        "  *) exit 2 ;;\nesac\n"
+    )
+    (bin_dir / "firewall-cmd").chmod(0o755)
+    fake(bin_dir, "systemctl", "disabled", 1)
+    args = tmp_path / "args.json"
+    params = {
+        "iptables_rules": str(tmp_path / "rules.v4"),
+        "nftables_config": str(tmp_path / "nftables.conf"),
+        "ports": [8080, 443, 9000],
+        "zone": "internal",
+    }
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    done = subprocess.run(
+        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, env=env, check=False
+    )
+    result = json.loads(done.stdout)
+    assert result["firewall"] == "firewalld" and result["firewalld_open"] == [8080], result

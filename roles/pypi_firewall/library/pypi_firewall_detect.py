@@ -23,6 +23,17 @@ options:
     description: The nftables configuration.
     type: path
     required: true
+  ports:
+    description:
+      - TCP ports to look for when firewalld runs; those open both now and permanently (in I(zone)) are returned
+        in C(firewalld_open), so the role skips them. Two C(firewall-cmd --list-ports) calls, whatever the count.
+    type: list
+    elements: int
+    default: []
+  zone:
+    description: The firewalld zone; empty for the default zone.
+    type: str
+    default: ""
 author: airgap-pypi
 """
 
@@ -47,6 +58,11 @@ nftables_enabled:
   description: C(systemctl is-enabled nftables.service) says enabled.
   type: bool
   returned: always
+firewalld_open:
+  description: Those of I(ports) that firewalld has open for TCP, both in its runtime and its permanent configuration.
+  type: list
+  elements: int
+  returned: always
 """
 
 
@@ -70,11 +86,34 @@ def succeeds(module: AnsibleModule, *argv: str) -> tuple[bool, str]:
     return rc == 0, out.strip()
 
 
+def tcp_ports(listing: str) -> set[int]:
+    """The TCP ports of `firewall-cmd --list-ports` output ("8080/tcp 53/udp 6000-6005/tcp": single ports only)."""
+    found = set()
+    for item in listing.split():
+        port, _, proto = item.partition("/")
+        if proto == "tcp" and port.isdigit():
+            found.add(int(port))
+    return found
+
+
+def firewalld_open(module: AnsibleModule, ports: list[int], zone: str) -> list[int]:
+    """The ports open for TCP in zone both now and permanently."""
+    zone_args = [f"--zone={zone}"] if zone else []
+    ok_now, now = succeeds(module, "firewall-cmd", *zone_args, "--list-ports")
+    ok_saved, saved = succeeds(module, "firewall-cmd", "--permanent", *zone_args, "--list-ports")
+    if not (ok_now and ok_saved):
+        return []
+    both = tcp_ports(now) & tcp_ports(saved)
+    return [port for port in ports if port in both]
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "iptables_rules": {"type": "path", "required": True},
             "nftables_config": {"type": "path", "required": True},
+            "ports": {"type": "list", "elements": "int", "default": []},
+            "zone": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -86,7 +125,8 @@ def main() -> None:
         "nftables_config": os.path.exists(module.params["nftables_config"]),
         "nftables_enabled": enabled == "enabled",
     }
-    module.exit_json(changed=False, firewall=choose(**facts), **facts)
+    open_ports = firewalld_open(module, module.params["ports"], module.params["zone"]) if firewalld_running else []
+    module.exit_json(changed=False, firewall=choose(**facts), firewalld_open=open_ports, **facts)
 
 
 if __name__ == "__main__":
