@@ -145,3 +145,12 @@ def test_compare_refuses_a_name_that_leaves_the_directory(tmp_path: Path) -> Non
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"paths": [], "compare": {"dir": str(tmp_path), "sums": bad}}}))
     result = json.loads(subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, check=False).stdout)
     assert result["failed"] is True and "bad line" in result["msg"]
+
+
+def test_compare_counts_a_fifo_as_other_bytes_without_hanging(tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    os.mkfifo(packages / "planted.whl")
+    sums = f"{hashlib.sha256(b'x').hexdigest()}  planted.whl\n"
+    result = run(tmp_path, [], compare={"dir": str(packages), "sums": sums})
+    assert result["compared"] == {"missing": [], "differ": ["planted.whl"]}, result

@@ -39,3 +39,7 @@ def test_index_url_with_tls_and_the_front_server() -> None:
     assert common.index_url(server, "pypi1", 8080) == "https://pypi.example.internal:443/simple/"
     assert common.index_url({**server, "pypi_front_port": 8443}, "pypi1", 8080).endswith(":8443/simple/")
     assert common.index_url({**server, "pypi_front_enabled": False}, "pypi1", 8080).endswith(":8080/simple/")
+
+
+def test_index_url_follows_the_index_hosts_own_common_port() -> None:
+    assert common.index_url({"pypi_common_index_port": 9000}, "pypi1", 8080) == "http://pypi1:9000/simple/"

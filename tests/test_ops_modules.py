@@ -288,3 +288,24 @@ def test_unpacking_an_archive_other_than_the_one_verified_fails(archive: tuple[P
         verify.verify(str(path), str(dest), "0" * 64)
     assert list(dest.iterdir()) == []
     assert verify.verify(str(path), str(dest), verify.verify(str(path))["digest"])["count"] == 4
+
+
+def test_health_wait_survives_an_answer_that_is_not_http() -> None:
+    """A port that answers garbage (a TLS gunicorn, a dying worker) is a failed try, not a traceback."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def answer_garbage() -> None:
+            for _ in range(5):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+
+        threading.Thread(target=answer_garbage, daemon=True).start()
+        message = probe.wait_for_health(f"http://127.0.0.1:{listener.getsockname()[1]}", 2, None, timeout=2)
+    assert message.startswith("GET /health did not answer 200 within 2 s ("), message

@@ -10,6 +10,7 @@ the Pythons the bundle supports against those the host has (found by a raw task 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -59,14 +60,15 @@ def check_bundle(artifacts: Path, version_file: Path, expected: str) -> None:
     if not (artifacts / "SHA256SUMS").exists():
         raise AnsibleActionFail(
             f"No offline bundle at {where}: SHA256SUMS is missing. Build it on a connected machine with `make bundle`, "
-            f"carry offline_artifacts/ to this controller, or point pypi_bootstrap_artifacts_dir at it. {NOTHING}"
+            f"carry offline_artifacts/ to this controller, or point pypi_bootstrap_artifacts_dir at it (a playbook "
+            f"outside the project's root: set pypi_common_project_dir to that root). {NOTHING}"
         )
     done = subprocess.run(
         ["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"],
         cwd=artifacts,
         capture_output=True,
         text=True,
-        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "LC_ALL": "C"},
         check=False,
     )
     if done.returncode != 0:
@@ -101,9 +103,9 @@ def plan(args: dict[str, Any], host: str) -> dict[str, Any]:
     pythons, chosen = choose_python(host, [str(line) for line in args.get("found") or []], supported)
     tag = f"cp3{chosen[0]}"
     locks = [f"locks/{name}-{tag}.txt" for name in args["lock_names"]]
-    if any(lock not in sums for lock in locks):
+    if missing := [lock for lock in locks if lock not in sums]:
         raise AnsibleActionFail(
-            f"{chosen[2]} on {host} is CPython {chosen[1]}, which this bundle does not support. Supported: "
+            f"The bundle lacks {', '.join(missing)} for CPython {chosen[1]} ({chosen[2]} on {host}). Supported: "
             f"{', '.join(supported)}. Point pypi_bootstrap_python at one of those on the host, or build a bundle for "
             "it (`make bundle TARGETS=...` on the connected side). Nothing was changed on this host."
         )

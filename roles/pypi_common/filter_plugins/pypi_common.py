@@ -34,14 +34,14 @@ def index_url(server: dict[str, Any], name: str, index_port: int) -> str:
     """The /simple/ URL clients use for the index host name with settings server (its hostvars).
 
     HTTPS when it has TLS; its first TLS name, else its inventory name; the front server's port when the front
-    server runs there, else the index's own port (index_port when the host does not set pypi_server_port).
+    server runs there, else the index's own port (its pypi_server_port, its pypi_common_index_port, else index_port).
     """
     tls = as_bool(server.get("pypi_server_tls", False))
     host = (server.get("pypi_server_tls_names") or [name])[0] or name
     if as_bool(server.get("pypi_front_enabled", False)):
         port = server.get("pypi_front_port") or front_port(tls)
     else:
-        port = server.get("pypi_server_port") or index_port
+        port = server.get("pypi_server_port") or server.get("pypi_common_index_port") or index_port
     return f"{'https' if tls else 'http'}://{host}:{int(port)}/simple/"
 
 

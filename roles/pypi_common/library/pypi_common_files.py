@@ -227,10 +227,11 @@ def compare_dir(module: AnsibleModule, directory: str, sums: str) -> dict[str, l
             continue
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name or "/" in name or name in (".", ".."):
-            module.fail_json(msg=f"compare: bad line {line[:120]!r} (want '<sha256>  <file name>')")
+            module.fail_json(msg=f"compare with {directory}: bad line {line[:120]!r} (want '<sha256>  <file name>')")
         path = os.path.join(directory, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO planted under a mirror file's name must not hang the run (it counts as other bytes).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             missing.append(name)
             continue

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ssl
 import time
 import urllib.error
@@ -146,7 +147,7 @@ def probe(url: str, auth: str | None, timeout: int, ca_file: str = "") -> dict[s
         result["file"] = name
         checks.append(f"GET {file_url}: 200, {len(data)} bytes, sha256 {'matches the listing' if digest else got}")
         result["serving"] = True
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         result["msg"] = f"{base} did not answer: {exc}"
     return result
 
@@ -158,7 +159,7 @@ def asks_password(url: str, timeout: int, ca_file: str = "") -> dict[str, Any]:
     result: dict[str, Any] = {"serving": False, "files": 0, "file": "", "checks": []}
     try:
         status, _ = fetch(f"{base}/simple/", None, timeout, context)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         result["msg"] = f"{base} did not answer: {exc}"
         return result
     if status != 401:
@@ -169,17 +170,17 @@ def asks_password(url: str, timeout: int, ca_file: str = "") -> dict[str, Any]:
     return result
 
 
-def wait_for_health(url: str, seconds: int, context: ssl.SSLContext | None) -> str:
+def wait_for_health(url: str, seconds: int, context: ssl.SSLContext | None, timeout: int = 10) -> str:
     """Ask url/health once a second for up to seconds; '' when it answered 200, else what the last try got."""
     deadline = time.monotonic() + seconds
     last = "no answer"
     while True:
         try:
-            status, _ = fetch(f"{url.rstrip('/')}/health", None, 5, context)
+            status, _ = fetch(f"{url.rstrip('/')}/health", None, timeout, context)
             if status == 200:
                 return ""
             last = f"status {status}"
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             last = str(exc)
         if time.monotonic() + 1 > deadline:
             return f"GET /health did not answer 200 within {seconds} s ({last})"
@@ -205,7 +206,7 @@ def main() -> None:
         auth = basic_auth(params["username"], params["password"])
     if params["health_wait"] > 0:
         context = tls_context(params["ca_file"]) if params["url"].startswith("https:") else None
-        error = wait_for_health(params["url"], params["health_wait"], context)
+        error = wait_for_health(params["url"], params["health_wait"], context, params["timeout"])
         if error:
             module.fail_json(changed=False, health=False, serving=False, files=0, file="", checks=[], msg=error)
     if params["expect_unauthorized"]:
