@@ -4,13 +4,13 @@
 # (each scenario has its own container names and docker network). Ends with a table of the steps, the slowest
 # test cases and Ansible tasks, and "N passed, N failed, N skipped".
 #
-#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default tls el operations network demo
+#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default el operations network demo
 #                                proof; `molecule` stands for every Molecule scenario (make molecule)
 #   AIRGAP_PYPI_TEST_LANES=1     run the steps one after the other instead of in two lanes
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 # The Molecule scenarios (molecule/NAME), one step each in the lanes below: the only list of them.
-scenarios=(default tls el operations network)
+scenarios=(default el operations network)
 steps=(lint unit "${scenarios[@]}" demo proof)
 wanted=()
 for name in "$@"; do
@@ -87,10 +87,10 @@ scenario() {
     MOLECULE_JUNIT_XML="$PWD/$results/molecule-$1.xml" molecule test --scenario-name "$1"
 }
 
-# Lane A: the default scenario (the largest), tls, the real-EL scenario (NOT RUN without operator images), demo.
+# Lane A: the default scenario (the largest: plain HTTP and TLS hosts), the real-EL scenario (NOT RUN without operator
+# images), demo.
 lane_a() {
     step default A molecule-default.xml scenario default
-    step tls A molecule-tls.xml scenario tls
     # molecule/el runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them it writes skipped
     # cases that say "NOT RUN", never passed.
     step el A molecule-el.xml .venv/bin/python scripts/run_el_scenario.py --results "$results"

@@ -71,7 +71,7 @@ def test_a_script_with_siblings_runs_as_a_file(name: str, tmp_path: Path) -> Non
 
 
 def test_the_scenarios_are_found() -> None:
-    assert {"default", "tls", "network", "operations", "el"} <= set(SCENARIOS)
+    assert {"default", "network", "operations", "el"} <= set(SCENARIOS)
 
 
 @pytest.mark.parametrize("scenario", SHARED_SCENARIOS)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tls_support import CLIENT as TLS_CLIENT
 
 from scripts.containers import docker, wait_for  # noqa: F401 - the tests import both from here
 from scripts.demo_wheel import build_wheel
@@ -51,3 +52,16 @@ def demo_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     # /tmp is a tmpfs in the container: docker cp would write beneath it, out of sight.
     docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
     return f"/var/tmp/{wheel.name}", version
+
+
+@pytest.fixture(scope="session")
+def uploaded_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A fresh wheel (unique version per run) uploaded by the TLS client with twine and its ~/.pypirc, over HTTPS."""
+    version = f"1.0.{int(time.time())}"
+    wheel = build_wheel(tmp_path_factory.mktemp("wheel"), "airgap-demo", version)
+    # /tmp is a tmpfs in the container: docker cp would write beneath it, out of sight.
+    docker("cp", str(wheel), f"{TLS_CLIENT}:/var/tmp/{wheel.name}")
+    twine = (f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "-r", "airgap", f"/var/tmp/{wheel.name}")
+    upload = docker("exec", TLS_CLIENT, *twine, check=False, timeout=300)
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    return wheel.name, version

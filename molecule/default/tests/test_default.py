@@ -21,7 +21,7 @@ from conftest import (
 )
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
-    "pypi_servers"
+    "http_servers"
 )
 
 SUPERVISOR_BIN = "/opt/airgap-pypi/supervisor/bin"

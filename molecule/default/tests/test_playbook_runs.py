@@ -30,10 +30,19 @@ def playbook(*args: str, inventory: str | Path = INVENTORY_DIR) -> subprocess.Co
 
 
 def test_check_mode_on_converged_hosts_changes_nothing() -> None:
-    result = playbook("--check", "--limit", "pypi_servers")
+    """One run over every converged host: the plain HTTP and TLS index hosts and both clients."""
+    result = playbook("--check")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     counts = recap(result.stdout)
-    assert len(counts) == 4, counts
+    assert set(counts) == {
+        "airgap-pypi-deb12",
+        "airgap-pypi-deb12-sysv",
+        "airgap-pypi-deb11",
+        "airgap-pypi-deb13",
+        "airgap-pypi-tls-deb12",
+        CLIENT,
+        "airgap-pypi-tls-client",
+    }, counts
     for host, numbers in counts.items():
         assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
 

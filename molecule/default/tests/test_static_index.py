@@ -18,7 +18,7 @@ from conftest import CLIENT, CLIENT_BIN, PASSWORD, PORT, USER, docker, on_client
 from scripts.demo_wheel import build_wheel
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
-    "pypi_servers"
+    "http_servers"
 )
 
 PACKAGES = "/srv/pypi/packages"

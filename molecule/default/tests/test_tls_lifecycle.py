@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import (
+from cryptography import x509
+from tls_support import (
+    CLIENT,
     FRONT_PORT,
     INVENTORY_DIR,
     PKI,
@@ -22,7 +24,6 @@ from conftest import (
     run_playbook,
     wait_for,
 )
-from cryptography import x509
 
 SITE = PROJECT_DIR / "site.yml"
 CA_ON_CLIENT = "/usr/local/share/ca-certificates/airgap-pypi-ca.crt"
@@ -41,7 +42,7 @@ SERVED = (
 
 def served() -> list[x509.Certificate]:
     """The certificates gunicorn and nginx present to the client, each verified against the CA."""
-    answer = on("airgap-pypi-tls-client", "python3", "-c", SERVED, CA_ON_CLIENT, SERVER, str(PORT), str(FRONT_PORT))
+    answer = on(CLIENT, "python3", "-c", SERVED, CA_ON_CLIENT, SERVER, str(PORT), str(FRONT_PORT))
     assert answer.returncode == 0, answer.stdout + answer.stderr
     pems = [block + "-----END CERTIFICATE-----\n" for block in answer.stdout.split("-----END CERTIFICATE-----")[:2]]
     return [x509.load_pem_x509_certificate(pem.strip().encode() + b"\n") for pem in pems]
@@ -105,7 +106,7 @@ def file_hash_over_https(name: str, port: int) -> str:
         "print(hashlib.sha256(urllib.request.urlopen(sys.argv[2], context=ctx, timeout=20).read()).hexdigest())\n"
     )
     url = f"https://{SERVER}:{port}/packages/{name}"
-    answer = on("airgap-pypi-tls-client", "python3", "-c", code, CA_ON_CLIENT, url)
+    answer = on(CLIENT, "python3", "-c", code, CA_ON_CLIENT, url)
     assert answer.returncode == 0, f"{url}: {answer.stdout}{answer.stderr}"
     return answer.stdout.strip()
 
@@ -115,7 +116,12 @@ def test_a_backup_restores_lost_data_and_both_https_ports_serve_it(backup_dir: P
     files = dict(reversed(line.split("  ", 1)) for line in listing.stdout.splitlines())
     assert files, f"the TLS tests uploaded no package: {listing.stdout}{listing.stderr}"
     backup = run_playbook(
-        PROJECT_DIR / "playbooks" / "backup.yml", INVENTORY_DIR, "-e", f"pypi_backup_dir={backup_dir}"
+        PROJECT_DIR / "playbooks" / "backup.yml",
+        INVENTORY_DIR,
+        "--limit",
+        SERVER,
+        "-e",
+        f"pypi_backup_dir={backup_dir}",
     )
     assert backup.returncode == 0, backup.stdout[-3000:]
     (archive,) = sorted(backup_dir.glob(f"{SERVER}-*.tar.gz"))

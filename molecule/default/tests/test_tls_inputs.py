@@ -1,4 +1,5 @@
-"""Playbook runs of their own: check mode and verify.yml on the converged hosts, bad TLS input on untouched hosts.
+"""Playbook runs of their own: verify.yml on the converged TLS hosts, bad TLS input on untouched hosts (check mode of
+every converged host: test_playbook_runs.py).
 
 Every bad input must fail before anything changes: each case is an untouched container of its own (molecule/shared/
 pristine.py), all of them in one site.yml run, and `docker diff` of each is the same before and after.
@@ -12,7 +13,12 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import (
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tls_support import (
+    CLIENT,
     IGNORED,
     INVENTORY_DIR,
     PASSWORD,
@@ -25,10 +31,6 @@ from conftest import (
     run_playbook,
     wait_for,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from scripts.pristine import PREFIX, Case, Outcome, bad_input_runs, refused
 
@@ -41,26 +43,17 @@ def folded(result: subprocess.CompletedProcess[str]) -> str:
     return " ".join((result.stdout + result.stderr).split())
 
 
-def test_check_mode_on_converged_hosts_changes_nothing() -> None:
-    result = run_playbook(SITE, INVENTORY_DIR, "--check")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    counts = recap(result.stdout)
-    assert {SERVER, "airgap-pypi-tls-client"} <= set(counts), counts
-    for host, numbers in counts.items():
-        assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
-
-
 def test_ca_on_the_hosts_is_the_controllers() -> None:
     """Created once and kept: the copies converge and the idempotence run installed are the controller's CA."""
     ca = (PKI / "ca.crt").read_text().strip()
     assert on(SERVER, "cat", "/etc/airgap-pypi/tls/ca.crt").stdout.strip() == ca
-    anchor = on("airgap-pypi-tls-client", "cat", "/usr/local/share/ca-certificates/airgap-pypi-ca.crt")
+    anchor = on(CLIENT, "cat", "/usr/local/share/ca-certificates/airgap-pypi-ca.crt")
     assert anchor.stdout.strip() == ca
 
 
 def test_verify_playbook_passes_reports_and_changes_nothing() -> None:
     for extra in ([], ["--check"]):
-        result = run_playbook(VERIFY, INVENTORY_DIR, *extra)
+        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", f"{SERVER},{CLIENT}", *extra)
         text = folded(result)
         assert result.returncode == 0, text[-4000:]
         for host, numbers in recap(result.stdout).items():
@@ -86,7 +79,7 @@ def test_verify_playbook_passes_reports_and_changes_nothing() -> None:
 def test_verify_playbook_fails_and_names_the_failed_checks() -> None:
     on(SERVER, *SUPERVISORCTL, "stop", "pypiserver")
     try:
-        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", "pypi_servers")
+        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", SERVER)
         text = folded(result)
         assert result.returncode != 0, text[-3000:]
         assert "FAIL | every supervisord program is RUNNING" in text

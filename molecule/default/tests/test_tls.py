@@ -8,11 +8,11 @@ import os
 
 import pytest
 import testinfra.utils.ansible_runner
-from conftest import CLIENT, CLIENT_BIN, FRONT_PORT, INDEX, PKI, PORT, SERVER, STRANGER, on
 from cryptography import x509
+from tls_support import CLIENT, CLIENT_BIN, FRONT_PORT, INDEX, PKI, PORT, SERVER, STRANGER, on
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
-    "pypi_servers"
+    "tls_servers"
 )
 
 

@@ -1,22 +1,18 @@
-"""Shared helpers for the TLS scenario's verify step (testinfra + real pip and twine on client containers)."""
+"""Helpers of the default scenario's TLS tests (test_tls*.py): the TLS hosts converge in the same run as the others."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
-
 from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
-from scripts.demo_wheel import build_wheel
 
 SERVER = "airgap-pypi-tls-deb12"
 CLIENT = "airgap-pypi-tls-client"
 STRANGER = "airgap-pypi-tls-stranger"
-NETWORK = "airgap-pypi-tls"
+NETWORK = "airgap-pypi-molecule"
 PORT = 8080  # gunicorn, HTTPS
 FRONT_PORT = 443  # nginx in front (pypi_front_enabled), HTTPS with the same certificate
 USER = "tester"
@@ -42,15 +38,3 @@ def changes_of(container: str) -> set[str]:
 
 def run_playbook(path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return ansible_playbook(path, inventory, *args, project=PROJECT_DIR)
-
-
-@pytest.fixture(scope="session")
-def uploaded_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A fresh wheel (unique version per run) uploaded by the client with twine and its ~/.pypirc, over HTTPS."""
-    version = f"1.0.{int(time.time())}"
-    wheel = build_wheel(tmp_path_factory.mktemp("wheel"), "airgap-demo", version)
-    # /tmp is a tmpfs in the container: docker cp would write beneath it, out of sight.
-    docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
-    upload = on(CLIENT, f"{CLIENT_BIN}/twine", "upload", "--non-interactive", "-r", "airgap", f"/var/tmp/{wheel.name}")
-    assert upload.returncode == 0, upload.stdout + upload.stderr
-    return wheel.name, version
