@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT, PASSWORD, PORT, PROJECT_DIR, USER, docker, wait_for
+from tls_support import BAD_TLS, TLS_FROM_INVENTORY, bad_tls_input
 
 from scripts.containers import ansible_playbook, recap
-from scripts.pristine import Case, Outcome, bad_input_runs, refused
+from scripts.pristine import PREFIX, Case, Outcome, bad_input_runs, refused
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 ARTIFACTS = PROJECT_DIR / "offline_artifacts"
@@ -177,7 +178,18 @@ def corrupted_wheel() -> str:
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
+def bad_tls_cases() -> dict[str, Case]:
+    """The bad TLS cases (tls_support.py), each with its own certificate and key, by name."""
+    return {
+        case: Case(f"tls-{case}", {**TLS_FROM_INVENTORY, **bad_tls_input(case, f"{PREFIX}tls-{case}")})
+        for case in BAD_TLS
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(
+    tmp_path_factory: pytest.TempPathFactory, bad_tls_cases: dict[str, Case]
+) -> Iterator[dict[str, Outcome]]:
     """Every bad-input case on a pristine container of its own, in one site.yml run; {case: Outcome}.
 
     The bundle cases get runs of their own, beside it: the bundle checks are run_once on the controller and read
@@ -199,6 +211,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, O
         Case(case, host_vars, prepare=functools.partial(run_in, command))
         for case, (command, host_vars, _) in HOST_STATES.items()
     ]
+    cases += list(bad_tls_cases.values())
     prefix = python36_prefix()
     if prefix is not None:
         cases.append(Case("python36-only", prepare=functools.partial(only_python36, prefix, workdir)))
@@ -331,3 +344,14 @@ def test_static_index_can_be_turned_off() -> None:
         assert restored.returncode == 0, restored.stdout[-3000:]
     assert wait_for(lambda: "data-requires-python" in http_body(page), 30)
     assert 'id="search"' in http_body(f"http://{host}:{PORT}/")
+
+
+@pytest.mark.parametrize("case", list(BAD_TLS))
+def test_bad_tls_input_stops_before_any_change(
+    bad_inputs: dict[str, Outcome], bad_tls_cases: dict[str, Case], case: str
+) -> None:
+    outcome, inputs = bad_inputs[f"tls-{case}"], bad_tls_cases[case].host_vars
+    refused(outcome, *(needle.format(host=outcome.host) for needle in BAD_TLS[case]))
+    # The key never shows up in the output of the run, whatever failed.
+    key_body = re.sub(r"-----[A-Z ]+-----", "", inputs.get("pypi_server_tls_key", "")).split()
+    assert not any(line in outcome.output for line in key_body if len(line) > 20)

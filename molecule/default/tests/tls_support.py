@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import subprocess
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
 
@@ -38,3 +44,50 @@ def changes_of(container: str) -> set[str]:
 
 def run_playbook(path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return ansible_playbook(path, inventory, *args, project=PROJECT_DIR)
+
+
+# --- bad TLS input: cases of the default scenario's one bad-input run (test_playbook_runs.py) ---------------------
+
+
+def pem_pair(names: list[str], days: int = 30) -> tuple[str, str]:
+    """A self-signed certificate for names, and its key, as PEM text."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=2))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+BAD_TLS = {
+    "cert-without-key": ["pypi_server_tls_key is empty", "Nothing was changed"],
+    "key-of-another-cert": ["does not match"],
+    "names-not-covered": ["does not cover {host}"],
+}
+
+
+def bad_tls_input(case: str, host: str) -> dict[str, str]:
+    """The TLS inventory values of a case, for its host."""
+    good_cert, _ = pem_pair([host])
+    other_cert, other_key = pem_pair(["pypi.elsewhere.internal"])
+    return {
+        "cert-without-key": {"pypi_server_tls_cert": good_cert},
+        "key-of-another-cert": {"pypi_server_tls_cert": good_cert, "pypi_server_tls_key": other_key},
+        "names-not-covered": {"pypi_server_tls_cert": other_cert, "pypi_server_tls_key": other_key},
+    }[case]
+
+
+# What every bad TLS case's host has besides its case's values.
+TLS_FROM_INVENTORY = {"pypi_server_tls": True, "pypi_server_tls_source": "inventory"}
