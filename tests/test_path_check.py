@@ -123,3 +123,32 @@ def test_runs_as_ansible_runs_it_in_check_mode(tmp_path: Path) -> None:
     assert result["paths"]["a"]["kind"] == "directory" and result["paths"]["b"]["exists"] is False
     assert result["paths"]["a"]["present"] == ["bin/pypi-server"] and result["paths"]["b"]["present"] == []
     assert sorted(path.name for path in tmp_path.iterdir()) == ["args.json", "dir"]
+
+
+def test_the_account_is_reported_as_described_only_when_every_field_matches() -> None:
+    me = pwd.getpwuid(os.getuid())
+    wanted = {
+        "user": me.pw_name,
+        "group": grp.getgrgid(me.pw_gid).gr_name,
+        "home": me.pw_dir,
+        "shell": me.pw_shell,
+        "comment": me.pw_gecos,
+    }
+    assert path_check.account_state(wanted) == {"group": True, "user": True}
+    for field, other in (("home", "/srv/elsewhere"), ("shell", "/bin/false"), ("comment", "someone else")):
+        assert path_check.account_state({**wanted, field: other}) == {"group": True, "user": False}, field
+    assert path_check.account_state({**wanted, "user": "airgap-no-such-user"}) == {"group": True, "user": False}
+    assert path_check.account_state({**wanted, "group": "airgap-no-such-group"}) == {"group": False, "user": False}
+    other_group = next(group.gr_name for group in grp.getgrall() if group.gr_gid != me.pw_gid)
+    assert path_check.account_state({**wanted, "group": other_group}) == {"group": True, "user": False}
+
+
+def test_a_probe_counts_only_a_regular_file_at_its_end(tmp_path: Path) -> None:
+    """A release's marker planted as a link or made a directory does not count as a built release."""
+    releases = tmp_path / "releases"
+    (releases / "cp311-abc").mkdir(parents=True)
+    (releases / "cp311-abc" / ".marker-1").touch()
+    (releases / "cp311-abc" / ".marker-2").symlink_to(releases / "cp311-abc" / ".marker-1")
+    (releases / "cp311-abc" / ".marker-3").mkdir()
+    probes = ["cp311-abc/.marker-1", "cp311-abc/.marker-2", "cp311-abc/.marker-3"]
+    assert path_check.look(str(releases), 8, probes)["present"] == ["cp311-abc/.marker-1"]

@@ -27,8 +27,9 @@ options:
     required: true
   probes:
     description:
-      - By name, relative paths (such as C(bin/pypi-server)) to look for below the path's real path, with lstat
-        alone - one with a symlink or a file on its way counts as absent. Reported as I(present).
+      - By name, relative paths (such as C(bin/pypi-server)) of regular files to look for below the path's real
+        path, with lstat alone - one with a symlink or a file on its way, or that is not a regular file, counts as
+        absent. Reported as I(present).
     type: dict
     default: {}
   max_entries:
@@ -38,13 +39,20 @@ options:
   port:
     description: A TCP port to report the listeners of, in the same round trip (as M(pypi_common_port_check)).
     type: int
+  account:
+    description:
+      - The index's system account as the role creates it - C(user), C(group), C(home), C(shell) and C(comment).
+        Reported as I(account) - whether the group exists, and whether the user exists with that primary group,
+        home, shell and comment - so the role runs its group and user tasks only when something differs.
+    type: dict
 author: airgap-pypi
 """
 
 RETURN = r"""
 paths:
   description:
-    - By name - path, exists (something is there, a dangling symlink too), link, link_target, realpath,
+    - By name - path, exists (something is there, a dangling symlink too), link, link_target, link_owner and
+      link_group (of the symlink itself), realpath,
       kind (directory, file, other or missing), owner and group (names, or ids without a name), entries (the
       first max_entries names, sorted), more (whether there are more names, or the directory cannot be read) and
       present (those of its probes that are there).
@@ -55,6 +63,10 @@ port:
   description: For I(port) - in_use, owners (pid, cmdline) and users of the sockets listening on it.
   type: dict
   returned: when port is given
+account:
+  description: For I(account) - group (the group exists) and user (the user exists exactly as described).
+  type: dict
+  returned: when account is given
 """
 
 
@@ -85,8 +97,8 @@ def first_entries(path: str, limit: int) -> tuple[list[str], bool]:
 
 
 def present(root: str, relative: str) -> bool:
-    """Whether relative (e.g. bin/pypi-server) is there below directory root; lstat only, so a symlink or a file on
-    the way (not at the end) means no."""
+    """Whether relative (e.g. bin/pypi-server) is a regular file below directory root; lstat only, so a symlink or
+    a file on the way, or anything but a regular file at the end, means no."""
     parts = [part for part in relative.split("/") if part not in ("", ".")]
     if not parts or ".." in parts:
         return False
@@ -99,7 +111,7 @@ def present(root: str, relative: str) -> bool:
             return False
         if index < len(parts) - 1 and not stat.S_ISDIR(info.st_mode):
             return False
-    return True
+    return stat.S_ISREG(info.st_mode)
 
 
 def missing(path: str) -> dict[str, Any]:
@@ -109,6 +121,8 @@ def missing(path: str) -> dict[str, Any]:
         "exists": False,
         "link": False,
         "link_target": "",
+        "link_owner": "",
+        "link_group": "",
         "realpath": path,
         "kind": "missing",
         "owner": "",
@@ -129,6 +143,8 @@ def look(path: str, limit: int, probes: list[str] | None = None) -> dict[str, An
     if os.path.islink(path):
         facts["link"] = True
         facts["link_target"] = os.readlink(path)
+        link = os.lstat(path)
+        facts["link_owner"], facts["link_group"] = user_name(link.st_uid), group_name(link.st_gid)
     try:
         info = os.lstat(facts["realpath"])
     except OSError:
@@ -147,6 +163,26 @@ def look(path: str, limit: int, probes: list[str] | None = None) -> dict[str, An
     return facts
 
 
+def account_state(wanted: dict[str, Any]) -> dict[str, bool]:
+    """Whether the group exists, and whether the user exists with exactly the primary group, home, shell and
+    comment the role gives it (from the account databases, as the user and group modules read them)."""
+    try:
+        gid = grp.getgrnam(str(wanted.get("group", ""))).gr_gid
+    except KeyError:
+        return {"group": False, "user": False}
+    try:
+        user = pwd.getpwnam(str(wanted.get("user", "")))
+    except KeyError:
+        return {"group": True, "user": False}
+    same = (user.pw_gid, user.pw_dir, user.pw_shell, user.pw_gecos) == (
+        gid,
+        wanted.get("home"),
+        wanted.get("shell"),
+        wanted.get("comment"),
+    )
+    return {"group": True, "user": same}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -154,12 +190,15 @@ def main() -> None:
             "probes": {"type": "dict", "default": {}},
             "max_entries": {"type": "int", "default": 64},
             "port": {"type": "int"},
+            "account": {"type": "dict"},
         },
         supports_check_mode=True,
     )
     limit = max(1, module.params["max_entries"])
     probes = module.params["probes"]
-    extra = {} if module.params["port"] is None else {"port": who_listens(module.params["port"])}
+    extra: dict[str, Any] = {} if module.params["port"] is None else {"port": who_listens(module.params["port"])}
+    if module.params["account"] is not None:
+        extra["account"] = account_state(module.params["account"])
     module.exit_json(
         changed=False,
         **extra,
