@@ -104,3 +104,71 @@ def test_ports_open_now_and_permanently_are_reported(tmp_path: Path) -> None:
     )
     result = json.loads(done.stdout)
     assert result["firewall"] == "firewalld" and result["firewalld_open"] == [8080], result
+
+
+def firewalld_bindings(tmp_path: Path, body: str) -> Path:
+    """A stand-in for firewalld's Python client (the module's first choice): a firewall.client module."""
+    package = tmp_path / "bindings" / "firewall"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "client.py").write_text(body)
+    return package.parent
+
+
+CLIENT = """
+class _Settings:
+    def getPorts(self):
+        return [("8080", "tcp"), ("443", "tcp"), ("6000-6005", "tcp")]
+class _Zone:
+    def getSettings(self):
+        return _Settings()
+class _Config:
+    def getZoneByName(self, zone):
+        assert zone == "public", zone
+        return _Zone()
+class FirewallClient:
+    def __init__(self, wait=0):
+        self.connected = CONNECTED
+    def getDefaultZone(self):
+        return "public"
+    def getPorts(self, zone):
+        assert zone == "public", zone
+        return [["8080", "tcp"], ["9000", "tcp"], ["53", "udp"]]
+    def config(self):
+        return _Config()
+"""
+
+
+def run_with_bindings(tmp_path: Path, bin_dir: Path, body: str) -> dict[str, Any]:
+    args = tmp_path / "args.json"
+    params = {
+        "iptables_rules": str(tmp_path / "rules.v4"),
+        "nftables_config": str(tmp_path / "nftables.conf"),
+        "ports": [8080, 443, 9000],
+    }
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    bindings = firewalld_bindings(tmp_path, body)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHONPATH=str(bindings))
+    done = subprocess.run(
+        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, env=env, check=False
+    )
+    return json.loads(done.stdout)
+
+
+def test_firewalld_is_asked_through_its_python_client_when_the_host_has_it(tmp_path: Path, bin_dir: Path) -> None:
+    # firewall-cmd (the fixture's) says "not running": only the client can have found firewalld.
+    result = run_with_bindings(tmp_path, bin_dir, "CONNECTED = True\n" + CLIENT)
+    assert result["firewall"] == "firewalld" and result["firewalld_running"], result
+    assert result["firewalld_open"] == [8080], result
+
+
+def test_firewalld_not_running_per_its_client_is_not_chosen(tmp_path: Path, bin_dir: Path) -> None:
+    fake(bin_dir, "firewall-cmd", "running", 0)  # not asked: the client answered
+    result = run_with_bindings(tmp_path, bin_dir, "CONNECTED = False\n" + CLIENT)
+    assert result["firewall"] == "none" and not result["firewalld_running"], result
+
+
+def test_a_failing_client_falls_back_to_firewall_cmd(tmp_path: Path, bin_dir: Path) -> None:
+    fake(bin_dir, "firewall-cmd", "running", 0)
+    result = run_with_bindings(tmp_path, bin_dir, "raise ImportError('no dbus here')\n")
+    assert result["firewall"] == "firewalld" and result["firewalld_running"], result

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -107,6 +108,29 @@ def firewalld_open(module: AnsibleModule, ports: list[int], zone: str) -> list[i
     return [port for port in ports if port in both]
 
 
+def tcp_pairs(pairs: Any) -> set[int]:
+    """The single TCP ports of firewalld's (port, protocol) pairs, as its D-Bus client returns them."""
+    return tcp_ports(" ".join(f"{port}/{proto}" for port, proto in pairs))
+
+
+def firewalld_client(ports: list[int], zone: str) -> tuple[bool, list[int]] | None:
+    """Whether firewalld runs and which of ports it has open now and permanently, asked through firewalld's own
+    Python client (one process instead of three firewall-cmd runs, which is what ansible.posix.firewalld uses);
+    None when this Python lacks the client or it fails, and the caller asks firewall-cmd instead."""
+    try:
+        from firewall.client import FirewallClient  # noqa: PLC0415 - only on hosts with firewalld's bindings
+
+        client = FirewallClient(wait=0)
+        if not client.connected:
+            return False, []
+        zone = zone or client.getDefaultZone()
+        now = tcp_pairs(client.getPorts(zone))
+        saved = tcp_pairs(client.config().getZoneByName(zone).getSettings().getPorts())
+    except Exception:
+        return None
+    return True, [port for port in ports if port in now & saved]
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -117,7 +141,12 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    firewalld_running, _ = succeeds(module, "firewall-cmd", "--state")
+    asked = firewalld_client(module.params["ports"], module.params["zone"])
+    if asked is None:
+        firewalld_running, _ = succeeds(module, "firewall-cmd", "--state")
+        open_ports = firewalld_open(module, module.params["ports"], module.params["zone"]) if firewalld_running else []
+    else:
+        firewalld_running, open_ports = asked
     _, enabled = succeeds(module, "systemctl", "is-enabled", "nftables.service")
     facts = {
         "firewalld_running": firewalld_running,
@@ -125,7 +154,6 @@ def main() -> None:
         "nftables_config": os.path.exists(module.params["nftables_config"]),
         "nftables_enabled": enabled == "enabled",
     }
-    open_ports = firewalld_open(module, module.params["ports"], module.params["zone"]) if firewalld_running else []
     module.exit_json(changed=False, firewall=choose(**facts), firewalld_open=open_ports, **facts)
 
 
