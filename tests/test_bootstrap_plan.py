@@ -49,6 +49,7 @@ def args(root: Path, found: list[str], **extra: Any) -> dict[str, Any]:
         "version_file": str(root.parent / "VERSION"),
         "found": found,
         "lock_names": LOCKS,
+        "marker_prefix": ".marker-",
         **extra,
     }
 
@@ -62,6 +63,7 @@ def test_chooses_the_newest_supported_python_and_names_its_locks_and_wheels(tmp_
     assert result["wheels"] == ["wheels/demo-1.0-py3-none-any.whl", "wheels/pip-25.0-py3-none-any.whl"]
     assert result["pip_wheel"] == "wheels/pip-25.0-py3-none-any.whl"
     assert result["lock_sha256"]["server"] == result["sum_of"]["locks/server-cp312.txt"]
+    assert result["venv_markers"]["server"] == ".marker-" + result["sum_of"]["locks/server-cp312.txt"]
     assert "Using Python 3.12 at /usr/bin/python3.12" in result["msg"]
 
 
@@ -108,7 +110,7 @@ def venv_params(tmp_path: Path, venv: Path) -> dict[str, Any]:
         "tools_dir": str(tmp_path / "no-tools"),
         "bundle_dir": str(tmp_path),
         "lock": "locks/server-cp312.txt",
-        "lock_sha256": "a" * 64,
+        "marker": ".airgap-pypi-lock-" + "a" * 64,
         "pip_wheel": "wheels/pip.whl",
         "pip_launcher": "raise SystemExit(0)",
     }
@@ -119,10 +121,10 @@ def test_venv_with_its_marker_is_left_alone_and_one_without_is_rebuilt(tmp_path:
     venv.mkdir()
     (venv / (".airgap-pypi-lock-" + "a" * 64)).write_text("locks/server-cp312.txt\n")
     assert run_venv(tmp_path, **venv_params(tmp_path, venv))["changed"] is False
-    planned = run_venv(tmp_path, True, **{**venv_params(tmp_path, venv), "lock_sha256": "b" * 64})
+    planned = run_venv(tmp_path, True, **{**venv_params(tmp_path, venv), "marker": ".airgap-pypi-lock-" + "b" * 64})
     assert planned["changed"] is True and not (venv / (".airgap-pypi-lock-" + "b" * 64)).exists()
     # A real run without the bootstrap tools fails, naming the step, and writes no marker.
-    failed = run_venv(tmp_path, **{**venv_params(tmp_path, venv), "lock_sha256": "b" * 64})
+    failed = run_venv(tmp_path, **{**venv_params(tmp_path, venv), "marker": ".airgap-pypi-lock-" + "b" * 64})
     assert failed["failed"] is True and failed["msg"].startswith(f"Creating the virtualenv {venv} failed")
     assert not (venv / (".airgap-pypi-lock-" + "b" * 64)).exists()
 
@@ -133,3 +135,11 @@ def test_a_link_at_the_marker_name_does_not_count(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_text("x")
     (venv / (".airgap-pypi-lock-" + "a" * 64)).symlink_to(tmp_path / "elsewhere")
     assert run_venv(tmp_path, True, **venv_params(tmp_path, venv))["changed"] is True
+
+
+@pytest.mark.parametrize("marker", ["", ".", "..", "../elsewhere", "sub/marker"])
+def test_a_marker_that_is_not_a_plain_name_is_refused(tmp_path: Path, marker: str) -> None:
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    result = run_venv(tmp_path, True, **{**venv_params(tmp_path, venv), "marker": marker})
+    assert result["failed"] is True and "is not a plain file name" in result["msg"], result

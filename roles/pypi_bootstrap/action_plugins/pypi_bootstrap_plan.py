@@ -1,7 +1,7 @@
 """On the controller: check the bundle and pick the host's Python, then name the locks and wheels it needs.
 
 Returns python_path, python_tag, sum_of ({path: sha256} of SHA256SUMS), locks, lock_sha256 ({lock name: sha256}),
-wheels and pip_wheel for one
+venv_markers ({lock name: marker file name}), wheels and pip_wheel for one
 set_fact (facts returned by an action would be host facts, read through ansible_facts only).
 
 One task in place of a chain of set_fact and fail tasks written in Jinja: the bundle's version, its checksums,
@@ -29,6 +29,7 @@ options:
   found: {description: 'Lines "<minor> <major.minor> <path>" of the raw task that looked for Pythons.', type: list}
   python: {description: The Python the inventory asks for ('' for the newest supported)., type: str, default: ""}
   lock_names: {description: The locks every host needs (bootstrap first)., type: list, required: true}
+  marker_prefix: {description: "A marker's name before its lock's sha256.", type: str, required: true}
 """
 
 HASH = re.compile(r"sha256:([0-9a-f]{64})")
@@ -124,6 +125,10 @@ def plan(args: dict[str, Any], host: str) -> dict[str, Any]:
         "sum_of": sums,
         "locks": locks,
         "lock_sha256": {name: sums[lock] for name, lock in zip(args["lock_names"], locks, strict=True)},
+        # The file in a virtualenv (or the tools directory) that says it holds the lock: written last when built.
+        "venv_markers": {
+            name: f"{args['marker_prefix']}{sums[lock]}" for name, lock in zip(args["lock_names"], locks, strict=True)
+        },
         "wheels": wheels,
         "pip_wheel": pip_wheels[0],
     }

@@ -13,7 +13,7 @@ DOCUMENTATION = r"""
 module: pypi_bootstrap_venv
 short_description: A virtualenv that holds exactly one lock of the offline bundle
 description:
-  - The virtualenv at I(path) is current when it holds the marker C(.airgap-pypi-lock-<lock_sha256>). When it does
+  - The virtualenv at I(path) is current when it holds the file I(marker) (named after the lock's sha256). When it does
     not, it is created anew (C(virtualenv --clear --no-seed) run by I(python) with the bootstrap tools on its path)
     and the lock is installed into it by pip run from its wheel, with C(--no-index --require-hashes) from the
     bundle's wheels only; the marker is written last, so a cut-off build is rebuilt on the next run.
@@ -40,8 +40,8 @@ options:
     description: The lock, relative to I(bundle_dir) (C(locks/<name>-<tag>.txt)).
     type: str
     required: true
-  lock_sha256:
-    description: The lock's sha256, which names the marker.
+  marker:
+    description: The name of the file, in the virtualenv, that says it holds the lock (written last).
     type: str
     required: true
   pip_wheel:
@@ -65,8 +65,6 @@ marker:
   type: str
   returned: always
 """
-
-MARKER_PREFIX = ".airgap-pypi-lock-"
 
 
 def run(module: AnsibleModule, argv: list[str], environ: dict[str, str], what: str) -> None:
@@ -117,7 +115,7 @@ def main() -> None:
             "tools_dir": {"type": "path", "required": True},
             "bundle_dir": {"type": "path", "required": True},
             "lock": {"type": "str", "required": True},
-            "lock_sha256": {"type": "str", "required": True},
+            "marker": {"type": "str", "required": True},
             "pip_wheel": {"type": "str", "required": True},
             "pip_launcher": {"type": "str", "required": True},
             "environment": {"type": "dict", "default": {}},
@@ -125,10 +123,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    digest = params["lock_sha256"]
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        module.fail_json(msg=f"lock_sha256 {digest!r} is not a sha256 in hex")
-    marker = os.path.join(params["path"], MARKER_PREFIX + digest)
+    name = params["marker"]
+    if not name or "/" in name or name in (".", ".."):
+        module.fail_json(msg=f"marker {name!r} is not a plain file name")
+    marker = os.path.join(params["path"], name)
     # lstat: a link planted at the marker's name does not count as a built virtualenv.
     try:
         current = os.path.isfile(marker) and not os.path.islink(marker)
