@@ -1,0 +1,267 @@
+#!/usr/bin/python
+"""Unpack a tar of known files into a directory: each file checked against its sha256, written under a temporary
+name and renamed into place; optionally remove the files of some directories that are not listed."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import os
+import pwd
+import stat
+import tarfile
+from typing import BinaryIO
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: pypi_common_unpack
+short_description: Files from a tar, each verified and renamed into place, in one round trip
+description:
+  - Used through the action plugin of the same name, which packs the files on the controller and sends the tar.
+  - Every member of I(archive) must be a regular file listed in I(files); anything else (links, devices,
+    directories, absolute paths, C(..), unlisted or repeated names) stops the module before that member is written.
+  - Each file is written to a temporary name in its directory, hashed while written, compared with its listed
+    sha256, given I(owner), I(group) and I(mode) and flushed to disk. Only when every file is whole are they
+    renamed over the old names, so a reader sees the old file or the new one, never part of one, and a bad file
+    changes nothing. Directories on the way are opened without following links and created with I(dir_mode)
+    when missing.
+  - Then, in each directory of I(prune), files (and links) whose paths are not in I(files) are removed.
+options:
+  archive:
+    description: The tar on the host (the action plugin's transfer).
+    type: path
+    required: true
+  dest:
+    description: The directory the files go into (it must exist and not be a symlink).
+    type: path
+    required: true
+  files:
+    description: Relative path to sha256 (hex), for every file of the tar.
+    type: dict
+    required: true
+  owner:
+    description: Owner of the files and of directories created.
+    type: str
+    required: true
+  group:
+    description: Group of the files and of directories created.
+    type: str
+    required: true
+  mode:
+    description: Permissions of the files, an octal string.
+    type: str
+    default: "0644"
+  dir_mode:
+    description: Permissions of directories created, an octal string.
+    type: str
+    default: "0755"
+  prune:
+    description: Directories, relative to I(dest), whose files not in I(files) are removed.
+    type: list
+    elements: str
+    default: []
+author: airgap-pypi
+"""
+
+RETURN = r"""
+written:
+  description: The relative paths written.
+  type: list
+  returned: always
+pruned:
+  description: The relative paths removed by I(prune).
+  type: list
+  returned: always
+"""
+
+TEMP_PREFIX = ".airgap-unpack-"
+CHUNK = 1 << 20
+SHA256_HEX = frozenset("0123456789abcdef")
+
+
+class UnpackError(Exception):
+    """A member, path or checksum that stops the unpacking (its message names it)."""
+
+
+def parts_of(relative: str) -> list[str]:
+    """The components of a relative path, refused when it could leave the destination."""
+    parts = relative.split("/")
+    if not relative or relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise UnpackError(f"{relative!r} is not a plain relative path")
+    if any(part.startswith(TEMP_PREFIX) for part in parts):
+        raise UnpackError(f"{relative!r} uses the module's temporary prefix")
+    return parts
+
+
+def open_dir(parent: int, name: str, create_mode: int | None, ids: tuple[int, int]) -> int:
+    """Open directory name below parent without following a link; create it when missing and create_mode is set."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except FileNotFoundError:
+        if create_mode is None:
+            raise
+    os.mkdir(name, create_mode, dir_fd=parent)
+    fd = os.open(name, flags, dir_fd=parent)
+    os.fchown(fd, *ids)
+    os.fchmod(fd, create_mode)
+    return fd
+
+
+class Directories:
+    """Directories below dest, each opened once without following links (created with dir_mode when missing)."""
+
+    def __init__(self, dest: str, ids: tuple[int, int], mode: int | None) -> None:
+        self.fds = {"": os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)}
+        self.ids, self.mode = ids, mode
+
+    def fd(self, parts: list[str]) -> int:
+        key = ""
+        for part in parts:
+            child = f"{key}/{part}" if key else part
+            if child not in self.fds:
+                self.fds[child] = open_dir(self.fds[key], part, self.mode, self.ids)
+            key = child
+        return self.fds[key]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def write_temporary(
+    directory: int, name: str, source: BinaryIO, *, digest: str, ids: tuple[int, int], mode: int, what: str
+) -> str:
+    """Write source to a temporary name in directory, owned and moded, flushed; returns that name once its sha256
+    is the listed one (otherwise it is removed and UnpackError raised)."""
+    temporary = f"{TEMP_PREFIX}{os.getpid()}-{name}"[:255]
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
+    try:
+        hasher = hashlib.sha256()
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            while chunk := source.read(CHUNK):
+                hasher.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fchown(fd, *ids)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        if hasher.hexdigest() != digest:
+            raise UnpackError(f"{what}: sha256 {hasher.hexdigest()} is not the listed {digest}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=directory)
+        raise
+    finally:
+        os.close(fd)
+    return temporary
+
+
+def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int], modes: tuple[int, int]) -> list[str]:
+    """Every member of archive into dest (see DOCUMENTATION); returns the paths written. All files are written and
+    checked under temporary names first; only when every one is whole are they renamed into place."""
+    for relative, digest in files.items():
+        parts_of(relative)
+        if len(digest) != 64 or not set(digest) <= SHA256_HEX:
+            raise UnpackError(f"{relative}: {digest!r} is not a sha256 in hex")
+    directories = Directories(dest, ids, modes[1])
+    staged: list[tuple[int, str, str, str]] = []  # directory fd, temporary name, final name, relative path
+    try:
+        try:
+            with tarfile.open(archive, "r:") as tar:
+                for member in tar:
+                    if member.name not in files or any(item[3] == member.name for item in staged):
+                        raise UnpackError(f"the archive holds {member.name!r}, which is not listed or is repeated")
+                    if not member.isreg():
+                        raise UnpackError(f"{member.name} in the archive is not a regular file")
+                    source = tar.extractfile(member)
+                    if source is None:
+                        raise UnpackError(f"{member.name} cannot be read from the archive")
+                    parts = parts_of(member.name)
+                    directory = directories.fd(parts[:-1])
+                    temporary = write_temporary(
+                        directory,
+                        parts[-1],
+                        source,
+                        digest=files[member.name],
+                        ids=ids,
+                        mode=modes[0],
+                        what=member.name,
+                    )
+                    staged.append((directory, temporary, parts[-1], member.name))
+            if missing := sorted(set(files) - {item[3] for item in staged}):
+                raise UnpackError(f"the archive lacks {', '.join(missing[:5])}")
+        except BaseException:
+            for directory, temporary, _, _ in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=directory)
+            raise
+        for directory, temporary, final, _ in staged:
+            os.rename(temporary, final, src_dir_fd=directory, dst_dir_fd=directory)
+    finally:
+        directories.close()
+    return [item[3] for item in staged]
+
+
+def prune(dest: str, directories: list[str], keep: set[str]) -> list[str]:
+    """Remove the files and links of each directory (relative to dest) whose relative paths are not in keep."""
+    removed = []
+    for directory in directories:
+        parts = parts_of(directory)
+        fds = [os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)]
+        try:
+            for part in parts:
+                fds.append(open_dir(fds[-1], part, None, (0, 0)))
+            with os.scandir(fds[-1]) as entries:
+                names = [entry.name for entry in entries]
+            for name in sorted(names):
+                info = os.lstat(name, dir_fd=fds[-1])
+                relative = f"{directory}/{name}"
+                if relative not in keep and not stat.S_ISDIR(info.st_mode):
+                    os.unlink(name, dir_fd=fds[-1])
+                    removed.append(relative)
+        finally:
+            for opened in fds:
+                os.close(opened)
+    return removed
+
+
+def ids_of(owner: str, group: str) -> tuple[int, int]:
+    uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+    gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "archive": {"type": "path", "required": True},
+            "dest": {"type": "path", "required": True},
+            "files": {"type": "dict", "required": True},
+            "owner": {"type": "str", "required": True},
+            "group": {"type": "str", "required": True},
+            "mode": {"type": "str", "default": "0644"},
+            "dir_mode": {"type": "str", "default": "0755"},
+            "prune": {"type": "list", "elements": "str", "default": []},
+        },
+        supports_check_mode=False,
+    )
+    params = module.params
+    files = {str(path): str(digest).lower() for path, digest in params["files"].items()}
+    try:
+        ids = ids_of(params["owner"], params["group"])
+        modes = (int(params["mode"], 8), int(params["dir_mode"], 8))
+    except (KeyError, ValueError) as error:
+        module.fail_json(msg=f"Bad owner, group or mode for {params['dest']}: {error}")
+    try:
+        written = unpack(params["archive"], params["dest"], files, ids, modes)
+        removed = prune(params["dest"], params["prune"], set(files))
+    except (UnpackError, OSError, tarfile.TarError) as error:
+        module.fail_json(msg=f"Unpacking into {params['dest']} stopped: {error}. No file was renamed into place.")
+    module.exit_json(changed=bool(written or removed), written=written, pruned=removed)
+
+
+if __name__ == "__main__":
+    main()

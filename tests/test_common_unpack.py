@@ -1,0 +1,202 @@
+"""pypi_common_unpack: files packed on the controller, each checked against its sha256 on the host and renamed into
+place only when all are whole; links, unlisted names and paths out of the destination refused. The end-to-end
+cases run the action plugin and the module through ansible-playbook on localhost."""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import io
+import json
+import os
+import pwd
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.errors import AnsibleActionFail
+from conftest import load_module, module_argv, run_playbook
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "roles" / "pypi_common" / "library" / "pypi_common_unpack.py"
+ACTION = ROOT / "roles" / "pypi_common" / "action_plugins" / "pypi_common_unpack.py"
+action = load_module("pypi_common_unpack_action", ACTION)
+OWNER = pwd.getpwuid(os.getuid()).pw_name
+GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tar_of(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return path
+
+
+def run_module(tmp_path: Path, **params: Any) -> dict[str, Any]:
+    args = tmp_path / f"args-{len(list(tmp_path.glob('args-*')))}.json"
+    params = {"owner": OWNER, "group": GROUP, **params}
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, check=False)
+    return json.loads(done.stdout)
+
+
+def leftovers(root: Path) -> list[str]:
+    return [str(path) for path in root.rglob(".airgap-unpack-*")]
+
+
+def test_files_land_whole_with_their_mode_and_unlisted_files_are_pruned(tmp_path: Path) -> None:
+    dest = tmp_path / "bundle"
+    (dest / "wheels").mkdir(parents=True)
+    (dest / "wheels" / "old-1.0-py3-none-any.whl").write_bytes(b"old")
+    (dest / "wheels" / "keep-dir").mkdir()
+    files = {"wheels/a-1.0-py3-none-any.whl": b"wheel a", "locks/server-cp312.txt": b"lock"}
+    archive = tar_of(tmp_path / "files.tar", files)
+    result = run_module(
+        tmp_path,
+        archive=str(archive),
+        dest=str(dest),
+        files={name: sha(data) for name, data in files.items()},
+        mode="0640",
+        prune=["wheels", "locks"],
+    )
+    assert result["changed"] and sorted(result["written"]) == sorted(files), result
+    assert result["pruned"] == ["wheels/old-1.0-py3-none-any.whl"], result
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
+        assert (dest / name).stat().st_mode & 0o777 == 0o640
+    assert (dest / "wheels" / "keep-dir").is_dir() and not leftovers(dest)
+
+
+def test_one_bad_checksum_changes_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "packages"
+    dest.mkdir()
+    (dest / "a-1.0.tar.gz").write_bytes(b"served now")
+    files = {"a-1.0.tar.gz": b"new bytes", "b-1.0.tar.gz": b"flipped"}
+    archive = tar_of(tmp_path / "files.tar", files)
+    sums = {"a-1.0.tar.gz": sha(b"new bytes"), "b-1.0.tar.gz": sha(b"what was sent")}
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files=sums)
+    assert result.get("failed") and "b-1.0.tar.gz: sha256" in result["msg"], result
+    assert "No file was renamed into place" in result["msg"]
+    # The first file was whole, but nothing is renamed until every file is: the old bytes are still served.
+    assert (dest / "a-1.0.tar.gz").read_bytes() == b"served now"
+    assert not (dest / "b-1.0.tar.gz").exists() and not leftovers(dest)
+
+
+@pytest.mark.parametrize(
+    ("members", "links", "listed", "needle"),
+    [
+        ({"../escape.whl": b"x"}, {}, ["../escape.whl"], "not a plain relative path"),
+        ({"/etc/passwd": b"x"}, {}, ["/etc/passwd"], "not a plain relative path"),
+        ({"a.whl": b"x", "b.whl": b"y"}, {}, ["a.whl"], "'b.whl', which is not listed"),
+        ({}, {"a.whl": "/etc/passwd"}, ["a.whl"], "a.whl in the archive is not a regular file"),
+        ({"a.whl": b"x"}, {}, ["a.whl", "c.whl"], "the archive lacks c.whl"),
+    ],
+)
+def test_bad_archives_are_refused_before_anything_lands(
+    tmp_path: Path, members: dict[str, bytes], links: dict[str, str], listed: list[str], needle: str
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    archive = tar_of(tmp_path / "files.tar", members, links)
+    sums = {name: sha(members.get(name, b"")) for name in listed}
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files=sums)
+    assert result.get("failed") and needle in result["msg"], result
+    assert list(dest.iterdir()) == []
+    assert not (tmp_path / "escape.whl").exists()
+
+
+def test_links_on_the_host_are_never_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = tmp_path / "bundle"
+    dest.mkdir()
+    (dest / "wheels").symlink_to(elsewhere)  # a planted link on the way to a file
+    archive = tar_of(tmp_path / "files.tar", {"wheels/a.whl": b"x"})
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files={"wheels/a.whl": sha(b"x")})
+    assert result.get("failed"), result
+    assert list(elsewhere.iterdir()) == []
+    linked = tmp_path / "linked"
+    linked.symlink_to(elsewhere)  # the destination itself a link
+    archive = tar_of(tmp_path / "flat.tar", {"a.whl": b"x"})
+    result = run_module(tmp_path, archive=str(archive), dest=str(linked), files={"a.whl": sha(b"x")})
+    assert result.get("failed"), result
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_sums_come_as_a_dict_or_sha256sums_text_and_every_file_needs_one() -> None:
+    text = f"{'a' * 64}  wheels/a.whl\n{'b' * 64}  locks/l.txt\n"
+    assert action.digests(text, ["locks/l.txt"]) == {"locks/l.txt": "b" * 64}
+    assert action.digests({"x": "c" * 64}, ["x"]) == {"x": "c" * 64}
+    with pytest.raises(AnsibleActionFail, match=re.escape("No sha256 is listed for wheels/z.whl")):
+        action.digests(text, ["wheels/z.whl"])
+
+
+def test_the_controller_packs_regular_files_only(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "real.whl").write_bytes(b"x")
+    (tmp_path / "src" / "link.whl").symlink_to(tmp_path / "src" / "real.whl")
+    with pytest.raises(AnsibleActionFail, match="Cannot read"):
+        action.pack(tmp_path / "src", ["link.whl"], tmp_path / "out.tar")
+    with pytest.raises(AnsibleActionFail, match="is not a path relative to"):
+        action.pack(tmp_path / "src", ["../src/real.whl"], tmp_path / "out2.tar")
+
+
+def test_through_ansible_playbook_the_files_arrive_and_a_second_check_mode_run_only_reports(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "wheels").mkdir(parents=True)
+    data = {"wheels/a-1.0-py3-none-any.whl": b"wheel a", "wheels/b-2.0-py3-none-any.whl": b"wheel b" * 1000}
+    for name, content in data.items():
+        (src / name).write_bytes(content)
+    sums = "".join(f"{sha(content)}  {name}\n" for name, content in data.items())
+    dest = tmp_path / "dest"
+    (dest / "wheels").mkdir(parents=True)
+    (dest / "wheels" / "stale.whl").write_bytes(b"stale")
+    task = {
+        "pypi_common_unpack": {
+            "src": str(src),
+            "files": sorted(data),
+            "sums": sums,
+            "dest": str(dest),
+            "owner": OWNER,
+            "group": GROUP,
+            "prune": ["wheels"],
+        },
+        "register": "unpacked",
+    }
+    play = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        # The tests' own Python, which has Ansible (not whatever interpreter discovery would find).
+        "vars": {"ansible_python_interpreter": sys.executable},
+        "roles": ["pypi_common"],
+        "tasks": [
+            task,
+            {"name": "show", "ansible.builtin.debug": {"var": "unpacked"}},
+            {**task, "check_mode": True, "register": "planned"},
+            {
+                "ansible.builtin.assert": {
+                    "that": ["unpacked is changed", "planned is changed", "planned.msg is search('would be copied')"]
+                }
+            },
+        ],
+    }
+    done = run_playbook([play], tmp_path / "play.yml")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    for name, content in data.items():
+        assert (dest / name).read_bytes() == content
+    assert not (dest / "wheels" / "stale.whl").exists() and not leftovers(dest)
