@@ -381,9 +381,15 @@ def test_the_entry_of_a_release_whose_files_are_gone_can_be_unyanked(site: dict[
 
 def test_a_read_notices_a_changed_yank_file(site: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index, "RECHECK_SECONDS", 0.0)  # the index looks again at most once a second
+    os.utime(site["packages"], (1_000_000, 1_000_000))  # an old directory: only the yank file can trigger a sync
     app = index.StaticIndex(upstream, str(site["packages"]), str(site["tree"]), yanked=str(site["yanked"]))
     app.index.sync()
     assert b"data-yanked" not in call(app, "/simple/demo/")[2]
+    synced: list[bool] = []
+    real = app.index.sync
+    monkeypatch.setattr(app.index, "sync", lambda **kwargs: synced.append(True) or real(**kwargs))
+    assert b"data-yanked" not in call(app, "/simple/demo/")[2]
+    assert synced == [], "nothing changed: a read does not sync"
     write_yanks(site["yanked"], {"demo": {"2.0": "by hand"}})  # as if a yank's own sync had failed
     assert b'data-yanked="by hand"' in call(app, "/simple/demo/")[2]
     assert json.loads(call(app, "/simple/demo/", accept="application/vnd.pypi.simple.v1+json")[2])["files"][1][
