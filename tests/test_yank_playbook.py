@@ -5,12 +5,14 @@ is the tests' own): the -e names, changed reporting, check mode, a refusal, the 
 from __future__ import annotations
 
 import getpass
+import grp
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,21 +23,22 @@ from scripts.demo_wheel import build_wheel
 MODULE = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> dict[str, Path]:
-    """An index host's layout under tmp_path, its pages written by the sync as site.yml runs it, and an inventory
-    of one pypi_servers host (this machine) that points the role's variables at it."""
-    data, config, venv = tmp_path / "data", tmp_path / "etc", tmp_path / "venv"
+def make_host(base: Path, *versions: str) -> dict[str, Path]:
+    """An index host's layout under base (demo's wheels of versions, an empty htpasswd), its pages written by the
+    sync as site.yml runs it, and an inventory of one pypi_servers host (this machine) that points the role's
+    variables at it."""
+    data, config, venv = base / "data", base / "etc", base / "venv"
     packages, static = data / "packages", data / "static"
     packages.mkdir(parents=True)
     config.mkdir()
+    (config / "htpasswd").write_text("")
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"  # the tests' Python, with its packages (a bare link would lose them)
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
     shutil.copy(MODULE, config)
-    build_wheel(packages, "demo", "1.0")
-    build_wheel(packages, "demo", "2.0")
+    for version in versions:
+        build_wheel(packages, "demo", version)
     subprocess.run(
         [sys.executable, str(MODULE), "--packages", str(packages), "--tree", str(static)],
         check=True,
@@ -51,18 +54,31 @@ def host(tmp_path: Path) -> dict[str, Path]:
         "pypi_server_config_dir": str(config),
         "pypi_server_venv": str(venv),
         "pypi_server_user": getpass.getuser(),
+        "pypi_server_group": grp.getgrgid(os.getgid()).gr_name,
     }
-    inventory = tmp_path / "inventory.json"
+    inventory = base / "inventory.json"
     inventory.write_text(json.dumps({"all": {"children": {"pypi_servers": {"hosts": {"localhost": layout}}}}}))
-    return {"inventory": inventory, "page": static / "simple" / "demo" / "index.html", "yanked": data / "yanked.json"}
+    return {
+        "inventory": inventory,
+        "packages": packages,
+        "static": static,
+        "page": static / "simple" / "demo" / "index.html",
+        "yanked": data / "yanked.json",
+    }
 
 
-def yank(host: dict[str, Path], *args: str) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook playbooks/yank.yml with args, as an operator runs it (from the repository's top)."""
+@pytest.fixture
+def host(tmp_path: Path) -> dict[str, Path]:
+    return make_host(tmp_path, "1.0", "2.0")
+
+
+def yank(host: dict[str, Path], *args: str, playbook: str = "playbooks/yank.yml") -> subprocess.CompletedProcess[str]:
+    """ansible-playbook playbooks/yank.yml (or another) with args, as an operator runs it (from the repository's
+    top)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     command = str(Path(sys.executable).with_name("ansible-playbook"))
     return subprocess.run(
-        [command, "-i", str(host["inventory"]), "playbooks/yank.yml", *args],
+        [command, "-i", str(host["inventory"]), playbook, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -115,3 +131,31 @@ def test_a_missing_project_or_version_stops_before_anything_runs(host: dict[str,
     assert "Name the release: ansible-playbook playbooks/yank.yml" in done.stdout and "-e project=NAME" in done.stdout
     assert "airgap_pypi_index.py" not in done.stdout, "the command never ran"
     assert not host["yanked"].exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a restore writes files as root, as on an index host")
+def test_a_backup_carries_the_yank_file_and_a_restore_puts_it_back(tmp_path: Path) -> None:
+    source = make_host(tmp_path / "a", "1.0", "2.0")
+    assert changed(yank(source, "-e", "project=demo", "-e", "version=2.0", "-e", 'reason="do not use"')) == 1
+    backups = tmp_path / "backups"
+    assert changed(yank(source, "-e", f"pypi_backup_dir={backups}", playbook="playbooks/backup.yml")) > 0
+    (archive,) = backups.glob("*.tar.gz")
+    with tarfile.open(archive) as packed:
+        assert packed.extractfile("data/yanked.json").read() == source["yanked"].read_bytes()  # type: ignore[union-attr]
+
+    target = make_host(tmp_path / "b")  # a new host: installed, no packages, no yank file
+    restore = ("-e", f"pypi_backup_archive={archive}")
+    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) > 0
+    assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
+    assert oct(target["yanked"].stat().st_mode & 0o777) == "0o644"
+    assert 'data-yanked="do not use"' in target["page"].read_text(), "the pages follow the restored file"
+    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) == 0, "restored: nothing to do"
+
+    assert changed(yank(target, "-e", "project=demo", "-e", "version=2.0", "-e", "undo=true")) == 1
+    mine = target["yanked"].read_bytes()
+    done = yank(target, *restore, playbook="playbooks/restore.yml")
+    assert done.returncode != 0 and "yanked releases other than the archive's" in done.stdout, done.stdout[-2000:]
+    assert target["yanked"].read_bytes() == mine, "refused: the host's yank file stays"
+    assert changed(yank(target, *restore, "-e", "pypi_backup_replace=true", playbook="playbooks/restore.yml")) > 0
+    assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
+    assert len(list(target["yanked"].parent.glob("yanked.json.*"))) == 1, "the replaced one is kept beside it"
