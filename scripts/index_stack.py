@@ -86,6 +86,8 @@ class Stack:
     base: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes]
+    config: Path  # the rendered configuration and airgap_pypi_index.py, as the role deploys them
+    yanked: Path  # the yank file the pages follow (base/yanked.json, as pypi_server_data_dir/yanked.json)
 
     def workers(self) -> list[int]:
         """PIDs of this gunicorn's workers (children of the master this test started)."""
@@ -163,6 +165,7 @@ def serve(
         "pypi_server_max_upload_mb": max_upload_mb,
         "pypi_server_tls": False,
         "__pypi_server_htpasswd": str(htpasswd),
+        "__pypi_server_yanked_file": str(base / "yanked.json"),
         "__pypi_server_master_user": "pypiserver",
     }
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
@@ -177,7 +180,9 @@ def serve(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    stack = Stack(f"http://127.0.0.1:{port}", packages, tree, log_path, base, env, process)
+    stack = Stack(
+        f"http://127.0.0.1:{port}", packages, tree, log_path, base, env, process, config, base / "yanked.json"
+    )
     try:
         stack.wait_healthy()
         yield stack

@@ -180,6 +180,30 @@ def test_snapshot_hard_links_packages_and_writes_a_checkable_manifest(index_data
     assert '"host": "h1"' in (snapshot / "INFO.json").read_text()
 
 
+def test_the_yank_file_is_carried_as_data_never_through_a_link(index_data: tuple[Path, Path], tmp_path: Path) -> None:
+    packages, config = index_data
+    yanked = packages.parent / "yanked.json"
+    yanked.write_text('{"format": 1, "projects": {}}')
+    other = {"yanked.json": str(yanked)}
+    result = manifest.build(packages, config, ["htpasswd"], None, {}, other=other)
+    assert result["files"]["data/yanked.json"] == hashlib.sha256(yanked.read_bytes()).hexdigest()
+    without = manifest.build(packages, config, ["htpasswd"], None, {})
+    assert result["digest"] != without["digest"], "a change of the yank file is a new backup"
+    snapshot = tmp_path / "snapshot"
+    manifest.build(packages, config, ["htpasswd"], snapshot, {}, other=other)
+    assert (snapshot / "data" / "yanked.json").read_bytes() == yanked.read_bytes()
+    assert "data/yanked.json" in (snapshot / "MANIFEST.sha256").read_text()
+    yanked.unlink()
+    assert "data/yanked.json" not in manifest.build(packages, config, [], None, {}, other=other)["files"]
+    (tmp_path / "elsewhere.json").write_text("planted")
+    yanked.symlink_to(tmp_path / "elsewhere.json")
+    assert manifest.build(packages, config, [], None, {}, other=other)["files"].keys() == without["files"].keys() - {
+        "config/htpasswd"
+    }, "a link is left out, never followed"
+    with pytest.raises(ValueError, match="unfit for the archive"):
+        manifest.build(packages, config, [], None, {}, other={"../x": str(yanked)})
+
+
 def pack(snapshot: Path, archive: Path, extra: dict[str, bytes] | None = None) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         for name in ("MANIFEST.sha256", "INFO.json", "packages", "config"):

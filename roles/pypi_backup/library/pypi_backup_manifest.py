@@ -20,8 +20,9 @@ description:
   - Without I(snapshot), reads the live files and changes nothing.
   - With I(snapshot), first hard-links every file of I(packages_dir) into I(snapshot)/packages (same file system:
     uploaded files are never rewritten, so the links are a consistent copy) and copies the configuration files into
-    I(snapshot)/config, then hashes the snapshot and writes MANIFEST.sha256 (sha256sum format) and INFO.json there.
-  - Manifest paths are C(packages/<relative path>) and C(config/<name>).
+    I(snapshot)/config and the data files into I(snapshot)/data, then hashes the snapshot and writes MANIFEST.sha256
+    (sha256sum format) and INFO.json there.
+  - Manifest paths are C(packages/<relative path>), C(config/<name>) and C(data/<name>).
 options:
   packages_dir:
     description: The index's packages directory.
@@ -36,6 +37,12 @@ options:
     type: list
     elements: str
     default: []
+  data_files:
+    description:
+      - Other files of the index's data, as {name in the archive: path on the host}, e.g. the yank file. A missing
+        one, or one that is not a regular file (a link), is left out.
+    type: dict
+    default: {}
   snapshot:
     description: Directory to create the snapshot in (must not exist). Empty for a read-only manifest.
     type: path
@@ -78,8 +85,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def data_files(packages_dir: Path, config_dir: Path, config_files: list[str]) -> dict[str, Path]:
-    """{manifest path: file} of every regular file under packages_dir and the named configuration files."""
+def data_files(
+    packages_dir: Path, config_dir: Path, config_files: list[str], other: dict[str, str] | None = None
+) -> dict[str, Path]:
+    """{manifest path: file} of every regular file under packages_dir, the named configuration files and the other
+    data files (regular files only, never through a link)."""
     found: dict[str, Path] = {}
     for root, dirs, names in os.walk(packages_dir):
         dirs.sort()
@@ -91,6 +101,12 @@ def data_files(packages_dir: Path, config_dir: Path, config_files: list[str]) ->
         path = config_dir / name
         if path.is_file():
             found[f"config/{name}"] = path
+    for name, location in (other or {}).items():
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"data file name unfit for the archive: {name!r}")
+        path = Path(location)
+        if path.is_file() and not path.is_symlink():
+            found[f"data/{name}"] = path
     return dict(sorted(found.items()))
 
 
@@ -107,6 +123,7 @@ def take_snapshot(sources: dict[str, Path], snapshot: Path) -> dict[str, Path]:
     snapshot.mkdir(parents=True)
     (snapshot / "packages").mkdir()
     (snapshot / "config").mkdir()
+    (snapshot / "data").mkdir()
     copies: dict[str, Path] = {}
     for rel, source in sources.items():
         target = snapshot / rel
@@ -125,9 +142,15 @@ def take_snapshot(sources: dict[str, Path], snapshot: Path) -> dict[str, Path]:
 
 
 def build(
-    packages_dir: Path, config_dir: Path, config_files: list[str], snapshot: Path | None, info: dict[str, Any]
+    packages_dir: Path,
+    config_dir: Path,
+    config_files: list[str],
+    snapshot: Path | None,
+    info: dict[str, Any],
+    *,
+    other: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    files = data_files(packages_dir, config_dir, config_files)
+    files = data_files(packages_dir, config_dir, config_files, other)
     if snapshot is not None:
         files = take_snapshot(files, snapshot)
     hashes = {rel: sha256_of(path) for rel, path in files.items()}
@@ -150,6 +173,7 @@ def main() -> None:
             "packages_dir": {"type": "path", "required": True},
             "config_dir": {"type": "path", "required": True},
             "config_files": {"type": "list", "elements": "str", "default": []},
+            "data_files": {"type": "dict", "default": {}},
             "snapshot": {"type": "path", "default": ""},
             "info": {"type": "dict", "default": {}},
         },
@@ -163,7 +187,14 @@ def main() -> None:
     if snapshot is not None and snapshot.exists():
         module.fail_json(msg=f"{snapshot} exists already (a backup running in parallel, or one that was killed)")
     try:
-        result = build(packages_dir, Path(params["config_dir"]), params["config_files"], snapshot, params["info"])
+        result = build(
+            packages_dir,
+            Path(params["config_dir"]),
+            params["config_files"],
+            snapshot,
+            params["info"],
+            other={str(name): str(path) for name, path in params["data_files"].items()},
+        )
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"cannot read or snapshot the index's data: {exc}")
     # A snapshot is a temporary work copy: the host's state does not change.

@@ -10,11 +10,16 @@ The tree (one directory, written only by this module) holds, for the packages di
     index.html, browse/<project>.html               the browse and search pages (inline CSS and JS only; the
                                                     front page sits outside browse/, where a project may be
                                                     named "index")
-    state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing
-    stamp.json                                      the package directories' mtimes at the last sync
+    state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing;
+                                                    the yanked releases the pages show
+    stamp.json                                      the package directories' mtimes (and the yank file's) at the
+                                                    last sync
 
 `sync()` compares the packages directory with state.json and rewrites only the pages of projects whose files
 changed (every write goes to a temporary file then os.replace, so no reader sees half a page), under an flock.
+Yanked releases (PEP 592) come from a small JSON file beside the data (`--yanked`, written only by the `yank` and
+`unyank` commands): a project's pages are rewritten when its entries there differ from what state.json says its
+pages show.
 `StaticIndex` is a WSGI layer in front of pypiserver: it serves GET/HEAD of the pages, metadata files and package
 files from the tree, sends everything else (uploads, removals, /health, ...) to pypiserver, and syncs after a
 successful POST before the response is returned, so a file is on its page when `twine upload` returns.
@@ -30,6 +35,7 @@ import bz2
 import contextlib
 import email.message
 import email.parser
+import errno
 import fcntl
 import functools
 import gzip
@@ -50,7 +56,9 @@ import tarfile
 import tempfile
 import threading
 import time
+import unicodedata
 import zipfile
+from stat import S_ISREG
 from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
@@ -299,20 +307,30 @@ def file_entry(path: str, stat: os.stat_result, project: str, version: str) -> T
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write data to path so that a reader sees either the old or the new file, never a part."""
+def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
+    """Write data to path so that a reader sees either the old or the new file, never a part. durable: on disk
+    (the file and the rename synced) before this returns, for data that cannot be generated again."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    if durable:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def remove_quietly(path: str) -> None:
@@ -323,6 +341,121 @@ def remove_quietly(path: str) -> None:
 def esc(text: Optional[str]) -> str:
     """HTML-escape untrusted text (quotes too: it is also used in attributes)."""
     return html.escape(text or "", quote=True)
+
+
+# --- yanked releases (PEP 592) ---------------------------------------------------------------------------------
+
+# The yank file: {"format": 1, "projects": {normalised name: {version: {"reason": text, "when": UTC time}}}}.
+YANK_FORMAT = 1
+YANK_COMMANDS = ("yank", "unyank")
+MAX_YANK_FILE_BYTES = 4 << 20
+MAX_REASON_CHARS = 512
+MAX_VERSION_CHARS = 128
+MAX_PROJECT_CHARS = 200
+# What a reason, version or name may not hold: control and format characters (a bidi override shows other text
+# than is stored), lone surrogates (bytes of the command line that are not UTF-8) and line or paragraph breaks.
+_REFUSED_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+_PROJECT_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # PEP 508
+
+Yanks = Dict[str, Dict[str, str]]  # normalised project -> version -> reason ("" when none was given)
+
+
+class YankFileError(ValueError):
+    """The yank file cannot be used (the message names the file and what is wrong with it)."""
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A value for a message: quoted, escaped, shortened."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def text_problem(text: str, limit: int) -> Optional[str]:
+    """Why text is unfit as a yank reason, version or project name (too long, a control character), or None."""
+    if len(text) > limit:
+        return f"{len(text)} characters, at most {limit} are taken"
+    for position, char in enumerate(text, 1):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            return f"the control character U+{ord(char):04X} at position {position}"
+    return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def release_id(version: str) -> Any:
+    """What names a release: PEP 440 equality (1.0 is 1.0.0) for a valid version, else the text."""
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return version
+
+
+def yank_reasons(yanked: Optional[Dict[str, str]]) -> Dict[Any, str]:
+    """A project's yank entries by release: {release_id(version): reason}."""
+    return {release_id(version): reason for version, reason in (yanked or {}).items()}
+
+
+def yank_entry_problem(project: str, version: Any, entry: Any) -> Optional[str]:
+    """What is wrong with one release's entry in the yank file, or None."""
+    problem = text_problem(version, MAX_VERSION_CHARS) if version else "empty"
+    if problem:
+        return f"{project}: version {shown(version)}: {problem}"
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in ("reason", "when")):
+        return f'{project} {version}: not {{"reason": TEXT, "when": TIME}}'
+    problem = text_problem(entry["reason"], MAX_REASON_CHARS) or text_problem(entry["when"], 64)
+    return f"{project} {version}: {problem}" if problem else None
+
+
+def yank_document_problem(document: Any) -> Optional[str]:
+    """What is wrong with a parsed yank file, or None."""
+    if not isinstance(document, dict) or document.get("format") != YANK_FORMAT:
+        return f'not a yank file of format {YANK_FORMAT} ({{"format": {YANK_FORMAT}, "projects": {{...}}}})'
+    projects = document.get("projects")
+    if not isinstance(projects, dict):
+        return '"projects" is not an object'
+    for project, releases in projects.items():
+        if len(project) > MAX_PROJECT_CHARS or normalize(project) != project or not _PROJECT_NAME.match(project):
+            return f"{shown(project)} is not a normalised project name"
+        if not isinstance(releases, dict) or not releases:
+            return f"{project}: not an object of versions"
+        for version, entry in releases.items():
+            problem = yank_entry_problem(project, version, entry)
+            if problem:
+                return problem
+    return None
+
+
+def read_yank_file(path: str) -> Dict[str, Any]:
+    """The yank file's document (an empty one when there is no file), read within its bound and never through a
+    link; YankFileError says what is wrong with it."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {"format": YANK_FORMAT, "projects": {}}
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise YankFileError(f"{path} is a symbolic link (not followed)") from error
+        raise YankFileError(f"{path} cannot be opened: {error.strerror}") from error
+    with os.fdopen(descriptor, "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise YankFileError(f"{path} is not a regular file")
+        data = handle.read(MAX_YANK_FILE_BYTES + 1)
+    if len(data) > MAX_YANK_FILE_BYTES:
+        raise YankFileError(f"{path} is larger than {MAX_YANK_FILE_BYTES >> 20} MiB")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise YankFileError(f"{path} is not JSON: {str(error)[:200]}") from error
+    problem = yank_document_problem(document)
+    if problem:
+        raise YankFileError(f"{path}: {problem}")
+    return document
+
+
+def yanks_of(document: Dict[str, Any]) -> Yanks:
+    """{project: {version: reason}} of a checked yank file document."""
+    return {
+        project: {version: entry["reason"] for version, entry in releases.items()}
+        for project, releases in document["projects"].items()
+    }
 
 
 def file_url(relfn: str) -> str:
@@ -339,15 +472,22 @@ def by_project(files: Dict[str, Entry]) -> Dict[str, List[Tuple[str, Entry]]]:
     return grouped
 
 
-def latest(entries: List[Tuple[str, Entry]]) -> Entry:
-    """The newest final release's entry (the newest of all when there are only pre-releases)."""
-    finals = [entry for _, entry in entries if not is_prerelease(entry["version"])]
-    pool = finals or [entry for _, entry in entries]
+def latest(entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None) -> Entry:
+    """The entry of the release pip installs by default: the newest final release that is not yanked (the newest
+    of the pre-releases when there is no such final, and the newest of the yanked ones when all are yanked)."""
+    reasons = yank_reasons(yanked)
+    kept = [entry for _, entry in entries if release_id(entry["version"]) not in reasons]
+    kept = kept or [entry for _, entry in entries]
+    finals = [entry for entry in kept if not is_prerelease(entry["version"])]
+    pool = finals or kept
     best = max(pool, key=lambda entry: (version_key(entry["version"]), entry.get("metadata_sha256") is not None))
     return best
 
 
-def render_project_html(project: str, entries: List[Tuple[str, Entry]]) -> bytes:
+def render_project_html(
+    project: str, entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None
+) -> bytes:
+    reasons = yank_reasons(yanked)
     lines = [
         "<!DOCTYPE html>",
         "<html>",
@@ -365,15 +505,22 @@ def render_project_html(project: str, entries: List[Tuple[str, Entry]]) -> bytes
         if entry.get("metadata_sha256"):
             value = f"sha256={entry['metadata_sha256']}"
             attributes += f' data-core-metadata="{value}" data-dist-info-metadata="{value}"'
+        reason = reasons.get(release_id(entry["version"]))
+        if reason is not None:  # PEP 592: the attribute's value is the reason, empty when none was given
+            attributes += f' data-yanked="{esc(reason)}"'
         lines.append(f"    <a {attributes}>{esc(os.path.basename(relfn))}</a><br>")
     lines += ["  </body>", "</html>", ""]
     return "\n".join(lines).encode()
 
 
-def render_project_json(project: str, entries: List[Tuple[str, Entry]]) -> bytes:
+def render_project_json(
+    project: str, entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None
+) -> bytes:
+    reasons = yank_reasons(yanked)
     files = []
     for relfn, entry in entries:
         metadata: Any = {"sha256": entry["metadata_sha256"]} if entry.get("metadata_sha256") else False
+        reason = reasons.get(release_id(entry["version"]))
         item: Entry = {
             "filename": os.path.basename(relfn),
             "url": file_url(relfn),
@@ -382,7 +529,8 @@ def render_project_json(project: str, entries: List[Tuple[str, Entry]]) -> bytes
             # PEP 714's name only: pip 23.0 (Debian 12's) crashes on a hash dict under the old
             # "dist-info-metadata" key, which is why PEP 714 renamed it. HTML keeps both attributes (strings).
             "core-metadata": metadata,
-            "yanked": False,
+            # PEP 691: the reason, or true when none was given (PEP 592's empty data-yanked).
+            "yanked": False if reason is None else (reason or True),
         }
         if entry.get("requires_python"):
             item["requires-python"] = entry["requires_python"]
@@ -418,6 +566,7 @@ pre{background:#fff;border:1px solid #e1e4e8;padding:.8rem;overflow:auto;white-s
 input[type=search]{width:100%;box-sizing:border-box;font-size:1.1rem;padding:.5rem;margin:.5rem 0 1rem;
 border:1px solid #9aa5b1;border-radius:4px}
 .hash{word-break:break-all;font-size:.75rem}.muted{color:#5f6b77}
+.yanked{color:#9a3412;font-weight:normal;font-size:.85rem}
 """
 
 BASE_SCRIPT = """
@@ -450,13 +599,45 @@ def page(title: str, body: str, script: str) -> bytes:
     ).encode()
 
 
-def render_browse_index(summaries: List[Tuple[str, Entry, int]]) -> bytes:
+def yank_note(version: str, reason: str) -> str:
+    """The visible mark of a yanked release: "yanked", with its reason when one was given (escaped)."""
+    text = f"{version} yanked" if version else "yanked"
+    return f'<span class="yanked">{esc(text + (": " + reason if reason else ""))}</span>'
+
+
+def yanked_releases(entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
+    """(version, reason) of the project's yanked releases that have files, newest first."""
+    reasons = yank_reasons(yanked)
+    found: Dict[str, str] = {}
+    for _, entry in entries:
+        reason = reasons.get(release_id(entry["version"]))
+        if reason is not None:
+            found[entry["version"]] = reason
+    return sorted(found.items(), key=lambda item: version_key(item[0]), reverse=True)
+
+
+# The yanked releases newer than a project's latest one that its row on the front page names.
+FRONT_YANKED_SHOWN = 3
+
+
+def render_browse_index(summaries: List[Tuple[str, Entry, int, List[Tuple[str, str]]]]) -> bytes:
+    """The front page: per project its latest release (see latest()), marked when yanked, and the yanked
+    releases newer than it, with their reasons."""
     rows = []
-    for project, entry, count in summaries:
+    for project, entry, count, yanked in summaries:
         search = esc(f"{project} {entry['name']} {entry.get('summary') or ''}".lower())
+        shown_version = version_key(entry["version"])
+        notes = [
+            yank_note("" if version == entry["version"] else version, reason)
+            for version, reason in yanked
+            if version_key(version) >= shown_version
+        ]
+        if len(notes) > FRONT_YANKED_SHOWN:
+            notes[FRONT_YANKED_SHOWN:] = [f'<span class="yanked">and {len(notes) - FRONT_YANKED_SHOWN} more</span>']
+        latest_cell = " ".join([esc(entry["version"]), *notes])
         rows.append(
             f'<tr data-search="{search}"><td><a href="project/{esc(quote(project))}/">{esc(entry["name"])}</a></td>'
-            f"<td>{esc(entry['version'])}</td><td>{esc(entry.get('summary'))}</td><td>{count}</td></tr>"
+            f"<td>{latest_cell}</td><td>{esc(entry.get('summary'))}</td><td>{count}</td></tr>"
         )
     body = (
         "<h1>Packages</h1>\n"
@@ -472,8 +653,11 @@ def render_browse_index(summaries: List[Tuple[str, Entry, int]]) -> bytes:
     return page("airgap-pypi packages", body, SEARCH_SCRIPT).replace(b"{root}", b"./")
 
 
-def render_browse_project(project: str, entries: List[Tuple[str, Entry]], description: str) -> bytes:
-    newest = latest(entries)
+def render_browse_project(
+    project: str, entries: List[Tuple[str, Entry]], description: str, yanked: Optional[Dict[str, str]] = None
+) -> bytes:
+    newest = latest(entries, yanked)
+    reasons = yank_reasons(yanked)
     by_version: Dict[str, List[Tuple[str, Entry]]] = {}
     for relfn, entry in entries:
         by_version.setdefault(entry["version"], []).append((relfn, entry))
@@ -485,12 +669,16 @@ def render_browse_project(project: str, entries: List[Tuple[str, Entry]], descri
             f'<td class="hash">{entry["sha256"]}</td></tr>'
             for relfn, entry in by_version[version]
         )
+        reason = reasons.get(release_id(version))
+        mark = "" if reason is None else " " + yank_note("", reason)
         sections.append(
-            f"<h3>{esc(version)}</h3>\n<table><thead><tr><th>File</th><th>Bytes</th><th>Requires-Python</th>"
+            f"<h3>{esc(version)}{mark}</h3>\n<table><thead><tr><th>File</th><th>Bytes</th><th>Requires-Python</th>"
             f"<th>sha256</th></tr></thead><tbody>{rows}</tbody></table>"
         )
+    newest_reason = reasons.get(release_id(newest["version"]))
     body = (
-        f'<h1>{esc(newest["name"])} <span class="muted">{esc(newest["version"])}</span></h1>\n'
+        f'<h1>{esc(newest["name"])} <span class="muted">{esc(newest["version"])}</span>'
+        f"{'' if newest_reason is None else ' ' + yank_note('', newest_reason)}</h1>\n"
         f"<p>{esc(newest.get('summary'))}</p>\n"
         f'<pre>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
         f'<span class="trusted"></span>{esc(project)}=={esc(newest["version"])}\n'
@@ -517,6 +705,12 @@ def valid_state(state: Dict[str, Any]) -> bool:
     for entry in list(files.values()) + list(skipped.values()):
         if not isinstance(entry, dict):
             return False
+    yanked = state.get("yanked", {})
+    if not isinstance(yanked, dict) or not all(
+        isinstance(releases, dict) and all(isinstance(v, str) and isinstance(r, str) for v, r in releases.items())
+        for releases in yanked.values()
+    ):
+        return False
     optional = ("requires_python", "summary", "metadata_sha256")
     return all(
         all(
@@ -529,13 +723,18 @@ def valid_state(state: Dict[str, Any]) -> bool:
 
 
 class Tree:
-    """The generated tree for one packages directory."""
+    """The generated tree for one packages directory.
 
-    def __init__(self, packages: str, tree: str) -> None:
+    yanked: the yank file (PEP 592) the pages follow. None: the pages keep showing the releases they showed as
+    yanked (a caller that does not know the file never changes them)."""
+
+    def __init__(self, packages: str, tree: str, yanked: Optional[str] = None) -> None:
         self.packages = os.path.abspath(packages)
         self.tree = os.path.abspath(tree)
+        self.yanked = os.path.abspath(yanked) if yanked else None
         self._thread_lock = threading.Lock()
         self._seen: Optional[Dict[str, int]] = None
+        self._seen_yanked: Optional[List[int]] = None
         self._next_check = 0.0
         self._failed_until = 0.0
         self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any]]] = None
@@ -562,6 +761,27 @@ class Tree:
             except OSError:
                 stamps[rel] = -1
         return stamps
+
+    def yank_stamp(self) -> Optional[List[int]]:
+        """What tells a changed yank file: its inode, size and mtime ([] when missing; None without one)."""
+        if self.yanked is None:
+            return None
+        try:
+            stat = os.lstat(self.yanked)
+        except OSError:
+            return []
+        return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+    def current_yanks(self, shown_now: Yanks) -> Yanks:
+        """The yanked releases the pages are to show: the yank file's; what they show now when this tree has no
+        yank file; none when the file cannot be used (logged: a bad file never stops the index)."""
+        if self.yanked is None:
+            return shown_now
+        try:
+            return yanks_of(read_yank_file(self.yanked))
+        except YankFileError as error:
+            LOG.warning("%s: no release is shown as yanked until it is fixed", error)
+            return {}
 
     def load_state(self) -> Optional[Dict[str, Any]]:
         """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
@@ -627,25 +847,32 @@ class Tree:
 
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
         state = self.load_state()
+        old_yanks: Yanks = state.get("yanked", {}) if state else {}
         if not state or state.get("version") != STATE_VERSION or state.get("packages") != self.packages:
             state = {"files": {}}
             rebuild = True
         old: Dict[str, Entry] = state["files"]
         old_skipped: Dict[str, Entry] = state.get("skipped", {})
+        yank_stamp = self.yank_stamp()  # before the file is read, as the directories' before they are listed
+        yanks = self.current_yanks(old_yanks)
         remove_leftovers(self.packages)
         dirs, found = self.scan()
         files, fresh_metadata, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young)
         changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
         changed |= {entry["project"] for relfn, entry in old.items() if relfn not in files}
+        # A project whose yank entries differ from what its pages show (only projects with files have pages).
+        listed = {entry["project"] for entry in files.values()}
+        changed |= {project for project in listed if yanks.get(project) != old_yanks.get(project)}
         if rebuild:
-            changed |= {entry["project"] for entry in files.values()}
+            changed |= listed
         for relfn, metadata in fresh_metadata.items():
             write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
         for relfn, entry in old.items():
             if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
                 remove_quietly(self.path("metadata", relfn + ".metadata"))
-        if not (changed or rebuild or skipped != old_skipped or not os.path.exists(self.path("index.html"))):
-            self.finish(dirs, dirty)
+        unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks)
+        if unchanged and os.path.exists(self.path("index.html")):
+            self.finish(dirs, dirty, yank_stamp)
             return []
         grouped = by_project(files)
         projects = sorted(grouped)
@@ -653,20 +880,28 @@ class Tree:
             with contextlib.suppress(OSError):
                 changed |= set(os.listdir(self.path("simple"))) - set(projects) - {"index.html", "index.json"}
         for project in sorted(changed):
-            self.write_project(project, grouped.get(project, []))
-        self.write_root(projects, grouped)
-        self.save_state({"version": STATE_VERSION, "packages": self.packages, "files": files, "skipped": skipped})
-        self.finish(dirs, dirty)
+            self.write_project(project, grouped.get(project, []), yanks.get(project))
+        self.write_root(projects, grouped, yanks)
+        self.save_state(
+            {
+                "version": STATE_VERSION,
+                "packages": self.packages,
+                "files": files,
+                "skipped": skipped,
+                "yanked": yanks,
+            }
+        )
+        self.finish(dirs, dirty, yank_stamp)
         return sorted(changed)
 
-    def finish(self, dirs: Dict[str, int], dirty: bool) -> None:
-        """Write the stamp that reads compare the directories with."""
+    def finish(self, dirs: Dict[str, int], dirty: bool, yank_stamp: Optional[List[int]]) -> None:
+        """Write the stamp that reads compare the directories and the yank file with."""
         # A directory changed within the clock's granularity of this scan could change again unseen by its mtime.
         dirty = dirty or any(0 <= time.time_ns() - mtime < YOUNG_SECONDS * 1e9 for mtime in dirs.values())
         if dirty:
             dirs[""] = -1  # something was left for later: the next read-triggered check syncs again
-        write_atomic(self.path("stamp.json"), json.dumps({"dirs": dirs}).encode())
-        self._seen = dirs
+        write_atomic(self.path("stamp.json"), json.dumps({"dirs": dirs, "yanked": yank_stamp}).encode())
+        self._seen, self._seen_yanked = dirs, yank_stamp
 
     def collect(
         self,
@@ -725,7 +960,9 @@ class Tree:
                 fresh_metadata[relfn] = metadata
         return files, fresh_metadata, skipped, dirty
 
-    def write_project(self, project: str, entries: List[Tuple[str, Entry]]) -> None:
+    def write_project(
+        self, project: str, entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None
+    ) -> None:
         html_path = self.path("simple", project, "index.html")
         json_path = self.path("simple", project, "index.json")
         browse_path = self.path("browse", project + ".html")
@@ -735,7 +972,7 @@ class Tree:
             with contextlib.suppress(OSError):
                 os.rmdir(self.path("simple", project))
             return
-        newest = latest(entries)
+        newest = latest(entries, yanked)
         description = ""
         for relfn, entry in reversed(entries):
             if entry is newest or entry["version"] == newest["version"]:
@@ -743,12 +980,20 @@ class Tree:
                 description = parse_metadata(raw).get("description", "")
                 if description:
                     break
-        write_atomic(html_path, render_project_html(project, entries))
-        write_atomic(json_path, render_project_json(project, entries))
-        write_atomic(browse_path, render_browse_project(project, entries, description))
+        write_atomic(html_path, render_project_html(project, entries, yanked))
+        write_atomic(json_path, render_project_json(project, entries, yanked))
+        write_atomic(browse_path, render_browse_project(project, entries, description, yanked))
 
-    def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]]) -> None:
-        summaries = [(project, latest(grouped[project]), len(grouped[project])) for project in projects]
+    def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]], yanks: Yanks) -> None:
+        summaries = [
+            (
+                project,
+                latest(grouped[project], yanks.get(project)),
+                len(grouped[project]),
+                yanked_releases(grouped[project], yanks.get(project)),
+            )
+            for project in projects
+        ]
         write_atomic(self.path("simple", "index.html"), render_root_html(projects))
         write_atomic(self.path("simple", "index.json"), render_root_json(projects))
         write_atomic(self.path("index.html"), render_browse_index(summaries))
@@ -756,15 +1001,22 @@ class Tree:
             remove_quietly(self.path("browse", "index.html"))  # the front page's place before 0.4.0
 
     def ensure_fresh(self) -> None:
-        """Cheap check on a read: sync when a package directory changed since the last sync (files by hand)."""
+        """Cheap check on a read: sync when a package directory (files by hand) or the yank file changed since the
+        last sync."""
         seen = self._seen
+        yank_stamp = self.yank_stamp()
         # The stamp is gone when the tree was deleted: then the pages are written again.
-        if seen is not None and self.dir_stamps(seen) == seen and os.path.exists(self.path("stamp.json")):
+        if (
+            seen is not None
+            and self.dir_stamps(seen) == seen
+            and yank_stamp == self._seen_yanked
+            and os.path.exists(self.path("stamp.json"))
+        ):
             return
         stamp = self.read_json("stamp.json")
         dirs = stamp.get("dirs") if stamp else None
-        if isinstance(dirs, dict) and self.dir_stamps(dirs) == dirs:
-            self._seen = dirs
+        if stamp and isinstance(dirs, dict) and self.dir_stamps(dirs) == dirs and stamp.get("yanked") == yank_stamp:
+            self._seen, self._seen_yanked = dirs, yank_stamp
             return
         now = time.monotonic()
         # A file being written by hand, or a failed sync: look again in a second, not on every request. A tree
@@ -1135,9 +1387,10 @@ class StaticIndex:
         packages: str,
         tree: str,
         check_password: Optional[Callable[[str, str], bool]] = None,
+        yanked: Optional[str] = None,
     ) -> None:
         self.app = app
-        self.index = Tree(packages, tree)
+        self.index = Tree(packages, tree, yanked=yanked)
         # When set, every read here needs Basic auth, as pypiserver's authenticate=[list, download] does.
         self.check_password = check_password
 
@@ -1358,16 +1611,166 @@ def drop_privileges(user: str) -> None:
     os.setuid(account.pw_uid)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class Refusal(Exception):
+    """A yank or unyank refused before any change (exit code 2); the message names the bad value."""
+
+
+def project_versions(tree: Tree, project: str) -> List[str]:
+    """The versions of a project's files in the packages directory (by their names), oldest first."""
+    _, found = tree.scan()
+    versions = set()
+    for relfn in found:
+        parsed = parse_filename(os.path.basename(relfn))
+        if parsed is not None and normalize(parsed[0]) == project:
+            versions.add(parsed[1])
+    return sorted(versions, key=version_key)
+
+
+@contextlib.contextmanager
+def yank_file_lock(path: str) -> Iterator[None]:
+    """One writer of the yank file at a time: an flock on its directory (the file itself is replaced)."""
+    descriptor = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def check_yank_arguments(project: str, version: str, reason: Optional[str]) -> None:
+    """Refuse a project name, version or reason that could never be right, before anything is read."""
+    problem = text_problem(project, MAX_PROJECT_CHARS)
+    if problem is None and not _PROJECT_NAME.match(project):
+        problem = "not a project name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit)"
+    if problem:
+        raise Refusal(f"--project {shown(project)}: {problem}.")
+    problem = text_problem(version, MAX_VERSION_CHARS) if version else "empty"
+    if problem:
+        raise Refusal(f"--version {shown(version)}: {problem}.")
+    problem = None if reason is None else text_problem(reason, MAX_REASON_CHARS)
+    if problem and reason is not None:
+        raise Refusal(f"--reason {shown(reason)}: {problem}.")
+
+
+def change_yank(tree: Tree, project: str, version: str, reason: Optional[str], check: bool) -> Dict[str, Any]:
+    """Yank (reason given, "" for none) or unyank (reason None) a release in tree.yanked, or with check only say
+    what would change; the fields of the command's result line. Refusal, before any change, when the project has
+    no file in the packages directory, the version is not one of its files' (an entry of a release whose files
+    are gone can still be unyanked), a value is unfit or the yank file cannot be used."""
+    if tree.yanked is None:
+        raise ValueError("change_yank needs a tree with a yank file")
+    action = "unyank" if reason is None else "yank"
+    check_yank_arguments(project, version, reason)
+    name = normalize(project)
+    versions = project_versions(tree, name)
+    if not versions:
+        raise Refusal(f"--project {shown(project)}: the packages directory ({tree.packages}) has no file of {name}.")
+    matching = [found for found in versions if release_id(found) == release_id(version)]
+    with yank_file_lock(tree.yanked):
+        try:
+            document = read_yank_file(tree.yanked)
+        except YankFileError as error:
+            raise Refusal(f"{error}: fix or remove it by hand.") from error
+        releases: Dict[str, Dict[str, str]] = document["projects"].get(name, {})
+        entered = [key for key in releases if release_id(key) == release_id(version)]
+        if not matching and not (action == "unyank" and entered):
+            have = ", ".join(versions[-10:]) + (" ..." if len(versions) > 10 else "")
+            raise Refusal(f"--version {shown(version)}: {name} has no file of this version (its versions: {have}).")
+        key = entered[0] if entered else matching[0]
+        would = "would be" if check else "is"
+        if action == "yank":
+            changed = not entered or releases[key]["reason"] != reason
+            told = f": {reason}" if reason else " (no reason given)"
+            message = f"{name} {key} {would} yanked{told}" if changed else f"{name} {key} is already yanked{told}"
+            if changed:
+                for old in entered:
+                    del releases[old]
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                releases[key] = {"reason": reason or "", "when": when}
+                document["projects"][name] = releases
+        else:
+            changed = bool(entered)
+            no_longer = "would no longer be" if check else "is no longer"
+            message = f"{name} {key} {no_longer} yanked" if changed else f"{name} {key} is not yanked"
+            for old in entered:
+                del releases[old]
+            if not releases:
+                document["projects"].pop(name, None)
+        if changed and not check:
+            data = json.dumps(document, indent=1, sort_keys=True) + "\n"
+            write_atomic(tree.yanked, data.encode(), durable=True)
+    result: Dict[str, Any] = {"changed": changed, "check": check, "action": action, "project": name}
+    result.update(version=key, message=message + ("" if changed else ": nothing to do"))
+    if reason is not None:
+        result["reason"] = reason
+    return result
+
+
+def yank_main(argv: List[str]) -> int:
+    """yank / unyank: change the yank file, then bring the pages up to date (as --user) before returning."""
+    command = argv[0]
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {command}",
+        description=(
+            "Mark a release as yanked (PEP 592: pip installs it only when pinned with ==, and prints the reason)."
+            if command == "yank"
+            else "Take the yanked mark off a release."
+        ),
+        epilog='Prints one JSON line ({"changed": ..., "message": ...}); exit code 2 when refused (nothing changed).',
+    )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--yanked", required=True, help="the yank file (JSON), in the index's data directory")
+    parser.add_argument("--user", help="when run as root, write the pages as this user (the yank file as root)")
+    parser.add_argument("--project", required=True, help="the project's name (any spelling of it)")
+    parser.add_argument("--version", required=True, help="the release's version (PEP 440: 1.0 is 1.0.0)")
+    if command == "yank":
+        parser.add_argument("--reason", default="", help=f"why, for pip's warning (at most {MAX_REASON_CHARS} chars)")
+    parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    args = parser.parse_args(argv[1:])
+    tree = Tree(args.packages, args.tree, yanked=args.yanked)
+    reason = args.reason if command == "yank" else None
+    try:
+        result = change_yank(tree, args.project, args.version, reason, args.check)
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: the yank file {args.yanked} could not be read or written: {error}", file=sys.stderr)
+        return 1
+    if not args.check:
+        if args.user:
+            drop_privileges(args.user)
+        try:
+            result["pages"] = tree.sync()
+        except Exception as error:
+            print(
+                f"error: {result['message']}, but the pages could not be written ({error}); the next read or sync"
+                " writes them",
+                file=sys.stderr,
+            )
+            return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in YANK_COMMANDS:
+        return yank_main(arguments)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Commands: yank, unyank (PEP 592); see `%(prog)s yank --help`.",
+    )
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--yanked", help="the yank file the pages follow (without it, they keep what they show)")
     parser.add_argument("--rebuild", action="store_true", help="rewrite every page (hashes stay cached)")
     parser.add_argument("--user", help="when run as root, write as this user")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.user:
         drop_privileges(args.user)
-    tree = Tree(args.packages, args.tree)
+    tree = Tree(args.packages, args.tree, yanked=args.yanked)
     started = time.monotonic()
     changed = tree.sync(rebuild=args.rebuild)
     files = len((tree.read_json("state.json") or {}).get("files", {}))

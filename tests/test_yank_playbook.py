@@ -1,0 +1,161 @@
+"""playbooks/yank.yml and the pypi_server role's `yank` entry point, run for real on localhost against an index
+laid out as the role lays it out (the module copied into the configuration directory, a virtualenv whose python
+is the tests' own): the -e names, changed reporting, check mode, a refusal, the undo, and a missing name."""
+
+from __future__ import annotations
+
+import getpass
+import grp
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from scripts.demo_wheel import build_wheel
+
+MODULE = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
+
+
+def make_host(base: Path, *versions: str) -> dict[str, Path]:
+    """An index host's layout under base (demo's wheels of versions, an empty htpasswd), its pages written by the
+    sync as site.yml runs it, and an inventory of one pypi_servers host (this machine) that points the role's
+    variables at it."""
+    data, config, venv = base / "data", base / "etc", base / "venv"
+    packages, static = data / "packages", data / "static"
+    packages.mkdir(parents=True)
+    config.mkdir()
+    (config / "htpasswd").write_text("")
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"  # the tests' Python, with its packages (a bare link would lose them)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    shutil.copy(MODULE, config)
+    for version in versions:
+        build_wheel(packages, "demo", version)
+    subprocess.run(
+        [sys.executable, str(MODULE), "--packages", str(packages), "--tree", str(static)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    layout = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "pypi_server_data_dir": str(data),
+        "pypi_server_packages_dir": str(packages),
+        "pypi_server_static_dir": str(static),
+        "pypi_server_config_dir": str(config),
+        "pypi_server_venv": str(venv),
+        "pypi_server_user": getpass.getuser(),
+        "pypi_server_group": grp.getgrgid(os.getgid()).gr_name,
+    }
+    inventory = base / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"children": {"pypi_servers": {"hosts": {"localhost": layout}}}}}))
+    return {
+        "inventory": inventory,
+        "packages": packages,
+        "static": static,
+        "page": static / "simple" / "demo" / "index.html",
+        "yanked": data / "yanked.json",
+    }
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> dict[str, Path]:
+    return make_host(tmp_path, "1.0", "2.0")
+
+
+def yank(host: dict[str, Path], *args: str, playbook: str = "playbooks/yank.yml") -> subprocess.CompletedProcess[str]:
+    """ansible-playbook playbooks/yank.yml (or another) with args, as an operator runs it (from the repository's
+    top)."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    command = str(Path(sys.executable).with_name("ansible-playbook"))
+    return subprocess.run(
+        [command, "-i", str(host["inventory"]), playbook, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+
+
+def changed(done: subprocess.CompletedProcess[str]) -> int:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    recap = re.search(r"localhost\s*: ok=\d+\s+changed=(\d+)", done.stdout)
+    assert recap, done.stdout[-2000:]
+    return int(recap[1])
+
+
+def test_yank_reports_changed_once_and_check_mode_writes_nothing(host: dict[str, Path]) -> None:
+    # Quoted inside the argument, as the playbook says: Ansible splits a bare key=value at spaces.
+    what = ("-e", "project=Demo", "-e", "version=2.0", "-e", 'reason="-broken <b>build</b>"')
+    assert changed(yank(host, *what, "--check")) == 1, "check mode says it would change"
+    assert not host["yanked"].exists() and "data-yanked" not in host["page"].read_text()
+    done = yank(host, *what)
+    assert changed(done) == 1 and "demo 2.0 is yanked: -broken <b>build</b>" in done.stdout
+    assert 'data-yanked="-broken &lt;b&gt;build&lt;/b&gt;"' in host["page"].read_text(), "on the page on return"
+    done = yank(host, *what)
+    assert changed(done) == 0 and "already yanked" in done.stdout
+    assert changed(yank(host, *what, "--check")) == 0
+
+
+def test_undo_takes_the_mark_off_and_a_second_undo_changes_nothing(host: dict[str, Path]) -> None:
+    assert changed(yank(host, "-e", "project=demo", "-e", "version=2.0")) == 1
+    assert 'data-yanked=""' in host["page"].read_text()
+    done = yank(host, "-e", "project=demo", "-e", "version=2.0.0", "-e", "undo=true")
+    assert changed(done) == 1 and "demo 2.0 is no longer yanked" in done.stdout
+    assert "data-yanked" not in host["page"].read_text()
+    assert changed(yank(host, "-e", "project=demo", "-e", "version=2.0", "-e", "undo=true")) == 0
+
+
+def test_a_refusal_fails_with_the_index_message_and_changes_nothing(host: dict[str, Path]) -> None:
+    done = yank(host, "-e", "project=demo", "-e", "version=9.9", "-e", "reason=x")
+    assert done.returncode != 0
+    assert "refused: --version '9.9': demo has no file of this version (its versions: 1.0, 2.0)." in done.stdout
+    assert "Nothing was changed." in done.stdout
+    assert not host["yanked"].exists()
+
+
+def test_a_missing_project_or_version_stops_before_anything_runs(host: dict[str, Path]) -> None:
+    done = yank(host, "-e", "version=2.0")
+    assert done.returncode != 0
+    assert "Name the release: ansible-playbook playbooks/yank.yml" in done.stdout and "-e project=NAME" in done.stdout
+    assert "airgap_pypi_index.py" not in done.stdout, "the command never ran"
+    assert not host["yanked"].exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a restore writes files as root, as on an index host")
+def test_a_backup_carries_the_yank_file_and_a_restore_puts_it_back(tmp_path: Path) -> None:
+    source = make_host(tmp_path / "a", "1.0", "2.0")
+    assert changed(yank(source, "-e", "project=demo", "-e", "version=2.0", "-e", 'reason="do not use"')) == 1
+    backups = tmp_path / "backups"
+    assert changed(yank(source, "-e", f"pypi_backup_dir={backups}", playbook="playbooks/backup.yml")) > 0
+    (archive,) = backups.glob("*.tar.gz")
+    with tarfile.open(archive) as packed:
+        assert packed.extractfile("data/yanked.json").read() == source["yanked"].read_bytes()  # type: ignore[union-attr]
+
+    target = make_host(tmp_path / "b")  # a new host: installed, no packages, no yank file
+    restore = ("-e", f"pypi_backup_archive={archive}")
+    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) > 0
+    assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
+    assert oct(target["yanked"].stat().st_mode & 0o777) == "0o644"
+    assert 'data-yanked="do not use"' in target["page"].read_text(), "the pages follow the restored file"
+    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) == 0, "restored: nothing to do"
+
+    assert changed(yank(target, "-e", "project=demo", "-e", "version=2.0", "-e", "undo=true")) == 1
+    mine = target["yanked"].read_bytes()
+    done = yank(target, *restore, playbook="playbooks/restore.yml")
+    assert done.returncode != 0 and "yanked releases other than the archive's" in done.stdout, done.stdout[-2000:]
+    assert target["yanked"].read_bytes() == mine, "refused: the host's yank file stays"
+    assert changed(yank(target, *restore, "-e", "pypi_backup_replace=true", playbook="playbooks/restore.yml")) > 0
+    assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
+    assert len(list(target["yanked"].parent.glob("yanked.json.*"))) == 1, "the replaced one is kept beside it"
