@@ -1,17 +1,21 @@
 """pypi_server's TLS preflight against real certificates made here: each bad input is named, good ones pass.
 
-The checks run on the controller (community.crypto), so a localhost play covers them; the Molecule TLS scenario
-runs the same checks inside site.yml and proves the host is left unchanged.
+The checks run on the controller (community.crypto), so a play on this machine covers them: every case is a host
+of its own in one ansible-playbook run (the bad-input pattern of the scenarios). The default scenario runs the same
+checks inside site.yml and proves the host is left unchanged.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import run_playbook
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -50,20 +54,63 @@ EXPIRED_CERT, EXPIRED_KEY, _, _ = issue(["pypi01.example.internal"], days=-1)
 OTHER_CA, _, _, _ = issue(["another CA"])
 
 
-def preflight(tmp_path: Path, **tls: object) -> subprocess.CompletedProcess[str]:
-    play = [
+GOOD = {
+    "issued-by-the-given-ca": {
+        "pypi_server_tls_cert": GOOD_CERT,
+        "pypi_server_tls_key": GOOD_KEY,
+        "pypi_server_tls_ca_cert": CA_CERT,
+    },
+    "wildcard-covers-one-label": {"pypi_server_tls_cert": WILDCARD_CERT, "pypi_server_tls_key": WILDCARD_KEY},
+}
+BAD = {
+    "expired": ({"pypi_server_tls_cert": EXPIRED_CERT, "pypi_server_tls_key": EXPIRED_KEY}, "expired on"),
+    "not-pem": (
+        {"pypi_server_tls_cert": "not a certificate", "pypi_server_tls_key": GOOD_KEY},
+        "is not a PEM certificate",
+    ),
+    "bad-key": (
+        {"pypi_server_tls_cert": GOOD_CERT, "pypi_server_tls_key": "garbage"},
+        "is not an unencrypted PEM private key",
+    ),
+    "wildcard-two-labels": (
         {
-            "name": "TLS preflight",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
+            "pypi_server_tls_cert": WILDCARD_CERT,
+            "pypi_server_tls_key": WILDCARD_KEY,
+            "pypi_server_tls_names": ["a.b.example.internal"],
+        },
+        "does not cover a.b.example.internal",
+    ),
+    "wrong-ca": (
+        {"pypi_server_tls_cert": GOOD_CERT, "pypi_server_tls_key": GOOD_KEY, "pypi_server_tls_ca_cert": OTHER_CA},
+        "is not the issuer of pypi_server_tls_cert",
+    ),
+    "key-without-cert": ({"pypi_server_tls_key": GOOD_KEY}, "pypi_server_tls_cert is empty"),
+    "same-http-port": ({"pypi_server_tls_http_port": 8080}, "pypi_server_tls_http_port=8080"),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case as a host of its own (all on this machine), in one ansible-playbook run with the JSON callback:
+    {case: its result of the TLS checks' failing task, or None when none failed}, and the whole output."""
+    work = tmp_path_factory.mktemp("tls-preflight")
+    cases = {**GOOD, **{case: values for case, (values, _) in BAD.items()}}
+    inventory = {
+        "all": {
+            "hosts": {case: {"ansible_connection": "local", **values} for case, values in cases.items()},
             "vars": {
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "ansible_python_interpreter": sys.executable,
                 "pypi_server_tls": True,
                 "pypi_server_tls_source": "inventory",
                 "pypi_server_tls_names": ["pypi01.example.internal"],
-                **tls,
             },
+        }
+    }
+    play = [
+        {
+            "name": "TLS preflight",
+            "hosts": "all",
+            "gather_facts": False,
             "tasks": [
                 {
                     "name": "Run the TLS checks",
@@ -72,51 +119,48 @@ def preflight(tmp_path: Path, **tls: object) -> subprocess.CompletedProcess[str]
             ],
         }
     ]
-    return run_playbook(play, tmp_path / "play.json")
+    (work / "inventory.json").write_text(json.dumps(inventory))
+    (work / "play.json").write_text(json.dumps(play))
+    env = dict(
+        os.environ,
+        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORKS=str(len(cases)),
+    )
+    command = str(Path(sys.executable).with_name("ansible-playbook"))
+    done = subprocess.run(
+        [command, "-i", str(work / "inventory.json"), str(work / "play.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    report = json.loads(done.stdout)
+    failed: dict[str, Any] = dict.fromkeys(cases)
+    for play_report in report["plays"]:
+        for task in play_report["tasks"]:
+            for host, result in task["hosts"].items():
+                if result.get("failed") and failed.get(host) is None:
+                    failed[host] = result
+    assert set(report["stats"]) == set(cases), report["stats"]
+    return {"failed": failed, "output": done.stdout + done.stderr}
 
 
-@pytest.mark.parametrize(
-    "tls",
-    [
-        {"pypi_server_tls_cert": GOOD_CERT, "pypi_server_tls_key": GOOD_KEY, "pypi_server_tls_ca_cert": CA_CERT},
-        {"pypi_server_tls_cert": WILDCARD_CERT, "pypi_server_tls_key": WILDCARD_KEY},
-    ],
-    ids=["issued-by-the-given-ca", "wildcard-covers-one-label"],
-)
-def test_good_input_passes(tmp_path: Path, tls: dict[str, str]) -> None:
-    done = preflight(tmp_path, **tls)
-    assert done.returncode == 0, done.stdout[-3000:]
+@pytest.mark.parametrize("case", list(GOOD))
+def test_good_input_passes(outcomes: dict[str, Any], case: str) -> None:
+    assert outcomes["failed"][case] is None, outcomes["failed"][case]
 
 
-@pytest.mark.parametrize(
-    ("tls", "needle"),
-    [
-        ({"pypi_server_tls_cert": EXPIRED_CERT, "pypi_server_tls_key": EXPIRED_KEY}, "expired on"),
-        ({"pypi_server_tls_cert": "not a certificate", "pypi_server_tls_key": GOOD_KEY}, "is not a PEM certificate"),
-        (
-            {"pypi_server_tls_cert": GOOD_CERT, "pypi_server_tls_key": "garbage"},
-            "is not an unencrypted PEM private key",
-        ),
-        (
-            {
-                "pypi_server_tls_cert": WILDCARD_CERT,
-                "pypi_server_tls_key": WILDCARD_KEY,
-                "pypi_server_tls_names": ["a.b.example.internal"],
-            },
-            "does not cover a.b.example.internal",
-        ),
-        (
-            {"pypi_server_tls_cert": GOOD_CERT, "pypi_server_tls_key": GOOD_KEY, "pypi_server_tls_ca_cert": OTHER_CA},
-            "is not the issuer of pypi_server_tls_cert",
-        ),
-        ({"pypi_server_tls_key": GOOD_KEY}, "pypi_server_tls_cert is empty"),
-        ({"pypi_server_tls_http_port": 8080}, "pypi_server_tls_http_port=8080"),
-    ],
-    ids=["expired", "not-pem", "bad-key", "wildcard-two-labels", "wrong-ca", "key-without-cert", "same-http-port"],
-)
-def test_bad_input_is_named(tmp_path: Path, tls: dict[str, object], needle: str) -> None:
-    done = preflight(tmp_path, **tls)
-    text = " ".join(done.stdout.split())
-    assert done.returncode != 0, text[-2000:]
-    assert needle in text, text[-3000:]
-    assert "BEGIN PRIVATE KEY" not in done.stdout + done.stderr
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_named(outcomes: dict[str, Any], case: str) -> None:
+    result = outcomes["failed"][case]
+    assert result is not None, f"{case} passed the TLS checks"
+    text = " ".join(str(result.get("msg", "")).split())
+    assert BAD[case][1] in text, text[-3000:]
+
+
+def test_no_key_is_ever_printed(outcomes: dict[str, Any]) -> None:
+    assert "BEGIN PRIVATE KEY" not in outcomes["output"]
