@@ -95,7 +95,10 @@ def test_index_host_has_no_route_out(archive: Path) -> None:
 def test_corrupted_archive_is_refused(archive: Path) -> None:
     script = (
         f"mkdir -p /carry/bad && cp /carry/{archive.name} /carry/{archive.name}.sha256 /carry/bad/ && "
-        f"printf X | dd of=/carry/bad/{archive.name} bs=1 seek=5000 conv=notrunc 2>/dev/null && "
+        # One byte inverted (never rewritten with a byte it may already hold: an archive with an X at offset 5000
+        # would pass unchanged).
+        'python3 -c \'import sys; f = open(sys.argv[1], "r+b"); f.seek(5000); b = f.read(1); f.seek(5000); '
+        f"f.write(bytes([b[0] ^ 0xFF])); f.close()' /carry/bad/{archive.name} && "
         f"sh /carry/unpack_archive.sh /carry/bad/{archive.name} /carry/bad"
     )
     result = on(CONTROLLER, "sh", "-c", script)
