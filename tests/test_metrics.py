@@ -1,7 +1,7 @@
 """The index's metrics (roles/pypi_server/files/airgap_pypi_index.py: Metrics, WorkerFiles, MetricsLayer) without a
 server: the text format (escaping, HELP and TYPE, cumulative histogram buckets), every worker's file summed, bad
 files ignored with a log line, bounded labels, /metrics behind an upload account, errors that never change a
-response."""
+response, and the role's refusals of bad settings. The real gunicorn stack: tests/test_metrics_server.py."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, load_module
+from conftest import ROOT, load_module, run_playbook
 
 from scripts.demo_wheel import build_wheel
+from scripts.index_stack import free_port
 
 MODULE = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
 index = load_module("airgap_pypi_index", MODULE)
+filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -506,3 +508,53 @@ def test_the_index_gauges_come_from_the_page_generator(tmp_path: Path, layers: l
     assert (
         value(values, "airgap_pypi_index_files") == 3 and value(values, "airgap_pypi_last_sync_duration_seconds") == 0
     )
+
+
+# --- the role's settings --------------------------------------------------------------------------------------
+
+
+def test_public_metrics_are_refused_while_reads_need_a_password() -> None:
+    both = {"pypi_server_metrics_public": True, "pypi_server_auth_downloads": "True"}
+    (problem,) = filters.metrics_problems(both)
+    assert "pypi_server_metrics_public=true with pypi_server_auth_downloads=true" in problem
+    assert "set pypi_server_metrics_public: false" in problem and "basic_auth" in problem
+    assert problem in filters.pypi_server_problems(both)
+    for fine in ({"pypi_server_metrics_public": True}, {"pypi_server_auth_downloads": True}, {}):
+        assert filters.metrics_problems(fine) == []
+
+
+def preflight(tmp_path: Path, **settings: Any) -> subprocess.CompletedProcess[str]:
+    """The role's read-only preflight on localhost, with the argument spec check of its entry point."""
+    play = {
+        "name": "pypi_server preflight",
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {
+            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            "pypi_server_data_dir": str(tmp_path / "srv"),
+            "pypi_server_config_dir": str(tmp_path / "etc"),
+            "pypi_server_releases_dir": str(tmp_path / "releases"),
+            "pypi_server_venv": str(tmp_path / "venv"),
+            "pypi_server_port": free_port(),
+            **settings,
+        },
+        "tasks": [
+            {"name": "Preflight", "ansible.builtin.include_role": {"name": "pypi_server", "tasks_from": "preflight"}}
+        ],
+    }
+    return run_playbook([play], tmp_path / "play.json")
+
+
+def test_the_role_refuses_bad_metrics_settings_before_any_change(tmp_path: Path) -> None:
+    done = preflight(tmp_path, pypi_server_metrics_public="maybe")
+    assert done.returncode != 0
+    assert "pypi_server_metrics_public" in done.stdout and "bool" in done.stdout, done.stdout[-3000:]
+    done = preflight(tmp_path, pypi_server_metrics_public=True, pypi_server_auth_downloads=True)
+    assert done.returncode != 0
+    output = " ".join(done.stdout.split())
+    assert "pypi_server_metrics_public=true with pypi_server_auth_downloads=true" in output, done.stdout[-3000:]
+    assert "Nothing was changed on this host" in output
+    done = preflight(tmp_path, pypi_server_metrics_public=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert not (tmp_path / "srv").exists()
