@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -467,6 +468,28 @@ def test_a_streamed_body_is_counted_when_it_is_closed_and_the_file_wrapper_is_ke
         assert layer.metrics.requests == {(index.route_of("GET", path), code): 1}
 
 
+def test_a_worker_writes_its_last_counts_when_it_ends(tmp_path: Path) -> None:
+    """A worker that exits before its writer's next turn (a second) still leaves every request it counted."""
+    directory = tmp_path / "metrics"
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import airgap_pypi_index as index\n"
+        "layer = index.MetricsLayer(lambda e, s: (s('200 OK', []), [b''])[1], directory=sys.argv[2])\n"
+        "for _ in range(7):\n"
+        "    list(layer({'REQUEST_METHOD': 'GET', 'PATH_INFO': '/simple/x/'}, lambda *a: None))\n"
+        "sys.exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(MODULE.parent), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    total, live, _ = index.WorkerFiles(str(directory)).collect()
+    assert live == 0 and total.requests == {("simple_project", "200"): 7}
+
+
 def test_errors_in_the_metrics_never_change_a_response(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, layers: list[Any]
 ) -> None:
@@ -521,6 +544,17 @@ def test_public_metrics_are_refused_while_reads_need_a_password() -> None:
     assert problem in filters.pypi_server_problems(both)
     for fine in ({"pypi_server_metrics_public": True}, {"pypi_server_auth_downloads": True}, {}):
         assert filters.metrics_problems(fine) == []
+
+
+@pytest.mark.parametrize("name", ["pypi_server_packages_dir", "pypi_server_static_dir"])
+@pytest.mark.parametrize("where", ["/srv/pypi/metrics", "/srv/pypi//metrics/", "/srv/pypi/metrics/inner"])
+def test_packages_or_pages_where_the_metrics_files_go_are_refused(name: str, where: str) -> None:
+    settings = {**filters.PATHS, name: where}
+    (problem,) = filters.metrics_problems(settings)
+    assert problem.startswith(f"{name}={where}: the index keeps its workers' metrics in /srv/pypi/metrics")
+    assert problem in filters.pypi_server_problems(settings)
+    assert filters.metrics_problems({**filters.PATHS, name: "/srv/pypi/metrics-archive"}) == []
+    assert filters.metrics_problems(filters.PATHS) == []
 
 
 def preflight(tmp_path: Path, **settings: Any) -> subprocess.CompletedProcess[str]:

@@ -327,17 +327,32 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
+METRICS_DIR = "metrics"  # in pypi_server_data_dir: the workers' metrics files (vars/main.yml)
+
+
 def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
-    """/metrics open to anyone while every other read needs a password."""
+    """/metrics open to anyone while every other read needs a password; packages or pages where the workers keep
+    their metrics files."""
+    problems = []
     public = _flag(settings.get("pypi_server_metrics_public", False))
     if public and _flag(settings.get("pypi_server_auth_downloads", False)):
-        return [
+        problems.append(
             "pypi_server_metrics_public=true with pypi_server_auth_downloads=true: every read of the index needs a "
             "password, but /metrics (its project and file counts, its upload activity) would not; set "
             "pypi_server_metrics_public: false and give Prometheus an upload account's user name and password "
             "(basic_auth), or set pypi_server_auth_downloads: false if reads may be anonymous"
-        ]
-    return []
+        )
+    data = str(settings.get(DATA, ""))
+    if data.startswith("/"):
+        metrics = normalize(f"{data}/{METRICS_DIR}")
+        for name in sorted(INSIDE_DATA & set(settings)):
+            value = str(settings[name])
+            if value.startswith("/") and (normalize(value) == metrics or inside(normalize(value), metrics)):
+                problems.append(
+                    f"{name}={value}: the index keeps its workers' metrics in {metrics} "
+                    f"(pypi_server_data_dir/{METRICS_DIR}); choose another directory{_example(name, value)}"
+                )
+    return problems
 
 
 def pypi_server_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> list[str]:
