@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -374,6 +375,24 @@ def test_a_link_is_never_followed_and_the_directory_must_be_the_users_alone(
         index.WorkerFiles(str(directory)).collect()
     directory.chmod(0o750)
     good.forget()
+
+
+def test_a_stuck_reader_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layers: list[Any]) -> None:
+    directory = tmp_path / "metrics"
+    living = worker(directory, 2)
+    monkeypatch.setattr(index, "COLLECT_WAIT_SECONDS", 0.3)
+    stuck = held_lock(directory, "")  # ".lock": the directory's lock, held by a reader that never lets go
+    started = time.monotonic()
+    with pytest.raises(index.MetricsFileError, match="held by another reader"):
+        index.WorkerFiles(str(directory)).collect()
+    assert time.monotonic() - started < 5
+    layer = index.MetricsLayer(answer(), directory=str(directory))
+    layers.append(layer)
+    status, _, body = wsgi(layer, "/metrics")
+    assert status == "200 OK" and b"airgap_pypi_metrics_workers 1" in body, "this worker's counts, at once"
+    os.close(stuck)
+    assert index.WorkerFiles(str(directory)).collect()[1] == 2
+    living.forget()
 
 
 # --- the WSGI layer -------------------------------------------------------------------------------------------

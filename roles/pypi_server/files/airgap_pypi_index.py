@@ -1410,6 +1410,8 @@ FLUSH_SECONDS = 1.0
 METRICS_FORMAT = 1
 MAX_METRICS_FILE_BYTES = 256 << 10
 MAX_METRICS_FILES = 256
+# How long a scrape waits for another one reading the workers' files.
+COLLECT_WAIT_SECONDS = 2.0
 # Complaints about the same thing are logged at most this often (a broken directory must not flood the log).
 COMPLAIN_SECONDS = 300.0
 _WORKER_FILE = re.compile(r"^(w-[0-9]{1,10}-[0-9a-f]{16})\.json$")
@@ -1714,6 +1716,14 @@ def _write_at(directory: int, name: str, data: bytes) -> None:
         raise
 
 
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def _unlink_at(directory: int, *names: str) -> None:
     for name in names:
         with contextlib.suppress(FileNotFoundError):
@@ -1849,7 +1859,12 @@ class WorkerFiles:
         with self.opened() as directory:
             lock = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=directory)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                # A scrape holds it for milliseconds: a reader that is stuck is not waited for.
+                deadline = time.monotonic() + COLLECT_WAIT_SECONDS
+                while not _try_lock(lock):
+                    if time.monotonic() > deadline:
+                        raise MetricsFileError(f"{self.directory}/.lock held by another reader over the time allowed")
+                    time.sleep(0.01)
                 return self._collect(directory)
             finally:
                 os.close(lock)
