@@ -491,14 +491,15 @@ def test_a_worker_writes_its_last_counts_when_it_ends(tmp_path: Path) -> None:
     """A worker that exits before its writer's next turn (a second) still leaves every request it counted."""
     directory = tmp_path / "metrics"
     program = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import airgap_pypi_index as index\n"
-        "layer = index.MetricsLayer(lambda e, s: (s('200 OK', []), [b''])[1], directory=sys.argv[2])\n"
+        "import sys; import airgap_pypi_index as index\n"
+        "layer = index.MetricsLayer(lambda e, s: (s('200 OK', []), [b''])[1], directory=sys.argv[1])\n"
         "for _ in range(7):\n"
         "    list(layer({'REQUEST_METHOD': 'GET', 'PATH_INFO': '/simple/x/'}, lambda *a: None))\n"
         "sys.exit(0)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", program, str(MODULE.parent), str(directory)],
+        [sys.executable, "-c", program, str(directory)],
+        env=dict(os.environ, PYTHONPATH=str(MODULE.parent)),  # the module beside the WSGI entry point, as deployed
         capture_output=True,
         text=True,
         timeout=60,
