@@ -132,6 +132,7 @@ def serve(
     packages: Path | None = None,
     workers: int = 2,
     auth_downloads: bool = False,
+    metrics_public: bool = False,
 ) -> Iterator[Stack]:
     """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
     role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds)."""
@@ -161,6 +162,8 @@ def serve(
         "pypi_server_static_dir": str(tree),
         "pypi_server_packages_dir": str(packages),
         "pypi_server_auth_downloads": auth_downloads,
+        "pypi_server_metrics_public": metrics_public,
+        "__pypi_server_metrics_dir": str(base / "metrics"),
         "pypi_server_overwrite": False,
         "pypi_server_max_upload_mb": max_upload_mb,
         "pypi_server_tls": False,

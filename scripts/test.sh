@@ -117,6 +117,8 @@ setup images scripts/build_images.sh
 setup "os mirror" sh -c 'scripts/os_mirror.sh build >/dev/null'
 # The browse page test needs Debian's chromium; without it that test says NOT RUN (skipped), never passed.
 setup chromium sh -c 'scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"'
+# The metrics tests check /metrics with Debian's promtool; without it those checks say NOT RUN (skipped), never passed.
+setup promtool sh -c 'scripts/ensure_promtool.sh || echo "setup: promtool missing: the metrics format tests will be NOT RUN"'
 
 printf '\n==> tests (%s)\n' "$(date +%H:%M:%S)"
 if [ "${AIRGAP_PYPI_TEST_LANES:-2}" = 1 ]; then

@@ -23,6 +23,8 @@ pages show.
 `StaticIndex` is a WSGI layer in front of pypiserver: it serves GET/HEAD of the pages, metadata files and package
 files from the tree, sends everything else (uploads, removals, /health, ...) to pypiserver, and syncs after a
 successful POST before the response is returned, so a file is on its page when `twine upload` returns.
+`MetricsLayer`, outermost, counts every request and upload and answers /metrics (Prometheus text format) with
+the counts of every worker summed (`WorkerFiles`); `sync()` records when it ended and how long it took (sync.json).
 
 Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packaging` (pypiserver's dependency).
 """
@@ -30,7 +32,9 @@ Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packa
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
+import bisect
 import bz2
 import contextlib
 import email.message
@@ -46,6 +50,7 @@ import io
 import json
 import logging
 import lzma
+import math
 import mimetypes
 import os
 import pwd
@@ -142,6 +147,25 @@ def is_prerelease(version: str) -> bool:
 
 class BadDistribution(ValueError):
     """A distribution file that is not what its name says (the message says why, for twine and the log)."""
+
+
+# Kinds of refused uploads, for the metrics' reason label (any other BadDistribution is a "bad_archive").
+class BadName(BadDistribution):
+    """An upload's file name the index does not take."""
+
+    metrics_reason = "bad_name"
+
+
+class MetadataMismatch(BadDistribution):
+    """An upload whose metadata lacks, or contradicts, the name or version of its file name."""
+
+    metrics_reason = "metadata_mismatch"
+
+
+class AlreadyStored(BadDistribution):
+    """An upload the index already holds under another spelling of its file name."""
+
+    metrics_reason = "exists"
 
 
 # Bounds on what is read from an archive: a METADATA or PKG-INFO, a zip's central directory, and the bytes a
@@ -843,7 +867,10 @@ class Tree:
     def sync(self, rebuild: bool = False, skip_young: bool = False) -> List[str]:
         """Bring the tree up to date with the packages directory; return the projects whose pages changed."""
         with self.locked():
-            return self._sync(rebuild, skip_young)
+            started = time.time()
+            changed = self._sync(rebuild, skip_young)
+            note_sync(self.path(SYNC_FILE), started)  # the metrics' last sync time and duration
+            return changed
 
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
         state = self.load_state()
@@ -1086,19 +1113,19 @@ def canonical_filename(filename: str) -> Optional[str]:
 def check_upload_name(filename: str, packages: str) -> Tuple[str, Version]:
     """(normalised project name, version) of an upload's file name; BadDistribution says what is wrong."""
     if not _UPLOAD_NAME.match(filename) or filename.startswith("."):
-        raise BadDistribution(f"bad file name {filename[:80]!r}: letters, digits and _.!+~- only, not starting with .")
+        raise BadName(f"bad file name {filename[:80]!r}: letters, digits and _.!+~- only, not starting with .")
     if not filename.lower().endswith(UPLOAD_SUFFIXES):
-        raise BadDistribution(f"{filename}: only wheels (.whl) and source distributions (.tar.gz, .zip) are taken")
+        raise BadName(f"{filename}: only wheels (.whl) and source distributions (.tar.gz, .zip) are taken")
     longest = name_max(packages) - len(_DERIVED_SUFFIX)
     if len(filename.encode()) > longest:
-        raise BadDistribution(f"file name of {len(filename.encode())} bytes: at most {longest} fit this index")
+        raise BadName(f"file name of {len(filename.encode())} bytes: at most {longest} fit this index")
     try:
         if filename.lower().endswith(".whl"):
             name, version, _, _ = parse_wheel_filename(filename)
         else:
             name, version = parse_sdist_filename(filename)
     except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion) as error:
-        raise BadDistribution(f"{filename}: {error}") from error
+        raise BadName(f"{filename}: {error}") from error
     return str(name), version
 
 
@@ -1112,15 +1139,15 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> None:
         handle.seek(0)
     fields = parse_metadata(raw)
     if not fields.get("name") or not fields.get("version"):
-        raise BadDistribution(f"{filename}: its metadata has no Name or no Version")
+        raise MetadataMismatch(f"{filename}: its metadata has no Name or no Version")
     if normalize(fields["name"]) != project:
-        raise BadDistribution(f"{filename}: its metadata says Name {fields['name'][:80]!r}, the file name {project!r}")
+        raise MetadataMismatch(f"{filename}: its metadata says Name {fields['name'][:80]!r}, the file name {project!r}")
     try:
         same_version = Version(fields["version"]) == version
     except InvalidVersion:
         same_version = False
     if not same_version:
-        raise BadDistribution(
+        raise MetadataMismatch(
             f"{filename}: its metadata says Version {fields['version'][:40]!r}, the file name {version}"
         )
     wanted = canonical_filename(filename)
@@ -1128,7 +1155,7 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> None:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for other in files:
             if other != filename and other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
-                raise BadDistribution(f"{filename}: the index already has this file as {other}")
+                raise AlreadyStored(f"{filename}: the index already has this file as {other}")
 
 
 def store_whole(source: BinaryIO, destination: Any) -> None:
@@ -1308,6 +1335,7 @@ class UploadChecks:
         try:
             return self.size_refusal(environ.get("CONTENT_LENGTH")) or self.form_refusal(request, environ)
         except BadDistribution as error:
+            environ[REFUSED_KEY] = getattr(error, "metrics_reason", "bad_archive")  # for MetricsLayer
             return 400, f"Bad Request: {error}"
         except Exception:  # bottle refuses a body it cannot read (its HTTPError), or the body is cut off
             LOG.warning("an upload's form could not be read", exc_info=True)
@@ -1327,6 +1355,7 @@ class UploadChecks:
         if too_large is not None:
             return too_large
         upload, action = request.files.get("content"), request.forms.get(":action")
+        note_upload_form(environ, action, upload, self.packages)  # for MetricsLayer: what was sent
         if action == "doc_upload":  # pypiserver reads the whole file into memory, then keeps nothing
             return 400, "Bad Request: documentation uploads are not kept by this index"
         if action == "file_upload" and upload is not None:
@@ -1596,6 +1625,849 @@ def htpasswd_checker(password_file: str) -> Callable[[str, str], bool]:
         return True
 
     return check
+
+
+# --- metrics (Prometheus) --------------------------------------------------------------------------------------
+
+# /metrics answers in the Prometheus text exposition format 0.0.4, rendered here: the bundle has no
+# prometheus_client. Every label value comes from a fixed set below, whatever a client sends, so the number of
+# series stays bounded.
+METRICS_PATH = "/metrics"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ROUTES = ("simple_root", "simple_project", "file", "metadata", "browse", "upload", "health", "metrics", "other")
+# Why a POST to / (an upload) was refused: the upload checks' kind of BadDistribution, else by the status code.
+REFUSAL_REASONS = (
+    "unauthorized",  # no credentials (401) or wrong ones (403)
+    "too_large",  # the upload, or its form fields, over their bound (413)
+    "no_length",  # no Content-Length (411)
+    "bad_name",  # a file name the index does not take
+    "bad_archive",  # not a readable wheel or sdist, or not a single metadata file in it
+    "metadata_mismatch",  # metadata without, or contradicting, the file name's project or version
+    "exists",  # the file, or another spelling of its name, is stored already (pypiserver's 400, or 409)
+    "bad_request",  # any other 400: a form that cannot be read, a documentation upload
+    "other",
+)
+_REASON_BY_CODE = {
+    "400": "bad_request",
+    "401": "unauthorized",
+    "403": "unauthorized",
+    "409": "exists",
+    "411": "no_length",
+    "413": "too_large",
+}
+_CODE = re.compile(r"^[1-5][0-9][0-9]$")
+# Upper bounds of the request duration histogram, in seconds (the last bucket, +Inf, takes the rest).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# A worker writes its file at most this often (and when /metrics is read, and when it exits).
+FLUSH_SECONDS = 1.0
+METRICS_FORMAT = 1
+MAX_METRICS_FILE_BYTES = 256 << 10
+MAX_METRICS_FILES = 256
+# How long a scrape waits for another one reading the workers' files.
+COLLECT_WAIT_SECONDS = 2.0
+# Complaints about the same thing are logged at most this often (a broken directory must not flood the log).
+COMPLAIN_SECONDS = 300.0
+_WORKER_FILE = re.compile(r"^(w-[0-9]{1,10}-[0-9a-f]{16})\.json$")
+RETIRED_FILE = "retired.json"
+# What the upload checks leave in the WSGI environ for the metrics layer.
+REFUSED_KEY = "airgap_pypi.refused"
+UPLOAD_KEY = "airgap_pypi.upload"
+# In the tree: when the last sync ended and how long it took.
+SYNC_FILE = "sync.json"
+
+
+class MetricsFileError(ValueError):
+    """A metrics file that cannot be used (the message says why)."""
+
+
+def _is_regular(mode: int) -> bool:
+    return mode & 0o170000 == 0o100000  # stat.S_ISREG
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MetricsFileError(f"{what} is not a count: {str(value)[:40]!r}")
+    return value
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise MetricsFileError(f"{what} is not a number of seconds: {str(value)[:40]!r}")
+    return float(value)
+
+
+def code_of(status: str) -> str:
+    """The status code of a status line, as a label value: three digits, or "other"."""
+    code = status[:3]
+    return code if _CODE.match(code) and status[3:4] in ("", " ") else "other"
+
+
+_EXACT_ROUTES = {
+    METRICS_PATH: "metrics",
+    "/health": "health",
+    "/simple": "simple_root",
+    "/simple/": "simple_root",
+    "/index.html": "browse",
+}
+_PREFIX_ROUTES = (("/simple/", "simple_project"), ("/project/", "browse"))
+
+
+def route_of(method: str, path: str) -> str:
+    """The route label of a request (one of ROUTES), never the path itself."""
+    if path in _EXACT_ROUTES:
+        return _EXACT_ROUTES[path]
+    if path == "/":
+        return {"POST": "upload", "GET": "browse", "HEAD": "browse"}.get(method, "other")
+    if path.startswith("/packages/") and len(path) > len("/packages/"):
+        return "metadata" if path.endswith(".metadata") else "file"
+    return next((route for prefix, route in _PREFIX_ROUTES if path.startswith(prefix)), "other")
+
+
+def note_upload_form(environ: Dict[str, Any], action: Any, upload: Any, packages: str) -> None:
+    """Leave for the metrics layer the form's action, the uploaded file's size and whether a file of its name is
+    stored already (pypiserver then refuses it with a 400 of its own). Never raises."""
+    try:
+        size, existed = 0, False
+        handle = getattr(upload, "file", None)
+        if handle is not None:
+            at = handle.tell()
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(at)
+        name = str(getattr(upload, "raw_filename", "") or "")
+        if _UPLOAD_NAME.match(name) and not name.startswith("."):
+            existed = os.path.lexists(os.path.join(packages, name))
+        environ[UPLOAD_KEY] = (action if isinstance(action, str) else None, int(size), existed)
+    except Exception:
+        LOG.debug("the upload could not be looked at for the metrics", exc_info=True)
+
+
+def note_sync(path: str, started: float) -> None:
+    """Record when a sync ended and how long it took, for the metrics. Never raises."""
+    finished = time.time()
+    try:
+        write_atomic(path, json.dumps({"finished": finished, "seconds": max(0.0, finished - started)}).encode())
+    except OSError as error:
+        LOG.warning("%s could not be written: %s", path, error)
+
+
+class Metrics:
+    """Counts of one worker process, or the sum of several: requests by route and status code with their
+    durations (a histogram per route), uploads accepted and their bytes, uploads refused by reason. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests: Dict[Tuple[str, str], int] = {}
+            # Per route: a count per bucket of DURATION_BUCKETS, then one for the rest (not cumulative here).
+            self.durations: Dict[str, List[int]] = {}
+            self.duration_sums: Dict[str, float] = {}
+            self.refused: Dict[str, int] = {}
+            self.uploads = 0
+            self.upload_bytes = 0
+            self.changes = 0  # grows with every change: a worker writes its file when it differs from the last
+
+    def observe(self, route: str, code: str, seconds: float) -> None:
+        slot = bisect.bisect_left(DURATION_BUCKETS, seconds)  # the first bound >= seconds: Prometheus' "le"
+        with self.lock:
+            self.requests[(route, code)] = self.requests.get((route, code), 0) + 1
+            self.durations.setdefault(route, [0] * (len(DURATION_BUCKETS) + 1))[slot] += 1
+            self.duration_sums[route] = self.duration_sums.get(route, 0.0) + max(0.0, seconds)
+            self.changes += 1
+
+    def upload_accepted(self, size: int) -> None:
+        with self.lock:
+            self.uploads += 1
+            self.upload_bytes += max(0, size)
+            self.changes += 1
+
+    def upload_refused(self, reason: str) -> None:
+        reason = reason if reason in REFUSAL_REASONS else "other"
+        with self.lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+            self.changes += 1
+
+    def document(self) -> Dict[str, Any]:
+        """The counts as JSON data (a worker's file)."""
+        with self.lock:
+            return {
+                "format": METRICS_FORMAT,
+                "requests": [[route, code, count] for (route, code), count in sorted(self.requests.items())],
+                "durations": {
+                    route: {"buckets": list(counts), "sum": self.duration_sums.get(route, 0.0)}
+                    for route, counts in sorted(self.durations.items())
+                },
+                "refused": dict(sorted(self.refused.items())),
+                "uploads": self.uploads,
+                "upload_bytes": self.upload_bytes,
+            }
+
+    @classmethod
+    def from_document(cls, document: Any) -> Metrics:
+        """Counts from a worker's file, every value checked (MetricsFileError says what is wrong)."""
+        if not isinstance(document, dict) or document.get("format") != METRICS_FORMAT:
+            raise MetricsFileError(f"not a metrics document of format {METRICS_FORMAT}")
+        counts = cls()
+        requests, durations, refused = document.get("requests"), document.get("durations"), document.get("refused")
+        if not isinstance(requests, list) or not isinstance(durations, dict) or not isinstance(refused, dict):
+            raise MetricsFileError('"requests", "durations" or "refused" missing or of the wrong type')
+        for item in requests:
+            if not isinstance(item, list) or len(item) != 3 or item[0] not in ROUTES:
+                raise MetricsFileError(f"a request count that is not [route, code, count]: {str(item)[:80]}")
+            if not (isinstance(item[1], str) and (_CODE.match(item[1]) or item[1] == "other")):
+                raise MetricsFileError(f"a status code that is not one: {str(item[1])[:40]!r}")
+            key = (item[0], item[1])
+            counts.requests[key] = counts.requests.get(key, 0) + _count(item[2], "a request count")
+        for route, histogram in durations.items():
+            buckets = histogram.get("buckets") if isinstance(histogram, dict) else None
+            if route not in ROUTES or not isinstance(buckets, list) or len(buckets) != len(DURATION_BUCKETS) + 1:
+                raise MetricsFileError(f"durations of {str(route)[:40]!r}: not a route with its buckets")
+            counts.durations[route] = [_count(value, "a bucket count") for value in buckets]
+            counts.duration_sums[route] = _seconds(histogram.get("sum"), "a duration sum")
+        for reason, count in refused.items():
+            if reason not in REFUSAL_REASONS:
+                raise MetricsFileError(f"an unknown refusal reason: {str(reason)[:40]!r}")
+            counts.refused[reason] = _count(count, "a refusal count")
+        counts.uploads = _count(document.get("uploads"), "uploads")
+        counts.upload_bytes = _count(document.get("upload_bytes"), "upload_bytes")
+        return counts
+
+    def add(self, other: Metrics) -> None:
+        """Add other's counts to these."""
+        snapshot = other.document()  # under other's lock
+        with self.lock:
+            for route, code, count in snapshot["requests"]:
+                self.requests[(route, code)] = self.requests.get((route, code), 0) + count
+            for route, histogram in snapshot["durations"].items():
+                mine = self.durations.setdefault(route, [0] * (len(DURATION_BUCKETS) + 1))
+                for index, count in enumerate(histogram["buckets"]):
+                    mine[index] += count
+                self.duration_sums[route] = self.duration_sums.get(route, 0.0) + histogram["sum"]
+            for reason, count in snapshot["refused"].items():
+                self.refused[reason] = self.refused.get(reason, 0) + count
+            self.uploads += snapshot["uploads"]
+            self.upload_bytes += snapshot["upload_bytes"]
+            self.changes += 1
+
+
+def escape_label(value: str) -> str:
+    """A label value as the text format writes it: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    """A HELP text as the text format writes it: backslash and line feed escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def sample_value(value: float) -> str:
+    """A sample value (or an "le" bound) as the text format writes it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+Sample = Tuple[str, List[Tuple[str, str]], float]  # (name suffix, labels, value)
+Gauge = Tuple[str, str, float]  # (name, help, value)
+
+
+def render_family(name: str, kind: str, text: str, samples: Iterable[Sample]) -> List[str]:
+    lines = [f"# HELP {name} {escape_help(text)}", f"# TYPE {name} {kind}"]
+    for suffix, labels, value in samples:
+        pairs = ",".join(f'{label}="{escape_label(label_value)}"' for label, label_value in labels)
+        lines.append(f"{name}{suffix}{'{' + pairs + '}' if pairs else ''} {sample_value(value)}")
+    return lines
+
+
+def histogram_samples(counts: Metrics) -> Iterator[Sample]:
+    """The request duration histogram: cumulative buckets per route, then +Inf, sum and count."""
+    for route in ROUTES:
+        buckets = counts.durations.get(route)
+        if buckets is None:
+            continue
+        total = 0
+        for index, bound in enumerate(DURATION_BUCKETS):
+            total += buckets[index]
+            yield "_bucket", [("route", route), ("le", sample_value(bound))], total
+        total += buckets[-1]
+        yield "_bucket", [("route", route), ("le", "+Inf")], total
+        yield "_sum", [("route", route)], counts.duration_sums.get(route, 0.0)
+        yield "_count", [("route", route)], total
+
+
+def render_metrics(counts: Metrics, gauges: Iterable[Gauge] = ()) -> bytes:
+    """The text exposition (format 0.0.4) of counts and gauges."""
+    order = {route: index for index, route in enumerate(ROUTES)}
+    with counts.lock:
+        requests = sorted(counts.requests.items(), key=lambda item: (order[item[0][0]], item[0][1]))
+        lines = render_family(
+            "airgap_pypi_requests_total",
+            "counter",
+            "HTTP requests answered by gunicorn, by route (a fixed set) and status code.",
+            (("", [("route", route), ("code", code)], count) for (route, code), count in requests),
+        )
+        lines += render_family(
+            "airgap_pypi_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival at the index to its response's end, by route.",
+            histogram_samples(counts),
+        )
+        lines += render_family(
+            "airgap_pypi_uploads_accepted_total",
+            "counter",
+            "Uploads stored (twine upload answered with success).",
+            [("", [], counts.uploads)],
+        )
+        lines += render_family(
+            "airgap_pypi_uploaded_bytes_total",
+            "counter",
+            "Bytes of the distribution files of the uploads stored.",
+            [("", [], counts.upload_bytes)],
+        )
+        lines += render_family(
+            "airgap_pypi_uploads_refused_total",
+            "counter",
+            "Uploads (POSTs to /) refused, by reason (a fixed set).",
+            (("", [("reason", reason)], counts.refused.get(reason, 0)) for reason in REFUSAL_REASONS),
+        )
+    for name, text, value in gauges:
+        lines += render_family(name, "gauge", text, [("", [], value)])
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _read_at(directory: Optional[int], name: str, limit: int) -> bytes:
+    """A regular file (in a directory given as a descriptor), never through a link, at most limit bytes."""
+    descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not _is_regular(os.fstat(handle.fileno()).st_mode):
+            raise MetricsFileError("not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise MetricsFileError(f"larger than {limit >> 10} KiB")
+    return data
+
+
+def _write_at(directory: int, name: str, data: bytes) -> None:
+    """Write a file in a directory (a descriptor) under a temporary name, then rename it: readers see the old or
+    the new file, never a part."""
+    temporary = f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(temporary, flags, 0o640, dir_fd=directory)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=directory)
+        raise
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unlink_at(directory: int, *names: str) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=directory)
+
+
+class WorkerFiles:
+    """Every worker's counts, one small file each in one directory, summed when /metrics is read.
+
+    gunicorn runs several worker processes (and with TLS a second gunicorn for plain HTTP): each keeps its counts
+    in memory and writes them to w-<pid>-<random>.json here (whole, by rename; at most every FLUSH_SECONDS). It
+    holds an flock on w-<...>.lock for as long as it lives: the kernel releases it when the process ends, however
+    it ends. A reader sums retired.json and the files of the living workers; the file of a worker whose lock is
+    free (it has ended) is added into retired.json once and removed, so counters never go back when workers come
+    and go, and the files stay as many as the workers. retired.json names the files it took in until they are
+    removed, so a reader killed in between never counts them twice. Every read is bounded, never through a link.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(directory)
+        self.name = ""  # this process's w-<pid>-<random>, "" until start()
+        self.pid = 0
+        self.lock_descriptor: Optional[int] = None
+        self._warned: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[int]:
+        """The directory as a descriptor: created when missing, never through a link, this user's alone."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.directory, 0o750)
+        descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            seen = os.fstat(descriptor)
+            if seen.st_uid != os.geteuid() or seen.st_mode & 0o022:
+                raise MetricsFileError(
+                    f"{self.directory} is not this user's alone (owner uid {seen.st_uid}, mode "
+                    f"{seen.st_mode & 0o777:o}; uid {os.geteuid()} and no group or other write wanted)"
+                )
+            yield descriptor
+        finally:
+            os.close(descriptor)
+
+    def forget(self) -> None:
+        """Drop this process's name and lock (after a fork: they are the parent's)."""
+        if self.lock_descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.lock_descriptor)
+        self.name, self.pid, self.lock_descriptor = "", 0, None
+
+    def holds_lock(self, directory: int) -> bool:
+        """Whether this process has its name and still holds its lock file there."""
+        if not self.name or self.pid != os.getpid() or self.lock_descriptor is None:
+            return False
+        try:
+            there = os.stat(self.name + ".lock", dir_fd=directory, follow_symlinks=False)
+            return os.fstat(self.lock_descriptor).st_ino == there.st_ino
+        except OSError:
+            return False
+
+    def start(self, directory: int) -> None:
+        """A new name for this process and its lock file: locked under a temporary name, then renamed, so no
+        reader ever sees it unlocked."""
+        self.forget()
+        name = f"w-{os.getpid()}-{os.urandom(8).hex()}"
+        temporary = f".tmp-{name}.lock"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        descriptor = os.open(temporary, flags, 0o640, dir_fd=directory)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(temporary, name + ".lock", src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            os.close(descriptor)
+            _unlink_at(directory, temporary)
+            raise
+        self.name, self.pid, self.lock_descriptor = name, os.getpid(), descriptor
+
+    def write(self, directory: int, counts: Metrics) -> None:
+        _write_at(directory, self.name + ".json", json.dumps(counts.document()).encode())
+
+    def warn(self, key: str, message: str, *args: Any) -> None:
+        """Log a problem with a file, at most once per COMPLAIN_SECONDS for the same file and problem."""
+        now = time.monotonic()
+        if self._warned.get(key, -COMPLAIN_SECONDS) + COMPLAIN_SECONDS > now:
+            return
+        if len(self._warned) >= MAX_METRICS_FILES:
+            self._warned.clear()
+        self._warned[key] = now
+        LOG.warning(message, *args)
+
+    @staticmethod
+    def alive(directory: int, name: str) -> bool:
+        """Whether the worker of name still holds its lock (it lives); True when that cannot be told."""
+        try:
+            descriptor = os.open(name + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(descriptor)  # releases the shared lock, if it was taken
+
+    def read(self, directory: int, name: str) -> Metrics:
+        data = _read_at(directory, name, MAX_METRICS_FILE_BYTES)
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise MetricsFileError(f"not JSON ({str(error)[:80]})") from error
+        return Metrics.from_document(document)
+
+    def read_retired(self, directory: int) -> Tuple[Metrics, List[str]]:
+        """The counts of the workers that have ended, and the names of the files they came from."""
+        try:
+            data = _read_at(directory, RETIRED_FILE, MAX_METRICS_FILE_BYTES + (64 << 10))
+            document = json.loads(data.decode("utf-8"))
+            folded = document.get("folded") if isinstance(document, dict) else None
+            if not isinstance(folded, list) or not all(isinstance(n, str) and _WORKER_FILE.match(n) for n in folded):
+                raise MetricsFileError('"folded" is not a list of worker file names')
+            return Metrics.from_document(document.get("counts")), folded[:MAX_METRICS_FILES]
+        except FileNotFoundError:
+            return Metrics(), []
+        except (OSError, ValueError, RecursionError) as error:  # MetricsFileError and UnicodeDecodeError too
+            self.warn(RETIRED_FILE, "metrics: %s ignored (ended workers' counts start again): %s", RETIRED_FILE, error)
+            return Metrics(), []
+
+    def collect(self) -> Tuple[Metrics, int, int]:
+        """(the sum of every worker's counts, living workers counted, files ignored), under the directory's lock;
+        the files of ended workers are taken into retired.json."""
+        with self.opened() as directory:
+            lock = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=directory)
+            try:
+                # A scrape holds it for milliseconds: a reader that is stuck is not waited for.
+                deadline = time.monotonic() + COLLECT_WAIT_SECONDS
+                while not _try_lock(lock):
+                    if time.monotonic() > deadline:
+                        raise MetricsFileError(f"{self.directory}/.lock held by another reader over the time allowed")
+                    time.sleep(0.01)
+                return self._collect(directory)
+            finally:
+                os.close(lock)
+
+    def scan(self, directory: int) -> Tuple[List[str], List[str]]:
+        """The workers' files (at most MAX_METRICS_FILES), and temporary files a killed writer left."""
+        names: List[str] = []
+        stale: List[str] = []
+        now = time.time()
+        for entry in os.scandir(directory):
+            if _WORKER_FILE.match(entry.name):
+                names.append(entry.name)
+            elif entry.name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > 60:
+                        stale.append(entry.name)
+        if len(names) > MAX_METRICS_FILES:
+            self.warn("many", "metrics: %d worker files in %s, %d read", len(names), self.directory, MAX_METRICS_FILES)
+            names = sorted(names)[:MAX_METRICS_FILES]
+        return names, stale
+
+    def _collect(self, directory: int) -> Tuple[Metrics, int, int]:
+        retired, folded_before = self.read_retired(directory)
+        names, stale = self.scan(directory)
+        living = Metrics()
+        live = ignored = 0
+        done = [name for name in names if name in folded_before]  # taken in already; removal was cut short
+        ended: List[Tuple[str, Optional[Metrics]]] = []
+        for name in names:
+            if name in folded_before:
+                continue
+            is_alive = self.alive(directory, name[: -len(".json")])
+            try:
+                counts: Optional[Metrics] = self.read(directory, name)
+            except (OSError, MetricsFileError) as error:
+                ignored += 1
+                self.warn(name + str(error), "metrics: %s in %s ignored: %s", name, self.directory, error)
+                counts = None
+            if not is_alive:
+                ended.append((name, counts))
+            elif counts is not None:
+                living.add(counts)
+                live += 1
+        if ended or done:
+            for _, counts in ended:
+                if counts is not None:
+                    retired.add(counts)
+            gone = [name for name, _ in ended] + done
+            document = {"format": METRICS_FORMAT, "counts": retired.document(), "folded": gone}
+            _write_at(directory, RETIRED_FILE, json.dumps(document).encode())
+            for name in gone:
+                _unlink_at(directory, name, name[: -len(".json")] + ".lock")
+        _unlink_at(directory, *stale)
+        retired.add(living)
+        return retired, live, ignored
+
+
+def basic_credentials(environ: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+    """(user, password) of a request's HTTP Basic Authorization header; None when it has none that parses."""
+    header = str(environ.get("HTTP_AUTHORIZATION", ""))
+    if header[:6].lower() != "basic " or len(header) > 4 * MAX_PASSWORD_CHARS:
+        return None
+    try:
+        user, colon, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (user, password) if colon else None
+
+
+class _Once:
+    """Call a function once, whichever of several ways gets there first."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self.function: Optional[Callable[[], None]] = function
+
+    def __call__(self) -> None:
+        function, self.function = self.function, None
+        if function is not None:
+            function()
+
+
+class _Counted:
+    """A response body passed through; done() when the server closes it (the response has been sent)."""
+
+    def __init__(self, body: Iterable[bytes], done: _Once) -> None:
+        self.body, self.done = body, done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.done()
+
+
+class MetricsLayer:
+    """WSGI layer outermost in the stack: counts every request (route, status code, duration) and the uploads
+    accepted and refused, and answers GET /metrics in the Prometheus text format with the sum over every worker
+    (WorkerFiles) and the index's gauges (files, projects, last sync, from tree, the page generator's).
+
+    check_password set: /metrics needs an upload account's HTTP Basic credentials (401 without or with wrong
+    ones). An error here is logged and the request goes on; counting never changes a response."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        directory: Optional[str] = None,
+        tree: Optional[Tree] = None,
+        check_password: Optional[Callable[[str, str], bool]] = None,
+    ) -> None:
+        self.app = app
+        self.tree = tree
+        self.check_password = check_password
+        self.metrics = Metrics()
+        self.files = WorkerFiles(directory) if directory else None
+        self.pid = 0
+        self._stopped = threading.Event()
+        self._process_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._written = -1
+        self._complained: Dict[str, float] = {}
+        self._projects: Tuple[Any, int] = (None, 0)
+        try:
+            self.ensure_process()
+        except Exception:
+            self.complain("the metrics could not be set up; requests are served as ever")
+
+    # -- each process ---------------------------------------------------------------------------------------
+
+    def ensure_process(self) -> None:
+        """In a new process (a gunicorn worker, forked): counts from zero, a file of its own, a writer thread."""
+        pid = os.getpid()
+        if pid == self.pid:
+            return
+        with self._process_lock:
+            if pid == self.pid:
+                return
+            self.pid = pid
+            self.metrics.reset()  # counts inherited over a fork are the parent's
+            self._written = -1
+            if self.files is None:
+                return
+            self.files.forget()
+            threading.Thread(target=self._flush_loop, args=(pid,), name="airgap-pypi-metrics", daemon=True).start()
+            atexit.register(self.flush_quietly)
+            self.flush_quietly()  # its file and lock now: /metrics counts every worker from its start
+
+    def _flush_loop(self, pid: int) -> None:
+        while not self._stopped.wait(FLUSH_SECONDS) and os.getpid() == pid:
+            self.flush_quietly()
+
+    def close(self) -> None:
+        """Stop the writer thread after a last write (a process ending writes its counts by itself)."""
+        self._stopped.set()
+        atexit.unregister(self.flush_quietly)
+        self.flush_quietly()
+
+    def flush(self, force: bool = False) -> None:
+        """Write this worker's counts to its file, when they changed since the last write (or force)."""
+        if self.files is None:
+            return
+        with self._flush_lock:
+            if not force and self.metrics.changes == self._written and self.files.name:
+                return
+            with self.files.opened() as directory:
+                if not self.files.holds_lock(directory):
+                    if self.files.name and self.files.pid == os.getpid():
+                        LOG.warning("metrics: %s.lock was removed; this worker's counts start again", self.files.name)
+                        self.metrics.reset()
+                    self.files.start(directory)
+                changes = self.metrics.changes
+                self.files.write(directory, self.metrics)
+            self._written = changes
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            self.complain("this worker's metrics could not be written")
+
+    def complain(self, what: str) -> None:
+        """Log what failed, with the exception, at most once per COMPLAIN_SECONDS for the same thing."""
+        now = time.monotonic()
+        if self._complained.get(what, -COMPLAIN_SECONDS) + COMPLAIN_SECONDS <= now:
+            self._complained[what] = now
+            LOG.warning("metrics: %s", what, exc_info=True)
+
+    # -- each request ---------------------------------------------------------------------------------------
+
+    def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.monotonic()
+        try:
+            self.ensure_process()
+            route = route_of(str(environ.get("REQUEST_METHOD", "GET")), str(environ.get("PATH_INFO", "") or "/"))
+        except Exception:
+            self.complain("a request could not be classified")
+            return self.app(environ, start_response)
+        if route == "metrics":
+            return self.answer_metrics(environ, start_response, started)
+        status: List[str] = []
+
+        def capture(line: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+            status[:] = [line]
+            return start_response(line, headers) if exc_info is None else start_response(line, headers, exc_info)
+
+        done = _Once(lambda: self.record(environ, route, code_of(status[0]) if status else "500", started))
+        try:
+            body = self.app(environ, capture)
+        except BaseException:
+            done()
+            raise
+        return self.when_sent(body, environ, done)
+
+    def when_sent(self, body: Iterable[bytes], environ: Dict[str, Any], done: _Once) -> Iterable[bytes]:
+        """The body, with done() called once it has been sent (a list: now). gunicorn's file wrapper is kept, so
+        package files still go out with sendfile."""
+        try:
+            if isinstance(body, (list, tuple)):
+                done()
+                return body
+            wrapper = environ.get("wsgi.file_wrapper")
+            if isinstance(wrapper, type) and isinstance(body, wrapper):
+                close = getattr(body, "close", None)
+
+                def close_then_count() -> None:
+                    try:
+                        if close is not None:
+                            close()
+                    finally:
+                        done()
+
+                body.close = close_then_count  # type: ignore[attr-defined]
+                return body
+        except Exception:
+            self.complain("a response could not be followed")
+            return body
+        return _Counted(body, done)
+
+    def record(self, environ: Dict[str, Any], route: str, code: str, started: float) -> None:
+        try:
+            self.metrics.observe(route, code, time.monotonic() - started)
+            if route == "upload":
+                self.count_upload(environ, code)
+        except Exception:
+            self.complain("a request could not be counted")
+
+    def count_upload(self, environ: Dict[str, Any], code: str) -> None:
+        form = environ.get(UPLOAD_KEY)
+        action, size, existed = form if isinstance(form, tuple) and len(form) == 3 else (None, 0, False)
+        if action not in (None, "file_upload"):
+            return  # a removal: among the requests only
+        if code.startswith("2"):
+            if action == "file_upload":
+                self.metrics.upload_accepted(int(size))
+            return
+        reason = environ.get(REFUSED_KEY)
+        if reason not in REFUSAL_REASONS:
+            reason = "exists" if existed and code in ("400", "409") else _REASON_BY_CODE.get(code, "other")
+        self.metrics.upload_refused(reason)
+
+    # -- /metrics -------------------------------------------------------------------------------------------
+
+    def answer_metrics(self, environ: Dict[str, Any], start_response: StartResponse, started: float) -> List[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        try:
+            status, headers, body = self.metrics_response(environ, method)
+        except Exception:
+            self.complain("/metrics could not be answered")
+            status, headers = "500 Internal Server Error", [("Content-Type", "text/plain")]
+            body = b"Internal Server Error: the metrics could not be read (see the index's log)\n"
+        start_response(status, headers)
+        self.record(environ, "metrics", code_of(status), started)
+        return [b"" if method == "HEAD" else body]
+
+    def metrics_response(self, environ: Dict[str, Any], method: str) -> Tuple[str, List[Tuple[str, str]], bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")], b"GET only\n"
+        if self.check_password is not None:
+            found = basic_credentials(environ)
+            if found is None or not self.check_password(*found):
+                text = b"Unauthorized: /metrics needs the user name and password of an upload account\n"
+                return (
+                    "401 Unauthorized",
+                    [("WWW-Authenticate", 'Basic realm="pypi"'), ("Content-Type", "text/plain")],
+                    text,
+                )
+        body = self.exposition()
+        headers = [("Content-Type", METRICS_CONTENT_TYPE), ("Content-Length", str(len(body)))]
+        return "200 OK", [*headers, ("Cache-Control", "no-store")], body
+
+    def exposition(self) -> bytes:
+        """Every worker's counts summed, and the gauges."""
+        total: Optional[Metrics] = None
+        live = ignored = 0
+        if self.files is not None:
+            try:
+                self.flush(force=True)
+                total, live, ignored = self.files.collect()
+            except Exception:
+                self.complain("the workers' metrics could not be read: /metrics shows this worker's counts only")
+                total = None
+        if total is None:
+            total, live = Metrics(), 1
+            total.add(self.metrics)
+        gauges: List[Gauge] = [
+            ("airgap_pypi_metrics_workers", "Worker processes whose counts are summed here (ended ones kept).", live),
+            ("airgap_pypi_metrics_files_ignored", "Workers' metrics files that could not be read (logged).", ignored),
+        ]
+        try:
+            gauges += self.index_gauges()
+        except Exception:
+            self.complain("the index's gauges could not be read")
+        return render_metrics(total, gauges)
+
+    def index_gauges(self) -> List[Gauge]:
+        """Files and projects on the pages (state.json, parsed again only when it changed) and the last sync."""
+        if self.tree is None:
+            return []
+        gauges: List[Gauge] = []
+        state = self.tree.load_state()
+        if state is not None:
+            files = state.get("files", {})
+            if self._projects[0] is not state:
+                self._projects = (state, len({entry["project"] for entry in files.values()}))
+            gauges.append(("airgap_pypi_index_files", "Distribution files on the index's pages.", len(files)))
+            gauges.append(("airgap_pypi_index_projects", "Projects on the index's pages.", self._projects[1]))
+        try:
+            synced = read_sync(self.tree.path(SYNC_FILE))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            self.complain(f"{self.tree.path(SYNC_FILE)} cannot be read")
+            synced = None
+        if synced is not None:
+            finished, seconds = synced
+            gauges.append(("airgap_pypi_last_sync_timestamp_seconds", "When the pages' last sync ended.", finished))
+            gauges.append(("airgap_pypi_last_sync_duration_seconds", "How long the pages' last sync took.", seconds))
+        return gauges
+
+
+def read_sync(path: str) -> Optional[Tuple[float, float]]:
+    """(end as unix time, seconds) of the last sync, None when there has been none; an error when the file
+    cannot be used."""
+    try:
+        document = json.loads(_read_at(None, path, 4096).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    return _seconds(document["finished"], "finished"), _seconds(document["seconds"], "seconds")
 
 
 # --- command line ----------------------------------------------------------------------------------------------

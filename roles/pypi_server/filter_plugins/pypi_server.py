@@ -320,13 +320,49 @@ def path_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | None) -
     return problems
 
 
+def _flag(value: Any) -> bool:
+    """A boolean setting as Ansible takes it: true, "true", "yes", "on", 1 ..."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "on", "y", "t", "1")
+    return bool(value)
+
+
+METRICS_DIR = "metrics"  # in pypi_server_data_dir: the workers' metrics files (vars/main.yml)
+
+
+def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
+    """/metrics open to anyone while every other read needs a password; packages or pages where the workers keep
+    their metrics files."""
+    problems = []
+    public = _flag(settings.get("pypi_server_metrics_public", False))
+    if public and _flag(settings.get("pypi_server_auth_downloads", False)):
+        problems.append(
+            "pypi_server_metrics_public=true with pypi_server_auth_downloads=true: every read of the index needs a "
+            "password, but /metrics (its project and file counts, its upload activity) would not; set "
+            "pypi_server_metrics_public: false and give Prometheus an upload account's user name and password "
+            "(basic_auth), or set pypi_server_auth_downloads: false if reads may be anonymous"
+        )
+    data = str(settings.get(DATA, ""))
+    if data.startswith("/"):
+        metrics = normalize(f"{data}/{METRICS_DIR}")
+        for name in sorted(INSIDE_DATA & set(settings)):
+            value = str(settings[name])
+            if value.startswith("/") and (normalize(value) == metrics or inside(normalize(value), metrics)):
+                problems.append(
+                    f"{name}={value}: the index keeps its workers' metrics in {metrics} "
+                    f"(pypi_server_data_dir/{METRICS_DIR}); choose another directory{_example(name, value)}"
+                )
+    return problems
+
+
 def pypi_server_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> list[str]:
-    """Every bad value of the role's settings, one message each (numbers, names, paths, accounts).
+    """Every bad value of the role's settings, one message each (numbers, names, paths, metrics, accounts).
 
     settings maps variable names to their values; host is what pypi_server_path_check saw at each path (by
     setting name). A setting missing from settings is not checked.
     """
     problems = number_problems(settings) + name_problems(settings) + path_problems(settings, host)
+    problems += metrics_problems(settings)
     if "pypi_server_users" in settings:
         problems += account_problems(settings["pypi_server_users"])
     return problems
