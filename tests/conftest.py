@@ -55,8 +55,10 @@ def module_argv(module: Path, args: Path) -> list[str]:
     ]
 
 
-def run_playbook(plays: list[dict[str, Any]], path: Path) -> subprocess.CompletedProcess[str]:
-    """Write plays to path (as JSON, which Ansible reads as YAML) and run them on localhost: the ansible-playbook
+def run_playbook(
+    plays: list[dict[str, Any]], path: Path, inventory: str = "localhost,"
+) -> subprocess.CompletedProcess[str]:
+    """Write plays to path (as JSON, which Ansible reads as YAML) and run them on localhost (or inventory): the ansible-playbook
     beside the tests' Python (else on PATH), the repository's roles, no colour."""
     path.write_text(json.dumps(plays, indent=1))
     beside = Path(sys.executable).with_name("ansible-playbook")
@@ -64,7 +66,7 @@ def run_playbook(plays: list[dict[str, Any]], path: Path) -> subprocess.Complete
     assert command, "ansible-playbook is not installed: run scripts/venv.sh"
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(
-        [command, "-i", "localhost,", str(path)],
+        [command, "-i", inventory, str(path)],
         capture_output=True,
         text=True,
         check=False,

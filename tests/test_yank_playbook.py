@@ -149,9 +149,11 @@ def test_a_backup_carries_the_yank_file_and_a_restore_puts_it_back(tmp_path: Pat
     assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
     assert oct(target["yanked"].stat().st_mode & 0o777) == "0o644"
     assert 'data-yanked="do not use"' in target["page"].read_text(), "the pages follow the restored file"
-    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) == 0, "restored: nothing to do"
 
-    assert changed(yank(target, "-e", "project=demo", "-e", "version=2.0", "-e", "undo=true")) == 1
+    # The host's own change after the backup, by the command the yank playbook runs (its runs are tested above).
+    layout = ("--packages", target["packages"], "--tree", target["static"], "--yanked", target["yanked"])
+    undo = [sys.executable, MODULE, "unyank", *layout, "--project=demo", "--version=2.0"]
+    subprocess.run([str(arg) for arg in undo], check=True, capture_output=True, timeout=60)
     mine = target["yanked"].read_bytes()
     done = yank(target, *restore, playbook="playbooks/restore.yml")
     assert done.returncode != 0 and "yanked releases other than the archive's" in done.stdout, done.stdout[-2000:]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLIENT, PASSWORD, PORT, PROJECT_DIR, USER, docker, wait_for
+from conftest import CLIENT, PASSWORD, PORT, PROJECT_DIR, USER, docker
 from tls_support import BAD_TLS, TLS_FROM_INVENTORY, bad_tls_input
 
 from scripts.containers import ansible_playbook, recap
@@ -277,73 +277,6 @@ def test_python36_only_host_is_refused_with_a_way_out(bad_inputs: dict[str, Outc
 def test_port_in_use(bad_inputs: dict[str, Outcome]) -> None:
     name = bad_inputs["port-in-use"].host
     refused(bad_inputs["port-in-use"], f"Port {PORT} on {name} is already in use by python3 -m http.server")
-
-
-def http_status(url: str, auth: bool) -> str:
-    """HTTP status of a GET from the client container, with or without the test account."""
-    code = (
-        "import base64, urllib.request, urllib.error\n"
-        f"req = urllib.request.Request('{url}')\n"
-        f"if {auth}:\n"
-        f"    req.add_header('Authorization', 'Basic ' + base64.b64encode(b'{USER}:{PASSWORD}').decode())\n"
-        "try:\n"
-        "    print(urllib.request.urlopen(req, timeout=10).status)\n"
-        "except urllib.error.HTTPError as error:\n"
-        "    print(error.code)\n"
-    )
-    # No answer at all (connection refused) prints nothing: "" is the status then.
-    return docker("exec", CLIENT, "/usr/bin/python3", "-c", code, check=False).stdout.strip()
-
-
-def test_downloads_can_require_a_password() -> None:
-    """On the host with the front server: turned off with it (nginx cannot check passwords), and back after."""
-    host = "airgap-pypi-deb12"
-    url, front = f"http://{host}:{PORT}/simple/", f"http://{host}:80/simple/"
-    assert http_status(url, auth=False) == "200" and http_status(front, auth=False) == "200"
-    try:
-        result = playbook("--limit", host, "-e", "pypi_server_auth_downloads=true", "-e", "pypi_front_enabled=false")
-        assert result.returncode == 0, result.stdout[-3000:]
-        assert wait_for(lambda: http_status(url, auth=False) == "401", 30)
-        assert http_status(front, auth=False) != "200", "nginx no longer serves the index once it is off"
-        assert http_status(url, auth=True) == "200"
-        # The static read path guards every read as pypiserver does: pages, browse page, metadata, files.
-        base = f"http://{host}:{PORT}"
-        wheel = docker(
-            "exec", host, "sh", "-c", "ls /srv/pypi/packages | grep '^airgap_demo-' | head -1"
-        ).stdout.strip()
-        assert wheel, "the default tests uploaded airgap-demo"
-        for path in ("/", "/simple/airgap-demo/", f"/packages/{wheel}.metadata", f"/packages/{wheel}"):
-            assert http_status(base + path, auth=False) == "401", path
-            assert http_status(base + path, auth=True) == "200", path
-    finally:
-        restored = playbook("--limit", host)
-        assert restored.returncode == 0, restored.stdout[-3000:]
-    assert wait_for(lambda: http_status(url, auth=False) == "200", 30)
-    assert http_status(front, auth=False) == "200", "the front server is back"
-
-
-def http_body(url: str) -> str:
-    """Body of a GET from the client container."""
-    code = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10).read().decode())"
-    return docker("exec", CLIENT, "/usr/bin/python3", "-c", code).stdout
-
-
-def test_static_index_can_be_turned_off() -> None:
-    """pypi_server_static_index=false is pypiserver alone, as before (the benchmark's baseline)."""
-    host = "airgap-pypi-deb11"
-    page = f"http://{host}:{PORT}/simple/airgap-demo/"
-    assert "data-requires-python" in http_body(page)
-    try:
-        result = playbook("--limit", host, "-e", "pypi_server_static_index=false")
-        assert result.returncode == 0, result.stdout[-3000:]
-        assert wait_for(lambda: "data-requires-python" not in http_body(page), 30)
-        assert "airgap_demo-" in http_body(page), "pypiserver lists the same files itself"
-        assert "pypiserver" in http_body(f"http://{host}:{PORT}/"), "its own welcome page"
-    finally:
-        restored = playbook("--limit", host)
-        assert restored.returncode == 0, restored.stdout[-3000:]
-    assert wait_for(lambda: "data-requires-python" in http_body(page), 30)
-    assert 'id="search"' in http_body(f"http://{host}:{PORT}/")
 
 
 @pytest.mark.parametrize("case", list(BAD_TLS))

@@ -1,61 +1,29 @@
-"""The TLS index over its life: the internal CA re-issues the certificate when the names change or too few days
-remain, HTTPS and the front server come back after a restart, and a backup restores onto lost data with both
-HTTPS ports serving the files again. Runs after test_tls.py and test_playbook_runs.py (file order) and leaves the
-host as the scenario's inventory describes it."""
+"""The TLS index over its life: HTTPS and the front server come back after a restart, and a backup restores onto
+lost data with both HTTPS ports serving the files again (a new certificate for new names: test_settings_changes.py;
+the renewal window: tests/test_tls_ca.py). Runs after test_tls.py (file order) and leaves the host as the scenario's
+inventory describes it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from tls_support import (
+    CA_ON_CLIENT,
     CLIENT,
     FRONT_PORT,
     INVENTORY_DIR,
-    PKI,
     PORT,
     PROJECT_DIR,
     SERVER,
     docker,
     on,
-    recap,
     run_playbook,
+    served,
     wait_for,
 )
 
-SITE = PROJECT_DIR / "site.yml"
-CA_ON_CLIENT = "/usr/local/share/ca-certificates/airgap-pypi-ca.crt"
-EXTRA_NAME = "pypi.airgap.test"
 PACKAGES = "/srv/pypi/packages"
-# On the client: the certificate each port presents, verified against the internal CA (PEM, one per port).
-SERVED = (
-    "import socket, ssl, sys\n"
-    "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
-    "for port in sys.argv[3:]:\n"
-    "    raw = socket.create_connection((sys.argv[2], int(port)), timeout=10)\n"
-    "    s = ctx.wrap_socket(raw, server_hostname=sys.argv[2])\n"
-    "    print(ssl.DER_cert_to_PEM_cert(s.getpeercert(binary_form=True)))\n"
-)
-
-
-def served() -> list[x509.Certificate]:
-    """The certificates gunicorn and nginx present to the client, each verified against the CA."""
-    answer = on(CLIENT, "python3", "-c", SERVED, CA_ON_CLIENT, SERVER, str(PORT), str(FRONT_PORT))
-    assert answer.returncode == 0, answer.stdout + answer.stderr
-    pems = [block + "-----END CERTIFICATE-----\n" for block in answer.stdout.split("-----END CERTIFICATE-----")[:2]]
-    return [x509.load_pem_x509_certificate(pem.strip().encode() + b"\n") for pem in pems]
-
-
-def names_of(cert: x509.Certificate) -> list[str]:
-    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-
-
-def converge(*extra: str) -> None:
-    result = run_playbook(SITE, INVENTORY_DIR, "--limit", SERVER, *extra)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert recap(result.stdout)[SERVER]["failed"] == 0
 
 
 def serves_tls() -> bool:
@@ -63,28 +31,6 @@ def serves_tls() -> bool:
         return len(served()) == 2
     except AssertionError:
         return False
-
-
-def test_the_ca_reissues_when_names_change_or_too_few_days_remain() -> None:
-    first = served()
-    assert first[0].serial_number == first[1].serial_number, "both ports present one certificate"
-    assert EXTRA_NAME not in names_of(first[0])
-    try:
-        converge("-e", json.dumps({"pypi_server_tls_names": [EXTRA_NAME]}))
-        renamed = served()
-        assert EXTRA_NAME in names_of(renamed[0]) and renamed[0].serial_number != first[0].serial_number
-        assert renamed[1].serial_number == renamed[0].serial_number, "nginx took the new certificate too"
-        kept = x509.load_pem_x509_certificate((PKI / "hosts" / f"{SERVER}.crt").read_bytes())
-        assert kept.serial_number == renamed[0].serial_number, "the controller keeps the certificate it issued"
-        # Same names, but more renewal days than the certificate has left (825 by default): issued again.
-        converge("-e", json.dumps({"pypi_server_tls_names": [EXTRA_NAME], "pypi_server_tls_renew_days": 900}))
-        renewed = served()
-        assert renewed[0].serial_number != renamed[0].serial_number, "a certificate inside the renewal window stays"
-        assert EXTRA_NAME in names_of(renewed[0]) and renewed[1].serial_number == renewed[0].serial_number
-    finally:
-        converge()
-    back = served()
-    assert EXTRA_NAME not in names_of(back[0]) and back[1].serial_number == back[0].serial_number
 
 
 def test_https_and_the_front_server_come_back_after_a_restart() -> None:

@@ -46,6 +46,33 @@ def run_playbook(path: Path, inventory: Path, *args: str) -> subprocess.Complete
     return ansible_playbook(path, inventory, *args, project=PROJECT_DIR)
 
 
+# --- what the TLS index presents ------------------------------------------------------------------------------------
+
+CA_ON_CLIENT = "/usr/local/share/ca-certificates/airgap-pypi-ca.crt"
+# On the client: the certificate each port presents, verified against the internal CA (PEM, one per port).
+SERVED = (
+    "import socket, ssl, sys\n"
+    "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+    "for port in sys.argv[3:]:\n"
+    "    raw = socket.create_connection((sys.argv[2], int(port)), timeout=10)\n"
+    "    s = ctx.wrap_socket(raw, server_hostname=sys.argv[2])\n"
+    "    print(ssl.DER_cert_to_PEM_cert(s.getpeercert(binary_form=True)))\n"
+)
+
+
+def served() -> list[x509.Certificate]:
+    """The certificates gunicorn and nginx present to the TLS client, each verified against the CA."""
+    answer = on(CLIENT, "python3", "-c", SERVED, CA_ON_CLIENT, SERVER, str(PORT), str(FRONT_PORT))
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    pems = [block + "-----END CERTIFICATE-----\n" for block in answer.stdout.split("-----END CERTIFICATE-----")[:2]]
+    return [x509.load_pem_x509_certificate(pem.strip().encode() + b"\n") for pem in pems]
+
+
+def names_of(cert: x509.Certificate) -> list[str]:
+    """The DNS names of a certificate's subjectAltName."""
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
 # --- bad TLS input: cases of the default scenario's one bad-input run (test_playbook_runs.py) ---------------------
 
 
