@@ -125,6 +125,23 @@ def test_a_refusal_fails_with_the_index_message_and_changes_nothing(host: dict[s
     assert not host["yanked"].exists()
 
 
+def test_a_refusal_on_one_host_of_a_fleet_changes_no_host(tmp_path: Path) -> None:
+    """Every host checks first: one that lacks the version stops the run before the other is changed."""
+    hosts = {"has-it": make_host(tmp_path / "a", "1.0", "2.0"), "lacks-it": make_host(tmp_path / "b", "1.0")}
+    fleet = {"all": {"children": {"pypi_servers": {"hosts": {}}}}}
+    for name, layout in hosts.items():
+        one = json.loads(layout["inventory"].read_text())["all"]["children"]["pypi_servers"]["hosts"]["localhost"]
+        fleet["all"]["children"]["pypi_servers"]["hosts"][name] = one
+    inventory = tmp_path / "fleet.json"
+    inventory.write_text(json.dumps(fleet))
+    done = yank({"inventory": inventory}, "-e", "project=demo", "-e", "version=2.0")
+    assert done.returncode != 0
+    assert "lacks-it: refused: --version '2.0': demo has no file of this version" in done.stdout, done.stdout[-3000:]
+    assert not hosts["has-it"]["yanked"].exists(), "the host that has the version was not changed either"
+    assert "data-yanked" not in hosts["has-it"]["page"].read_text()
+    assert re.search(r"has-it\s*: ok=\d+\s+changed=0", done.stdout), done.stdout[-2000:]
+
+
 def test_a_missing_project_or_version_stops_before_anything_runs(host: dict[str, Path]) -> None:
     done = yank(host, "-e", "version=2.0")
     assert done.returncode != 0
