@@ -58,8 +58,8 @@ def module_argv(module: Path, args: Path) -> list[str]:
 def run_playbook(
     plays: list[dict[str, Any]], path: Path, inventory: str = "localhost,"
 ) -> subprocess.CompletedProcess[str]:
-    """Write plays to path (as JSON, which Ansible reads as YAML) and run them on localhost (or inventory): the ansible-playbook
-    beside the tests' Python (else on PATH), the repository's roles, no colour."""
+    """Write plays to path (as JSON, which Ansible reads as YAML) and run them on localhost (or the inventory
+    given): the ansible-playbook beside the tests' Python (else on PATH), the repository's roles, no colour."""
     path.write_text(json.dumps(plays, indent=1))
     beside = Path(sys.executable).with_name("ansible-playbook")
     command = str(beside) if beside.exists() else shutil.which("ansible-playbook")
