@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, load_module
-from test_static_index import links_of
+from test_static_index import call, links_of, upstream
 from test_yank import page_ids
 
 from scripts.demo_wheel import build_wheel
@@ -92,6 +92,10 @@ def test_a_release_is_moved_aside_with_its_record_and_off_the_pages_before_the_c
     other = page_ids(site, "other")
     assert listed(site) == sorted([OLD, NEW, SECOND.split("/")[1]])
 
+    # A worker that served the pages before the removal.
+    app = index.StaticIndex(upstream, str(site["packages"]), str(site["tree"]), yanked=str(site["yanked"]))
+    assert call(app, f"/packages/{NEW}")[0] == "200 OK" and NEW.encode() in call(app, "/simple/demo/")[2]
+
     done = result_line(cli(site, "--project", "Demo", "--version", "2.0"))
     assert done["changed"] is True and done["project"] == "demo" and done["version"] == "2.0"
     assert done["files"] == [NEW, SECOND] and done["pages"] == ["demo"] and done["pruned"] == []
@@ -102,6 +106,7 @@ def test_a_release_is_moved_aside_with_its_record_and_off_the_pages_before_the_c
     assert not (metadata / f"{NEW}.metadata").exists() and not (metadata / f"{SECOND}.metadata").exists()
     assert (metadata / f"{OLD}.metadata").exists()
     assert page_ids(site, "other") == other, "only the project's pages were written"
+    assert call(app, f"/packages/{NEW}")[0].startswith("404") and NEW.encode() not in call(app, "/simple/demo/")[2]
 
     (entry,) = entries(site)
     assert re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-demo-2\.0", entry) and done["removed_to"] == str(site["removed"] / entry)
