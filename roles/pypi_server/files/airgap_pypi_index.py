@@ -36,6 +36,7 @@ import atexit
 import base64
 import bisect
 import bz2
+import calendar
 import contextlib
 import email.message
 import email.parser
@@ -55,6 +56,7 @@ import mimetypes
 import os
 import pwd
 import re
+import shutil
 import struct
 import sys
 import tarfile
@@ -63,7 +65,7 @@ import threading
 import time
 import unicodedata
 import zipfile
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
@@ -2484,7 +2486,7 @@ def drop_privileges(user: str) -> None:
 
 
 class Refusal(Exception):
-    """A yank or unyank refused before any change (exit code 2); the message names the bad value."""
+    """A yank, unyank or remove refused before any change (exit code 2); the message names the bad value."""
 
 
 def project_versions(tree: Tree, project: str) -> List[str]:
@@ -2500,7 +2502,8 @@ def project_versions(tree: Tree, project: str) -> List[str]:
 
 @contextlib.contextmanager
 def yank_file_lock(path: str) -> Iterator[None]:
-    """One writer of the yank file at a time: an flock on its directory (the file itself is replaced)."""
+    """One writer of the yank file (or the removed directory) at a time: an flock on the directory it is in (the
+    file itself is replaced)."""
     descriptor = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
@@ -2509,16 +2512,21 @@ def yank_file_lock(path: str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def check_yank_arguments(project: str, version: str, reason: Optional[str]) -> None:
-    """Refuse a project name, version or reason that could never be right, before anything is read."""
+def check_release_arguments(project: str, version: Optional[str]) -> None:
+    """Refuse a project name or version (None: none given) that could never be right, before anything is read."""
     problem = text_problem(project, MAX_PROJECT_CHARS)
     if problem is None and not _PROJECT_NAME.match(project):
         problem = "not a project name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit)"
     if problem:
         raise Refusal(f"--project {shown(project)}: {problem}.")
-    problem = text_problem(version, MAX_VERSION_CHARS) if version else "empty"
-    if problem:
+    problem = None if version is None else text_problem(version, MAX_VERSION_CHARS) if version else "empty"
+    if problem and version is not None:
         raise Refusal(f"--version {shown(version)}: {problem}.")
+
+
+def check_yank_arguments(project: str, version: str, reason: Optional[str]) -> None:
+    """Refuse a project name, version or reason that could never be right, before anything is read."""
+    check_release_arguments(project, version)
     problem = None if reason is None else text_problem(reason, MAX_REASON_CHARS)
     if problem and reason is not None:
         raise Refusal(f"--reason {shown(reason)}: {problem}.")
@@ -2626,13 +2634,418 @@ def yank_main(argv: List[str]) -> int:
     return 0
 
 
+# --- removal: files moved aside with a record, kept for a retention period -------------------------------------
+
+# DIR/<UTC time>-<project>-<version>/ holds the removed files (their paths below the packages directory) and
+# record.json: {"format": 1, "time": ..., "project": ..., "version": ..., "files": [{"name", "sha256", "size"}],
+# "by": who ran it or null}.
+REMOVE_COMMAND = "remove"
+RECORD_FORMAT = 1
+RECORD_FILE = "record.json"
+MAX_RECORD_BYTES = 1 << 20
+MAX_KEEP_DAYS = 36500
+_REMOVED_ENTRY = re.compile(r"^([0-9]{8}T[0-9]{6}Z)-[A-Za-z0-9._+!~-]+$")
+_NOT_IN_ENTRY_NAME = re.compile(r"[^A-Za-z0-9._+!~-]+")
+
+
+def check_remove_arguments(project: str, version: Optional[str], filename: Optional[str], keep_days: int) -> None:
+    """Refuse what could never be right (a path or NUL as the file name, a file of another project, a negative
+    retention), before anything is read."""
+    if version is None and filename is None:
+        raise Refusal("name what to remove: --version or --file.")
+    check_release_arguments(project, version)
+    if filename is not None:
+        if "/" in filename or "\x00" in filename or (os.altsep and os.altsep in filename):
+            raise Refusal(f"--file {shown(filename)}: a file name, not a path (no '/', no NUL byte).")
+        problem = text_problem(filename, 255) if filename else "empty"
+        if problem:
+            raise Refusal(f"--file {shown(filename)}: {problem}.")
+        parsed = parse_filename(filename)
+        if parsed is None:
+            raise Refusal(f"--file {shown(filename)}: not the name of a distribution file the index lists.")
+        if normalize(parsed[0]) != normalize(project):
+            raise Refusal(f"--file {shown(filename)}: a file of {normalize(parsed[0])}, not of {normalize(project)}.")
+        if version is not None and release_id(parsed[1]) != release_id(version):
+            raise Refusal(f"--file {shown(filename)}: a file of version {parsed[1]}, not {version}.")
+    if not 0 <= keep_days <= MAX_KEEP_DAYS:
+        raise Refusal(f"--keep-days {keep_days}: 0 (keep forever) to {MAX_KEEP_DAYS} days.")
+
+
+def open_removed_dir(removed: str, create: bool) -> Optional[int]:
+    """A descriptor of the removed directory (created, mode 0700, when create and missing; None when missing and
+    not create). Refusal when it is a link or not a directory: it is never followed."""
+    for attempt in (1, 2):
+        try:
+            return os.open(removed, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create or attempt == 2:
+                return None
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(removed, 0o700)
+        except OSError as error:
+            if os.path.islink(removed):
+                raise Refusal(f"--removed {removed}: a symbolic link (never followed); make it a directory.") from error
+            if error.errno == errno.ENOTDIR:
+                raise Refusal(f"--removed {removed}: not a directory.") from error
+            raise
+    return None
+
+
+def read_record(directory: int, entry: str) -> Optional[Dict[str, Any]]:
+    """The record of one entry of the removed directory (descriptor), or None when the entry or its record is a
+    link, not there, too large or not a record."""
+    try:
+        entry_fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return None
+    try:
+        descriptor = os.open(RECORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=entry_fd)
+        with os.fdopen(descriptor, "rb") as handle:
+            if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            record = json.loads(handle.read(MAX_RECORD_BYTES + 1).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(entry_fd)
+    fine = (
+        isinstance(record, dict)
+        and isinstance(record.get("project"), str)
+        and isinstance(record.get("version"), str)
+        and isinstance(record.get("files"), list)
+        and all(isinstance(item, dict) and isinstance(item.get("name"), str) for item in record["files"])
+    )
+    return record if fine else None
+
+
+def removed_before(directory: Optional[int], name: str, version: Optional[str], filename: Optional[str]) -> str:
+    """The entry of the removed directory whose record shows this release (or file) of the project removed, or
+    "" when there is none."""
+    if directory is None:
+        return ""
+    for entry in sorted(os.listdir(directory), reverse=True):
+        if not _REMOVED_ENTRY.match(entry):
+            continue
+        record = read_record(directory, entry)
+        if record is None or record["project"] != name:
+            continue
+        if filename is not None:
+            if filename in {item["name"].rsplit("/", 1)[-1] for item in record["files"]}:
+                return entry
+        elif version is not None and release_id(record["version"]) == release_id(version):
+            return entry
+    return ""
+
+
+def hash_file(path: str) -> Dict[str, Any]:
+    """sha256 and size of a regular file, read without following a link."""
+    digest = hashlib.sha256()
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as handle:
+        size = 0
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "size": size}
+
+
+def who_ran() -> Optional[str]:
+    """Who ran the command: the account sudo (Ansible's become) came from, else the one it runs as."""
+    for variable in ("SUDO_USER", "DOAS_USER"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def fsync_directory(path: str, directory: Optional[int] = None) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def expired_entries(directory: Optional[int], keep_days: int, now: float) -> List[str]:
+    """The entries of the removed directory older than keep_days (by the time their names start with; 0: none),
+    real directories only: a link or anything else there is left alone."""
+    if directory is None or keep_days == 0:
+        return []
+    expired = []
+    for entry in sorted(os.listdir(directory)):
+        match = _REMOVED_ENTRY.match(entry)
+        if not match:
+            continue
+        try:
+            when = calendar.timegm(time.strptime(match[1], "%Y%m%dT%H%M%SZ"))
+            mode = os.stat(entry, dir_fd=directory, follow_symlinks=False).st_mode
+        except (OSError, ValueError, OverflowError):
+            continue
+        if S_ISDIR(mode) and now - when > keep_days * 86400:
+            expired.append(entry)
+    return expired
+
+
+def project_files(tree: Tree, name: str) -> Tuple[Dict[str, str], Dict[str, os.stat_result]]:
+    """{relfn: version} of the normalised project's files in the packages directory (by their names; links and
+    hidden files are never among them), and what the scan found."""
+    _, found = tree.scan()
+    files: Dict[str, str] = {}
+    for relfn in found:
+        parsed = parse_filename(os.path.basename(relfn))
+        if parsed is not None and normalize(parsed[0]) == name:
+            files[relfn] = parsed[1]
+    return files, found
+
+
+def refuse_missing(
+    tree: Tree, project: str, version: Optional[str], filename: Optional[str], files: Dict[str, str]
+) -> None:
+    """Refusal naming what is not there: the project, the file (with the project's files) or the version (with
+    its versions)."""
+    name = normalize(project)
+    if not files:
+        raise Refusal(f"--project {shown(project)}: the packages directory ({tree.packages}) has no file of {name}.")
+    if filename is not None:
+        have = sorted(os.path.basename(relfn) for relfn in files)
+        listed = ", ".join(have[:10]) + (" ..." if len(have) > 10 else "")
+        raise Refusal(f"--file {shown(filename)}: {name} has no file of this name (its files: {listed}).")
+    versions = sorted(set(files.values()), key=version_key)
+    listed = ", ".join(versions[-10:]) + (" ..." if len(versions) > 10 else "")
+    raise Refusal(f"--version {shown(version or '')}: {name} has no file of this version (its versions: {listed}).")
+
+
+def prune_removed(removed: str, expired: List[str], check: bool) -> List[str]:
+    """Delete the expired entries (with check, none): the ones deleted (a failure is a warning)."""
+    pruned = []
+    for old in expired:
+        if not check:
+            try:
+                shutil.rmtree(os.path.join(removed, old))  # never follows a link (avoids_symlink_attacks)
+            except OSError as error:
+                print(f"warning: {removed}/{old} could not be deleted: {error}", file=sys.stderr)
+                continue
+        pruned.append(old)
+    return pruned
+
+
+def remove_release(
+    tree: Tree,
+    removed: str,
+    project: str,
+    *,
+    version: Optional[str],
+    filename: Optional[str],
+    keep_days: int,
+    check: bool,
+) -> Dict[str, Any]:
+    """Move a release's files (or one file) of the packages directory into a new entry of the removed directory
+    with their record, and delete the entries older than keep_days; with check only say what would change. The
+    fields of the command's result line. Refusal, before any change, when the project has no such file (a release
+    or file whose record is in the removed directory is "already removed": nothing to do), a value is unfit, or
+    the removed directory is a link, not a directory or on another file system. The pages are the caller's."""
+    check_remove_arguments(project, version, filename, keep_days)
+    removed = os.path.abspath(removed)
+    # One removal (or yank: the same lock) at a time: an flock on the data directory the removed one is in.
+    with yank_file_lock(removed):
+        return _remove_locked(
+            tree, removed, project, version=version, filename=filename, keep_days=keep_days, check=check
+        )
+
+
+def _remove_locked(
+    tree: Tree,
+    removed: str,
+    project: str,
+    *,
+    version: Optional[str],
+    filename: Optional[str],
+    keep_days: int,
+    check: bool,
+) -> Dict[str, Any]:
+    name = normalize(project)
+    directory = open_removed_dir(removed, create=False)
+    try:
+        files, found = project_files(tree, name)
+        wanted = release_id(version) if version is not None else None
+        chosen = sorted(
+            relfn
+            for relfn, found_version in files.items()
+            if (os.path.basename(relfn) == filename if filename is not None else release_id(found_version) == wanted)
+        )
+        result: Dict[str, Any] = {"check": check, "action": REMOVE_COMMAND, "project": name, "keep_days": keep_days}
+        result.update(version=files[chosen[0]] if chosen else version or "", files=chosen)
+        if not chosen:
+            earlier = removed_before(directory, name, version, filename)
+            if not earlier:
+                refuse_missing(tree, project, version, filename, files)
+            result["already"] = os.path.join(removed, earlier)
+        device = os.fstat(directory).st_dev if directory is not None else os.stat(os.path.dirname(removed)).st_dev
+        elsewhere = [relfn for relfn in chosen if found[relfn].st_dev != device]
+        if elsewhere:
+            raise Refusal(
+                f"--removed {removed}: on another file system than {elsewhere[0]} in the packages directory;"
+                " files are moved aside by rename, which needs the same one."
+            )
+        now = time.time()
+        expired = expired_entries(directory, keep_days, now)
+        if chosen:
+            entry = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{name}-"
+            entry += _NOT_IN_ENTRY_NAME.sub("_", result["version"])
+            if not check:
+                if directory is None:  # made only now: a refusal leaves nothing behind
+                    directory = open_removed_dir(removed, create=True)
+                record = {
+                    "format": RECORD_FORMAT,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                    "project": name,
+                    "version": result["version"],
+                    "by": who_ran(),
+                }
+                entry = move_aside(tree.packages, directory, entry, record=record, chosen=chosen)
+            result["removed_to"] = os.path.join(removed, entry)
+            kept = f"kept {keep_days} days" if keep_days else "kept until deleted by hand"
+            moved = "would be moved" if check else "moved"
+            parts = [
+                f"{name} {result['version']}: {len(chosen)} file(s) {moved} off the index to {result['removed_to']}"
+                f" ({kept}): {', '.join(os.path.basename(relfn) for relfn in chosen)}"
+            ]
+        else:
+            parts = [f"{name} {filename or version} was already removed ({result['already']})"]
+        pruned = prune_removed(removed, expired, check)
+        if pruned:
+            deleted = "would be deleted" if check else "deleted"
+            parts.append(f"{len(pruned)} removal(s) older than {keep_days} days {deleted}: {', '.join(pruned)}")
+        changed = bool(chosen or pruned)
+        result.update(changed=changed, pruned=pruned, message="; ".join(parts) + ("" if changed else ": nothing to do"))
+        return result
+    finally:
+        if directory is not None:
+            os.close(directory)  # releases the lock
+
+
+def move_aside(
+    packages: str, directory: Optional[int], entry: str, *, record: Dict[str, Any], chosen: List[str]
+) -> str:
+    """Make the entry (another name when it exists), write its record with each file's sha256 and size
+    (temporary name, then renamed), then rename each file into it: a crash leaves every file either in the
+    packages directory or beside the record. The entry's name."""
+    if directory is None:
+        raise FileNotFoundError(errno.ENOENT, "the removed directory could not be made")
+    for attempt in range(1, 100):
+        candidate = entry if attempt == 1 else f"{entry}-{attempt}"
+        try:
+            os.mkdir(candidate, 0o700, dir_fd=directory)
+        except FileExistsError:
+            continue
+        entry = candidate
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no free name for the removal", entry)
+    entry_fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        record = dict(record, files=[dict(name=relfn, **hash_file(os.path.join(packages, relfn))) for relfn in chosen])
+        temporary = ".tmp-" + RECORD_FILE
+        descriptor = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=entry_fd
+        )
+        with os.fdopen(descriptor, "wb") as out:
+            out.write((json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(temporary, RECORD_FILE, src_dir_fd=entry_fd, dst_dir_fd=entry_fd)
+        sources = set()
+        for relfn in chosen:
+            parent = ""
+            for part in relfn.split("/")[:-1]:  # a file in a subdirectory keeps its path below the entry
+                parent = f"{parent}/{part}" if parent else part
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(parent, 0o700, dir_fd=entry_fd)
+            os.rename(os.path.join(packages, relfn), relfn, dst_dir_fd=entry_fd)
+            sources.add(os.path.dirname(os.path.join(packages, relfn)))
+        os.fsync(entry_fd)
+        for source in sorted(sources):
+            fsync_directory(source)
+        os.fsync(directory)
+    finally:
+        os.close(entry_fd)
+    return entry
+
+
+def remove_main(argv: List[str]) -> int:
+    """remove: move a release's files (or one file) aside with their record, then bring the pages up to date (as
+    --user) before returning."""
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {REMOVE_COMMAND}",
+        description=(
+            "Take a release's files (or one file) off the index: they are moved, with a record of their sha256,"
+            " into a new directory of --removed, and kept there --keep-days days."
+        ),
+        epilog='Prints one JSON line ({"changed": ..., "message": ...}); exit code 2 when refused (nothing changed).',
+    )
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--yanked", help="the yank file the pages follow (without it, they keep what they show)")
+    parser.add_argument(
+        "--removed", required=True, help="where removed files are kept (a directory on the packages' file system)"
+    )
+    parser.add_argument("--user", help="when run as root, write the pages as this user (the removal as root)")
+    parser.add_argument("--project", required=True, help="the project's name (any spelling of it)")
+    parser.add_argument("--version", help="remove every file of this version (PEP 440: 1.0 is 1.0.0)")
+    parser.add_argument("--file", help="remove this one file (its name, which must be of --project)")
+    parser.add_argument(
+        "--keep-days", type=int, default=30, help="delete removals older than this many days (0: keep forever)"
+    )
+    parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    args = parser.parse_args(argv[1:])
+    tree = Tree(args.packages, args.tree, yanked=args.yanked)
+    try:
+        result = remove_release(
+            tree,
+            args.removed,
+            args.project,
+            version=args.version,
+            filename=args.file,
+            keep_days=args.keep_days,
+            check=args.check,
+        )
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(
+            f"error: the removal stopped ({error}); every file is either still in {args.packages} or beside the"
+            f" record in {args.removed}",
+            file=sys.stderr,
+        )
+        return 1
+    if not args.check:
+        if args.user:
+            drop_privileges(args.user)
+        try:
+            result["pages"] = tree.sync()
+        except Exception as error:
+            print(
+                f"error: {result['message']}, but the pages could not be written ({error}); the next read or sync"
+                " writes them",
+                file=sys.stderr,
+            )
+            return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments and arguments[0] in YANK_COMMANDS:
         return yank_main(arguments)
+    if arguments and arguments[0] == REMOVE_COMMAND:
+        return remove_main(arguments)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Commands: yank, unyank (PEP 592); see `%(prog)s yank --help`.",
+        epilog="Commands: yank, unyank (PEP 592), remove; see `%(prog)s yank --help`, `%(prog)s remove --help`.",
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
