@@ -34,9 +34,12 @@ def sha(data: bytes) -> str:
 
 
 def tar_of(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w") as tar:
+    """A tar of members (a name with a NUL byte goes in a PAX path header, as a hostile tar would carry it)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members.items():
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(name.replace("\x00", ""))
+            if "\x00" in name:
+                info.pax_headers = {"path": name}
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         for name, target in (links or {}).items():
@@ -96,11 +99,18 @@ def test_one_bad_checksum_changes_nothing(tmp_path: Path) -> None:
     assert not (dest / "b-1.0.tar.gz").exists() and not leftovers(dest)
 
 
+# The controller lists the names it packed (plain relative paths, checked by the action plugin) and sends the tar
+# separately: a tar changed on the way can hold hostile member names under listed names that look safe.
 @pytest.mark.parametrize(
     ("members", "links", "listed", "needle"),
     [
-        ({"../escape.whl": b"x"}, {}, ["../escape.whl"], "not a plain relative path"),
-        ({"/etc/passwd": b"x"}, {}, ["/etc/passwd"], "not a plain relative path"),
+        ({"../escape.whl": b"x"}, {}, ["escape.whl"], "the archive member '../escape.whl' is not a plain relative"),
+        ({"/etc/passwd": b"x"}, {}, ["etc/passwd"], "the archive member '/etc/passwd' is not a plain relative path"),
+        ({"sub/../../escape.whl": b"x"}, {}, ["sub/escape.whl"], "member 'sub/../../escape.whl' is not a plain"),
+        ({"a\x00b.whl": b"x"}, {}, ["ab.whl"], "the archive member 'a\\x00b.whl' holds a NUL byte"),
+        ({"a\x00b.whl": b"x"}, {}, ["a\x00b.whl"], "the listed path 'a\\x00b.whl' holds a NUL byte"),
+        ({"../escape.whl": b"x"}, {}, ["../escape.whl"], "the listed path '../escape.whl' is not a plain relative"),
+        ({"x.whl": b"x"}, {}, ["\ud800.whl"], "the listed path '\\ud800.whl' cannot be a file name"),
         ({"a.whl": b"x", "b.whl": b"y"}, {}, ["a.whl"], "'b.whl', which is not listed"),
         ({}, {"a.whl": "/etc/passwd"}, ["a.whl"], "a.whl in the archive is not a regular file"),
         ({"a.whl": b"x"}, {}, ["a.whl", "c.whl"], "the archive lacks c.whl"),
@@ -112,11 +122,25 @@ def test_bad_archives_are_refused_before_anything_lands(
     dest = tmp_path / "dest"
     dest.mkdir()
     archive = tar_of(tmp_path / "files.tar", members, links)
-    sums = {name: sha(members.get(name, b"")) for name in listed}
+    sums = {name: sha(b"x") for name in listed}
     result = run_module(tmp_path, archive=str(archive), dest=str(dest), files=sums)
     assert result.get("failed") and needle in result["msg"], result
     assert list(dest.iterdir()) == []
     assert not (tmp_path / "escape.whl").exists()
+
+
+def test_a_repeated_member_is_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    archive = tmp_path / "files.tar"
+    with tarfile.open(archive, "w") as tar:
+        for _ in range(2):
+            info = tarfile.TarInfo("a.whl")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files={"a.whl": sha(b"x")})
+    assert result.get("failed") and "'a.whl', which is not listed or is repeated" in result["msg"], result
+    assert list(dest.iterdir()) == []
 
 
 def test_links_on_the_host_are_never_followed(tmp_path: Path) -> None:
@@ -153,6 +177,8 @@ def test_the_controller_packs_regular_files_only(tmp_path: Path) -> None:
         action.pack(tmp_path / "src", ["link.whl"], tmp_path / "out.tar")
     with pytest.raises(AnsibleActionFail, match="is not a path relative to"):
         action.pack(tmp_path / "src", ["../src/real.whl"], tmp_path / "out2.tar")
+    with pytest.raises(AnsibleActionFail, match="is not a path relative to"):
+        action.pack(tmp_path / "src", ["real.whl\x00"], tmp_path / "out3.tar")
 
 
 def test_through_ansible_playbook_the_files_arrive_and_a_second_check_mode_run_only_reports(tmp_path: Path) -> None:

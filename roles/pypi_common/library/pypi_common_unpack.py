@@ -21,7 +21,8 @@ short_description: Files from a tar, each verified and renamed into place, in on
 description:
   - Used through the action plugin of the same name, which packs the files on the controller and sends the tar.
   - Every member of I(archive) must be a regular file listed in I(files); anything else (links, devices,
-    directories, absolute paths, C(..), unlisted or repeated names) stops the module before that member is written.
+    directories, absolute paths, C(..), a NUL byte, unlisted or repeated names) stops the module before that
+    member is written.
   - Each file is written to a temporary name in its directory, hashed while written, compared with its listed
     sha256, given I(owner), I(group) and I(mode) and flushed to disk. Only when every file is whole are they
     renamed over the old names, so a reader sees the old file or the new one, never part of one, and a bad file
@@ -85,13 +86,19 @@ class UnpackError(Exception):
     """A member, path or checksum that stops the unpacking (its message names it)."""
 
 
-def parts_of(relative: str) -> list[str]:
-    """The components of a relative path, refused when it could leave the destination."""
+def parts_of(relative: str, what: str = "the listed path") -> list[str]:
+    """The components of a relative path, refused when it could leave the destination or cannot be a file name."""
+    if "\x00" in relative:
+        raise UnpackError(f"{what} {relative!r} holds a NUL byte")
+    try:
+        os.fsencode(relative)
+    except UnicodeEncodeError as error:
+        raise UnpackError(f"{what} {relative!r} cannot be a file name ({error.reason})") from error
     parts = relative.split("/")
     if not relative or relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise UnpackError(f"{relative!r} is not a plain relative path")
+        raise UnpackError(f"{what} {relative!r} is not a plain relative path")
     if any(part.startswith(TEMP_PREFIX) for part in parts):
-        raise UnpackError(f"{relative!r} uses the module's temporary prefix")
+        raise UnpackError(f"{what} {relative!r} uses the module's temporary prefix")
     return parts
 
 
@@ -172,6 +179,7 @@ def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int],
         try:
             with tarfile.open(archive, "r:") as tar:
                 for member in tar:
+                    parts = parts_of(member.name, "the archive member")
                     if member.name not in files or any(item[3] == member.name for item in staged):
                         raise UnpackError(f"the archive holds {member.name!r}, which is not listed or is repeated")
                     if not member.isreg():
@@ -179,7 +187,6 @@ def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int],
                     source = tar.extractfile(member)
                     if source is None:
                         raise UnpackError(f"{member.name} cannot be read from the archive")
-                    parts = parts_of(member.name)
                     directory = directories.fd(parts[:-1])
                     temporary = write_temporary(
                         directory,
@@ -209,7 +216,7 @@ def prune(dest: str, directories: list[str], keep: set[str]) -> list[str]:
     """Remove the files and links of each directory (relative to dest) whose relative paths are not in keep."""
     removed = []
     for directory in directories:
-        parts = parts_of(directory)
+        parts = parts_of(directory, "the prune directory")
         fds = [os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)]
         try:
             for part in parts:
