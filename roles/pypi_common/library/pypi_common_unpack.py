@@ -175,13 +175,15 @@ def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int],
             raise UnpackError(f"{relative}: {digest!r} is not a sha256 in hex")
     directories = Directories(dest, ids, modes[1])
     staged: list[tuple[int, str, str, str]] = []  # directory fd, temporary name, final name, relative path
+    seen: set[str] = set()
     try:
         try:
             with tarfile.open(archive, "r:") as tar:
                 for member in tar:
                     parts = parts_of(member.name, "the archive member")
-                    if member.name not in files or any(item[3] == member.name for item in staged):
+                    if member.name not in files or member.name in seen:
                         raise UnpackError(f"the archive holds {member.name!r}, which is not listed or is repeated")
+                    seen.add(member.name)
                     if not member.isreg():
                         raise UnpackError(f"{member.name} in the archive is not a regular file")
                     source = tar.extractfile(member)
@@ -198,7 +200,7 @@ def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int],
                         what=member.name,
                     )
                     staged.append((directory, temporary, parts[-1], member.name))
-            if missing := sorted(set(files) - {item[3] for item in staged}):
+            if missing := sorted(set(files) - seen):
                 raise UnpackError(f"the archive lacks {', '.join(missing[:5])}")
         except BaseException:
             for directory, temporary, _, _ in staged:
