@@ -94,7 +94,7 @@ def test_one_bad_checksum_changes_nothing(tmp_path: Path) -> None:
     sums = {"a-1.0.tar.gz": sha(b"new bytes"), "b-1.0.tar.gz": sha(b"what was sent")}
     result = run_module(tmp_path, archive=str(archive), dest=str(dest), files=sums)
     assert result.get("failed") and "b-1.0.tar.gz: sha256" in result["msg"], result
-    assert "No file was renamed into place" in result["msg"]
+    assert "stopped while checking the files" in result["msg"] and "No file was renamed into place" in result["msg"]
     # The first file was whole, but nothing is renamed until every file is: the old bytes are still served.
     assert (dest / "a-1.0.tar.gz").read_bytes() == b"served now"
     assert not (dest / "b-1.0.tar.gz").exists() and not leftovers(dest)
@@ -204,13 +204,60 @@ def test_links_on_the_host_are_never_followed(tmp_path: Path) -> None:
     archive = tar_of(tmp_path / "files.tar", {"wheels/a.whl": b"x"})
     result = run_module(tmp_path, archive=str(archive), dest=str(dest), files={"wheels/a.whl": sha(b"x")})
     assert result.get("failed"), result
+    assert (
+        f"stopped while checking the files: wheels in {dest} is a symbolic link, which is not followed"
+        in (result["msg"])
+    )
     assert list(elsewhere.iterdir()) == []
     linked = tmp_path / "linked"
     linked.symlink_to(elsewhere)  # the destination itself a link
     archive = tar_of(tmp_path / "flat.tar", {"a.whl": b"x"})
     result = run_module(tmp_path, archive=str(archive), dest=str(linked), files={"a.whl": sha(b"x")})
     assert result.get("failed"), result
+    assert f"the destination {linked} is a symbolic link, which is not followed" in result["msg"]
     assert list(elsewhere.iterdir()) == []
+    (dest / "locks").write_text("a file where a directory goes")
+    archive = tar_of(tmp_path / "locks.tar", {"locks/l.txt": b"x"})
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files={"locks/l.txt": sha(b"x")})
+    assert f"locks in {dest} cannot be opened as a directory: Not a directory" in result["msg"], result
+
+
+def test_a_failed_rename_names_the_files_renamed_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    dest = tmp_path / "packages"
+    (dest / "c.whl").mkdir(parents=True)  # a directory where a file goes: its rename fails
+    files = {"a.whl": b"new a", "b.whl": b"new b", "c.whl": b"new c", "d.whl": b"new d"}
+    archive = tar_of(tmp_path / "files.tar", files)
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files={n: sha(d) for n, d in files.items()})
+    assert result.get("failed"), result
+    assert (
+        f"Unpacking into {dest} stopped while renaming the files into place: c.whl: Is a directory; renamed 2 of 4 "
+        "files before the failure: a.whl, b.whl;" in result["msg"]
+    ), result
+    assert result["msg"].endswith("run again to finish.") and "No file was renamed" not in result["msg"]
+    assert (dest / "a.whl").read_bytes() == b"new a" and (dest / "b.whl").read_bytes() == b"new b"
+    assert not (dest / "d.whl").exists() and (dest / "c.whl").is_dir()
+    assert not leftovers(dest)
+
+
+def test_a_failed_prune_names_what_it_removed(tmp_path: Path) -> None:
+    dest = tmp_path / "bundle"
+    (dest / "locks").mkdir(parents=True)
+    (dest / "locks" / "old.txt").write_text("old")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.whl").write_text("not the bundle's")
+    (dest / "wheels").symlink_to(elsewhere)
+    archive = tar_of(tmp_path / "files.tar", {"locks/l.txt": b"x"})
+    result = run_module(
+        tmp_path, archive=str(archive), dest=str(dest), files={"locks/l.txt": sha(b"x")}, prune=["locks", "wheels"]
+    )
+    assert result.get("failed"), result
+    assert (
+        f"stopped while pruning unlisted files: wheels in {dest} is a symbolic link, which is not followed; all 1 "
+        "files had been renamed into place; removed 1 unlisted files before the failure: locks/old.txt; run again"
+    ) in result["msg"], result
+    assert result["written"] == ["locks/l.txt"] and result["pruned"] == ["locks/old.txt"]
+    assert (dest / "locks" / "l.txt").read_bytes() == b"x" and (elsewhere / "keep.whl").exists()
 
 
 def test_sums_come_as_a_dict_or_sha256sums_text_and_every_file_needs_one() -> None:

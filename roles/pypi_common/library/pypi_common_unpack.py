@@ -5,13 +5,14 @@ name and renamed into place; optionally remove the files of some directories tha
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import hashlib
 import os
 import pwd
 import stat
 import tarfile
-from typing import BinaryIO
+from typing import BinaryIO, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -80,10 +81,25 @@ pruned:
 TEMP_PREFIX = ".airgap-unpack-"
 CHUNK = 1 << 20
 SHA256_HEX = frozenset("0123456789abcdef")
+NAMES_SHOWN = 10
 
 
 class UnpackError(Exception):
     """A member, path or checksum that stops the unpacking (its message names it)."""
+
+
+class RenameError(Exception):
+    """A rename into place failed (the message names the file) after the files of done were renamed."""
+
+    def __init__(self, message: str, done: list[str], total: int) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total
+
+
+def some(names: list[str]) -> str:
+    """names for a message: the first NAMES_SHOWN, then how many more."""
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return f"{shown} and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else shown
 
 
 def parts_of(relative: str, what: str = "the listed path") -> list[str]:
@@ -102,7 +118,15 @@ def parts_of(relative: str, what: str = "the listed path") -> list[str]:
     return parts
 
 
-def open_dir(parent: int, name: str, create_mode: int | None, ids: tuple[int, int]) -> int:
+def not_a_directory(parent: int | None, name: str, what: str, error: OSError) -> UnpackError:
+    """The refusal of name below parent, which could not be opened as a directory without following a link."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+            return UnpackError(f"{what} is a symbolic link, which is not followed")
+    return UnpackError(f"{what} cannot be opened as a directory: {error.strerror}")
+
+
+def open_dir(parent: int, name: str, create_mode: int | None, ids: tuple[int, int], what: str) -> int:
     """Open directory name below parent without following a link; create it when missing and create_mode is set."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     try:
@@ -110,6 +134,10 @@ def open_dir(parent: int, name: str, create_mode: int | None, ids: tuple[int, in
     except FileNotFoundError:
         if create_mode is None:
             raise
+    except OSError as error:
+        if error.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise not_a_directory(parent, name, what, error) from error
+        raise
     os.mkdir(name, create_mode, dir_fd=parent)
     fd = os.open(name, flags, dir_fd=parent)
     os.fchown(fd, *ids)
@@ -117,25 +145,37 @@ def open_dir(parent: int, name: str, create_mode: int | None, ids: tuple[int, in
     return fd
 
 
+def open_dest(dest: str) -> int:
+    """Open the destination directory, refused when it is a symbolic link."""
+    try:
+        return os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise not_a_directory(None, dest, f"the destination {dest}", error) from error
+        raise
+
+
 class Directories:
     """Directories below dest, each opened once without following links (created with dir_mode when missing)."""
 
     def __init__(self, dest: str, ids: tuple[int, int], mode: int | None) -> None:
-        self.fds = {"": os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)}
-        self.ids, self.mode = ids, mode
+        self.fds = {"": open_dest(dest)}
+        self.dest, self.ids, self.mode = dest, ids, mode
 
     def fd(self, parts: list[str]) -> int:
         key = ""
         for part in parts:
             child = f"{key}/{part}" if key else part
             if child not in self.fds:
-                self.fds[child] = open_dir(self.fds[key], part, self.mode, self.ids)
+                what = f"{child} in {self.dest}"
+                self.fds[child] = open_dir(self.fds[key], part, self.mode, self.ids, what)
             key = child
         return self.fds[key]
 
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
+        self.fds = {}
 
 
 def write_temporary(
@@ -166,6 +206,64 @@ def write_temporary(
     return temporary
 
 
+Staged = Tuple[int, str, str, str]  # directory fd, temporary name, final name, relative path
+
+
+def stage(
+    archive: str, files: dict[str, str], directories: Directories, ids: tuple[int, int], mode: int
+) -> list[Staged]:
+    """Every member of archive written and checked under a temporary name; on any failure the temporary files
+    written are removed and nothing is renamed."""
+    staged: list[Staged] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            for member in tar:
+                parts = parts_of(member.name, "the archive member")
+                if member.name not in files or member.name in seen:
+                    raise UnpackError(f"the archive holds {member.name!r}, which is not listed or is repeated")
+                seen.add(member.name)
+                if not member.isreg():
+                    raise UnpackError(f"{member.name} in the archive is not a regular file")
+                source = tar.extractfile(member)
+                if source is None:
+                    raise UnpackError(f"{member.name} cannot be read from the archive")
+                directory = directories.fd(parts[:-1])
+                temporary = write_temporary(
+                    directory, parts[-1], source, digest=files[member.name], ids=ids, mode=mode, what=member.name
+                )
+                staged.append((directory, temporary, parts[-1], member.name))
+        if missing := sorted(set(files) - seen):
+            raise UnpackError(f"the archive lacks {some(missing)}")
+    except BaseException:
+        remove_temporary(staged)
+        raise
+    return staged
+
+
+def remove_temporary(staged: list[Staged]) -> None:
+    for directory, temporary, _, _ in staged:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=directory)
+
+
+def rename_into_place(staged: list[Staged]) -> list[str]:
+    """Rename every staged file over its final name; on a failure the temporary files not yet renamed are removed
+    and RenameError names the files already renamed."""
+    done: list[str] = []
+    try:
+        for directory, temporary, final, relative in staged:
+            os.rename(temporary, final, src_dir_fd=directory, dst_dir_fd=directory)
+            done.append(relative)
+    except BaseException as error:
+        remove_temporary(staged[len(done) :])
+        if isinstance(error, Exception):
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise RenameError(f"{staged[len(done)][3]}: {reason}", done, len(staged)) from error
+        raise
+    return done
+
+
 def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int], modes: tuple[int, int]) -> list[str]:
     """Every member of archive into dest (see DOCUMENTATION); returns the paths written. All files are written and
     checked under temporary names first; only when every one is whole are they renamed into place."""
@@ -174,55 +272,23 @@ def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int],
         if len(digest) != 64 or not set(digest) <= SHA256_HEX:
             raise UnpackError(f"{relative}: {digest!r} is not a sha256 in hex")
     directories = Directories(dest, ids, modes[1])
-    staged: list[tuple[int, str, str, str]] = []  # directory fd, temporary name, final name, relative path
-    seen: set[str] = set()
     try:
-        try:
-            with tarfile.open(archive, "r:") as tar:
-                for member in tar:
-                    parts = parts_of(member.name, "the archive member")
-                    if member.name not in files or member.name in seen:
-                        raise UnpackError(f"the archive holds {member.name!r}, which is not listed or is repeated")
-                    seen.add(member.name)
-                    if not member.isreg():
-                        raise UnpackError(f"{member.name} in the archive is not a regular file")
-                    source = tar.extractfile(member)
-                    if source is None:
-                        raise UnpackError(f"{member.name} cannot be read from the archive")
-                    directory = directories.fd(parts[:-1])
-                    temporary = write_temporary(
-                        directory,
-                        parts[-1],
-                        source,
-                        digest=files[member.name],
-                        ids=ids,
-                        mode=modes[0],
-                        what=member.name,
-                    )
-                    staged.append((directory, temporary, parts[-1], member.name))
-            if missing := sorted(set(files) - seen):
-                raise UnpackError(f"the archive lacks {', '.join(missing[:5])}")
-        except BaseException:
-            for directory, temporary, _, _ in staged:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary, dir_fd=directory)
-            raise
-        for directory, temporary, final, _ in staged:
-            os.rename(temporary, final, src_dir_fd=directory, dst_dir_fd=directory)
+        staged = stage(archive, files, directories, ids, modes[0])
+        return rename_into_place(staged)
     finally:
         directories.close()
-    return [item[3] for item in staged]
 
 
-def prune(dest: str, directories: list[str], keep: set[str]) -> list[str]:
-    """Remove the files and links of each directory (relative to dest) whose relative paths are not in keep."""
-    removed = []
+def prune(dest: str, directories: list[str], keep: set[str], removed: list[str]) -> list[str]:
+    """Remove the files and links of each directory (relative to dest) whose relative paths are not in keep,
+    appending each to removed as it goes (so a failure part way still tells what was removed)."""
     for directory in directories:
         parts = parts_of(directory, "the prune directory")
-        fds = [os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)]
+        fds = [open_dest(dest)]
         try:
-            for part in parts:
-                fds.append(open_dir(fds[-1], part, None, (0, 0)))
+            for index, part in enumerate(parts):
+                what = f"{'/'.join(parts[: index + 1])} in {dest}"
+                fds.append(open_dir(fds[-1], part, None, (0, 0), what))
             with os.scandir(fds[-1]) as entries:
                 names = [entry.name for entry in entries]
             for name in sorted(names):
@@ -264,11 +330,30 @@ def main() -> None:
         modes = (int(params["mode"], 8), int(params["dir_mode"], 8))
     except (KeyError, ValueError) as error:
         module.fail_json(msg=f"Bad owner, group or mode for {params['dest']}: {error}")
+    dest = params["dest"]
     try:
-        written = unpack(params["archive"], params["dest"], files, ids, modes)
-        removed = prune(params["dest"], params["prune"], set(files))
+        written = unpack(params["archive"], dest, files, ids, modes)
     except (UnpackError, OSError, tarfile.TarError) as error:
-        module.fail_json(msg=f"Unpacking into {params['dest']} stopped: {error}. No file was renamed into place.")
+        module.fail_json(
+            msg=f"Unpacking into {dest} stopped while checking the files: {error}. No file was renamed into place."
+        )
+    except RenameError as error:
+        module.fail_json(
+            msg=f"Unpacking into {dest} stopped while renaming the files into place: {error}; renamed "
+            f"{len(error.done)} of {error.total} files before the failure: {some(error.done) or 'none'}; the "
+            "other files' temporary copies were removed; run again to finish."
+        )
+    removed: list[str] = []
+    try:
+        prune(dest, params["prune"], set(files), removed)
+    except (UnpackError, OSError) as error:
+        module.fail_json(
+            msg=f"Unpacking into {dest} stopped while pruning unlisted files: {error}; all {len(written)} files "
+            f"had been renamed into place; removed {len(removed)} unlisted files before the failure: "
+            f"{some(removed) or 'none'}; run again to finish.",
+            written=written,
+            pruned=removed,
+        )
     module.exit_json(changed=bool(written or removed), written=written, pruned=removed)
 
 
