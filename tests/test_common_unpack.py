@@ -62,6 +62,13 @@ def leftovers(root: Path) -> list[str]:
     return [str(path) for path in root.rglob(".airgap-unpack-*")]
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
 def test_files_land_whole_with_their_mode_and_unlisted_files_are_pruned(tmp_path: Path) -> None:
     dest = tmp_path / "bundle"
     (dest / "wheels").mkdir(parents=True)
@@ -258,6 +265,59 @@ def test_a_failed_prune_names_what_it_removed(tmp_path: Path) -> None:
     ) in result["msg"], result
     assert result["written"] == ["locks/l.txt"] and result["pruned"] == ["locks/old.txt"]
     assert (dest / "locks" / "l.txt").read_bytes() == b"x" and (elsewhere / "keep.whl").exists()
+
+
+def test_a_killed_runs_temporary_files_are_removed_but_links_and_live_writers_are_not(tmp_path: Path) -> None:
+    dest = tmp_path / "bundle"
+    wheels = dest / "wheels"
+    wheels.mkdir(parents=True)
+    dead = dead_pid()
+    target = tmp_path / "target"
+    target.write_text("kept")
+    stale = [f".airgap-unpack-{dead}-0123456789abcdef-a.whl", f".airgap-unpack-{dead}-old-style.whl"]
+    kept = [
+        f".airgap-unpack-{os.getpid()}-0123456789abcdef-b.whl",  # a writer that still runs
+        ".airgap-unpack-notapid",
+    ]
+    for name in stale + kept:
+        (wheels / name).write_text("partial")
+    (wheels / f".airgap-unpack-{dead}-0123456789abcdef-link").symlink_to(target)
+    (wheels / f".airgap-unpack-{dead}-0123456789abcdef-dir").mkdir()
+    (dest / f".airgap-unpack-{dead}-fedcba9876543210-top.whl").write_text("partial")
+    archive = tar_of(tmp_path / "files.tar", {"wheels/a.whl": b"x"})
+    result = run_module(tmp_path, archive=str(archive), dest=str(dest), files={"wheels/a.whl": sha(b"x")})
+    assert result["changed"] and result["written"] == ["wheels/a.whl"], result
+    assert sorted(result["stale"]) == sorted(
+        [f".airgap-unpack-{dead}-fedcba9876543210-top.whl"] + [f"wheels/{name}" for name in stale]
+    )
+    left = sorted(path.name for path in wheels.iterdir())
+    assert left == sorted(
+        [*kept, "a.whl", f".airgap-unpack-{dead}-0123456789abcdef-dir", f".airgap-unpack-{dead}-0123456789abcdef-link"]
+    )
+    assert target.read_text() == "kept"
+
+
+def test_temporary_names_are_random_and_fit_in_255_bytes(tmp_path: Path) -> None:
+    name = "\u00e9" * 120 + ".whl"  # 244 bytes in UTF-8: a valid name, but not with a prefix cut by characters
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = (os.getuid(), os.getgid())
+        first, second = (
+            unpack_module.write_temporary(
+                directory, name, io.BytesIO(b"x"), digest=sha(b"x"), ids=ids, mode=0o644, what=name
+            )
+            for _ in range(2)
+        )
+    finally:
+        os.close(directory)
+    assert first != second  # the same pid and name twice: the random part keeps them apart
+    for temporary in (first, second):
+        assert len(temporary.encode()) <= 255 and (tmp_path / temporary).read_bytes() == b"x"
+    archive = tar_of(tmp_path / "files.tar", {name: b"y"})
+    (tmp_path / "dest").mkdir()
+    result = run_module(tmp_path, archive=str(archive), dest=str(tmp_path / "dest"), files={name: sha(b"y")})
+    assert result.get("written") == [name], result
+    assert (tmp_path / "dest" / name).read_bytes() == b"y" and not leftovers(tmp_path / "dest")
 
 
 def test_sums_come_as_a_dict_or_sha256sums_text_and_every_file_needs_one() -> None:

@@ -10,6 +10,8 @@ import grp
 import hashlib
 import os
 import pwd
+import re
+import secrets
 import stat
 import tarfile
 from typing import BinaryIO, Tuple
@@ -76,9 +78,17 @@ pruned:
   description: The relative paths removed by I(prune).
   type: list
   returned: always
+stale:
+  description: The relative paths of stale temporary files removed (left by a killed earlier run).
+  type: list
+  returned: success
 """
 
 TEMP_PREFIX = ".airgap-unpack-"
+# This module's temporary names: the prefix, the writer's pid, a random part, the file's name (cut to fit). The
+# pattern takes names without the random part too, which earlier versions wrote.
+TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"([0-9]{1,10})-.+", re.DOTALL)
+NAME_MAX = 255  # bytes in one file name (Linux)
 CHUNK = 1 << 20
 SHA256_HEX = frozenset("0123456789abcdef")
 NAMES_SHOWN = 10
@@ -155,12 +165,50 @@ def open_dest(dest: str) -> int:
         raise
 
 
+def writer_gone(pid: int) -> bool:
+    """Whether the process that wrote a temporary name is gone: no such process, or this one (which has not yet
+    written in the directory being cleaned, so the name is from an earlier process with the same pid)."""
+    if pid == os.getpid() or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return True
+    except OSError:  # another user's live process
+        return False
+    return False
+
+
+def remove_stale(directory: int, relative: str) -> list[str]:
+    """Remove the temporary files a killed earlier run left in directory: regular files (never links) whose names
+    are this module's temporary names, when their writer is gone. Returns their paths relative to dest."""
+    removed = []
+    with os.scandir(directory) as entries:
+        names = [entry.name for entry in entries if entry.name.startswith(TEMP_PREFIX)]
+    for name in sorted(names):
+        match = TEMP_NAME.fullmatch(name)
+        if not match or not writer_gone(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(name, dir_fd=directory).st_mode):
+                os.unlink(name, dir_fd=directory)
+                removed.append(f"{relative}/{name}" if relative else name)
+    return removed
+
+
 class Directories:
-    """Directories below dest, each opened once without following links (created with dir_mode when missing)."""
+    """Directories below dest, each opened once without following links (created with dir_mode when missing); the
+    stale temporary files of each are removed when it is first opened."""
 
     def __init__(self, dest: str, ids: tuple[int, int], mode: int | None) -> None:
         self.fds = {"": open_dest(dest)}
         self.dest, self.ids, self.mode = dest, ids, mode
+        self.stale: list[str] = []
+        try:
+            self.stale += remove_stale(self.fds[""], "")
+        except BaseException:
+            self.close()
+            raise
 
     def fd(self, parts: list[str]) -> int:
         key = ""
@@ -169,6 +217,7 @@ class Directories:
             if child not in self.fds:
                 what = f"{child} in {self.dest}"
                 self.fds[child] = open_dir(self.fds[key], part, self.mode, self.ids, what)
+                self.stale += remove_stale(self.fds[child], child)
             key = child
         return self.fds[key]
 
@@ -178,12 +227,20 @@ class Directories:
         self.fds = {}
 
 
+def temporary_name(name: str) -> str:
+    """A temporary name for name in its directory: the prefix, this pid and a random part, then as much of name as
+    fits in NAME_MAX bytes (cut by bytes, never inside a UTF-8 character)."""
+    head = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}-"
+    room = NAME_MAX - len(head.encode())
+    return head + os.fsencode(name)[:room].decode("utf-8", "ignore")
+
+
 def write_temporary(
     directory: int, name: str, source: BinaryIO, *, digest: str, ids: tuple[int, int], mode: int, what: str
 ) -> str:
     """Write source to a temporary name in directory, owned and moded, flushed; returns that name once its sha256
     is the listed one (otherwise it is removed and UnpackError raised)."""
-    temporary = f"{TEMP_PREFIX}{os.getpid()}-{name}"[:255]
+    temporary = temporary_name(name)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
     try:
         hasher = hashlib.sha256()
@@ -264,9 +321,12 @@ def rename_into_place(staged: list[Staged]) -> list[str]:
     return done
 
 
-def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int], modes: tuple[int, int]) -> list[str]:
-    """Every member of archive into dest (see DOCUMENTATION); returns the paths written. All files are written and
-    checked under temporary names first; only when every one is whole are they renamed into place."""
+def unpack(
+    archive: str, dest: str, files: dict[str, str], ids: tuple[int, int], modes: tuple[int, int]
+) -> tuple[list[str], list[str]]:
+    """Every member of archive into dest (see DOCUMENTATION); returns the paths written and the stale temporary
+    files removed. All files are written and checked under temporary names first; only when every one is whole are
+    they renamed into place."""
     for relative, digest in files.items():
         parts_of(relative)
         if len(digest) != 64 or not set(digest) <= SHA256_HEX:
@@ -274,7 +334,7 @@ def unpack(archive: str, dest: str, files: dict[str, str], ids: tuple[int, int],
     directories = Directories(dest, ids, modes[1])
     try:
         staged = stage(archive, files, directories, ids, modes[0])
-        return rename_into_place(staged)
+        return rename_into_place(staged), directories.stale
     finally:
         directories.close()
 
@@ -332,7 +392,7 @@ def main() -> None:
         module.fail_json(msg=f"Bad owner, group or mode for {params['dest']}: {error}")
     dest = params["dest"]
     try:
-        written = unpack(params["archive"], dest, files, ids, modes)
+        written, stale = unpack(params["archive"], dest, files, ids, modes)
     except (UnpackError, OSError, tarfile.TarError) as error:
         module.fail_json(
             msg=f"Unpacking into {dest} stopped while checking the files: {error}. No file was renamed into place."
@@ -354,7 +414,7 @@ def main() -> None:
             written=written,
             pruned=removed,
         )
-    module.exit_json(changed=bool(written or removed), written=written, pruned=removed)
+    module.exit_json(changed=bool(written or removed or stale), written=written, pruned=removed, stale=stale)
 
 
 if __name__ == "__main__":
