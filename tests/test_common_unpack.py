@@ -336,18 +336,16 @@ def test_the_controller_packs_regular_files_only(tmp_path: Path) -> None:
         action.pack(tmp_path / "src", ["link.whl"], tmp_path / "out.tar")
     with pytest.raises(AnsibleActionFail, match="is not a path relative to"):
         action.pack(tmp_path / "src", ["../src/real.whl"], tmp_path / "out2.tar")
-    with pytest.raises(AnsibleActionFail, match="is not a path relative to"):
-        action.pack(tmp_path / "src", ["real.whl\x00"], tmp_path / "out3.tar")
 
 
-def test_through_ansible_playbook_the_files_arrive_and_a_second_check_mode_run_only_reports(tmp_path: Path) -> None:
+def test_through_ansible_playbook_check_mode_writes_nothing_then_the_files_arrive(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "wheels").mkdir(parents=True)
     data = {"wheels/a-1.0-py3-none-any.whl": b"wheel a", "wheels/b-2.0-py3-none-any.whl": b"wheel b" * 1000}
     for name, content in data.items():
         (src / name).write_bytes(content)
     sums = "".join(f"{sha(content)}  {name}\n" for name, content in data.items())
-    dest = tmp_path / "dest"
+    dest = tmp_path / "dest"  # fresh: nothing of this bundle yet, one file for prune to remove
     (dest / "wheels").mkdir(parents=True)
     (dest / "wheels" / "stale.whl").write_bytes(b"stale")
     task = {
@@ -362,6 +360,7 @@ def test_through_ansible_playbook_the_files_arrive_and_a_second_check_mode_run_o
         },
         "register": "unpacked",
     }
+    before = sorted([str(dest / "wheels"), str(dest / "wheels" / "stale.whl")])
     play = {
         "hosts": "localhost",
         "connection": "local",
@@ -370,14 +369,24 @@ def test_through_ansible_playbook_the_files_arrive_and_a_second_check_mode_run_o
         "vars": {"ansible_python_interpreter": sys.executable},
         "roles": ["pypi_common"],
         "tasks": [
-            task,
-            {"name": "show", "ansible.builtin.debug": {"var": "unpacked"}},
+            # Check mode first, on the fresh destination: it reports, and writes or removes nothing.
             {**task, "check_mode": True, "register": "planned"},
             {
+                "ansible.builtin.find": {"paths": str(dest), "recurse": True, "hidden": True, "file_type": "any"},
+                "register": "after_check",
+            },
+            {
                 "ansible.builtin.assert": {
-                    "that": ["unpacked is changed", "planned is changed", "planned.msg is search('would be copied')"]
+                    "that": [
+                        "planned is changed",
+                        "planned.msg is search('would be copied')",
+                        f"after_check.files | map(attribute='path') | sort == {before}",
+                    ]
                 }
             },
+            task,
+            {"name": "show", "ansible.builtin.debug": {"var": "unpacked"}},
+            {"ansible.builtin.assert": {"that": ["unpacked is changed"]}},
         ],
     }
     done = run_playbook([play], tmp_path / "play.yml")
