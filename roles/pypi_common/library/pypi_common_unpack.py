@@ -26,12 +26,25 @@ description:
   - Every member of I(archive) must be a regular file listed in I(files); anything else (links, devices,
     directories, absolute paths, C(..), a NUL byte, unlisted or repeated names) stops the module before that
     member is written.
-  - Each file is written to a temporary name in its directory, hashed while written, compared with its listed
-    sha256, given I(owner), I(group) and I(mode) and flushed to disk. Only when every file is whole are they
-    renamed over the old names, so a reader sees the old file or the new one, never part of one, and a bad file
-    changes nothing. Directories on the way are opened without following links and created with I(dir_mode)
-    when missing.
-  - Then, in each directory of I(prune), files (and links) whose paths are not in I(files) are removed.
+  - Each file is written to a temporary name in its directory (C(.airgap-unpack-), the pid, a random part, then as
+    much of the name as fits), hashed while written, compared with its listed sha256, given I(owner), I(group)
+    and I(mode) and flushed to disk. Only when every file is whole are they renamed over the old names, so a
+    reader sees the old file or the new one, never part of one.
+  - A bad file (a wrong sha256, a refused member, a missing file) stops the module before any file is renamed;
+    the old files stay and the temporary files are removed. Directories created on the way stay, and so does
+    the removal of stale temporary files (below).
+  - A rename that fails (for example a directory where a file goes) leaves the files renamed before it in place;
+    the temporary files of the others are removed and the message names the files renamed. Running again
+    finishes the copy.
+  - No link below I(dest) is followed. I(dest) itself must not be a symbolic link (the directories above it are
+    resolved as usual); a directory on the way that is a link stops the module, named in the message. Directories
+    missing on the way are created with I(dir_mode). The final names are replaced by rename, so a link there is
+    replaced, not followed.
+  - In I(dest) and each directory on the way to a file, temporary files that an earlier run left when it was
+    killed are removed first - regular files only, whose names match this module's temporary names and whose
+    writing process is gone (links and directories are left alone).
+  - Then, in each directory of I(prune), files (and links) whose paths are not in I(files) are removed. A failure
+    there names the files already removed; all files were renamed into place before it.
 options:
   archive:
     description: The tar on the host (the action plugin's transfer).
