@@ -13,9 +13,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,14 +280,14 @@ def test_the_counts_of_every_worker_are_summed_and_kept_when_a_worker_ends(tmp_p
     directory = tmp_path / "metrics"
     first, second = worker(directory, 3, uploads=1), worker(directory, 5, uploads=2)
     reader = index.WorkerFiles(str(directory))
-    total, live, ignored = reader.collect()
-    assert (live, ignored) == (2, 0)
+    total, live, ignored, partial = reader.collect()
+    assert (live, ignored, partial) == (2, 0, False)
     assert total.requests[("simple_project", "200")] == 8 and total.uploads == 3 and total.upload_bytes == 300
     assert total.durations["simple_project"][0] == 8
     gone = second.name
     second.forget()  # the process ends: its lock goes
     for _ in range(2):  # the second read finds it retired, not counted again
-        total, live, _ = reader.collect()
+        total, live, _, _ = reader.collect()
         assert live == 1 and total.requests[("simple_project", "200")] == 8 and total.uploads == 3
     assert not (directory / f"{gone}.json").exists() and not (directory / f"{gone}.lock").exists()
     retired = json.loads((directory / "retired.json").read_text())
@@ -305,10 +306,10 @@ def test_a_reader_cut_short_while_retiring_a_worker_never_counts_it_twice(tmp_pa
     document = {"format": 1, "counts": counts.document(), "folded": [f"{gone}.json"]}
     (directory / "retired.json").write_text(json.dumps(document))
     living = worker(directory, 1)
-    total, live, _ = index.WorkerFiles(str(directory)).collect()
+    total, live, _, _ = index.WorkerFiles(str(directory)).collect()
     assert live == 1 and total.requests[("simple_project", "200")] == 5
     assert not (directory / f"{gone}.json").exists()
-    total, _, _ = index.WorkerFiles(str(directory)).collect()
+    total, _, _, _ = index.WorkerFiles(str(directory)).collect()
     assert total.requests[("simple_project", "200")] == 5
     living.forget()
 
@@ -344,12 +345,12 @@ def test_a_bad_worker_file_is_ignored_with_a_log_line(
     bad = directory / f"{name}.json"
     bad.write_bytes(content if isinstance(content, bytes) else content.encode())
     with caplog.at_level(logging.WARNING, logger="airgap_pypi_index"):
-        total, live, ignored = index.WorkerFiles(str(directory)).collect()
+        total, live, ignored, _ = index.WorkerFiles(str(directory)).collect()
     assert (live, ignored) == (1, 1) and total.requests == {("simple_project", "200"): 2}
     assert any(name in r.getMessage() and why in r.getMessage() for r in caplog.records), caplog.text
     assert bad.exists()
     os.close(lock)  # the worker ends: its unreadable file is removed with its lock, the others' counts stay
-    total, live, ignored = index.WorkerFiles(str(directory)).collect()
+    total, live, ignored, _ = index.WorkerFiles(str(directory)).collect()
     assert (live, ignored) == (1, 1) and not bad.exists() and total.requests == {("simple_project", "200"): 2}
     good.forget()
 
@@ -364,7 +365,7 @@ def test_a_link_is_never_followed_and_the_directory_must_be_the_users_alone(
     link = directory / ("w-77-" + "cd" * 8 + ".json")
     link.symlink_to(elsewhere)
     with caplog.at_level(logging.WARNING, logger="airgap_pypi_index"):
-        total, live, ignored = index.WorkerFiles(str(directory)).collect()
+        total, live, ignored, _ = index.WorkerFiles(str(directory)).collect()
     assert (live, ignored) == (1, 1) and total.requests == {("simple_project", "200"): 1}
     assert link.name in caplog.text and not link.is_symlink() and elsewhere.exists()
     (tmp_path / "linked").symlink_to(directory)
@@ -377,21 +378,77 @@ def test_a_link_is_never_followed_and_the_directory_must_be_the_users_alone(
     good.forget()
 
 
-def test_a_stuck_reader_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layers: list[Any]) -> None:
+def bounded(call: Callable[[], Any], seconds: float = 10.0) -> Any:
+    """call() in a thread, failing the test (instead of hanging it) when it has not returned within seconds."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still blocked after {seconds} s")
+    assert outcome, "it raised (see the thread's exception above)"
+    return outcome[0]
+
+
+def test_a_stuck_reader_holds_up_no_scrape_which_reads_without_the_lock_and_says_so(
+    tmp_path: Path, layers: list[Any]
+) -> None:
     directory = tmp_path / "metrics"
-    living = worker(directory, 2)
-    monkeypatch.setattr(index, "COLLECT_WAIT_SECONDS", 0.3)
+    living = [worker(directory, 2), worker(directory, 3)]
+    ended = worker(directory, 4)
+    gone = ended.name
+    ended.forget()  # ended, not yet taken into retired.json: its counts still count
     stuck = held_lock(directory, "")  # ".lock": the directory's lock, held by a reader that never lets go
-    started = time.monotonic()
-    with pytest.raises(index.MetricsFileError, match="held by another reader"):
-        index.WorkerFiles(str(directory)).collect()
-    assert time.monotonic() - started < 5
-    layer = index.MetricsLayer(answer(), directory=str(directory))
-    layers.append(layer)
-    status, _, body = wsgi(layer, "/metrics")
-    assert status == "200 OK" and b"airgap_pypi_metrics_workers 1" in body, "this worker's counts, at once"
-    os.close(stuck)
-    assert index.WorkerFiles(str(directory)).collect()[1] == 2
+    before = sorted(path.name for path in directory.iterdir())
+    try:
+        started = time.monotonic()
+        total, live, ignored, partial = bounded(index.WorkerFiles(str(directory)).collect)
+        assert time.monotonic() - started < 1.5, "tried for about 50 ms, then read without the lock"
+        assert partial and (live, ignored) == (2, 0) and total.requests[("simple_project", "200")] == 9
+        assert sorted(path.name for path in directory.iterdir()) == before, "nothing retired or removed"
+        layer = index.MetricsLayer(answer(), directory=str(directory))
+        layers.append(layer)
+        started = time.monotonic()
+        status, _, body = bounded(lambda: wsgi(layer, "/metrics"))
+        assert time.monotonic() - started < 1.5
+        values = parse(body.decode())
+        assert status == "200 OK" and value(values, "airgap_pypi_metrics_partial") == 1, body.decode()
+        assert value(values, "airgap_pypi_requests_total", route="simple_project", code="200") == 9
+    finally:
+        os.close(stuck)
+    total, live, _, partial = bounded(index.WorkerFiles(str(directory)).collect)
+    assert not partial and live == 3 and total.requests[("simple_project", "200")] == 9
+    assert not any(path.name.startswith(gone) for path in directory.iterdir()), "retired now"
+    values = parse(bounded(lambda: wsgi(layer, "/metrics"))[2].decode())
+    assert value(values, "airgap_pypi_metrics_partial") == 0
+    for files in living:
+        files.forget()
+
+
+def test_a_read_without_the_lock_counts_a_worker_retired_meanwhile_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "metrics"
+    living = worker(directory, 1)
+    ended = worker(directory, 10)
+    ended.forget()
+    stuck = held_lock(directory, "")
+    reader = index.WorkerFiles(str(directory))
+    plain_read = reader.read
+    folded: list[bool] = []
+
+    def read_while_the_other_reader_retires(fd: int, name: str) -> Any:
+        if not folded:  # the reader holding the lock takes the ended worker into retired.json and removes its file
+            folded.append(index.WorkerFiles(str(directory))._collect(fd) is not None)
+        return plain_read(fd, name)
+
+    monkeypatch.setattr(reader, "read", read_while_the_other_reader_retires)
+    try:
+        total, _, _, partial = bounded(reader.collect)
+    finally:
+        os.close(stuck)
+    assert partial and folded
+    assert total.requests[("simple_project", "200")] == 11, "the ended worker's 10 counted once, not 0 nor 20"
     living.forget()
 
 
@@ -506,7 +563,7 @@ def test_a_worker_writes_its_last_counts_when_it_ends(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    total, live, _ = index.WorkerFiles(str(directory)).collect()
+    total, live, _, _ = index.WorkerFiles(str(directory)).collect()
     assert live == 0 and total.requests == {("simple_project", "200"): 7}
 
 

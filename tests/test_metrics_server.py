@@ -8,8 +8,10 @@ Reads, an upload and refused uploads raise the counts by exactly what was done, 
 from __future__ import annotations
 
 import base64
+import fcntl
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -145,6 +147,7 @@ def test_reads_and_uploads_are_counted_once_over_both_workers(stack: Stack, tmp_
         histogram = "airgap_pypi_request_duration_seconds_count"
         assert value(after, histogram, route=route) - value(before, histogram, route=route) == rounds * per_round
     assert value(after, "airgap_pypi_metrics_workers") == 2
+    assert value(after, "airgap_pypi_metrics_partial") == 0, "read under the directory's lock"
 
     def grown(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -178,6 +181,41 @@ def test_promtool_accepts_the_output(stack: Stack) -> None:
     _, _, body = scrape(stack.url, auth_header())
     done = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (done.stdout + done.stderr).decode()
+
+
+def test_a_held_directory_lock_never_holds_up_a_scrape_or_a_worker(stack: Stack) -> None:
+    """Many scrapes while another reader holds the metrics directory's lock (as a stuck one would): each answers
+    at once from the files read without the lock, marked partial, and the workers stay free for reads."""
+    whole = counts(stack)
+    assert value(whole, "airgap_pypi_metrics_partial") == 0
+    lock = os.open(stack.base / "metrics" / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+        def timed_scrape(_: int) -> tuple[float, int, bytes]:
+            started = time.monotonic()
+            status, _, body = scrape(stack.url, auth_header())
+            return time.monotonic() - started, status, body
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            scrapes = pool.map(timed_scrape, range(16))
+            read_started = time.monotonic()
+            assert get(f"{stack.url}/simple/")[0] == 200
+            read_took = time.monotonic() - read_started
+            answered = list(scrapes)
+    finally:
+        os.close(lock)
+    for took, status, body in answered:
+        assert status == 200, body[:500]
+        values = parse(body)
+        assert value(values, "airgap_pypi_metrics_partial") == 1
+        assert took < 1.5, f"a scrape waited {took:.1f} s for the lock"
+        for route in ("simple_root", "simple_project"):  # both workers' files read, not this worker's counts only
+            assert value(values, "airgap_pypi_requests_total", route=route, code="200") >= value(
+                whole, "airgap_pypi_requests_total", route=route, code="200"
+            )
+    assert read_took < 1.5, f"a read waited {read_took:.1f} s behind the scrapes"
+    assert value(counts(stack), "airgap_pypi_metrics_partial") == 0
 
 
 def test_public_metrics_need_no_password(tmp_path: Path) -> None:

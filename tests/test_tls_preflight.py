@@ -92,7 +92,8 @@ BAD = {
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every case as a host of its own (all on this machine), in one ansible-playbook run with the JSON callback:
-    {case: its result of the TLS checks' failing task, or None when none failed}, and the whole output."""
+    {case: its result of the TLS checks' failing task, or None when none failed}, each host's stats, the TLS
+    check tasks that ran on it (not skipped), and the whole output."""
     work = tmp_path_factory.mktemp("tls-preflight")
     cases = {**GOOD, **{case: values for case, (values, _) in BAD.items()}}
     inventory = {
@@ -140,22 +141,35 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     report = json.loads(done.stdout)
     failed: dict[str, Any] = dict.fromkeys(cases)
+    checks: dict[str, list[str]] = {case: [] for case in cases}
     for play_report in report["plays"]:
         for task in play_report["tasks"]:
             for host, result in task["hosts"].items():
                 if result.get("failed") and failed.get(host) is None:
                     failed[host] = result
+                name = task["task"]["name"]
+                if name.startswith("pypi_server : ") and not result.get("skipped") and host in checks:
+                    checks[host].append(name)
     assert set(report["stats"]) == set(cases), report["stats"]
-    return {"failed": failed, "output": done.stdout + done.stderr}
+    return {"failed": failed, "stats": report["stats"], "checks": checks, "output": done.stdout + done.stderr}
+
+
+def assert_ran(outcomes: dict[str, Any], case: str) -> None:
+    """The case's host was reached and ran TLS checks: a host that ran nothing fails no task, and must not pass."""
+    stats = outcomes["stats"].get(case, {})
+    assert stats.get("ok", 0) > 0 and not stats.get("unreachable", 0), f"{case} did not run: {stats}"
+    assert outcomes["checks"][case], f"no TLS check ran on {case}: {stats}"
 
 
 @pytest.mark.parametrize("case", list(GOOD))
 def test_good_input_passes(outcomes: dict[str, Any], case: str) -> None:
+    assert_ran(outcomes, case)
     assert outcomes["failed"][case] is None, outcomes["failed"][case]
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_named(outcomes: dict[str, Any], case: str) -> None:
+    assert_ran(outcomes, case)
     result = outcomes["failed"][case]
     assert result is not None, f"{case} passed the TLS checks"
     text = " ".join(str(result.get("msg", "")).split())

@@ -60,7 +60,7 @@ def pack(src: Path, files: list[str], archive: Path) -> None:
     """Write the files (regular files only, no links followed) into one uncompressed tar."""
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         for relative in files:
-            if relative.startswith("/") or ".." in relative.split("/"):
+            if relative.startswith("/") or ".." in relative.split("/") or "\x00" in relative:
                 raise AnsibleActionFail(f"{relative!r} is not a path relative to {src}")
             path = src / relative
             try:

@@ -66,7 +66,7 @@ import time
 import unicodedata
 import zipfile
 from stat import S_ISDIR, S_ISREG
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 from urllib.parse import quote
 
 from packaging.utils import (
@@ -1665,8 +1665,11 @@ FLUSH_SECONDS = 1.0
 METRICS_FORMAT = 1
 MAX_METRICS_FILE_BYTES = 256 << 10
 MAX_METRICS_FILES = 256
-# How long a scrape waits for another one reading the workers' files.
-COLLECT_WAIT_SECONDS = 2.0
+# How long a scrape tries for the directory's lock (another scrape holds it for milliseconds) before it reads the
+# files without it: a worker is never held up longer by another reader, however long that one holds the lock.
+COLLECT_WAIT_SECONDS = 0.05
+# Reads without the lock, at most, while retired.json keeps changing under them.
+UNLOCKED_READS = 3
 # Complaints about the same thing are logged at most this often (a broken directory must not flood the log).
 COMPLAIN_SECONDS = 300.0
 _WORKER_FILE = re.compile(r"^(w-[0-9]{1,10}-[0-9a-f]{16})\.json$")
@@ -1979,10 +1982,29 @@ def _try_lock(descriptor: int) -> bool:
         return False
 
 
+def _identity(directory: int, name: str) -> Optional[Tuple[int, int, int]]:
+    """(inode, mtime in ns, size) of name in directory, never through a link; None when it is missing."""
+    try:
+        seen = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return seen.st_ino, seen.st_mtime_ns, seen.st_size
+
+
 def _unlink_at(directory: int, *names: str) -> None:
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=directory)
+
+
+class Collected(NamedTuple):
+    """What a scrape read: every worker's counts summed, the living workers counted, the files ignored, and
+    whether it read without the directory's lock (partial: nothing retired, counts possibly a moment behind)."""
+
+    total: Metrics
+    live: int
+    ignored: int
+    partial: bool
 
 
 class WorkerFiles:
@@ -1995,6 +2017,8 @@ class WorkerFiles:
     free (it has ended) is added into retired.json once and removed, so counters never go back when workers come
     and go, and the files stay as many as the workers. retired.json names the files it took in until they are
     removed, so a reader killed in between never counts them twice. Every read is bounded, never through a link.
+    A reader that cannot have the directory's lock within COLLECT_WAIT_SECONDS reads without it and retires
+    nothing (Collected.partial). An unreadable retired.json is logged and its counts start again from zero.
     """
 
     def __init__(self, directory: str) -> None:
@@ -2108,21 +2132,50 @@ class WorkerFiles:
             self.warn(RETIRED_FILE, "metrics: %s ignored (ended workers' counts start again): %s", RETIRED_FILE, error)
             return Metrics(), []
 
-    def collect(self) -> Tuple[Metrics, int, int]:
-        """(the sum of every worker's counts, living workers counted, files ignored), under the directory's lock;
-        the files of ended workers are taken into retired.json."""
+    def collect(self) -> Collected:
+        """Every worker's counts summed, under the directory's lock, the files of ended workers taken into
+        retired.json; when another reader holds the lock past COLLECT_WAIT_SECONDS, read without it (partial)."""
         with self.opened() as directory:
             lock = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=directory)
             try:
-                # A scrape holds it for milliseconds: a reader that is stuck is not waited for.
+                # A scrape holds it for milliseconds; one that is stuck, or many at once, never hold up a worker.
                 deadline = time.monotonic() + COLLECT_WAIT_SECONDS
                 while not _try_lock(lock):
-                    if time.monotonic() > deadline:
-                        raise MetricsFileError(f"{self.directory}/.lock held by another reader over the time allowed")
-                    time.sleep(0.01)
-                return self._collect(directory)
+                    if time.monotonic() >= deadline:
+                        LOG.debug("metrics: %s/.lock is busy; reading without it", self.directory)
+                        return self._collect_unlocked(directory)
+                    time.sleep(0.005)
+                return Collected(*self._collect(directory), partial=False)
             finally:
                 os.close(lock)
+
+    def _collect_unlocked(self, directory: int) -> Collected:
+        """The sum read without the directory's lock: nothing is retired or removed. The reader holding the lock
+        may fold ended workers into retired.json (written first) and remove their files meanwhile, so the read is
+        done again while retired.json changes under it, at most UNLOCKED_READS times."""
+        for _ in range(UNLOCKED_READS):
+            before = _identity(directory, RETIRED_FILE)
+            retired, folded = self.read_retired(directory)
+            names, _ = self.scan(directory)
+            files = Metrics()
+            live = ignored = 0
+            for name in names:
+                if name in folded:
+                    continue  # in retired.json already; its removal was not done yet
+                try:
+                    counts = self.read(directory, name)
+                except FileNotFoundError:
+                    continue  # folded meanwhile: retired.json has changed, read again
+                except (OSError, MetricsFileError) as error:
+                    ignored += 1
+                    self.warn(name + str(error), "metrics: %s in %s ignored: %s", name, self.directory, error)
+                    continue
+                files.add(counts)
+                live += self.alive(directory, name[: -len(".json")])
+            if _identity(directory, RETIRED_FILE) == before:
+                break
+        retired.add(files)
+        return Collected(retired, live, ignored, partial=True)
 
     def scan(self, directory: int) -> Tuple[List[str], List[str]]:
         """The workers' files (at most MAX_METRICS_FILES), and temporary files a killed writer left."""
@@ -2418,19 +2471,26 @@ class MetricsLayer:
         """Every worker's counts summed, and the gauges."""
         total: Optional[Metrics] = None
         live = ignored = 0
+        partial = False
         if self.files is not None:
             try:
                 self.flush(force=True)
-                total, live, ignored = self.files.collect()
+                total, live, ignored, partial = self.files.collect()
             except Exception:
                 self.complain("the workers' metrics could not be read: /metrics shows this worker's counts only")
                 total = None
         if total is None:
-            total, live = Metrics(), 1
+            total, live, partial = Metrics(), 1, self.files is not None
             total.add(self.metrics)
         gauges: List[Gauge] = [
             ("airgap_pypi_metrics_workers", "Worker processes whose counts are summed here (ended ones kept).", live),
             ("airgap_pypi_metrics_files_ignored", "Workers' metrics files that could not be read (logged).", ignored),
+            (
+                "airgap_pypi_metrics_partial",
+                "1 when this answer was read without the metrics directory's lock (another scrape held it) or holds "
+                "this worker's counts only (the files could not be read): counts may be behind; else 0.",
+                int(partial),
+            ),
         ]
         try:
             gauges += self.index_gauges()
