@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,18 +20,15 @@ INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 REASON = "broken build <do not use>"
 
 
-def yank_playbook(*extra: str, **names: object) -> str:
+def run_yank(*extra: str, **names: object) -> subprocess.CompletedProcess[str]:
     """playbooks/yank.yml on HOST with the -e names given (as JSON: a reason with spaces stays whole)."""
-    done = ansible_playbook(
-        PROJECT_DIR / "playbooks" / "yank.yml",
-        INVENTORY_DIR,
-        "--limit",
-        HOST,
-        "-e",
-        json.dumps(names),
-        *extra,
-        project=PROJECT_DIR,
-    )
+    limit = ("--limit", HOST, "-e", json.dumps(names))
+    return ansible_playbook(PROJECT_DIR / "playbooks" / "yank.yml", INVENTORY_DIR, *limit, *extra, project=PROJECT_DIR)
+
+
+def yank_playbook(*extra: str, **names: object) -> str:
+    """run_yank, which must succeed: its output."""
+    done = run_yank(*extra, **names)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     return done.stdout
 
@@ -88,15 +86,7 @@ def test_the_undo_brings_the_release_back_and_a_second_run_changes_nothing(proje
 
 
 def test_a_yank_of_a_version_that_does_not_exist_stops_and_names_it(project: str) -> None:
-    done = ansible_playbook(
-        PROJECT_DIR / "playbooks" / "yank.yml",
-        INVENTORY_DIR,
-        "--limit",
-        HOST,
-        "-e",
-        json.dumps({"project": project, "version": "9.9"}),
-        project=PROJECT_DIR,
-    )
+    done = run_yank(project=project, version="9.9")
     assert done.returncode != 0
     # The failed task's message is on stdout or stderr, depending on the callback and the ansible-core version.
     output = done.stdout + done.stderr

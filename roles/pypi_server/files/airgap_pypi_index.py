@@ -2678,9 +2678,15 @@ def yank_main(argv: List[str]) -> int:
     except OSError as error:
         print(f"error: the yank file {args.yanked} could not be read or written: {error}", file=sys.stderr)
         return 1
-    if not args.check:
-        if args.user:
-            drop_privileges(args.user)
+    return bring_pages_up_to_date(tree, result, args.check, args.user)
+
+
+def bring_pages_up_to_date(tree: "Tree", result: Dict[str, Any], check: bool, user: Optional[str]) -> int:
+    """After a yank, unyank or removal: rewrite the pages (as user, when given) unless only checking, then print
+    the result as one JSON line. Exit code 0, or 1 when the change is made but its pages could not be written."""
+    if not check:
+        if user:
+            drop_privileges(user)
         try:
             result["pages"] = tree.sync()
         except Exception as error:
@@ -3081,20 +3087,7 @@ def remove_main(argv: List[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    if not args.check:
-        if args.user:
-            drop_privileges(args.user)
-        try:
-            result["pages"] = tree.sync()
-        except Exception as error:
-            print(
-                f"error: {result['message']}, but the pages could not be written ({error}); the next read or sync"
-                " writes them",
-                file=sys.stderr,
-            )
-            return 1
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return bring_pages_up_to_date(tree, result, args.check, args.user)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
