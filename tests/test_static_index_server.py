@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.build_bundle import scrubbed_env
 from scripts.demo_wheel import build_wheel
 from scripts.index_stack import OPENER, PASSWORD, USER, get, serve, twine_upload
 
@@ -67,8 +68,7 @@ def test_pip_resolves_from_the_metadata_files_alone(server: dict[str, object], t
     wheel = build_wheel(tmp_path, "metadata-only", "2.0")
     assert twine_upload(url, wheel).returncode == 0
     report = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = os.devnull
+    env = scrubbed_env(os.environ)  # the machine's pip configuration must not leak in
     done = subprocess.run(
         [
             *(sys.executable, "-m", "pip", "install", "--dry-run", "--no-cache-dir", "--ignore-installed"),

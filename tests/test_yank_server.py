@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.build_bundle import scrubbed_env
 from scripts.demo_wheel import build_wheel
 from scripts.index_stack import Stack, get, serve, twine_upload
 
@@ -47,8 +48,7 @@ def index_command(stack: Stack, command: str, *args: str) -> dict[str, object]:
 def pip_install(stack: Stack, target: Path, requirement: str) -> tuple[str, str]:
     """pip install into target from the index alone (no configuration file, no PIP_* variable); the version
     installed (the module says which file it came from) and pip's output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = os.devnull
+    env = scrubbed_env(os.environ)  # the machine's pip configuration must not leak in
     done = subprocess.run(
         [
             *(sys.executable, "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check"),
