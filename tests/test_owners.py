@@ -1,6 +1,6 @@
 """Owners per project (pypi_server_project_owners, pypi_server_owners_claim_first_upload, admin accounts): the
 upload checks' decision, the owners file they keep the claims of first uploads in (bounded, never through a link,
-a broken one refusing instead of opening projects)."""
+a broken one refusing instead of opening projects), and the preflight's refusal of a bad owner map."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, load_module
 
 index = load_module("airgap_pypi_index", ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py")
+filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
 
 MAP = {"demo": ["alice", "bob"], "reserved": []}
 ADMINS = frozenset({"root-ci"})
@@ -185,3 +186,64 @@ def test_the_owners_file_is_never_read_through_a_link_or_from_a_fifo(claims_file
 def test_no_owners_file_is_an_empty_one(claims_file: Path) -> None:
     assert index.read_owners_file(str(claims_file)) == {"format": 1, "projects": {}}
     assert claiming(claims_file).decide("other", "alice").claim
+
+
+# --- the preflight -----------------------------------------------------------------------------------------------
+
+USERS = [{"name": "alice", "password": "pw-1"}, {"name": "bob", "password": "pw-2", "admin": True}]
+
+
+def preflight(owners: Any, users: Any = None) -> list[str]:
+    settings = {"pypi_server_users": USERS if users is None else users, "pypi_server_project_owners": owners}
+    return filters.pypi_server_problems(settings)
+
+
+def test_a_good_owner_map_passes() -> None:
+    assert preflight({}) == []
+    assert preflight({"Demo_Pkg": ["alice", "bob"], "reserved": [], "x": ["alice"]}) == []
+
+
+@pytest.mark.parametrize(
+    ("owners", "needles"),
+    [
+        (
+            {"demo": ["alice", "carol"]},
+            ["pypi_server_project_owners['demo']: account 'carol' is not in pypi_server_users", "add the account"],
+        ),
+        ({"demo": "alice"}, ["pypi_server_project_owners['demo']: must be a list", "e.g. [alice, bob]", "'alice'"]),
+        ({"demo": None}, ["pypi_server_project_owners['demo']: must be a list"]),
+        ({"demo pkg": ["alice"]}, ["'demo pkg' is not a project name", "letters, digits"]),
+        ({"-demo": ["alice"]}, ["'-demo' is not a project name"]),
+        ({"Demo": ["alice"], "demo": ["bob"]}, ["'Demo', 'demo' are the same project", "list it once"]),
+        (["demo"], ["pypi_server_project_owners: must be a mapping", "not list"]),
+        ({"demo": [{"name": "alice"}]}, ["account \"{'name': 'alice'}\" is not in pypi_server_users"]),
+    ],
+)
+def test_a_bad_owner_map_stops_the_run_naming_the_value(owners: Any, needles: list[str]) -> None:
+    found = preflight(owners)
+    assert len(found) == 1, found
+    for needle in needles:
+        assert needle in found[0], (needle, found)
+
+
+def test_an_owner_map_naming_an_account_of_no_list_names_it() -> None:
+    found = preflight({"demo": ["alice"]}, users=[])
+    assert found == [
+        "pypi_server_project_owners['demo']: account 'alice' is not in pypi_server_users; add the account there "
+        "(name, password) or take it off the list"
+    ]
+
+
+def test_admin_must_be_a_boolean_and_admins_are_listed() -> None:
+    found = filters.pypi_server_problems({"pypi_server_users": [{"name": "a", "password": "p", "admin": "maybe"}]})
+    assert found == ["pypi_server_users: account 'a' has admin: 'maybe'; use true or false"]
+    users = [*USERS, {"name": "c", "password": "p", "admin": "yes"}, {"name": "d", "password": "p", "admin": "false"}]
+    assert filters.admins(users) == ["bob", "c"]
+    assert filters.admins("not a list") == []
+
+
+def test_the_owners_directory_is_kept_apart_from_packages_and_pages() -> None:
+    found = filters.pypi_server_problems(
+        {"pypi_server_data_dir": "/srv/pypi", "pypi_server_packages_dir": "/srv/pypi/owners/packages"}
+    )
+    assert len(found) == 1 and "the index keeps the owners of projects in /srv/pypi/owners" in found[0], found
