@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -58,6 +59,7 @@ def free_port() -> int:
 def render(template: str, variables: dict[str, object]) -> str:
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
     environment.filters["bool"] = bool
+    environment.filters["to_json"] = json.dumps
     return environment.from_string((ROLE / "templates" / template).read_text()).render(**variables)
 
 
@@ -88,6 +90,7 @@ class Stack:
     process: subprocess.Popen[bytes]
     config: Path  # the rendered configuration and airgap_pypi_index.py, as the role deploys them
     yanked: Path  # the yank file the pages follow (base/yanked.json, as pypi_server_data_dir/yanked.json)
+    owners: Path  # the claims of first uploads (base/owners/owners.json, as in pypi_server_data_dir)
 
     def workers(self) -> list[int]:
         """PIDs of this gunicorn's workers (children of the master this test started)."""
@@ -133,9 +136,14 @@ def serve(
     workers: int = 2,
     auth_downloads: bool = False,
     metrics_public: bool = False,
+    accounts: dict[str, str] | None = None,
+    admins: tuple[str, ...] = (),
+    project_owners: dict[str, list[str]] | None = None,
+    claim_first_upload: bool = False,
 ) -> Iterator[Stack]:
     """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
-    role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds)."""
+    role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds), plus
+    accounts ({name: password}); admins, project_owners and claim_first_upload as the pypi_server_* settings."""
     site = base / "site"
     for wheel in locked_wheels():
         with zipfile.ZipFile(wheel) as archive:
@@ -146,7 +154,7 @@ def serve(
     packages.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
     env["PYTHONPATH"] = f"{site}{os.pathsep}{config}"
-    write_htpasswd(config / "htpasswd", env, {USER: PASSWORD})
+    write_htpasswd(config / "htpasswd", env, {USER: PASSWORD, **(accounts or {})})
     htpasswd = config / "htpasswd"
     port = free_port()
     variables: dict[str, object] = {
@@ -169,6 +177,10 @@ def serve(
         "pypi_server_tls": False,
         "__pypi_server_htpasswd": str(htpasswd),
         "__pypi_server_yanked_file": str(base / "yanked.json"),
+        "pypi_server_project_owners": project_owners or {},
+        "pypi_server_owners_claim_first_upload": claim_first_upload,
+        "__pypi_server_admins": list(admins),
+        "__pypi_server_owners_file": str(base / "owners" / "owners.json"),
         "__pypi_server_master_user": "pypiserver",
     }
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
@@ -184,7 +196,16 @@ def serve(
             stderr=subprocess.STDOUT,
         )
     stack = Stack(
-        f"http://127.0.0.1:{port}", packages, tree, log_path, base, env, process, config, base / "yanked.json"
+        f"http://127.0.0.1:{port}",
+        packages,
+        tree,
+        log_path,
+        base,
+        env,
+        process,
+        config,
+        base / "yanked.json",
+        base / "owners" / "owners.json",
     )
     try:
         stack.wait_healthy()
@@ -198,12 +219,14 @@ def serve(
             process.wait(timeout=10)
 
 
-def twine_upload(url: str, wheel: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def twine_upload(
+    url: str, wheel: Path, env: dict[str, str] | None = None, *, user: str = USER, password: str = PASSWORD
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
     return subprocess.run(
         [
             *(str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar"),
-            *("--repository-url", f"{url}/", "-u", USER, "-p", PASSWORD, str(wheel)),
+            *("--repository-url", f"{url}/", "-u", user, "-p", password, str(wheel)),
         ],
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import yaml
 from conftest import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +203,30 @@ def test_the_yank_file_is_carried_as_data_never_through_a_link(index_data: tuple
     }, "a link is left out, never followed"
     with pytest.raises(ValueError, match="unfit for the archive"):
         manifest.build(packages, config, [], None, {}, other={"../x": str(yanked)})
+
+
+def test_the_owners_file_is_carried_as_data_beside_the_yank_file(index_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """The backup role's data files, as its vars name them: the owners file (in the directory the index's workers
+    write it in) travels as data/owners.json, and a restore puts it back there."""
+    packages, config = index_data
+    data_files = yaml.safe_load((ROOT / "roles" / "pypi_backup" / "vars" / "main.yml").read_text())[
+        "__pypi_backup_data_files"
+    ]
+    assert data_files == {
+        "yanked.json": "{{ __pypi_backup_yanked_file }}",
+        "owners.json": "{{ __pypi_backup_owners_file }}",
+    }
+    owners = packages.parent / "owners" / "owners.json"
+    owners.parent.mkdir()
+    owners.write_text('{"format": 1, "projects": {"demo": {"owner": "alice", "when": "2026-01-01T00:00:00Z"}}}')
+    other = {"yanked.json": str(packages.parent / "yanked.json"), "owners.json": str(owners)}
+    snapshot = tmp_path / "snapshot"
+    result = manifest.build(packages, config, ["htpasswd"], snapshot, {}, other=other)
+    assert result["files"]["data/owners.json"] == hashlib.sha256(owners.read_bytes()).hexdigest()
+    assert "data/yanked.json" not in result["files"], "only the files there are"
+    assert (snapshot / "data" / "owners.json").read_bytes() == owners.read_bytes()
+    restore = (ROOT / "roles" / "pypi_backup" / "tasks" / "restore.yml").read_text()
+    assert "staging/data/owners.json" in restore and "__pypi_backup_owners_same" in restore
 
 
 def pack(snapshot: Path, archive: Path, extra: dict[str, bytes] | None = None) -> Path:

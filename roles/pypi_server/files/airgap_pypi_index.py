@@ -23,6 +23,9 @@ pages show.
 `StaticIndex` is a WSGI layer in front of pypiserver: it serves GET/HEAD of the pages, metadata files and package
 files from the tree, sends everything else (uploads, removals, /health, ...) to pypiserver, and syncs after a
 successful POST before the response is returned, so a file is on its page when `twine upload` returns.
+`UploadChecks`, in front of pypiserver, refuses an upload that is not a whole distribution of the name it has, and
+one by an account that may not upload to the project (`ProjectOwners`: the inventory's owner map, admins, and the
+claims of first uploads in a small JSON file of their own).
 `MetricsLayer`, outermost, counts every request and upload and answers /metrics (Prometheus text format) with
 the counts of every worker summed (`WorkerFiles`); `sync()` records when it ended and how long it took (sync.json).
 
@@ -449,27 +452,35 @@ def yank_document_problem(document: Any) -> Optional[str]:
     return None
 
 
-def read_yank_file(path: str) -> Dict[str, Any]:
-    """The yank file's document (an empty one when there is no file), read within its bound and never through a
-    link; YankFileError says what is wrong with it."""
+def read_small_json(path: str, limit: int, error: Callable[[str], ValueError]) -> Optional[Any]:
+    """The parsed JSON of a small state file of the index (None when there is none), read within limit bytes,
+    never through a link and never from a FIFO or device; error(message) is raised when it cannot be used."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return {"format": YANK_FORMAT, "projects": {}}
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise YankFileError(f"{path} is a symbolic link (not followed)") from error
-        raise YankFileError(f"{path} cannot be opened: {error.strerror}") from error
+        return None
+    except OSError as problem:
+        if problem.errno == errno.ELOOP:
+            raise error(f"{path} is a symbolic link (not followed)") from problem
+        raise error(f"{path} cannot be opened: {problem.strerror}") from problem
     with os.fdopen(descriptor, "rb") as handle:
         if not S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise YankFileError(f"{path} is not a regular file")
-        data = handle.read(MAX_YANK_FILE_BYTES + 1)
-    if len(data) > MAX_YANK_FILE_BYTES:
-        raise YankFileError(f"{path} is larger than {MAX_YANK_FILE_BYTES >> 20} MiB")
+            raise error(f"{path} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit >> 20} MiB")
     try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise YankFileError(f"{path} is not JSON: {str(error)[:200]}") from error
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as problem:
+        raise error(f"{path} is not JSON: {str(problem)[:200]}") from problem
+
+
+def read_yank_file(path: str) -> Dict[str, Any]:
+    """The yank file's document (an empty one when there is no file), read within its bound and never through a
+    link; YankFileError says what is wrong with it."""
+    document = read_small_json(path, MAX_YANK_FILE_BYTES, YankFileError)
+    if document is None:
+        return {"format": YANK_FORMAT, "projects": {}}
     problem = yank_document_problem(document)
     if problem:
         raise YankFileError(f"{path}: {problem}")
@@ -1131,9 +1142,10 @@ def check_upload_name(filename: str, packages: str) -> Tuple[str, Version]:
     return str(name), version
 
 
-def check_upload(filename: str, handle: BinaryIO, packages: str) -> None:
+def check_upload(filename: str, handle: BinaryIO, packages: str) -> str:
     """Refuse (BadDistribution, with the reason) an upload that is not a whole distribution of the name it has,
-    or that another spelling of its name is already stored under. Every read is bounded; handle is left at 0."""
+    or that another spelling of its name is already stored under. Every read is bounded; handle is left at 0.
+    Returns the normalised project name."""
     project, version = check_upload_name(filename, packages)
     try:
         raw, _ = core_metadata(handle, filename)
@@ -1158,6 +1170,7 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> None:
         for other in files:
             if other != filename and other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
                 raise AlreadyStored(f"{filename}: the index already has this file as {other}")
+    return project
 
 
 def store_whole(source: BinaryIO, destination: Any) -> None:
@@ -1279,13 +1292,203 @@ def _reason(text: str) -> str:
     return re.sub(r"[^ -~]", "?", text)[:300]
 
 
+# --- owners per project ----------------------------------------------------------------------------------------
+
+# Who may upload to a project: the inventory's map (pypi_server_project_owners: normalised name -> accounts), the
+# admins (pypi_server_users entries with admin: true) anywhere, and, with pypi_server_owners_claim_first_upload, the
+# first account to upload a project that is not in the map. Those claims are kept in the owners file:
+# {"format": 1, "projects": {normalised name: {"owner": account, "when": UTC time}}}, written only by the workers
+# (under a temporary name, then renamed) and by hand.
+OWNERS_FORMAT = 1
+MAX_OWNERS_FILE_BYTES = 4 << 20
+MAX_ACCOUNT_CHARS = 128
+OWNERS_SHOWN = 5  # names in a refusal's reason phrase, at most
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9._@-]+$")  # an upload account's name (the preflight's rule)
+
+
+class OwnersFileError(ValueError):
+    """The owners file cannot be used (the message names the file and what is wrong with it)."""
+
+
+def owner_entry_problem(project: str, entry: Any) -> Optional[str]:
+    """What is wrong with one project's entry in the owners file, or None."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in ("owner", "when")):
+        return f'{project}: not {{"owner": ACCOUNT, "when": TIME}}'
+    owner = entry["owner"]
+    if len(owner) > MAX_ACCOUNT_CHARS or not _ACCOUNT_NAME.match(owner):
+        return f"{project}: {shown(owner)} is not an account name"
+    problem = text_problem(entry["when"], 64)
+    return f"{project}: when: {problem}" if problem else None
+
+
+def owners_document_problem(document: Any) -> Optional[str]:
+    """What is wrong with a parsed owners file, or None."""
+    if not isinstance(document, dict) or document.get("format") != OWNERS_FORMAT:
+        return f'not an owners file of format {OWNERS_FORMAT} ({{"format": {OWNERS_FORMAT}, "projects": {{...}}}})'
+    projects = document.get("projects")
+    if not isinstance(projects, dict):
+        return '"projects" is not an object'
+    for project, entry in projects.items():
+        if len(project) > MAX_PROJECT_CHARS or normalize(project) != project or not _PROJECT_NAME.match(project):
+            return f"{shown(project)} is not a normalised project name"
+        problem = owner_entry_problem(project, entry)
+        if problem:
+            return problem
+    return None
+
+
+def read_owners_file(path: str) -> Dict[str, Any]:
+    """The owners file's document (an empty one when there is no file), read within its bound and never through a
+    link; OwnersFileError says what is wrong with it."""
+    try:
+        document = read_small_json(path, MAX_OWNERS_FILE_BYTES, OwnersFileError)
+    except OSError as error:
+        raise OwnersFileError(f"{path} cannot be read: {error.strerror}") from error
+    if document is None:
+        return {"format": OWNERS_FORMAT, "projects": {}}
+    problem = owners_document_problem(document)
+    if problem:
+        raise OwnersFileError(f"{path}: {problem}")
+    return document
+
+
+def named(accounts: List[str]) -> str:
+    """Account names for a reason phrase: a few, each shortened, then how many more."""
+    names = [name[:40] for name in accounts[:OWNERS_SHOWN]]
+    more = len(accounts) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+class OwnerDecision(NamedTuple):
+    """Whether an account may upload to a project, whether that upload claims it, and why not."""
+
+    allowed: bool
+    claim: bool = False
+    reason: str = ""
+
+
+def owned_by(project: str, listed: List[str]) -> str:
+    """The reason phrase for an account the map does not list."""
+    if not listed:
+        return f"only an admin may upload {project}"
+    return f"{project} is owned by {named(listed)}: ask one of them or an admin"
+
+
+def owner_decision(
+    project: str,
+    account: str,
+    *,
+    owners: Dict[str, List[str]],
+    admins: Iterable[str],
+    claim_first_upload: bool,
+    claims: Optional[Dict[str, str]],
+) -> OwnerDecision:
+    """May account upload to project (normalised)? owners is the inventory's map (normalised names), claims the
+    owners file's {project: account}, None when it cannot be read. An admin may upload anywhere; a project in the
+    map takes its accounts only; any other project, with claim_first_upload, its first uploader only (the upload
+    that finds it unclaimed claims it, also when files of it are stored already, and an admin's too), else anyone."""
+    if account in admins:
+        unclaimed = claim_first_upload and project not in owners and claims is not None and project not in claims
+        return OwnerDecision(True, claim=unclaimed)
+    if project in owners:
+        listed = owners[project]
+        return OwnerDecision(True) if account in listed else OwnerDecision(False, reason=owned_by(project, listed))
+    if not claim_first_upload:
+        return OwnerDecision(True)
+    if claims is None:
+        return OwnerDecision(
+            False, reason=f"{project} has no owner in the inventory and the owners file is unreadable: ask an admin"
+        )
+    owner = claims.get(project, account)
+    if owner == account:
+        return OwnerDecision(True, claim=project not in claims)
+    return OwnerDecision(False, reason=f"{project} is owned by {owner[:40]} (its first uploader): ask them or an admin")
+
+
+class ProjectOwners:
+    """The upload checks' owner rules (owner_decision) with the owners file they read and write."""
+
+    def __init__(
+        self,
+        owners: Optional[Dict[str, Iterable[str]]] = None,
+        admins: Iterable[str] = (),
+        claims_file: Optional[str] = None,
+        claim_first_upload: bool = False,
+    ) -> None:
+        self.owners: Dict[str, List[str]] = {}
+        for project, accounts in (owners or {}).items():
+            listed = self.owners.setdefault(normalize(str(project)), [])  # any spelling; two spellings add up
+            listed += [str(account) for account in accounts if str(account) not in listed]
+        self.admins = frozenset(str(admin) for admin in admins)
+        self.claims_file = claims_file
+        if claim_first_upload and not claims_file:
+            raise ValueError("claims of first uploads need an owners file (claims_file)")
+        self.claim_first_upload = bool(claim_first_upload)
+
+    @property
+    def active(self) -> bool:
+        """Whether any upload can be refused (an empty map without claims is the index without owners)."""
+        return bool(self.owners) or self.claim_first_upload
+
+    def claims(self) -> Optional[Dict[str, str]]:
+        """{project: account} of the owners file; None when it cannot be used (logged)."""
+        assert self.claims_file is not None
+        try:
+            document = read_owners_file(self.claims_file)
+        except OwnersFileError as error:
+            LOG.error("%s; uploads to projects not in pypi_server_project_owners are refused until it is fixed", error)
+            return None
+        return {project: entry["owner"] for project, entry in document["projects"].items()}
+
+    def decide(self, project: str, account: str) -> OwnerDecision:
+        unmapped = self.claim_first_upload and project not in self.owners
+        claims = self.claims() if unmapped else {}
+        return self.decision(project, account, self.claim_first_upload, claims)
+
+    def decision(
+        self, project: str, account: str, claim_first_upload: bool, claims: Optional[Dict[str, str]]
+    ) -> OwnerDecision:
+        return owner_decision(
+            project,
+            account,
+            owners=self.owners,
+            admins=self.admins,
+            claim_first_upload=claim_first_upload,
+            claims=claims,
+        )
+
+    def claim(self, project: str, account: str) -> OwnerDecision:
+        """Record account as the owner of project unless another account was first (under the owners file's lock,
+        the one yank_file_lock takes); the decision for account afterwards."""
+        assert self.claims_file is not None
+        os.makedirs(os.path.dirname(self.claims_file), exist_ok=True)
+        with yank_file_lock(self.claims_file):
+            try:
+                document = read_owners_file(self.claims_file)
+            except OwnersFileError as error:
+                LOG.error("%s; %s was not claimed by %s", error, project, account)
+                return self.decision(project, account, True, None)
+            claims = {name: entry["owner"] for name, entry in document["projects"].items()}
+            decision = self.decision(project, account, True, claims)
+            if decision.claim:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                document["projects"][project] = {"owner": account, "when": when}
+                data = json.dumps(document, indent=1, sort_keys=True) + "\n"
+                write_atomic(self.claims_file, data.encode(), durable=True)
+                LOG.warning("%s claimed %s by its first upload (%s)", account, project, self.claims_file)
+        return decision
+
+
 class UploadChecks:
     """WSGI layer in front of pypiserver: an authenticated upload is checked before anything is stored."""
 
-    def __init__(self, app: WSGIApp, packages: str, max_upload_bytes: int) -> None:
+    def __init__(
+        self, app: WSGIApp, packages: str, max_upload_bytes: int, owners: Optional[ProjectOwners] = None
+    ) -> None:
         self.app = app
         self.packages = os.path.abspath(packages)
         self.max_upload_bytes = max_upload_bytes
+        self.owners = owners if owners is not None and owners.active else None
         config = getattr(app, "_pypiserver_config", None)
         self.auther: Optional[Callable[[str, str], bool]] = getattr(config, "auther", None)
         atomic_uploads()
@@ -1335,7 +1538,7 @@ class UploadChecks:
 
         request = BaseRequest(environ)  # pypiserver reads the same parsed body (bottle keeps it in environ)
         try:
-            return self.size_refusal(environ.get("CONTENT_LENGTH")) or self.form_refusal(request, environ)
+            return self.size_refusal(environ.get("CONTENT_LENGTH")) or self.form_refusal(request, environ, found[0])
         except BadDistribution as error:
             environ[REFUSED_KEY] = getattr(error, "metrics_reason", "bad_archive")  # for MetricsLayer
             return 400, f"Bad Request: {error}"
@@ -1351,8 +1554,9 @@ class UploadChecks:
             return 413, f"Payload Too Large: {fields >> 20} MiB of form fields besides the file, at most {limit} MiB"
         return None
 
-    def form_refusal(self, request: Any, environ: Dict[str, Any]) -> Optional[Tuple[int, str]]:
-        """The form's fields within their bound, then the uploaded file's checks (BadDistribution)."""
+    def form_refusal(self, request: Any, environ: Dict[str, Any], account: str) -> Optional[Tuple[int, str]]:
+        """The form's fields within their bound, then the project's owners (from the file name, before the file
+        is read), then the uploaded file's checks (BadDistribution), then the claim of a first upload."""
         too_large = self.form_fields_refusal(request, environ)
         if too_large is not None:
             return too_large
@@ -1360,9 +1564,38 @@ class UploadChecks:
         note_upload_form(environ, action, upload, self.packages)  # for MetricsLayer: what was sent
         if action == "doc_upload":  # pypiserver reads the whole file into memory, then keeps nothing
             return 400, "Bad Request: documentation uploads are not kept by this index"
+        if action == "remove_pkg" and self.owners is not None:  # pypiserver's removal of a release by name
+            name = request.forms.get("name")
+            if isinstance(name, str) and _PROJECT_NAME.match(name) and len(name) <= MAX_PROJECT_CHARS:
+                return self.owner_refusal(self.owners.decide(normalize(name), account), environ)
         if action == "file_upload" and upload is not None:
-            check_upload(upload.raw_filename, upload.file, self.packages)
+            return self.upload_refusal(upload, environ, account)
         return None
+
+    def upload_refusal(self, upload: Any, environ: Dict[str, Any], account: str) -> Optional[Tuple[int, str]]:
+        """A file upload: its project's owners from its name, then its checks, then the claim of a first upload."""
+        decision = OwnerDecision(True)
+        if self.owners is not None:
+            project, _ = check_upload_name(upload.raw_filename, self.packages)
+            decision = self.owners.decide(project, account)
+            if not decision.allowed:
+                return self.owner_refusal(decision, environ)
+        project = check_upload(upload.raw_filename, upload.file, self.packages)
+        if self.owners is None or not decision.claim:
+            return None
+        try:
+            return self.owner_refusal(self.owners.claim(project, account), environ)
+        except OSError as error:
+            LOG.error("%s could not claim %s: %s", account, project, error)
+            environ[REFUSED_KEY] = "not_owner"
+            return 500, f"{project} cannot be claimed: the owners file cannot be written (see the index log)"
+
+    @staticmethod
+    def owner_refusal(decision: OwnerDecision, environ: Dict[str, Any]) -> Optional[Tuple[int, str]]:
+        if decision.allowed:
+            return None
+        environ[REFUSED_KEY] = "not_owner"  # for MetricsLayer
+        return 403, decision.reason
 
 
 # --- WSGI ------------------------------------------------------------------------------------------------------
@@ -1646,6 +1879,8 @@ REFUSAL_REASONS = (
     "bad_archive",  # not a readable wheel or sdist, or not a single metadata file in it
     "metadata_mismatch",  # metadata without, or contradicting, the file name's project or version
     "exists",  # the file, or another spelling of its name, is stored already (pypiserver's 400, or 409)
+    "not_owner",  # the account may not upload to the project (pypi_server_project_owners, a claim), or the owners
+    # file that says so cannot be read or written
     "bad_request",  # any other 400: a form that cannot be read, a documentation upload
     "other",
 )
@@ -2562,8 +2797,8 @@ def project_versions(tree: Tree, project: str) -> List[str]:
 
 @contextlib.contextmanager
 def yank_file_lock(path: str) -> Iterator[None]:
-    """One writer of the yank file (or the removed directory) at a time: an flock on the directory it is in (the
-    file itself is replaced)."""
+    """One writer of the yank file (or the removed directory, or the owners file) at a time: an flock on the
+    directory it is in (the file itself is replaced)."""
     descriptor = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)

@@ -2,6 +2,7 @@
 
 pypi_server_problems takes the role's settings and what module pypi_server_path_check saw at the index's paths on
 the host, and returns one message per bad value, each naming that value and its fix; empty when all is well.
+pypi_server_admins gives the names of the upload accounts with admin: true.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a portable system user or g
 PROGRAM = re.compile(r"^[A-Za-z0-9_-]+$")
 RELEASE_ID = re.compile(r"^[A-Za-z0-9._-]*$")
 UPLOADER = re.compile(r"^[A-Za-z0-9._@-]+$")
+PROJECT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # a project name (PEP 508)
+MAX_PROJECT_CHARS = 200  # as the index takes them
 # What a releases directory holds: release virtualenvs (<python tag>-<sha256[:12] of the lock>, or legacy for an
 # old virtualenv without a lock marker) and the file naming the previous release.
 RELEASE_ENTRY = re.compile(r"^(previous|legacy|cp\d+-[0-9a-f]{12})$")
@@ -180,6 +183,8 @@ def account_problems(users: Any) -> list[str]:
             problems.append(
                 f"pypi_server_users[{index}]: account name {name!r} must use letters, digits, '.', '_', '@' and '-'"
             )
+        if "admin" in user and not _is_flag(user["admin"]):
+            problems.append(f"pypi_server_users: account {name!r} has admin: {user['admin']!r}; use true or false")
         if not str(user.get("password") or ""):
             problems.append(
                 f"pypi_server_users: account {name!r} is without a password; set it from Ansible Vault or the "
@@ -320,19 +325,83 @@ def path_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | None) -
     return problems
 
 
+TRUE = ("true", "yes", "on", "y", "t", "1")
+FALSE = ("false", "no", "off", "n", "f", "0")
+
+
 def _flag(value: Any) -> bool:
     """A boolean setting as Ansible takes it: true, "true", "yes", "on", 1 ..."""
     if isinstance(value, str):
-        return value.strip().lower() in ("true", "yes", "on", "y", "t", "1")
+        return value.strip().lower() in TRUE
     return bool(value)
 
 
+def _is_flag(value: Any) -> bool:
+    """Whether value is a boolean as Ansible reads one (true, false, "yes", "off", 1, 0 ...)."""
+    if isinstance(value, str):
+        return value.strip().lower() in TRUE + FALSE
+    return isinstance(value, bool) or value in (0, 1)
+
+
+def admins(users: Any) -> list[str]:
+    """The names of the upload accounts with admin: true (they may upload to every project)."""
+    if not isinstance(users, list):
+        return []
+    return [str(user["name"]) for user in users if isinstance(user, Mapping) and _flag(user.get("admin", False))]
+
+
+def _pep503(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def owner_problems(owners: Any, users: Any) -> list[str]:
+    """pypi_server_project_owners: a mapping of project names (any spelling, each project once) to lists of
+    accounts of pypi_server_users. One message per bad project or account, naming it and the fix."""
+    setting = "pypi_server_project_owners"
+    if not isinstance(owners, Mapping):
+        return [
+            f"{setting}: must be a mapping of project name to a list of upload accounts, e.g. {{demo: [alice]}}, "
+            f"not {type(owners).__name__}"
+        ]
+    known = {str(user.get("name")) for user in users if isinstance(user, Mapping)} if isinstance(users, list) else set()
+    problems = []
+    spellings: dict[str, list[str]] = {}
+    for key, accounts in owners.items():
+        project = str(key)
+        if len(project) > MAX_PROJECT_CHARS or not PROJECT.match(project):
+            problems.append(
+                f"{setting}: {project[:80]!r} is not a project name; use letters, digits, '.', '_' and '-', starting "
+                "and ending with a letter or digit (any spelling: Demo_Pkg is demo-pkg)"
+            )
+            continue
+        spellings.setdefault(_pep503(project), []).append(project)
+        if not isinstance(accounts, list):
+            problems.append(
+                f"{setting}[{project!r}]: must be a list of upload accounts, e.g. [alice, bob], not "
+                f"{type(accounts).__name__} {str(accounts)[:80]!r}"
+            )
+            continue
+        for account in accounts:
+            if not isinstance(account, str) or account not in known:
+                problems.append(
+                    f"{setting}[{project!r}]: account {str(account)[:80]!r} is not in pypi_server_users; add the "
+                    "account there (name, password) or take it off the list"
+                )
+    problems += [
+        f"{setting}: {', '.join(map(repr, names))} are the same project (PEP 503 spelling {name!r}); list it once"
+        for name, names in spellings.items()
+        if len(names) > 1
+    ]
+    return problems
+
+
 METRICS_DIR = "metrics"  # in pypi_server_data_dir: the workers' metrics files (vars/main.yml)
+OWNERS_DIR = "owners"  # in pypi_server_data_dir: the claims of first uploads (vars/main.yml)
 
 
 def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
     """/metrics open to anyone while every other read needs a password; packages or pages where the workers keep
-    their metrics files."""
+    their metrics files or the owners file."""
     problems = []
     public = _flag(settings.get("pypi_server_metrics_public", False))
     if public and _flag(settings.get("pypi_server_auth_downloads", False)):
@@ -344,19 +413,20 @@ def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
         )
     data = str(settings.get(DATA, ""))
     if data.startswith("/"):
-        metrics = normalize(f"{data}/{METRICS_DIR}")
-        for name in sorted(INSIDE_DATA & set(settings)):
-            value = str(settings[name])
-            if value.startswith("/") and (normalize(value) == metrics or inside(normalize(value), metrics)):
-                problems.append(
-                    f"{name}={value}: the index keeps its workers' metrics in {metrics} "
-                    f"(pypi_server_data_dir/{METRICS_DIR}); choose another directory{_example(name, value)}"
-                )
+        for kept, what in ((METRICS_DIR, "its workers' metrics"), (OWNERS_DIR, "the owners of projects")):
+            reserved = normalize(f"{data}/{kept}")
+            for name in sorted(INSIDE_DATA & set(settings)):
+                value = str(settings[name])
+                if value.startswith("/") and (normalize(value) == reserved or inside(normalize(value), reserved)):
+                    problems.append(
+                        f"{name}={value}: the index keeps {what} in {reserved} "
+                        f"(pypi_server_data_dir/{kept}); choose another directory{_example(name, value)}"
+                    )
     return problems
 
 
 def pypi_server_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> list[str]:
-    """Every bad value of the role's settings, one message each (numbers, names, paths, metrics, accounts).
+    """Every bad value of the role's settings, one message each (numbers, names, paths, metrics, accounts, owners).
 
     settings maps variable names to their values; host is what pypi_server_path_check saw at each path (by
     setting name). A setting missing from settings is not checked.
@@ -365,6 +435,8 @@ def pypi_server_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | 
     problems += metrics_problems(settings)
     if "pypi_server_users" in settings:
         problems += account_problems(settings["pypi_server_users"])
+    if "pypi_server_project_owners" in settings:
+        problems += owner_problems(settings["pypi_server_project_owners"], settings.get("pypi_server_users", []))
     return problems
 
 
@@ -389,4 +461,8 @@ class FilterModule:
     """Filters of role pypi_server."""
 
     def filters(self) -> dict[str, Any]:
-        return {"pypi_server_problems": pypi_server_problems, "pypi_server_tls_san": tls_subject_alt_names}
+        return {
+            "pypi_server_problems": pypi_server_problems,
+            "pypi_server_tls_san": tls_subject_alt_names,
+            "pypi_server_admins": admins,
+        }

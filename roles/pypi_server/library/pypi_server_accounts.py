@@ -25,7 +25,8 @@ options:
     type: path
     required: true
   users:
-    description: The accounts, as {name, password}.
+    description: The accounts, as {name, password}; an admin flag may be given too (the upload checks read it, not
+      this module).
     type: list
     elements: dict
     required: true
@@ -104,6 +105,7 @@ def main() -> None:
                 "options": {
                     "name": {"type": "str", "required": True},
                     "password": {"type": "str", "required": True, "no_log": True},
+                    "admin": {"type": "bool", "default": False},  # for the upload checks (pypiserver_wsgi.py)
                 },
             },
             "rounds": {"type": "int", "default": 100000},
