@@ -26,8 +26,6 @@ from test_static_index import (
     upload,
 )
 
-from scripts.containers import ansible_playbook
-
 FRONT_HOST = "airgap-pypi-deb12"
 FRONT_PORT = 80
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
@@ -205,29 +203,3 @@ def test_the_client_role_points_pip_at_the_front_server(host, tmp_path: Path) ->
         "/opt/clients/bin/pip", "download", "--no-deps", "--no-cache-dir", "-d", f"/var/tmp/{project}", project
     )
     assert done.returncode == 0 and f"Looking in indexes: {FRONT}/simple/" in done.stdout, done.stdout + done.stderr
-
-
-def verify_playbook() -> tuple[int, str]:
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    project = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
-    result = ansible_playbook(project / "playbooks" / "verify.yml", inventory, "--limit", FRONT_HOST, project=project)
-    return result.returncode, " ".join((result.stdout + result.stderr).split())
-
-
-def test_verify_playbook_checks_the_front_server(host) -> None:
-    rc, text = verify_playbook()
-    assert rc == 0, text[-3000:]
-    for needle in (
-        f"PASS | front server serves /simple/ (PEP 691 JSON) on port {FRONT_PORT}",
-        "PASS | front server reaches gunicorn (/health)",
-        "PASS | upload without credentials through the front server is refused (401)",
-        f"PASS | port {FRONT_PORT}/tcp open in firewalld",
-    ):
-        assert needle in text, needle
-    host.run("systemctl stop nginx")
-    try:
-        rc, text = verify_playbook()
-        assert rc != 0 and f"FAIL | front server serves /simple/ (PEP 691 JSON) on port {FRONT_PORT}" in text
-    finally:
-        host.run("systemctl start nginx")
-    assert host.service("nginx").is_running

@@ -1,5 +1,6 @@
-"""The CA the TLS hosts hold, and verify.yml on them: passing, and naming the failed check. Check mode of every
-converged host and the bad TLS input cases are in test_playbook_runs.py (one run each for the whole scenario)."""
+"""The CA the TLS hosts hold, and verify.yml on them and on the plain-HTTP front server host (one run for all of
+them): passing, and naming the failed checks. Check mode of every converged host and the bad TLS input cases are in
+test_playbook_runs.py (one run each for the whole scenario)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tls_support import (
 )
 
 VERIFY = PROJECT_DIR / "playbooks" / "verify.yml"
+FRONT_HOST, FRONT_PORT = "airgap-pypi-deb12", 80  # nginx in front of gunicorn, plain HTTP (test_front.py)
 SUPERVISORCTL = ["/opt/airgap-pypi/supervisor/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf"]
 
 
@@ -35,7 +37,7 @@ def test_ca_on_the_hosts_is_the_controllers() -> None:
 
 def test_verify_playbook_passes_reports_and_changes_nothing() -> None:
     for extra in ([], ["--check"]):
-        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", f"{SERVER},{CLIENT}", *extra)
+        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", f"{SERVER},{CLIENT},{FRONT_HOST}", *extra)
         text = folded(result)
         assert result.returncode == 0, text[-4000:]
         for host, numbers in recap(result.stdout).items():
@@ -54,18 +56,26 @@ def test_verify_playbook_passes_reports_and_changes_nothing() -> None:
             "PASS | front server reaches gunicorn (/health)",
             "PASS | upload without credentials through the front server is refused (401)",
             "PASS | index reachable from this client with its certificate verified",
+            f"PASS | front server serves /simple/ (PEP 691 JSON) on port {FRONT_PORT}",
+            f"PASS | port {FRONT_PORT}/tcp open in firewalld",
         ):
             assert needle in text, f"{needle!r} not in:\n{text[-4000:]}"
 
 
 def test_verify_playbook_fails_and_names_the_failed_checks() -> None:
+    """The index stopped on the TLS host, nginx stopped on the front server host: each host names its own."""
     on(SERVER, *SUPERVISORCTL, "stop", "pypiserver")
+    on(FRONT_HOST, "systemctl", "stop", "nginx")
     try:
-        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", SERVER)
+        result = run_playbook(VERIFY, INVENTORY_DIR, "--limit", f"{SERVER},{FRONT_HOST}")
         text = folded(result)
         assert result.returncode != 0, text[-3000:]
         assert "FAIL | every supervisord program is RUNNING" in text
         assert "check(s) failed on airgap-pypi-tls-deb12" in text and "index answers /health on port 8080" in text
+        assert f"FAIL | front server serves /simple/ (PEP 691 JSON) on port {FRONT_PORT}" in text, text[-3000:]
+        assert f"check(s) failed on {FRONT_HOST}" in text, text[-3000:]
     finally:
         on(SERVER, *SUPERVISORCTL, "start", "pypiserver")
+        on(FRONT_HOST, "systemctl", "start", "nginx")
     assert wait_for(lambda: "RUNNING" in on(SERVER, *SUPERVISORCTL, "status", "pypiserver").stdout, 30)
+    assert on(FRONT_HOST, "systemctl", "is-active", "nginx").stdout.strip() == "active"
