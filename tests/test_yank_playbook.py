@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -64,7 +63,6 @@ def make_host(base: Path, *versions: str) -> dict[str, Path]:
         "static": static,
         "page": static / "simple" / "demo" / "index.html",
         "yanked": data / "yanked.json",
-        "owners": data / "owners" / "owners.json",
     }
 
 
@@ -149,39 +147,3 @@ def test_a_missing_project_or_version_stops_before_anything_runs(host: dict[str,
     assert "Name the release: ansible-playbook playbooks/yank.yml" in done.stdout and "-e project=NAME" in done.stdout
     assert "airgap_pypi_index.py" not in done.stdout, "the command never ran"
     assert not host["yanked"].exists()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="a restore writes files as root, as on an index host")
-def test_a_backup_carries_the_yank_file_and_a_restore_puts_it_back(tmp_path: Path) -> None:
-    source = make_host(tmp_path / "a", "1.0", "2.0")
-    assert changed(yank(source, "-e", "project=demo", "-e", "version=2.0", "-e", 'reason="do not use"')) == 1
-    source["owners"].parent.mkdir()  # a claim of a first upload, as the index's workers write it
-    source["owners"].write_text(
-        '{"format": 1, "projects": {"demo": {"owner": "alice", "when": "2026-01-01T00:00:00Z"}}}'
-    )
-    backups = tmp_path / "backups"
-    assert changed(yank(source, "-e", f"pypi_backup_dir={backups}", playbook="playbooks/backup.yml")) > 0
-    (archive,) = backups.glob("*.tar.gz")
-    with tarfile.open(archive) as packed:
-        assert packed.extractfile("data/yanked.json").read() == source["yanked"].read_bytes()  # type: ignore[union-attr]
-        assert packed.extractfile("data/owners.json").read() == source["owners"].read_bytes()  # type: ignore[union-attr]
-
-    target = make_host(tmp_path / "b")  # a new host: installed, no packages, no yank file
-    restore = ("-e", f"pypi_backup_archive={archive}")
-    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) > 0
-    assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
-    assert oct(target["yanked"].stat().st_mode & 0o777) == "0o644"
-    assert 'data-yanked="do not use"' in target["page"].read_text(), "the pages follow the restored file"
-    assert target["owners"].read_bytes() == source["owners"].read_bytes(), "the owners file comes back too"
-
-    # The host's own change after the backup, by the command the yank playbook runs (its runs are tested above).
-    layout = ("--packages", target["packages"], "--tree", target["static"], "--yanked", target["yanked"])
-    undo = [sys.executable, MODULE, "unyank", *layout, "--project=demo", "--version=2.0"]
-    subprocess.run([str(arg) for arg in undo], check=True, capture_output=True, timeout=60)
-    mine = target["yanked"].read_bytes()
-    done = yank(target, *restore, playbook="playbooks/restore.yml")
-    assert done.returncode != 0 and "yanked releases other than the archive's" in done.stdout, done.stdout[-2000:]
-    assert target["yanked"].read_bytes() == mine, "refused: the host's yank file stays"
-    assert changed(yank(target, *restore, "-e", "pypi_backup_replace=true", playbook="playbooks/restore.yml")) > 0
-    assert target["yanked"].read_bytes() == source["yanked"].read_bytes()
-    assert len(list(target["yanked"].parent.glob("yanked.json.*"))) == 1, "the replaced one is kept beside it"

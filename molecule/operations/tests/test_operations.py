@@ -47,6 +47,8 @@ from scripts.demo_wheel import build_wheel
 STAMP = int(time.time())
 RELEASE_A = release_of(ARTIFACTS)
 STATE: dict[str, object] = {}
+YANKED, OWNERS = "/srv/pypi/yanked.json", "/srv/pypi/owners/owners.json"
+YANKED_RELEASE = ("ops-pkg0", f"1.0.{STAMP}")
 
 
 def wheel_on_client(tmp_path: Path, name: str, version: str) -> str:
@@ -61,6 +63,16 @@ def htpasswd_sum() -> str:
 
 def htpasswd_hashes() -> dict[str, str]:
     return dict(line.split(":", 1) for line in sh(SERVER, "cat /etc/airgap-pypi/htpasswd").split())
+
+
+def index_command(verb: str, project: str, version: str, *extra: str) -> str:
+    """The index's own command, as playbooks/yank.yml runs it on the host."""
+    layout = f"--packages={PACKAGES} --tree=/srv/pypi/static --yanked={YANKED} --user=pypiserver"
+    return sh(
+        SERVER,
+        f"{VENV}/bin/python /etc/airgap-pypi/airgap_pypi_index.py {verb} {layout}"
+        f" --project={project} --version={version} {' '.join(extra)}",
+    )
 
 
 def test_network_has_no_egress() -> None:
@@ -237,6 +249,11 @@ def test_a_backup_directory_that_is_a_system_directory_is_refused(tmp_path: Path
 
 def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) -> None:
     expected = packages()
+    # A yanked release and an owner's claim of a first upload (as the index's workers write it) go with the data.
+    index_command("yank", *YANKED_RELEASE, "--reason='do not use'")
+    sh(SERVER, "install -d -o pypiserver -g pypiserver -m 0750 /srv/pypi/owners")
+    claim = '{"format": 1, "projects": {"ops-pkg1": {"owner": "tester", "when": "2026-01-01T00:00:00Z"}}}'
+    sh(SERVER, f"printf '%s' '{claim}' > {OWNERS} && chown pypiserver: {OWNERS}")
     data_dir_before = sh(SERVER, "ls -A /srv/pypi").split()
     backup_dir.chmod(0o755)  # a directory that exists keeps its mode (pypi_backup_dir=/etc must not become 0700)
     result = playbook("playbooks/backup.yml", "-e", f"pypi_backup_dir={backup_dir}")
@@ -257,6 +274,9 @@ def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) ->
                 assert hashlib.sha256(tar.extractfile(member).read()).hexdigest() == listed[member.name]
     assert {k.removeprefix("packages/"): v for k, v in listed.items() if k.startswith("packages/")} == expected
     assert {"config/htpasswd", "config/gunicorn.conf.py", "config/pypiserver_wsgi.py"} <= set(listed)
+    with tarfile.open(archive) as tar:
+        for member, path in (("data/yanked.json", YANKED), ("data/owners.json", OWNERS)):
+            assert tar.extractfile(member).read().decode() == sh(SERVER, f"cat {path}"), member
     assert info["host"] == SERVER and info["files"] == len(listed)
     assert sh(SERVER, "ls -A /srv/pypi").split() == data_dir_before, "the work directory must be gone"
     for extra in ([], ["--check"]):
@@ -308,12 +328,17 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     extra = wheel_on_client(tmp_path, "ops-extra", f"2.0.{STAMP}")
     upload(extra)
     with_extra = packages()
+    archived_yanks = sh(SERVER, f"cat {YANKED}")
+    index_command("unyank", *YANKED_RELEASE)  # this host's own change since the backup
+    host_yanks = sh(SERVER, f"cat {YANKED}")
     result = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
     assert result.returncode != 0
     output = said(result)
     assert f"1 file(s) not in the archive: ops_extra-2.0.{STAMP}-py3-none-any.whl" in output, tail(result)
+    assert "yanked releases other than the archive's" in output, tail(result)
     assert "pypi_backup_replace=true" in output and "Nothing was changed" in output
     assert packages() == with_extra
+    assert sh(SERVER, f"cat {YANKED}") == host_yanks, "refused: the host's yank file stays"
     replaced = playbook(
         "playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}", "-e", "pypi_backup_replace=true"
     )
@@ -321,6 +346,8 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     assert packages() == STATE["backed_up"]
     aside = sh(SERVER, "find /srv/pypi -path '*/.airgap-pypi-replaced-*' -type f").split()
     assert [path.rsplit("/", 1)[-1] for path in aside] == [f"ops_extra-2.0.{STAMP}-py3-none-any.whl"]
+    assert sh(SERVER, f"cat {YANKED}") == archived_yanks
+    assert sh(SERVER, f"ls {YANKED}.*").split() != [], "the replaced yank file is kept beside it"
 
 
 def test_a_host_of_the_single_virtualenv_layout_moves_to_releases(
@@ -353,11 +380,18 @@ def test_restore_onto_a_new_host_gives_the_same_files_and_uploads_work(tmp_path:
     restored = packages()
     assert len(restored) == len(STATE["backed_up"]) and restored == STATE["backed_up"]
     assert sh(SERVER, f"stat -c %U {PACKAGES}/ops_pkg0-1.0.{STAMP}-py3-none-any.whl").strip() == "pypiserver"
+    with tarfile.open(STATE["archive"]) as tar:
+        for member, path in (("data/yanked.json", YANKED), ("data/owners.json", OWNERS)):
+            assert sh(SERVER, f"cat {path}") == tar.extractfile(member).read().decode(), f"{member} comes back"
+    assert sh(SERVER, f"stat -c %a {YANKED}").strip() == "644"
+    page = sh(SERVER, "cat /srv/pypi/static/simple/ops-pkg0/index.html")
+    assert 'data-yanked="do not use"' in page, "the pages follow the restored yank file"
     again = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
     assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, tail(again)
     rerun = playbook("site.yml")
     assert rerun.returncode == 0 and recap(rerun.stdout)["changed"] == 0, tail(rerun)
-    assert pip_install(f"ops-pkg0==1.0.{STAMP}").returncode == 0
+    pinned = pip_install(f"ops-pkg0==1.0.{STAMP}")  # yanked, and still installed when pinned (PEP 592)
+    assert pinned.returncode == 0 and "do not use" in pinned.stdout + pinned.stderr, pinned.stdout + pinned.stderr
     upload(wheel_on_client(tmp_path, "ops-after-restore", f"1.0.{STAMP}"))
     assert f"ops_after_restore-1.0.{STAMP}-py3-none-any.whl" in packages()
     assert on(SERVER, "true").returncode == 0
