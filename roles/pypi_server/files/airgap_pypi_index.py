@@ -433,23 +433,39 @@ def yank_entry_problem(project: str, version: Any, entry: Any) -> Optional[str]:
     return f"{project} {version}: {problem}" if problem else None
 
 
-def yank_document_problem(document: Any) -> Optional[str]:
-    """What is wrong with a parsed yank file, or None."""
-    if not isinstance(document, dict) or document.get("format") != YANK_FORMAT:
-        return f'not a yank file of format {YANK_FORMAT} ({{"format": {YANK_FORMAT}, "projects": {{...}}}})'
+def projects_document_problem(
+    document: Any, kind: str, version: int, entry_problem: Callable[[str, Any], Optional[str]]
+) -> Optional[str]:
+    """What is wrong with a parsed state file of the shape {"format": version, "projects": {name: entry}} (the
+    yank and owners files), or None; entry_problem(project, entry) checks one project's entry."""
+    if not isinstance(document, dict) or document.get("format") != version:
+        return f'not {kind} of format {version} ({{"format": {version}, "projects": {{...}}}})'
     projects = document.get("projects")
     if not isinstance(projects, dict):
         return '"projects" is not an object'
-    for project, releases in projects.items():
+    for project, entry in projects.items():
         if len(project) > MAX_PROJECT_CHARS or normalize(project) != project or not _PROJECT_NAME.match(project):
             return f"{shown(project)} is not a normalised project name"
-        if not isinstance(releases, dict) or not releases:
-            return f"{project}: not an object of versions"
-        for version, entry in releases.items():
-            problem = yank_entry_problem(project, version, entry)
-            if problem:
-                return problem
+        problem = entry_problem(project, entry)
+        if problem:
+            return problem
     return None
+
+
+def yank_releases_problem(project: str, releases: Any) -> Optional[str]:
+    """What is wrong with one project's releases in the yank file, or None."""
+    if not isinstance(releases, dict) or not releases:
+        return f"{project}: not an object of versions"
+    for version, entry in releases.items():
+        problem = yank_entry_problem(project, version, entry)
+        if problem:
+            return problem
+    return None
+
+
+def yank_document_problem(document: Any) -> Optional[str]:
+    """What is wrong with a parsed yank file, or None."""
+    return projects_document_problem(document, "a yank file", YANK_FORMAT, yank_releases_problem)
 
 
 def read_small_json(path: str, limit: int, error: Callable[[str], ValueError]) -> Optional[Any]:
@@ -1323,18 +1339,7 @@ def owner_entry_problem(project: str, entry: Any) -> Optional[str]:
 
 def owners_document_problem(document: Any) -> Optional[str]:
     """What is wrong with a parsed owners file, or None."""
-    if not isinstance(document, dict) or document.get("format") != OWNERS_FORMAT:
-        return f'not an owners file of format {OWNERS_FORMAT} ({{"format": {OWNERS_FORMAT}, "projects": {{...}}}})'
-    projects = document.get("projects")
-    if not isinstance(projects, dict):
-        return '"projects" is not an object'
-    for project, entry in projects.items():
-        if len(project) > MAX_PROJECT_CHARS or normalize(project) != project or not _PROJECT_NAME.match(project):
-            return f"{shown(project)} is not a normalised project name"
-        problem = owner_entry_problem(project, entry)
-        if problem:
-            return problem
-    return None
+    return projects_document_problem(document, "an owners file", OWNERS_FORMAT, owner_entry_problem)
 
 
 def read_owners_file(path: str) -> Dict[str, Any]:
