@@ -29,6 +29,7 @@ def make_host(base: Path, *versions: str) -> dict[str, Path]:
     data, config, venv = base / "data", base / "etc", base / "venv"
     packages, static = data / "packages", data / "static"
     packages.mkdir(parents=True)
+    (data / "audit").mkdir(mode=0o750)  # the audit trail's directory, as site.yml makes it
     config.mkdir()
     (config / "htpasswd").write_text("")
     (venv / "bin").mkdir(parents=True)
@@ -63,6 +64,7 @@ def make_host(base: Path, *versions: str) -> dict[str, Path]:
         "static": static,
         "page": static / "simple" / "demo" / "index.html",
         "yanked": data / "yanked.json",
+        "audit": data / "audit",
     }
 
 
@@ -105,6 +107,19 @@ def test_yank_reports_changed_once_and_check_mode_writes_nothing(host: dict[str,
     done = yank(host, *what)
     assert changed(done) == 0 and "already yanked" in done.stdout
     assert changed(yank(host, *what, "--check")) == 0
+
+
+def test_a_yank_and_its_undo_are_recorded_with_the_controllers_user_and_client_ansible(host: dict[str, Path]) -> None:
+    assert changed(yank(host, "-e", "project=demo", "-e", "version=2.0", "--check")) == 1
+    assert not (host["audit"] / "audit.jsonl").exists(), "check mode records nothing"
+    assert changed(yank(host, "-e", "project=demo", "-e", "version=2.0", "-e", "reason=bad")) == 1
+    assert changed(yank(host, "-e", "project=demo", "-e", "version=2.0", "-e", "undo=true")) == 1
+    lines = [json.loads(line) for line in (host["audit"] / "audit.jsonl").read_text().splitlines()]
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or getpass.getuser()
+    assert [(r["action"], r["account"], r["client"], r["project"], r["version"]) for r in lines] == [
+        ("yank", user, "ansible", "demo", "2.0"),
+        ("unyank", user, "ansible", "demo", "2.0"),
+    ]
 
 
 def test_undo_takes_the_mark_off_and_a_second_undo_changes_nothing(host: dict[str, Path]) -> None:

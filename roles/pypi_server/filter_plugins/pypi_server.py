@@ -89,6 +89,8 @@ NUMBERS: dict[str, tuple[int, int | None, str]] = {
     "pypi_server_threads": (1, 64, "threads per worker"),
     "pypi_server_releases_keep": (2, None, "the current and the previous release always stay"),
     "pypi_server_max_upload_mb": (1, 1048576, "MiB per upload"),
+    "pypi_server_audit_max_mb": (1, 4096, "MiB of audit.jsonl before it is rotated"),
+    "pypi_server_audit_keep": (1, 100, "rotated audit files kept"),
 }
 ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a portable system user or group name
 PROGRAM = re.compile(r"^[A-Za-z0-9_-]+$")
