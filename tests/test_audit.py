@@ -308,3 +308,17 @@ def test_a_change_whose_record_cannot_be_written_stands_and_fails_loudly(site: d
     assert "AUDIT RECORD LOST" in done.stderr and "audit record could not be written" in done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["changed"] is True  # the yank stands, and its pages
     assert "data-yanked" in (Path(site["tree"].tree) / "simple" / "demo" / "index.html").read_text()
+
+
+def test_lost_records_are_counted_in_the_metrics_summed_over_workers() -> None:
+    one = index.Metrics()
+    one.record_lost()
+    again = index.Metrics.from_document(json.loads(json.dumps(one.document())))  # a worker's file, read back
+    assert again.audit_lost == 1
+    older = one.document()
+    del older["audit_lost"]  # the file of a worker of the version before, during an upgrade
+    assert index.Metrics.from_document(older).audit_lost == 0
+    total = index.Metrics()
+    total.add(one)
+    total.add(again)
+    assert "\nairgap_pypi_audit_records_lost_total 2\n" in index.render_metrics(total).decode()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from test_owners_server import ACCOUNTS, accepted, post, refused, upload
 
 from scripts.demo_wheel import build_wheel
-from scripts.index_stack import Stack, get, serve
+from scripts.index_stack import OPENER, Stack, auth_header, get, serve
 
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 
@@ -98,3 +100,8 @@ def test_an_upload_whose_record_cannot_be_written_is_stored_and_logged_loudly(st
     assert "AUDIT RECORD LOST" in stack.log.read_text() and wheel.name in stack.log.read_text()
     status, body = get(f"{stack.url}/simple/audited-lost/", accept=JSON_ACCEPT)
     assert status == 200 and "upload-time" not in json.loads(body)["files"][0]
+    request = urllib.request.Request(f"{stack.url}/metrics", headers={"Authorization": auth_header()})
+    deadline = time.monotonic() + 10  # each worker writes its counts within a second
+    while b"airgap_pypi_audit_records_lost_total 1" not in (metrics := OPENER.open(request, timeout=20).read()):
+        assert time.monotonic() < deadline, metrics.decode()[-3000:]
+        time.sleep(0.2)

@@ -1582,6 +1582,7 @@ AUDIT_LIMITS = {
 }
 _UPLOAD_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$")  # PEP 700
 AUDIT_KEY = "airgap_pypi.audit"  # the environ key UploadChecks notes what a POST would change under
+AUDIT_LOST_KEY = "airgap_pypi.audit_lost"  # set when a request's audit record could not be written (for MetricsLayer)
 
 
 class AuditError(ValueError):
@@ -1853,7 +1854,8 @@ class UploadChecks:
             if noted["filename"] not in stored:
                 return result  # pypiserver answered success without storing this file: nothing to record
             fields["sha256"] = stored[str(noted["filename"])]
-        self.audit.record(str(fields.pop("action")), **fields)
+        if not self.audit.record(str(fields.pop("action")), **fields):
+            environ[AUDIT_LOST_KEY] = True
         return result
 
     def credentials(self, environ: Dict[str, Any]) -> Optional[Tuple[str, str]]:
@@ -1939,8 +1941,11 @@ class UploadChecks:
             return None
         try:
             claimed = self.owners.claim(project, account)
-            if claimed.allowed and claimed.claim and self.audit is not None:
-                self.audit.record("claim", account=account, client=environ.get("REMOTE_ADDR"), project=project)
+            recorded = not (claimed.allowed and claimed.claim and self.audit is not None) or self.audit.record(
+                "claim", account=account, client=environ.get("REMOTE_ADDR"), project=project
+            )
+            if not recorded:
+                environ[AUDIT_LOST_KEY] = True
             return self.owner_refusal(claimed, environ)
         except OSError as error:
             LOG.error("%s could not claim %s: %s", account, project, error)
@@ -2366,6 +2371,7 @@ class Metrics:
             self.refused: Dict[str, int] = {}
             self.uploads = 0
             self.upload_bytes = 0
+            self.audit_lost = 0  # audit records that could not be written (the change stood)
             self.changes = 0  # grows with every change: a worker writes its file when it differs from the last
 
     def observe(self, route: str, code: str, seconds: float) -> None:
@@ -2380,6 +2386,11 @@ class Metrics:
         with self.lock:
             self.uploads += 1
             self.upload_bytes += max(0, size)
+            self.changes += 1
+
+    def record_lost(self) -> None:
+        with self.lock:
+            self.audit_lost += 1
             self.changes += 1
 
     def upload_refused(self, reason: str) -> None:
@@ -2401,6 +2412,7 @@ class Metrics:
                 "refused": dict(sorted(self.refused.items())),
                 "uploads": self.uploads,
                 "upload_bytes": self.upload_bytes,
+                "audit_lost": self.audit_lost,
             }
 
     @classmethod
@@ -2431,6 +2443,7 @@ class Metrics:
             counts.refused[reason] = _count(count, "a refusal count")
         counts.uploads = _count(document.get("uploads"), "uploads")
         counts.upload_bytes = _count(document.get("upload_bytes"), "upload_bytes")
+        counts.audit_lost = _count(document.get("audit_lost", 0), "audit_lost")  # 0 in a file of an older worker
         return counts
 
     def add(self, other: Metrics) -> None:
@@ -2448,6 +2461,7 @@ class Metrics:
                 self.refused[reason] = self.refused.get(reason, 0) + count
             self.uploads += snapshot["uploads"]
             self.upload_bytes += snapshot["upload_bytes"]
+            self.audit_lost += snapshot["audit_lost"]
             self.changes += 1
 
 
@@ -2534,6 +2548,12 @@ def render_metrics(counts: Metrics, gauges: Iterable[Gauge] = ()) -> bytes:
             "counter",
             "Uploads (POSTs to /) refused, by reason (a fixed set).",
             (("", [("reason", reason)], counts.refused.get(reason, 0)) for reason in REFUSAL_REASONS),
+        )
+        lines += render_family(
+            "airgap_pypi_audit_records_lost_total",
+            "counter",
+            "Audit records of uploads, removals and claims that could not be written (the change stood; see the log).",
+            [("", [], counts.audit_lost)],
         )
     for name, text, value in gauges:
         lines += render_family(name, "gauge", text, [("", [], value)])
@@ -3014,6 +3034,8 @@ class MetricsLayer:
             self.metrics.observe(route, code, time.monotonic() - started)
             if route == "upload":
                 self.count_upload(environ, code)
+            if environ.get(AUDIT_LOST_KEY):
+                self.metrics.record_lost()
         except Exception:
             self.complain("a request could not be counted")
 
