@@ -22,6 +22,7 @@ from scripts.demo_wheel import build_wheel
 
 MODULE = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
 index = load_module("airgap_pypi_index", MODULE)
+filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
 
 FIELDS = ["time", "account", "client", "action", "project", "version", "file", "sha256"]
 
@@ -322,3 +323,15 @@ def test_lost_records_are_counted_in_the_metrics_summed_over_workers() -> None:
     total.add(one)
     total.add(again)
     assert "\nairgap_pypi_audit_records_lost_total 2\n" in index.render_metrics(total).decode()
+
+
+def test_packages_or_pages_in_the_audit_directory_are_refused_before_any_change() -> None:
+    found = filters.pypi_server_problems(
+        {"pypi_server_data_dir": "/srv/pypi", "pypi_server_static_dir": "/srv/pypi/audit"}
+    )
+    assert len(found) == 1 and "the index keeps its audit trail in /srv/pypi/audit" in found[0], found
+    assert "choose another directory" in found[0]
+    assert filters.pypi_server_problems({"pypi_server_audit_keep": 0, "pypi_server_audit_max_mb": 5000}) == [
+        "pypi_server_audit_max_mb=5000: must be 1-4096 (MiB of audit.jsonl before it is rotated)",
+        "pypi_server_audit_keep=0: must be 1-100 (rotated audit files kept)",
+    ]

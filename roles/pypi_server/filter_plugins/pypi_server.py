@@ -399,11 +399,12 @@ def owner_problems(owners: Any, users: Any) -> list[str]:
 
 METRICS_DIR = "metrics"  # in pypi_server_data_dir: the workers' metrics files (vars/main.yml)
 OWNERS_DIR = "owners"  # in pypi_server_data_dir: the claims of first uploads (vars/main.yml)
+AUDIT_DIR = "audit"  # in pypi_server_data_dir: the audit trail (vars/main.yml)
 
 
 def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
     """/metrics open to anyone while every other read needs a password; packages or pages where the workers keep
-    their metrics files or the owners file."""
+    their metrics files, the owners file or the audit trail."""
     problems = []
     public = _flag(settings.get("pypi_server_metrics_public", False))
     if public and _flag(settings.get("pypi_server_auth_downloads", False)):
@@ -415,7 +416,12 @@ def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
         )
     data = str(settings.get(DATA, ""))
     if data.startswith("/"):
-        for kept, what in ((METRICS_DIR, "its workers' metrics"), (OWNERS_DIR, "the owners of projects")):
+        kept_apart = (
+            (METRICS_DIR, "its workers' metrics"),
+            (OWNERS_DIR, "the owners of projects"),
+            (AUDIT_DIR, "its audit trail"),
+        )
+        for kept, what in kept_apart:
             reserved = normalize(f"{data}/{kept}")
             for name in sorted(INSIDE_DATA & set(settings)):
                 value = str(settings[name])
