@@ -91,6 +91,7 @@ class Stack:
     config: Path  # the rendered configuration and airgap_pypi_index.py, as the role deploys them
     yanked: Path  # the yank file the pages follow (base/yanked.json, as pypi_server_data_dir/yanked.json)
     owners: Path  # the claims of first uploads (base/owners/owners.json, as in pypi_server_data_dir)
+    audit: Path  # the audit trail's directory (base/audit, as pypi_server_data_dir/audit, made as the role makes it)
 
     def workers(self) -> list[int]:
         """PIDs of this gunicorn's workers (children of the master this test started)."""
@@ -140,10 +141,13 @@ def serve(
     admins: tuple[str, ...] = (),
     project_owners: dict[str, list[str]] | None = None,
     claim_first_upload: bool = False,
+    audit_max_mb: int = 10,
+    audit_keep: int = 5,
 ) -> Iterator[Stack]:
     """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
     role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds), plus
-    accounts ({name: password}); admins, project_owners and claim_first_upload as the pypi_server_* settings."""
+    accounts ({name: password}); admins, project_owners, claim_first_upload, audit_max_mb and audit_keep as the
+    pypi_server_* settings."""
     site = base / "site"
     for wheel in locked_wheels():
         with zipfile.ZipFile(wheel) as archive:
@@ -152,6 +156,7 @@ def serve(
     packages = packages or base / "packages"
     config.mkdir()
     packages.mkdir(exist_ok=True)
+    (base / "audit").mkdir(mode=0o750)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
     env["PYTHONPATH"] = f"{site}{os.pathsep}{config}"
     write_htpasswd(config / "htpasswd", env, {USER: PASSWORD, **(accounts or {})})
@@ -181,6 +186,9 @@ def serve(
         "pypi_server_owners_claim_first_upload": claim_first_upload,
         "__pypi_server_admins": list(admins),
         "__pypi_server_owners_file": str(base / "owners" / "owners.json"),
+        "__pypi_server_audit_dir": str(base / "audit"),
+        "pypi_server_audit_max_mb": audit_max_mb,
+        "pypi_server_audit_keep": audit_keep,
         "__pypi_server_master_user": "pypiserver",
     }
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
@@ -206,6 +214,7 @@ def serve(
         config,
         base / "yanked.json",
         base / "owners" / "owners.json",
+        base / "audit",
     )
     try:
         stack.wait_healthy()

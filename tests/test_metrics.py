@@ -120,6 +120,7 @@ def test_every_family_has_help_and_type_once_before_its_samples() -> None:
         "airgap_pypi_uploads_accepted_total": "counter",
         "airgap_pypi_uploaded_bytes_total": "counter",
         "airgap_pypi_uploads_refused_total": "counter",
+        "airgap_pypi_audit_records_lost_total": "counter",
         "airgap_pypi_index_files": "gauge",
     }
     helped: list[str] = []

@@ -229,6 +229,38 @@ def test_the_owners_file_is_carried_as_data_beside_the_yank_file(index_data: tup
     assert "staging/data/owners.json" in restore and "__pypi_backup_owners_same" in restore
 
 
+def test_the_audit_trail_is_carried_as_a_data_directory_of_regular_files(
+    index_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """data/audit/<file> for each regular file directly in the audit directory (the log, its rotated files and
+    uploads.json); temporary files, links and subdirectories stay out, and a linked directory is never read."""
+    packages, config = index_data
+    data_dirs = yaml.safe_load((ROOT / "roles" / "pypi_backup" / "vars" / "main.yml").read_text())[
+        "__pypi_backup_data_dirs"
+    ]
+    assert data_dirs == {"audit": "{{ __pypi_backup_audit_dir }}"}
+    audit = packages.parent / "audit"
+    audit.mkdir()
+    for name in ("audit.jsonl", "audit.jsonl.1", "uploads.json"):
+        (audit / name).write_text(f"{name}\n")
+    (audit / ".tmp-abc").write_text("half written")
+    (audit / "sub").mkdir()
+    (tmp_path / "secret").write_text("planted")
+    (audit / "audit.jsonl.2").symlink_to(tmp_path / "secret")
+    snapshot = tmp_path / "snapshot"
+    result = manifest.build(packages, config, [], snapshot, {}, dirs={"audit": str(audit)})
+    carried = sorted(path for path in result["files"] if path.startswith("data/"))
+    assert carried == ["data/audit/audit.jsonl", "data/audit/audit.jsonl.1", "data/audit/uploads.json"]
+    assert (snapshot / "data" / "audit" / "uploads.json").read_text() == "uploads.json\n"
+    linked = tmp_path / "linked"
+    linked.symlink_to(audit)
+    assert not any(
+        p.startswith("data/") for p in manifest.build(packages, config, [], None, {}, dirs={"a": str(linked)})["files"]
+    )
+    with pytest.raises(ValueError, match="unfit for the archive"):
+        manifest.build(packages, config, [], None, {}, dirs={"../a": str(audit)})
+
+
 def pack(snapshot: Path, archive: Path, extra: dict[str, bytes] | None = None) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         for name in ("MANIFEST.sha256", "INFO.json", "packages", "config"):

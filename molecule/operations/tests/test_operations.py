@@ -336,6 +336,7 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     output = said(result)
     assert f"1 file(s) not in the archive: ops_extra-2.0.{STAMP}-py3-none-any.whl" in output, tail(result)
     assert "yanked releases other than the archive's" in output, tail(result)
+    assert "an audit trail other than the archive's" in output, tail(result)  # the extra upload's record
     assert "pypi_backup_replace=true" in output and "Nothing was changed" in output
     assert packages() == with_extra
     assert sh(SERVER, f"cat {YANKED}") == host_yanks, "refused: the host's yank file stays"
@@ -345,7 +346,9 @@ def test_restore_refuses_other_data_then_replaces_it_when_told(tmp_path: Path) -
     assert replaced.returncode == 0, tail(replaced)
     assert packages() == STATE["backed_up"]
     aside = sh(SERVER, "find /srv/pypi -path '*/.airgap-pypi-replaced-*' -type f").split()
-    assert [path.rsplit("/", 1)[-1] for path in aside] == [f"ops_extra-2.0.{STAMP}-py3-none-any.whl"]
+    moved = [path.rsplit("/", 1)[-1] for path in aside if "/audit/" not in path]
+    assert moved == [f"ops_extra-2.0.{STAMP}-py3-none-any.whl"]
+    assert any(path.endswith("/audit/audit.jsonl") for path in aside), "the host's audit trail is kept aside"
     assert sh(SERVER, f"cat {YANKED}") == archived_yanks
     assert sh(SERVER, f"ls {YANKED}.*").split() != [], "the replaced yank file is kept beside it"
 
@@ -369,8 +372,10 @@ def test_a_host_of_the_single_virtualenv_layout_moves_to_releases(
     assert set(rehashed) == set(accounts), rehashed
     assert all(value.startswith("$6$rounds=100000$") for value in rehashed.values()), rehashed
     upload(wheel_on_client(tmp_path, "ops-rehashed", f"1.0.{STAMP}"))  # the same password, the new hash
-    # Taken away again: the restore test below expects this host to hold exactly the archive's data.
+    # Taken away again, with its audit record: the restore test below expects this host to hold exactly the
+    # archive's data (another audit trail is other data).
     sh(SERVER, f"rm -- {PACKAGES}/ops_rehashed-1.0.{STAMP}-py3-none-any.whl")
+    sh(SERVER, "rm -f -- /srv/pypi/audit/audit.jsonl* /srv/pypi/audit/uploads.json")
     assert pip_install("click").returncode == 0, "click comes with the default mirror"
 
 

@@ -22,7 +22,7 @@ description:
     uploaded files are never rewritten, so the links are a consistent copy) and copies the configuration files into
     I(snapshot)/config and the data files into I(snapshot)/data, then hashes the snapshot and writes MANIFEST.sha256
     (sha256sum format) and INFO.json there.
-  - Manifest paths are C(packages/<relative path>), C(config/<name>) and C(data/<name>).
+  - Manifest paths are C(packages/<relative path>), C(config/<name>), C(data/<name>) and C(data/<dir>/<name>).
 options:
   packages_dir:
     description: The index's packages directory.
@@ -41,6 +41,14 @@ options:
     description:
       - Other files of the index's data, as {name in the archive: path on the host}, e.g. the yank file. A missing
         one, or one that is not a regular file (a link), is left out.
+    type: dict
+    default: {}
+  data_dirs:
+    description:
+      - Directories of the index's data, as {name in the archive: path on the host}, e.g. the audit trail: each
+        regular file directly in it whose name does not start with C(.) (temporary files) travels as
+        C(data/<name>/<file>). A missing directory, or one that is a link, is left out, and so are links and
+        subdirectories in it.
     type: dict
     default: {}
   snapshot:
@@ -86,10 +94,14 @@ def sha256_of(path: Path) -> str:
 
 
 def data_files(
-    packages_dir: Path, config_dir: Path, config_files: list[str], other: dict[str, str] | None = None
+    packages_dir: Path,
+    config_dir: Path,
+    config_files: list[str],
+    other: dict[str, str] | None = None,
+    data_dirs: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """{manifest path: file} of every regular file under packages_dir, the named configuration files and the other
-    data files (regular files only, never through a link)."""
+    """{manifest path: file} of every regular file under packages_dir, the named configuration files, the other
+    data files and the files directly in the data directories (regular files only, never through a link)."""
     found: dict[str, Path] = {}
     for root, dirs, names in os.walk(packages_dir):
         dirs.sort()
@@ -107,7 +119,24 @@ def data_files(
         path = Path(location)
         if path.is_file() and not path.is_symlink():
             found[f"data/{name}"] = path
+    found.update(directory_files(data_dirs or {}, found))
     return dict(sorted(found.items()))
+
+
+def directory_files(data_dirs: dict[str, str], found: dict[str, Path]) -> dict[str, Path]:
+    """{data/<name>/<file>: path} of the regular files directly in each data directory, names not starting with
+    "." (temporary files); a directory that is a link or missing, and links and subdirectories in one, left out."""
+    files: dict[str, Path] = {}
+    for name, location in data_dirs.items():
+        if "/" in name or name in ("", ".", "..") or f"data/{name}" in found:
+            raise ValueError(f"data directory name unfit for the archive: {name!r}")
+        directory = Path(location)
+        if directory.is_symlink() or not directory.is_dir():
+            continue
+        for entry in sorted(os.scandir(directory), key=lambda item: item.name):
+            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                files[f"data/{name}/{entry.name}"] = directory / entry.name
+    return files
 
 
 def manifest_text(files: dict[str, str]) -> str:
@@ -149,8 +178,9 @@ def build(
     info: dict[str, Any],
     *,
     other: dict[str, str] | None = None,
+    dirs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    files = data_files(packages_dir, config_dir, config_files, other)
+    files = data_files(packages_dir, config_dir, config_files, other, dirs)
     if snapshot is not None:
         files = take_snapshot(files, snapshot)
     hashes = {rel: sha256_of(path) for rel, path in files.items()}
@@ -174,6 +204,7 @@ def main() -> None:
             "config_dir": {"type": "path", "required": True},
             "config_files": {"type": "list", "elements": "str", "default": []},
             "data_files": {"type": "dict", "default": {}},
+            "data_dirs": {"type": "dict", "default": {}},
             "snapshot": {"type": "path", "default": ""},
             "info": {"type": "dict", "default": {}},
         },
@@ -194,6 +225,7 @@ def main() -> None:
             snapshot,
             params["info"],
             other={str(name): str(path) for name, path in params["data_files"].items()},
+            dirs={str(name): str(path) for name, path in params["data_dirs"].items()},
         )
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"cannot read or snapshot the index's data: {exc}")

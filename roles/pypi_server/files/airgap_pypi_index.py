@@ -336,9 +336,12 @@ def file_entry(path: str, stat: os.stat_result, project: str, version: str) -> T
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
+def write_atomic(
+    path: str, data: bytes, durable: bool = False, mode: int = 0o644, owner: Optional[Tuple[int, int]] = None
+) -> None:
     """Write data to path so that a reader sees either the old or the new file, never a part. durable: on disk
-    (the file and the rename synced) before this returns, for data that cannot be generated again."""
+    (the file and the rename synced) before this returns, for data that cannot be generated again. owner: (uid,
+    gid) given to the new file before it is renamed (root writing a file another account reads and replaces)."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -348,7 +351,9 @@ def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
             if durable:
                 out.flush()
                 os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, mode)
+        if owner is not None:
+            os.chown(temporary, *owner, follow_symlinks=False)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -587,6 +592,8 @@ def render_project_json(
         }
         if entry.get("requires_python"):
             item["requires-python"] = entry["requires_python"]
+        if entry.get("uploaded"):  # PEP 700 (api-version 1.1), from the audit trail; unknown: left out
+            item["upload-time"] = entry["uploaded"]["time"]
         files.append(item)
     versions = sorted({entry["version"] for _, entry in entries}, key=version_key)
     document = {"meta": {"api-version": "1.1"}, "name": project, "versions": versions, "files": files}
@@ -706,6 +713,16 @@ def render_browse_index(summaries: List[Tuple[str, Entry, int, List[Tuple[str, s
     return page("airgap-pypi packages", body, SEARCH_SCRIPT).replace(b"{root}", b"./")
 
 
+def uploaded_note(entry: Entry) -> str:
+    """ "uploaded by ACCOUNT on DATE TIME UTC" from the audit trail (escaped); "" when unknown (a file of the mirror,
+    or uploaded before the index kept an audit trail)."""
+    uploaded = entry.get("uploaded")
+    if not uploaded:
+        return ""
+    when = uploaded["time"][:16].replace("T", " ") + " UTC"
+    return f'<span class="uploaded">uploaded by {esc(uploaded["account"])} on {esc(when)}</span>'
+
+
 def render_browse_project(
     project: str, entries: List[Tuple[str, Entry]], description: str, yanked: Optional[Dict[str, str]] = None
 ) -> bytes:
@@ -719,14 +736,14 @@ def render_browse_project(
         rows = "".join(
             f'<tr><td><a href="../../packages/{esc(quote(relfn))}">{esc(os.path.basename(relfn))}</a></td>'
             f"<td>{entry['size']:,}</td><td>{esc(entry.get('requires_python') or '')}</td>"
-            f'<td class="hash">{entry["sha256"]}</td></tr>'
+            f'<td class="hash">{entry["sha256"]}</td><td>{uploaded_note(entry)}</td></tr>'
             for relfn, entry in by_version[version]
         )
         reason = reasons.get(release_id(version))
         mark = "" if reason is None else " " + yank_note("", reason)
         sections.append(
             f"<h3>{esc(version)}{mark}</h3>\n<table><thead><tr><th>File</th><th>Bytes</th><th>Requires-Python</th>"
-            f"<th>sha256</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"<th>sha256</th><th>Uploaded</th></tr></thead><tbody>{rows}</tbody></table>"
         )
     newest_reason = reasons.get(release_id(newest["version"]))
     body = (
@@ -750,6 +767,16 @@ def render_browse_project(
 _ENTRY_TYPES = {"size": int, "mtime": int, "sha256": str, "project": str, "name": str, "version": str}
 
 
+def with_upload(entry: Entry, uploaded: Optional[Dict[str, str]]) -> Entry:
+    """The entry with who uploaded its file and when (from the audit trail), or without when that is unknown."""
+    if entry.get("uploaded") == uploaded:
+        return entry
+    entry = {key: value for key, value in entry.items() if key != "uploaded"}
+    if uploaded:
+        entry["uploaded"] = {"time": uploaded["time"], "account": uploaded["account"]}
+    return entry
+
+
 def valid_state(state: Dict[str, Any]) -> bool:
     """state.json as this module writes it (anything else is rebuilt, never trusted)."""
     files, skipped = state.get("files"), state.get("skipped", {})
@@ -765,6 +792,9 @@ def valid_state(state: Dict[str, Any]) -> bool:
     ):
         return False
     optional = ("requires_python", "summary", "metadata_sha256")
+    uploaded = [entry["uploaded"] for entry in files.values() if entry.get("uploaded") is not None]
+    if any(upload_entry_problem(item) for item in uploaded):
+        return False
     return all(
         all(
             isinstance(entry.get(key), kind) and not isinstance(entry.get(key), bool)
@@ -779,12 +809,16 @@ class Tree:
     """The generated tree for one packages directory.
 
     yanked: the yank file (PEP 592) the pages follow. None: the pages keep showing the releases they showed as
-    yanked (a caller that does not know the file never changes them)."""
+    yanked (a caller that does not know the file never changes them).
+    uploads: the audit trail's uploads.json (who uploaded each file, and when: PEP 700's upload-time). None: the
+    pages keep what they show, as for yanked."""
 
-    def __init__(self, packages: str, tree: str, yanked: Optional[str] = None) -> None:
+    def __init__(self, packages: str, tree: str, yanked: Optional[str] = None, uploads: Optional[str] = None) -> None:
         self.packages = os.path.abspath(packages)
         self.tree = os.path.abspath(tree)
         self.yanked = os.path.abspath(yanked) if yanked else None
+        self.uploads = os.path.abspath(uploads) if uploads else None
+        self._uploads: Optional[Tuple[Tuple[int, int, int], Dict[str, Dict[str, str]]]] = None
         self._thread_lock = threading.Lock()
         self._seen: Optional[Dict[str, int]] = None
         self._seen_yanked: Optional[List[int]] = None
@@ -835,6 +869,30 @@ class Tree:
         except YankFileError as error:
             LOG.warning("%s: no release is shown as yanked until it is fixed", error)
             return {}
+
+    def current_uploads(self, old: Dict[str, Entry]) -> Dict[str, Dict[str, str]]:
+        """{file: {"time", "account"}} the pages are to show: uploads.json's (parsed again only when it changed);
+        what they show now when this tree has none or it cannot be used (logged: it never stops the index)."""
+        shown_now = {relfn: entry["uploaded"] for relfn, entry in old.items() if entry.get("uploaded")}
+        if self.uploads is None:
+            return shown_now
+        try:
+            stat = os.lstat(self.uploads)
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            LOG.warning("%s cannot be read (%s): the pages keep the upload times they show", self.uploads, error)
+            return shown_now
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._uploads is not None and self._uploads[0] == key:
+            return self._uploads[1]
+        try:
+            uploads = read_uploads_file(self.uploads)
+        except AuditError as error:
+            LOG.warning("%s: the pages keep the upload times they show until it is fixed", error)
+            return shown_now
+        self._uploads = (key, uploads)
+        return uploads
 
     def load_state(self) -> Optional[Dict[str, Any]]:
         """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
@@ -914,6 +972,8 @@ class Tree:
         remove_leftovers(self.packages)
         dirs, found = self.scan()
         files, fresh_metadata, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young)
+        uploads = self.current_uploads(old)
+        files = {relfn: with_upload(entry, uploads.get(relfn)) for relfn, entry in files.items()}
         changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
         changed |= {entry["project"] for relfn, entry in old.items() if relfn not in files}
         # A project whose yank entries differ from what its pages show (only projects with files have pages).
@@ -1189,21 +1249,31 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> str:
     return project
 
 
+# What store_whole stored in this thread ({file name: sha256}), while UploadChecks watches a request (else None).
+_STORED = threading.local()
+
+
 def store_whole(source: BinaryIO, destination: Any) -> None:
     """Write an upload under a temporary name beside destination (locked while written) and rename it when
-    complete: a reader never sees part of it, and a killed upload leaves only a temporary file to remove."""
+    complete: a reader never sees part of it, and a killed upload leaves only a temporary file to remove. The
+    sha256 of what was written is noted for the audit trail."""
     directory, target = os.path.split(os.fspath(destination))
     handle, temporary = tempfile.mkstemp(prefix=UPLOAD_TEMP_PREFIX, dir=directory)
     offset = source.tell()
+    digest = hashlib.sha256()
     try:
         with os.fdopen(handle, "wb") as out:
             fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             for chunk in iter(lambda: source.read(1 << 20), b""):
                 out.write(chunk)
+                digest.update(chunk)
             out.flush()
             os.fsync(out.fileno())
             os.chmod(temporary, 0o644)
             os.replace(temporary, os.path.join(directory, target))
+        stored = getattr(_STORED, "files", None)
+        if stored is not None:
+            stored[target] = digest.hexdigest()
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -1484,16 +1554,259 @@ class ProjectOwners:
         return decision
 
 
+# --- audit trail -----------------------------------------------------------------------------------------------
+
+# Every accepted upload, removal, yank, unyank and owner claim is appended to DIR/audit.jsonl as one JSON line:
+# {"time": UTC, "account", "client", "action", "project", "version", "file", "sha256"} (null where one does not
+# apply). DIR is the index user's, in the data directory (so a backup carries it); the log is rotated by size to
+# audit.jsonl.1 .. .KEEP. DIR/uploads.json keeps, per file in the packages directory, when and by whom it was
+# uploaded ({"format": 1, "files": {relative path: {"time", "account"}}}): the pages read that small file, never
+# the log.
+AUDIT_FILE = "audit.jsonl"
+UPLOADS_FILE = "uploads.json"
+UPLOADS_FORMAT = 1
+MAX_UPLOADS_FILE_BYTES = 32 << 20
+MAX_UPLOADS_ENTRIES = 200_000  # the oldest are dropped beyond this (the log still has them)
+MAX_AUDIT_KEEP = 100
+MIN_AUDIT_BYTES = 64 << 10
+# Each field's length at most (longer values are cut): a line stays small, so one write() appends it whole.
+AUDIT_LIMITS = {
+    "time": 32,
+    "account": MAX_ACCOUNT_CHARS,
+    "client": 64,
+    "action": 32,
+    "project": MAX_PROJECT_CHARS,
+    "version": MAX_VERSION_CHARS,
+    "file": 255,
+    "sha256": 64,
+}
+_UPLOAD_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$")  # PEP 700
+AUDIT_KEY = "airgap_pypi.audit"  # the environ key UploadChecks notes what a POST would change under
+AUDIT_LOST_KEY = "airgap_pypi.audit_lost"  # set when a request's audit record could not be written (for MetricsLayer)
+
+
+class AuditError(ValueError):
+    """The audit trail cannot be used (the message names the file and the fix)."""
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def audit_line(record: Dict[str, Optional[str]]) -> bytes:
+    """One JSON line of the fields of AUDIT_LIMITS, each cut to its bound, ASCII only (control characters and
+    line breaks escaped), so a line never spans two."""
+    fields = {key: None if record.get(key) is None else str(record[key])[:limit] for key, limit in AUDIT_LIMITS.items()}
+    return (json.dumps(fields, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def uploads_document_problem(document: Any) -> Optional[str]:
+    """What is wrong with a parsed uploads.json, or None."""
+    if not isinstance(document, dict) or document.get("format") != UPLOADS_FORMAT:
+        return f'not an uploads file of format {UPLOADS_FORMAT} ({{"format": {UPLOADS_FORMAT}, "files": {{...}}}})'
+    files = document.get("files")
+    if not isinstance(files, dict):
+        return '"files" is not an object'
+    for relfn, entry in files.items():
+        if not _SAFE_PATH.match(relfn) or any(part.startswith(".") for part in relfn.split("/")):
+            return f"{shown(str(relfn))} is not a file name of the packages directory"
+        problem = upload_entry_problem(entry)
+        if problem:
+            return f"{relfn}: {problem}"
+    return None
+
+
+def upload_entry_problem(entry: Any) -> Optional[str]:
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in ("time", "account")):
+        return 'not {"time": UTC TIME, "account": NAME}'
+    if not _UPLOAD_TIME.match(entry["time"]):
+        return f"time {shown(entry['time'])} is not YYYY-MM-DDTHH:MM:SSZ"
+    problem = text_problem(entry["account"], MAX_ACCOUNT_CHARS) if entry["account"] else "empty account"
+    return f"account {shown(entry['account'])}: {problem}" if problem else None
+
+
+def read_uploads_file(path: str) -> Dict[str, Dict[str, str]]:
+    """{relative path: {"time", "account"}} of uploads.json ({} when there is none), read within its bound and
+    never through a link; AuditError says what is wrong and how to fix it."""
+    try:
+        document = read_small_json(path, MAX_UPLOADS_FILE_BYTES, AuditError)
+    except OSError as error:
+        raise AuditError(f"{path} cannot be read: {error.strerror}") from error
+    if document is None:
+        return {}
+    problem = uploads_document_problem(document)
+    if problem:
+        raise AuditError(f"{path}: {problem}; move it aside (audit.jsonl keeps every upload) and upload again")
+    return dict(document["files"])
+
+
+class AuditLog:
+    """The audit trail in one directory: appends under an exclusive flock on the directory (every writer, gunicorn
+    worker or command, takes it), one write() per line with O_APPEND, rotation by size under the same lock."""
+
+    def __init__(self, directory: str, max_bytes: int = 10 << 20, keep: int = 5) -> None:
+        if max_bytes < MIN_AUDIT_BYTES:
+            raise ValueError(f"audit max_bytes {max_bytes}: at least {MIN_AUDIT_BYTES} (pypi_server_audit_max_mb >= 1)")
+        if not 1 <= keep <= MAX_AUDIT_KEEP:
+            raise ValueError(f"audit keep {keep}: 1 to {MAX_AUDIT_KEEP} rotated files (pypi_server_audit_keep)")
+        self.directory = os.path.abspath(directory)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.failures = 0  # appends that failed in this process (logged as errors)
+
+    @property
+    def uploads_file(self) -> str:
+        return os.path.join(self.directory, UPLOADS_FILE)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[int]:
+        """A descriptor of the audit directory, flocked; never through a link."""
+        try:
+            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as error:
+            if os.path.islink(self.directory):
+                link = f"{self.directory} is a symbolic link (never followed): make it a directory"
+                raise AuditError(link) from error
+            raise
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield descriptor
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def append(
+        self,
+        action: str,
+        *,
+        account: Optional[str],
+        client: Optional[str],
+        project: Optional[str] = None,
+        version: Optional[str] = None,
+        filename: Optional[str] = None,
+        sha256: Optional[str] = None,
+        forget: Iterable[str] = (),
+    ) -> Dict[str, Optional[str]]:
+        """Append one record (an upload also enters uploads.json; forget: files removed, taken out of it) and
+        return it. OSError or AuditError when it could not be written (the caller logs it: see failed())."""
+        record = {"time": utc_now(), "account": account, "client": client, "action": action, "project": project}
+        record.update(version=version, file=filename, sha256=sha256)
+        line = audit_line(record)
+        with self.locked() as directory:
+            owner = self.owner(directory)
+            self.write_line(directory, line, owner)
+            forget = list(forget)
+            if (action == "upload" and filename and account) or forget:
+                self.update_uploads(record if action == "upload" else None, forget, owner)
+        return record
+
+    @staticmethod
+    def owner(directory: int) -> Optional[Tuple[int, int]]:
+        """The directory's owner, for what root creates in it (a command run as root without --user); else None."""
+        if os.geteuid() != 0:
+            return None
+        stat = os.fstat(directory)
+        return stat.st_uid, stat.st_gid
+
+    def open_log(self, directory: int, owner: Optional[Tuple[int, int]]) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            descriptor = os.open(AUDIT_FILE, flags, dir_fd=directory)
+        except FileNotFoundError:
+            descriptor = os.open(AUDIT_FILE, flags | os.O_CREAT | os.O_EXCL, 0o640, dir_fd=directory)
+            os.fchmod(descriptor, 0o640)
+            if owner is not None:
+                os.fchown(descriptor, *owner)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise AuditError(f"{self.directory}/{AUDIT_FILE} is a symbolic link (never followed)") from error
+            raise
+        if not S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise AuditError(f"{self.directory}/{AUDIT_FILE} is not a regular file: move it aside")
+        return descriptor
+
+    def write_line(self, directory: int, line: bytes, owner: Optional[Tuple[int, int]]) -> None:
+        descriptor = self.open_log(directory, owner)
+        try:
+            size = os.fstat(descriptor).st_size
+            if size and size + len(line) > self.max_bytes:
+                os.close(descriptor)
+                descriptor = -1
+                self.rotate(directory)
+                descriptor = self.open_log(directory, owner)
+            written = os.write(descriptor, line)
+            if written != len(line):
+                raise OSError(errno.EIO, f"{written} of {len(line)} bytes written", f"{self.directory}/{AUDIT_FILE}")
+            os.fsync(descriptor)
+        finally:
+            if descriptor >= 0:
+                os.close(descriptor)
+
+    def rotate(self, directory: int) -> None:
+        """audit.jsonl becomes audit.jsonl.1, .1 becomes .2 ... up to .KEEP; the oldest (and any beyond KEEP, left
+        by a larger setting before) are deleted. Renames never follow a link."""
+        for number in range(MAX_AUDIT_KEEP, self.keep, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{AUDIT_FILE}.{number}", dir_fd=directory)
+        for number in range(self.keep, 0, -1):
+            source = AUDIT_FILE if number == 1 else f"{AUDIT_FILE}.{number - 1}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(source, f"{AUDIT_FILE}.{number}", src_dir_fd=directory, dst_dir_fd=directory)
+        os.fsync(directory)
+
+    def update_uploads(
+        self, record: Optional[Dict[str, Optional[str]]], forget: List[str], owner: Optional[Tuple[int, int]]
+    ) -> None:
+        """uploads.json with record's file entered (or replaced) and the forgotten files taken out (under the
+        lock)."""
+        files = read_uploads_file(self.uploads_file)
+        for relfn in forget:
+            files.pop(relfn, None)
+        if record is not None:
+            files[str(record["file"])] = {"time": str(record["time"]), "account": str(record["account"])}
+        if len(files) > MAX_UPLOADS_ENTRIES:
+            newest = sorted(files.items(), key=lambda item: item[1]["time"], reverse=True)[:MAX_UPLOADS_ENTRIES]
+            files = dict(newest)
+        data = json.dumps({"format": UPLOADS_FORMAT, "files": files}, sort_keys=True, separators=(",", ":"))
+        write_atomic(self.uploads_file, data.encode() + b"\n", durable=True, mode=0o640, owner=owner)
+
+    def failed(self, error: BaseException, record: Dict[str, Optional[str]]) -> None:
+        """An append that failed: counted, and logged as an error with the record (the change itself stands)."""
+        self.failures += 1
+        LOG.error(
+            "AUDIT RECORD LOST (%d in this process): %s: %s",
+            self.failures,
+            error,
+            audit_line(record).decode().strip(),
+        )
+
+    def record(self, action: str, **fields: Any) -> bool:
+        """append(), a failure logged and counted instead of raised; whether it was written."""
+        try:
+            self.append(action, **fields)
+        except (OSError, AuditError) as error:
+            names = {"filename": "file"}
+            self.failed(error, dict({names.get(k, k): v for k, v in fields.items() if k != "forget"}, action=action))
+            return False
+        return True
+
+
 class UploadChecks:
     """WSGI layer in front of pypiserver: an authenticated upload is checked before anything is stored."""
 
     def __init__(
-        self, app: WSGIApp, packages: str, max_upload_bytes: int, owners: Optional[ProjectOwners] = None
+        self,
+        app: WSGIApp,
+        packages: str,
+        max_upload_bytes: int,
+        owners: Optional[ProjectOwners] = None,
+        audit: Optional[AuditLog] = None,
     ) -> None:
         self.app = app
         self.packages = os.path.abspath(packages)
         self.max_upload_bytes = max_upload_bytes
         self.owners = owners if owners is not None and owners.active else None
+        self.audit = audit
         config = getattr(app, "_pypiserver_config", None)
         self.auther: Optional[Callable[[str, str], bool]] = getattr(config, "auther", None)
         atomic_uploads()
@@ -1511,7 +1824,39 @@ class UploadChecks:
                 )
                 return [body]
             remove_leftovers(self.packages)  # the static read path's sync does this too; without it, only here
+            if self.audit is not None and environ.get(AUDIT_KEY):
+                return self.audited(environ, start_response)
         return self.app(environ, start_response)
+
+    def audited(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """pypiserver answers an upload or removal (its handler has run when it returns); a success is appended to
+        the audit trail: an upload with the sha256 store_whole computed while writing it. A record that cannot be
+        written is logged as an error and counted; the upload stored stands (a refusal now would have twine send
+        it again, into a 409)."""
+        assert self.audit is not None
+        noted: Dict[str, Optional[str]] = environ[AUDIT_KEY]
+        statuses: List[str] = []
+
+        def watch(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        _STORED.files = {}
+        try:
+            result = self.app(environ, watch)
+            stored: Dict[str, str] = _STORED.files
+        finally:
+            _STORED.files = None
+        if not statuses or statuses[-1][:1] != "2":
+            return result
+        fields: Dict[str, Any] = dict(noted, client=environ.get("REMOTE_ADDR"))
+        if noted["action"] == "upload":
+            if noted["filename"] not in stored:
+                return result  # pypiserver answered success without storing this file: nothing to record
+            fields["sha256"] = stored[str(noted["filename"])]
+        if not self.audit.record(str(fields.pop("action")), **fields):
+            environ[AUDIT_LOST_KEY] = True
+        return result
 
     def credentials(self, environ: Dict[str, Any]) -> Optional[Tuple[str, str]]:
         """(user, password) as pypiserver reads them (bottle's own parser, so both see the same request)."""
@@ -1569,10 +1914,13 @@ class UploadChecks:
         note_upload_form(environ, action, upload, self.packages)  # for MetricsLayer: what was sent
         if action == "doc_upload":  # pypiserver reads the whole file into memory, then keeps nothing
             return 400, "Bad Request: documentation uploads are not kept by this index"
-        if action == "remove_pkg" and self.owners is not None:  # pypiserver's removal of a release by name
-            name = request.forms.get("name")
+        if action == "remove_pkg":  # pypiserver's removal of a release by name
+            name, version = request.forms.get("name"), request.forms.get("version")
             if isinstance(name, str) and _PROJECT_NAME.match(name) and len(name) <= MAX_PROJECT_CHARS:
-                return self.owner_refusal(self.owners.decide(normalize(name), account), environ)
+                environ[AUDIT_KEY] = {"action": "remove", "account": account, "project": normalize(name)}
+                environ[AUDIT_KEY]["version"] = version if isinstance(version, str) else None
+                if self.owners is not None:
+                    return self.owner_refusal(self.owners.decide(normalize(name), account), environ)
         if action == "file_upload" and upload is not None:
             return self.upload_refusal(upload, environ, account)
         return None
@@ -1586,10 +1934,19 @@ class UploadChecks:
             if not decision.allowed:
                 return self.owner_refusal(decision, environ)
         project = check_upload(upload.raw_filename, upload.file, self.packages)
+        _, version = check_upload_name(upload.raw_filename, self.packages)
+        environ[AUDIT_KEY] = {"action": "upload", "account": account, "project": project}
+        environ[AUDIT_KEY].update(version=str(version), filename=upload.raw_filename)
         if self.owners is None or not decision.claim:
             return None
         try:
-            return self.owner_refusal(self.owners.claim(project, account), environ)
+            claimed = self.owners.claim(project, account)
+            recorded = not (claimed.allowed and claimed.claim and self.audit is not None) or self.audit.record(
+                "claim", account=account, client=environ.get("REMOTE_ADDR"), project=project
+            )
+            if not recorded:
+                environ[AUDIT_LOST_KEY] = True
+            return self.owner_refusal(claimed, environ)
         except OSError as error:
             LOG.error("%s could not claim %s: %s", account, project, error)
             environ[REFUSED_KEY] = "not_owner"
@@ -1657,9 +2014,11 @@ class StaticIndex:
         tree: str,
         check_password: Optional[Callable[[str, str], bool]] = None,
         yanked: Optional[str] = None,
+        *,
+        uploads: Optional[str] = None,
     ) -> None:
         self.app = app
-        self.index = Tree(packages, tree, yanked=yanked)
+        self.index = Tree(packages, tree, yanked=yanked, uploads=uploads)
         # When set, every read here needs Basic auth, as pypiserver's authenticate=[list, download] does.
         self.check_password = check_password
 
@@ -2012,6 +2371,7 @@ class Metrics:
             self.refused: Dict[str, int] = {}
             self.uploads = 0
             self.upload_bytes = 0
+            self.audit_lost = 0  # audit records that could not be written (the change stood)
             self.changes = 0  # grows with every change: a worker writes its file when it differs from the last
 
     def observe(self, route: str, code: str, seconds: float) -> None:
@@ -2026,6 +2386,11 @@ class Metrics:
         with self.lock:
             self.uploads += 1
             self.upload_bytes += max(0, size)
+            self.changes += 1
+
+    def record_lost(self) -> None:
+        with self.lock:
+            self.audit_lost += 1
             self.changes += 1
 
     def upload_refused(self, reason: str) -> None:
@@ -2047,6 +2412,7 @@ class Metrics:
                 "refused": dict(sorted(self.refused.items())),
                 "uploads": self.uploads,
                 "upload_bytes": self.upload_bytes,
+                "audit_lost": self.audit_lost,
             }
 
     @classmethod
@@ -2077,6 +2443,7 @@ class Metrics:
             counts.refused[reason] = _count(count, "a refusal count")
         counts.uploads = _count(document.get("uploads"), "uploads")
         counts.upload_bytes = _count(document.get("upload_bytes"), "upload_bytes")
+        counts.audit_lost = _count(document.get("audit_lost", 0), "audit_lost")  # 0 in a file of an older worker
         return counts
 
     def add(self, other: Metrics) -> None:
@@ -2094,6 +2461,7 @@ class Metrics:
                 self.refused[reason] = self.refused.get(reason, 0) + count
             self.uploads += snapshot["uploads"]
             self.upload_bytes += snapshot["upload_bytes"]
+            self.audit_lost += snapshot["audit_lost"]
             self.changes += 1
 
 
@@ -2180,6 +2548,12 @@ def render_metrics(counts: Metrics, gauges: Iterable[Gauge] = ()) -> bytes:
             "counter",
             "Uploads (POSTs to /) refused, by reason (a fixed set).",
             (("", [("reason", reason)], counts.refused.get(reason, 0)) for reason in REFUSAL_REASONS),
+        )
+        lines += render_family(
+            "airgap_pypi_audit_records_lost_total",
+            "counter",
+            "Audit records of uploads, removals and claims that could not be written (the change stood; see the log).",
+            [("", [], counts.audit_lost)],
         )
     for name, text, value in gauges:
         lines += render_family(name, "gauge", text, [("", [], value)])
@@ -2660,6 +3034,8 @@ class MetricsLayer:
             self.metrics.observe(route, code, time.monotonic() - started)
             if route == "upload":
                 self.count_upload(environ, code)
+            if environ.get(AUDIT_LOST_KEY):
+                self.metrics.record_lost()
         except Exception:
             self.complain("a request could not be counted")
 
@@ -2907,10 +3283,12 @@ def yank_main(argv: List[str]) -> int:
     if command == "yank":
         parser.add_argument("--reason", default="", help=f"why, for pip's warning (at most {MAX_REASON_CHARS} chars)")
     parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    add_audit_arguments(parser)
     args = parser.parse_args(argv[1:])
-    tree = Tree(args.packages, args.tree, yanked=args.yanked)
     reason = args.reason if command == "yank" else None
     try:
+        audit = audit_of(args)
+        tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
         result = change_yank(tree, args.project, args.version, reason, args.check)
     except Refusal as refusal:
         print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
@@ -2918,15 +3296,77 @@ def yank_main(argv: List[str]) -> int:
     except OSError as error:
         print(f"error: the yank file {args.yanked} could not be read or written: {error}", file=sys.stderr)
         return 1
-    return bring_pages_up_to_date(tree, result, args.check, args.user)
+    return bring_pages_up_to_date(tree, result, args.check, args.user, audit=audit_entries(audit, args, result))
 
 
-def bring_pages_up_to_date(tree: "Tree", result: Dict[str, Any], check: bool, user: Optional[str]) -> int:
-    """After a yank, unyank or removal: rewrite the pages (as user, when given) unless only checking, then print
-    the result as one JSON line. Exit code 0, or 1 when the change is made but its pages could not be written."""
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--audit", help="the audit trail's directory (the change is appended to its audit.jsonl)")
+    parser.add_argument("--audit-max-mb", type=int, default=10, help="rotate audit.jsonl beyond this size (MiB)")
+    parser.add_argument("--audit-keep", type=int, default=5, help="rotated audit files kept")
+    parser.add_argument("--account", help="who asked for the change, for the audit trail (default: who ran this)")
+    parser.add_argument("--client", default="command line", help="where the change came from, for the audit trail")
+
+
+def audit_of(args: argparse.Namespace) -> Optional[AuditLog]:
+    """The audit trail the command appends to (None without --audit); Refusal for an unfit value, before any
+    change."""
+    for name in ("account", "client"):
+        value = getattr(args, name)
+        problem = None if value is None else text_problem(value, AUDIT_LIMITS[name]) if value else "empty"
+        if problem:
+            raise Refusal(f"--{name} {shown(value)}: {problem}.")
+    if not args.audit:
+        return None
+    try:
+        return AuditLog(args.audit, max_bytes=args.audit_max_mb << 20, keep=args.audit_keep)
+    except ValueError as error:
+        raise Refusal(f"{error}.") from error
+
+
+def audit_entries(
+    audit: Optional[AuditLog], args: argparse.Namespace, result: Dict[str, Any]
+) -> Optional[Tuple[AuditLog, List[Dict[str, Any]]]]:
+    """The audit records of a command's change: one for a yank or unyank, one per file for a removal."""
+    if audit is None or not result.get("changed") or result.get("check"):
+        return None
+    common = {"account": args.account or who_ran(), "client": args.client, "project": result["project"]}
+    common["version"] = result.get("version")
+    if result["action"] != REMOVE_COMMAND:
+        return audit, [dict(common, action=result["action"])]
+    hashes = {item["name"]: item.get("sha256") for item in result.get("record_files", [])}
+    records = [
+        dict(common, action=REMOVE_COMMAND, filename=relfn, sha256=hashes.get(relfn), forget=[relfn])
+        for relfn in result.get("files", [])
+    ]
+    return audit, records
+
+
+def bring_pages_up_to_date(
+    tree: "Tree",
+    result: Dict[str, Any],
+    check: bool,
+    user: Optional[str],
+    audit: Optional[Tuple[AuditLog, List[Dict[str, Any]]]] = None,
+) -> int:
+    """After a yank, unyank or removal: append its audit records and rewrite the pages (as user, when given) unless
+    only checking, then print the result as one JSON line. Exit code 0, or 1 when the change is made but its audit
+    record or its pages could not be written."""
+    lost = False
     if not check:
         if user:
             drop_privileges(user)
+        if audit is not None:
+            log, records = audit
+            for record in records:
+                action = record.pop("action")
+                if not log.record(action, **record):
+                    lost = True
+            if lost:
+                print(
+                    f"error: {result['message']}, but its audit record could not be written to {log.directory}"
+                    " (see above); the change stands",
+                    file=sys.stderr,
+                )
         try:
             result["pages"] = tree.sync()
         except Exception as error:
@@ -2936,8 +3376,9 @@ def bring_pages_up_to_date(tree: "Tree", result: Dict[str, Any], check: bool, us
                 file=sys.stderr,
             )
             return 1
+    result.pop("record_files", None)
     print(json.dumps(result, sort_keys=True))
-    return 0
+    return 1 if lost else 0
 
 
 # --- removal: files moved aside with a record, kept for a retention period -------------------------------------
@@ -3211,6 +3652,7 @@ def _remove_locked(
                     "by": who_ran(),
                 }
                 entry = move_aside(tree.packages, directory, entry, record=record, chosen=chosen)
+                result["record_files"] = record["files"]  # their sha256, for the audit trail
             result["removed_to"] = os.path.join(removed, entry)
             kept = f"kept {keep_days} days" if keep_days else "kept until deleted by hand"
             moved = "would be moved" if check else "moved"
@@ -3252,7 +3694,7 @@ def move_aside(
         raise FileExistsError(errno.EEXIST, "no free name for the removal", entry)
     entry_fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
     try:
-        record = dict(record, files=[dict(name=relfn, **hash_file(os.path.join(packages, relfn))) for relfn in chosen])
+        record["files"] = [dict(name=relfn, **hash_file(os.path.join(packages, relfn))) for relfn in chosen]
         temporary = ".tmp-" + RECORD_FILE
         descriptor = os.open(
             temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=entry_fd
@@ -3305,9 +3747,11 @@ def remove_main(argv: List[str]) -> int:
         "--keep-days", type=int, default=30, help="delete removals older than this many days (0: keep forever)"
     )
     parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    add_audit_arguments(parser)
     args = parser.parse_args(argv[1:])
-    tree = Tree(args.packages, args.tree, yanked=args.yanked)
     try:
+        audit = audit_of(args)
+        tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
         result = remove_release(
             tree,
             args.removed,
@@ -3327,7 +3771,7 @@ def remove_main(argv: List[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    return bring_pages_up_to_date(tree, result, args.check, args.user)
+    return bring_pages_up_to_date(tree, result, args.check, args.user, audit=audit_entries(audit, args, result))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -3343,12 +3787,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
     parser.add_argument("--yanked", help="the yank file the pages follow (without it, they keep what they show)")
+    parser.add_argument("--audit", help="the audit trail's directory: its uploads.json gives the upload times")
     parser.add_argument("--rebuild", action="store_true", help="rewrite every page (hashes stay cached)")
     parser.add_argument("--user", help="when run as root, write as this user")
     args = parser.parse_args(arguments)
     if args.user:
         drop_privileges(args.user)
-    tree = Tree(args.packages, args.tree, yanked=args.yanked)
+    uploads = os.path.join(args.audit, UPLOADS_FILE) if args.audit else None
+    tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=uploads)
     started = time.monotonic()
     changed = tree.sync(rebuild=args.rebuild)
     files = len((tree.read_json("state.json") or {}).get("files", {}))

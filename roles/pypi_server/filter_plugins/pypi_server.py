@@ -89,6 +89,8 @@ NUMBERS: dict[str, tuple[int, int | None, str]] = {
     "pypi_server_threads": (1, 64, "threads per worker"),
     "pypi_server_releases_keep": (2, None, "the current and the previous release always stay"),
     "pypi_server_max_upload_mb": (1, 1048576, "MiB per upload"),
+    "pypi_server_audit_max_mb": (1, 4096, "MiB of audit.jsonl before it is rotated"),
+    "pypi_server_audit_keep": (1, 100, "rotated audit files kept"),
 }
 ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a portable system user or group name
 PROGRAM = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -397,11 +399,12 @@ def owner_problems(owners: Any, users: Any) -> list[str]:
 
 METRICS_DIR = "metrics"  # in pypi_server_data_dir: the workers' metrics files (vars/main.yml)
 OWNERS_DIR = "owners"  # in pypi_server_data_dir: the claims of first uploads (vars/main.yml)
+AUDIT_DIR = "audit"  # in pypi_server_data_dir: the audit trail (vars/main.yml)
 
 
 def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
     """/metrics open to anyone while every other read needs a password; packages or pages where the workers keep
-    their metrics files or the owners file."""
+    their metrics files, the owners file or the audit trail."""
     problems = []
     public = _flag(settings.get("pypi_server_metrics_public", False))
     if public and _flag(settings.get("pypi_server_auth_downloads", False)):
@@ -413,7 +416,12 @@ def metrics_problems(settings: Mapping[str, Any]) -> list[str]:
         )
     data = str(settings.get(DATA, ""))
     if data.startswith("/"):
-        for kept, what in ((METRICS_DIR, "its workers' metrics"), (OWNERS_DIR, "the owners of projects")):
+        kept_apart = (
+            (METRICS_DIR, "its workers' metrics"),
+            (OWNERS_DIR, "the owners of projects"),
+            (AUDIT_DIR, "its audit trail"),
+        )
+        for kept, what in kept_apart:
             reserved = normalize(f"{data}/{kept}")
             for name in sorted(INSIDE_DATA & set(settings)):
                 value = str(settings[name])
