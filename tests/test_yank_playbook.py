@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -163,41 +162,3 @@ def test_a_missing_project_or_version_stops_before_anything_runs(host: dict[str,
     assert "Name the release: ansible-playbook playbooks/yank.yml" in done.stdout and "-e project=NAME" in done.stdout
     assert "airgap_pypi_index.py" not in done.stdout, "the command never ran"
     assert not host["yanked"].exists()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="a restore writes files as root, as on an index host")
-def test_a_backup_carries_the_audit_trail_and_a_restore_puts_it_back_or_moves_the_hosts_aside(tmp_path: Path) -> None:
-    source = make_host(tmp_path / "a", "1.0", "2.0")
-    assert changed(yank(source, "-e", "project=demo", "-e", "version=2.0")) == 1  # one record
-    wheel = next(source["packages"].glob("demo-1.0-*"))
-    uploads = {"format": 1, "files": {wheel.name: {"time": "2026-01-02T03:04:05Z", "account": "alice"}}}
-    (source["audit"] / "uploads.json").write_text(json.dumps(uploads))
-    (source["audit"] / "audit.jsonl.1").write_text('{"action": "upload"}\n')  # a rotated file
-    backups = tmp_path / "backups"
-    assert changed(yank(source, "-e", f"pypi_backup_dir={backups}", playbook="playbooks/backup.yml")) > 0
-    (archive,) = backups.glob("*.tar.gz")
-    with tarfile.open(archive) as packed:
-        names = {name for name in packed.getnames() if name.startswith("data/audit/")}
-    assert names == {"data/audit/audit.jsonl", "data/audit/audit.jsonl.1", "data/audit/uploads.json"}
-
-    target = make_host(tmp_path / "b")
-    restore = ("-e", f"pypi_backup_archive={archive}")
-    assert changed(yank(target, *restore, playbook="playbooks/restore.yml")) > 0
-    for name in ("audit.jsonl", "audit.jsonl.1", "uploads.json"):
-        assert (target["audit"] / name).read_bytes() == (source["audit"] / name).read_bytes(), name
-        assert oct((target["audit"] / name).stat().st_mode & 0o777) == "0o640"
-    document = json.loads((target["static"] / "simple" / "demo" / "index.json").read_text())
-    timed = {item["filename"]: item.get("upload-time") for item in document["files"]}
-    assert timed[wheel.name] == "2026-01-02T03:04:05Z", "the pages follow the restored uploads.json"
-
-    # A record the host made after the backup is other data: refused, then moved aside with replace.
-    mine = target["audit"] / "audit.jsonl"
-    mine.write_text(mine.read_text() + '{"action": "yank"}\n')
-    kept = mine.read_bytes()
-    done = yank(target, *restore, playbook="playbooks/restore.yml")
-    assert done.returncode != 0 and "an audit trail other than the archive's" in done.stdout, done.stdout[-2000:]
-    assert mine.read_bytes() == kept, "refused: the host's audit trail stays"
-    assert changed(yank(target, *restore, "-e", "pypi_backup_replace=true", playbook="playbooks/restore.yml")) > 0
-    assert mine.read_bytes() == (source["audit"] / "audit.jsonl").read_bytes()
-    (aside,) = (target["packages"].parent).glob(".airgap-pypi-replaced-*/audit/audit.jsonl")
-    assert aside.read_bytes() == kept, "the host's own trail is kept aside, not deleted"

@@ -49,6 +49,13 @@ RELEASE_A = release_of(ARTIFACTS)
 STATE: dict[str, object] = {}
 YANKED, OWNERS = "/srv/pypi/yanked.json", "/srv/pypi/owners/owners.json"
 YANKED_RELEASE = ("ops-pkg0", f"1.0.{STAMP}")
+# The index's state files a backup carries beside the packages: (archive member, path on the host).
+CARRIED_STATE = (
+    ("data/yanked.json", YANKED),
+    ("data/owners.json", OWNERS),
+    ("data/audit/audit.jsonl", "/srv/pypi/audit/audit.jsonl"),  # the uploads above, each one line
+    ("data/audit/uploads.json", "/srv/pypi/audit/uploads.json"),
+)
 
 
 def wheel_on_client(tmp_path: Path, name: str, version: str) -> str:
@@ -275,7 +282,7 @@ def test_backup_writes_a_verified_archive_and_is_idempotent(backup_dir: Path) ->
     assert {k.removeprefix("packages/"): v for k, v in listed.items() if k.startswith("packages/")} == expected
     assert {"config/htpasswd", "config/gunicorn.conf.py", "config/pypiserver_wsgi.py"} <= set(listed)
     with tarfile.open(archive) as tar:
-        for member, path in (("data/yanked.json", YANKED), ("data/owners.json", OWNERS)):
+        for member, path in CARRIED_STATE:
             assert tar.extractfile(member).read().decode() == sh(SERVER, f"cat {path}"), member
     assert info["host"] == SERVER and info["files"] == len(listed)
     assert sh(SERVER, "ls -A /srv/pypi").split() == data_dir_before, "the work directory must be gone"
@@ -386,11 +393,13 @@ def test_restore_onto_a_new_host_gives_the_same_files_and_uploads_work(tmp_path:
     assert len(restored) == len(STATE["backed_up"]) and restored == STATE["backed_up"]
     assert sh(SERVER, f"stat -c %U {PACKAGES}/ops_pkg0-1.0.{STAMP}-py3-none-any.whl").strip() == "pypiserver"
     with tarfile.open(STATE["archive"]) as tar:
-        for member, path in (("data/yanked.json", YANKED), ("data/owners.json", OWNERS)):
+        for member, path in CARRIED_STATE:
             assert sh(SERVER, f"cat {path}") == tar.extractfile(member).read().decode(), f"{member} comes back"
-    assert sh(SERVER, f"stat -c %a {YANKED}").strip() == "644"
+    assert sh(SERVER, f"stat -c %a {YANKED} /srv/pypi/audit/audit.jsonl").split() == ["644", "640"]
     page = sh(SERVER, "cat /srv/pypi/static/simple/ops-pkg0/index.html")
     assert 'data-yanked="do not use"' in page, "the pages follow the restored yank file"
+    files = json.loads(sh(SERVER, "cat /srv/pypi/static/simple/ops-pkg0/index.json"))["files"]
+    assert [bool(item.get("upload-time")) for item in files] == [True], "PEP 700 upload-time from the restored trail"
     again = playbook("playbooks/restore.yml", "-e", f"pypi_backup_archive={STATE['archive']}")
     assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, tail(again)
     rerun = playbook("site.yml")
