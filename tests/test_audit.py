@@ -24,7 +24,7 @@ MODULE = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
 index = load_module("airgap_pypi_index", MODULE)
 filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
 
-FIELDS = ["time", "account", "client", "action", "project", "version", "file", "sha256"]
+FIELDS = ["time", "account", "client", "action", "project", "version", "file", "sha256", "subject"]
 
 
 def lines_of(directory: Path, name: str = "audit.jsonl") -> list[dict[str, Any]]:
@@ -335,3 +335,36 @@ def test_packages_or_pages_in_the_audit_directory_are_refused_before_any_change(
         "pypi_server_audit_max_mb=5000: must be 1-4096 (MiB of audit.jsonl before it is rotated)",
         "pypi_server_audit_keep=0: must be 1-100 (rotated audit files kept)",
     ]
+
+
+def accounts(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The accounts command as the role runs it after setting the password file."""
+    argv = [sys.executable, str(MODULE), "accounts", f"--audit={directory}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_account_changes_are_recorded_by_name_and_never_with_a_password(audit_dir: Path) -> None:
+    done = accounts(audit_dir, "--added=carol", "--changed=alice", "--removed=bob", "--account=ops", "--client=ansible")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"lost": 0, "recorded": 3}
+    added, changed, removed = lines_of(audit_dir)
+    assert [added["action"], changed["action"], removed["action"]] == [
+        "account-add",
+        "account-change",
+        "account-remove",
+    ]
+    assert [added["subject"], changed["subject"], removed["subject"]] == ["carol", "alice", "bob"]
+    assert all(r["account"] == "ops" and r["client"] == "ansible" and r["project"] is None for r in (added, removed))
+    assert list(added) == FIELDS
+
+
+def test_an_account_change_with_a_bad_name_or_no_trail_is_refused_and_nothing_is_recorded(
+    audit_dir: Path, tmp_path: Path
+) -> None:
+    bad = accounts(audit_dir, "--added=carol", "--removed=bad name", "--account=ops")
+    assert bad.returncode == 2, bad.stderr
+    assert "--removed 'bad name'" in bad.stderr and "Nothing was recorded" in bad.stderr, bad.stderr
+    assert not (audit_dir / "audit.jsonl").exists(), "not even the good name is recorded"
+    argv = [sys.executable, str(MODULE), "accounts", "--added=carol"]
+    missing = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "--audit is required" in missing.stderr, missing.stderr

@@ -114,6 +114,13 @@ def test_a_re_upload_is_refused_and_the_file_is_kept(tmp_path: Path) -> None:
     assert packages()[name] == before
 
 
+def account_records() -> list[tuple[str, str]]:
+    """(action, account changed) of the account changes in the host's audit trail, oldest first."""
+    lines = sh(SERVER, "cat /srv/pypi/audit/audit.jsonl").splitlines()
+    records = [json.loads(line) for line in lines]
+    return [(r["action"], r["subject"]) for r in records if r["action"].startswith("account-")]
+
+
 def test_account_changes_take_effect_at_once(tmp_path: Path) -> None:
     """A changed password refuses the old one and a removed account is refused, right after the run, no restart."""
     wheel = wheel_on_client(tmp_path, "ops-accounts", f"1.0.{STAMP}")
@@ -122,6 +129,7 @@ def test_account_changes_take_effect_at_once(tmp_path: Path) -> None:
     changed = playbook("site.yml", "-e", json.dumps({"pypi_server_users": users}))
     assert changed.returncode == 0, tail(changed)
     try:
+        assert account_records()[-2:] == [("account-add", second[0]), ("account-change", USER)]
         assert upload(wheel, False, USER, PASSWORD).returncode != 0, "the old password must be refused at once"
         assert "403" in said(upload(wheel, False, USER, PASSWORD))
         assert upload(wheel, False, *second).returncode == 0, "the new account uploads"
@@ -130,6 +138,8 @@ def test_account_changes_take_effect_at_once(tmp_path: Path) -> None:
     finally:
         restored = playbook("site.yml")
         assert restored.returncode == 0, tail(restored)
+    assert account_records()[-2:] == [("account-change", USER), ("account-remove", second[0])]
+    assert new_password not in sh(SERVER, "cat /srv/pypi/audit/audit.jsonl"), "never a password in the trail"
     gone = upload(wheel_on_client(tmp_path, "ops-accounts", f"2.0.{STAMP}"), False, *second)
     assert gone.returncode != 0 and "403" in said(gone), "a removed account must be refused at once"
     assert upload(wheel_on_client(tmp_path, "ops-accounts", f"3.0.{STAMP}"), check=False).returncode == 0

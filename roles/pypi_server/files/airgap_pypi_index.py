@@ -1579,6 +1579,7 @@ AUDIT_LIMITS = {
     "version": MAX_VERSION_CHARS,
     "file": 255,
     "sha256": 64,
+    "subject": MAX_ACCOUNT_CHARS,  # the upload account an account change is about
 }
 _UPLOAD_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$")  # PEP 700
 AUDIT_KEY = "airgap_pypi.audit"  # the environ key UploadChecks notes what a POST would change under
@@ -1684,12 +1685,13 @@ class AuditLog:
         version: Optional[str] = None,
         filename: Optional[str] = None,
         sha256: Optional[str] = None,
+        subject: Optional[str] = None,
         forget: Iterable[str] = (),
     ) -> Dict[str, Optional[str]]:
         """Append one record (an upload also enters uploads.json; forget: files removed, taken out of it) and
         return it. OSError or AuditError when it could not be written (the caller logs it: see failed())."""
         record = {"time": utc_now(), "account": account, "client": client, "action": action, "project": project}
-        record.update(version=version, file=filename, sha256=sha256)
+        record.update(version=version, file=filename, sha256=sha256, subject=subject)
         line = audit_line(record)
         with self.locked() as directory:
             owner = self.owner(directory)
@@ -3774,15 +3776,63 @@ def remove_main(argv: List[str]) -> int:
     return bring_pages_up_to_date(tree, result, args.check, args.user, audit=audit_entries(audit, args, result))
 
 
+# --- account changes: recorded in the audit trail after Ansible set the password file -----------------------------
+
+ACCOUNTS_COMMAND = "accounts"
+ACCOUNT_ACTIONS = {"added": "account-add", "changed": "account-change", "removed": "account-remove"}
+
+
+def accounts_main(argv: List[str]) -> int:
+    """accounts: one audit record per upload account Ansible added, changed or removed (never a password)."""
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {ACCOUNTS_COMMAND}",
+        description="Record changes of the upload accounts (made by the pypi_server role) in the audit trail.",
+        epilog='Prints one JSON line ({"recorded": N}); exit code 2 when refused, 1 when a record was lost.',
+    )
+    for kind, action in ACCOUNT_ACTIONS.items():
+        parser.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"an account: {action}")
+    parser.add_argument("--user", help="when run as root, write as this user")
+    add_audit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        audit = audit_of(args)
+        if audit is None:
+            raise Refusal("--audit is required: the audit trail's directory.")
+        for kind in ACCOUNT_ACTIONS:
+            for name in getattr(args, kind):
+                if len(name) > MAX_ACCOUNT_CHARS or not _ACCOUNT_NAME.match(name):
+                    raise Refusal(f"--{kind} {shown(name)}: not an upload account's name.")
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was recorded.", file=sys.stderr)
+        return 2
+    by = args.account or who_ran()  # before dropping privileges: who ran this, not the index user
+    if args.user:
+        drop_privileges(args.user)
+    recorded = lost = 0
+    for kind, action in ACCOUNT_ACTIONS.items():
+        for name in getattr(args, kind):
+            if audit.record(action, account=by, client=args.client, subject=name):
+                recorded += 1
+            else:
+                lost += 1
+    print(json.dumps({"recorded": recorded, "lost": lost}, sort_keys=True))
+    return 1 if lost else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] == ACCOUNTS_COMMAND:
+        return accounts_main(arguments)
     if arguments and arguments[0] in YANK_COMMANDS:
         return yank_main(arguments)
     if arguments and arguments[0] == REMOVE_COMMAND:
         return remove_main(arguments)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Commands: yank, unyank (PEP 592), remove; see `%(prog)s yank --help`, `%(prog)s remove --help`.",
+        epilog=(
+            "Commands: yank, unyank (PEP 592), remove, accounts; see `%(prog)s yank --help`, `%(prog)s remove --help`,"
+            " `%(prog)s accounts --help`."
+        ),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")

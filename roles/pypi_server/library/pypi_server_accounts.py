@@ -44,6 +44,11 @@ set:
   type: list
   elements: str
   returned: always
+added:
+  description: The accounts of I(set) that the file did not have before.
+  type: list
+  elements: str
+  returned: always
 removed:
   description: Accounts removed because the inventory no longer lists them.
   type: list
@@ -141,7 +146,8 @@ def main() -> None:
         )
     elif os.path.exists(path):
         is_changed = module.set_fs_attributes_if_different(file_args, is_changed)
-    module.exit_json(changed=is_changed, set=changed, removed=removed)
+    added = [name for name in changed if name not in entries]
+    module.exit_json(changed=is_changed, set=changed, added=added, removed=removed)
 
 
 if __name__ == "__main__":
