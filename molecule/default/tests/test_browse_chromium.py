@@ -206,3 +206,41 @@ def test_a_project_page_shows_files_hashes_and_description(browser: Browser, ind
     hashes = browser.evaluate("Array.from(document.querySelectorAll('td.hash')).map(td => td.textContent)")
     assert hashes and all(len(value) == 64 for value in hashes)
     browser.screenshot(RESULTS / "browse-project.png")
+
+
+def yank_on_server(project: str, version: str, reason: str) -> None:
+    """The index's own command, as playbooks/yank.yml runs it (audit record included), on the scenario's host."""
+    argv = [
+        "/opt/airgap-pypi/pypiserver/bin/python",
+        "/etc/airgap-pypi/airgap_pypi_index.py",
+        "yank",
+        "--packages=/srv/pypi/packages",
+        "--tree=/srv/pypi/static",
+        "--yanked=/srv/pypi/yanked.json",
+        "--user=pypiserver",
+        "--audit=/srv/pypi/audit",
+        "--client=ansible",
+        "--account=browse-test",
+        f"--project={project}",
+        f"--version={version}",
+        f"--reason={reason}",
+    ]
+    done = docker("exec", SERVER, *argv, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_yanked_releases_and_their_uploaders_show_in_the_browser(browser: Browser, index: tuple[str, str]) -> None:
+    index_url, stamp = index
+    project = f"browse-okapi-{stamp}"
+    reason = "withdrawn: <em>broken</em> wheel"
+    yank_on_server(project, "0.3", reason)
+    browser.navigate(f"{index_url}/")
+    okapi = f"{ROWS}.find(r => r.cells[0].textContent.startsWith('{project}'))"
+    assert browser.evaluate(f"{okapi}.querySelector('.yanked').textContent") == f"yanked: {reason}"
+    browser.navigate(f"{index_url}/project/{project}/")
+    marks = browser.evaluate("Array.from(document.querySelectorAll('.yanked')).map(e => e.textContent)")
+    assert marks and all(mark == f"yanked: {reason}" for mark in marks), marks
+    assert browser.evaluate("document.querySelectorAll('em').length") == 0, "a reason is text, never markup"
+    uploaded = browser.evaluate("Array.from(document.querySelectorAll('.uploaded')).map(e => e.textContent)")
+    assert uploaded and all(note.startswith("uploaded by tester on ") for note in uploaded), uploaded
+    browser.screenshot(RESULTS / "browse-yanked.png")
