@@ -4,7 +4,7 @@ Ansible itself renders them, in one ansible-playbook run on localhost: each role
 vars/main.yml and vars/RedHat.yml are loaded in that order (the precedence the role gives them), the
 supervisor templates go through ansible.builtin.template, and the firewall rule goes into EL's stock
 /etc/sysconfig/iptables (tests/fixtures/el_sysconfig_iptables) through the role's own lineinfile task,
-read from roles/pypi_firewall/tasks/main.yml.
+read from roles/pypi_firewall/tasks/iptables.yml.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def redhat_vars(role: Path) -> list[str]:
 
 def iptables_task() -> dict[str, Any]:
     """The arguments of the firewall role's task that opens the port in an iptables rules file."""
-    for task in yaml.safe_load((FIREWALL / "tasks" / "main.yml").read_text()):
+    for task in yaml.safe_load((FIREWALL / "tasks" / "iptables.yml").read_text()):
         args = task.get("ansible.builtin.lineinfile")
         if args and args.get("path") == "{{ __pypi_firewall_iptables_rules }}":
             return dict(args)
-    raise AssertionError("roles/pypi_firewall/tasks/main.yml has no lineinfile task for the iptables rules file")
+    raise AssertionError("roles/pypi_firewall/tasks/iptables.yml has no lineinfile task for the iptables rules file")
 
 
 @pytest.fixture(scope="module")
