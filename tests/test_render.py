@@ -209,7 +209,9 @@ def test_a_description_is_rendered_once(site: Path, dirs: tuple[Path, Path]) -> 
     assert not stored.exists(), "a removed file's description goes with it"
 
 
-def test_the_newest_release_description_is_shown(site: Path, dirs: tuple[Path, Path]) -> None:
+def test_the_newest_release_description_is_shown_and_each_file_rendered_on_arrival(
+    site: Path, dirs: tuple[Path, Path]
+) -> None:
     packages, tree = dirs
     build_wheel(packages, "versions", "1.0", description="# Old one", content_type=GFM)
     build_wheel(packages, "versions", "2.0", description="# New one", content_type=GFM)
@@ -217,6 +219,8 @@ def test_the_newest_release_description_is_shown(site: Path, dirs: tuple[Path, P
     sync(site, dirs)
     shown = description(tree, "versions")
     assert "New one" in shown and "Old one" not in shown and "Pre-release" not in shown
+    stored = sorted(path.name for path in (tree / "descriptions").iterdir())
+    assert stored == [f"versions-{v}-py3-none-any.whl.html" for v in ("1.0", "2.0", "3.0rc1")], "each on arrival"
 
 
 def test_without_readme_renderer_the_text_is_shown_escaped(site: Path, dirs: tuple[Path, Path], tmp_path: Path) -> None:
