@@ -8,6 +8,7 @@ import base64
 import hashlib
 import html
 import io
+import json
 import os
 import re
 import subprocess
@@ -234,8 +235,8 @@ def test_without_readme_renderer_the_text_is_shown_escaped(site: Path, dirs: tup
     assert output.count("readme_renderer cannot be imported") == 1, output
     assert description(tree, "first") == '<pre class="description-text"># &lt;b&gt;Title&lt;/b&gt;</pre>'
     assert not (tree / "descriptions").exists()
-    # The same tree once readme_renderer is there: a rebuild renders the pages' descriptions.
-    sync(site, dirs, "--rebuild")
+    # The same tree once readme_renderer is there: the next sync writes the pages again, descriptions rendered.
+    assert "changed: 2 project(s)" in sync(site, dirs)
     assert re.search(r"<h1[^>]*><b>Title</b>", description(tree, "first")), description(tree, "first")
 
 
@@ -273,3 +274,19 @@ def test_the_pages_own_scripts_and_style_are_what_the_policy_allows(dirs: tuple[
             digest = base64.b64encode(hashlib.sha256(body.group(1).encode()).digest()).decode()
             assert f"'sha256-{digest}'" in allowed, (page.name, tag)
         assert "unsafe-inline" not in allowed and "default-src 'none'" in allowed
+
+
+def test_pages_written_by_an_older_release_are_written_again(site: Path, dirs: tuple[Path, Path]) -> None:
+    packages, tree = dirs
+    wheel = build_wheel(packages, "upgraded", "1.0", description=MARKDOWN, content_type=GFM)
+    sync(site, dirs)
+    stored = tree / "descriptions" / f"{wheel.name}.html"
+    before = stored.stat()
+    state = json.loads((tree / "state.json").read_text())
+    del state["pages"]  # as a release before rendered descriptions wrote it
+    (tree / "state.json").write_text(json.dumps(state))
+    (tree / "browse" / "upgraded.html").write_text("an old page")
+    assert "changed: 1 project(s)" in sync(site, dirs)
+    assert "Demo title" in description(tree, "upgraded")
+    assert "changed: 0 project(s)" in sync(site, dirs), "once"
+    assert stored.stat().st_ino == before.st_ino, "the description is not rendered again"

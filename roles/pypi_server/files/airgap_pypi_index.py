@@ -7,11 +7,13 @@ The tree (one directory, written only by this module) holds, for the packages di
     simple/<project>/index.html, index.json         PEP 503 / PEP 691 (+ PEP 700 sizes) file lists with sha256,
                                                     data-requires-python and PEP 658/714 core-metadata hashes
     metadata/<file>.metadata                        the METADATA of each wheel (PEP 658)
+    descriptions/<file>.html                        each file's description rendered by readme_renderer (once,
+                                                    when the file arrives); project pages show the newest's
     index.html, browse/<project>.html               the browse and search pages (inline CSS and JS only; the
                                                     front page sits outside browse/, where a project may be
                                                     named "index")
     state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing;
-                                                    the yanked releases the pages show
+                                                    the yanked releases the pages show; the pages' format
     stamp.json                                      the package directories' mtimes (and the yank file's) at the
                                                     last sync
 
@@ -29,7 +31,8 @@ claims of first uploads in a small JSON file of their own).
 `MetricsLayer`, outermost, counts every request and upload and answers /metrics (Prometheus text format) with
 the counts of every worker summed (`WorkerFiles`); `sync()` records when it ended and how long it took (sync.json).
 
-Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packaging` (pypiserver's dependency).
+Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packaging` (pypiserver's dependency),
+and `readme_renderer` for the descriptions when it is there (the server lock has it).
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 STATE_VERSION = 1
+# What the pages look like: state.json records it, and a sync by a release that writes them otherwise (or that can
+# now render descriptions, or no longer can) writes every page again, from the cached hashes.
+PAGES_FORMAT = 2
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_V1_TYPE = "application/vnd.pypi.simple.v1+html"
 # Files pypiserver lists (its pkg_helpers._archive_suffix_rx, plus wheels).
@@ -365,6 +371,11 @@ def description_renderers() -> Optional[Tuple[Any, Any]]:
     if not getattr(readme_renderer.markdown, "variants", True):
         LOG.warning("readme_renderer has no Markdown engine (readme_renderer[md]): Markdown is shown as text")
     return readme_renderer.markdown, readme_renderer.rst
+
+
+def pages_format() -> List[Any]:
+    """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered."""
+    return [PAGES_FORMAT, description_renderers() is not None]
 
 
 def is_remote(url: str) -> bool:
@@ -1170,9 +1181,12 @@ class Tree:
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
         state = self.load_state()
         old_yanks: Yanks = state.get("yanked", {}) if state else {}
+        pages = pages_format()
         if not state or state.get("version") != STATE_VERSION or state.get("packages") != self.packages:
             state = {"files": {}}
             rebuild = True
+        elif state.get("pages") != pages:
+            rebuild = True  # the pages were written by another release of this module: all again, hashes cached
         old: Dict[str, Entry] = state["files"]
         old_skipped: Dict[str, Entry] = state.get("skipped", {})
         yank_stamp = self.yank_stamp()  # before the file is read, as the directories' before they are listed
@@ -1189,20 +1203,7 @@ class Tree:
         changed |= {project for project in listed if yanks.get(project) != old_yanks.get(project)}
         if rebuild:
             changed |= listed
-        for relfn, metadata in fresh.metadata.items():
-            write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
-        for relfn in fresh.read:  # rendered once, when the file arrives (or changes)
-            stored, rendered = description_path(self.tree, relfn), fresh.descriptions.get(relfn)
-            if stored is not None and rendered is not None:
-                write_atomic(stored, rendered.encode())
-            elif stored is not None:
-                remove_quietly(stored)
-        for relfn, entry in old.items():
-            if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
-                remove_quietly(self.path("metadata", relfn + ".metadata"))
-            stored = description_path(self.tree, relfn)
-            if relfn not in files and stored is not None:
-                remove_quietly(stored)
+        self.write_derived(fresh, old, files)
         unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks)
         if unchanged and os.path.exists(self.path("index.html")):
             self.finish(dirs, dirty, yank_stamp)
@@ -1218,6 +1219,7 @@ class Tree:
         self.save_state(
             {
                 "version": STATE_VERSION,
+                "pages": pages,
                 "packages": self.packages,
                 "files": files,
                 "skipped": skipped,
@@ -1226,6 +1228,24 @@ class Tree:
         )
         self.finish(dirs, dirty, yank_stamp)
         return sorted(changed)
+
+    def write_derived(self, fresh: Fresh, old: Dict[str, Entry], files: Dict[str, Entry]) -> None:
+        """The metadata files (PEP 658) and rendered descriptions of the files read now; those of files gone (or
+        that no longer have one) removed."""
+        for relfn, metadata in fresh.metadata.items():
+            write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
+        for relfn in fresh.read:  # rendered once, when the file arrives (or changes)
+            stored, rendered = description_path(self.tree, relfn), fresh.descriptions.get(relfn)
+            if stored is not None and rendered is not None:
+                write_atomic(stored, rendered.encode())
+            elif stored is not None:
+                remove_quietly(stored)
+        for relfn, entry in old.items():
+            if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
+                remove_quietly(self.path("metadata", relfn + ".metadata"))
+            stored = description_path(self.tree, relfn)
+            if relfn not in files and stored is not None:
+                remove_quietly(stored)
 
     def finish(self, dirs: Dict[str, int], dirty: bool, yank_stamp: Optional[List[int]]) -> None:
         """Write the stamp that reads compare the directories and the yank file with."""
