@@ -22,11 +22,12 @@ def build_wheel(
     summary: str = "airgap-pypi demo package",
     requires_python: str = ">=3.7",
     description: str = "",
+    content_type: str = "text/plain",
 ) -> Path:
     """Write <module>-<version>-py3-none-any.whl into directory and return its path.
 
     Importing the module gives VERSION == version, so a client can prove which file it installed. description,
-    when given, is the METADATA body (the long description).
+    when given, is the METADATA body (the long description), of Description-Content-Type content_type.
     """
     module = name.replace("-", "_")
     dist_info = f"{module}-{version}.dist-info"
@@ -35,7 +36,7 @@ def build_wheel(
         f"{dist_info}/METADATA": (
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
             f"Summary: {summary}\nRequires-Python: {requires_python}\n"
-            + (f"Description-Content-Type: text/plain\n\n{description}" if description else "")
+            + (f"Description-Content-Type: {content_type}\n\n{description}" if description else "")
         ).encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: airgap-pypi\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }

@@ -24,26 +24,33 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from packaging.tags import sys_tags
+from packaging.utils import parse_wheel_filename
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "pypi_server"
 WHEELS = Path(os.environ.get("AIRGAP_PYPI_TEST_WHEELS", ROOT / "offline_artifacts" / "wheels"))
 LOCK = ROOT / "offline_artifacts" / "locks" / f"server-cp{sys.version_info[0]}{sys.version_info[1]}.txt"
 BIN = Path(sys.executable).parent
+HERE = frozenset(sys_tags())  # the wheel tags the Python running the tests installs (comrak has one wheel a CPython)
 USER, PASSWORD = "uploader", "static-test-only"
 # Straight to loopback, whatever proxy the environment names.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def locked_wheels() -> list[Path]:
-    """The bundle's wheels of the server lock of the Python running the tests."""
+    """The bundle's wheels of the server lock of the Python running the tests (those built for it)."""
     if not LOCK.exists() or not WHEELS.is_dir():
         pytest.skip("not run: no built bundle (offline_artifacts/wheels); build it with make bundle")
     names = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==([^ \\]+)", LOCK.read_text())
     found = []
     for name, version in names:
         stem = re.sub(r"[-_.]+", "_", name).lower()
-        matches = [w for w in WHEELS.glob("*.whl") if w.name.lower().startswith(f"{stem}-{version}-")]
+        matches = [
+            w
+            for w in sorted(WHEELS.glob("*.whl"))
+            if w.name.lower().startswith(f"{stem}-{version}-") and not parse_wheel_filename(w.name)[3].isdisjoint(HERE)
+        ]
         if not matches:
             pytest.skip(f"not run: the bundle lacks {name} {version} (build it: make bundle)")
         found.append(matches[0])

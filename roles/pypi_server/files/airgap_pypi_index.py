@@ -7,11 +7,13 @@ The tree (one directory, written only by this module) holds, for the packages di
     simple/<project>/index.html, index.json         PEP 503 / PEP 691 (+ PEP 700 sizes) file lists with sha256,
                                                     data-requires-python and PEP 658/714 core-metadata hashes
     metadata/<file>.metadata                        the METADATA of each wheel (PEP 658)
+    descriptions/<file>.html                        each file's description rendered by readme_renderer (once,
+                                                    when the file arrives); project pages show the newest's
     index.html, browse/<project>.html               the browse and search pages (inline CSS and JS only; the
                                                     front page sits outside browse/, where a project may be
                                                     named "index")
     state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing;
-                                                    the yanked releases the pages show
+                                                    the yanked releases the pages show; the pages' format
     stamp.json                                      the package directories' mtimes (and the yank file's) at the
                                                     last sync
 
@@ -29,7 +31,8 @@ claims of first uploads in a small JSON file of their own).
 `MetricsLayer`, outermost, counts every request and upload and answers /metrics (Prometheus text format) with
 the counts of every worker summed (`WorkerFiles`); `sync()` records when it ended and how long it took (sync.json).
 
-Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packaging` (pypiserver's dependency).
+Runs in the index's virtualenv on CPython 3.9-3.13: standard library plus `packaging` (pypiserver's dependency),
+and `readme_renderer` for the descriptions when it is there (the server lock has it).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import gzip
 import hashlib
 import hmac
 import html
+import html.parser
 import io
 import json
 import logging
@@ -67,10 +71,11 @@ import tempfile
 import threading
 import time
 import unicodedata
+import warnings
 import zipfile
 from stat import S_ISDIR, S_ISREG
 from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -81,6 +86,9 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 STATE_VERSION = 1
+# What the pages look like: state.json records it, and a sync by a release that writes them otherwise (or that can
+# now render descriptions, or no longer can) writes every page again, from the cached hashes.
+PAGES_FORMAT = 2
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_V1_TYPE = "application/vnd.pypi.simple.v1+html"
 # Files pypiserver lists (its pkg_helpers._archive_suffix_rx, plus wheels).
@@ -296,12 +304,13 @@ def read_core_metadata(path: str) -> Tuple[Optional[bytes], bool]:
 
 
 def parse_metadata(raw: Optional[bytes]) -> Dict[str, str]:
-    """Name, Summary, Requires-Python and Description of core metadata (email header format, UTF-8)."""
+    """Name, Version, Summary, Requires-Python, Description-Content-Type and Description of core metadata (email
+    header format, UTF-8)."""
     if not raw:
         return {}
     message = email.parser.Parser().parsestr(raw.decode("utf-8", errors="replace"))
     fields = {}
-    for key in ("Name", "Version", "Summary", "Requires-Python"):
+    for key in ("Name", "Version", "Summary", "Requires-Python", "Description-Content-Type"):
         value = message.get(key)
         if value is not None:
             fields[key.lower()] = " ".join(str(value).split())
@@ -311,8 +320,11 @@ def parse_metadata(raw: Optional[bytes]) -> Dict[str, str]:
     return fields
 
 
-def file_entry(path: str, stat: os.stat_result, project: str, version: str) -> Tuple[Entry, Optional[bytes]]:
-    """Hash a file and read its metadata: the state entry and, for a wheel, the METADATA to serve."""
+def file_entry(
+    path: str, stat: os.stat_result, project: str, version: str
+) -> Tuple[Entry, Optional[bytes], Dict[str, str]]:
+    """Hash a file and read its metadata: the state entry, for a wheel the METADATA to serve, and the metadata's
+    fields (parse_metadata)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -330,7 +342,173 @@ def file_entry(path: str, stat: os.stat_result, project: str, version: str) -> T
         "summary": fields.get("summary", ""),
         "metadata_sha256": hashlib.sha256(raw).hexdigest() if raw is not None and is_wheel_metadata else None,
     }
-    return entry, (raw if is_wheel_metadata else None)
+    return entry, (raw if is_wheel_metadata else None), fields
+
+
+# --- rendered descriptions -------------------------------------------------------------------------------------
+
+# A description is rendered once, when its file arrives, by readme_renderer (PyPI's own renderer, its output
+# sanitised with nh3) and stored in the tree as descriptions/<file>.html; the project page shows the newest
+# release's. Without readme_renderer (a virtualenv from an older bundle) the page shows the text escaped.
+MAX_DESCRIPTION_BYTES = 1 << 20
+MAX_RENDERED_BYTES = 16 << 20  # what a stored rendering is read back up to
+DESCRIPTIONS_DIR = "descriptions"
+MARKDOWN_VARIANTS = ("GFM", "CommonMark")
+_REMOTE_LINK_SCHEMES = ("http", "https")
+
+
+@functools.lru_cache(maxsize=None)
+def description_renderers() -> Optional[Tuple[Any, Any]]:
+    """readme_renderer's (markdown, rst) modules, or None when it cannot be imported (said once in the log)."""
+    try:
+        with warnings.catch_warnings():  # its own warning when it has no Markdown engine: logged below instead
+            warnings.simplefilter("ignore")
+            import readme_renderer.markdown  # noqa: PLC0415 - optional: not in the virtualenvs of older bundles
+            import readme_renderer.rst  # noqa: PLC0415
+    except Exception as error:  # ImportError, or a broken install: the pages show the text escaped
+        LOG.warning("readme_renderer cannot be imported (%s): descriptions are shown as plain text", error)
+        return None
+    if not getattr(readme_renderer.markdown, "variants", True):
+        LOG.warning("readme_renderer has no Markdown engine (readme_renderer[md]): Markdown is shown as text")
+    return readme_renderer.markdown, readme_renderer.rst
+
+
+def pages_format() -> List[Any]:
+    """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered."""
+    return [PAGES_FORMAT, description_renderers() is not None]
+
+
+def is_remote(url: str) -> bool:
+    """Whether a URL in a description leaves this index: it has a scheme or a host (//host, /\\host)."""
+    cleaned = re.sub(r"[\x00-\x20\x7f]", "", url).replace("\\", "/")
+    if cleaned.startswith("//"):
+        return True
+    try:
+        parts = urlsplit(cleaned)
+    except ValueError:
+        return True
+    return bool(parts.scheme or parts.netloc)
+
+
+class _LocalImages(html.parser.HTMLParser):
+    """Writes sanitised HTML out again with every image from outside this index made a link to it (its alt text
+    alone inside a link, which cannot hold another): nothing on a page loads from elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.out: List[str] = []
+        self.links = 0
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.start(tag, attrs, closed=False)
+
+    def handle_startendtag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.start(tag, attrs, closed=True)
+
+    def start(self, tag: str, attrs: List[Tuple[str, Optional[str]]], closed: bool) -> None:
+        values = dict(attrs)
+        source = values.get("src")
+        if tag == "img" and source is not None and is_remote(source):
+            text = values.get("alt") or ""
+            scheme = urlsplit(source.strip()).scheme.lower() if not self.links else ""
+            if scheme in _REMOTE_LINK_SCHEMES:
+                self.out.append(f'<a href="{esc(source.strip())}" rel="nofollow">{esc(text or "image")}</a>')
+            else:
+                self.out.append(esc(text))
+            return
+        if tag == "a" and not closed:
+            self.links += 1
+        shown = "".join(f" {name}" if value is None else f' {name}="{esc(value)}"' for name, value in attrs)
+        self.out.append(f"<{tag}{shown}{' /' if closed else ''}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self.links = max(0, self.links - 1)
+        self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(html.escape(data, quote=False))
+
+    def handle_entityref(self, name: str) -> None:
+        self.out.append(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self.out.append(f"&#{name};")
+
+
+def local_images(fragment: str) -> str:
+    """fragment (HTML nh3 has sanitised) with no image that loads from outside this index."""
+    parser = _LocalImages()
+    parser.feed(fragment)
+    parser.close()
+    return "".join(parser.out)
+
+
+def unrendered(text: str, reason: str) -> str:
+    """A description that could not be rendered: a note why, and the text escaped."""
+    note = f'<p class="render-note">this description could not be rendered: {esc(reason)}</p>\n'
+    return note + (f'<pre class="description-text">{esc(text)}</pre>' if text else "")
+
+
+def render_description(text: str, content_type: Optional[str]) -> str:
+    """The description as HTML to show on a page, by its Description-Content-Type as PyPI renders it: Markdown
+    (variant GFM or CommonMark), reStructuredText (also when no type is given), anything else as plain text. Never
+    raises: what cannot be rendered is shown escaped, with a note why. "" for no description."""
+    if not text.strip():
+        return ""
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_DESCRIPTION_BYTES:
+        note = f"it is {size:,} bytes, more than {MAX_DESCRIPTION_BYTES >> 20} MiB"
+        return f'<p class="render-note">this description could not be rendered: {esc(note)}</p>'
+    try:
+        rendered, reason = _render_by_type(text, content_type or "text/x-rst")
+    except Exception as error:  # a renderer's bug must never stop an upload
+        rendered, reason = None, f"{error.__class__.__name__}: {str(error)[:200]}"
+    return unrendered(text, reason) if rendered is None else rendered
+
+
+def _render_by_type(text: str, content_type: str) -> Tuple[Optional[str], str]:
+    """(the HTML, or None and why not) of a description of this content type."""
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    kind = header.get_content_type()
+    renderers = description_renderers()
+    if renderers is None:
+        return None, "readme_renderer is not installed in the index's virtualenv"
+    markdown, rst = renderers
+    if kind == "text/markdown":
+        variant = str(header.get_param("variant") or "GFM")
+        if variant not in MARKDOWN_VARIANTS:
+            return None, f"unknown Markdown variant {shown(variant)} (GFM or CommonMark)"
+        rendered = markdown.render(text, variant=variant)
+        return (None if rendered is None else local_images(rendered)), "the Markdown renderer gave nothing"
+    if kind == "text/x-rst":
+        messages = io.StringIO()
+        rendered = rst.render(text, stream=messages)
+        reason = " ".join(messages.getvalue().split())[:300] or "the reStructuredText renderer gave nothing"
+        return (None if rendered is None else local_images(rendered)), reason
+    return f'<pre class="description-text">{esc(text)}</pre>', ""
+
+
+def description_path(tree: str, relfn: str) -> Optional[str]:
+    """Where the rendered description of the package file relfn is stored in the tree; None for a name that is not
+    a plain relative path of servable names (never stored: no path leaves the descriptions directory)."""
+    if not _SAFE_PATH.match(relfn) or any(part.startswith(".") for part in relfn.split("/")):
+        return None
+    return os.path.join(tree, DESCRIPTIONS_DIR, relfn + ".html")
+
+
+def read_rendered(path: str) -> Optional[str]:
+    """A stored rendering (at most MAX_RENDERED_BYTES, no link followed), or None when there is none to use."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        data = handle.read(MAX_RENDERED_BYTES + 1)
+    return None if len(data) > MAX_RENDERED_BYTES else data.decode("utf-8", errors="replace")
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
@@ -627,6 +805,8 @@ input[type=search]{width:100%;box-sizing:border-box;font-size:1.1rem;padding:.5r
 border:1px solid #9aa5b1;border-radius:4px}
 .hash{word-break:break-all;font-size:.75rem}.muted{color:#5f6b77}
 .yanked{color:#9a3412;font-weight:normal;font-size:.85rem}
+.description{background:#fff;border:1px solid #e1e4e8;padding:.2rem 1.2rem;overflow:auto}
+.description img{max-width:100%}.render-note{color:#9a3412}
 """
 
 BASE_SCRIPT = """
@@ -649,9 +829,25 @@ box.addEventListener('input',apply);apply();})();
 """
 
 
+def _source_hash(text: str) -> str:
+    """A CSP source for an inline <style> or <script> of exactly this text."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# The browse pages' Content-Security-Policy (a meta element in each page, and a header where this module serves
+# them): their own inline style and scripts only, images from this index only, nothing else loaded or sent.
+PAGE_POLICY = (
+    "default-src 'none'; img-src 'self'; "
+    f"style-src {_source_hash(PAGE_STYLE)}; "
+    f"script-src {_source_hash(BASE_SCRIPT + SEARCH_SCRIPT)} {_source_hash(BASE_SCRIPT)}; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+
 def page(title: str, body: str, script: str) -> bytes:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(PAGE_POLICY)}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{esc(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n"
         '<header><a href="{root}"><strong>airgap-pypi</strong></a> <span>private package index</span></header>\n'
@@ -723,9 +919,14 @@ def uploaded_note(entry: Entry) -> str:
     return f'<span class="uploaded">uploaded by {esc(uploaded["account"])} on {esc(when)}</span>'
 
 
+NO_DESCRIPTION = '<p class="muted">(none)</p>'
+
+
 def render_browse_project(
     project: str, entries: List[Tuple[str, Entry]], description: str, yanked: Optional[Dict[str, str]] = None
 ) -> bytes:
+    """A project's page; description: the newest release's description as HTML (rendered and sanitised, or
+    escaped)."""
     newest = latest(entries, yanked)
     reasons = yank_reasons(yanked)
     by_version: Dict[str, List[Tuple[str, Entry]]] = {}
@@ -755,7 +956,7 @@ def render_browse_project(
         f'twine upload --repository-url <span class="base">http://HOST:PORT</span>/ dist/*</pre>\n'
         f'<p><a href="../../simple/{esc(quote(project))}/">simple page</a> &middot; '
         f'<a href="../../">all packages</a></p>\n'
-        f'<h2>Description</h2>\n<pre id="description">{esc(description) or "(none)"}</pre>\n'
+        f'<h2>Description</h2>\n<div id="description" class="description">{description or NO_DESCRIPTION}</div>\n'
         f"<h2>Versions and files</h2>\n{chr(10).join(sections)}"
     )
     return page(f"{newest['name']} - airgap-pypi", body, "").replace(b"{root}", b"../../")
@@ -803,6 +1004,24 @@ def valid_state(state: Dict[str, Any]) -> bool:
         and all(entry.get(key) is None or isinstance(entry.get(key), str) for key in optional)
         for entry in files.values()
     )
+
+
+class Fresh(NamedTuple):
+    """What a sync read from the files it (re)indexed: their names, the METADATA of the wheels among them (PEP
+    658), and their descriptions rendered (none without readme_renderer)."""
+
+    read: List[str]
+    metadata: Dict[str, bytes]
+    descriptions: Dict[str, str]
+
+    def add(self, relfn: str, metadata: Optional[bytes], fields: Dict[str, str], rendering: bool) -> None:
+        """A file read now: its METADATA (a wheel's) and, rendering, its description rendered."""
+        self.read.append(relfn)
+        if metadata is not None:
+            self.metadata[relfn] = metadata
+        if rendering:
+            text, kind = fields.get("description", ""), fields.get("description-content-type")
+            self.descriptions[relfn] = render_description(text, kind)
 
 
 class Tree:
@@ -962,16 +1181,19 @@ class Tree:
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
         state = self.load_state()
         old_yanks: Yanks = state.get("yanked", {}) if state else {}
+        pages = pages_format()
         if not state or state.get("version") != STATE_VERSION or state.get("packages") != self.packages:
             state = {"files": {}}
             rebuild = True
+        elif state.get("pages") != pages:
+            rebuild = True  # the pages were written by another release of this module: all again, hashes cached
         old: Dict[str, Entry] = state["files"]
         old_skipped: Dict[str, Entry] = state.get("skipped", {})
         yank_stamp = self.yank_stamp()  # before the file is read, as the directories' before they are listed
         yanks = self.current_yanks(old_yanks)
         remove_leftovers(self.packages)
         dirs, found = self.scan()
-        files, fresh_metadata, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young)
+        files, fresh, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young)
         uploads = self.current_uploads(old)
         files = {relfn: with_upload(entry, uploads.get(relfn)) for relfn, entry in files.items()}
         changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
@@ -981,11 +1203,7 @@ class Tree:
         changed |= {project for project in listed if yanks.get(project) != old_yanks.get(project)}
         if rebuild:
             changed |= listed
-        for relfn, metadata in fresh_metadata.items():
-            write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
-        for relfn, entry in old.items():
-            if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
-                remove_quietly(self.path("metadata", relfn + ".metadata"))
+        self.write_derived(fresh, old, files)
         unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks)
         if unchanged and os.path.exists(self.path("index.html")):
             self.finish(dirs, dirty, yank_stamp)
@@ -1001,6 +1219,7 @@ class Tree:
         self.save_state(
             {
                 "version": STATE_VERSION,
+                "pages": pages,
                 "packages": self.packages,
                 "files": files,
                 "skipped": skipped,
@@ -1009,6 +1228,24 @@ class Tree:
         )
         self.finish(dirs, dirty, yank_stamp)
         return sorted(changed)
+
+    def write_derived(self, fresh: Fresh, old: Dict[str, Entry], files: Dict[str, Entry]) -> None:
+        """The metadata files (PEP 658) and rendered descriptions of the files read now; those of files gone (or
+        that no longer have one) removed."""
+        for relfn, metadata in fresh.metadata.items():
+            write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
+        for relfn in fresh.read:  # rendered once, when the file arrives (or changes)
+            stored, rendered = description_path(self.tree, relfn), fresh.descriptions.get(relfn)
+            if stored is not None and rendered is not None:
+                write_atomic(stored, rendered.encode())
+            elif stored is not None:
+                remove_quietly(stored)
+        for relfn, entry in old.items():
+            if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
+                remove_quietly(self.path("metadata", relfn + ".metadata"))
+            stored = description_path(self.tree, relfn)
+            if relfn not in files and stored is not None:
+                remove_quietly(stored)
 
     def finish(self, dirs: Dict[str, int], dirty: bool, yank_stamp: Optional[List[int]]) -> None:
         """Write the stamp that reads compare the directories and the yank file with."""
@@ -1026,13 +1263,14 @@ class Tree:
         found: Dict[str, os.stat_result],
         rebuild: bool,
         skip_young: bool,
-    ) -> Tuple[Dict[str, Entry], Dict[str, bytes], Dict[str, Entry], bool]:
-        """State entries of the files found (cached when name, size and mtime match), new METADATA, the files
-        left off every page (with why, kept until they change), and whether a file was left out because it may
-        still be being written."""
+    ) -> Tuple[Dict[str, Entry], Fresh, Dict[str, Entry], bool]:
+        """State entries of the files found (cached when name, size and mtime match), what was read from the files
+        read now (their METADATA to serve, their rendered descriptions), the files left off every page (with why,
+        kept until they change), and whether a file was left out because it may still be being written."""
         now = time.time()
         files: Dict[str, Entry] = {}
-        fresh_metadata: Dict[str, bytes] = {}
+        fresh = Fresh([], {}, {})
+        renderers = description_renderers()
         skipped: Dict[str, Entry] = {}
         dirty = False
         longest = name_max(self.tree) - len(_DERIVED_SUFFIX)
@@ -1059,7 +1297,7 @@ class Tree:
             try:
                 if len(os.path.basename(relfn).encode()) > longest:
                     raise BadDistribution(f"file name longer than {longest} bytes")
-                entry, metadata = file_entry(path, stat, name, version)
+                entry, metadata, fields = file_entry(path, stat, name, version)
                 after = os.stat(path)
             except OSError:
                 dirty = True
@@ -1072,9 +1310,8 @@ class Tree:
                 dirty = True  # still being written: its own upload's sync, or the next check, takes it
                 continue
             files[relfn] = entry
-            if metadata is not None:
-                fresh_metadata[relfn] = metadata
-        return files, fresh_metadata, skipped, dirty
+            fresh.add(relfn, metadata, fields, rendering=renderers is not None)
+        return files, fresh, skipped, dirty
 
     def write_project(
         self, project: str, entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None
@@ -1089,16 +1326,32 @@ class Tree:
                 os.rmdir(self.path("simple", project))
             return
         newest = latest(entries, yanked)
-        description = ""
-        for relfn, entry in reversed(entries):
-            if entry is newest or entry["version"] == newest["version"]:
-                raw, _ = read_core_metadata(os.path.join(self.packages, relfn))
-                description = parse_metadata(raw).get("description", "")
-                if description:
-                    break
+        newest_files = [relfn for relfn, entry in reversed(entries) if entry["version"] == newest["version"]]
+        description = self.description_of(newest_files)
         write_atomic(html_path, render_project_html(project, entries, yanked))
         write_atomic(json_path, render_project_json(project, entries, yanked))
         write_atomic(browse_path, render_browse_project(project, entries, description, yanked))
+
+    def description_of(self, relfns: List[str]) -> str:
+        """The description (HTML) of the first of these files (one release's) that has one: its stored rendering;
+        a file indexed before descriptions were rendered is rendered now, once. The text escaped in <pre> without
+        readme_renderer. "" when none has a description."""
+        renderers = description_renderers()
+        for relfn in relfns:
+            path = description_path(self.tree, relfn)
+            rendered = read_rendered(path) if renderers is not None and path is not None else None
+            if rendered is None:
+                fields = parse_metadata(read_core_metadata(os.path.join(self.packages, relfn))[0])
+                text = fields.get("description", "")
+                if renderers is None:
+                    rendered = f'<pre class="description-text">{esc(text)}</pre>' if text.strip() else ""
+                else:
+                    rendered = render_description(text, fields.get("description-content-type"))
+                    if path is not None:
+                        write_atomic(path, rendered.encode())
+            if rendered:
+                return rendered
+        return ""
 
     def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]], yanks: Yanks) -> None:
         summaries = [
@@ -2108,7 +2361,7 @@ class StaticIndex:
         if "\x00" in path:
             return NOT_FOUND
         if path in ("/", "/index.html"):
-            return self.page(self.index.path("index.html"), "text/html; charset=utf-8")
+            return self.browse_page(self.index.path("index.html"))
         if path == "/simple":
             return self.redirect(environ, "/simple/")
         if path.startswith("/project/"):
@@ -2124,7 +2377,7 @@ class StaticIndex:
         wanted = normalize(name)
         if rest != f"{wanted}/":
             return self.redirect(environ, f"/project/{quote(wanted)}/")
-        return self.page(self.index.path("browse", wanted + ".html"), "text/html; charset=utf-8")
+        return self.browse_page(self.index.path("browse", wanted + ".html"))
 
     def route_file(self, relfn: str) -> Response:
         """A package file, or its PEP 658 metadata file."""
@@ -2158,6 +2411,13 @@ class StaticIndex:
         target = self.index.path(*folder, "index.json" if chosen == JSON_TYPE else "index.html")
         body, headers, status = self.page(target, chosen if chosen != "text/html" else "text/html; charset=utf-8")
         headers.append(("Vary", "Accept"))
+        return body, headers, status
+
+    def browse_page(self, path: str) -> Tuple[Optional[bytes], List[Tuple[str, str]], str]:
+        """The front page or a project's page, with their Content-Security-Policy."""
+        body, headers, status = self.page(path, "text/html; charset=utf-8")
+        if body is not None:
+            headers.append(("Content-Security-Policy", PAGE_POLICY))
         return body, headers, status
 
     @staticmethod
