@@ -52,6 +52,7 @@ def test_an_upload_is_recorded_with_its_account_client_and_stored_sha256_and_sho
         "version": "1.0",
         "file": wheel.name,
         "sha256": digest,
+        "subject": None,
     }
     status, body = get(f"{stack.url}/simple/audited-demo/", accept=JSON_ACCEPT)
     assert status == 200
