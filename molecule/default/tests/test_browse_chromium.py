@@ -153,6 +153,14 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
             description="Lions <script>alert(1)</script> live in prides.",
         ),
         build_wheel(directory, f"browse-okapi-{stamp}", "0.3", summary="A forest giraffe, also striped"),
+        build_wheel(
+            directory,
+            f"browse-gecko-{stamp}",
+            "1.1",
+            summary="Lizards, described in Markdown",
+            description=MARKDOWN,
+            content_type="text/markdown",
+        ),
     ]
     remote = []
     for wheel in wheels:
@@ -164,6 +172,16 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return f"http://{address}:{PORT}", stamp
 
 
+# A README as projects write them: a heading, code, a badge from the internet and a script that must never run.
+MARKDOWN = """# Gecko
+
+Sticky feet. Install with `pip install gecko`.
+
+![build status](https://ci.example.invalid/badge.svg)
+
+<script>document.title = "owned"</script>
+<img src="x" onerror="document.title = 'owned'">
+"""
 ROWS = "Array.from(document.querySelectorAll('#projects tbody tr'))"
 VISIBLE = f"{ROWS}.filter(r => !r.hidden).map(r => r.cells[0].textContent)"
 
@@ -244,3 +262,25 @@ def test_yanked_releases_and_their_uploaders_show_in_the_browser(browser: Browse
     uploaded = browser.evaluate("Array.from(document.querySelectorAll('.uploaded')).map(e => e.textContent)")
     assert uploaded and all(note.startswith("uploaded by tester on ") for note in uploaded), uploaded
     browser.screenshot(RESULTS / "browse-yanked.png")
+
+
+def test_a_markdown_description_is_rendered_and_loads_nothing_from_outside(
+    browser: Browser, index: tuple[str, str]
+) -> None:
+    index_url, stamp = index
+    browser.events.clear()
+    browser.navigate(f"{index_url}/project/browse-gecko-{stamp}/")
+    description = "document.getElementById('description')"
+    assert browser.evaluate(f"{description}.querySelector('h1').textContent") == "Gecko"
+    assert browser.evaluate(f"{description}.querySelector('code').textContent") == "pip install gecko"
+    assert browser.evaluate(f"{description}.querySelectorAll('script, [onerror]').length") == 0
+    sources = browser.evaluate(f"Array.from({description}.querySelectorAll('img')).map(i => i.src)")
+    assert all(source.startswith(index_url) for source in sources), sources
+    badge = browser.evaluate(f"{description}.querySelector('a[href^=\"https://ci.example.invalid/\"]').textContent")
+    assert badge == "build status", "the remote image became a link with its alt text"
+    assert browser.evaluate("document.title") != "owned", "no script of the description ran"
+    requested = [
+        e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"
+    ]
+    assert requested and all(url.startswith(index_url) for url in requested), requested
+    browser.screenshot(RESULTS / "browse-markdown.png")
