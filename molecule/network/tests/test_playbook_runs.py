@@ -67,8 +67,10 @@ def test_check_mode_on_converged_hosts_changes_nothing(converged_inventory: Path
 def test_site_yml_runs_the_role_before_the_index() -> None:
     plays = yaml.safe_load((PROJECT_DIR / "site.yml").read_text())
     # pypi_bootstrap's preflight chooses the host's Python and gathers facts: every other check comes after it.
-    assert plays[0]["tasks"][0]["loop"][:2] == ["pypi_bootstrap", "pypi_network"]
-    roles = [entry["role"] for entry in plays[1]["roles"]]
+    preflights = [task["ansible.builtin.import_role"] for task in plays[0]["tasks"]]
+    assert [entry["name"] for entry in preflights[:2]] == ["pypi_bootstrap", "pypi_network"]
+    assert all(entry["tasks_from"] == "preflight" for entry in preflights)
+    roles = [task["ansible.builtin.import_role"]["name"] for task in plays[1]["tasks"]]
     assert roles.index("pypi_network") < roles.index("pypi_bootstrap")
 
 
