@@ -11,6 +11,9 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
   reads      wrk req/s, p50 and p99 of /simple/, /simple/<project>/ and a file at 1,000 and 10,000 files, for
              the default deployment, pypiserver as it is today (pypi_server_static_index=false) and the
              optional front server, each as a ratio to nginx serving the same files as a static tree
+  features   descriptions of the bundle's wheels rendered as the index renders them (ms per file), upload to
+             visible on /project/<name>/ with the rendered description, and /simple/<project>/ reads with
+             the owner checks and claims on against the index's defaults (loopback, no docker)
   pip        pip install of the locked set bench/pip-set.txt from the index vs from a --find-links directory
   upload     time from a finished twine upload to pip (and a plain HTTP GET) seeing the file
   bundle     a bundle build from the committed locks, the default mirror build, packing the archive
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import email.parser
 import importlib.util
 import json
+import math
 import os
 import pwd
 import re
@@ -41,6 +46,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +59,7 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
+from packaging.version import Version
 
 if __package__:  # imported: from scripts import bench (the unit tests)
     from . import build_bundle as bb
@@ -65,7 +72,9 @@ else:  # run as a file (scripts/bench.sh): python puts its folder, scripts/, fir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "pip", "upload", "bundle")
+SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "features", "pip", "upload", "bundle")
+# The sections that run containers (docker); the others run on loopback only.
+DOCKER_SECTIONS = frozenset({"provision", "hosts4", "reads", "pip", "upload"})
 PREFIX = "airgap-pypi-bench"
 NETWORK = PREFIX
 INDEX = f"{PREFIX}-index"
@@ -97,6 +106,9 @@ GOAL_FRONT_VS_NGINX = 0.5
 GOAL_PIP_RATIO = 1.2
 GOAL_UPLOAD_S = 1.0
 GOAL_AUTH_RATIO = 0.8
+GOAL_RENDER_P95_MS = 50.0
+GOAL_FEATURES_RATIO = 0.9
+RENDER_REPEATS = 5  # renderings of each description counted as its time, after a first (cold) call
 
 
 # --------------------------------------------------------------------------- processes
@@ -573,6 +585,232 @@ def auth_reads(workdir: Path, load: Load) -> dict[str, Any]:
                 "errors": result.socket_errors + result.non_2xx,
             }
     out["password_over_open"] = round(out["password"]["rps"] / out["open"]["rps"], 3) if out["open"]["rps"] else None
+    return out
+
+
+# --------------------------------------------------------------------------- features (issue 14)
+
+# Runs with the bundle's server wheels and the role's airgap_pypi_index.py on its path: each description rendered
+# as the index renders it when a file arrives, timed; prints JSON {wheel: {...}}.
+RENDER_TIMES = r"""
+import json, sys, time
+import airgap_pypi_index as index
+repeats, paths = int(sys.argv[1]), sys.argv[2:]
+start = time.perf_counter()
+assert index.description_renderers() is not None, "readme_renderer cannot be imported"
+out = {"import_ms": (time.perf_counter() - start) * 1000, "files": {}}
+for path in paths:
+    fields = index.parse_metadata(index.read_core_metadata(path)[0])
+    text, kind = fields.get("description", ""), fields.get("description-content-type")
+    times, shown = [], ""
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        shown = index.render_description(text, kind)
+        times.append((time.perf_counter() - start) * 1000)
+    out["files"][path] = {"project": fields.get("name", ""), "type": kind or "", "bytes": len(text.encode()),
+                          "first_ms": times[0], "ms": times[1:], "unrendered": "render-note" in shown[:40]}
+print(json.dumps(out))
+"""
+
+
+def one_wheel_per_project(wheels: Iterable[Path]) -> list[Path]:
+    """The newest version's wheel of each project (the first by name of that version's wheels), by project."""
+    newest: dict[str, tuple[Version, str, Path]] = {}
+    for path in wheels:
+        try:
+            name, version, _, _ = parse_wheel_filename(path.name)
+        except InvalidWheelFilename:
+            continue
+        key = (version, path.name, path)
+        held = newest.get(name)
+        if held is None or version > held[0] or (version == held[0] and path.name < held[1]):
+            newest[name] = key
+    return [newest[name][2] for name in sorted(newest)]
+
+
+def bundle_wheels(wheels_dir: Path = index_stack.WHEELS) -> list[Path]:
+    """One wheel per project of the whole bundle: the server wheels, the controller's and the mirror's."""
+    artifacts = wheels_dir.parent
+    dirs = (wheels_dir, artifacts / "controller" / "wheels", artifacts / "mirror" / "files")
+    return one_wheel_per_project(path for folder in dirs if folder.is_dir() for path in folder.glob("*.whl"))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least `fraction` of the values at or below it."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction {fraction} is not in (0, 1]")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def render_stats(files: dict[str, dict[str, Any]], goal_ms: float = GOAL_RENDER_P95_MS) -> dict[str, Any]:
+    """p50, p95 and max over the files with a description of each file's median rendering (ms), the first calls'
+    p95, the slowest project, and p95 over the goal."""
+    timed_files = {path: f for path, f in files.items() if f["bytes"] and f["ms"]}
+    if not timed_files:
+        raise ValueError("no description was rendered")
+    medians = {path: statistics.median(f["ms"]) for path, f in timed_files.items()}
+    slowest = max(medians, key=lambda path: medians[path])
+    p95 = round(percentile(list(medians.values()), 0.95), 2)
+    return {
+        "files": len(timed_files),
+        "without_description": len(files) - len(timed_files),
+        "unrendered": sorted(f["project"] for f in timed_files.values() if f["unrendered"]),
+        "p50_ms": round(percentile(list(medians.values()), 0.5), 2),
+        "p95_ms": p95,
+        "max_ms": round(medians[slowest], 2),
+        "first_p95_ms": round(percentile([f["first_ms"] for f in timed_files.values()], 0.95), 2),
+        "slowest": timed_files[slowest]["project"],
+        "slowest_type": timed_files[slowest]["type"] or "no type: reStructuredText",
+        "slowest_bytes": timed_files[slowest]["bytes"],
+        "p95_over_goal": round(p95 / goal_ms, 3),
+    }
+
+
+def render_times(site: Path, wheels: Sequence[Path], repeats: int = RENDER_REPEATS) -> dict[str, Any]:
+    """RENDER_TIMES's output for these wheels, run with the site directory and the role's module on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TWINE_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT / "roles" / "pypi_server" / "files")])
+    done = run([sys.executable, "-c", RENDER_TIMES, str(repeats), *map(str, wheels)], env=env, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"rendering the descriptions failed: {done.stderr[-1500:]}")
+    return dict(json.loads(done.stdout))
+
+
+def wheel_description(wheel: Path) -> tuple[str, str]:
+    """(description, Description-Content-Type) of a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
+        message = email.parser.Parser().parsestr(archive.read(name).decode("utf-8", errors="replace"))
+    body = message.get_payload()
+    text = body if isinstance(body, str) and body.strip() else str(message.get("Description") or "")
+    return text, str(message.get("Description-Content-Type") or "")
+
+
+def largest_markdown(files: dict[str, dict[str, Any]]) -> Path:
+    """The wheel whose Markdown description is the largest."""
+    markdown_files = {p: f for p, f in files.items() if f["type"].startswith("text/markdown")}
+    if not markdown_files:
+        raise ValueError("no wheel of the bundle has a Markdown description")
+    return Path(max(markdown_files, key=lambda p: markdown_files[p]["bytes"]))
+
+
+def upload_visible(stack: index_stack.Stack, dist: Path, readme: tuple[str, str], runs: int) -> dict[str, Any]:
+    """Upload `runs` versions of bench-readme (a real README, a marker first) with twine; for each, the seconds
+    from twine's return to the start of the first GET of /project/bench-readme/ that shows the marker rendered."""
+    seen, calls = [], []
+    for i in range(runs):
+        marker = f"bench-marker-{i}"
+        wheel = demo_wheel.build_wheel(
+            dist, "bench-readme", f"1.{i}.0", description=f"**{marker}**\n\n{readme[0]}", content_type=readme[1]
+        )
+        start = time.monotonic()
+        done = index_stack.twine_upload(stack.url, wheel)
+        returned = time.monotonic()
+        if done.returncode != 0:
+            raise RuntimeError(f"upload of {wheel.name} failed: {done.stdout[-300:]} {done.stderr[-300:]}")
+        calls.append(round(returned - start, 3))
+        seen.append(round(seen_after(f"{stack.url}/project/bench-readme/", f"<strong>{marker}</strong>", returned), 3))
+    return {
+        "runs": runs,
+        "seen_s": seen,
+        "seen_median_s": statistics.median(seen),
+        "twine_median_s": statistics.median(calls),
+    }
+
+
+def seen_after(url: str, needle: str, since: float, limit_s: float = 30) -> float:
+    """Seconds from `since` to the start of the first GET of url whose body holds needle."""
+    while True:
+        start = time.monotonic()
+        status, body = index_stack.get(url)
+        if status == 200 and needle.encode() in body:
+            return start - since
+        if start - since > limit_s:
+            raise RuntimeError(f"{url} did not show {needle!r} within {limit_s:g} s (status {status})")
+        time.sleep(0.02)
+
+
+FEATURE_STACKS: dict[str, dict[str, Any]] = {
+    "off": {},
+    "on": {"project_owners": {"bench-feat": [index_stack.USER]}, "claim_first_upload": True},
+}
+
+
+FEATURE_ROUNDS = 2  # wrk runs per index, alternating between them, so that drift on the machine hits both alike
+
+
+def feature_reads(workdir: Path, load: Load, readme: tuple[str, str], runs: int) -> dict[str, Any]:
+    """Both indexes of FEATURE_STACKS served at once: into each the README uploads (upload_visible), bench-feat and
+    bench-claimed; then wrk on /simple/bench-feat/ of each in turn, FEATURE_ROUNDS times; and on / off of the
+    median req/s."""
+    out: dict[str, Any] = {}
+    with contextlib.ExitStack() as running:
+        stacks = {
+            name: running.enter_context(index_stack.serve(workdir / f"features-{name}", **options))
+            for name, options in FEATURE_STACKS.items()
+        }
+        for name, stack in stacks.items():
+            out[name] = {"upload_visible": upload_visible(stack, workdir / f"features-{name}-readme", readme, runs)}
+            for project in ("bench-feat", "bench-claimed"):
+                wheel = demo_wheel.build_wheel(workdir / f"features-{name}-dist", project, "1.0")
+                done = index_stack.twine_upload(stack.url, wheel)
+                if done.returncode != 0:
+                    raise RuntimeError(f"upload to the {name} index failed: {done.stdout[-300:]} {done.stderr[-300:]}")
+        results: dict[str, list[WrkResult]] = {name: [] for name in stacks}
+        for _ in range(FEATURE_ROUNDS):
+            for name, stack in stacks.items():
+                results[name].append(wrk(f"{stack.url}/simple/bench-feat/", load))
+        for name, stack in stacks.items():
+            out[name].update(wrk_summary(results[name]))
+            out[name].update(audit_records=audit_records(stack.audit), claims=stack.owners.is_file())
+    out["rounds"] = FEATURE_ROUNDS
+    out["on_over_off"] = round(out["on"]["rps"] / out["off"]["rps"], 3) if out["off"]["rps"] else None
+    return out
+
+
+def wrk_summary(results: Sequence[WrkResult]) -> dict[str, Any]:
+    """Median req/s and p99 of several wrk runs of one URL, every run's req/s, requests and errors summed."""
+    p99s = [r.p99_ms for r in results if r.p99_ms is not None]
+    return {
+        "rps": statistics.median(r.rps for r in results),
+        "rps_runs": [r.rps for r in results],
+        "p99_ms": statistics.median(p99s) if p99s else None,
+        "requests": sum(r.requests for r in results),
+        "errors": sum(r.socket_errors + r.non_2xx for r in results),
+    }
+
+
+def audit_records(directory: Path) -> int:
+    """Lines in the audit trail's current file."""
+    path = directory / "audit.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def features(workdir: Path, load: Load, runs: int = 5) -> dict[str, Any]:
+    """Issue 14's features measured on loopback: rendering of the bundle's descriptions, upload to visible with a
+    rendered README, and reads with the owner checks on against the defaults."""
+    site = index_stack.extract_site(workdir / "features-site")
+    rendered = render_times(site, bundle_wheels())
+    say(f"  rendered {len(rendered['files'])} descriptions")
+    readme_wheel = largest_markdown(rendered["files"])
+    readme = wheel_description(readme_wheel)
+    out: dict[str, Any] = {
+        "load": asdict(load),
+        "render": {
+            "import_ms": round(rendered["import_ms"], 1),
+            "repeats": RENDER_REPEATS,
+            **render_stats(rendered["files"]),
+        },
+        "readme": {
+            "project": rendered["files"][str(readme_wheel)]["project"],
+            "type": readme[1],
+            "bytes": len(readme[0].encode()),
+        },
+    }
+    out.update(feature_reads(workdir, load, readme, runs))
     return out
 
 
@@ -1074,6 +1312,7 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
             None if value is None else value >= GOAL_AUTH_RATIO,
         )
     )
+    out += feature_goals(sections.get("features", {}))
     value = sections.get("pip", {}).get("index_over_find_links")
     out.append(
         goal(
@@ -1093,6 +1332,33 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     return out
+
+
+def feature_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's goals from the features section: rendering p95, upload to a rendered page, reads on / off."""
+    p95 = section.get("render", {}).get("p95_ms")
+    seen = section.get("on", {}).get("upload_visible", {}).get("seen_median_s")
+    ratio = section.get("on_over_off")
+    return [
+        goal(
+            "rendering a description, p95 per file (the bundle's wheels)",
+            p95,
+            f"<= {GOAL_RENDER_P95_MS:g} ms",
+            None if p95 is None else p95 <= GOAL_RENDER_P95_MS,
+        ),
+        goal(
+            "upload visible on /project/<name>/ with its README rendered (owner checks on)",
+            seen,
+            f"<= {GOAL_UPLOAD_S:g} s",
+            None if seen is None else seen <= GOAL_UPLOAD_S,
+        ),
+        goal(
+            "/simple/<project>/ reads with the owner checks, claims and audit records vs the defaults, on loopback",
+            ratio,
+            f">= {GOAL_FEATURES_RATIO:g}x",
+            None if ratio is None else ratio >= GOAL_FEATURES_RATIO,
+        ),
+    ]
 
 
 def fmt(value: Any) -> str:
@@ -1218,6 +1484,8 @@ def markdown(results: dict[str, Any]) -> str:
                 + [["password / open", auth.get("password_over_open"), None, None, None]],
             ),
         ]
+    if "features" in sections:
+        parts += features_markdown(sections["features"])
     if "pip" in sections:
         pip = sections["pip"]
         parts += [
@@ -1262,6 +1530,62 @@ def markdown(results: dict[str, Any]) -> str:
     if failures:
         parts += ["## Errors\n", *(f"- {name}: `{' '.join(error.split())[-600:]}`\n" for name, error in failures)]
     return "\n".join(parts)
+
+
+def features_markdown(section: dict[str, Any]) -> list[str]:
+    """The features section of results.md: rendering per file, then uploads and reads per index."""
+    if "error" in section:
+        return []
+    render, load, readme = section.get("render", {}), section.get("load", {}), section.get("readme", {})
+    stacks = [(name, section.get(name, {})) for name in FEATURE_STACKS]
+    return [
+        "## Issue 14's features\n",
+        f"Measured {section.get('measured_at')}: the description of one wheel per project of the bundle "
+        f"({render.get('files')} with a description, {render.get('without_description')} without) rendered by "
+        "airgap_pypi_index.render_description with readme_renderer from the bundle's wheels, each "
+        f"{render.get('repeats')} times after a first call; a file's time is the median of its renderings "
+        f"(importing readme_renderer took {fmt(render.get('import_ms'))} ms once).\n",
+        table(
+            ["Files", "p50 ms", "p95 ms", "max ms", "first call p95 ms", "slowest", "p95 / goal"],
+            [
+                [
+                    render.get("files"),
+                    render.get("p50_ms"),
+                    render.get("p95_ms"),
+                    render.get("max_ms"),
+                    render.get("first_p95_ms"),
+                    f"{render.get('slowest')}, {render.get('slowest_type')}, {fmt(render.get('slowest_bytes'))} bytes",
+                    render.get("p95_over_goal"),
+                ]
+            ],
+        ),
+        "Uploads and reads on 127.0.0.1 through the real stack (scripts/index_stack.py), both indexes served at "
+        "once: the index's defaults (off) and the same with an owner map naming the project read and claims of "
+        "first uploads (on); the audit trail records every upload in both (the role has no switch for it). "
+        "Upload to visible: from twine's return to the start of the first GET of "
+        f"/project/bench-readme/ showing the new version's README ({readme.get('project')}'s, {readme.get('type')}, "
+        f"{fmt(readme.get('bytes'))} bytes) rendered, median of {stacks[-1][1].get('upload_visible', {}).get('runs')}"
+        f" uploads per index. Reads: wrk -t{load.get('threads')} -c{load.get('connections')} -d{load.get('seconds')}s "
+        f"--latency on /simple/bench-feat/ of each index in turn, {section.get('rounds')} times: the median req/s "
+        "and p99 of those runs.\n",
+        table(
+            ["Index", "req/s", "p99 ms", "requests", "errors", "audit records", "visible s", "twine s"],
+            [
+                [
+                    name,
+                    row.get("rps"),
+                    row.get("p99_ms"),
+                    row.get("requests"),
+                    row.get("errors"),
+                    row.get("audit_records"),
+                    row.get("upload_visible", {}).get("seen_median_s"),
+                    row.get("upload_visible", {}).get("twine_median_s"),
+                ]
+                for name, row in stacks
+            ]
+            + [["on / off", section.get("on_over_off"), None, None, None, None, None, None]],
+        ),
+    ]
 
 
 def merge(old: dict[str, Any], new_sections: dict[str, Any]) -> dict[str, Any]:
@@ -1423,12 +1747,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="airgap-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # nginx's workers (another user) read the yardstick tree in here
-        with bench_network():
+        with bench_network() if DOCKER_SECTIONS & set(chosen) else contextlib.nullcontext():
             if {"provision", "reads", "pip", "upload"} & set(chosen):
                 index_session(chosen, args, workdir, record)
             if "auth" in chosen:
                 say("reads with and without a password on loopback")
                 record("auth", attempt("auth", lambda: auth_reads(workdir, Load())))
+            if "features" in chosen:
+                say("descriptions rendered, upload to visible, reads with the owner checks on, on loopback")
+                record("features", attempt("features", lambda: features(workdir, Load())))
             if "hosts4" in chosen:
                 say("provisioning four bare containers in one site.yml run")
                 record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))

@@ -57,6 +57,14 @@ def locked_wheels() -> list[Path]:
     return found
 
 
+def extract_site(site: Path) -> Path:
+    """The locked wheels extracted into site, a directory to put on PYTHONPATH (as the index's virtualenv)."""
+    for wheel in locked_wheels():
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
+    return site
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -156,9 +164,7 @@ def serve(
     accounts ({name: password}); admins, project_owners, claim_first_upload, audit_max_mb and audit_keep as the
     pypi_server_* settings."""
     site = base / "site"
-    for wheel in locked_wheels():
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(site)
+    extract_site(site)
     config, tree = base / "etc", base / "static"
     packages = packages or base / "packages"
     config.mkdir()

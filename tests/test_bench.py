@@ -319,3 +319,128 @@ def test_task_counts_of_one_run(tmp_path: Path) -> None:
     times.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert bench.task_counts(times) == {"tasks": 2, "tasks_executed": 1, "s_per_executed_task": 0.6}
     assert bench.task_counts(tmp_path / "none.jsonl") == {"tasks": 0, "tasks_executed": 0, "s_per_executed_task": None}
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(20, 0, -1)]  # unsorted on purpose
+    assert bench.percentile(values, 0.95) == 19.0  # interpolation would give 19.05
+    assert bench.percentile(values, 0.5) == 10.0
+    assert bench.percentile(values, 1.0) == 20.0
+    assert bench.percentile([7.5], 0.95) == 7.5
+    with pytest.raises(ValueError, match="no values"):
+        bench.percentile([], 0.95)
+    with pytest.raises(ValueError, match="not in"):
+        bench.percentile(values, 0)
+
+
+def test_one_wheel_per_project_takes_the_newest_version() -> None:
+    names = [
+        "filelock-4.10.0-py3-none-any.whl",
+        "filelock-4.9.0-py3-none-any.whl",  # after 4.10.0 by name, older by version
+        "comrak-0.0.16-cp311-cp311-manylinux2014_x86_64.whl",
+        "comrak-0.0.16-cp310-cp310-manylinux2014_x86_64.whl",
+        "Jinja2-3.1.6-py3-none-any.whl",
+        "notes.txt.whl",
+    ]
+    found = bench.one_wheel_per_project(Path("w") / name for name in names)
+    assert [p.name for p in found] == [
+        "comrak-0.0.16-cp310-cp310-manylinux2014_x86_64.whl",
+        "filelock-4.10.0-py3-none-any.whl",
+        "Jinja2-3.1.6-py3-none-any.whl",
+    ]
+
+
+def rendered(project: str, ms: list[float], kind: str = "text/markdown", size: int = 100) -> dict[str, object]:
+    return {"project": project, "type": kind, "bytes": size, "first_ms": ms[0] * 3, "ms": ms, "unrendered": False}
+
+
+RENDERED = {
+    "a.whl": rendered("a", [10.0, 30.0, 20.0]),
+    "b.whl": rendered("b", [100.0, 90.0, 500.0], kind="", size=9000),
+    "c.whl": rendered("c", [0.01], size=0),  # no description: not counted
+    "d.whl": {**rendered("d", [5.0], kind="text/x-rst", size=50_000), "unrendered": True},
+}
+
+
+def test_render_stats_over_the_files_with_a_description() -> None:
+    stats = bench.render_stats(RENDERED, goal_ms=50.0)
+    assert stats == {
+        "files": 3,
+        "without_description": 1,
+        "unrendered": ["d"],
+        "p50_ms": 20.0,  # the files' medians: 5, 20, 100
+        "p95_ms": 100.0,
+        "max_ms": 100.0,
+        "first_p95_ms": 300.0,
+        "slowest": "b",
+        "slowest_type": "no type: reStructuredText",
+        "slowest_bytes": 9000,
+        "p95_over_goal": 2.0,
+    }
+    with pytest.raises(ValueError, match="no description"):
+        bench.render_stats({"c.whl": RENDERED["c.whl"]})
+
+
+def test_largest_markdown_and_a_wheels_description(tmp_path: Path) -> None:
+    assert bench.largest_markdown(RENDERED) == Path("a.whl")  # d is larger, but reStructuredText
+    with pytest.raises(ValueError, match="Markdown"):
+        bench.largest_markdown({"b.whl": RENDERED["b.whl"]})
+    wheel = build_wheel(tmp_path, "readme", "1.0", description="# Title\n\nBody\n", content_type="text/markdown")
+    assert bench.wheel_description(wheel) == ("# Title\n\nBody\n", "text/markdown")
+
+
+FEATURES = {
+    "measured_at": "2026-12-03 11:00 UTC",
+    "load": {"threads": 2, "connections": 8, "seconds": 10},
+    "render": {**bench.render_stats(RENDERED), "import_ms": 600.0, "repeats": 5},
+    "readme": {"project": "pypiserver", "type": "text/markdown", "bytes": 49_905},
+    "off": {
+        "rps": 2000.0,
+        "p99_ms": 9.0,
+        "requests": 20_000,
+        "errors": 0,
+        "audit_records": 7,
+        "upload_visible": {"runs": 5, "seen_median_s": 0.5, "twine_median_s": 1.1},
+    },
+    "on": {
+        "rps": 1700.0,
+        "p99_ms": 11.0,
+        "requests": 17_000,
+        "errors": 0,
+        "audit_records": 8,
+        "upload_visible": {"runs": 5, "seen_median_s": 0.0, "twine_median_s": 1.2},
+    },
+    "rounds": 2,
+    "on_over_off": 0.85,
+}
+
+
+def test_feature_goals_and_report() -> None:
+    found = {g["target"]: g for g in bench.feature_goals(FEATURES)}
+    assert (found["<= 50 ms"]["value"], found["<= 50 ms"]["met"]) == (100.0, False)
+    assert (found["<= 1 s"]["value"], found["<= 1 s"]["met"]) == (0.0, True)
+    assert (found[">= 0.9x"]["value"], found[">= 0.9x"]["met"]) == (0.85, False)
+    assert all(g["met"] is None for g in bench.feature_goals({}))
+    results = bench.merge({}, {"features": FEATURES})
+    results["goals"] = bench.goals(results["sections"])
+    text = bench.markdown(results)
+    assert "| rendering a description, p95 per file (the bundle's wheels) | 100.0 | <= 50 ms | no |" in text
+    assert "| 3 | 20.0 | 100.0 | 100.0 | 300.0 | b, no type: reStructuredText, 9,000 bytes | 2 |" in text
+    assert "| on | 1,700.0 | 11.0 | 17,000 | 0 | 8 | 0 | 1.2 |" in text
+    assert "| off | 2,000.0 | 9 | 20,000 | 0 | 7 | 0.5 | 1.1 |" in text
+    assert "median of 5 uploads per index" in text
+    assert "of each index in turn, 2 times" in text
+    assert "| on / off | 0.85 | - | - | - | - | - | - |" in text
+    assert "features" in bench.SECTIONS and "features" not in bench.DOCKER_SECTIONS
+
+
+def test_wrk_summary_of_alternating_runs() -> None:
+    runs = [bench.parse_wrk(WRK_SLOW), bench.parse_wrk(WRK_FAST), bench.parse_wrk(WRK_SLOW.replace("12.08", "20.00"))]
+    summary = bench.wrk_summary(runs)
+    assert summary == {
+        "rps": 20.0,  # the median run, not the mean (25,691.34)
+        "rps_runs": [12.08, 77041.95, 20.0],
+        "p99_ms": 1100.0,
+        "requests": 121 + 770420 + 121,
+        "errors": 9 + 0 + 9,
+    }
