@@ -54,6 +54,7 @@ import hashlib
 import hmac
 import html
 import html.parser
+import importlib.util
 import io
 import json
 import logging
@@ -373,9 +374,21 @@ def description_renderers() -> Optional[Tuple[Any, Any]]:
     return readme_renderer.markdown, readme_renderer.rst
 
 
+@functools.lru_cache(maxsize=None)
+def renderer_installed() -> bool:
+    """Whether readme_renderer is installed, without importing it: importing it takes about half a second, which a
+    sync that renders nothing (the role's run on every converge) should not pay."""
+    try:
+        return importlib.util.find_spec("readme_renderer") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def pages_format() -> List[Any]:
-    """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered."""
-    return [PAGES_FORMAT, description_renderers() is not None]
+    """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered:
+    readme_renderer is installed and, once this process tried to import it, it could be imported."""
+    tried = description_renderers.cache_info().currsize > 0
+    return [PAGES_FORMAT, renderer_installed() and (not tried or description_renderers() is not None)]
 
 
 def is_remote(url: str) -> bool:
@@ -1219,7 +1232,7 @@ class Tree:
         self.save_state(
             {
                 "version": STATE_VERSION,
-                "pages": pages,
+                "pages": pages_format(),  # again: a failed import while rendering shows in it
                 "packages": self.packages,
                 "files": files,
                 "skipped": skipped,
@@ -1270,7 +1283,6 @@ class Tree:
         now = time.time()
         files: Dict[str, Entry] = {}
         fresh = Fresh([], {}, {})
-        renderers = description_renderers()
         skipped: Dict[str, Entry] = {}
         dirty = False
         longest = name_max(self.tree) - len(_DERIVED_SUFFIX)
@@ -1310,7 +1322,8 @@ class Tree:
                 dirty = True  # still being written: its own upload's sync, or the next check, takes it
                 continue
             files[relfn] = entry
-            fresh.add(relfn, metadata, fields, rendering=renderers is not None)
+            # readme_renderer is imported with the first file there is to render, not before.
+            fresh.add(relfn, metadata, fields, rendering=description_renderers() is not None)
         return files, fresh, skipped, dirty
 
     def write_project(
