@@ -193,6 +193,22 @@ def test_an_oversized_description_is_not_rendered(site: Path, dirs: tuple[Path, 
     assert "big-1.0-py3-none-any.whl" in (tree / "simple" / "big" / "index.html").read_text(), "still listed"
 
 
+def test_descriptions_beyond_the_renderers_bounds_are_shown_with_a_note(site: Path, dirs: tuple[Path, Path]) -> None:
+    """Inputs whose rendering would hold the sync lock for long (nested raw HTML, a content type full of quoted ";")
+    or whose rendering is huge are not rendered (nor kept); the files are still listed."""
+    packages, tree = dirs
+    build_wheel(packages, "nested", "1.0", description="<div>" * 20_000 + "deep", content_type=GFM)
+    build_wheel(packages, "typed", "1.0", description="# Typed", content_type='text/markdown; a="' + ";" * 300)
+    build_wheel(packages, "emphasis", "1.0", description="*a* " * 250_000, content_type=GFM)  # 1 MB, 2.75 rendered
+    sync(site, dirs)
+    assert "could not be rendered: it has more than 10,000 &#x27;&lt;&#x27; characters" in description(tree, "nested")
+    assert "could not be rendered: its Description-Content-Type is longer than 256" in description(tree, "typed")
+    assert "could not be rendered: rendered, it is more than 2 MiB" in description(tree, "emphasis")
+    for project in ("nested", "typed", "emphasis"):
+        assert "<div><div>" not in description(tree, project) and "<h1" not in description(tree, project)
+        assert f"{project}-1.0-py3-none-any.whl" in (tree / "simple" / project / "index.html").read_text()
+
+
 def test_a_description_is_rendered_once(site: Path, dirs: tuple[Path, Path]) -> None:
     packages, tree = dirs
     wheel = build_wheel(packages, "once", "1.0", description=MARKDOWN, content_type=GFM)

@@ -353,6 +353,12 @@ def file_entry(
 # release's. Without readme_renderer (a virtualenv from an older bundle) the page shows the text escaped.
 MAX_DESCRIPTION_BYTES = 1 << 20
 MAX_RENDERED_BYTES = 16 << 20  # what a stored rendering is read back up to
+# Bounds on what reaches the renderers, which run inside the upload's sync: nh3's cost grows faster than linearly with
+# nested raw HTML (40,000 nested elements take seconds), and email's parameter parsing is quadratic in a content type
+# full of quoted ";". A description beyond them is shown with a note, not rendered.
+MAX_DESCRIPTION_TAGS = 10000  # "<" characters
+MAX_CONTENT_TYPE_CHARS = 256
+MAX_RENDERING_BYTES = 2 << 20  # a rendering larger than this (markup can multiply the text) is not kept
 DESCRIPTIONS_DIR = "descriptions"
 MARKDOWN_VARIANTS = ("GFM", "CommonMark")
 _REMOTE_LINK_SCHEMES = ("http", "https")
@@ -470,13 +476,24 @@ def render_description(text: str, content_type: Optional[str]) -> str:
     if not text.strip():
         return ""
     size = len(text.encode("utf-8", errors="replace"))
+    note = None
     if size > MAX_DESCRIPTION_BYTES:
         note = f"it is {size:,} bytes, more than {MAX_DESCRIPTION_BYTES >> 20} MiB"
+    elif text.count("<") > MAX_DESCRIPTION_TAGS:
+        note = f"it has more than {MAX_DESCRIPTION_TAGS:,} '<' characters"
+    elif content_type is not None and len(content_type) > MAX_CONTENT_TYPE_CHARS:
+        note = f"its Description-Content-Type is longer than {MAX_CONTENT_TYPE_CHARS} characters"
+    if note is not None:
         return f'<p class="render-note">this description could not be rendered: {esc(note)}</p>'
     try:
         rendered, reason = _render_by_type(text, content_type or "text/x-rst")
-    except Exception as error:  # a renderer's bug must never stop an upload
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # a renderer's bug (a Rust panic is a BaseException) must never stop an upload
         rendered, reason = None, f"{error.__class__.__name__}: {str(error)[:200]}"
+    if rendered is not None and len(rendered) > MAX_RENDERING_BYTES:
+        too_large = f"rendered, it is more than {MAX_RENDERING_BYTES >> 20} MiB"
+        return f'<p class="render-note">this description could not be rendered: {esc(too_large)}</p>'
     return unrendered(text, reason) if rendered is None else rendered
 
 
