@@ -24,7 +24,10 @@ results=.test-results
 rm -rf "$results" && mkdir -p "$results/logs"
 # Every playbook run of the suite appends its tasks' wall times here (molecule/shared/callback_plugins).
 export AIRGAP_PYPI_TASK_TIMES="$PWD/$results/task-times.jsonl"
-export ANSIBLE_CALLBACK_PLUGINS="$PWD/molecule/shared/callback_plugins" ANSIBLE_CALLBACKS_ENABLED=task_times
+# The environment replaces ansible.cfg's callbacks: keep its module payload cache (callback_plugins/), here in a
+# directory of this run's own, so every run starts cold as a fresh machine does.
+export ANSIBLE_CALLBACK_PLUGINS="$PWD/callback_plugins:$PWD/molecule/shared/callback_plugins"
+export ANSIBLE_CALLBACKS_ENABLED=airgap_pypi_module_cache,task_times AIRGAP_PYPI_MODULE_CACHE="$PWD/$results/module-cache"
 # pytest (unit tests and every scenario's verifier) prints its 15 slowest tests in each step's log.
 export PYTEST_ADDOPTS="--durations=15"
 began=$(date +%s.%N)
