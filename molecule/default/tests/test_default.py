@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -70,6 +71,25 @@ def test_supervisord_runs_gunicorn_unprivileged(host) -> None:
     assert len(procs) >= 3, f"expected a master and 2 workers, got {procs}"
     assert {user for _, _, user in procs} == {"pypiserver"}, procs
     assert host.user("pypiserver").shell.endswith("nologin")
+
+
+# How many .py files a virtualenv holds, then each one without its bytecode: the unprivileged index user cannot
+# write bytecode there, so every gunicorn worker would compile those modules again at each start.
+UNCOMPILED = (
+    "import importlib.util, pathlib, sys\n"
+    "files = list(pathlib.Path(sys.prefix, 'lib').rglob('*.py'))\n"
+    "print(len(files))\n"
+    "for p in files:\n"
+    "    if not pathlib.Path(importlib.util.cache_from_source(str(p))).exists():\n"
+    "        print(p)\n"
+)
+
+
+@pytest.mark.parametrize("venv", ["/opt/airgap-pypi/pypiserver", SUPERVISOR_BIN.removesuffix("/bin")])
+def test_virtualenvs_are_compiled_for_the_users_that_cannot_write_them(host, venv: str) -> None:
+    count, *missing = host.check_output(f"{venv}/bin/python -c {shlex.quote(UNCOMPILED)}").split()
+    assert int(count) > 50, f"{venv} holds only {count} .py files"
+    assert missing == [], f"{len(missing)} of {count} files of {venv} have no bytecode, e.g. {missing[:5]}"
 
 
 def test_control_socket_is_private_unix_socket(host) -> None:
