@@ -167,7 +167,8 @@ def repo(tmp_path: Path) -> Path:
     for bundle in (root / "offline_artifacts", root / "offline_artifacts" / "controller"):
         (bundle / "x.whl").write_bytes(b"x")
         (bundle / "SHA256SUMS").write_text(f"{hashlib.sha256(b'x').hexdigest()}  x.whl\n")
-    (root / "scripts" / "unpack_archive.sh").write_bytes((SCRIPTS / "unpack_archive.sh").read_bytes())
+    for script in ("unpack_archive.sh", "airgap_transfer.py"):
+        (root / "scripts" / script).write_bytes((SCRIPTS / script).read_bytes())
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     return root
 
