@@ -424,15 +424,26 @@ def test_unsigned_archive_is_refused_where_a_keyring_is_pinned(cycle: dict[str, 
     assert "is not signed" in message
 
 
-def test_unsigned_legacy_archive_is_refused_by_the_shell_entry_point(cycle: dict[str, Path], keys: Keys) -> None:
-    full = cycle["full"]
-    for extra in (".manifest", ".manifest.sig"):
-        full.with_name(full.name + extra).unlink()
-    before = snapshot(cycle["site"])
-    out = run_sh("--keyring", str(keys.keyring), str(full), str(cycle["site"]))
-    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
-    assert out.stderr.startswith("unpack_archive: error: ") and "is not signed (no " in out.stderr
-    assert snapshot(cycle["site"]) == before
+def test_unsigned_legacy_archive_is_refused_by_the_shell_entry_point(repo: Path, tmp_path: Path, keys: Keys) -> None:
+    # An archive of before manifests (only its .sha256): refused where a keyring is pinned, by --keyring or by
+    # airgap-pypi.keyring beside the script; the destinations are new, so no state file is what refuses it.
+    archive, manifest, _ = pack(repo, tmp_path / "dist")
+    manifest.unlink()
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    for script in ("unpack_archive.sh", "airgap_transfer.py"):
+        shutil.copy(SCRIPTS / script, pinned / script)
+    for args, script in (
+        (["--keyring", str(keys.keyring)], SCRIPTS / "unpack_archive.sh"),
+        ([], pinned / "unpack_archive.sh"),
+    ):
+        if not args:
+            shutil.copy(keys.keyring, pinned / transfer.KEYRING_NAME)
+        dest = tmp_path / f"site{len(args)}"
+        out = run_sh(*args, str(archive), str(dest), script=script)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("unpack_archive: error: ") and "is not signed (no " in out.stderr
+        assert not dest.exists()
 
 
 # --------------------------------------------------------------------------- parts
@@ -543,10 +554,8 @@ def test_report_counts_per_area_and_project(cycle: dict[str, Path]) -> None:
 # --------------------------------------------------------------------------- the shell entry point
 
 
-def run_sh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["sh", str(SCRIPTS / "unpack_archive.sh"), *args], capture_output=True, text=True, check=False
-    )
+def run_sh(*args: str, script: Path = SCRIPTS / "unpack_archive.sh") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(script), *args], capture_output=True, text=True, check=False)
 
 
 def test_shell_entry_point_takes_signed_archives_and_refuses_in_one_line(cycle: dict[str, Path], keys: Keys) -> None:
