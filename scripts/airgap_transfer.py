@@ -278,15 +278,17 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
 
 def load(path: Path) -> tuple[Manifest, str]:
     """The manifest at path and the sha256 of its bytes."""
-    data = read_bounded(path, MAX_MANIFEST_BYTES, "manifest")
+    return decode(read_bounded(path, MAX_MANIFEST_BYTES, "manifest"), path.name)
+
+
+def decode(data: bytes, name: str) -> tuple[Manifest, str]:
+    """The manifest in data (read once: the bytes checked by gpgv are the bytes parsed) and their sha256."""
     try:
-        text = data.decode("utf-8")
+        return parse(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
     except UnicodeDecodeError:
-        raise TransferError(f"{path}: the manifest is not UTF-8") from None
-    try:
-        return parse(text), hashlib.sha256(data).hexdigest()
+        raise TransferError(f"{name}: the manifest is not UTF-8") from None
     except TransferError as exc:
-        raise TransferError(f"{path.name}: {exc}") from None
+        raise TransferError(f"{name}: {exc}") from None
 
 
 def file_sha256(path: Path, limit: int | None = None) -> tuple[str, int]:
@@ -421,15 +423,21 @@ def report(changes: Changes, carried: int, full: int, kind: str) -> list[str]:
 # --------------------------------------------------------------------------- private side
 
 
-def verify_signature(manifest: Path, sig: Path, keyring: Path, gpgv: str = "gpgv") -> str:
-    """The fingerprint of the pinned key that signed manifest, or TransferError saying why not."""
-    read_bounded(sig, MAX_SIGNATURE_BYTES, "signature")
-    read_bounded(keyring, MAX_KEYRING_BYTES, "keyring")
+def verify_signature(data: bytes, manifest: Path, sig: Path, keyring: Path, gpgv: str = "gpgv") -> str:
+    """The fingerprint of the pinned key that signed data (the manifest's bytes), or TransferError saying why not.
+
+    gpgv checks copies of the bytes read here, in a private directory: what is parsed afterwards is what was checked."""
+    signature = read_bounded(sig, MAX_SIGNATURE_BYTES, "signature")
+    pinned = read_bounded(keyring, MAX_KEYRING_BYTES, "keyring")
     with tempfile.TemporaryDirectory(prefix="airgap-gpgv-") as home:  # no default keyring, no agent
+        for name, content in (("manifest", data), ("manifest.sig", signature), ("pinned.keyring", pinned)):
+            Path(home, name).write_bytes(content)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GNUPGHOME": home, "LC_ALL": "C"}
-        cmd = [gpgv, "--status-fd", "1", "--keyring", str(keyring.resolve()), str(sig), str(manifest)]
+        cmd = [gpgv, "--status-fd", "1", "--keyring", f"{home}/pinned.keyring", f"{home}/manifest.sig"]
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=60)
+            out = subprocess.run(
+                [*cmd, f"{home}/manifest"], capture_output=True, text=True, env=env, timeout=60, check=False
+            )
         except FileNotFoundError:
             raise TransferError(
                 f"{gpgv} not found: install the gpgv package (Debian/Ubuntu: gpgv; EL: gnupg2) to check signatures"
@@ -669,7 +677,9 @@ class _Plan:
     aside: Path | None  # where the tree it replaces goes
 
 
-def _signature(manifest_path: Path, pinned: Path | None, required: bool, default: Path | None, say: Say) -> str | None:
+def _signature(
+    data: bytes, manifest_path: Path, pinned: Path | None, *, required: bool, default: Path | None, say: Say
+) -> str | None:
     """The signer's fingerprint, None for an unsigned manifest where no signature is required."""
     sig = manifest_path.with_name(f"{manifest_path.name}.sig")
     if not sig.exists():
@@ -685,7 +695,7 @@ def _signature(manifest_path: Path, pinned: Path | None, required: bool, default
             f"{manifest_path.name} is signed, but no keyring is pinned: put the operator's public key in "
             f"{default or KEYRING_NAME} or pass --keyring FILE"
         )
-    signer = verify_signature(manifest_path, sig, pinned)
+    signer = verify_signature(data, manifest_path, sig, pinned)
     say(f"ok: {manifest_path.name} signed by pinned key {signer}")
     return signer
 
@@ -789,8 +799,9 @@ def unpack(
                 "writes"
             )
         raise TransferError(f"{manifest_path}: no such file: carry the archive's .manifest with it")
-    signer = _signature(manifest_path, pinned, required, default_keyring, say)
-    manifest, manifest_sha = load(manifest_path)
+    data = read_bounded(manifest_path, MAX_MANIFEST_BYTES, "manifest")
+    signer = _signature(data, manifest_path, pinned, required=required, default=default_keyring, say=say)
+    manifest, manifest_sha = decode(data, manifest_path.name)
     if expect_version is not None and manifest.version != expect_version:
         raise TransferError(
             f"{manifest.archive.name} is version {manifest.version}, but version {expect_version} is expected: carry "
