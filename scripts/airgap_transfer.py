@@ -305,12 +305,15 @@ def file_sha256(path: Path, limit: int | None = None) -> tuple[str, int]:
 # --------------------------------------------------------------------------- connected side
 
 
-def entries(root: Path, names: Iterable[str]) -> list[Entry]:
+def entries(root: Path, names: Iterable[str], say: Say = print) -> list[Entry]:
+    """The manifest entries of root's files, hashed (a progress line every PROGRESS_EVERY files)."""
     out = []
     for name in sorted(names):
         path = root / check_path(name)
         sha, size = file_sha256(path)
         out.append(Entry(name, size, 0o755 if os.access(path, os.X_OK) else 0o644, sha))
+        if len(out) % PROGRESS_EVERY == 0:
+            say(f"  {len(out)} files hashed")
     return out
 
 
@@ -469,7 +472,11 @@ def load_state(dest: Path) -> dict[str, Any] | None:
         state = json.loads(read_bounded(path, MAX_STATE_BYTES, "state file"))
     except ValueError:
         state = None
-    if not isinstance(state, dict) or not isinstance(state.get("sequence"), int):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("sequence"), int)
+        or not NAME.fullmatch(str(state.get("tree")))
+    ):
         raise TransferError(f"{path} is not a state file this script wrote: move it away, or restore it")
     return state
 
@@ -567,7 +574,7 @@ def _new_file(path: Path) -> IO[bytes]:
     return os.fdopen(fd, "wb")
 
 
-def extract(stream: IO[bytes], manifest: Manifest, wanted: Mapping[str, Entry], tmp: Path) -> None:
+def extract(stream: IO[bytes], manifest: Manifest, wanted: Mapping[str, Entry], tmp: Path, say: Say = print) -> None:
     """Write the archive's members into tmp, each exactly one wanted file, checked while it is written."""
     prefix = f"{manifest.tree}/"
     seen: set[str] = set()
@@ -601,6 +608,8 @@ def extract(stream: IO[bytes], manifest: Manifest, wanted: Mapping[str, Entry], 
                     )
                 incoming.chmod(entry.mode)
                 incoming.rename(target)
+                if len(seen) % PROGRESS_EVERY == 0:
+                    say(f"  {len(seen)}/{len(wanted)} files unpacked from {name}")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise TransferError(f"{name}: not a readable tar.gz ({exc})") from None
     lacking = sorted(set(wanted) - seen)
@@ -755,7 +764,7 @@ def _build(manifest: Manifest, plan: _Plan, carried: Sequence[Path], dest: Path,
             link_from_base(plan.base_dir, plan.keep, tmp, say)
         stream = Parts(carried)
         try:
-            extract(stream, manifest, plan.wanted, tmp)
+            extract(stream, manifest, plan.wanted, tmp, say)
         finally:
             stream.close()
         say(

@@ -106,7 +106,7 @@ def pack(
     if missing:
         raise SystemExit(f"error: {', '.join(missing)} missing: build the bundle first (make bundle)")
     names = repo_files(root)
-    files = transfer.entries(root, names)
+    files = transfer.entries(root, names, say)
     base_manifest, base_sha = transfer.load(base) if base is not None else (None, None)
     if sequence is None:
         sequence = max(epoch, base_manifest.sequence + 1) if base_manifest else epoch

@@ -25,7 +25,7 @@ skip=
 for arg in "$@"; do
     if [ -n "$skip" ]; then skip=; continue; fi
     case $arg in
-        --keyring | --allow-downgrade) helper=1 ;;
+        --keyring | --keyring=* | --allow-downgrade) helper=1 ;;
     esac
     case $arg in
         --expect-version | --keyring) skip=1 ;;

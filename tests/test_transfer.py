@@ -577,3 +577,19 @@ def test_legacy_archive_without_a_manifest_still_unpacks(repo: Path, tmp_path: P
     assert out.returncode == 0, out.stderr
     assert f"ok: {archive.name} matches {archive.name}.sha256" in out.stdout  # the shell's own check
     assert not (tmp_path / "site" / transfer.STATE_NAME).exists()
+
+
+def test_progress_lines_on_long_work(repo: Path, tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "PROGRESS_EVERY", 5)
+    _, manifest, said = pack(repo, tmp_path / "dist", sign_key=keys.operator)
+    assert "  10 files hashed" in said
+    _, said = unpack(manifest, tmp_path / "site", keys)
+    assert f"  10/14 files unpacked from {transfer.load(manifest)[0].archive.name}" in said
+
+
+def test_a_state_file_not_written_here_is_refused(cycle: dict[str, Path], keys: Keys) -> None:
+    state = cycle["site"] / transfer.STATE_NAME
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({**record, "tree": "../../etc"}))
+    message = refused(cycle["site"], unpack, cycle["delta"], cycle["site"], keys)
+    assert message == f"{state} is not a state file this script wrote: move it away, or restore it"
