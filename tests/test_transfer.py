@@ -593,3 +593,26 @@ def test_a_state_file_not_written_here_is_refused(cycle: dict[str, Path], keys: 
     state.write_text(json.dumps({**record, "tree": "../../etc"}))
     message = refused(cycle["site"], unpack, cycle["delta"], cycle["site"], keys)
     assert message == f"{state} is not a state file this script wrote: move it away, or restore it"
+
+
+def test_pack_command_line(
+    repo: Path, tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What make bundle SIGN_KEY=... PART_SIZE=... SEQUENCE=... and then BASE=... run.
+    monkeypatch.setattr(packer, "ROOT", repo)
+    out = tmp_path / "dist"
+    assert packer.main(["--out", str(out), "--sign-key", keys.operator, "--part-size", "8K", "--sequence", "5"]) == 0
+    manifest = out / "airgap-pypi-9.8.7-20231114.tar.gz.manifest"
+    text = capsys.readouterr().out
+    assert f"{manifest.name} (sequence 5, sha256 " in text and f"and {manifest.name}.sig" in text
+    assert f"sh unpack_archive.sh {manifest.name}" in text and f"BASE=dist/{manifest.name}" in text
+    change_repo(repo)
+    assert packer.main(["--out", str(out), "--base", str(manifest)]) == 0
+    text = capsys.readouterr().out
+    assert "UNSIGNED: pass SIGN_KEY=" in text and "sh unpack_archive.sh airgap-pypi-9.8.7-20231114-delta" in text
+    delta = transfer.load(out / f"airgap-pypi-9.8.7-20231114-delta{EPOCH}.tar.gz.manifest")[0]
+    assert (delta.kind, delta.sequence, delta.base_sequence) == ("delta", EPOCH, 5)
+    with pytest.raises(SystemExit, match=r"^error: part size '0.5G' is not like 650M"):
+        packer.main(["--out", str(out), "--part-size", "0.5G"])
+    with pytest.raises(SystemExit, match=r"^error: sequence 3 is not newer than the base's 5"):
+        packer.main(["--out", str(out), "--base", str(manifest), "--sequence", "3"])
