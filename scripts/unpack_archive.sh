@@ -8,11 +8,11 @@
 # before) goes to airgap_transfer.py beside this script (python3, standard library only): signature,
 # sequence, deltas and parts are checked there; see docs/bundle.md.
 #
-# Without any of that (an archive of before manifests): checks ARCHIVE against ARCHIVE.sha256 (next
-# to it), optionally that it is version V, unpacks it into DEST (default: the archive's directory) as
-# airgap-pypi-VERSION/, checks every SHA256SUMS of offline_artifacts/ (server bundle, controller
-# wheelhouse, mirror) and prints what to run next. Refuses to unpack over an existing directory.
-# Exit status 1 with "error: ..." on any problem.
+# Without any of that (an archive made before manifests existed): checks ARCHIVE against
+# ARCHIVE.sha256 (next to it), optionally that it is version V, unpacks it into DEST (default: the
+# archive's directory) as airgap-pypi-VERSION/, checks every SHA256SUMS of offline_artifacts/ (server
+# bundle, controller wheelhouse, mirror) and prints what to run next. Refuses to unpack over an
+# existing directory. Exit status 1 with "error: ..." on any problem.
 set -eu
 
 die() { printf 'unpack_archive: error: %s\n' "$*" >&2; exit 1; }
@@ -41,7 +41,7 @@ if [ -f "$state_dir/airgap-pypi-transfer.json" ]; then helper=1; fi
 if [ -n "$helper" ]; then
     [ -f "$here/airgap_transfer.py" ] || die "$here/airgap_transfer.py is missing: carry it with unpack_archive.sh (make bundle writes both into dist/)"
     command -v python3 >/dev/null 2>&1 || die "python3 not found: signed archives are checked by python3 (3.12 or newer, the controller's)"
-    exec python3 "$here/airgap_transfer.py" unpack "$@"
+    exec python3 -I "$here/airgap_transfer.py" unpack "$@"  # -I: no PYTHON* variables, no user site
 fi
 
 expect=
