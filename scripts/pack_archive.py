@@ -16,6 +16,7 @@ git-ignored build output). The sequence number is --sequence, else the date as s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
@@ -27,6 +28,7 @@ import tarfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 if __package__:  # imported: from scripts import pack_archive
     from . import airgap_transfer as transfer
@@ -66,18 +68,54 @@ def repo_files(root: Path) -> list[str]:
     return sorted(n for n in names if not n.startswith("dist/"))
 
 
+def add_members(tar: tarfile.TarFile, root: Path, names: Iterable[str], prefix: str, mtime: int) -> None:
+    for name in sorted(names):
+        path = root / name
+        info = tarfile.TarInfo(f"{prefix}/{name}")
+        info.size = path.stat().st_size
+        info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+        info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+        with path.open("rb") as fh:
+            tar.addfile(info, fh)
+
+
 def tar_bytes(root: Path, names: Iterable[str], prefix: str, mtime: int) -> bytes:
+    """The uncompressed tar in memory (what gzip.compress(..., compresslevel=9, mtime=0) made the archive of)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(names):
-            path = root / name
-            info = tarfile.TarInfo(f"{prefix}/{name}")
-            info.size = path.stat().st_size
-            info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
-            info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
-            with path.open("rb") as fh:
-                tar.addfile(info, fh)
+        add_members(tar, root, names, prefix, mtime)
     return raw.getvalue()
+
+
+class _Sink:
+    """Where the compressed archive goes: counted and hashed, and written to out unless out is None."""
+
+    def __init__(self, out: BinaryIO | None) -> None:
+        self.out, self.size, self.digest = out, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        self.digest.update(data)
+        if self.out is not None:
+            self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.out is not None:
+            self.out.flush()
+
+
+def write_archive(root: Path, names: Iterable[str], prefix: str, mtime: int, target: Path | None) -> tuple[int, str]:
+    """Stream the tar.gz of names to target (or only measure it): its size and sha256. The bytes are those of
+    gzip.compress(tar_bytes(...), compresslevel=9, mtime=0), without holding the archive in memory."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(target.open("wb")) if target is not None else None
+        sink = _Sink(out)
+        gz = stack.enter_context(gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=sink, mtime=0))
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            add_members(tar, root, names, prefix, mtime)
+        gz.close()
+        return sink.size, sink.digest.hexdigest()
 
 
 def pack(
@@ -113,14 +151,14 @@ def pack(
     if base_manifest and sequence <= base_manifest.sequence:
         raise SystemExit(f"error: sequence {sequence} is not newer than the base's {base_manifest.sequence}")
     carry = transfer.changed(files, base_manifest)
-    full = gzip.compress(tar_bytes(root, names, prefix, epoch), compresslevel=9, mtime=0)
-    data = full if base is None else gzip.compress(tar_bytes(root, [e.path for e in carry], prefix, epoch), 9, mtime=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / f"{prefix}-{day}{f'-delta{sequence}' if base else ''}.tar.gz"
     for stale in out_dir.glob(f"{glob_escape(archive.name)}.part*"):  # of an earlier run with other parts
         stale.unlink()
-    archive.write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
+    size, digest = write_archive(root, [e.path for e in carry], prefix, epoch, archive)
+    say(f"packed {len(carry)} of {len(files)} files: {archive.name} ({size / 1e6:.1f} MB)")
+    # A delta's report compares it with what the full archive would weigh: the whole tree is compressed once more.
+    full_size = size if base is None else write_archive(root, names, prefix, epoch, None)[0]
     parts = transfer.split(archive, part_size, say) if part_size else []
     if parts:
         archive.unlink()
@@ -134,8 +172,8 @@ def pack(
         base=base_sha,
         base_sequence=base_manifest.sequence if base_manifest else None,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
-        archive=transfer.Carried(archive.name, len(data), digest),
-        full_size=len(full),
+        archive=transfer.Carried(archive.name, size, digest),
+        full_size=full_size,
         parts=tuple(parts),
         files=tuple(files),
     )
@@ -147,7 +185,7 @@ def pack(
         shutil.copyfile(root / "scripts" / script, out_dir / script)
         (out_dir / script).chmod(0o755)
     changes = transfer.compare(base_manifest.by_path() if base_manifest else None, files)
-    for line in transfer.report(changes, len(data), len(full), manifest.kind):
+    for line in transfer.report(changes, size, full_size, manifest.kind):
         say(line)
     return archive
 
