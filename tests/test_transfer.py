@@ -382,6 +382,15 @@ def test_changed_base_tree_is_refused(cycle: dict[str, Path], keys: Keys) -> Non
     assert f"{TREE}/VERSION does not match the manifest" in message
 
 
+def test_base_file_behind_a_link_is_not_followed(cycle: dict[str, Path], keys: Keys) -> None:
+    # Same bytes, but a link the unpacker did not make: it is not followed, and the delta is refused.
+    base = cycle["site"] / TREE
+    (base / "docs" / "bundle.md").rename(base / "moved.md")
+    (base / "docs" / "bundle.md").symlink_to(base / "moved.md")
+    message = refused(cycle["site"], unpack, cycle["delta"], cycle["site"], keys)
+    assert f"{TREE}/docs/bundle.md is missing, not a regular file or behind a link" in message
+
+
 def test_replay_is_refused_and_downgrade_is_recorded(cycle: dict[str, Path], keys: Keys) -> None:
     unpack(cycle["delta"], cycle["site"], keys)  # site at sequence 2
     shutil.rmtree(cycle["site"] / f"{TREE}.seq1")
@@ -515,6 +524,16 @@ def _member(name: str, data: bytes = b"9.8.7\n", kind: bytes = tarfile.REGTYPE, 
     return add
 
 
+def _twice(name: str) -> object:
+    one = _member(name)
+
+    def add(tar: tarfile.TarFile) -> None:
+        one(tar)  # type: ignore[operator]
+        one(tar)  # type: ignore[operator]
+
+    return add
+
+
 @pytest.mark.parametrize(
     ("member", "message"),
     [
@@ -523,6 +542,7 @@ def _member(name: str, data: bytes = b"9.8.7\n", kind: bytes = tarfile.REGTYPE, 
         (_member(f"{TREE}/../VERSION"), "which its manifest does not carry"),
         (_member(f"{TREE}/VERSION", b"9.8.7\nand more"), "is 14 bytes, its manifest says 6"),
         (_member(f"{TREE}/VERSION", b"1.0.0\n"), "VERSION in evil.tar.gz does not match its manifest"),
+        (_twice(f"{TREE}/VERSION"), f"evil.tar.gz holds '{TREE}/VERSION' twice"),
     ],
 )
 def test_hostile_members_are_refused(tmp_path: Path, keys: Keys, member: object, message: str) -> None:
