@@ -14,11 +14,16 @@ venv: ## Install the hash-locked controller toolchain into .venv
 lock: venv ## Re-resolve the bundle locks to the newest releases (connected side)
 	$(VENV)/bin/python scripts/build_bundle.py --lock-only --upgrade
 
-bundle: venv ## Build offline_artifacts/ (server, controller, mirror) and the archive to carry (connected side)
+# The archive's options, for bundle and archive: SIGN_KEY=<gpg key> signs its manifest, BASE=<manifest of the last
+# archive carried> packs a delta on it, PART_SIZE=650M splits it for media, SEQUENCE=N overrides the sequence number.
+PACK_ARGS = $(if $(SIGN_KEY),--sign-key '$(SIGN_KEY)') $(if $(BASE),--base '$(BASE)') \
+	$(if $(PART_SIZE),--part-size '$(PART_SIZE)') $(if $(SEQUENCE),--sequence '$(SEQUENCE)')
+
+bundle: venv ## Build offline_artifacts/ and the archive to carry (SIGN_KEY=, BASE=manifest, PART_SIZE=650M)
 	$(VENV)/bin/python scripts/build_bundle.py $(if $(TARGETS),--targets $(TARGETS))
 	$(VENV)/bin/python scripts/build_controller.py
 	$(VENV)/bin/python scripts/build_mirror.py $(foreach a,$(MIRROR_ALLOW_MISSING),--allow-missing $(a))
-	$(VENV)/bin/python scripts/pack_archive.py
+	$(VENV)/bin/python scripts/pack_archive.py $(PACK_ARGS)
 
 controller: venv ## Build only the offline controller's wheelhouse and collections
 	$(VENV)/bin/python scripts/build_controller.py
@@ -26,8 +31,8 @@ controller: venv ## Build only the offline controller's wheelhouse and collectio
 mirror: venv ## Build only the carried-in mirror (MIRROR_ALLOW_MISSING="name@platform ...")
 	$(VENV)/bin/python scripts/build_mirror.py $(foreach a,$(MIRROR_ALLOW_MISSING),--allow-missing $(a))
 
-archive: ## Pack the repository and offline_artifacts/ into dist/ (reproducible)
-	$(VENV)/bin/python scripts/pack_archive.py
+archive: ## Pack the repository and offline_artifacts/ into dist/ (reproducible; SIGN_KEY=, BASE=, PART_SIZE=)
+	$(VENV)/bin/python scripts/pack_archive.py $(PACK_ARGS)
 
 bundle-check: venv ## Verify offline_artifacts/ against SHA256SUMS (no network)
 	$(VENV)/bin/python scripts/build_bundle.py --check

@@ -1,15 +1,48 @@
 #!/bin/sh
 # Verify and unpack an airgap-pypi archive on the private side (POSIX sh, coreutils, tar, gzip).
 #
-#   sh unpack_archive.sh [--expect-version V] ARCHIVE [DEST]
+#   sh unpack_archive.sh [--expect-version V] [--keyring FILE] [--allow-downgrade] ARCHIVE|MANIFEST [DEST]
 #
-# Checks ARCHIVE against ARCHIVE.sha256 (next to it), optionally that it is version V, unpacks it
-# into DEST (default: the archive's directory) as airgap-pypi-VERSION/, checks every SHA256SUMS of
-# offline_artifacts/ (server bundle, controller wheelhouse, mirror) and prints what to run next.
-# Refuses to unpack over an existing directory. Exit status 1 with "error: ..." on any problem.
+# An archive with a manifest beside it (ARCHIVE.manifest, and ARCHIVE.manifest.sig when signed), or any
+# use of a keyring (--keyring, airgap-pypi.keyring beside this script, or a DEST that imported one
+# before) goes to airgap_transfer.py beside this script (python3, standard library only): signature,
+# sequence, deltas and parts are checked there; see docs/bundle.md.
+#
+# Without any of that (an archive made before manifests existed): checks ARCHIVE against
+# ARCHIVE.sha256 (next to it), optionally that it is version V, unpacks it into DEST (default: the
+# archive's directory) as airgap-pypi-VERSION/, checks every SHA256SUMS of offline_artifacts/ (server
+# bundle, controller wheelhouse, mirror) and prints what to run next. Refuses to unpack over an
+# existing directory. Exit status 1 with "error: ..." on any problem.
 set -eu
 
 die() { printf 'unpack_archive: error: %s\n' "$*" >&2; exit 1; }
+
+here=$(dirname "$0")
+helper=
+first=
+second=
+skip=
+for arg in "$@"; do
+    if [ -n "$skip" ]; then skip=; continue; fi
+    case $arg in
+        --keyring | --keyring=* | --allow-downgrade) helper=1 ;;
+    esac
+    case $arg in
+        --expect-version | --keyring) skip=1 ;;
+        --*) ;;
+        *) if [ -z "$first" ]; then first=$arg; elif [ -z "$second" ]; then second=$arg; fi ;;
+    esac
+done
+case $first in *.manifest) helper=1 ;; esac
+if [ -n "$first" ] && [ -f "$first.manifest" ]; then helper=1; fi
+if [ -f "$here/airgap-pypi.keyring" ]; then helper=1; fi
+state_dir=${second:-$(dirname "${first:-.}")}
+if [ -f "$state_dir/airgap-pypi-transfer.json" ]; then helper=1; fi
+if [ -n "$helper" ]; then
+    [ -f "$here/airgap_transfer.py" ] || die "$here/airgap_transfer.py is missing: carry it with unpack_archive.sh (make bundle writes both into dist/)"
+    command -v python3 >/dev/null 2>&1 || die "python3 not found: signed archives are checked by python3 (3.12 or newer, the controller's)"
+    exec python3 -I "$here/airgap_transfer.py" unpack "$@"  # -I: no PYTHON* variables, no user site
+fi
 
 expect=
 if [ "${1:-}" = --expect-version ]; then

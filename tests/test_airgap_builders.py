@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -167,7 +168,8 @@ def repo(tmp_path: Path) -> Path:
     for bundle in (root / "offline_artifacts", root / "offline_artifacts" / "controller"):
         (bundle / "x.whl").write_bytes(b"x")
         (bundle / "SHA256SUMS").write_text(f"{hashlib.sha256(b'x').hexdigest()}  x.whl\n")
-    (root / "scripts" / "unpack_archive.sh").write_bytes((SCRIPTS / "unpack_archive.sh").read_bytes())
+    for script in ("unpack_archive.sh", "airgap_transfer.py"):
+        (root / "scripts" / script).write_bytes((SCRIPTS / script).read_bytes())
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     return root
 
@@ -206,3 +208,15 @@ def test_unpack_checks_the_archive(repo: Path, tmp_path: Path, monkeypatch: pyte
     bad = _unpack(str(archive), str(tmp_path / "out2"))
     assert bad.returncode == 1 and "is corrupted or incomplete" in bad.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_archive_streamed_is_the_archive_compressed_in_memory(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pack() streams the tar.gz to disk; the bytes must stay those of the in-memory gzip.compress it replaced.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    (repo / "offline_artifacts" / "big.whl").write_bytes(bytes(range(256)) * 40_000 + b"tail")
+    archive = packer.pack(repo, tmp_path / "dist")
+    names = packer.repo_files(repo)
+    expected = gzip.compress(packer.tar_bytes(repo, names, "airgap-pypi-9.8.7", 1700000000), compresslevel=9, mtime=0)
+    assert archive.read_bytes() == expected

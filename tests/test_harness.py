@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON_DIRS = ("scripts", "tests", "molecule", "roles", "proof")
 # The scripts that import a sibling: each must still run as a file (`python scripts/NAME.py`), not only as
 # `scripts.NAME`.
-WITH_SIBLINGS = ("bench", "build_controller", "build_mirror")
+WITH_SIBLINGS = ("bench", "build_controller", "build_mirror", "pack_archive")
 MOLECULE = ROOT / "molecule"
 SCENARIOS = sorted(path.parent.name for path in MOLECULE.glob("*/molecule.yml"))
 SHARED_PLAYBOOKS = {"create": "../shared/create.yml", "destroy": "../shared/destroy.yml"}
