@@ -158,11 +158,12 @@ def serve(
     claim_first_upload: bool = False,
     audit_max_mb: int = 10,
     audit_keep: int = 5,
+    render_cpu_seconds: int = 10,
 ) -> Iterator[Stack]:
     """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
     role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds), plus
-    accounts ({name: password}); admins, project_owners, claim_first_upload, audit_max_mb and audit_keep as the
-    pypi_server_* settings."""
+    accounts ({name: password}); admins, project_owners, claim_first_upload, audit_max_mb, audit_keep and
+    render_cpu_seconds as the pypi_server_* settings."""
     site = base / "site"
     extract_site(site)
     config, tree = base / "etc", base / "static"
@@ -202,6 +203,9 @@ def serve(
         "__pypi_server_audit_dir": str(base / "audit"),
         "pypi_server_audit_max_mb": audit_max_mb,
         "pypi_server_audit_keep": audit_keep,
+        "pypi_server_render_cpu_seconds": render_cpu_seconds,
+        "pypi_server_render_memory_mb": 1024,
+        "pypi_server_render_wall_seconds": 30,
         "__pypi_server_master_user": "pypiserver",
     }
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
