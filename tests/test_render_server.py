@@ -4,6 +4,7 @@ rendered shortly after (by a render process the worker starts), under the page's
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -108,10 +109,12 @@ def test_descriptions_queued_before_a_restart_are_rendered_after_it(tmp_path: Pa
     packages = base / "packages"
     wheel = build_wheel(packages, "queued-demo", "1.0", description=README, content_type="text/markdown")
     site = extract_site(tmp_path / "site")
+    for path in (wheel, packages):  # settled long ago: the pages' stamp alone starts no sync when a worker starts
+        os.utime(path, (time.time() - 3600,) * 2)
     queued = subprocess.run(
         [
             *(sys.executable, str(ROLE / "files" / "airgap_pypi_index.py"), "--packages", str(packages)),
-            *("--tree", str(base / "static"), "--no-render"),
+            *("--tree", str(base / "static"), "--yanked", str(base / "yanked.json"), "--no-render"),
         ],
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
         capture_output=True,
