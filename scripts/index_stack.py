@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import jinja2
 import pytest
@@ -63,6 +65,17 @@ def extract_site(site: Path) -> Path:
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(site)
     return site
+
+
+def owner_map_module() -> ModuleType:
+    """The role's pypi_server_owner_map module (its document() writes the owner map file the pages read)."""
+    spec = importlib.util.spec_from_file_location(
+        "pypi_server_owner_map", ROLE / "library" / "pypi_server_owner_map.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
@@ -208,6 +221,9 @@ def serve(
         "pypi_server_render_wall_seconds": 30,
         "__pypi_server_master_user": "pypiserver",
     }
+    owner_map = config / "project_owners.json"  # as the role's pypi_server_owner_map writes it
+    owner_map.write_bytes(owner_map_module().document(project_owners or {}))
+    variables["__pypi_server_owner_map_file"] = str(owner_map)
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
     (config / "pypiserver_wsgi.py").write_text(render("pypiserver_wsgi.py.j2", variables))
     shutil.copy(ROLE / "files" / "airgap_pypi_index.py", config)

@@ -1098,11 +1098,25 @@ def uploaded_note(entry: Entry) -> str:
 NO_DESCRIPTION = '<p class="muted">(none)</p>'
 
 
+def owners_note(owners: Optional[Dict[str, Any]]) -> str:
+    """ "owners: alice, bob" (escaped), saying when the owner is a first upload's claim; "" without owners."""
+    if not owners:
+        return ""
+    if not owners.get("accounts"):
+        return '<p class="owners">owners: none (only an admin may upload)</p>\n'
+    how = " (claimed by the first upload)" if owners.get("claimed") else ""
+    return f'<p class="owners">owners: {esc(", ".join(owners["accounts"]))}{how}</p>\n'
+
+
 def render_browse_project(
-    project: str, entries: List[Tuple[str, Entry]], description: str, yanked: Optional[Dict[str, str]] = None
+    project: str,
+    entries: List[Tuple[str, Entry]],
+    description: str,
+    yanked: Optional[Dict[str, str]] = None,
+    owners: Optional[Dict[str, Any]] = None,
 ) -> bytes:
     """A project's page; description: the newest release's description as HTML (rendered and sanitised, or
-    escaped)."""
+    escaped); owners: who may upload to it ({"accounts", "claimed"}), or None."""
     newest = latest(entries, yanked)
     reasons = yank_reasons(yanked)
     by_version: Dict[str, List[Tuple[str, Entry]]] = {}
@@ -1127,6 +1141,7 @@ def render_browse_project(
         f'<h1>{esc(newest["name"])} <span class="muted">{esc(newest["version"])}</span>'
         f"{'' if newest_reason is None else ' ' + yank_note('', newest_reason)}</h1>\n"
         f"<p>{esc(newest.get('summary'))}</p>\n"
+        f"{owners_note(owners)}"
         f'<pre>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
         f'<span class="trusted"></span>{esc(project)}=={esc(newest["version"])}\n'
         f'twine upload --repository-url <span class="base">http://HOST:PORT</span>/ dist/*</pre>\n'
@@ -1154,6 +1169,21 @@ def with_upload(entry: Entry, uploaded: Optional[Dict[str, str]]) -> Entry:
     return entry
 
 
+def valid_queue_and_owners(state: Dict[str, Any]) -> bool:
+    """state.json's queue of descriptions to render and the owners its pages show, as this module writes them."""
+    pending = state.get("pending", [])
+    if not isinstance(pending, list) or not all(isinstance(relfn, str) for relfn in pending):
+        return False
+    owners = state.get("owners", {})
+    return isinstance(owners, dict) and all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("accounts"), list)
+        and all(isinstance(account, str) for account in entry["accounts"])
+        and isinstance(entry.get("claimed"), bool)
+        for entry in owners.values()
+    )
+
+
 def valid_state(state: Dict[str, Any]) -> bool:
     """state.json as this module writes it (anything else is rebuilt, never trusted)."""
     files, skipped = state.get("files"), state.get("skipped", {})
@@ -1162,8 +1192,7 @@ def valid_state(state: Dict[str, Any]) -> bool:
     for entry in list(files.values()) + list(skipped.values()):
         if not isinstance(entry, dict):
             return False
-    pending = state.get("pending", [])
-    if not isinstance(pending, list) or not all(isinstance(relfn, str) for relfn in pending):
+    if not valid_queue_and_owners(state):
         return False
     yanked = state.get("yanked", {})
     if not isinstance(yanked, dict) or not all(
@@ -1216,7 +1245,9 @@ class Tree:
     uploads: the audit trail's uploads.json (who uploaded each file, and when: PEP 700's upload-time). None: the
     pages keep what they show, as for yanked.
     render_limits: given, a sync that leaves descriptions queued starts the render command (a process of its own,
-    with these limits) and so does startup(); None: the caller renders the queue itself (the CLI) or never."""
+    with these limits) and so does startup(); None: the caller renders the queue itself (the CLI) or never.
+    owner_map, owner_claims: the inventory's owner map as the role writes it, and the owners file of first uploads'
+    claims: the project pages show the owners. Neither: the pages keep the owners they show, as for yanked."""
 
     def __init__(
         self,
@@ -1225,8 +1256,14 @@ class Tree:
         yanked: Optional[str] = None,
         uploads: Optional[str] = None,
         render_limits: Optional[RenderLimits] = None,
+        *,
+        owner_map: Optional[str] = None,
+        owner_claims: Optional[str] = None,
     ) -> None:
         self.packages = os.path.abspath(packages)
+        self.owner_map = os.path.abspath(owner_map) if owner_map else None
+        self.owner_claims = os.path.abspath(owner_claims) if owner_claims else None
+        self._owners: Optional[Tuple[Any, Owners]] = None
         self.tree = os.path.abspath(tree)
         self.yanked = os.path.abspath(yanked) if yanked else None
         self.uploads = os.path.abspath(uploads) if uploads else None
@@ -1310,6 +1347,34 @@ class Tree:
             return shown_now
         self._uploads = (key, uploads)
         return uploads
+
+    def current_owners(self, shown_now: Owners) -> Owners:
+        """The owners the pages are to show, from the owner map and the claims (read again only when either
+        changed); what they show now when this tree has neither or one cannot be used (logged)."""
+        if self.owner_map is None and self.owner_claims is None:
+            return shown_now
+        key = []
+        for path in (self.owner_map, self.owner_claims):
+            try:
+                stat = os.lstat(path) if path else None
+            except FileNotFoundError:
+                stat = None
+            except OSError as error:
+                LOG.warning("%s cannot be read (%s): the pages keep the owners they show", path, error)
+                return shown_now
+            key.append(None if stat is None else (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        if self._owners is not None and self._owners[0] == key:
+            return self._owners[1]
+        try:
+            owner_map = read_owner_map(self.owner_map) if self.owner_map else {}
+            document = read_owners_file(self.owner_claims) if self.owner_claims else {"projects": {}}
+        except OwnersFileError as error:
+            LOG.warning("%s: the pages keep the owners they show until it is fixed", error)
+            return shown_now
+        claims = {project: entry["owner"] for project, entry in document["projects"].items()}
+        owners = shown_owners(owner_map, claims)
+        self._owners = (key, owners)
+        return owners
 
     def load_state(self) -> Optional[Dict[str, Any]]:
         """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
@@ -1420,6 +1485,7 @@ class Tree:
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
         state = self.load_state()
         old_yanks: Yanks = state.get("yanked", {}) if state else {}
+        old_owners: Owners = state.get("owners", {}) if state else {}
         pages = self.pages_format()
         self._rendering = bool(pages[1])
         self._pending = dict.fromkeys(state.get("pending", [])) if state and self._rendering else {}
@@ -1442,6 +1508,8 @@ class Tree:
         # A project whose yank entries differ from what its pages show (only projects with files have pages).
         listed = {entry["project"] for entry in files.values()}
         changed |= {project for project in listed if yanks.get(project) != old_yanks.get(project)}
+        owners = {project: entry for project, entry in self.current_owners(old_owners).items() if project in listed}
+        changed |= {project for project in listed if owners.get(project) != old_owners.get(project)}
         if rebuild:
             changed |= listed
         self.write_derived(fresh, old, files)
@@ -1449,6 +1517,7 @@ class Tree:
         self._pending = dict.fromkeys(queued + (fresh.described if self._rendering else []))
         pending_changed = list(self._pending) != (state.get("pending", []) if state else [])
         unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks or pending_changed)
+        unchanged = unchanged and owners == old_owners
         if unchanged and os.path.exists(self.path("index.html")):
             self.finish(dirs, dirty, yank_stamp)
             return []
@@ -1458,7 +1527,7 @@ class Tree:
             with contextlib.suppress(OSError):
                 changed |= set(os.listdir(self.path("simple"))) - set(projects) - {"index.html", "index.json"}
         for project in sorted(changed):
-            self.write_project(project, grouped.get(project, []), yanks.get(project))
+            self.write_project(project, grouped.get(project, []), yanks.get(project), owners.get(project))
         self.write_root(projects, grouped, yanks)
         self.save_state(
             {
@@ -1468,6 +1537,7 @@ class Tree:
                 "files": files,
                 "skipped": skipped,
                 "yanked": yanks,
+                "owners": owners,  # who may upload to each project, as its page shows it
                 "pending": list(self._pending)[:MAX_RENDER_QUEUE],  # the pages' descriptions still to render
             }
         )
@@ -1559,7 +1629,11 @@ class Tree:
         return files, fresh, skipped, dirty
 
     def write_project(
-        self, project: str, entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None
+        self,
+        project: str,
+        entries: List[Tuple[str, Entry]],
+        yanked: Optional[Dict[str, str]] = None,
+        owners: Optional[Dict[str, Any]] = None,
     ) -> None:
         html_path = self.path("simple", project, "index.html")
         json_path = self.path("simple", project, "index.json")
@@ -1575,7 +1649,7 @@ class Tree:
         description = self.description_of(newest_files)
         write_atomic(html_path, render_project_html(project, entries, yanked))
         write_atomic(json_path, render_project_json(project, entries, yanked))
-        write_atomic(browse_path, render_browse_project(project, entries, description, yanked))
+        write_atomic(browse_path, render_browse_project(project, entries, description, yanked, owners))
 
     def description_of(self, relfns: List[str]) -> str:
         """The description (HTML) of the first of these files (one release's) that has one: its stored rendering;
@@ -1630,7 +1704,12 @@ class Tree:
             }
             grouped = by_project({relfn: entry for relfn, entry in files.items() if entry["project"] in projects})
             for project in sorted(projects):
-                self.write_project(project, grouped.get(project, []), state.get("yanked", {}).get(project))
+                self.write_project(
+                    project,
+                    grouped.get(project, []),
+                    state.get("yanked", {}).get(project),
+                    state.get("owners", {}).get(project),
+                )
             self.save_state(dict(state, pending=list(self._pending)))
 
     def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]], yanks: Yanks) -> None:
@@ -1961,6 +2040,55 @@ def read_owners_file(path: str) -> Dict[str, Any]:
     if problem:
         raise OwnersFileError(f"{path}: {problem}")
     return document
+
+
+# The inventory's owner map as the role writes it for the pages (pypi_server_owner_map, in the configuration
+# directory): {"format": 1, "projects": {normalised name: [account, ...]}}.
+OWNER_MAP_FORMAT = 1
+MAX_OWNERS_PER_PROJECT = 1000
+Owners = Dict[str, Dict[str, Any]]  # what the pages show: {project: {"accounts": [...], "claimed": bool}}
+
+
+def owner_map_problem(document: Any) -> Optional[str]:
+    """What is wrong with a parsed owner map file, or None."""
+    if not isinstance(document, dict) or document.get("format") != OWNER_MAP_FORMAT:
+        return f"not an owner map of format {OWNER_MAP_FORMAT}"
+    projects = document.get("projects")
+    if not isinstance(projects, dict):
+        return "projects: not a mapping"
+    for project, accounts in projects.items():
+        if len(project) > MAX_PROJECT_CHARS or not _PROJECT_NAME.match(project) or normalize(project) != project:
+            return f"{shown(project)}: not a normalised project name"
+        if not isinstance(accounts, list) or len(accounts) > MAX_OWNERS_PER_PROJECT:
+            return f"{project}: not a list of at most {MAX_OWNERS_PER_PROJECT} accounts"
+        for account in accounts:
+            if not isinstance(account, str) or len(account) > MAX_ACCOUNT_CHARS or not _ACCOUNT_NAME.match(account):
+                return f"{project}: {shown(str(account))} is not an account name"
+    return None
+
+
+def read_owner_map(path: str) -> Dict[str, List[str]]:
+    """{project: [accounts]} of the owner map file ({} when there is none), read within its bound and never
+    through a link; OwnersFileError says what is wrong with it."""
+    try:
+        document = read_small_json(path, MAX_OWNERS_FILE_BYTES, OwnersFileError)
+    except OSError as error:
+        raise OwnersFileError(f"{path} cannot be read: {error.strerror}") from error
+    if document is None:
+        return {}
+    problem = owner_map_problem(document)
+    if problem:
+        raise OwnersFileError(f"{path}: {problem}")
+    return {project: list(accounts) for project, accounts in document["projects"].items()}
+
+
+def shown_owners(owner_map: Dict[str, List[str]], claims: Dict[str, str]) -> Owners:
+    """The owners each project's page shows: the map's accounts (none: only admins may upload); for a project not
+    in the map, its first uploader's claim (the map wins, as for uploads)."""
+    owners: Owners = {project: {"accounts": accounts, "claimed": False} for project, accounts in owner_map.items()}
+    for project, account in claims.items():
+        owners.setdefault(project, {"accounts": [account], "claimed": True})
+    return owners
 
 
 def named(accounts: List[str]) -> str:
@@ -2555,10 +2683,20 @@ class StaticIndex:
         *,
         uploads: Optional[str] = None,
         render_limits: Optional[RenderLimits] = None,
+        owner_map: Optional[str] = None,
+        owner_claims: Optional[str] = None,
     ) -> None:
         self.app = app
         # Descriptions are rendered by the render command, started after a sync (never in the request).
-        self.index = Tree(packages, tree, yanked=yanked, uploads=uploads, render_limits=render_limits or RenderLimits())
+        self.index = Tree(
+            packages,
+            tree,
+            yanked=yanked,
+            uploads=uploads,
+            render_limits=render_limits or RenderLimits(),
+            owner_map=owner_map,
+            owner_claims=owner_claims,
+        )
         # When set, every read here needs Basic auth, as pypiserver's authenticate=[list, download] does.
         self.check_password = check_password
 
@@ -4477,15 +4615,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return remove_main(arguments)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=(
-            "Commands: yank, unyank (PEP 592), remove, accounts, render; see `%(prog)s yank --help`, `%(prog)s remove"
-            " --help`, `%(prog)s accounts --help`, `%(prog)s render --help`."
-        ),
+        epilog=("Commands: yank, unyank (PEP 592), remove, accounts, render; see `%(prog)s COMMAND --help`."),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
     parser.add_argument("--yanked", help="the yank file the pages follow (without it, they keep what they show)")
     parser.add_argument("--audit", help="the audit trail's directory: its uploads.json gives the upload times")
+    parser.add_argument("--owner-map", help="the inventory's owner map as the role writes it (the pages show it)")
+    parser.add_argument("--owner-claims", help="the owners file of first uploads' claims (the pages show them)")
     parser.add_argument("--rebuild", action="store_true", help="rewrite every page (hashes stay cached)")
     parser.add_argument("--user", help="when run as root, write as this user")
     parser.add_argument("--no-render", action="store_true", help="leave queued descriptions to the index's renderer")
@@ -4495,7 +4632,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.user:
         drop_privileges(args.user)
     uploads = os.path.join(args.audit, UPLOADS_FILE) if args.audit else None
-    tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=uploads)
+    tree = Tree(
+        args.packages,
+        args.tree,
+        yanked=args.yanked,
+        uploads=uploads,
+        owner_map=args.owner_map,
+        owner_claims=args.owner_claims,
+    )
     started = time.monotonic()
     changed = tree.sync(rebuild=args.rebuild)
     files = len((tree.read_json("state.json") or {}).get("files", {}))
