@@ -4603,10 +4603,62 @@ def accounts_main(argv: List[str]) -> int:
     return 1 if lost else 0
 
 
+OWNERS_COMMAND = "owners"
+OWNER_ACTIONS = {"added": "owner-add", "removed": "owner-remove"}
+
+
+def owner_change(kind: str, value: str) -> Tuple[str, str]:
+    """(normalised project, account) of a --added/--removed PROJECT:ACCOUNT; Refusal when it is not one."""
+    project, _, account = value.partition(":")
+    if len(project) > MAX_PROJECT_CHARS or not _PROJECT_NAME.fullmatch(project):  # fullmatch: no "\n" after it
+        raise Refusal(f"--{kind} {shown(value)}: not PROJECT:ACCOUNT (a project name first).")
+    if len(account) > MAX_ACCOUNT_CHARS or not _ACCOUNT_NAME.fullmatch(account):
+        raise Refusal(f"--{kind} {shown(value)}: not PROJECT:ACCOUNT (an upload account's name after the colon).")
+    return normalize(project), account
+
+
+def owners_main(argv: List[str]) -> int:
+    """owners: one audit record per project and account the inventory's owner map gained or lost."""
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {OWNERS_COMMAND}",
+        description="Record changes of the owner map (made by the pypi_server role) in the audit trail.",
+        epilog='Prints one JSON line ({"recorded": N, "lost": N}); exit code 2 when refused, 1 when a record was lost.',
+    )
+    for kind, action in OWNER_ACTIONS.items():
+        parser.add_argument(f"--{kind}", action="append", default=[], metavar="PROJECT:ACCOUNT", help=action)
+    parser.add_argument("--user", help="when run as root, write as this user")
+    add_audit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        audit = audit_of(args)
+        if audit is None:
+            raise Refusal("--audit is required: the audit trail's directory.")
+        changes = [
+            (action, *owner_change(kind, value))
+            for kind, action in OWNER_ACTIONS.items()
+            for value in getattr(args, kind)
+        ]
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was recorded.", file=sys.stderr)
+        return 2
+    by = args.account or who_ran()  # before dropping privileges: who ran this, not the index user
+    if args.user:
+        drop_privileges(args.user)
+    recorded = sum(
+        audit.record(action, account=by, client=args.client, project=project, subject=account)
+        for action, project, account in changes
+    )
+    lost = len(changes) - recorded
+    print(json.dumps({"recorded": recorded, "lost": lost}, sort_keys=True))
+    return 1 if lost else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments and arguments[0] == ACCOUNTS_COMMAND:
         return accounts_main(arguments)
+    if arguments and arguments[0] == OWNERS_COMMAND:
+        return owners_main(arguments)
     if arguments and arguments[0] == RENDER_COMMAND:
         return render_main(arguments)
     if arguments and arguments[0] in YANK_COMMANDS:
@@ -4615,7 +4667,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return remove_main(arguments)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=("Commands: yank, unyank (PEP 592), remove, accounts, render; see `%(prog)s COMMAND --help`."),
+        epilog=("Commands: yank, unyank (PEP 592), remove, accounts, owners, render; see `%(prog)s COMMAND --help`."),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
