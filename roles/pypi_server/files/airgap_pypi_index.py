@@ -1474,9 +1474,8 @@ class Tree:
             *self.render_limits.argv(),
         ]
         try:
-            child = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True, start_new_session=True
-            )
+            # In the index's process group: stopping the program stops it too (its queue waits in state.json).
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
         except OSError:
             LOG.exception("the description renderer could not be started; the queue waits for the next sync")
             return
