@@ -467,3 +467,15 @@ def test_one_renderer_works_on_a_tree_and_at_most_one_waits(site: Path, dirs: tu
             if process is not None:
                 process.kill()
     assert re.search(r"<h1[^>]*>Later", description(tree, "later"))
+
+
+def test_a_child_s_output_is_read_only_up_to_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent reads at most 2 MiB of a child's output (a renderer that ignores its own bound is cut off and
+    killed), and a child that writes less is read whole."""
+    monkeypatch.setattr(index, "render_description", lambda text, kind: "x" * (3 << 20))
+    limits = index.RenderLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=20)
+    shown = index.render_in_child("# text", None, limits)
+    assert shown.startswith('<p class="render-note">this description could not be rendered: rendered, it is more')
+    assert "xxxx" not in shown and shown.endswith('<pre class="description-text"># text</pre>')
+    monkeypatch.setattr(index, "render_description", lambda text, kind: "y" * (1 << 20))
+    assert index.render_in_child("# text", None, limits) == "y" * (1 << 20)
