@@ -5,6 +5,7 @@ the newest release's, with nothing loaded from outside the index."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -401,26 +402,31 @@ def test_a_description_past_the_memory_limit_is_shown_as_text_with_the_limit(
 def test_a_renderer_killed_mid_way_leaves_no_html_and_a_restart_takes_the_queue(
     site: Path, dirs: tuple[Path, Path]
 ) -> None:
+    """The renderer killed (an out-of-memory kill picks it, say) while its child renders a minute-long description:
+    no HTML, still queued, and the next renderer gets its turn at once although the orphaned child still runs (it
+    holds none of the renderer's locks)."""
     packages, tree = dirs
-    wheel = build_wheel(packages, "killed", "1.0", description=DEEP, content_type=GFM)
+    wheel = build_wheel(packages, "killed", "1.0", description=">" * 100_000 + " deep", content_type=GFM)
     sync(site, dirs, "--no-render")
-    renderer = render(site, dirs, "--cpu-seconds=60")
+    renderer = render(site, dirs, "--cpu-seconds=120", "--wall-seconds=120")
+    (child,) = children(renderer.pid)
     try:
-        (child,) = children(renderer.pid)
         time.sleep(0.5)  # rendering, well before its limits
-        renderer.kill()  # as a restart of the index kills it
+        renderer.kill()
         renderer.wait(timeout=10)
+        stored = tree / "descriptions" / f"{wheel.name}.html"
+        assert not stored.exists(), "no partial HTML"
+        leftovers = [path.name for path in tree.rglob("*") if path.name.startswith(".tmp-")]
+        assert leftovers == [], leftovers
+        assert queue(tree) == [wheel.name], "still queued"
+        assert "this description is being rendered" in description(tree, "killed")
+        assert Path(f"/proc/{child}").exists(), "the orphaned child still renders"
+        restarted = render(site, dirs, "--cpu-seconds=1")
+        out, err = restarted.communicate(timeout=30)
     finally:
         renderer.kill()
-    os.kill(child, signal.SIGKILL)
-    stored = tree / "descriptions" / f"{wheel.name}.html"
-    assert not stored.exists(), "no partial HTML"
-    leftovers = [path.name for path in tree.rglob("*") if path.name.startswith(".tmp-")]
-    assert leftovers == [], leftovers
-    assert queue(tree) == [wheel.name], "still queued"
-    assert "this description is being rendered" in description(tree, "killed")
-    restarted = render(site, dirs, "--cpu-seconds=1")
-    out, err = restarted.communicate(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
     assert json.loads(out) == {"rendered": 1, "turn": True}, err
     assert "its rendering took more than 1 CPU seconds (the limit)" in description(tree, "killed")
     assert queue(tree) == []

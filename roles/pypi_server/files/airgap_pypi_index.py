@@ -543,9 +543,14 @@ class RenderLimits(NamedTuple):
         ]
 
 
+MAX_CHILD_FILE_BYTES = 1 << 20  # what a rendering child may write to a file (its stderr is one)
+
+
 def _limit_child(limits: RenderLimits) -> None:
-    """In the forked child, before it renders: the limits, no core file."""
+    """In the forked child, before it renders: the limits, no core file, no file (its stderr) past 1 MiB."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size fails instead of killing the child
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_CHILD_FILE_BYTES, MAX_CHILD_FILE_BYTES))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
     memory = limits.memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -587,6 +592,19 @@ class ChildEnd(NamedTuple):
     errors: bytes
 
 
+def _close_inherited() -> None:
+    """In the forked child: close every descriptor but 0, 1 and 2 (the renderer's locks above all: a child left
+    running must not hold the turn of the next renderer)."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        descriptors = list(range(3, 1024))
+    for descriptor in descriptors:
+        if descriptor > 2:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+
+
 def _run_child(text: str, content_type: Optional[str], limits: RenderLimits) -> ChildEnd:
     """Fork a child that renders under limits and read its output (bounded in size and time; killed past them)."""
     with tempfile.TemporaryFile() as errors:
@@ -595,13 +613,14 @@ def _run_child(text: str, content_type: Optional[str], limits: RenderLimits) -> 
         if pid == 0:  # the child: render, write, exit without running the parent's clean-ups
             code = 0
             try:
-                os.close(reading)
+                os.dup2(writing, 1)
                 os.dup2(errors.fileno(), 2)
+                _close_inherited()
                 _limit_child(limits)
                 data = render_description(text, content_type).encode("utf-8", errors="replace")
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(writing, view[: 1 << 16]) :]
+                    view = view[os.write(1, view[: 1 << 16]) :]
             except MemoryError:
                 code = 3
             except BaseException:
