@@ -410,6 +410,7 @@ def test_a_renderer_killed_mid_way_leaves_no_html_and_a_restart_takes_the_queue(
     sync(site, dirs, "--no-render")
     renderer = render(site, dirs, "--cpu-seconds=120", "--wall-seconds=120")
     (child,) = children(renderer.pid)
+    restarted = None
     try:
         time.sleep(0.5)  # rendering, well before its limits
         renderer.kill()
@@ -424,7 +425,9 @@ def test_a_renderer_killed_mid_way_leaves_no_html_and_a_restart_takes_the_queue(
         restarted = render(site, dirs, "--cpu-seconds=1")
         out, err = restarted.communicate(timeout=30)
     finally:
-        renderer.kill()
+        for process in (renderer, restarted):
+            if process is not None:
+                process.kill()
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     assert json.loads(out) == {"rendered": 1, "turn": True}, err
