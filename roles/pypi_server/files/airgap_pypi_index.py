@@ -524,7 +524,6 @@ RENDERING_NOTE = '<p class="render-note">this description is being rendered; it 
 RENDER_RUN_LOCK = ".render.lock"  # held by the one renderer at work on this tree
 RENDER_WAIT_LOCK = ".render-wait.lock"  # held by at most one renderer waiting for it (it reads the queue after)
 RENDERER_BROKEN = "renderer-broken.json"  # readme_renderer found but not importable: pages show plain text
-MAX_RENDER_QUEUE = 200_000
 
 
 class RenderLimits(NamedTuple):
@@ -1556,7 +1555,8 @@ class Tree:
                 "skipped": skipped,
                 "yanked": yanks,
                 "owners": owners,  # who may upload to each project, as its page shows it
-                "pending": list(self._pending)[:MAX_RENDER_QUEUE],  # the pages' descriptions still to render
+                # The pages' descriptions still to render: never cut short (one left out would stay unrendered).
+                "pending": list(self._pending),
             }
         )
         self.finish(dirs, dirty, yank_stamp)
