@@ -254,6 +254,9 @@ def test_without_readme_renderer_the_text_is_shown_escaped(site: Path, dirs: tup
     assert output.count("readme_renderer cannot be imported") == 1, output
     assert description(tree, "first") == '<pre class="description-text"># &lt;b&gt;Title&lt;/b&gt;</pre>'
     assert not (tree / "descriptions").exists()
+    # The same broken install again: remembered (renderer-broken.json), so no sync queues and rewrites every page.
+    again = sync(site, dirs, first=missing)
+    assert "changed: 0 project(s)" in again and "readme_renderer cannot be imported" not in again, again
     # The same tree once readme_renderer is there: the next sync writes the pages again, descriptions rendered.
     assert "changed: 2 project(s)" in sync(site, dirs)
     assert re.search(r"<h1[^>]*><b>Title</b>", description(tree, "first")), description(tree, "first")
