@@ -487,3 +487,14 @@ def test_a_child_s_output_is_read_only_up_to_the_bound(monkeypatch: pytest.Monke
     assert "xxxx" not in shown and shown.endswith('<pre class="description-text"># text</pre>')
     monkeypatch.setattr(index, "render_description", lambda text, kind: "y" * (1 << 20))
     assert index.render_in_child("# text", None, limits) == "y" * (1 << 20)
+
+
+def test_render_limits_out_of_range_stop_the_run_naming_them() -> None:
+    filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
+    found = filters.pypi_server_problems(
+        {"pypi_server_render_cpu_seconds": 0, "pypi_server_render_memory_mb": 32, "pypi_server_render_wall_seconds": 10}
+    )
+    assert found == [
+        "pypi_server_render_cpu_seconds=0: must be 1-3600 (CPU seconds per description rendering)",
+        "pypi_server_render_memory_mb=32: must be 64-65536 (MiB of address space per description rendering)",
+    ]
