@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import jinja2
 import pytest
@@ -63,6 +65,17 @@ def extract_site(site: Path) -> Path:
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(site)
     return site
+
+
+def owner_map_module() -> ModuleType:
+    """The role's pypi_server_owner_map module (its document() writes the owner map file the pages read)."""
+    spec = importlib.util.spec_from_file_location(
+        "pypi_server_owner_map", ROLE / "library" / "pypi_server_owner_map.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
@@ -158,11 +171,12 @@ def serve(
     claim_first_upload: bool = False,
     audit_max_mb: int = 10,
     audit_keep: int = 5,
+    render_cpu_seconds: int = 10,
 ) -> Iterator[Stack]:
     """gunicorn (gthread workers) serving pypiserver behind the upload checks and the static read path, as the
     role configures it, with one upload account hashed as the role hashes it (sha512_crypt, 100,000 rounds), plus
-    accounts ({name: password}); admins, project_owners, claim_first_upload, audit_max_mb and audit_keep as the
-    pypi_server_* settings."""
+    accounts ({name: password}); admins, project_owners, claim_first_upload, audit_max_mb, audit_keep and
+    render_cpu_seconds as the pypi_server_* settings."""
     site = base / "site"
     extract_site(site)
     config, tree = base / "etc", base / "static"
@@ -202,8 +216,14 @@ def serve(
         "__pypi_server_audit_dir": str(base / "audit"),
         "pypi_server_audit_max_mb": audit_max_mb,
         "pypi_server_audit_keep": audit_keep,
+        "pypi_server_render_cpu_seconds": render_cpu_seconds,
+        "pypi_server_render_memory_mb": 1024,
+        "pypi_server_render_wall_seconds": 30,
         "__pypi_server_master_user": "pypiserver",
     }
+    owner_map = config / "project_owners.json"  # as the role's pypi_server_owner_map writes it
+    owner_map.write_bytes(owner_map_module().document(project_owners or {}))
+    variables["__pypi_server_owner_map_file"] = str(owner_map)
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
     (config / "pypiserver_wsgi.py").write_text(render("pypiserver_wsgi.py.j2", variables))
     shutil.copy(ROLE / "files" / "airgap_pypi_index.py", config)

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import ROOT, load_module
+from conftest import ROOT, load_module, module_argv
 from test_static_index import PROJECT_SCHEMA
 
 from scripts.demo_wheel import build_wheel
@@ -366,5 +366,67 @@ def test_an_account_change_with_a_bad_name_or_no_trail_is_refused_and_nothing_is
     assert "--removed 'bad name'" in bad.stderr and "Nothing was recorded" in bad.stderr, bad.stderr
     assert not (audit_dir / "audit.jsonl").exists(), "not even the good name is recorded"
     argv = [sys.executable, str(MODULE), "accounts", "--added=carol"]
+    missing = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "--audit is required" in missing.stderr, missing.stderr
+
+
+OWNER_MAP_MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_owner_map.py"
+
+
+def owner_map_changes(tmp_path: Path, owners: dict[str, list[str]]) -> list[str]:
+    """The role's pypi_server_owner_map run on tmp_path/project_owners.json, its result as the audit task's argv
+    (--added=PROJECT:ACCOUNT ..., --removed=...)."""
+    args = tmp_path / "owner-map-args.json"
+    args.write_text(
+        json.dumps({"ANSIBLE_MODULE_ARGS": {"path": str(tmp_path / "project_owners.json"), "owners": owners}})
+    )
+    done = subprocess.run(module_argv(OWNER_MAP_MODULE, args), capture_output=True, text=True, check=False)
+    result = json.loads(done.stdout)
+    return [f"--added={change}" for change in result["added"]] + [f"--removed={change}" for change in result["removed"]]
+
+
+def owners_command(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The owners command as the role runs it after writing the owner map."""
+    argv = [sys.executable, str(MODULE), "owners", f"--audit={directory}", "--account=ops", "--client=ansible", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_owner_map_changes_are_recorded_per_project_and_account(audit_dir: Path, tmp_path: Path) -> None:
+    first = owner_map_changes(tmp_path, {"Demo_Pkg": ["alice", "bob"], "internal": []})
+    assert first == ["--added=demo-pkg:alice", "--added=demo-pkg:bob"]
+    done = owners_command(audit_dir, *first)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"lost": 0, "recorded": 2}
+    assert owner_map_changes(tmp_path, {"demo.pkg": ["alice", "bob"], "internal": []}) == [], "no change, no record"
+    second = owner_map_changes(tmp_path, {"demo-pkg": ["bob", "carol"]})
+    assert second == ["--added=demo-pkg:carol", "--removed=demo-pkg:alice"]
+    assert owners_command(audit_dir, *second).returncode == 0
+    records = lines_of(audit_dir)
+    assert [(r["action"], r["project"], r["subject"]) for r in records] == [
+        ("owner-add", "demo-pkg", "alice"),
+        ("owner-add", "demo-pkg", "bob"),
+        ("owner-add", "demo-pkg", "carol"),
+        ("owner-remove", "demo-pkg", "alice"),
+    ]
+    assert all(r["account"] == "ops" and r["client"] == "ansible" for r in records)
+    assert all(r["version"] is None and r["file"] is None and r["sha256"] is None for r in records)
+    assert all(list(r) == FIELDS for r in records)
+
+
+def test_an_owner_change_with_a_bad_value_or_no_trail_is_refused_and_nothing_is_recorded(
+    audit_dir: Path,
+) -> None:
+    for bad, needle in (
+        ("demo-pkg", "not PROJECT:ACCOUNT (an upload account's name after the colon)"),
+        ("demo pkg:alice", "not PROJECT:ACCOUNT (a project name first)"),
+        ("demo:alice\nforged", "an upload account's name"),
+        ("demo:alice\n", "an upload account's name"),
+        ("demo\n:alice", "a project name first"),
+        ("demo:" + "a" * 200, "an upload account's name"),
+    ):
+        done = owners_command(audit_dir, "--added=demo:alice", f"--removed={bad}")
+        assert done.returncode == 2 and needle in done.stderr and "Nothing was recorded" in done.stderr, done.stderr
+    assert not (audit_dir / "audit.jsonl").exists(), "not even the good change is recorded"
+    argv = [sys.executable, str(MODULE), "owners", "--added=demo:alice"]
     missing = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "--audit is required" in missing.stderr, missing.stderr

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, load_module
+from conftest import ROOT, load_module, module_argv
+
+from scripts.demo_wheel import build_wheel
 
 index = load_module("airgap_pypi_index", ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py")
 filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
@@ -247,3 +251,114 @@ def test_the_owners_directory_is_kept_apart_from_packages_and_pages() -> None:
         {"pypi_server_data_dir": "/srv/pypi", "pypi_server_packages_dir": "/srv/pypi/owners/packages"}
     )
     assert len(found) == 1 and "the index keeps the owners of projects in /srv/pypi/owners" in found[0], found
+
+
+# --- owners on the browse pages: the owner map file the role writes, and the claims ------------------------------
+
+OWNER_MAP_MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_owner_map.py"
+
+
+def run_owner_map(tmp_path: Path, path: Path, owners: Any, check_mode: bool = False) -> dict[str, Any]:
+    """The role's pypi_server_owner_map module, run as Ansible runs it on a host."""
+    args = tmp_path / "owner-map-args.json"
+    args.write_text(
+        json.dumps({"ANSIBLE_MODULE_ARGS": {"path": str(path), "owners": owners, "_ansible_check_mode": check_mode}})
+    )
+    done = subprocess.run(module_argv(OWNER_MAP_MODULE, args), capture_output=True, text=True, check=False)
+    return json.loads(done.stdout)
+
+
+def owners_on_page(tree: Path, project: str) -> str | None:
+    found = re.search(r'<p class="owners">(.*?)</p>', (tree / "browse" / f"{project}.html").read_text())
+    return found.group(1) if found else None
+
+
+def test_the_owner_map_module_writes_what_the_index_reads_and_says_what_changed(tmp_path: Path) -> None:
+    path = tmp_path / "project_owners.json"
+    first = run_owner_map(tmp_path, path, {"Demo_Proj": ["alice"], "demo.proj": ["bob", "alice"], "reserved": []})
+    assert first["changed"] and first["added"] == ["demo-proj:alice", "demo-proj:bob"] and first["removed"] == []
+    assert index.read_owner_map(str(path)) == {"demo-proj": ["alice", "bob"], "reserved": []}
+    again = run_owner_map(tmp_path, path, {"demo-proj": ["alice", "bob"], "reserved": []})
+    assert not again["changed"] and again["added"] == again["removed"] == [], "idempotent"
+    checked = run_owner_map(tmp_path, path, {"demo-proj": ["carol"]}, check_mode=True)
+    assert checked["changed"] and checked["added"] == ["demo-proj:carol"]
+    assert checked["removed"] == ["demo-proj:alice", "demo-proj:bob"]
+    assert index.read_owner_map(str(path)) == {"demo-proj": ["alice", "bob"], "reserved": []}, "check mode: no write"
+    target = tmp_path / "elsewhere.json"
+    target.write_text("keep")
+    path.unlink()
+    path.symlink_to(target)
+    linked = run_owner_map(tmp_path, path, {"demo-proj": ["carol"]})
+    assert linked["changed"] and linked["added"] == ["demo-proj:carol"], "a link is not read as the old map"
+    assert target.read_text() == "keep" and not path.is_symlink(), "the link is replaced, never followed"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"format": 1, "projects": {"Demo": ["alice"]}}', "not a normalised project name"),
+        ('{"format": 1, "projects": {"demo": "alice"}}', "not a list"),
+        ('{"format": 1, "projects": {"demo": ["bad name"]}}', "is not an account name"),
+        ('{"format": 2, "projects": {}}', "not an owner map of format 1"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_a_bad_owner_map_file_is_refused_naming_the_problem(tmp_path: Path, content: str, needle: str) -> None:
+    path = tmp_path / "project_owners.json"
+    path.write_text(content)
+    with pytest.raises(index.OwnersFileError, match=needle):
+        index.read_owner_map(str(path))
+
+
+def test_an_oversized_or_linked_owner_map_file_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "project_owners.json"
+    path.write_text('{"format": 1, "projects": {}, "pad": "' + "x" * (4 << 20) + '"}')
+    with pytest.raises(index.OwnersFileError, match="larger than"):
+        index.read_owner_map(str(path))
+    target = tmp_path / "target.json"
+    target.write_text('{"format": 1, "projects": {"demo": ["mallory"]}}')
+    path.unlink()
+    path.symlink_to(target)
+    with pytest.raises(index.OwnersFileError):
+        index.read_owner_map(str(path))
+
+
+def test_project_pages_show_the_map_s_owners_and_first_uploads_claims(tmp_path: Path) -> None:
+    packages, tree = tmp_path / "packages", tmp_path / "tree"
+    for project in ("mapped", "claimed", "reserved", "open-one"):
+        build_wheel(packages, project, "1.0")
+    owner_map, claims = tmp_path / "project_owners.json", tmp_path / "owners" / "owners.json"
+    owner_map.write_text(json.dumps({"format": 1, "projects": {"mapped": ["alice", "bob"], "reserved": []}}))
+    owners = claiming(claims)
+    owners.claim("claimed", "carol")
+    owners.claim("mapped", "mallory")  # a claim of a project the map now has never counts
+    tree_of = index.Tree(str(packages), str(tree), owner_map=str(owner_map), owner_claims=str(claims))
+    tree_of.sync()
+    assert owners_on_page(tree, "mapped") == "owners: alice, bob"
+    assert owners_on_page(tree, "claimed") == "owners: carol (claimed by the first upload)"
+    assert owners_on_page(tree, "reserved") == "owners: none (only an admin may upload)"
+    assert owners_on_page(tree, "open-one") is None
+    # The role changes the map: the next sync rewrites that project's page (and only its).
+    before = (tree / "browse" / "claimed.html").stat().st_mtime_ns
+    owner_map.write_text(json.dumps({"format": 1, "projects": {"mapped": ["<b>x</b>"]}}))
+    with pytest.raises(index.OwnersFileError):
+        index.read_owner_map(str(owner_map))  # the preflight's rule: no markup reaches a page through the map
+    owner_map.write_text(json.dumps({"format": 1, "projects": {"mapped": ["dave"]}}))
+    assert tree_of.sync() == ["mapped", "reserved"]
+    assert owners_on_page(tree, "mapped") == "owners: dave"
+    assert owners_on_page(tree, "reserved") is None
+    assert (tree / "browse" / "claimed.html").stat().st_mtime_ns == before
+
+
+def test_a_broken_owner_map_keeps_the_owners_the_pages_show(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    packages, tree = tmp_path / "packages", tmp_path / "tree"
+    build_wheel(packages, "mapped", "1.0")
+    owner_map = tmp_path / "project_owners.json"
+    owner_map.write_text(json.dumps({"format": 1, "projects": {"mapped": ["alice"]}}))
+    tree_of = index.Tree(str(packages), str(tree), owner_map=str(owner_map))
+    tree_of.sync()
+    owner_map.write_text("{broken")
+    with caplog.at_level(logging.WARNING, logger="airgap_pypi_index"):
+        assert tree_of.sync() == []
+    assert "the pages keep the owners they show" in caplog.text
+    assert owners_on_page(tree, "mapped") == "owners: alice"

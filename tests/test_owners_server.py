@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -146,6 +147,24 @@ def test_a_project_with_files_but_no_owner_is_claimed_by_its_next_uploader(stack
     accepted(upload(stack, build_wheel(tmp_path, "carried-in", "2.0"), "mallory"))
     assert json.loads(stack.owners.read_text())["projects"]["carried-in"]["owner"] == "mallory"
     refused(upload(stack, build_wheel(tmp_path / "a", "carried-in", "3.0"), "alice"), "403", "owned by mallory")
+
+
+def owners_line(stack: Stack, project: str) -> str | None:
+    status, body = get(f"{stack.url}/project/{project}/")
+    assert status == 200, (project, status)
+    found = re.search(r'<p class="owners">(.*?)</p>', body.decode())
+    return found.group(1) if found else None
+
+
+def test_project_pages_show_their_owners_from_the_map_and_from_claims(stack: Stack, tmp_path: Path) -> None:
+    """The map comes to the pages through the file the role writes (here as the role's module writes it), the
+    claims from the owners file: both on the page when the upload returns."""
+    accepted(upload(stack, build_wheel(tmp_path / "a", "owned-demo", "8.0"), "alice"))
+    assert owners_line(stack, "owned-demo") == "owners: alice, bob"
+    accepted(upload(stack, build_wheel(tmp_path / "b", "page-claimed", "1.0"), "bob"))
+    assert owners_line(stack, "page-claimed") == "owners: bob (claimed by the first upload)"
+    front = get(f"{stack.url}/")[1].decode()
+    assert 'class="owners"' not in front, "the project pages only"
 
 
 def test_a_broken_owners_file_refuses_unmapped_uploads_and_says_why(stack: Stack, tmp_path: Path) -> None:

@@ -5,15 +5,18 @@ the newest release's, with nothing loaded from outside the index."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -251,6 +254,9 @@ def test_without_readme_renderer_the_text_is_shown_escaped(site: Path, dirs: tup
     assert output.count("readme_renderer cannot be imported") == 1, output
     assert description(tree, "first") == '<pre class="description-text"># &lt;b&gt;Title&lt;/b&gt;</pre>'
     assert not (tree / "descriptions").exists()
+    # The same broken install again: remembered (renderer-broken.json), so no sync queues and rewrites every page.
+    again = sync(site, dirs, first=missing)
+    assert "changed: 0 project(s)" in again and "readme_renderer cannot be imported" not in again, again
     # The same tree once readme_renderer is there: the next sync writes the pages again, descriptions rendered.
     assert "changed: 2 project(s)" in sync(site, dirs)
     assert re.search(r"<h1[^>]*><b>Title</b>", description(tree, "first")), description(tree, "first")
@@ -306,3 +312,189 @@ def test_pages_written_by_an_older_release_are_written_again(site: Path, dirs: t
     assert "Demo title" in description(tree, "upgraded")
     assert "changed: 0 project(s)" in sync(site, dirs), "once"
     assert stored.stat().st_ino == before.st_ino, "the description is not rendered again"
+
+
+# --- rendering off the upload's path: the render command, its bounded children and its queue -------------------
+
+DEEP = ">" * 30_000 + " deep"  # nested block quotes: about 7 CPU seconds to render, under every size bound
+
+
+def site_env(site: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PYTHONPATH"] = str(site)
+    return env
+
+
+def render(site: Path, dirs: tuple[Path, Path], *options: str) -> subprocess.Popen[str]:
+    """The render command on the tree (as a worker starts it), not waited for."""
+    packages, tree = dirs
+    command = [sys.executable, str(MODULE), "render", "--packages", str(packages), "--tree", str(tree), *options]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=site_env(site))
+
+
+def queue(tree: Path) -> list[str]:
+    return json.loads((tree / "state.json").read_text())["pending"]
+
+
+def children(pid: int, seconds: float = 20) -> list[int]:
+    """The children of a process, once it has one (a bounded wait)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if found:
+            return [int(child) for child in found]
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} started no child within {seconds} s")
+
+
+def test_a_sync_queues_descriptions_and_shows_the_text_until_rendered(site: Path, dirs: tuple[Path, Path]) -> None:
+    packages, tree = dirs
+    wheel = build_wheel(packages, "queued", "1.0", description="# <b>Queued</b>", content_type=GFM)
+    sync(site, dirs, "--no-render")
+    assert queue(tree) == [wheel.name]
+    assert description(tree, "queued") == (
+        '<p class="render-note">this description is being rendered; it is shown as text until then</p>\n'
+        '<pre class="description-text"># &lt;b&gt;Queued&lt;/b&gt;</pre>'
+    )
+    assert not (tree / "descriptions" / f"{wheel.name}.html").exists()
+    done = render(site, dirs)
+    out, err = done.communicate(timeout=60)
+    assert json.loads(out) == {"rendered": 1, "turn": True}, err
+    assert re.search(r"<h1[^>]*><b>Queued</b>", description(tree, "queued")), description(tree, "queued")
+    assert queue(tree) == []
+
+
+def test_a_description_past_the_cpu_limit_is_shown_as_text_with_the_limit(site: Path, dirs: tuple[Path, Path]) -> None:
+    packages, tree = dirs
+    wheel = build_wheel(packages, "deep", "1.0", description=DEEP, content_type=GFM)
+    build_wheel(packages, "after", "1.0", description="# After", content_type=GFM)
+    sync(site, dirs, "--cpu-seconds=1")  # the note, not the wall-clock time, shows the stop: 2 cores shared
+    shown = description(tree, "deep")
+    assert shown.startswith(
+        '<p class="render-note">this description could not be rendered: its rendering took more than 1 CPU seconds'
+    ), shown
+    assert f'<pre class="description-text">{">".replace(">", "&gt;") * 30_000} deep</pre>' in shown
+    assert "<blockquote" not in shown
+    assert (tree / "descriptions" / f"{wheel.name}.html").read_text() == shown, "stored: never rendered again"
+    assert re.search(r"<h1[^>]*>After", description(tree, "after")), "the queue goes on after it"
+
+
+def test_a_description_past_the_wall_clock_limit_is_killed(site: Path, dirs: tuple[Path, Path]) -> None:
+    packages, tree = dirs
+    build_wheel(packages, "slow", "1.0", description=DEEP, content_type=GFM)
+    sync(site, dirs, "--cpu-seconds=60", "--wall-seconds=1")  # unstopped, it renders in about 7 CPU seconds
+    assert "its rendering took more than 1 seconds (the limit)" in description(tree, "slow")
+    assert not [path for path in (tree / "descriptions").iterdir() if path.name.startswith(".tmp-")]
+
+
+def test_a_description_past_the_memory_limit_is_shown_as_text_with_the_limit(
+    site: Path, dirs: tuple[Path, Path]
+) -> None:
+    packages, tree = dirs
+    build_wheel(packages, "greedy", "1.0", description=DEEP, content_type=GFM)  # about 100 MiB of syntax tree
+    sync(site, dirs, "--memory-mb=64", "--cpu-seconds=60")
+    shown = description(tree, "greedy")
+    assert "could not be rendered: its rendering needed more than 64 MiB of memory (the limit)" in shown, shown[:300]
+    assert "<blockquote" not in shown
+
+
+def test_a_renderer_killed_mid_way_leaves_no_html_and_a_restart_takes_the_queue(
+    site: Path, dirs: tuple[Path, Path]
+) -> None:
+    """The renderer killed (an out-of-memory kill picks it, say) while its child renders a minute-long description:
+    no HTML, still queued, and the next renderer gets its turn at once although the orphaned child still runs (it
+    holds none of the renderer's locks)."""
+    packages, tree = dirs
+    wheel = build_wheel(packages, "killed", "1.0", description=">" * 100_000 + " deep", content_type=GFM)
+    sync(site, dirs, "--no-render")
+    renderer = render(site, dirs, "--cpu-seconds=120", "--wall-seconds=120")
+    (child,) = children(renderer.pid)
+    restarted = None
+    try:
+        time.sleep(0.5)  # rendering, well before its limits
+        renderer.kill()
+        renderer.wait(timeout=10)
+        stored = tree / "descriptions" / f"{wheel.name}.html"
+        assert not stored.exists(), "no partial HTML"
+        leftovers = [path.name for path in tree.rglob("*") if path.name.startswith(".tmp-")]
+        assert leftovers == [], leftovers
+        assert queue(tree) == [wheel.name], "still queued"
+        assert "this description is being rendered" in description(tree, "killed")
+        assert Path(f"/proc/{child}").exists(), "the orphaned child still renders"
+        restarted = render(site, dirs, "--cpu-seconds=1")
+        out, err = restarted.communicate(timeout=30)
+    finally:
+        for process in (renderer, restarted):
+            if process is not None:
+                process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    assert json.loads(out) == {"rendered": 1, "turn": True}, err
+    assert "its rendering took more than 1 CPU seconds (the limit)" in description(tree, "killed")
+    assert queue(tree) == []
+
+
+def test_a_rendering_child_killed_by_a_signal_ends_as_text_with_a_note(site: Path, dirs: tuple[Path, Path]) -> None:
+    packages, tree = dirs
+    wheel = build_wheel(packages, "signalled", "1.0", description=DEEP, content_type=GFM)
+    sync(site, dirs, "--no-render")
+    renderer = render(site, dirs, "--cpu-seconds=60")
+    try:
+        (child,) = children(renderer.pid)
+        os.kill(child, signal.SIGTERM)  # the child dies (an out-of-memory kill, a crash) before it wrote anything
+        out, err = renderer.communicate(timeout=30)
+    finally:
+        renderer.kill()
+    assert json.loads(out) == {"rendered": 1, "turn": True}, err
+    shown = (tree / "descriptions" / f"{wheel.name}.html").read_text()
+    assert shown.startswith(
+        '<p class="render-note">this description could not be rendered: the renderer stopped (signal 15)'
+    )
+    assert "<blockquote" not in shown and "&gt;&gt;&gt; deep" not in shown[:200]
+
+
+def test_one_renderer_works_on_a_tree_and_at_most_one_waits(site: Path, dirs: tuple[Path, Path]) -> None:
+    packages, tree = dirs
+    build_wheel(packages, "busy", "1.0", description=DEEP, content_type=GFM)
+    build_wheel(packages, "later", "1.0", description="# Later", content_type=GFM)
+    sync(site, dirs, "--no-render")
+    working = render(site, dirs, "--cpu-seconds=2")
+    waiting = extra = None
+    try:
+        children(working.pid)  # it has its turn and renders
+        waiting = render(site, dirs)
+        time.sleep(1.0)  # the second has taken the place of the one waiting
+        extra = render(site, dirs)
+        out, err = extra.communicate(timeout=20)
+        assert json.loads(out) == {"rendered": 0, "turn": False}, err
+        assert waiting.poll() is None, "the second waits for its turn"
+        assert json.loads(working.communicate(timeout=60)[0]) == {"rendered": 2, "turn": True}
+        assert json.loads(waiting.communicate(timeout=60)[0]) == {"rendered": 0, "turn": True}
+    finally:
+        for process in (working, waiting, extra):
+            if process is not None:
+                process.kill()
+    assert re.search(r"<h1[^>]*>Later", description(tree, "later"))
+
+
+def test_a_child_s_output_is_read_only_up_to_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent reads at most 2 MiB of a child's output (a renderer that ignores its own bound is cut off and
+    killed), and a child that writes less is read whole."""
+    monkeypatch.setattr(index, "render_description", lambda text, kind: "x" * (3 << 20))
+    limits = index.RenderLimits(cpu_seconds=20, memory_mb=1024, wall_seconds=20)
+    shown = index.render_in_child("# text", None, limits)
+    assert shown.startswith('<p class="render-note">this description could not be rendered: rendered, it is more')
+    assert "xxxx" not in shown and shown.endswith('<pre class="description-text"># text</pre>')
+    monkeypatch.setattr(index, "render_description", lambda text, kind: "y" * (1 << 20))
+    assert index.render_in_child("# text", None, limits) == "y" * (1 << 20)
+
+
+def test_render_limits_out_of_range_stop_the_run_naming_them() -> None:
+    filters = load_module("pypi_server_filters", ROOT / "roles" / "pypi_server" / "filter_plugins" / "pypi_server.py")
+    found = filters.pypi_server_problems(
+        {"pypi_server_render_cpu_seconds": 0, "pypi_server_render_memory_mb": 32, "pypi_server_render_wall_seconds": 10}
+    )
+    assert found == [
+        "pypi_server_render_cpu_seconds=0: must be 1-3600 (CPU seconds per description rendering)",
+        "pypi_server_render_memory_mb=32: must be 64-65536 (MiB of address space per description rendering)",
+    ]

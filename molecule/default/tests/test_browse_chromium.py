@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,21 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     url = f"http://{SERVER}:{PORT}/"
     done = twine_upload(url, *remote)
     assert done.returncode == 0, done.stdout + done.stderr
+    for project in ("lion", "gecko"):  # descriptions are rendered after the upload's response: wait for them
+        wait_rendered(f"http://{address}:{PORT}/project/browse-{project}-{stamp}/")
     return f"http://{address}:{PORT}", stamp
+
+
+def wait_rendered(url: str, seconds: float = 60) -> None:
+    """Until the project page no longer says its description is being rendered (a bounded poll)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + seconds
+    while True:
+        with opener.open(url, timeout=10) as response:
+            if b"this description is being rendered" not in response.read():
+                return
+        assert time.monotonic() < deadline, f"{url}: not rendered within {seconds} s"
+        time.sleep(0.2)
 
 
 # A README as projects write them: a heading, code, a badge from the internet and a script that must never run.

@@ -64,8 +64,12 @@ import mimetypes
 import os
 import pwd
 import re
+import resource
+import select
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -89,7 +93,7 @@ from packaging.version import InvalidVersion, Version
 STATE_VERSION = 1
 # What the pages look like: state.json records it, and a sync by a release that writes them otherwise (or that can
 # now render descriptions, or no longer can) writes every page again, from the cached hashes.
-PAGES_FORMAT = 2
+PAGES_FORMAT = 3
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_V1_TYPE = "application/vnd.pypi.simple.v1+html"
 # Files pypiserver lists (its pkg_helpers._archive_suffix_rx, plus wheels).
@@ -381,20 +385,25 @@ def description_renderers() -> Optional[Tuple[Any, Any]]:
 
 
 @functools.lru_cache(maxsize=None)
-def renderer_installed() -> bool:
-    """Whether readme_renderer is installed, without importing it: importing it takes about half a second, which a
-    sync that renders nothing (the role's run on every converge) should not pay."""
+def renderer_origin() -> Optional[str]:
+    """Where readme_renderer is installed (its file and that file's mtime), found without importing it: a sync
+    never imports it (the render command does); None when it is not installed."""
     try:
-        return importlib.util.find_spec("readme_renderer") is not None
+        spec = importlib.util.find_spec("readme_renderer")
     except (ImportError, ValueError):
-        return False
+        return None
+    if spec is None:
+        return None
+    origin = spec.origin or ""
+    try:
+        stamp = os.stat(origin).st_mtime_ns
+    except OSError:
+        stamp = -1
+    return f"{origin}:{stamp}"
 
 
-def pages_format() -> List[Any]:
-    """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered:
-    readme_renderer is installed and, once this process tried to import it, it could be imported."""
-    tried = description_renderers.cache_info().currsize > 0
-    return [PAGES_FORMAT, renderer_installed() and (not tried or description_renderers() is not None)]
+def renderer_installed() -> bool:
+    return renderer_origin() is not None
 
 
 def is_remote(url: str) -> bool:
@@ -469,12 +478,9 @@ def unrendered(text: str, reason: str) -> str:
     return note + (f'<pre class="description-text">{esc(text)}</pre>' if text else "")
 
 
-def render_description(text: str, content_type: Optional[str]) -> str:
-    """The description as HTML to show on a page, by its Description-Content-Type as PyPI renders it: Markdown
-    (variant GFM or CommonMark), reStructuredText (also when no type is given), anything else as plain text. Never
-    raises: what cannot be rendered is shown escaped, with a note why. "" for no description."""
-    if not text.strip():
-        return ""
+def beyond_bounds(text: str, content_type: Optional[str]) -> Optional[str]:
+    """The note shown instead of a description that is never rendered (too large, too much markup, an overlong
+    content type), or None. Cheap: a sync checks it, so such a description is never queued."""
     size = len(text.encode("utf-8", errors="replace"))
     note = None
     if size > MAX_DESCRIPTION_BYTES:
@@ -483,11 +489,21 @@ def render_description(text: str, content_type: Optional[str]) -> str:
         note = f"it has more than {MAX_DESCRIPTION_TAGS:,} '<' characters"
     elif content_type is not None and len(content_type) > MAX_CONTENT_TYPE_CHARS:
         note = f"its Description-Content-Type is longer than {MAX_CONTENT_TYPE_CHARS} characters"
+    return None if note is None else f'<p class="render-note">this description could not be rendered: {esc(note)}</p>'
+
+
+def render_description(text: str, content_type: Optional[str]) -> str:
+    """The description as HTML to show on a page, by its Description-Content-Type as PyPI renders it: Markdown
+    (variant GFM or CommonMark), reStructuredText (also when no type is given), anything else as plain text. Never
+    raises: what cannot be rendered is shown escaped, with a note why. "" for no description."""
+    if not text.strip():
+        return ""
+    note = beyond_bounds(text, content_type)
     if note is not None:
-        return f'<p class="render-note">this description could not be rendered: {esc(note)}</p>'
+        return note
     try:
         rendered, reason = _render_by_type(text, content_type or "text/x-rst")
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, MemoryError):  # MemoryError: the child's limit, named by its parent
         raise
     except BaseException as error:  # a renderer's bug (a Rust panic is a BaseException) must never stop an upload
         rendered, reason = None, f"{error.__class__.__name__}: {str(error)[:200]}"
@@ -495,6 +511,154 @@ def render_description(text: str, content_type: Optional[str]) -> str:
         too_large = f"rendered, it is more than {MAX_RENDERING_BYTES >> 20} MiB"
         return f'<p class="render-note">this description could not be rendered: {esc(too_large)}</p>'
     return unrendered(text, reason) if rendered is None else rendered
+
+
+# --- rendering in a child process, off the upload's path -----------------------------------------------------
+
+# A sync renders nothing: it queues each arriving file that has a description (state.json's "pending") and the
+# page shows the text escaped with RENDERING_NOTE. The `render` command (started by the worker after an upload's
+# response is ready, by each worker when it starts and by the CLI sync) takes the queue in order, one description at
+# a time per tree, each in a forked child under hard limits, then stores the HTML and rewrites the project's page.
+RENDER_COMMAND = "render"
+RENDERING_NOTE = '<p class="render-note">this description is being rendered; it is shown as text until then</p>\n'
+RENDER_RUN_LOCK = ".render.lock"  # held by the one renderer at work on this tree
+RENDER_WAIT_LOCK = ".render-wait.lock"  # held by at most one renderer waiting for it (it reads the queue after)
+RENDERER_BROKEN = "renderer-broken.json"  # readme_renderer found but not importable: pages show plain text
+
+
+class RenderLimits(NamedTuple):
+    """Hard limits of one description's rendering child: CPU seconds (RLIMIT_CPU), address space in MiB
+    (RLIMIT_AS) and wall-clock seconds after which it is killed."""
+
+    cpu_seconds: int = 10
+    memory_mb: int = 1024
+    wall_seconds: int = 30
+
+    def argv(self) -> List[str]:
+        return [
+            f"--cpu-seconds={self.cpu_seconds}",
+            f"--memory-mb={self.memory_mb}",
+            f"--wall-seconds={self.wall_seconds}",
+        ]
+
+
+MAX_CHILD_FILE_BYTES = 1 << 20  # what a rendering child may write to a file (its stderr is one)
+
+
+def _limit_child(limits: RenderLimits) -> None:
+    """In the forked child, before it renders: the limits, no core file, no file (its stderr) past 1 MiB."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size fails instead of killing the child
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_CHILD_FILE_BYTES, MAX_CHILD_FILE_BYTES))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+    memory = limits.memory_mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+
+def _read_child(descriptor: int, deadline: float, limit: int) -> Tuple[Optional[bytes], str]:
+    """(the child's output, "") or (None, why there is none): at most limit bytes, until the deadline."""
+    chunks: List[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, "timeout"
+        ready, _, _ = select.select([descriptor], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(descriptor, 1 << 16)
+        if not chunk:
+            return b"".join(chunks), ""
+        size += len(chunk)
+        if size > limit:
+            return None, "size"
+        chunks.append(chunk)
+
+
+MAX_CHILD_ERRORS = 4096  # what is read of a rendering child's stderr (a Rust allocator names a failed allocation)
+# What a renderer says on stderr when an allocation failed: Rust's allocator (comrak, nh3), cmark's, Python's.
+_OUT_OF_MEMORY = (b"memory allocation of", b"returned null pointer", b"out of memory", b"MemoryError")
+
+
+class ChildEnd(NamedTuple):
+    """How a rendering child ended: its output (None when it was stopped), why it was stopped ("timeout", "size"
+    or ""), its wait status, the CPU seconds it used and the start of its stderr."""
+
+    output: Optional[bytes]
+    stopped: str
+    status: int
+    cpu: float
+    errors: bytes
+
+
+def _close_inherited() -> None:
+    """In the forked child: close every descriptor but 0, 1 and 2 (the renderer's locks above all: a child left
+    running must not hold the turn of the next renderer)."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        descriptors = list(range(3, 1024))
+    for descriptor in descriptors:
+        if descriptor > 2:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+
+
+def _run_child(text: str, content_type: Optional[str], limits: RenderLimits) -> ChildEnd:
+    """Fork a child that renders under limits and read its output (bounded in size and time; killed past them)."""
+    with tempfile.TemporaryFile() as errors:
+        reading, writing = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: render, write, exit without running the parent's clean-ups
+            code = 0
+            try:
+                os.dup2(writing, 1)
+                os.dup2(errors.fileno(), 2)
+                _close_inherited()
+                _limit_child(limits)
+                data = render_description(text, content_type).encode("utf-8", errors="replace")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(1, view[: 1 << 16]) :]
+            except MemoryError:
+                code = 3
+            except BaseException:
+                code = 4
+            finally:
+                os._exit(code)
+        os.close(writing)
+        try:
+            output, stopped = _read_child(reading, time.monotonic() + limits.wall_seconds, MAX_RENDERING_BYTES + 1)
+        finally:
+            os.close(reading)
+        if output is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+        errors.seek(0)
+        return ChildEnd(output, stopped, status, usage.ru_utime + usage.ru_stime, errors.read(MAX_CHILD_ERRORS))
+
+
+def render_in_child(text: str, content_type: Optional[str], limits: RenderLimits) -> str:
+    """render_description in a forked child under limits (never raises): the HTML, or the text escaped with a note
+    naming the limit the child went past, or how it died. Only from a single-threaded process (the render
+    command): fork copies no other thread's locks there."""
+    end = _run_child(text, content_type, limits)
+    killed = os.WTERMSIG(end.status) if os.WIFSIGNALED(end.status) else 0
+    code = os.WEXITSTATUS(end.status) if os.WIFEXITED(end.status) else None
+    if end.stopped == "timeout":
+        return unrendered(text, f"its rendering took more than {limits.wall_seconds} seconds (the limit)")
+    if end.stopped == "size":
+        return unrendered(text, f"rendered, it is more than {MAX_RENDERING_BYTES >> 20} MiB")
+    # SIGXCPU: the soft CPU limit; SIGKILL with the CPU used: the hard one (a kill by anyone else names its signal).
+    if killed == signal.SIGXCPU or (killed == signal.SIGKILL and end.cpu >= limits.cpu_seconds * 0.9):
+        return unrendered(text, f"its rendering took more than {limits.cpu_seconds} CPU seconds (the limit)")
+    if code == 3 or (code != 0 and any(sign in end.errors for sign in _OUT_OF_MEMORY)):
+        return unrendered(text, f"its rendering needed more than {limits.memory_mb} MiB of memory (the limit)")
+    if code != 0 or end.output is None:
+        how = f"signal {killed}" if killed else f"exit code {code}"
+        return unrendered(text, f"the renderer stopped ({how})")
+    return end.output.decode("utf-8", errors="replace")
 
 
 def _render_by_type(text: str, content_type: str) -> Tuple[Optional[str], str]:
@@ -952,11 +1116,25 @@ def uploaded_note(entry: Entry) -> str:
 NO_DESCRIPTION = '<p class="muted">(none)</p>'
 
 
+def owners_note(owners: Optional[Dict[str, Any]]) -> str:
+    """ "owners: alice, bob" (escaped), saying when the owner is a first upload's claim; "" without owners."""
+    if not owners:
+        return ""
+    if not owners.get("accounts"):
+        return '<p class="owners">owners: none (only an admin may upload)</p>\n'
+    how = " (claimed by the first upload)" if owners.get("claimed") else ""
+    return f'<p class="owners">owners: {esc(", ".join(owners["accounts"]))}{how}</p>\n'
+
+
 def render_browse_project(
-    project: str, entries: List[Tuple[str, Entry]], description: str, yanked: Optional[Dict[str, str]] = None
+    project: str,
+    entries: List[Tuple[str, Entry]],
+    description: str,
+    yanked: Optional[Dict[str, str]] = None,
+    owners: Optional[Dict[str, Any]] = None,
 ) -> bytes:
     """A project's page; description: the newest release's description as HTML (rendered and sanitised, or
-    escaped)."""
+    escaped); owners: who may upload to it ({"accounts", "claimed"}), or None."""
     newest = latest(entries, yanked)
     reasons = yank_reasons(yanked)
     by_version: Dict[str, List[Tuple[str, Entry]]] = {}
@@ -981,6 +1159,7 @@ def render_browse_project(
         f'<h1>{esc(newest["name"])} <span class="muted">{esc(newest["version"])}</span>'
         f"{'' if newest_reason is None else ' ' + yank_note('', newest_reason)}</h1>\n"
         f"<p>{esc(newest.get('summary'))}</p>\n"
+        f"{owners_note(owners)}"
         f'<pre>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
         f'<span class="trusted"></span>{esc(project)}=={esc(newest["version"])}\n'
         f'twine upload --repository-url <span class="base">http://HOST:PORT</span>/ dist/*</pre>\n'
@@ -1008,6 +1187,21 @@ def with_upload(entry: Entry, uploaded: Optional[Dict[str, str]]) -> Entry:
     return entry
 
 
+def valid_queue_and_owners(state: Dict[str, Any]) -> bool:
+    """state.json's queue of descriptions to render and the owners its pages show, as this module writes them."""
+    pending = state.get("pending", [])
+    if not isinstance(pending, list) or not all(isinstance(relfn, str) for relfn in pending):
+        return False
+    owners = state.get("owners", {})
+    return isinstance(owners, dict) and all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("accounts"), list)
+        and all(isinstance(account, str) for account in entry["accounts"])
+        and isinstance(entry.get("claimed"), bool)
+        for entry in owners.values()
+    )
+
+
 def valid_state(state: Dict[str, Any]) -> bool:
     """state.json as this module writes it (anything else is rebuilt, never trusted)."""
     files, skipped = state.get("files"), state.get("skipped", {})
@@ -1016,6 +1210,8 @@ def valid_state(state: Dict[str, Any]) -> bool:
     for entry in list(files.values()) + list(skipped.values()):
         if not isinstance(entry, dict):
             return False
+    if not valid_queue_and_owners(state):
+        return False
     yanked = state.get("yanked", {})
     if not isinstance(yanked, dict) or not all(
         isinstance(releases, dict) and all(isinstance(v, str) and isinstance(r, str) for v, r in releases.items())
@@ -1038,20 +1234,25 @@ def valid_state(state: Dict[str, Any]) -> bool:
 
 class Fresh(NamedTuple):
     """What a sync read from the files it (re)indexed: their names, the METADATA of the wheels among them (PEP
-    658), and their descriptions rendered (none without readme_renderer)."""
+    658), those with a description to render, and the notes of those whose description is beyond the bounds."""
 
     read: List[str]
     metadata: Dict[str, bytes]
-    descriptions: Dict[str, str]
+    described: List[str]
+    notes: Dict[str, str]
 
-    def add(self, relfn: str, metadata: Optional[bytes], fields: Dict[str, str], rendering: bool) -> None:
-        """A file read now: its METADATA (a wheel's) and, rendering, its description rendered."""
+    def add(self, relfn: str, metadata: Optional[bytes], fields: Dict[str, str]) -> None:
+        """A file read now: its METADATA (a wheel's), and whether it has a description to render."""
         self.read.append(relfn)
         if metadata is not None:
             self.metadata[relfn] = metadata
-        if rendering:
-            text, kind = fields.get("description", ""), fields.get("description-content-type")
-            self.descriptions[relfn] = render_description(text, kind)
+        text, kind = fields.get("description", ""), fields.get("description-content-type")
+        if text.strip():
+            note = beyond_bounds(text, kind)
+            if note is None:
+                self.described.append(relfn)
+            else:
+                self.notes[relfn] = note
 
 
 class Tree:
@@ -1060,13 +1261,35 @@ class Tree:
     yanked: the yank file (PEP 592) the pages follow. None: the pages keep showing the releases they showed as
     yanked (a caller that does not know the file never changes them).
     uploads: the audit trail's uploads.json (who uploaded each file, and when: PEP 700's upload-time). None: the
-    pages keep what they show, as for yanked."""
+    pages keep what they show, as for yanked.
+    render_limits: given, a sync that leaves descriptions queued starts the render command (a process of its own,
+    with these limits) and so does startup(); None: the caller renders the queue itself (the CLI) or never.
+    owner_map, owner_claims: the inventory's owner map as the role writes it, and the owners file of first uploads'
+    claims: the project pages show the owners. Neither: the pages keep the owners they show, as for yanked."""
 
-    def __init__(self, packages: str, tree: str, yanked: Optional[str] = None, uploads: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        packages: str,
+        tree: str,
+        yanked: Optional[str] = None,
+        uploads: Optional[str] = None,
+        render_limits: Optional[RenderLimits] = None,
+        *,
+        owner_map: Optional[str] = None,
+        owner_claims: Optional[str] = None,
+    ) -> None:
         self.packages = os.path.abspath(packages)
+        self.owner_map = os.path.abspath(owner_map) if owner_map else None
+        self.owner_claims = os.path.abspath(owner_claims) if owner_claims else None
+        self._owners: Optional[Tuple[Any, Owners]] = None
         self.tree = os.path.abspath(tree)
         self.yanked = os.path.abspath(yanked) if yanked else None
         self.uploads = os.path.abspath(uploads) if uploads else None
+        self.render_limits = render_limits
+        # The descriptions queued for the render command (an ordered set), and whether they are rendered at all:
+        # set by each sync (and by the renderer when it stores one) from state.json.
+        self._pending: Dict[str, None] = {}
+        self._rendering = False
         self._uploads: Optional[Tuple[Tuple[int, int, int], Dict[str, Dict[str, str]]]] = None
         self._thread_lock = threading.Lock()
         self._seen: Optional[Dict[str, int]] = None
@@ -1143,6 +1366,34 @@ class Tree:
         self._uploads = (key, uploads)
         return uploads
 
+    def current_owners(self, shown_now: Owners) -> Owners:
+        """The owners the pages are to show, from the owner map and the claims (read again only when either
+        changed); what they show now when this tree has neither or one cannot be used (logged)."""
+        if self.owner_map is None and self.owner_claims is None:
+            return shown_now
+        key = []
+        for path in (self.owner_map, self.owner_claims):
+            try:
+                stat = os.lstat(path) if path else None
+            except FileNotFoundError:
+                stat = None
+            except OSError as error:
+                LOG.warning("%s cannot be read (%s): the pages keep the owners they show", path, error)
+                return shown_now
+            key.append(None if stat is None else (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        if self._owners is not None and self._owners[0] == key:
+            return self._owners[1]
+        try:
+            owner_map = read_owner_map(self.owner_map) if self.owner_map else {}
+            document = read_owners_file(self.owner_claims) if self.owner_claims else {"projects": {}}
+        except OwnersFileError as error:
+            LOG.warning("%s: the pages keep the owners they show until it is fixed", error)
+            return shown_now
+        claims = {project: entry["owner"] for project, entry in document["projects"].items()}
+        owners = shown_owners(owner_map, claims)
+        self._owners = (key, owners)
+        return owners
+
     def load_state(self) -> Optional[Dict[str, Any]]:
         """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
         try:
@@ -1200,18 +1451,61 @@ class Tree:
                     continue
         return dirs, found
 
+    def rendering(self) -> bool:
+        """Whether descriptions are rendered: readme_renderer is installed, this process did not fail to import it,
+        and no renderer found this very install not importable (RENDERER_BROKEN, written by the render command)."""
+        origin = renderer_origin()
+        if origin is None:
+            return False
+        if description_renderers.cache_info().currsize and description_renderers() is None:
+            return False
+        broken = self.read_json(RENDERER_BROKEN)
+        return not (broken and broken.get("origin") == origin)
+
+    def pages_format(self) -> List[Any]:
+        """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered."""
+        return [PAGES_FORMAT, self.rendering()]
+
     def sync(self, rebuild: bool = False, skip_young: bool = False) -> List[str]:
-        """Bring the tree up to date with the packages directory; return the projects whose pages changed."""
+        """Bring the tree up to date with the packages directory; return the projects whose pages changed. With
+        render_limits, a renderer is started when descriptions are queued (after the lock is released)."""
         with self.locked():
             started = time.time()
             changed = self._sync(rebuild, skip_young)
             note_sync(self.path(SYNC_FILE), started)  # the metrics' last sync time and duration
-            return changed
+            queued = bool(self._pending)
+        if queued:
+            self.start_renderer()
+        return changed
+
+    def start_renderer(self) -> None:
+        """Start the render command on this tree (a process of its own, never waited for here: the upload's
+        response does not wait for it). It exits at once when another renderer already waits for its turn.
+        Never raises: the queue stays in state.json for the next sync or start."""
+        if self.render_limits is None:
+            return
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            RENDER_COMMAND,
+            *("--packages", self.packages, "--tree", self.tree),
+            *self.render_limits.argv(),
+        ]
+        try:
+            # In the index's process group: stopping the program stops it too (its queue waits in state.json).
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        except OSError:
+            LOG.exception("the description renderer could not be started; the queue waits for the next sync")
+            return
+        threading.Thread(target=child.wait, name="airgap-pypi-renderer", daemon=True).start()  # no zombie left
 
     def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
         state = self.load_state()
         old_yanks: Yanks = state.get("yanked", {}) if state else {}
-        pages = pages_format()
+        old_owners: Owners = state.get("owners", {}) if state else {}
+        pages = self.pages_format()
+        self._rendering = bool(pages[1])
+        self._pending = dict.fromkeys(state.get("pending", [])) if state and self._rendering else {}
         if not state or state.get("version") != STATE_VERSION or state.get("packages") != self.packages:
             state = {"files": {}}
             rebuild = True
@@ -1231,10 +1525,16 @@ class Tree:
         # A project whose yank entries differ from what its pages show (only projects with files have pages).
         listed = {entry["project"] for entry in files.values()}
         changed |= {project for project in listed if yanks.get(project) != old_yanks.get(project)}
+        owners = {project: entry for project, entry in self.current_owners(old_owners).items() if project in listed}
+        changed |= {project for project in listed if owners.get(project) != old_owners.get(project)}
         if rebuild:
             changed |= listed
         self.write_derived(fresh, old, files)
-        unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks)
+        queued = [relfn for relfn in self._pending if relfn in files and relfn not in fresh.read]
+        self._pending = dict.fromkeys(queued + (fresh.described if self._rendering else []))
+        pending_changed = list(self._pending) != (state.get("pending", []) if state else [])
+        unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks or pending_changed)
+        unchanged = unchanged and owners == old_owners
         if unchanged and os.path.exists(self.path("index.html")):
             self.finish(dirs, dirty, yank_stamp)
             return []
@@ -1244,30 +1544,34 @@ class Tree:
             with contextlib.suppress(OSError):
                 changed |= set(os.listdir(self.path("simple"))) - set(projects) - {"index.html", "index.json"}
         for project in sorted(changed):
-            self.write_project(project, grouped.get(project, []), yanks.get(project))
+            self.write_project(project, grouped.get(project, []), yanks.get(project), owners.get(project))
         self.write_root(projects, grouped, yanks)
         self.save_state(
             {
                 "version": STATE_VERSION,
-                "pages": pages_format(),  # again: a failed import while rendering shows in it
+                "pages": pages,
                 "packages": self.packages,
                 "files": files,
                 "skipped": skipped,
                 "yanked": yanks,
+                "owners": owners,  # who may upload to each project, as its page shows it
+                # The pages' descriptions still to render: never cut short (one left out would stay unrendered).
+                "pending": list(self._pending),
             }
         )
         self.finish(dirs, dirty, yank_stamp)
         return sorted(changed)
 
     def write_derived(self, fresh: Fresh, old: Dict[str, Entry], files: Dict[str, Entry]) -> None:
-        """The metadata files (PEP 658) and rendered descriptions of the files read now; those of files gone (or
-        that no longer have one) removed."""
+        """The metadata files (PEP 658) of the files read now, and the notes of their descriptions beyond the
+        bounds (the others' stored renderings removed: they are queued); those of files gone (or that no longer
+        have one) removed."""
         for relfn, metadata in fresh.metadata.items():
             write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
-        for relfn in fresh.read:  # rendered once, when the file arrives (or changes)
-            stored, rendered = description_path(self.tree, relfn), fresh.descriptions.get(relfn)
-            if stored is not None and rendered is not None:
-                write_atomic(stored, rendered.encode())
+        for relfn in fresh.read:  # rendered once, after the file arrives (or changes)
+            stored, note = description_path(self.tree, relfn), fresh.notes.get(relfn)
+            if stored is not None and note is not None and self._rendering:
+                write_atomic(stored, note.encode())
             elif stored is not None:
                 remove_quietly(stored)
         for relfn, entry in old.items():
@@ -1299,7 +1603,7 @@ class Tree:
         kept until they change), and whether a file was left out because it may still be being written."""
         now = time.time()
         files: Dict[str, Entry] = {}
-        fresh = Fresh([], {}, {})
+        fresh = Fresh([], {}, [], {})
         skipped: Dict[str, Entry] = {}
         dirty = False
         longest = name_max(self.tree) - len(_DERIVED_SUFFIX)
@@ -1339,12 +1643,15 @@ class Tree:
                 dirty = True  # still being written: its own upload's sync, or the next check, takes it
                 continue
             files[relfn] = entry
-            # readme_renderer is imported with the first file there is to render, not before.
-            fresh.add(relfn, metadata, fields, rendering=description_renderers() is not None)
+            fresh.add(relfn, metadata, fields)
         return files, fresh, skipped, dirty
 
     def write_project(
-        self, project: str, entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]] = None
+        self,
+        project: str,
+        entries: List[Tuple[str, Entry]],
+        yanked: Optional[Dict[str, str]] = None,
+        owners: Optional[Dict[str, Any]] = None,
     ) -> None:
         html_path = self.path("simple", project, "index.html")
         json_path = self.path("simple", project, "index.json")
@@ -1360,28 +1667,68 @@ class Tree:
         description = self.description_of(newest_files)
         write_atomic(html_path, render_project_html(project, entries, yanked))
         write_atomic(json_path, render_project_json(project, entries, yanked))
-        write_atomic(browse_path, render_browse_project(project, entries, description, yanked))
+        write_atomic(browse_path, render_browse_project(project, entries, description, yanked, owners))
 
     def description_of(self, relfns: List[str]) -> str:
         """The description (HTML) of the first of these files (one release's) that has one: its stored rendering;
-        a file indexed before descriptions were rendered is rendered now, once. The text escaped in <pre> without
-        readme_renderer. "" when none has a description."""
-        renderers = description_renderers()
+        else the text escaped in <pre>, with RENDERING_NOTE while it is queued (a file indexed before descriptions
+        were rendered is queued now). Without readme_renderer, the text escaped. "" when none has a description."""
         for relfn in relfns:
             path = description_path(self.tree, relfn)
-            rendered = read_rendered(path) if renderers is not None and path is not None else None
+            usable = self._rendering and path is not None and relfn not in self._pending
+            rendered = read_rendered(path) if usable and path is not None else None
             if rendered is None:
                 fields = parse_metadata(read_core_metadata(os.path.join(self.packages, relfn))[0])
                 text = fields.get("description", "")
-                if renderers is None:
-                    rendered = f'<pre class="description-text">{esc(text)}</pre>' if text.strip() else ""
+                note = beyond_bounds(text, fields.get("description-content-type")) if text.strip() else None
+                if not text.strip():
+                    rendered = ""
+                elif note is not None and self._rendering:
+                    rendered = note
                 else:
-                    rendered = render_description(text, fields.get("description-content-type"))
-                    if path is not None:
-                        write_atomic(path, rendered.encode())
+                    rendered = f'<pre class="description-text">{esc(text)}</pre>'
+                    if self._rendering and path is not None:
+                        self._pending[relfn] = None
+                        rendered = RENDERING_NOTE + rendered
             if rendered:
                 return rendered
         return ""
+
+    def store_renderings(self, done: List[Tuple[str, Entry, str]]) -> None:
+        """Store what the renderer made (under the tree's lock, each rendering under a temporary name then
+        renamed), take those files off the queue and write their projects' pages again, with what the last sync
+        put in state.json. A file changed (or gone) since it was read is left to its own queue entry."""
+        with self.locked():
+            state = self.load_state()
+            if not state:
+                return
+            files: Dict[str, Entry] = state["files"]
+            self._rendering = True
+            self._pending = dict.fromkeys(state.get("pending", []))
+            projects = set()
+            for relfn, entry, rendered in done:
+                path = description_path(self.tree, relfn)
+                current = files.get(relfn) or {}
+                same = all(current.get(key) == entry.get(key) for key in ("size", "mtime", "sha256"))
+                if relfn not in self._pending or not same:
+                    continue
+                if path is not None:
+                    write_atomic(path, rendered.encode())
+                del self._pending[relfn]
+                projects.add(entry["project"])
+            # Files gone, or with a name never stored, leave the queue too.
+            self._pending = {
+                relfn: None for relfn in self._pending if relfn in files and description_path(self.tree, relfn)
+            }
+            grouped = by_project({relfn: entry for relfn, entry in files.items() if entry["project"] in projects})
+            for project in sorted(projects):
+                self.write_project(
+                    project,
+                    grouped.get(project, []),
+                    state.get("yanked", {}).get(project),
+                    state.get("owners", {}).get(project),
+                )
+            self.save_state(dict(state, pending=list(self._pending)))
 
     def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]], yanks: Yanks) -> None:
         summaries = [
@@ -1441,6 +1788,9 @@ class Tree:
         except Exception:
             LOG.exception("leftover temporary files could not be removed")
         self.ensure_fresh()
+        state = self.load_state()
+        if state and state.get("pending"):  # queued before a restart (a sync above starts one itself)
+            self.start_renderer()
 
     def listed(self, relfn: str) -> bool:
         """Whether a file is on the pages (a file reached through a link, or left off, is not served)."""
@@ -1708,6 +2058,55 @@ def read_owners_file(path: str) -> Dict[str, Any]:
     if problem:
         raise OwnersFileError(f"{path}: {problem}")
     return document
+
+
+# The inventory's owner map as the role writes it for the pages (pypi_server_owner_map, in the configuration
+# directory): {"format": 1, "projects": {normalised name: [account, ...]}}.
+OWNER_MAP_FORMAT = 1
+MAX_OWNERS_PER_PROJECT = 1000
+Owners = Dict[str, Dict[str, Any]]  # what the pages show: {project: {"accounts": [...], "claimed": bool}}
+
+
+def owner_map_problem(document: Any) -> Optional[str]:
+    """What is wrong with a parsed owner map file, or None."""
+    if not isinstance(document, dict) or document.get("format") != OWNER_MAP_FORMAT:
+        return f"not an owner map of format {OWNER_MAP_FORMAT}"
+    projects = document.get("projects")
+    if not isinstance(projects, dict):
+        return "projects: not a mapping"
+    for project, accounts in projects.items():
+        if len(project) > MAX_PROJECT_CHARS or not _PROJECT_NAME.match(project) or normalize(project) != project:
+            return f"{shown(project)}: not a normalised project name"
+        if not isinstance(accounts, list) or len(accounts) > MAX_OWNERS_PER_PROJECT:
+            return f"{project}: not a list of at most {MAX_OWNERS_PER_PROJECT} accounts"
+        for account in accounts:
+            if not isinstance(account, str) or len(account) > MAX_ACCOUNT_CHARS or not _ACCOUNT_NAME.match(account):
+                return f"{project}: {shown(str(account))} is not an account name"
+    return None
+
+
+def read_owner_map(path: str) -> Dict[str, List[str]]:
+    """{project: [accounts]} of the owner map file ({} when there is none), read within its bound and never
+    through a link; OwnersFileError says what is wrong with it."""
+    try:
+        document = read_small_json(path, MAX_OWNERS_FILE_BYTES, OwnersFileError)
+    except OSError as error:
+        raise OwnersFileError(f"{path} cannot be read: {error.strerror}") from error
+    if document is None:
+        return {}
+    problem = owner_map_problem(document)
+    if problem:
+        raise OwnersFileError(f"{path}: {problem}")
+    return {project: list(accounts) for project, accounts in document["projects"].items()}
+
+
+def shown_owners(owner_map: Dict[str, List[str]], claims: Dict[str, str]) -> Owners:
+    """The owners each project's page shows: the map's accounts (none: only admins may upload); for a project not
+    in the map, its first uploader's claim (the map wins, as for uploads)."""
+    owners: Owners = {project: {"accounts": accounts, "claimed": False} for project, accounts in owner_map.items()}
+    for project, account in claims.items():
+        owners.setdefault(project, {"accounts": [account], "claimed": True})
+    return owners
 
 
 def named(accounts: List[str]) -> str:
@@ -2301,9 +2700,21 @@ class StaticIndex:
         yanked: Optional[str] = None,
         *,
         uploads: Optional[str] = None,
+        render_limits: Optional[RenderLimits] = None,
+        owner_map: Optional[str] = None,
+        owner_claims: Optional[str] = None,
     ) -> None:
         self.app = app
-        self.index = Tree(packages, tree, yanked=yanked, uploads=uploads)
+        # Descriptions are rendered by the render command, started after a sync (never in the request).
+        self.index = Tree(
+            packages,
+            tree,
+            yanked=yanked,
+            uploads=uploads,
+            render_limits=render_limits or RenderLimits(),
+            owner_map=owner_map,
+            owner_claims=owner_claims,
+        )
         # When set, every read here needs Basic auth, as pypiserver's authenticate=[list, download] does.
         self.check_password = check_password
 
@@ -4068,6 +4479,107 @@ def remove_main(argv: List[str]) -> int:
 
 # --- account changes: recorded in the audit trail after Ansible set the password file -----------------------------
 
+STORE_SECONDS = 1.0  # the renderer stores what it made (and rewrites pages, state.json) at most this often
+
+
+@contextlib.contextmanager
+def renderer_turn(tree: Tree, wait: bool) -> Iterator[bool]:
+    """One renderer at work per tree, at most one waiting: yields True once this one may render (the queue is read
+    after that, so nothing queued before this call is missed), False at once when another already waits and wait
+    is false (that one will read the queue after this caller's sync wrote it)."""
+    os.makedirs(tree.tree, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    waiting = os.open(tree.path(RENDER_WAIT_LOCK), flags, 0o644)
+    try:
+        try:
+            fcntl.flock(waiting, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        running = os.open(tree.path(RENDER_RUN_LOCK), flags, 0o644)
+        try:
+            fcntl.flock(running, fcntl.LOCK_EX)
+            fcntl.flock(waiting, fcntl.LOCK_UN)
+            yield True
+        finally:
+            os.close(running)
+    finally:
+        os.close(waiting)
+
+
+def queued_description(tree: Tree, relfn: str) -> Tuple[str, Optional[str]]:
+    """The description and its content type of a queued file (its metadata read with the usual bounds)."""
+    try:
+        fields = parse_metadata(read_core_metadata(os.path.join(tree.packages, relfn))[0])
+    except (OSError, BadDistribution):
+        return "", None
+    return fields.get("description", ""), fields.get("description-content-type")
+
+
+def render_queue(tree: Tree, limits: RenderLimits) -> int:
+    """Render the tree's queued descriptions in order, each in a child under limits, until the queue is empty
+    (work queued meanwhile included); the number stored. Call it holding renderer_turn. When readme_renderer
+    cannot be imported, that install is marked (RENDERER_BROKEN) and every page is written again as plain text."""
+    stored = 0
+    while True:
+        state = tree.load_state()
+        queue = list(state.get("pending", [])) if state else []
+        if not queue:
+            return stored
+        if description_renderers() is None:
+            write_atomic(tree.path(RENDERER_BROKEN), json.dumps({"origin": renderer_origin()}).encode())
+            tree.sync(rebuild=True)
+            return stored
+        done: List[Tuple[str, Entry, str]] = []
+        last = time.monotonic()
+        for relfn in queue:
+            entry = state["files"].get(relfn) if state else None
+            if entry is not None:
+                text, kind = queued_description(tree, relfn)
+                done.append((relfn, entry, render_in_child(text, kind, limits)))
+            if time.monotonic() - last >= STORE_SECONDS:
+                tree.store_renderings(done)
+                stored, done, last = stored + len(done), [], time.monotonic()
+        tree.store_renderings(done)  # also takes the files gone off the queue
+        stored += len(done)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = RenderLimits()
+    parser.add_argument("--cpu-seconds", type=int, default=defaults.cpu_seconds, help="CPU seconds per rendering")
+    parser.add_argument("--memory-mb", type=int, default=defaults.memory_mb, help="address space per rendering (MiB)")
+    parser.add_argument("--wall-seconds", type=int, default=defaults.wall_seconds, help="seconds per rendering")
+
+
+def limits_of(args: argparse.Namespace) -> RenderLimits:
+    for name in ("cpu_seconds", "memory_mb", "wall_seconds"):
+        if not 1 <= getattr(args, name) <= 1 << 20:
+            raise SystemExit(f"--{name.replace('_', '-')} must be between 1 and {1 << 20}")
+    return RenderLimits(args.cpu_seconds, args.memory_mb, args.wall_seconds)
+
+
+def render_main(argv: List[str]) -> int:
+    """render: the tree's queued descriptions, one at a time per tree (started by the index after a sync)."""
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {RENDER_COMMAND}",
+        description="Render the queued descriptions of the tree, each in a child process under hard limits.",
+    )
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--wait", action="store_true", help="wait for a turn even when another renderer waits")
+    parser.add_argument("--user", help="when run as root, write as this user")
+    add_limit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    limits = limits_of(args)
+    if args.user:
+        drop_privileges(args.user)
+    tree = Tree(args.packages, args.tree)
+    with renderer_turn(tree, wait=args.wait) as turn:
+        stored = render_queue(tree, limits) if turn else 0
+    print(json.dumps({"rendered": stored, "turn": turn}, sort_keys=True))
+    return 0
+
+
 ACCOUNTS_COMMAND = "accounts"
 ACCOUNT_ACTIONS = {"added": "account-add", "changed": "account-change", "removed": "account-remove"}
 
@@ -4109,32 +4621,95 @@ def accounts_main(argv: List[str]) -> int:
     return 1 if lost else 0
 
 
+OWNERS_COMMAND = "owners"
+OWNER_ACTIONS = {"added": "owner-add", "removed": "owner-remove"}
+
+
+def owner_change(kind: str, value: str) -> Tuple[str, str]:
+    """(normalised project, account) of a --added/--removed PROJECT:ACCOUNT; Refusal when it is not one."""
+    project, _, account = value.partition(":")
+    if len(project) > MAX_PROJECT_CHARS or not _PROJECT_NAME.fullmatch(project):  # fullmatch: no "\n" after it
+        raise Refusal(f"--{kind} {shown(value)}: not PROJECT:ACCOUNT (a project name first).")
+    if len(account) > MAX_ACCOUNT_CHARS or not _ACCOUNT_NAME.fullmatch(account):
+        raise Refusal(f"--{kind} {shown(value)}: not PROJECT:ACCOUNT (an upload account's name after the colon).")
+    return normalize(project), account
+
+
+def owners_main(argv: List[str]) -> int:
+    """owners: one audit record per project and account the inventory's owner map gained or lost."""
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {OWNERS_COMMAND}",
+        description="Record changes of the owner map (made by the pypi_server role) in the audit trail.",
+        epilog='Prints one JSON line ({"recorded": N, "lost": N}); exit code 2 when refused, 1 when a record was lost.',
+    )
+    for kind, action in OWNER_ACTIONS.items():
+        parser.add_argument(f"--{kind}", action="append", default=[], metavar="PROJECT:ACCOUNT", help=action)
+    parser.add_argument("--user", help="when run as root, write as this user")
+    add_audit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        audit = audit_of(args)
+        if audit is None:
+            raise Refusal("--audit is required: the audit trail's directory.")
+        changes = [
+            (action, *owner_change(kind, value))
+            for kind, action in OWNER_ACTIONS.items()
+            for value in getattr(args, kind)
+        ]
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was recorded.", file=sys.stderr)
+        return 2
+    by = args.account or who_ran()  # before dropping privileges: who ran this, not the index user
+    if args.user:
+        drop_privileges(args.user)
+    recorded = sum(
+        audit.record(action, account=by, client=args.client, project=project, subject=account)
+        for action, project, account in changes
+    )
+    lost = len(changes) - recorded
+    print(json.dumps({"recorded": recorded, "lost": lost}, sort_keys=True))
+    return 1 if lost else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments and arguments[0] == ACCOUNTS_COMMAND:
         return accounts_main(arguments)
+    if arguments and arguments[0] == OWNERS_COMMAND:
+        return owners_main(arguments)
+    if arguments and arguments[0] == RENDER_COMMAND:
+        return render_main(arguments)
     if arguments and arguments[0] in YANK_COMMANDS:
         return yank_main(arguments)
     if arguments and arguments[0] == REMOVE_COMMAND:
         return remove_main(arguments)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=(
-            "Commands: yank, unyank (PEP 592), remove, accounts; see `%(prog)s yank --help`, `%(prog)s remove --help`,"
-            " `%(prog)s accounts --help`."
-        ),
+        epilog=("Commands: yank, unyank (PEP 592), remove, accounts, owners, render; see `%(prog)s COMMAND --help`."),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
     parser.add_argument("--yanked", help="the yank file the pages follow (without it, they keep what they show)")
     parser.add_argument("--audit", help="the audit trail's directory: its uploads.json gives the upload times")
+    parser.add_argument("--owner-map", help="the inventory's owner map as the role writes it (the pages show it)")
+    parser.add_argument("--owner-claims", help="the owners file of first uploads' claims (the pages show them)")
     parser.add_argument("--rebuild", action="store_true", help="rewrite every page (hashes stay cached)")
     parser.add_argument("--user", help="when run as root, write as this user")
+    parser.add_argument("--no-render", action="store_true", help="leave queued descriptions to the index's renderer")
+    add_limit_arguments(parser)
     args = parser.parse_args(arguments)
+    limits = limits_of(args)
     if args.user:
         drop_privileges(args.user)
     uploads = os.path.join(args.audit, UPLOADS_FILE) if args.audit else None
-    tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=uploads)
+    tree = Tree(
+        args.packages,
+        args.tree,
+        yanked=args.yanked,
+        uploads=uploads,
+        owner_map=args.owner_map,
+        owner_claims=args.owner_claims,
+    )
     started = time.monotonic()
     changed = tree.sync(rebuild=args.rebuild)
     files = len((tree.read_json("state.json") or {}).get("files", {}))
@@ -4142,6 +4717,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"changed: {len(changed)} project(s); {files} file(s) indexed in {time.monotonic() - started:.2f} s"
         + (f" ({', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''})" if changed else "")
     )
+    if not args.no_render:  # a carried-in mirror's descriptions, in a batch through the same bounded children
+        started = time.monotonic()
+        with renderer_turn(tree, wait=True):
+            stored = render_queue(tree, limits)
+        if stored:
+            print(f"rendered: {stored} description(s) in {time.monotonic() - started:.2f} s")
     return 0
 
 

@@ -91,6 +91,9 @@ NUMBERS: dict[str, tuple[int, int | None, str]] = {
     "pypi_server_max_upload_mb": (1, 1048576, "MiB per upload"),
     "pypi_server_audit_max_mb": (1, 4096, "MiB of audit.jsonl before it is rotated"),
     "pypi_server_audit_keep": (1, 100, "rotated audit files kept"),
+    "pypi_server_render_cpu_seconds": (1, 3600, "CPU seconds per description rendering"),
+    "pypi_server_render_memory_mb": (64, 65536, "MiB of address space per description rendering"),
+    "pypi_server_render_wall_seconds": (1, 3600, "seconds per description rendering"),
 }
 ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a portable system user or group name
 PROGRAM = re.compile(r"^[A-Za-z0-9_-]+$")
