@@ -412,19 +412,28 @@ FEATURES = {
     },
     "rounds": 2,
     "on_over_off": 0.85,
+    "upload_added": {
+        "pairs": 3,
+        "added_p50_ms": 2.0,
+        "added_p95_ms": 60.5,
+        "added_max_ms": 60.5,
+        "response_p95_ms": 80.0,
+    },
 }
 
 
 def test_feature_goals_and_report() -> None:
     found = {g["target"]: g for g in bench.feature_goals(FEATURES)}
-    assert (found["<= 50 ms"]["value"], found["<= 50 ms"]["met"]) == (100.0, False)
+    assert (found["<= 50 ms"]["value"], found["<= 50 ms"]["met"]) == (60.5, False)
     assert (found["<= 1 s"]["value"], found["<= 1 s"]["met"]) == (0.0, True)
     assert (found[">= 0.9x"]["value"], found[">= 0.9x"]["met"]) == (0.85, False)
     assert all(g["met"] is None for g in bench.feature_goals({}))
     results = bench.merge({}, {"features": FEATURES})
     results["goals"] = bench.goals(results["sections"])
     text = bench.markdown(results)
-    assert "| rendering a description, p95 per file (the bundle's wheels) | 100.0 | <= 50 ms | no |" in text
+    goal = "| rendering adds to an upload's response, p95 per file (the bundle's descriptions, paired uploads) |"
+    assert f"{goal} 60.5 | <= 50 ms | no |" in text
+    assert "| 3 | 2 | 60.5 | 60.5 | 80.0 |" in text
     assert "| 3 | 20.0 | 100.0 | 100.0 | 300.0 | b, no type: reStructuredText, 9,000 bytes | 2 |" in text
     assert "| on | 1,700.0 | 11.0 | 17,000 | 0 | 8 | 0 | 1.2 |" in text
     assert "| off | 2,000.0 | 9 | 20,000 | 0 | 7 | 0.5 | 1.1 |" in text
