@@ -4357,6 +4357,164 @@ def mirror_state_main(argv: List[str]) -> int:
     return bring_pages_up_to_date(tree, result, args.check, args.user, audit=entries)
 
 
+# --- prune: mirrored releases beyond the N newest of each project, moved aside as remove does -----------------
+
+# A file is mirrored when the host's mirrored.json lists its name (mirror-state adds every name of each carried
+# mirror site.yml loads) and uploads.json has no record of it: an uploaded file is never pruned, nor one copied
+# in by hand. Of each project, the releases with a mirrored file are ordered by version (PEP 440, as the pages
+# order them); the keep newest stay, and the mirrored files of the others are moved aside with a record, one
+# entry of the removed directory per release, exactly as remove moves them.
+PRUNE_COMMAND = "prune"
+MAX_PRUNE_KEEP = 10000
+
+
+def plan_prune(
+    files: Dict[str, Dict[str, str]], mirrored: Iterable[str], uploaded: Iterable[str], keep: int
+) -> Dict[str, List[Tuple[str, List[str]]]]:
+    """{project: [(version, [relfn, ...]), ...]} to move aside: of files ({project: {relfn: version}}), the
+    mirrored ones (named in mirrored, at the top of the packages directory, not uploaded) of each project's
+    releases beyond its keep newest mirrored releases, oldest first."""
+    mirrored_names = set(mirrored)
+    uploaded_names = set(uploaded)
+    plan: Dict[str, List[Tuple[str, List[str]]]] = {}
+    for project, found in sorted(files.items()):
+        releases: Dict[Any, List[str]] = {}
+        versions: Dict[Any, str] = {}
+        for relfn, version in found.items():
+            if relfn in mirrored_names and relfn not in uploaded_names and "/" not in relfn:
+                releases.setdefault(release_id(version), []).append(relfn)
+                versions.setdefault(release_id(version), version)
+        newest_first = sorted(releases, key=lambda key: version_key(versions[key]), reverse=True)
+        beyond = [(versions[key], sorted(releases[key])) for key in reversed(newest_first[keep:])]
+        if beyond:
+            plan[project] = beyond
+    return plan
+
+
+def prune_releases(
+    tree: Tree, removed: str, mirrored: str, *, keep: int, project: Optional[str], keep_days: int, check: bool
+) -> Dict[str, Any]:
+    """Move aside the mirrored releases beyond the keep newest of each project (or of project only), and delete
+    removals older than keep_days; with check only say what would change. Refusal, before any change, for an unfit
+    value, a project without files, or an unusable state file or removed directory."""
+    if not 1 <= keep <= MAX_PRUNE_KEEP:
+        raise Refusal(f"--keep {keep}: keep 1 to {MAX_PRUNE_KEEP} releases of each project.")
+    if project is not None:
+        check_release_arguments(project, None)
+    if not 0 <= keep_days <= MAX_KEEP_DAYS:
+        raise Refusal(f"--keep-days {keep_days}: 0 (keep forever) to {MAX_KEEP_DAYS} days.")
+    removed = os.path.abspath(removed)
+    files, found = files_by_project(tree, project)
+    if project is not None and not files:
+        raise Refusal(f"--project {shown(project)}: the packages directory ({tree.packages}) has no file of it.")
+    try:
+        uploaded = read_uploads_file(tree.uploads) if tree.uploads else {}
+    except AuditError as error:
+        raise Refusal(f"{error}.") from error
+    with yank_file_lock(removed):
+        names = read_mirrored_file(mirrored)
+        plan = plan_prune(files, names, uploaded, keep)
+        directory = open_removed_dir(removed, create=False)
+        try:
+            device = os.fstat(directory).st_dev if directory is not None else os.stat(os.path.dirname(removed)).st_dev
+            elsewhere = [
+                f for releases in plan.values() for _, chosen in releases for f in chosen if found[f].st_dev != device
+            ]
+            if elsewhere:
+                raise Refusal(
+                    f"--removed {removed}: on another file system than {elsewhere[0]}; files are moved by rename."
+                )
+            now = time.time()
+            expired = expired_entries(directory, keep_days, now)
+            if plan and not check and directory is None:  # made only now: a refusal leaves nothing behind
+                directory = open_removed_dir(removed, create=True)
+            moved = move_plan_aside(tree.packages, directory, plan, keep=keep, now=now, check=check)
+            parts = []
+            for name, releases in plan.items():
+                done = "would be moved off the index" if check else "moved off the index"
+                listed = ", ".join(f"{version} ({len(chosen)} file(s))" for version, chosen in releases)
+                parts.append(f"{name}: {len(releases)} mirrored release(s) {done}: {listed}")
+            pruned = prune_removed(removed, expired, check)
+        finally:
+            if directory is not None:
+                os.close(directory)
+    if plan:
+        kept = f"kept {keep_days} days" if keep_days else "kept until deleted by hand"
+        parts.append(f"{'to be ' if check else ''}kept aside in {removed} ({kept})")
+    if pruned:
+        deleted = "would be deleted" if check else "deleted"
+        parts.append(f"{len(pruned)} removal(s) older than {keep_days} days {deleted}: {', '.join(pruned)}")
+    changed = bool(plan or pruned)
+    result: Dict[str, Any] = {"changed": changed, "check": check, "action": PRUNE_COMMAND, "project": project}
+    result.update(keep=keep, releases={name: [v for v, _ in rel] for name, rel in plan.items()}, moved=moved)
+    result["message"] = (
+        "; ".join(parts) if changed else f"no project has more than {keep} mirrored release(s): nothing to do"
+    )
+    return result
+
+
+def prune_main(argv: List[str]) -> int:
+    """prune: move mirrored releases beyond the --keep newest of each project aside, then bring the pages up to
+    date (as --user) before returning."""
+    parser = argparse.ArgumentParser(
+        prog=f"airgap_pypi_index.py {PRUNE_COMMAND}",
+        description="Take mirrored releases beyond the --keep newest of each project off the index (as remove does).",
+        epilog='Prints one JSON line ({"changed": ..., "message": ...}); exit code 2 when refused (nothing changed).',
+    )
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--yanked", help="the yank file the pages follow")
+    parser.add_argument("--removed", required=True, help="where removed files are kept (same file system)")
+    parser.add_argument("--mirrored", required=True, help="the record of mirror file names (mirror-state writes it)")
+    parser.add_argument("--user", help="when run as root, write the pages as this user (the removal as root)")
+    parser.add_argument("--keep", type=int, required=True, help="mirrored releases kept of each project (newest)")
+    parser.add_argument("--project", help="prune this project only (any spelling of its name)")
+    parser.add_argument("--keep-days", type=int, default=30, help="delete removals older than this (0: never)")
+    parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    add_audit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        audit = audit_of(args)
+        tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
+        result = prune_releases(
+            tree,
+            args.removed,
+            args.mirrored,
+            keep=args.keep,
+            project=args.project,
+            keep_days=args.keep_days,
+            check=args.check,
+        )
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(
+            f"error: the prune stopped ({error}); every file is either still in {args.packages} or beside its"
+            f" record in {args.removed}",
+            file=sys.stderr,
+        )
+        return 1
+    moved = result.pop("moved")
+    entries = None
+    if audit is not None and not args.check and moved:
+        common = {"account": args.account or who_ran(), "client": args.client}
+        records = [
+            dict(
+                common,
+                action=REMOVE_COMMAND,
+                project=item["project"],
+                version=item["version"],
+                filename=one["name"],
+                sha256=one["sha256"],
+            )
+            for item in moved
+            for one in item["files"]
+        ]
+        entries = (audit, records)
+    return bring_pages_up_to_date(tree, result, args.check, args.user, audit=entries)
+
+
 # --- account changes: recorded in the audit trail after Ansible set the password file -----------------------------
 
 ACCOUNTS_COMMAND = "accounts"
@@ -4411,6 +4569,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     mirror_commands = {
         MIRROR_INPUT_COMMAND: mirror_input_main,
         MIRROR_STATE_COMMAND: mirror_state_main,
+        PRUNE_COMMAND: prune_main,
     }
     if arguments and arguments[0] in mirror_commands:
         return mirror_commands[arguments[0]](arguments)
