@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_mirror_state_playbook import make_mirror
 from test_yank_playbook import MODULE, audit_records, changed, make_host
 from test_yank_playbook import yank as run
 
@@ -32,6 +33,9 @@ def make_index(base: Path) -> dict[str, Path]:
     mirrored.append(UPLOADED)  # a mirror carried the name too: the upload record still wins
     data = host["packages"].parent
     (data / "mirrored.json").write_text(json.dumps({"format": 1, "files": sorted(mirrored)}))
+    inventory = json.loads(host["inventory"].read_text())  # no carried mirror unless a test gives one
+    inventory["all"]["children"]["pypi_servers"]["hosts"]["localhost"]["pypi_server_mirror_dir"] = str(base / "none")
+    host["inventory"].write_text(json.dumps(inventory))
     upload = {"time": "2026-01-02T03:04:05Z", "account": "alice"}
     (host["audit"] / "uploads.json").write_text(json.dumps({"format": 1, "files": {UPLOADED: upload}}))
     subprocess.run(
@@ -94,6 +98,15 @@ def test_prune_keeps_two_by_version_order_not_by_name(tmp_path: Path) -> None:
     done = run(host, "-e", "keep=2", "-e", "project=demo", "-e", "confirm=yes", playbook=PLAYBOOK)
     assert changed(done) == 1 and "demo: 2 mirrored release(s) moved off the index: 1.0 (1 file(s)), 2.0" in said(done)
     assert wheel("demo", "10.0") in names(host) and wheel("demo", "3.0") in names(host)
+
+
+def test_a_file_the_carried_mirror_still_lists_is_kept(tmp_path: Path) -> None:
+    """The controller's mirror still carries demo 1.0 (a lock needs it; site.yml would copy it back): kept."""
+    host = make_index(tmp_path)
+    mirror = make_mirror(tmp_path, {wheel("demo", "1.0"): host["packages"] / wheel("demo", "1.0")}, {})
+    done = run(host, "-e", "keep=1", "-e", "confirm=yes", "-e", f"pypi_server_mirror_dir={mirror}", playbook=PLAYBOOK)
+    assert changed(done) == 1 and "demo: 1 mirrored release(s) moved off the index: 2.0 (1 file(s))" in said(done)
+    assert wheel("demo", "1.0") in names(host) and wheel("demo", "2.0") not in names(host)
 
 
 def test_a_prune_without_confirm_or_keep_changes_nothing(tmp_path: Path) -> None:

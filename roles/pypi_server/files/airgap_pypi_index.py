@@ -4185,8 +4185,8 @@ def read_mirrored_file(path: str) -> List[str]:
         return []
     files = document.get("files") if isinstance(document, dict) else None
     if (
-        document.get("format") != MIRRORED_FORMAT
-        or not isinstance(files, list)
+        not isinstance(files, list)
+        or document.get("format") != MIRRORED_FORMAT
         or not all(isinstance(name, str) for name in files)
     ):
         raise Refusal(f'{path}: not {{"format": {MIRRORED_FORMAT}, "files": [NAME, ...]}}; fix or remove it by hand.')
@@ -4311,6 +4311,21 @@ def mirror_state_message(
     return "; ".join(told) if told else "the mirror's yanks are in place: nothing to do"
 
 
+def read_mirror_document() -> Dict[str, Any]:
+    """mirror-input's document on stdin (read within its bound), checked; Refusal when it is unfit."""
+    raw = sys.stdin.buffer.read(MAX_MIRROR_DOCUMENT_BYTES + 1)
+    if len(raw) > MAX_MIRROR_DOCUMENT_BYTES:
+        raise Refusal(f"stdin: larger than {MAX_MIRROR_DOCUMENT_BYTES >> 20} MiB.")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise Refusal(f"stdin: not the JSON of mirror-input ({str(error)[:200]}).") from error
+    problem = mirror_document_problem(document)
+    if problem:
+        raise Refusal(f"stdin: {problem}.")
+    return document
+
+
 def mirror_state_main(argv: List[str]) -> int:
     """mirror-state: the document of mirror-input on stdin; record the file names, apply the yanks, then bring the
     pages up to date (as --user) before returning."""
@@ -4324,16 +4339,7 @@ def mirror_state_main(argv: List[str]) -> int:
     add_audit_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:
-        raw = sys.stdin.buffer.read(MAX_MIRROR_DOCUMENT_BYTES + 1)
-        if len(raw) > MAX_MIRROR_DOCUMENT_BYTES:
-            raise Refusal(f"stdin: larger than {MAX_MIRROR_DOCUMENT_BYTES >> 20} MiB.")
-        try:
-            document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
-            raise Refusal(f"stdin: not the JSON of mirror-input ({str(error)[:200]}).") from error
-        problem = mirror_document_problem(document)
-        if problem:
-            raise Refusal(f"stdin: {problem}.")
+        document = read_mirror_document()
         audit = audit_of(args)
         tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
         result, changes = apply_mirror_state(tree, args.mirrored, document, args.check)
@@ -4369,11 +4375,16 @@ MAX_PRUNE_KEEP = 10000
 
 
 def plan_prune(
-    files: Dict[str, Dict[str, str]], mirrored: Iterable[str], uploaded: Iterable[str], keep: int
+    files: Dict[str, Dict[str, str]],
+    mirrored: Iterable[str],
+    uploaded: Iterable[str],
+    keep: int,
+    current: Iterable[str] = (),
 ) -> Dict[str, List[Tuple[str, List[str]]]]:
     """{project: [(version, [relfn, ...]), ...]} to move aside: of files ({project: {relfn: version}}), the
     mirrored ones (named in mirrored, at the top of the packages directory, not uploaded) of each project's
-    releases beyond its keep newest mirrored releases, oldest first."""
+    releases beyond its keep newest mirrored releases, oldest first. A file the current mirror carries stays:
+    some platform's lock still needs it, and site.yml would copy it back."""
     mirrored_names = set(mirrored)
     uploaded_names = set(uploaded)
     plan: Dict[str, List[Tuple[str, List[str]]]] = {}
@@ -4385,14 +4396,27 @@ def plan_prune(
                 releases.setdefault(release_id(version), []).append(relfn)
                 versions.setdefault(release_id(version), version)
         newest_first = sorted(releases, key=lambda key: version_key(versions[key]), reverse=True)
-        beyond = [(versions[key], sorted(releases[key])) for key in reversed(newest_first[keep:])]
+        still = set(current)
+        beyond = [
+            (versions[key], sorted(set(releases[key]) - still))
+            for key in reversed(newest_first[keep:])
+            if set(releases[key]) - still
+        ]
         if beyond:
             plan[project] = beyond
     return plan
 
 
 def prune_releases(
-    tree: Tree, removed: str, mirrored: str, *, keep: int, project: Optional[str], keep_days: int, check: bool
+    tree: Tree,
+    removed: str,
+    mirrored: str,
+    *,
+    keep: int,
+    project: Optional[str],
+    keep_days: int,
+    check: bool,
+    current: Iterable[str] = (),
 ) -> Dict[str, Any]:
     """Move aside the mirrored releases beyond the keep newest of each project (or of project only), and delete
     removals older than keep_days; with check only say what would change. Refusal, before any change, for an unfit
@@ -4413,7 +4437,7 @@ def prune_releases(
         raise Refusal(f"{error}.") from error
     with yank_file_lock(removed):
         names = read_mirrored_file(mirrored)
-        plan = plan_prune(files, names, uploaded, keep)
+        plan = plan_prune(files, names, uploaded, keep, current)
         directory = open_removed_dir(removed, create=False)
         try:
             device = os.fstat(directory).st_dev if directory is not None else os.stat(os.path.dirname(removed)).st_dev
@@ -4468,6 +4492,9 @@ def prune_main(argv: List[str]) -> int:
     parser.add_argument("--mirrored", required=True, help="the record of mirror file names (mirror-state writes it)")
     parser.add_argument("--user", help="when run as root, write the pages as this user (the removal as root)")
     parser.add_argument("--keep", type=int, required=True, help="mirrored releases kept of each project (newest)")
+    parser.add_argument(
+        "--current", action="store_true", help="read mirror-input's document on stdin: files it lists are kept"
+    )
     parser.add_argument("--project", help="prune this project only (any spelling of its name)")
     parser.add_argument("--keep-days", type=int, default=30, help="delete removals older than this (0: never)")
     parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
@@ -4476,6 +4503,7 @@ def prune_main(argv: List[str]) -> int:
     try:
         audit = audit_of(args)
         tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
+        current = read_mirror_document()["files"] if args.current else []
         result = prune_releases(
             tree,
             args.removed,
@@ -4484,6 +4512,7 @@ def prune_main(argv: List[str]) -> int:
             project=args.project,
             keep_days=args.keep_days,
             check=args.check,
+            current=current,
         )
     except Refusal as refusal:
         print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
