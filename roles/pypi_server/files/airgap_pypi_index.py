@@ -4606,7 +4606,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         description=__doc__.split("\n\n")[0],
         epilog=(
             "Commands: yank, unyank (PEP 592), remove, accounts; see `%(prog)s yank --help`, `%(prog)s remove --help`,"
-            " `%(prog)s accounts --help`."
+            " `%(prog)s accounts --help`; for the carried mirror: mirror-input, mirror-state, prune (each with --help)."
         ),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
