@@ -13,6 +13,9 @@ is resolved again with ``--no-binary NAME`` for just those packages: the sdist i
 (hash-checked against the lock) together with the build requirements it declares
 (``[build-system] requires`` of its pyproject.toml, PEP 518's ``setuptools>=40.8.0`` and ``wheel``
 without one), themselves hash-locked as wheels for that platform in ``locks/<label>-build.txt``.
+After the download, the public index's yank marks (PEP 592) of the carried files are read from the index pip
+downloads from, one simple-API page a project (PEP 691 JSON, or data-yanked in HTML), and written to
+``yanked.json`` ({file name: reason}, listed in SHA256SUMS): site.yml yanks those releases in the private index.
 A requirement with neither (it does not exist, no release satisfies it there, no wheel and no
 sdist) is reported in a table and fails the build unless allowed with
 ``--allow-missing NAME@PLATFORM`` (or ``NAME`` for every platform).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html.parser
 import json
 import re
 import sys
@@ -30,14 +34,21 @@ import tarfile
 import tempfile
 import time
 import tomllib
+import urllib.request
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
-from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 
 if __package__:  # imported: from scripts import build_mirror
     from . import build_bundle as bb
@@ -513,6 +524,9 @@ def check(root: Path) -> list[str]:
     )
     files = bb.hash_dir(root / "files")
     problems += [f"files/{n}: not listed in {bb.SUMS_NAME}" for n in files if f"files/{n}" not in listed]
+    if (root / YANKED_NAME).is_file() and YANKED_NAME not in listed:
+        problems.append(f"{YANKED_NAME}: not listed in {bb.SUMS_NAME}")
+    problems += check_yanked(root, files)
     for rel in sorted(r for r in listed if r.startswith("locks/")):
         match = LOCK_NAME_RE.fullmatch(rel.removeprefix("locks/"))
         if match is None or not (root / rel).is_file():
@@ -523,10 +537,151 @@ def check(root: Path) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- yank state (PEP 592) of the carried files
+
+YANKED_NAME = "yanked.json"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+MAX_PAGE_BYTES = 64 << 20  # one project's simple page (the largest projects' JSON pages are a few MB)
+MAX_REASON_CHARS = 512  # as the index takes a yank reason
+PAGE_TIMEOUT = 60
+
+
+class _YankedLinks(html.parser.HTMLParser):
+    """The <a> elements of a PEP 503 page that carry data-yanked: {file name: reason}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.yanked: dict[str, str] = {}
+        self._open: str | None = None  # the reason of the <a> being read
+        self._text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            found = dict(attrs)
+            self._open = (found["data-yanked"] or "") if "data-yanked" in found else None
+            self._text = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open is not None:
+            self.yanked[self._text.strip()] = self._open
+            self._open = None
+
+
+def yanked_in_json(data: bytes) -> dict[str, str]:
+    """{file name: reason ("" when none)} of the yanked files of a PEP 691 JSON project page."""
+    try:
+        page = json.loads(data)
+    except ValueError as exc:
+        raise BuildError(f"a simple-API page is not JSON: {exc}") from exc
+    files = page.get("files") if isinstance(page, dict) else None
+    if not isinstance(files, list):
+        raise BuildError('a simple-API JSON page has no "files" list')
+    yanked: dict[str, str] = {}
+    for item in files:
+        if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+            raise BuildError('a simple-API JSON page has a file without a "filename"')
+        mark = item.get("yanked", False)
+        if mark is True or (isinstance(mark, str)):
+            yanked[item["filename"]] = "" if mark is True else mark
+    return yanked
+
+
+def yanked_in_html(data: bytes) -> dict[str, str]:
+    """{file name: reason} of the links with data-yanked on a PEP 503 HTML project page."""
+    parser = _YankedLinks()
+    parser.feed(data.decode("utf-8", errors="replace"))
+    parser.close()
+    return parser.yanked
+
+
+def index_simple_url() -> str:
+    """The simple API of the index pip downloads from here (its built-in default: this machine's pip
+    configuration is ignored, as for the downloads)."""
+    try:
+        from pip._internal.models.index import PyPI  # noqa: PLC0415
+    except ImportError as exc:
+        raise BuildError(f"pip is needed to know the index to read yank marks from: {exc}") from exc
+    return PyPI.simple_url.rstrip("/")
+
+
+def fetch_page(url: str, limit: int = MAX_PAGE_BYTES) -> tuple[str, bytes]:
+    """GET a simple-API page (JSON preferred, HTML accepted): its content type and at most `limit` bytes."""
+    request = urllib.request.Request(url, headers={"Accept": f"{SIMPLE_JSON}, text/html;q=0.1"})
+    try:
+        with urllib.request.urlopen(request, timeout=PAGE_TIMEOUT) as response:  # https: pip's default index
+            data = response.read(limit + 1)
+            kind = response.headers.get_content_type()
+    except OSError as exc:
+        raise BuildError(f"{url}: cannot read the project page for its yank marks: {exc}") from exc
+    if len(data) > limit:
+        raise BuildError(f"{url}: the project page is larger than {limit >> 20} MiB")
+    return kind, data
+
+
+def project_of(filename: str) -> str | None:
+    """The canonical project name of a wheel or sdist file name, None for anything else."""
+    try:
+        return parse_wheel_filename(filename)[0]
+    except InvalidWheelFilename:
+        pass
+    try:
+        return parse_sdist_filename(filename)[0]
+    except InvalidSdistFilename:
+        return None
+
+
+def yank_state(files: Iterable[str], fetch: Callable[[str], tuple[str, bytes]], base: str) -> dict[str, str]:
+    """{file name: reason} of the carried `files` the index at `base` marks yanked: one page a project."""
+    by_project: dict[str, set[str]] = {}
+    for name in files:
+        project = project_of(name)
+        if project is not None:
+            by_project.setdefault(project, set()).add(name)
+    yanked: dict[str, str] = {}
+    for project, names in sorted(by_project.items()):
+        kind, data = fetch(f"{base}/{project}/")
+        marks = yanked_in_json(data) if kind == SIMPLE_JSON else yanked_in_html(data)
+        for name in sorted(names & set(marks)):
+            reason = " ".join(marks[name].split())[:MAX_REASON_CHARS]  # one line, as the index takes it
+            yanked[name] = "".join(c for c in reason if c.isprintable())
+    return yanked
+
+
+def write_yanked(root: Path, yanked: Mapping[str, str]) -> Path:
+    """yanked.json, written under a temporary name and renamed."""
+    path = root / YANKED_NAME
+    temporary = root / f".{YANKED_NAME}.tmp"
+    temporary.write_text(json.dumps(dict(sorted(yanked.items())), indent=1, ensure_ascii=False) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def check_yanked(root: Path, files: Iterable[str]) -> list[str]:
+    """What is wrong with yanked.json: not an object of {carried file name: reason}."""
+    path = root / YANKED_NAME
+    if not path.is_file():
+        return []
+    try:
+        document = json.loads(path.read_bytes()[: MAX_PAGE_BYTES + 1])
+    except ValueError as exc:
+        return [f"{YANKED_NAME}: not JSON: {exc}"]
+    if not isinstance(document, dict):
+        return [f"{YANKED_NAME}: not an object of {{file name: reason}}"]
+    carried = set(files)
+    problems = [f"{YANKED_NAME}: names {name!r}, not in files/" for name in document if name not in carried]
+    return problems + [
+        f"{YANKED_NAME}: reason of {n!r} is not a text" for n, r in document.items() if not isinstance(r, str)
+    ]
+
+
 # --------------------------------------------------------------------------- summary
 
 
-def sums_text(root: Path, locks: Iterable[Path]) -> str:
+def sums_text(root: Path, locks: Iterable[Path]) -> str:  # locks: and yanked.json
     entries = {f"files/{n}": d for n, d in bb.hash_dir(root / "files").items()}
     entries.update({p.relative_to(root).as_posix(): bb.sha256_file(p) for p in locks})
     return "".join(f"{entries[rel]}  {rel}\n" for rel in sorted(entries))
@@ -641,7 +796,10 @@ def build(root: Path, allowed: set[tuple[str, str]], upgrade: bool) -> None:
         print(f"removing locks/{stale.name}: no listed platform uses it")
         stale.unlink()
     files = bb.hash_dir(files_dir)
-    (root / bb.SUMS_NAME).write_text(sums_text(root, sorted(wanted)))
+    print("reading the yank marks of the carried files ... ", end="", flush=True)
+    yanked = write_yanked(root, yank_state(files, fetch_page, index_simple_url()))
+    print(f"{len(json.loads(yanked.read_text()))} yanked")
+    (root / bb.SUMS_NAME).write_text(sums_text(root, [*sorted(wanted), yanked]))
     print("\n" + summary(entries, files, files_dir))
     for label, lines in sorted(notes.items()):
         print("\n".join(f"{label}: {line}" for line in lines))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -163,6 +164,8 @@ def test_real_sdist_only_package_is_carried_with_its_build_deps(
     for pin in build_pins.values():
         assert any(mirror.bb.satisfies(f, d, pin, LINUX) for f, d in files.items()), pin.name
     sums = dict(reversed(line.split("  ", 1)) for line in (root / "SHA256SUMS").read_text().splitlines())
-    assert {f"files/{n}" for n in files} | {"locks/" + lock.name, "locks/" + build.name} == set(sums)
+    listed = {f"files/{n}" for n in files} | {"locks/" + lock.name, "locks/" + build.name, "yanked.json"}
+    assert listed == set(sums), "yanked.json (the carried files' yank marks, read from the same index) is listed"
+    assert json.loads((root / "yanked.json").read_text()) == {}, "docopt 0.6.2 is not yanked"
     assert all(sums[f"files/{n}"] == d for n, d in files.items())
     assert mirror.main(["--artifacts", str(root), "--check"]) == 0

@@ -4477,6 +4477,484 @@ def remove_main(argv: List[str]) -> int:
     return bring_pages_up_to_date(tree, result, args.check, args.user, audit=audit_entries(audit, args, result))
 
 
+# --- the carried-in mirror: its yank state and the record of its files ----------------------------------------
+
+# mirror-input (on the controller) reads the mirror's SHA256SUMS and yanked.json ({file name: reason}, written by
+# scripts/build_mirror.py from the public index's PEP 592 marks) and prints one checked document; mirror-state (on
+# each index host) reads that document on stdin, adds the file names to the host's mirrored.json (every name a
+# carried mirror ever listed: what prune may take off) and applies the yanks. A yank the mirror made is marked
+# "origin": "mirror" in the yank file; one made by hand never is, and mirror-state never changes or removes it.
+MIRROR_INPUT_COMMAND = "mirror-input"
+MIRROR_STATE_COMMAND = "mirror-state"
+MIRROR_ORIGIN = "mirror"
+MIRRORED_FORMAT = 1
+MAX_MIRROR_SUMS_BYTES = 16 << 20
+MAX_MIRROR_YANKED_BYTES = 4 << 20
+MAX_MIRROR_DOCUMENT_BYTES = 32 << 20
+_MIRROR_SUMS_LINE = re.compile(r"^[0-9a-f]{64}  files/([^/]+)$")
+
+
+def read_bounded_file(path: str, limit: int) -> Optional[bytes]:
+    """The bytes of a regular file (None when there is none), at most limit, never through a link; Refusal
+    naming the file otherwise."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise Refusal(f"{path}: cannot be opened ({error.strerror}; a link is never followed).") from error
+    with os.fdopen(descriptor, "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise Refusal(f"{path}: not a regular file.")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise Refusal(f"{path}: larger than {limit >> 20} MiB.")
+    return data
+
+
+def mirror_document_problem(document: Any) -> Optional[str]:
+    """What is wrong with a mirror document ({"files": [names], "yanked": {name: reason}}), naming the value."""
+    if not isinstance(document, dict) or not isinstance(document.get("files"), list):
+        return 'not {"files": [NAME, ...], "yanked": {NAME: REASON}}'
+    names = set()
+    for name in document["files"]:
+        if not isinstance(name, str) or parse_filename(name) is None or "/" in name or name.startswith("."):
+            return f"{shown(str(name))} is not a distribution file name"
+        names.add(name)
+    return mirror_yanked_problem(document.get("yanked"), names)
+
+
+def mirror_yanked_problem(yanked: Any, names: Iterable[str]) -> Optional[str]:
+    """What is wrong with the yanked.json of a mirror whose files are names, naming the value."""
+    names = set(names)
+    if not isinstance(yanked, dict):
+        return "yanked.json is not an object of {file name: reason}"
+    for name, reason in yanked.items():
+        if name not in names:
+            return f"yanked.json names {shown(name)}, a file the mirror does not carry (not in its SHA256SUMS)"
+        if not isinstance(reason, str):
+            return f"yanked.json: the reason of {shown(name)} is not a text"
+        problem = text_problem(reason, MAX_REASON_CHARS)
+        if problem:
+            return f"yanked.json: the reason of {shown(name)} {shown(reason)}: {problem}"
+    return None
+
+
+def read_mirror_input(mirror: str) -> Dict[str, Any]:
+    """The checked document of the mirror directory: the names its SHA256SUMS lists under files/, and its
+    yanked.json ({} without one). Refusal naming the bad value."""
+    sums = read_bounded_file(os.path.join(mirror, "SHA256SUMS"), MAX_MIRROR_SUMS_BYTES)
+    if sums is None:
+        raise Refusal(f"{mirror}/SHA256SUMS: missing.")
+    try:
+        lines = sums.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise Refusal(f"{mirror}/SHA256SUMS: not UTF-8.") from error
+    files = sorted({m[1] for m in map(_MIRROR_SUMS_LINE.match, lines) if m})
+    raw = read_bounded_file(os.path.join(mirror, "yanked.json"), MAX_MIRROR_YANKED_BYTES)
+    try:
+        yanked = {} if raw is None else json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise Refusal(f"{mirror}/yanked.json: not JSON ({str(error)[:200]}).") from error
+    document = {"format": MIRRORED_FORMAT, "files": files, "yanked": yanked}
+    problem = mirror_document_problem(document)
+    if problem:
+        raise Refusal(f"{mirror}: {problem}.")
+    return document
+
+
+def mirror_input_main(argv: List[str]) -> int:
+    """mirror-input: check the mirror's yanked.json against its SHA256SUMS; print the document mirror-state
+    reads."""
+    parser = argparse.ArgumentParser(prog=f"airgap_pypi_index.py {MIRROR_INPUT_COMMAND}")
+    parser.add_argument("--mirror", required=True, help="the carried mirror directory (SHA256SUMS, yanked.json)")
+    args = parser.parse_args(argv[1:])
+    try:
+        document = read_mirror_input(args.mirror)
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was changed.")
+        return 2
+    print(json.dumps(document, sort_keys=True))
+    return 0
+
+
+def mirror_releases(names: Iterable[str]) -> Dict[Tuple[str, Any], Tuple[str, str]]:
+    """{(project, release id): (project, version as in the file name)} of distribution file names."""
+    releases: Dict[Tuple[str, Any], Tuple[str, str]] = {}
+    for name in sorted(names):
+        parsed = parse_filename(name)
+        if parsed is not None:
+            project = normalize(parsed[0])
+            releases.setdefault((project, release_id(parsed[1])), (project, parsed[1]))
+    return releases
+
+
+def read_mirrored_file(path: str) -> List[str]:
+    """The names in the host's mirrored.json ([] without one); Refusal when it cannot be used."""
+    document = read_small_json(path, MAX_MIRROR_DOCUMENT_BYTES, Refusal)
+    if document is None:
+        return []
+    files = document.get("files") if isinstance(document, dict) else None
+    if (
+        not isinstance(files, list)
+        or document.get("format") != MIRRORED_FORMAT
+        or not all(isinstance(name, str) for name in files)
+    ):
+        raise Refusal(f'{path}: not {{"format": {MIRRORED_FORMAT}, "files": [NAME, ...]}}; fix or remove it by hand.')
+    return files
+
+
+def plan_mirror_yanks(
+    document: Dict[str, Any], releases: Dict[str, Dict[str, Dict[str, str]]], present: Dict[str, List[str]]
+) -> List[Tuple[str, str, str, Optional[str]]]:
+    """The changes that bring the yank file's releases in line with the mirror: (action, project, version,
+    reason). A release yanked by hand (no "origin") is never touched; a mirror yank is taken off only when the
+    mirror still carries the release and no longer marks it; a release not in the packages directory is left."""
+    yanked = {}
+    for name, reason in sorted(document["yanked"].items()):
+        parsed = parse_filename(name)
+        if parsed is not None:
+            yanked.setdefault((normalize(parsed[0]), release_id(parsed[1])), reason)
+    carried = mirror_releases(document["files"])
+    changes: List[Tuple[str, str, str, Optional[str]]] = []
+    for key, (project, _version) in sorted(carried.items(), key=lambda item: (item[0][0], version_key(item[1][1]))):
+        entries = releases.get(project, {})
+        entered = [found for found in entries if release_id(found) == key[1]]
+        entry = entries[entered[0]] if entered else None
+        if entry is not None and entry.get("origin") != MIRROR_ORIGIN:
+            continue  # yanked by hand: the operator's
+        if key in yanked:
+            if entry is not None and entry["reason"] == yanked[key]:
+                continue
+            on_disk = [found for found in present.get(project, []) if release_id(found) == key[1]]
+            if on_disk:
+                changes.append(("yank", project, entered[0] if entered else on_disk[0], yanked[key]))
+        elif entry is not None:
+            changes.append(("unyank", project, entered[0], None))
+    return changes
+
+
+def files_by_project(tree: Tree, project: Optional[str]) -> Tuple[Dict[str, Dict[str, str]], Dict[str, os.stat_result]]:
+    """{project: {relfn: version}} of the packages directory's distribution files (of project only, when given),
+    and what the scan found."""
+    files: Dict[str, Dict[str, str]] = {}
+    _, found = tree.scan()
+    for relfn in found:
+        parsed = parse_filename(os.path.basename(relfn))
+        if parsed is not None and (project is None or normalize(parsed[0]) == normalize(project)):
+            files.setdefault(normalize(parsed[0]), {})[relfn] = parsed[1]
+    return files, found
+
+
+def move_plan_aside(
+    packages: str,
+    directory: Optional[int],
+    plan: Dict[str, List[Tuple[str, List[str]]]],
+    *,
+    keep: int,
+    now: float,
+    check: bool,
+) -> List[Dict[str, Any]]:
+    """Move each release of the plan into its own entry of the removed directory with its record (move_aside);
+    with check, nothing. What was moved: [{"project", "version", "files": [{"name", "sha256", "size"}]}]."""
+    moved: List[Dict[str, Any]] = []
+    for name, releases in plan.items():
+        for version, chosen in releases:
+            entry = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{name}-{_NOT_IN_ENTRY_NAME.sub('_', version)}"
+            record: Dict[str, Any] = {"format": RECORD_FORMAT, "project": name, "version": version}
+            record.update(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), by=who_ran())
+            record["why"] = f"prune: beyond the {keep} newest mirrored releases"
+            if not check:
+                move_aside(packages, directory, entry, record=record, chosen=chosen)
+            moved.append({"project": name, "version": version, "files": record.get("files", [])})
+    return moved
+
+
+def apply_mirror_state(
+    tree: Tree, mirrored: str, document: Dict[str, Any], check: bool
+) -> Tuple[Dict[str, Any], List[Tuple[str, str, str, Optional[str]]]]:
+    """Record the mirror's file names in mirrored.json and apply its yanks to the yank file (with check, only
+    say what would change): the command's result and the yank changes."""
+    if tree.yanked is None:
+        raise ValueError("apply_mirror_state needs a tree with a yank file")
+    present = {project: list(found.values()) for project, found in files_by_project(tree, None)[0].items()}
+    with yank_file_lock(tree.yanked):
+        known = read_mirrored_file(mirrored)
+        new_names = sorted(set(document["files"]) - set(known))
+        try:
+            yank_document = read_yank_file(tree.yanked)
+        except YankFileError as error:
+            raise Refusal(f"{error}: fix or remove it by hand.") from error
+        changes = plan_mirror_yanks(document, yank_document["projects"], present)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for action, project, version, reason in changes:
+            releases = yank_document["projects"].setdefault(project, {})
+            if action == "yank":
+                releases[version] = {"reason": reason or "", "when": when, "origin": MIRROR_ORIGIN}
+            else:
+                del releases[version]
+                if not releases:
+                    del yank_document["projects"][project]
+        if not check:
+            if new_names:
+                data = {"format": MIRRORED_FORMAT, "files": sorted(set(known) | set(new_names))}
+                write_atomic(mirrored, (json.dumps(data, indent=1) + "\n").encode(), durable=True)
+            if changes:
+                write_atomic(tree.yanked, (json.dumps(yank_document, indent=1, sort_keys=True) + "\n").encode(), True)
+    result: Dict[str, Any] = {"changed": bool(changes or new_names), "check": check, "action": MIRROR_STATE_COMMAND}
+    result.update(project=None, yanks=[list(change) for change in changes])
+    result["message"] = mirror_state_message(changes, new_names, mirrored, check)
+    return result, changes
+
+
+def mirror_state_message(
+    changes: List[Tuple[str, str, str, Optional[str]]], new_names: List[str], mirrored: str, check: bool
+) -> str:
+    would = "would be " if check else ""
+    told = []
+    for action, project, version, reason in changes:
+        if action == "yank":
+            told.append(f"{project} {version} {would}yanked by the mirror: {reason or '(no reason given)'}")
+        else:
+            told.append(f"{project} {version} {would}no longer yanked (the public index took the mark off)")
+    if new_names:
+        told.append(f"{len(new_names)} mirror file name(s) {would}recorded in {mirrored}")
+    return "; ".join(told) if told else "the mirror's yanks are in place: nothing to do"
+
+
+def read_mirror_document() -> Dict[str, Any]:
+    """mirror-input's document on stdin (read within its bound), checked; Refusal when it is unfit."""
+    raw = sys.stdin.buffer.read(MAX_MIRROR_DOCUMENT_BYTES + 1)
+    if len(raw) > MAX_MIRROR_DOCUMENT_BYTES:
+        raise Refusal(f"stdin: larger than {MAX_MIRROR_DOCUMENT_BYTES >> 20} MiB.")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise Refusal(f"stdin: not the JSON of mirror-input ({str(error)[:200]}).") from error
+    problem = mirror_document_problem(document)
+    if problem:
+        raise Refusal(f"stdin: {problem}.")
+    return document
+
+
+def mirror_state_main(argv: List[str]) -> int:
+    """mirror-state: the document of mirror-input on stdin; record the file names, apply the yanks, then bring the
+    pages up to date (as --user) before returning."""
+    parser = argparse.ArgumentParser(prog=f"airgap_pypi_index.py {MIRROR_STATE_COMMAND}")
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--yanked", required=True, help="the yank file (JSON), in the index's data directory")
+    parser.add_argument("--mirrored", required=True, help="the record of mirror file names, beside the yank file")
+    parser.add_argument("--user", help="when run as root, write the pages as this user (the state files as root)")
+    parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    add_audit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        document = read_mirror_document()
+        audit = audit_of(args)
+        tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
+        result, changes = apply_mirror_state(tree, args.mirrored, document, args.check)
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: the mirror state could not be read or written: {error}", file=sys.stderr)
+        return 1
+    records = [
+        {
+            "action": action,
+            "account": args.account or MIRROR_ORIGIN,
+            "client": args.client,
+            "project": project,
+            "version": version,
+        }
+        for action, project, version, _reason in changes
+    ]
+    entries = (audit, records) if audit is not None and records and not args.check else None
+    return bring_pages_up_to_date(tree, result, args.check, args.user, audit=entries)
+
+
+# --- prune: mirrored releases beyond the N newest of each project, moved aside as remove does -----------------
+
+# A file is mirrored when the host's mirrored.json lists its name (mirror-state adds every name of each carried
+# mirror site.yml loads) and uploads.json has no record of it: an uploaded file is never pruned, nor one copied
+# in by hand. Of each project, the releases with a mirrored file are ordered by version (PEP 440, as the pages
+# order them); the keep newest stay, and the mirrored files of the others are moved aside with a record, one
+# entry of the removed directory per release, exactly as remove moves them.
+PRUNE_COMMAND = "prune"
+MAX_PRUNE_KEEP = 10000
+
+
+def plan_prune(
+    files: Dict[str, Dict[str, str]],
+    mirrored: Iterable[str],
+    uploaded: Iterable[str],
+    keep: int,
+    current: Iterable[str] = (),
+) -> Dict[str, List[Tuple[str, List[str]]]]:
+    """{project: [(version, [relfn, ...]), ...]} to move aside: of files ({project: {relfn: version}}), the
+    mirrored ones (named in mirrored, at the top of the packages directory, not uploaded) of each project's
+    releases beyond its keep newest mirrored releases, oldest first. A file the current mirror carries stays:
+    some platform's lock still needs it, and site.yml would copy it back."""
+    mirrored_names = set(mirrored)
+    uploaded_names = set(uploaded)
+    plan: Dict[str, List[Tuple[str, List[str]]]] = {}
+    for project, found in sorted(files.items()):
+        releases: Dict[Any, List[str]] = {}
+        versions: Dict[Any, str] = {}
+        for relfn, version in found.items():
+            if relfn in mirrored_names and relfn not in uploaded_names and "/" not in relfn:
+                releases.setdefault(release_id(version), []).append(relfn)
+                versions.setdefault(release_id(version), version)
+        newest_first = sorted(releases, key=lambda key: version_key(versions[key]), reverse=True)
+        still = set(current)
+        beyond = [
+            (versions[key], sorted(set(releases[key]) - still))
+            for key in reversed(newest_first[keep:])
+            if set(releases[key]) - still
+        ]
+        if beyond:
+            plan[project] = beyond
+    return plan
+
+
+def prune_releases(
+    tree: Tree,
+    removed: str,
+    mirrored: str,
+    *,
+    keep: int,
+    project: Optional[str],
+    keep_days: int,
+    check: bool,
+    current: Iterable[str] = (),
+) -> Dict[str, Any]:
+    """Move aside the mirrored releases beyond the keep newest of each project (or of project only), and delete
+    removals older than keep_days; with check only say what would change. Refusal, before any change, for an unfit
+    value, a project without files, or an unusable state file or removed directory."""
+    if not 1 <= keep <= MAX_PRUNE_KEEP:
+        raise Refusal(f"--keep {keep}: keep 1 to {MAX_PRUNE_KEEP} releases of each project.")
+    if project is not None:
+        check_release_arguments(project, None)
+    if not 0 <= keep_days <= MAX_KEEP_DAYS:
+        raise Refusal(f"--keep-days {keep_days}: 0 (keep forever) to {MAX_KEEP_DAYS} days.")
+    removed = os.path.abspath(removed)
+    files, found = files_by_project(tree, project)
+    if project is not None and not files:
+        raise Refusal(f"--project {shown(project)}: the packages directory ({tree.packages}) has no file of it.")
+    try:
+        uploaded = read_uploads_file(tree.uploads) if tree.uploads else {}
+    except AuditError as error:
+        raise Refusal(f"{error}.") from error
+    with yank_file_lock(removed):
+        names = read_mirrored_file(mirrored)
+        plan = plan_prune(files, names, uploaded, keep, current)
+        directory = open_removed_dir(removed, create=False)
+        try:
+            device = os.fstat(directory).st_dev if directory is not None else os.stat(os.path.dirname(removed)).st_dev
+            elsewhere = [
+                f for releases in plan.values() for _, chosen in releases for f in chosen if found[f].st_dev != device
+            ]
+            if elsewhere:
+                raise Refusal(
+                    f"--removed {removed}: on another file system than {elsewhere[0]}; files are moved by rename."
+                )
+            now = time.time()
+            expired = expired_entries(directory, keep_days, now)
+            if plan and not check and directory is None:  # made only now: a refusal leaves nothing behind
+                directory = open_removed_dir(removed, create=True)
+            moved = move_plan_aside(tree.packages, directory, plan, keep=keep, now=now, check=check)
+            parts = []
+            for name, releases in plan.items():
+                done = "would be moved off the index" if check else "moved off the index"
+                listed = ", ".join(f"{version} ({len(chosen)} file(s))" for version, chosen in releases)
+                parts.append(f"{name}: {len(releases)} mirrored release(s) {done}: {listed}")
+            pruned = prune_removed(removed, expired, check)
+        finally:
+            if directory is not None:
+                os.close(directory)
+    if plan:
+        kept = f"kept {keep_days} days" if keep_days else "kept until deleted by hand"
+        parts.append(f"{'to be ' if check else ''}kept aside in {removed} ({kept})")
+    if pruned:
+        deleted = "would be deleted" if check else "deleted"
+        parts.append(f"{len(pruned)} removal(s) older than {keep_days} days {deleted}: {', '.join(pruned)}")
+    changed = bool(plan or pruned)
+    result: Dict[str, Any] = {"changed": changed, "check": check, "action": PRUNE_COMMAND, "project": project}
+    result.update(keep=keep, releases={name: [v for v, _ in rel] for name, rel in plan.items()}, moved=moved)
+    result["message"] = (
+        "; ".join(parts) if changed else f"no project has more than {keep} mirrored release(s): nothing to do"
+    )
+    return result
+
+
+def prune_main(argv: List[str]) -> int:
+    """prune: move mirrored releases beyond the --keep newest of each project aside, then bring the pages up to
+    date (as --user) before returning."""
+    parser = argparse.ArgumentParser(
+        prog=f"airgap_pypi_index.py {PRUNE_COMMAND}",
+        description="Take mirrored releases beyond the --keep newest of each project off the index (as remove does).",
+        epilog='Prints one JSON line ({"changed": ..., "message": ...}); exit code 2 when refused (nothing changed).',
+    )
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    parser.add_argument("--yanked", help="the yank file the pages follow")
+    parser.add_argument("--removed", required=True, help="where removed files are kept (same file system)")
+    parser.add_argument("--mirrored", required=True, help="the record of mirror file names (mirror-state writes it)")
+    parser.add_argument("--user", help="when run as root, write the pages as this user (the removal as root)")
+    parser.add_argument("--keep", type=int, required=True, help="mirrored releases kept of each project (newest)")
+    parser.add_argument(
+        "--current", action="store_true", help="read mirror-input's document on stdin: files it lists are kept"
+    )
+    parser.add_argument("--project", help="prune this project only (any spelling of its name)")
+    parser.add_argument("--keep-days", type=int, default=30, help="delete removals older than this (0: never)")
+    parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    add_audit_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        audit = audit_of(args)
+        tree = Tree(args.packages, args.tree, yanked=args.yanked, uploads=audit.uploads_file if audit else None)
+        current = read_mirror_document()["files"] if args.current else []
+        result = prune_releases(
+            tree,
+            args.removed,
+            args.mirrored,
+            keep=args.keep,
+            project=args.project,
+            keep_days=args.keep_days,
+            check=args.check,
+            current=current,
+        )
+    except Refusal as refusal:
+        print(f"refused: {refusal} Nothing was changed.", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(
+            f"error: the prune stopped ({error}); every file is either still in {args.packages} or beside its"
+            f" record in {args.removed}",
+            file=sys.stderr,
+        )
+        return 1
+    moved = result.pop("moved")
+    entries = None
+    if audit is not None and not args.check and moved:
+        common = {"account": args.account or who_ran(), "client": args.client}
+        records = [
+            dict(
+                common,
+                action=REMOVE_COMMAND,
+                project=item["project"],
+                version=item["version"],
+                filename=one["name"],
+                sha256=one["sha256"],
+            )
+            for item in moved
+            for one in item["files"]
+        ]
+        entries = (audit, records)
+    return bring_pages_up_to_date(tree, result, args.check, args.user, audit=entries)
+
+
 # --- account changes: recorded in the audit trail after Ansible set the password file -----------------------------
 
 STORE_SECONDS = 1.0  # the renderer stores what it made (and rewrites pages, state.json) at most this often
@@ -4673,19 +5151,24 @@ def owners_main(argv: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments and arguments[0] == ACCOUNTS_COMMAND:
-        return accounts_main(arguments)
-    if arguments and arguments[0] == OWNERS_COMMAND:
-        return owners_main(arguments)
-    if arguments and arguments[0] == RENDER_COMMAND:
-        return render_main(arguments)
-    if arguments and arguments[0] in YANK_COMMANDS:
-        return yank_main(arguments)
-    if arguments and arguments[0] == REMOVE_COMMAND:
-        return remove_main(arguments)
+    commands: Dict[str, Callable[[List[str]], int]] = {
+        ACCOUNTS_COMMAND: accounts_main,
+        OWNERS_COMMAND: owners_main,
+        RENDER_COMMAND: render_main,
+        REMOVE_COMMAND: remove_main,
+        MIRROR_INPUT_COMMAND: mirror_input_main,
+        MIRROR_STATE_COMMAND: mirror_state_main,
+        PRUNE_COMMAND: prune_main,
+        **dict.fromkeys(YANK_COMMANDS, yank_main),
+    }
+    if arguments and arguments[0] in commands:
+        return commands[arguments[0]](arguments)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=("Commands: yank, unyank (PEP 592), remove, accounts, owners, render; see `%(prog)s COMMAND --help`."),
+        epilog=(
+            "Commands: yank, unyank (PEP 592), remove, accounts, owners, render; for the carried mirror: mirror-input,"
+            " mirror-state, prune. See `%(prog)s COMMAND --help`."
+        ),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
