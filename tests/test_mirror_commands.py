@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,27 @@ def test_an_unusable_mirrored_json_is_refused_naming_it(tmp_path: Path, content:
     path.write_text(content)
     with pytest.raises(index.Refusal, match=r"mirrored\.json"):
         index.read_mirrored_file(str(path))
+
+
+def test_the_mirror_stamp_replaces_older_stamps_and_follows_no_link(tmp_path: Path) -> None:
+    prefix = index.MIRROR_STAMP_PREFIX
+    (tmp_path / f"{prefix}old").write_text("")
+    (tmp_path / "mirrored.json").write_text("{}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("kept")
+    (tmp_path / f"{prefix}link").symlink_to(elsewhere / "keep")
+    index.write_mirror_stamp(str(tmp_path / f"{prefix}new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{prefix}new", "elsewhere", "mirrored.json"]
+    assert (elsewhere / "keep").read_text() == "kept", "the link was removed, not what it points to"
+    (tmp_path / f"{prefix}again").symlink_to(elsewhere / "planted")
+    with pytest.raises(FileExistsError):  # a link at the stamp's temporary name is never written through
+        (tmp_path / f".{prefix}again.{os.getpid()}.tmp").symlink_to(elsewhere / "planted")
+        index.write_mirror_stamp(str(tmp_path / f"{prefix}again"))
+    assert not (elsewhere / "planted").exists()
+
+
+def test_mirror_state_refuses_a_stamp_of_another_name(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["mirror-state", "--packages=/nonexistent", "--tree=/nonexistent", "--yanked=/y", "--mirrored=/m"]
+    assert index.main([*argv, "--stamp=/srv/pypi/yanked.json"]) == 2
+    assert "--stamp=/srv/pypi/yanked.json: the name must start with .mirror-applied-" in capsys.readouterr().err

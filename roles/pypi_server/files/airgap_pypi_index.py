@@ -4747,8 +4747,16 @@ def mirror_state_main(argv: List[str]) -> int:
     parser.add_argument("--mirrored", required=True, help="the record of mirror file names, beside the yank file")
     parser.add_argument("--user", help="when run as root, write the pages as this user (the state files as root)")
     parser.add_argument("--check", action="store_true", help="make every check and say what would change, only")
+    parser.add_argument(
+        "--stamp",
+        help="once the state is applied, make this file (named after what was applied, as root) and "
+        f"remove the other {MIRROR_STAMP_PREFIX}* files beside it: site.yml skips this command while it is there",
+    )
     add_audit_arguments(parser)
     args = parser.parse_args(argv[1:])
+    if args.stamp and not os.path.basename(args.stamp).startswith(MIRROR_STAMP_PREFIX):
+        print(f"error: --stamp={args.stamp}: the name must start with {MIRROR_STAMP_PREFIX}", file=sys.stderr)
+        return 2
     try:
         document = read_mirror_document()
         audit = audit_of(args)
@@ -4771,7 +4779,32 @@ def mirror_state_main(argv: List[str]) -> int:
         for action, project, version, _reason in changes
     ]
     entries = (audit, records) if audit is not None and records and not args.check else None
+    if args.stamp and not args.check:
+        # Applied: a run again would change nothing (its records and pages follow, as the index user, below).
+        try:
+            write_mirror_stamp(args.stamp)
+        except OSError as error:  # without its stamp the next run only checks and applies it again
+            print(f"error: the stamp {args.stamp} could not be written: {error}", file=sys.stderr)
+            return 1
     return bring_pages_up_to_date(tree, result, args.check, args.user, audit=entries)
+
+
+# The stamp of the mirror state last applied: a file named after it (site.yml names it after the mirror's
+# SHA256SUMS, which lists yanked.json, and the release), so the role's one pypi_common_files call tells by its
+# existence whether this command has anything to do, at no extra round trip.
+MIRROR_STAMP_PREFIX = ".mirror-applied-"
+
+
+def write_mirror_stamp(path: str) -> None:
+    """Make the stamp (temporary name, then rename; nothing followed) and remove the older ones beside it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    os.close(descriptor)
+    os.rename(temporary, os.path.join(directory, name))
+    for other in os.listdir(directory):
+        if other.startswith(MIRROR_STAMP_PREFIX) and other != name:
+            os.unlink(os.path.join(directory, other))  # unlink never follows a link
 
 
 # --- prune: mirrored releases beyond the N newest of each project, moved aside as remove does -----------------
