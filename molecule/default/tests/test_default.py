@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import time
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -20,6 +21,8 @@ from conftest import (
     twine_upload,
     wait_for,
 )
+
+from scripts.demo_wheel import build_wheel
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
     "http_servers"
@@ -286,6 +289,33 @@ def test_upload_needs_credentials_then_pip_installs(host, demo_wheel) -> None:
     )
     assert imported.stdout.strip() == version
     assert host.file(f"/srv/pypi/packages/{wheel.rsplit('/', 1)[1]}").user == "pypiserver"
+
+
+RENDERED_MARKDOWN = "# Heading of {name}\n\nSome *emphasis* and `code`.\n"
+
+
+def test_a_markdown_description_is_rendered_by_the_hosts_own_python(host, tmp_path) -> None:
+    """Each host renders with the renderer of its own Python's lock (Debian 11's 3.9: cmarkgfm; 3.10 and later:
+    comrak), in the index's rendering child after the upload; the page shows it within a bounded wait."""
+    server = name_of(host)
+    name = f"render-{server}-{int(time.time())}"
+    wheel = build_wheel(
+        tmp_path, name, "1.0", description=RENDERED_MARKDOWN.format(name=name), content_type="text/markdown"
+    )
+    docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
+    done = twine_upload(f"http://{server}:{PORT}/", f"/var/tmp/{wheel.name}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = f"http://{server}:{PORT}/project/{name}/"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({page!r}, timeout=10).read().decode())"
+    shown = ""
+
+    def rendered() -> bool:
+        nonlocal shown
+        shown = on_client("/usr/bin/python3", "-c", fetch).stdout
+        return f"<h1>Heading of {name}</h1>" in shown
+
+    assert wait_for(rendered, 60), f"not rendered within 60 s on {server}: {shown[-1500:]}"
+    assert "<em>emphasis</em>" in shown and "<code>code</code>" in shown
 
 
 def test_no_fallback_to_a_public_index(host) -> None:
