@@ -1783,6 +1783,11 @@ def features_markdown(section: dict[str, Any]) -> list[str]:
     ]
 
 
+def ratio4(value: float | None) -> str | None:
+    """A ratio near 1 with four decimals (fmt() would round 1.0013 to 1)."""
+    return None if value is None else f"{value:.4f}"
+
+
 def transfer_markdown(section: dict[str, Any]) -> list[str]:
     """The transfer section of results.md: the delta's size, then the parts checked against sha256sum."""
     delta, verify = section.get("delta", {}), section.get("verify", {})
@@ -1801,8 +1806,8 @@ def transfer_markdown(section: dict[str, Any]) -> list[str]:
                 ["new and changed file bytes", delta.get("new_file_bytes")],
                 ["delta archive bytes", delta.get("delta_bytes")],
                 ["its manifest bytes", delta.get("delta_manifest_bytes")],
-                ["delta / new file bytes", delta.get("delta_over_new_files")],
-                ["(delta + manifest) / new file bytes", delta.get("delta_and_manifest_over_new_files")],
+                ["delta / new file bytes", ratio4(delta.get("delta_over_new_files"))],
+                ["(delta + manifest) / new file bytes", ratio4(delta.get("delta_and_manifest_over_new_files"))],
                 ["packing the delta, s", delta.get("delta_pack_s")],
                 ["sha256sum, s", ", ".join(map(str, verify.get("sha256sum_s", [])))],
                 ["check of the parts, s", ", ".join(map(str, verify.get("verify_s", [])))],
