@@ -17,6 +17,8 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
   pip        pip install of the locked set bench/pip-set.txt from the index vs from a --find-links directory
   upload     time from a finished twine upload to pip (and a plain HTTP GET) seeing the file
   bundle     a bundle build from the committed locks, the default mirror build, packing the archive
+  transfer   a delta archive's size over the bytes of the files it carries (synthetic tree of random bytes), and
+             checking a 1 GB set of parts against their manifest over sha256sum alone (no containers)
 
 Needs docker, the test images, wrk and nginx (scripts/bench.sh installs what is missing on Debian/Ubuntu).
 The index under test is a container on the bench's own --internal docker network; nginx runs on 127.0.0.1
@@ -63,17 +65,19 @@ from packaging.utils import (
 from packaging.version import Version
 
 if __package__:  # imported: from scripts import bench (the unit tests)
+    from . import airgap_transfer, containers, demo_wheel, index_stack, pack_archive
     from . import build_bundle as bb
-    from . import containers, demo_wheel, index_stack
 else:  # run as a file (scripts/bench.sh): python puts its folder, scripts/, first on sys.path
+    import airgap_transfer
     import build_bundle as bb
     import containers
     import demo_wheel
     import index_stack
+    import pack_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "features", "pip", "upload", "bundle")
+SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "features", "pip", "upload", "bundle", "transfer")
 # The sections that run containers (docker); the others run on loopback only.
 DOCKER_SECTIONS = frozenset({"provision", "hosts4", "reads", "pip", "upload"})
 PREFIX = "airgap-pypi-bench"
@@ -110,6 +114,10 @@ GOAL_AUTH_RATIO = 0.8
 GOAL_RENDER_P95_MS = 50.0
 GOAL_FEATURES_RATIO = 0.9
 RENDER_REPEATS = 5  # renderings of each description counted as its time, after a first (cold) call
+# Issue 16: a delta's size over the bytes of the files it carries, and the private side's check of the carried
+# parts over sha256sum alone on the same files (speed).
+GOAL_DELTA_RATIO = 1.1
+GOAL_VERIFY_RATIO = 0.8
 
 
 # --------------------------------------------------------------------------- processes
@@ -1321,6 +1329,162 @@ def mirror_and_archive() -> dict[str, Any]:
     return results
 
 
+# --------------------------------------------------------------------------- transfer
+
+
+def random_file(path: Path, size: int) -> None:
+    """size random bytes (incompressible, as wheels nearly are), written a MiB at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        for offset in range(0, size, airgap_transfer.CHUNK):
+            fh.write(os.urandom(min(airgap_transfer.CHUNK, size - offset)))
+
+
+def transfer_repo(root: Path, files: int, size: int) -> list[Path]:
+    """A tree pack_archive.pack() takes (a git repository without commits, VERSION, the bundle's SHA256SUMS, the
+    unpack scripts) with files of size random bytes in the mirror: their paths."""
+    for sums in ("offline_artifacts/SHA256SUMS", "offline_artifacts/controller/SHA256SUMS"):
+        (root / sums).parent.mkdir(parents=True, exist_ok=True)
+        (root / sums).write_text("")
+    (root / "VERSION").write_text("1.0.0\n")
+    (root / "scripts").mkdir()
+    for script in ("unpack_archive.sh", "airgap_transfer.py"):  # pack() copies them beside the archive
+        shutil.copy2(ROOT / "scripts" / script, root / "scripts" / script)
+    mirror = root / "offline_artifacts" / "mirror" / "files"
+    paths = [mirror / f"bench_pkg_{i:04d}-1.0-py3-none-any.whl" for i in range(files)]
+    for path in paths:
+        random_file(path, size)
+    run(["git", "init", "-q", str(root)], check=True)
+    return paths
+
+
+@contextlib.contextmanager
+def source_date(epoch: int) -> Iterator[None]:
+    saved = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = saved
+
+
+def ignore(_line: str) -> None:
+    """A say() for pack_archive and airgap_transfer that prints nothing."""
+
+
+def transfer_delta(
+    workdir: Path,
+    *,
+    files: int = 400,
+    size: int = 100_000,
+    changed: int = 40,
+    added: int = 4,
+    added_size: int = 1 << 20,
+) -> dict[str, Any]:
+    """A full archive of a synthetic tree, then `changed` of its files rewritten and `added` new ones, and the
+    delta on it (unsigned: a signature adds a file of about 120 bytes). Sizes as the manifests record them."""
+    root, out = workdir / "transfer-repo", workdir / "transfer-dist"
+    paths = transfer_repo(root, files, size)
+    with source_date(1_700_000_000):
+        full = pack_archive.pack(root, out / "full", say=ignore)
+        for path in paths[:changed]:
+            random_file(path, size)
+        for i in range(added):
+            random_file(
+                root / "offline_artifacts" / "mirror" / "files" / f"bench_new_{i:02d}-1.0-py3-none-any.whl", added_size
+            )
+        start = time.monotonic()
+        delta = pack_archive.pack(root, out / "delta", base=out / "full" / f"{full.name}.manifest", say=ignore)
+        pack_s = time.monotonic() - start
+    manifest_path = out / "delta" / f"{delta.name}.manifest"
+    manifest = airgap_transfer.load(manifest_path)[0]
+    # What the delta carries: the files its base lacks or has with other bytes, as the manifests say.
+    new = airgap_transfer.changed(list(manifest.files), airgap_transfer.load(out / "full" / f"{full.name}.manifest")[0])
+    carried_files = sum(e.size for e in new)
+    carried = manifest.archive.size + manifest_path.stat().st_size
+    return {
+        "tree_files": len(manifest.files),
+        "tree_mb": round(sum(e.size for e in manifest.files) / 1e6, 1),
+        "full_archive_bytes": manifest.full_size,
+        "new_and_changed_files": len(new),
+        "new_file_bytes": carried_files,
+        "delta_bytes": manifest.archive.size,
+        "delta_manifest_bytes": manifest_path.stat().st_size,
+        "delta_over_new_files": round(manifest.archive.size / carried_files, 4),
+        "delta_and_manifest_over_new_files": round(carried / carried_files, 4),
+        "delta_pack_s": round(pack_s, 1),
+    }
+
+
+def transfer_verify(workdir: Path, *, total: int = 1 << 30, parts: int = 4, rounds: int = 3) -> dict[str, Any]:
+    """`total` random bytes as `parts` parts of one archive and a manifest naming them; then, in turns,
+    `sha256sum` of the parts and airgap_transfer.check_carried() (each part's sha256 and the whole's, as the
+    private side checks them before unpacking). Both read the same files from the page cache. The files are
+    removed at the end."""
+    folder = workdir / "transfer-parts"
+    folder.mkdir()
+    try:
+        whole, carried = hashlib.sha256(), []
+        size = total // parts
+        for i in range(1, parts + 1):
+            path = folder / f"bench.tar.gz.part{i:03d}"
+            digest = hashlib.sha256()
+            with path.open("wb") as fh:
+                for offset in range(0, size, airgap_transfer.CHUNK):
+                    chunk = os.urandom(min(airgap_transfer.CHUNK, size - offset))
+                    digest.update(chunk)
+                    whole.update(chunk)
+                    fh.write(chunk)
+            carried.append(airgap_transfer.Carried(path.name, size, digest.hexdigest()))
+        manifest = airgap_transfer.Manifest(
+            kind="full",
+            version="1.0.0",
+            sequence=1,
+            base=None,
+            base_sequence=None,
+            created="2023-11-14T22:13:20Z",
+            archive=airgap_transfer.Carried("bench.tar.gz", size * parts, whole.hexdigest()),
+            full_size=size * parts,
+            parts=tuple(carried),
+            files=(),
+        )
+        paths = [str(folder / p.name) for p in carried]
+        sums_s: list[float] = []
+        verify_s: list[float] = []
+        for _ in range(rounds):
+            seconds, result = timed(["sha256sum", *paths])
+            if result.returncode != 0:
+                raise RuntimeError(f"sha256sum failed: {result.stderr.strip()[-300:]}")
+            sums_s.append(round(seconds, 2))
+            start = time.monotonic()
+            airgap_transfer.check_carried(manifest, folder, ignore)
+            verify_s.append(round(time.monotonic() - start, 2))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    sums, verify = statistics.median(sums_s), statistics.median(verify_s)
+    return {
+        "parts": parts,
+        "parts_mb": round(size * parts / 1e6, 1),
+        "sha256sum_s": sums_s,
+        "verify_s": verify_s,
+        "sha256sum_mb_per_s": round(size * parts / 1e6 / sums, 1),
+        "verify_mb_per_s": round(size * parts / 1e6 / verify, 1),
+        "verify_speed_over_sha256sum": round(sums / verify, 2),
+    }
+
+
+def transfer_bench(workdir: Path) -> dict[str, Any]:
+    say("a delta archive of a synthetic tree, then checking 1 GB of parts against sha256sum")
+    section = {"delta": transfer_delta(workdir)}
+    shutil.rmtree(workdir / "transfer-repo", ignore_errors=True)
+    shutil.rmtree(workdir / "transfer-dist", ignore_errors=True)
+    section["verify"] = transfer_verify(workdir)
+    return section
+
+
 # --------------------------------------------------------------------------- goals and report
 
 
@@ -1410,7 +1574,27 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
             None if value is None else value <= GOAL_UPLOAD_S,
         )
     )
-    return out
+    return out + transfer_goals(sections.get("transfer", {}))
+
+
+def transfer_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's goals from the transfer section: a delta's size, checking the carried parts."""
+    ratio = section.get("delta", {}).get("delta_over_new_files")
+    speed = section.get("verify", {}).get("verify_speed_over_sha256sum")
+    return [
+        goal(
+            "delta archive over the bytes of the new and changed files it carries",
+            ratio,
+            f"<= {GOAL_DELTA_RATIO:g}x",
+            None if ratio is None else ratio <= GOAL_DELTA_RATIO,
+        ),
+        goal(
+            "checking 1 GB of parts against their manifest, speed over sha256sum alone",
+            speed,
+            f">= {GOAL_VERIFY_RATIO:g}x",
+            None if speed is None else speed >= GOAL_VERIFY_RATIO,
+        ),
+    ]
 
 
 def feature_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1604,6 +1788,8 @@ def markdown(results: dict[str, Any]) -> str:
             "## Bundle, mirror, archive\n",
             table(["Measure", "Value"], ([k.replace("_", " "), v] for k, v in sections["bundle"].items())),
         ]
+    if "transfer" in sections and "error" not in sections["transfer"]:
+        parts += transfer_markdown(sections["transfer"])
     failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
     failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
     if failures:
@@ -1680,6 +1866,42 @@ def features_markdown(section: dict[str, Any]) -> list[str]:
                 for name, row in stacks
             ]
             + [["on / off", section.get("on_over_off"), None, None, None, None, None, None]],
+        ),
+    ]
+
+
+def ratio4(value: float | None) -> str | None:
+    """A ratio near 1 with four decimals (fmt() would round 1.0013 to 1)."""
+    return None if value is None else f"{value:.4f}"
+
+
+def transfer_markdown(section: dict[str, Any]) -> list[str]:
+    """The transfer section of results.md: the delta's size, then the parts checked against sha256sum."""
+    delta, verify = section.get("delta", {}), section.get("verify", {})
+    return [
+        "## Transfers across the air gap (issue 16)\n",
+        f"Measured {section.get('measured_at')}. Delta: a synthetic tree of {fmt(delta.get('tree_files'))} files of "
+        f"random bytes ({fmt(delta.get('tree_mb'))} MB) packed full, then {fmt(delta.get('new_and_changed_files'))} "
+        "files rewritten or added and the delta packed on the full archive's manifest (unsigned). Parts: "
+        f"{fmt(verify.get('parts_mb'))} MB of random bytes in {fmt(verify.get('parts'))} parts, checked by "
+        "airgap_transfer.check_carried() (each part's sha256 and the whole archive's) and by `sha256sum` of the "
+        f"same files, in turns, {len(verify.get('verify_s', []))} times each, from the page cache: the medians.\n",
+        table(
+            ["Measure", "Value"],
+            [
+                ["full archive bytes", delta.get("full_archive_bytes")],
+                ["new and changed file bytes", delta.get("new_file_bytes")],
+                ["delta archive bytes", delta.get("delta_bytes")],
+                ["its manifest bytes", delta.get("delta_manifest_bytes")],
+                ["delta / new file bytes", ratio4(delta.get("delta_over_new_files"))],
+                ["(delta + manifest) / new file bytes", ratio4(delta.get("delta_and_manifest_over_new_files"))],
+                ["packing the delta, s", delta.get("delta_pack_s")],
+                ["sha256sum, s", ", ".join(map(str, verify.get("sha256sum_s", [])))],
+                ["check of the parts, s", ", ".join(map(str, verify.get("verify_s", [])))],
+                ["sha256sum MB/s", verify.get("sha256sum_mb_per_s")],
+                ["check MB/s", verify.get("verify_mb_per_s")],
+                ["check speed / sha256sum speed", verify.get("verify_speed_over_sha256sum")],
+            ],
         ),
     ]
 
@@ -1855,6 +2077,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "hosts4" in chosen:
                 say("provisioning four bare containers in one site.yml run")
                 record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))
+        if "transfer" in chosen:
+            record("transfer", attempt("transfer", lambda: transfer_bench(workdir)))
     if "bundle" in chosen:
         say("building the bundle from the committed locks into an empty directory")
         values = bundle()

@@ -25,7 +25,7 @@
 #                     boot; leaves docker's eth0 and /etc/resolv.conf alone)
 #   debian12-ifupdown bookworm, systemd PID 1, python3 3.11, ifupdown with
 #                     networking.service enabled (interfaces.d sourced)
-#   debian13-controller trixie, python3 3.13 only (no pip, no venv package, no ansible):
+#   debian13-controller trixie, python3 3.13 only (no pip, no venv package, no ansible) and gpgv:
 #                     the offline controller of the air-gap proof, run with --network none;
 #                     CMD sleep infinity (in a sh that exits on SIGTERM)
 #
@@ -488,14 +488,16 @@ EOF
 # >>> recipe: debian13-controller
 spec_debian13_controller() {
     SUITE=trixie
-    # A bare Python 3.13: the toolchain comes from the carried-in archive, installed offline.
-    INCLUDE=(python3 procps)
+    # A bare Python 3.13: the toolchain comes from the carried-in archive, installed offline. gpgv checks the
+    # archive's signature (apt 3.0 verifies with sqv, so a minimal trixie lacks it; an operator installs it once).
+    INCLUDE=(python3 procps gpgv)
     CMD='["/bin/sh", "-c", "trap \"exit 0\" TERM INT; sleep infinity & wait"]'
     ENVS=(LANG=C.UTF-8)
 }
 customize_debian13_controller() {
     chroot_begin
     ! in_chroot python3 -m pip --version >/dev/null 2>&1 || die "pip got into the controller image"
+    in_chroot gpgv --version >/dev/null 2>&1 || die "gpgv is missing from the controller image"
     chroot_end
 }
 # <<< recipe: debian13-controller

@@ -453,3 +453,31 @@ def test_wrk_summary_of_alternating_runs() -> None:
         "requests": 121 + 770420 + 121,
         "errors": 9 + 0 + 9,
     }
+
+
+def test_transfer_section_on_a_small_tree(tmp_path: Path) -> None:
+    delta = bench.transfer_delta(tmp_path, files=20, size=10_000, changed=3, added=1, added_size=50_000)
+    assert (delta["tree_files"], delta["new_and_changed_files"], delta["new_file_bytes"]) == (26, 4, 80_000)
+    assert delta["delta_bytes"] < delta["full_archive_bytes"]
+    assert 1.0 <= delta["delta_over_new_files"] < delta["delta_and_manifest_over_new_files"] < 1.5
+    verify = bench.transfer_verify(tmp_path, total=4 << 20, parts=2, rounds=1)
+    assert (verify["parts"], verify["parts_mb"], len(verify["verify_s"])) == (2, 4.2, 1)
+    assert verify["verify_speed_over_sha256sum"] > 0
+    assert not (tmp_path / "transfer-parts").exists()  # the parts are removed
+
+
+def test_transfer_goals_and_report() -> None:
+    assert all(g["met"] is None for g in bench.transfer_goals({}))
+    section = {
+        "measured_at": "2026-12-03 14:00 UTC",
+        "delta": {"delta_over_new_files": 1.0012, "delta_bytes": 8_400_000, "tree_files": 407, "tree_mb": 44.2},
+        "verify": {"verify_speed_over_sha256sum": 0.75, "verify_s": [2.0, 2.1], "sha256sum_s": [1.5, 1.6]},
+    }
+    results = bench.merge({}, {"transfer": section})
+    results["goals"] = bench.goals(results["sections"])
+    found = {g["goal"]: g for g in results["goals"] if g["goal"] in {x["goal"] for x in bench.transfer_goals({})}}
+    assert [(g["value"], g["met"]) for g in found.values()] == [(1.0012, True), (0.75, False)]
+    text = bench.markdown(results)
+    assert "## Transfers across the air gap (issue 16)" in text
+    assert "| delta archive bytes | 8,400,000 |" in text and "| check of the parts, s | 2.0, 2.1 |" in text
+    assert "transfer" in bench.SECTIONS and "transfer" not in bench.DOCKER_SECTIONS
