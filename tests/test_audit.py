@@ -370,19 +370,20 @@ def test_an_account_change_with_a_bad_name_or_no_trail_is_refused_and_nothing_is
     assert missing.returncode == 2 and "--audit is required" in missing.stderr, missing.stderr
 
 
-OWNER_MAP_MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_owner_map.py"
+OWNER_MAP_MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_accounts.py"
 
 
 def owner_map_changes(tmp_path: Path, owners: dict[str, list[str]]) -> list[str]:
-    """The role's pypi_server_owner_map run on tmp_path/project_owners.json, its result as the audit task's argv
+    """The role's pypi_server_accounts writing tmp_path/project_owners.json, its result as the audit task's argv
     (--added=PROJECT:ACCOUNT ..., --removed=...)."""
     args = tmp_path / "owner-map-args.json"
     args.write_text(
-        json.dumps({"ANSIBLE_MODULE_ARGS": {"path": str(tmp_path / "project_owners.json"), "owners": owners}})
+        json.dumps({"ANSIBLE_MODULE_ARGS": {"owner_map": str(tmp_path / "project_owners.json"), "owners": owners}})
     )
     done = subprocess.run(module_argv(OWNER_MAP_MODULE, args), capture_output=True, text=True, check=False)
     result = json.loads(done.stdout)
-    return [f"--added={change}" for change in result["added"]] + [f"--removed={change}" for change in result["removed"]]
+    added, removed = result["owners_added"], result["owners_removed"]
+    return [f"--added={change}" for change in added] + [f"--removed={change}" for change in removed]
 
 
 def owners_command(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:

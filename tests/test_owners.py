@@ -255,17 +255,21 @@ def test_the_owners_directory_is_kept_apart_from_packages_and_pages() -> None:
 
 # --- owners on the browse pages: the owner map file the role writes, and the claims ------------------------------
 
-OWNER_MAP_MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_owner_map.py"
+OWNER_MAP_MODULE = ROOT / "roles" / "pypi_server" / "library" / "pypi_server_accounts.py"
 
 
 def run_owner_map(tmp_path: Path, path: Path, owners: Any, check_mode: bool = False) -> dict[str, Any]:
-    """The role's pypi_server_owner_map module, run as Ansible runs it on a host."""
+    """The role's pypi_server_accounts module writing only the owner map, run as Ansible runs it on a host; its
+    owners_added and owners_removed as added and removed."""
     args = tmp_path / "owner-map-args.json"
     args.write_text(
-        json.dumps({"ANSIBLE_MODULE_ARGS": {"path": str(path), "owners": owners, "_ansible_check_mode": check_mode}})
+        json.dumps(
+            {"ANSIBLE_MODULE_ARGS": {"owner_map": str(path), "owners": owners, "_ansible_check_mode": check_mode}}
+        )
     )
     done = subprocess.run(module_argv(OWNER_MAP_MODULE, args), capture_output=True, text=True, check=False)
-    return json.loads(done.stdout)
+    result = json.loads(done.stdout)
+    return {**result, "added": result["owners_added"], "removed": result["owners_removed"]}
 
 
 def owners_on_page(tree: Path, project: str) -> str | None:
