@@ -184,8 +184,12 @@ def test_rerun_and_check_mode_with_bundle_b_change_nothing(bundle_b: Path) -> No
 def test_broken_release_rolls_back_by_itself(bundle_broken: Path) -> None:
     release_b, broken = STATE["release_b"], release_of(bundle_broken)
     before, accounts = packages(), htpasswd_sum()
-    result = playbook("site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_broken}")
+    # A release that cannot start never answers /health: 20 s of waiting show it as well as the default 60 s.
+    result = playbook(
+        "site.yml", "-e", f"pypi_bootstrap_artifacts_dir={bundle_broken}", "-e", "pypi_server_health_timeout=20"
+    )
     assert result.returncode != 0, tail(result)
+    assert "GET /health did not answer 200 within 20 s" in said(result), tail(result)
     output = said(result)
     assert f"did not serve on release {broken}" in output, tail(result)
     assert f"Rolled back to release {release_b}, which serves again" in output, tail(result)
