@@ -93,8 +93,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
                     {
                         "name": f"Insert the rule (run {run})",
                         "ansible.builtin.lineinfile": insert,
-                        # The role loops over its ports with this loop variable.
-                        "vars": {"__pypi_firewall_iptables_rules": str(rules), "__pypi_firewall_item": 8080},
+                        # The role loops over its rule lines (vars/main.yml) with this loop variable.
+                        "vars": {
+                            "__pypi_firewall_iptables_rules": str(rules),
+                            "__pypi_firewall_line": "{{ __pypi_firewall_iptables_lines | first }}",
+                            "__pypi_firewall_ports": [8080],
+                        },
                         "register": f"__insert_{run}",
                     }
                     for run in (1, 2)

@@ -24,9 +24,9 @@ def fake(bin_dir: Path, name: str, output: str, rc: int) -> None:
     program.chmod(0o755)
 
 
-def run(tmp_path: Path, bin_dir: Path) -> dict[str, Any]:
+def run(tmp_path: Path, bin_dir: Path, **extra: Any) -> dict[str, Any]:
     args = tmp_path / "args.json"
-    params = {"iptables_rules": str(tmp_path / "rules.v4"), "nftables_config": str(tmp_path / "nftables.conf")}
+    params = {"iptables_rules": str(tmp_path / "rules.v4"), "nftables_config": str(tmp_path / "nftables.conf"), **extra}
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     done = subprocess.run(
@@ -172,3 +172,19 @@ def test_a_failing_client_falls_back_to_firewall_cmd(tmp_path: Path, bin_dir: Pa
     fake(bin_dir, "firewall-cmd", "running", 0)
     result = run_with_bindings(tmp_path, bin_dir, "raise ImportError('no dbus here')\n")
     assert result["firewall"] == "firewalld" and result["firewalld_running"], result
+
+
+def test_rule_lines_the_files_have_already_are_reported(tmp_path: Path, bin_dir: Path) -> None:
+    """The role skips these: a re-run where every line is there costs no lineinfile call."""
+    fake(bin_dir, "firewall-cmd", "not running", 252)
+    fake(bin_dir, "systemctl", "enabled", 0)
+    have = '-A INPUT -p tcp -m tcp --dport 8080 -m comment --comment "airgap-pypi index" -j ACCEPT'
+    missing = have.replace("8080", "443")
+    (tmp_path / "rules.v4").write_text(f"*filter\n:INPUT ACCEPT [0:0]\n{have}  \n# {missing}\nCOMMIT\n")
+    nft = 'tcp dport 8080 accept comment "airgap-pypi index"'
+    (tmp_path / "nftables.conf").write_text(f"table inet filter {{\n\tchain input {{\n\t\t{nft}\n\t}}\n}}\n")
+    rules = {"iptables": [have, missing], "nftables": [nft, nft.replace("8080", "443")]}
+    result = run(tmp_path, bin_dir, rules=rules)
+    assert result["rules_present"] == {"iptables": [have], "nftables": [nft]}, "a commented-out line is not there"
+    (tmp_path / "rules.v4").unlink()
+    assert run(tmp_path, bin_dir, rules=rules)["rules_present"]["iptables"] == [], "no file, no line"

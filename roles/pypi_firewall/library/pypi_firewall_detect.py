@@ -35,6 +35,13 @@ options:
     description: The firewalld zone; empty for the default zone.
     type: str
     default: ""
+  rules:
+    description:
+      - The rule lines the role writes, by file (C(iptables) for I(iptables_rules), C(nftables) for
+        I(nftables_config)); those already in their file (as a whole line, surrounding blanks aside) are returned in
+        C(rules_present), so the role skips them. The first 1 MiB of each file is read.
+    type: dict
+    default: {}
 author: airgap-pypi
 """
 
@@ -58,6 +65,10 @@ nftables_config:
 nftables_enabled:
   description: C(systemctl is-enabled nftables.service) says enabled.
   type: bool
+  returned: always
+rules_present:
+  description: By file (C(iptables), C(nftables)), the lines of I(rules) that file already has.
+  type: dict
   returned: always
 firewalld_open:
   description: Those of I(ports) that firewalld has open for TCP, both in its runtime and its permanent configuration.
@@ -131,6 +142,20 @@ def firewalld_client(ports: list[int], zone: str) -> tuple[bool, list[int]] | No
     return True, [port for port in ports if port in now & saved]
 
 
+MAX_READ = 1 << 20  # of a rules file: the role's lines are near the top, and a larger file is not a config
+
+
+def lines_present(path: str, wanted: list[str]) -> list[str]:
+    """The lines of wanted that the file at path has (whole lines, blanks around them aside); none when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_READ)
+    except OSError:
+        return []
+    have = {line.strip() for line in data.decode("utf-8", "replace").splitlines()}
+    return [line for line in wanted if line.strip() in have]
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -138,6 +163,7 @@ def main() -> None:
             "nftables_config": {"type": "path", "required": True},
             "ports": {"type": "list", "elements": "int", "default": []},
             "zone": {"type": "str", "default": ""},
+            "rules": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -154,7 +180,13 @@ def main() -> None:
         "nftables_config": os.path.exists(module.params["nftables_config"]),
         "nftables_enabled": enabled == "enabled",
     }
-    module.exit_json(changed=False, firewall=choose(**facts), firewalld_open=open_ports, **facts)
+    files = {"iptables": module.params["iptables_rules"], "nftables": module.params["nftables_config"]}
+    present = {
+        name: lines_present(files[name], [str(line) for line in lines or []])
+        for name, lines in module.params["rules"].items()
+        if name in files
+    }
+    module.exit_json(changed=False, firewall=choose(**facts), firewalld_open=open_ports, rules_present=present, **facts)
 
 
 if __name__ == "__main__":
