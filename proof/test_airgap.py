@@ -28,6 +28,7 @@ import pytest
 from scripts import airgap_transfer as transfer
 from scripts.containers import SYSTEMD_RUN_OPTIONS
 from scripts.demo_wheel import build_wheel
+from scripts.gpg_keys import throwaway_signing_key
 from scripts.pack_archive import pack, source_date_epoch, version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,17 +77,6 @@ def remove_all() -> None:
     docker("network", "rm", NETWORK)
 
 
-def gen_key(home: Path, uid: str) -> str:
-    """A throwaway signing key without passphrase in home: its fingerprint."""
-    env = {**os.environ, "GNUPGHOME": str(home)}
-    cmd = ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    out = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--list-keys", uid], env=env, check=True, capture_output=True, text=True
-    )
-    return next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
-
-
 def copy_tree(manifest: Path, target: Path) -> None:
     """The files the manifest lists, hard-linked from this repository (copied where a link cannot be made), in a
     fresh git repository: pack() takes the files git would track. Change a file only by replacing it."""
@@ -131,8 +121,8 @@ def pack_all(out: Path, keyring: Path, work: Path) -> Carried:
     home.chmod(0o700)
     saved = {k: os.environ.get(k) for k in ("GNUPGHOME", "SOURCE_DATE_EPOCH")}
     try:
-        operator = gen_key(home, "airgap-pypi proof <proof@example.invalid>")
-        stranger = gen_key(home, "stranger <stranger@example.invalid>")
+        operator = throwaway_signing_key(home, "airgap-pypi proof <proof@example.invalid>")
+        stranger = throwaway_signing_key(home, "stranger <stranger@example.invalid>")
         keyring.write_bytes(
             subprocess.run(
                 ["gpg", "--export", operator], env={**os.environ, "GNUPGHOME": str(home)}, check=True,

@@ -21,6 +21,7 @@ import pytest
 
 from scripts import airgap_transfer as transfer
 from scripts import pack_archive as packer
+from scripts.gpg_keys import throwaway_signing_key
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 EPOCH = 1_700_000_000
@@ -39,23 +40,13 @@ class Keys:
     keyring: Path  # the operator's public key only: what the private side pins
 
 
-def _gen_key(home: Path, uid: str) -> str:
-    env = {**os.environ, "GNUPGHOME": str(home)}
-    cmd = ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    out = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--list-keys", uid], env=env, check=True, capture_output=True, text=True
-    )
-    return next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
-
-
 @pytest.fixture(scope="module")
 def keys() -> Iterator[Keys]:
     home = Path(tempfile.mkdtemp(prefix="agpg-"))  # short: gpg-agent's socket path has a length limit
     home.chmod(0o700)
     try:
-        operator = _gen_key(home, "Operator <operator@example.invalid>")
-        stranger = _gen_key(home, "Stranger <stranger@example.invalid>")
+        operator = throwaway_signing_key(home, "Operator <operator@example.invalid>")
+        stranger = throwaway_signing_key(home, "Stranger <stranger@example.invalid>")
         keyring = home / "pinned.keyring"
         env = {**os.environ, "GNUPGHOME": str(home)}
         keyring.write_bytes(
