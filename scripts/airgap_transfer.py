@@ -687,9 +687,16 @@ class _Plan:
 
 
 def _signature(
-    data: bytes, manifest_path: Path, pinned: Path | None, *, required: bool, default: Path | None, say: Say
+    data: bytes,
+    manifest_path: Path,
+    pinned: Path | None,
+    *,
+    required: bool,
+    allow_unsigned: bool,
+    default: Path | None,
+    say: Say,
 ) -> str | None:
-    """The signer's fingerprint, None for an unsigned manifest where no signature is required."""
+    """The signer's fingerprint; None for an unsigned manifest, taken only with allow_unsigned and no pinned key."""
     sig = manifest_path.with_name(f"{manifest_path.name}.sig")
     if not sig.exists():
         if required:
@@ -697,7 +704,14 @@ def _signature(
                 f"{manifest_path.name} is not signed ({sig.name} is missing): only signed archives are taken here; "
                 "carry the .sig that make bundle SIGN_KEY=... writes beside it"
             )
-        say(f"warning: {manifest_path.name} is not signed and no keyring is pinned: checked against it only")
+        if not allow_unsigned:
+            raise TransferError(
+                f"{manifest_path.name} is not signed ({sig.name} is missing) and no keyring is pinned: whoever could "
+                "swap the archive could swap its manifest too. Pin the operator's key (docs/bundle.md, 'Pinning the "
+                f"key') and carry the .sig that make bundle SIGN_KEY=... writes, or pass --allow-unsigned to take "
+                "it on its manifest alone (recorded)"
+            )
+        say(f"warning: {manifest_path.name} is not signed; taken on its manifest alone (--allow-unsigned, recorded)")
         return None
     if pinned is None:
         raise TransferError(
@@ -788,6 +802,7 @@ def unpack(
     expect_version: str | None = None,
     keyring: Path | None = None,
     allow_downgrade: bool = False,
+    allow_unsigned: bool = False,
     default_keyring: Path | None = None,
     say: Say = print,
 ) -> Path:
@@ -809,7 +824,9 @@ def unpack(
             )
         raise TransferError(f"{manifest_path}: no such file: carry the archive's .manifest with it")
     data = read_bounded(manifest_path, MAX_MANIFEST_BYTES, "manifest")
-    signer = _signature(data, manifest_path, pinned, required=required, default=default_keyring, say=say)
+    signer = _signature(
+        data, manifest_path, pinned, required=required, allow_unsigned=allow_unsigned, default=default_keyring, say=say
+    )
     manifest, manifest_sha = decode(data, manifest_path.name)
     if expect_version is not None and manifest.version != expect_version:
         raise TransferError(
@@ -836,7 +853,16 @@ def unpack(
         "kind": manifest.kind,
         "signer": signer or (state or {}).get("signer"),
         "imported": now_utc(),
-        "downgrades": [*(state or {}).get("downgrades", []), *([downgrade] if downgrade else [])],
+        "downgrades": [*_records(state, "downgrades"), *([downgrade] if downgrade else [])],
+        # Every import taken without a signature (--allow-unsigned): when, and which manifest.
+        "unsigned": [
+            *_records(state, "unsigned"),
+            *(
+                [{"sequence": manifest.sequence, "manifest_sha256": manifest_sha, "imported": now_utc()}]
+                if signer is None
+                else []
+            ),
+        ],
     }
     write_atomically(dest / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
     if downgrade:
@@ -847,6 +873,12 @@ def unpack(
     for line in report(compare(plan.old, manifest.files), size, manifest.full_size or size, manifest.kind):
         say(line)
     return tree
+
+
+def _records(state: dict[str, Any] | None, key: str) -> list[Any]:
+    """The list of records under key in the state file (none when it holds something else there)."""
+    found = (state or {}).get(key)
+    return list(found) if isinstance(found, list) else []
 
 
 def _renamed(say: Say, tmp_name: str, tree: str) -> Callable[[str], None]:
@@ -860,6 +892,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--expect-version", metavar="V")
     cmd.add_argument("--keyring", type=Path, metavar="FILE", help=f"pinned public key(s); default {KEYRING_NAME} here")
     cmd.add_argument("--allow-downgrade", action="store_true", help="take an older sequence (recorded)")
+    cmd.add_argument(
+        "--allow-unsigned", action="store_true", help="take an unsigned archive where no key is pinned (recorded)"
+    )
     cmd.add_argument("archive", type=Path, help="ARCHIVE.tar.gz or ARCHIVE.tar.gz.manifest")
     cmd.add_argument("dest", type=Path, nargs="?", help="default: the archive's directory")
     args = parser.parse_args(argv)
@@ -870,6 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             expect_version=args.expect_version,
             keyring=args.keyring,
             allow_downgrade=args.allow_downgrade,
+            allow_unsigned=args.allow_unsigned,
             default_keyring=Path(__file__).resolve().parent / KEYRING_NAME,
         )
     except TransferError as exc:

@@ -219,10 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     carried = [p.name for p in parsed.parts] or [archive.name, f"{archive.name}.sha256"]
     print(
         f"wrote {', '.join(carried)}, {manifest.name} (sequence {parsed.sequence}, sha256 {sha[:16]}...)"
-        + (f" and {manifest.name}.sig" if signed else "; UNSIGNED: pass SIGN_KEY=<your key> to sign it")
+        + (
+            f" and {manifest.name}.sig"
+            if signed
+            else "; UNSIGNED: pass SIGN_KEY=<your key> to sign it (unpacking it then needs --allow-unsigned)"
+        )
     )
     print(f"carry them, {args.out.name}/unpack_archive.sh and {args.out.name}/airgap_transfer.py across; there run:")
-    print(f"  sh unpack_archive.sh {manifest.name if parsed.parts else archive.name}")
+    unsigned = "" if signed else "--allow-unsigned "
+    print(f"  sh unpack_archive.sh {unsigned}{manifest.name if parsed.parts else archive.name}")
     print(f"keep {manifest.name}: the next delta is built on it (make bundle BASE={args.out.name}/{manifest.name})")
     return 0
 

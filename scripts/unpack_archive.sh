@@ -1,14 +1,17 @@
 #!/bin/sh
 # Verify and unpack an airgap-pypi archive on the private side (POSIX sh, coreutils, tar, gzip).
 #
-#   sh unpack_archive.sh [--expect-version V] [--keyring FILE] [--allow-downgrade] ARCHIVE|MANIFEST [DEST]
+#   sh unpack_archive.sh [--expect-version V] [--keyring FILE] [--allow-downgrade] [--allow-unsigned]
+#                        ARCHIVE|MANIFEST [DEST]
 #
 # An archive with a manifest beside it (ARCHIVE.manifest, and ARCHIVE.manifest.sig when signed), or any
 # use of a keyring (--keyring, airgap-pypi.keyring beside this script, or a DEST that imported one
 # before) goes to airgap_transfer.py beside this script (python3, standard library only): signature,
 # sequence, deltas and parts are checked there; see docs/bundle.md.
 #
-# Without any of that (an archive made before manifests existed): checks ARCHIVE against
+# An unsigned archive is refused unless --allow-unsigned is given (and never where a key is pinned).
+#
+# Without any of that (an archive made before manifests existed; --allow-unsigned): checks ARCHIVE against
 # ARCHIVE.sha256 (next to it), optionally that it is version V, unpacks it into DEST (default: the
 # archive's directory) as airgap-pypi-VERSION/, checks every SHA256SUMS of offline_artifacts/ (server
 # bundle, controller wheelhouse, mirror) and prints what to run next. Refuses to unpack over an
@@ -45,16 +48,28 @@ if [ -n "$helper" ]; then
 fi
 
 expect=
-if [ "${1:-}" = --expect-version ]; then
-    [ $# -ge 2 ] || die "--expect-version needs a version"
-    expect=$2
-    shift 2
-fi
-[ $# -ge 1 ] || die "usage: sh unpack_archive.sh [--expect-version V] ARCHIVE [DEST]"
-archive=$1
-dest=${2:-$(dirname "$archive")}
+unsigned=
+archive=
+dest=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --expect-version)
+            [ $# -ge 2 ] || die "--expect-version needs a version"
+            expect=$2
+            shift 2
+            continue
+            ;;
+        --allow-unsigned) unsigned=1 ;;
+        --*) die "unknown option $1 (usage: sh unpack_archive.sh [--expect-version V] [--allow-unsigned] ARCHIVE [DEST])" ;;
+        *) if [ -z "$archive" ]; then archive=$1; elif [ -z "$dest" ]; then dest=$1; else die "too many arguments: $1"; fi ;;
+    esac
+    shift
+done
+[ -n "$archive" ] || die "usage: sh unpack_archive.sh [--expect-version V] [--allow-unsigned] ARCHIVE [DEST]"
+dest=${dest:-$(dirname "$archive")}
 name=$(basename "$archive")
 [ -f "$archive" ] || die "$archive: no such file"
+[ -n "$unsigned" ] || die "$name is not signed (no $name.manifest and .sig beside it) and no keyring is pinned: whoever could swap the archive could swap its .sha256 too. Carry the .manifest and .manifest.sig that make bundle SIGN_KEY=... writes and pin the key (docs/bundle.md), or pass --allow-unsigned to take it on its .sha256 alone"
 [ -f "$archive.sha256" ] || die "$archive.sha256 is missing: carry it with the archive (make bundle writes both)"
 
 case $name in

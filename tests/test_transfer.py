@@ -424,6 +424,20 @@ def test_unsigned_archive_is_refused_where_a_keyring_is_pinned(cycle: dict[str, 
     assert "is not signed" in message
 
 
+def test_unsigned_archive_is_refused_unless_allowed_and_then_recorded(repo: Path, tmp_path: Path, keys: Keys) -> None:
+    """No key pinned anywhere, a new destination: still refused, unless the operator says --allow-unsigned."""
+    _, manifest, _ = pack(repo, tmp_path / "dist")
+    site = tmp_path / "site"
+    message = refused(site, unpack, manifest, site, keys, keyring=None)
+    assert "is not signed" in message and "no keyring is pinned" in message and "--allow-unsigned" in message
+    tree, said = unpack(manifest, site, keys, keyring=None, allow_unsigned=True)
+    assert (tree / "VERSION").read_text() == "9.8.7\n"
+    assert any(line.startswith("warning:") and "not signed" in line for line in said)
+    state = json.loads((site / transfer.STATE_NAME).read_text())
+    assert [entry["sequence"] for entry in state["unsigned"]] == [transfer.load(manifest)[0].sequence]
+    assert state["signer"] is None
+
+
 def test_unsigned_legacy_archive_is_refused_by_the_shell_entry_point(repo: Path, tmp_path: Path, keys: Keys) -> None:
     # An archive of before manifests (only its .sha256): refused where a keyring is pinned, by --keyring or by
     # airgap-pypi.keyring beside the script; the destinations are new, so no state file is what refuses it.
@@ -538,7 +552,7 @@ def _twice(name: str) -> object:
 )
 def test_hostile_members_are_refused(tmp_path: Path, keys: Keys, member: object, message: str) -> None:
     archive = _hostile(tmp_path, member)
-    got = refused(tmp_path / "site", unpack, archive, tmp_path / "site", keys, keyring=None)
+    got = refused(tmp_path / "site", unpack, archive, tmp_path / "site", keys, keyring=None, allow_unsigned=True)
     assert message in got
     assert not (tmp_path / "etc").exists()
 
@@ -583,10 +597,14 @@ def test_shell_entry_point_takes_signed_archives_and_refuses_in_one_line(cycle: 
     assert "transfer report (delta)" in out.stdout and "scripts/install_controller.sh" in out.stdout
 
 
-def test_legacy_archive_without_a_manifest_still_unpacks(repo: Path, tmp_path: Path) -> None:
+def test_legacy_archive_without_a_manifest_unpacks_only_when_unsigned_is_allowed(repo: Path, tmp_path: Path) -> None:
     archive, manifest, _ = pack(repo, tmp_path / "dist")
     manifest.unlink()
     out = run_sh("--expect-version", "9.8.7", str(archive), str(tmp_path / "site"))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "is not signed" in out.stderr and "--allow-unsigned" in out.stderr
+    assert not (tmp_path / "site").exists()
+    out = run_sh("--expect-version", "9.8.7", "--allow-unsigned", str(archive), str(tmp_path / "site"))
     assert out.returncode == 0, out.stderr
     assert f"ok: {archive.name} matches {archive.name}.sha256" in out.stdout  # the shell's own check
     assert not (tmp_path / "site" / transfer.STATE_NAME).exists()
@@ -622,7 +640,8 @@ def test_pack_command_line(
     change_repo(repo)
     assert packer.main(["--out", str(out), "--base", str(manifest)]) == 0
     text = capsys.readouterr().out
-    assert "UNSIGNED: pass SIGN_KEY=" in text and "sh unpack_archive.sh airgap-pypi-9.8.7-20231114-delta" in text
+    assert "UNSIGNED: pass SIGN_KEY=" in text and "(unpacking it then needs --allow-unsigned)" in text
+    assert "sh unpack_archive.sh --allow-unsigned airgap-pypi-9.8.7-20231114-delta" in text
     delta = transfer.load(out / f"airgap-pypi-9.8.7-20231114-delta{EPOCH}.tar.gz.manifest")[0]
     assert (delta.kind, delta.sequence, delta.base_sequence) == ("delta", EPOCH, 5)
     with pytest.raises(SystemExit, match=r"^error: part size '0.5G' is not like 650M"):
