@@ -399,10 +399,32 @@ def project(path: str) -> str | None:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def report(changes: Changes, carried: int, full: int, kind: str) -> list[str]:
+MIRROR_YANKED = "offline_artifacts/mirror/yanked.json"  # {carried file name: reason} (build_mirror.py)
+MAX_YANKED_BYTES = 4 << 20  # as site.yml reads it
+
+
+def yank_marks(tree: Path) -> dict[str, int]:
+    """How many files of each mirror project the tree's carried mirror marks yanked; {} when it has no readable
+    yanked.json (site.yml checks that file strictly; here it only feeds the report)."""
+    try:
+        marks = json.loads(read_bounded(tree / MIRROR_YANKED, MAX_YANKED_BYTES, "yanked.json"))
+    except (TransferError, ValueError):
+        return {}
+    counts: Counter[str] = Counter()
+    for name in marks if isinstance(marks, dict) else ():
+        found = project(MIRROR_FILES + str(name))
+        if found:
+            counts[found] += 1
+    return dict(counts)
+
+
+def report(changes: Changes, carried: int, full: int, kind: str, yanked: Mapping[str, int] | None = None) -> list[str]:
+    """The transfer report: counts per area and per mirror project (new, changed, removed, and the files of the
+    project the archive's mirror marks yanked), and the carried size against the full archive's."""
+    yanked = yanked or {}
     lines = [
         f"transfer report ({kind}): {len(changes.new)} new, {len(changes.changed)} changed, "
-        f"{len(changes.removed)} removed, {changes.unchanged} unchanged"
+        f"{len(changes.removed)} removed, {changes.unchanged} unchanged, {sum(yanked.values())} marked yanked"
     ]
     for title, key in (("area", area), ("mirror project", project)):
         rows: dict[str, Counter[str]] = {}
@@ -411,11 +433,16 @@ def report(changes: Changes, carried: int, full: int, kind: str) -> list[str]:
                 name = key(path)
                 if name is not None:
                     rows.setdefault(name, Counter())[what] += 1
+        columns = ("new", "changed", "removed")
+        if key is project:
+            for name, count in yanked.items():
+                rows.setdefault(name, Counter())["yanked"] = count
+            columns += ("yanked",)
         if rows:
             width = max(len(title), *map(len, rows))
-            lines.append(f"  {title:<{width}}  {'new':>7} {'changed':>7} {'removed':>7}")
+            lines.append(f"  {title:<{width}}  " + " ".join(f"{c:>7}" for c in columns))
             lines += [
-                f"  {name:<{width}}  {c['new']:>7} {c['changed']:>7} {c['removed']:>7}"
+                f"  {name:<{width}}  " + " ".join(f"{c[column]:>7}" for column in columns)
                 for name, c in sorted(rows.items())
             ]
     share = f" ({100 * carried / full:.1f}%)" if full else ""
@@ -870,7 +897,8 @@ def unpack(
     if plan.aside is not None:
         say(f"the tree it replaces is kept as {plan.aside.name}: remove it when you no longer need it")
     size = sum(p.stat().st_size for p in carried)
-    for line in report(compare(plan.old, manifest.files), size, manifest.full_size or size, manifest.kind):
+    marks = yank_marks(tree)
+    for line in report(compare(plan.old, manifest.files), size, manifest.full_size or size, manifest.kind, marks):
         say(line)
     return tree
 

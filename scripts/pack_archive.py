@@ -185,7 +185,7 @@ def pack(
         shutil.copyfile(root / "scripts" / script, out_dir / script)
         (out_dir / script).chmod(0o755)
     changes = transfer.compare(base_manifest.by_path() if base_manifest else None, files)
-    for line in transfer.report(changes, size, full_size, manifest.kind):
+    for line in transfer.report(changes, size, full_size, manifest.kind, transfer.yank_marks(root)):
         say(line)
     return archive
 

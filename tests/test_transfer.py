@@ -151,8 +151,11 @@ def resign(manifest: Path, key: str) -> None:
 
 
 def change_repo(root: Path) -> None:
-    """A new release of the mirror: one file changed, one new, one removed, and a changed script."""
+    """A new release of the mirror: one file changed, one new, one removed, one (unchanged) marked yanked, and a
+    changed script."""
     mirror = root / "offline_artifacts" / "mirror" / "files"
+    yanked = {"numpy-2.0.0-cp312-cp312-manylinux_2_28_x86_64.whl": "broken wheel"}
+    (root / "offline_artifacts" / "mirror" / "yanked.json").write_text(json.dumps(yanked))
     (mirror / "requests-2.32.0-py3-none-any.whl").unlink()
     (mirror / "requests-2.33.0-py3-none-any.whl").write_bytes(b"requests 2.33")
     (mirror / "python_dateutil-2.9.0-py2.py3-none-any.whl").write_bytes(b"dateutil, rebuilt")
@@ -321,6 +324,7 @@ def test_delta_unpacked_onto_its_base_equals_the_full_tree(cycle: dict[str, Path
         "offline_artifacts/mirror/SHA256SUMS",
         "offline_artifacts/mirror/files/python_dateutil-2.9.0-py2.py3-none-any.whl",
         "offline_artifacts/mirror/files/requests-2.33.0-py3-none-any.whl",
+        "offline_artifacts/mirror/yanked.json",
         "site.yml",
     ]
     parsed = transfer.load(cycle["delta_manifest"])[0]
@@ -335,7 +339,8 @@ def test_delta_unpacked_onto_its_base_equals_the_full_tree(cycle: dict[str, Path
     assert (tree / "VERSION").stat().st_ino == (old / "VERSION").stat().st_ino  # unchanged: hard-linked
     assert not [p for p in cycle["site"].iterdir() if "incoming" in p.name]
     assert json.loads((cycle["site"] / transfer.STATE_NAME).read_text())["sequence"] == 2
-    assert "transfer report (delta): 1 new, 3 changed, 1 removed, 10 unchanged" in said
+    assert "transfer report (delta): 2 new, 3 changed, 1 removed, 10 unchanged, 1 marked yanked" in said
+    assert any(line.split() == ["numpy", "0", "0", "0", "1"] for line in said), "the private side's report too"
 
 
 def test_delta_for_another_base_is_refused(cycle: dict[str, Path], repo: Path, tmp_path: Path, keys: Keys) -> None:
@@ -562,14 +567,14 @@ def test_hostile_members_are_refused(tmp_path: Path, keys: Keys, member: object,
 
 def test_report_counts_per_area_and_project(cycle: dict[str, Path]) -> None:
     said = cycle["pack_said"]
-    assert "packed 4 of 14 files: airgap-pypi-9.8.7-20231114-delta2.tar.gz (0.0 MB)" in said
+    assert "packed 5 of 15 files: airgap-pypi-9.8.7-20231114-delta2.tar.gz (0.0 MB)" in said
     said = said[next(i for i, line in enumerate(said) if line.startswith("transfer report")) :]
-    assert said[0] == "transfer report (delta): 1 new, 3 changed, 1 removed, 10 unchanged"
+    assert said[0] == "transfer report (delta): 2 new, 3 changed, 1 removed, 10 unchanged, 1 marked yanked"
     rows = {line.split()[0]: line.split()[1:] for line in said[1:-1]}
     assert rows["(top"] == ["level)", "0", "1", "0"]  # site.yml
-    assert rows["offline_artifacts"] == ["1", "2", "1"]
-    assert rows["requests"] == ["1", "0", "1"] and rows["python-dateutil"] == ["0", "1", "0"]
-    assert "numpy" not in rows
+    assert rows["offline_artifacts"] == ["2", "2", "1"]  # yanked.json is new
+    assert rows["requests"] == ["1", "0", "1", "0"] and rows["python-dateutil"] == ["0", "1", "0", "0"]
+    assert rows["numpy"] == ["0", "0", "0", "1"], "an unchanged file the mirror now marks yanked"
     delta, full = cycle["delta"].stat().st_size, transfer.load(cycle["delta_manifest"])[0].full_size
     assert full == cycle["full2"].stat().st_size > delta
     assert (
