@@ -68,10 +68,8 @@ def extract_site(site: Path) -> Path:
 
 
 def owner_map_module() -> ModuleType:
-    """The role's pypi_server_owner_map module (its document() writes the owner map file the pages read)."""
-    spec = importlib.util.spec_from_file_location(
-        "pypi_server_owner_map", ROLE / "library" / "pypi_server_owner_map.py"
-    )
+    """The role's pypi_server_accounts module (its document() writes the owner map file the pages read)."""
+    spec = importlib.util.spec_from_file_location("pypi_server_accounts", ROLE / "library" / "pypi_server_accounts.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -221,7 +219,7 @@ def serve(
         "pypi_server_render_wall_seconds": 30,
         "__pypi_server_master_user": "pypiserver",
     }
-    owner_map = config / "project_owners.json"  # as the role's pypi_server_owner_map writes it
+    owner_map = config / "project_owners.json"  # as the role's pypi_server_accounts writes it
     owner_map.write_bytes(owner_map_module().document(project_owners or {}))
     variables["__pypi_server_owner_map_file"] = str(owner_map)
     (config / "gunicorn.conf.py").write_text(render("gunicorn.conf.py.j2", variables))
