@@ -498,3 +498,37 @@ def test_render_limits_out_of_range_stop_the_run_naming_them() -> None:
         "pypi_server_render_cpu_seconds=0: must be 1-3600 (CPU seconds per description rendering)",
         "pypi_server_render_memory_mb=32: must be 64-65536 (MiB of address space per description rendering)",
     ]
+
+
+def test_the_renderer_starts_once_the_upload_response_is_sent_not_before(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On two cores the renderer's start (Python, readme_renderer) would slow the response it ran beside: the
+    WSGI layer starts it from the body's close(), which the server calls after the response is sent; an upload
+    that leaves nothing to render starts none."""
+    packages, tree = dirs
+    packages.mkdir()
+    started: list[str] = []
+    monkeypatch.setattr(index.Tree, "start_renderer", lambda self: started.append(self.tree))
+    arriving = [
+        build_wheel(tmp_path / "dist", "plain", "1.0"),
+        build_wheel(tmp_path / "dist", "described", "1.0", description=MARKDOWN, content_type=GFM),
+    ]
+
+    def pypiserver(environ: dict[str, object], start_response: object) -> list[bytes]:
+        """Stands for pypiserver's upload: the next arriving file is stored."""
+        wheel = arriving.pop(0)
+        (packages / wheel.name).write_bytes(wheel.read_bytes())
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [b""]
+
+    app = index.StaticIndex(pypiserver, str(packages), str(tree))
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "SCRIPT_NAME": "", "wsgi.input": io.BytesIO()}
+    statuses: list[str] = []
+    plain = app(dict(environ), lambda status, headers, exc_info=None: statuses.append(status))
+    assert b"".join(plain) == b"" and not hasattr(plain, "close") and started == [], "nothing to render"
+    body = app(dict(environ), lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses == ["200 OK", "200 OK"] and started == [], "nothing starts while the response is being written"
+    assert b"".join(body) == b"" and started == []
+    body.close()  # type: ignore[attr-defined]
+    assert started == [str(tree)], "the renderer starts once the response is sent"

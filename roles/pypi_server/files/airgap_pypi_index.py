@@ -1289,6 +1289,7 @@ class Tree:
         # The descriptions queued for the render command (an ordered set), and whether they are rendered at all:
         # set by each sync (and by the renderer when it stores one) from state.json.
         self._pending: Dict[str, None] = {}
+        self.render_queued = False  # whether the last sync left descriptions for the renderer
         self._rendering = False
         self._uploads: Optional[Tuple[Tuple[int, int, int], Dict[str, Dict[str, str]]]] = None
         self._thread_lock = threading.Lock()
@@ -1466,15 +1467,16 @@ class Tree:
         """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered."""
         return [PAGES_FORMAT, self.rendering()]
 
-    def sync(self, rebuild: bool = False, skip_young: bool = False) -> List[str]:
+    def sync(self, rebuild: bool = False, skip_young: bool = False, render: bool = True) -> List[str]:
         """Bring the tree up to date with the packages directory; return the projects whose pages changed. With
-        render_limits, a renderer is started when descriptions are queued (after the lock is released)."""
+        render_limits, a renderer is started when descriptions are queued (after the lock is released), unless
+        render is false: then render_queued says whether the caller should start one (after its response)."""
         with self.locked():
             started = time.time()
             changed = self._sync(rebuild, skip_young)
             note_sync(self.path(SYNC_FILE), started)  # the metrics' last sync time and duration
-            queued = bool(self._pending)
-        if queued:
+            self.render_queued = bool(self._pending)
+        if self.render_queued and render:
             self.start_renderer()
         return changed
 
@@ -2688,6 +2690,21 @@ def _chunks(handle: Any) -> Iterator[bytes]:
         yield from iter(lambda: handle.read(1 << 16), b"")
 
 
+class AfterResponse:
+    """A response body whose close() (which the WSGI server calls once the response is sent) runs a callback that
+    never raises (Tree.start_renderer)."""
+
+    def __init__(self, body: List[bytes], then: Callable[[], None]) -> None:
+        self.body = body
+        self.then = then
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        self.then()
+
+
 class StaticIndex:
     """WSGI layer: the generated tree for reads, pypiserver for everything else."""
 
@@ -2764,7 +2781,9 @@ class StaticIndex:
         status, headers = held[0] if held else ("500 Internal Server Error", [("Content-Type", "text/plain")])
         if status[:1] == "2":
             try:
-                self.index.sync()
+                # The renderer starts once the response is sent (AfterResponse), not while it is written: on a
+                # host of two cores its start (Python, readme_renderer) would otherwise delay the response.
+                self.index.sync(render=False)
             except Exception as error:
                 LOG.exception("the index pages could not be updated after a change")
                 text = f"Stored, but the index pages could not be updated: {error}\n".encode(errors="replace")
@@ -2774,6 +2793,8 @@ class StaticIndex:
                 )
                 return [text]
         start_response(status, headers)
+        if status[:1] == "2" and self.index.render_queued:
+            return AfterResponse(body, self.index.start_renderer)
         return body
 
     def authenticate(self, environ: Dict[str, Any], start_response: StartResponse) -> Optional[List[bytes]]:
