@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,38 @@ def test_a_long_rebuild_logs_its_progress(
     assert f"files checked: 1 of {PROJECTS * VERSIONS} (0 s)" in messages
     assert any(m.startswith(f"files checked: {PROJECTS * VERSIONS} of {PROJECTS * VERSIONS} in ") for m in messages)
     assert any(m.startswith(f"pages written: {PROJECTS} of {PROJECTS} in ") for m in messages)
+
+
+def test_a_name_added_in_the_same_tick_as_a_sync_is_found_once_the_directory_settles(
+    site: tuple[Path, Path],
+) -> None:
+    packages, tree_dir = site
+    tree = index.Tree(str(packages), str(tree_dir))
+    build_wheel(packages, "scale-020", "2.0")
+    tree.sync(project="scale-020")
+    stamp = json.loads((tree_dir / "stamp.json").read_text())
+    assert stamp["settle"] > 0, "the directory was young: it is listed again later"
+    seen = packages.stat()
+    unseen = build_wheel(packages, "scale-021", "2.0")  # in the same tick: the directory's mtime says nothing
+    os.utime(unseen, (time.time() - 60, time.time() - 60))  # and written whole (not a file still being written)
+    os.utime(packages, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    tree.ensure_fresh()
+    assert unseen.name not in (tree_dir / "simple" / "scale-021" / "index.html").read_text()
+    tree._settle = time.time() - 1  # as if YOUNG_SECONDS had passed
+    (tree_dir / "stamp.json").write_text(json.dumps(dict(stamp, settle=tree._settle)))
+    tree.ensure_fresh()
+    assert unseen.name in (tree_dir / "simple" / "scale-021" / "index.html").read_text()
+
+
+def test_pypiservers_exists_is_answered_by_listing_names(tmp_path: Path) -> None:
+    root = tmp_path / "packages"
+    (root / "sub").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "sub" / "a-1.0.tar.gz").write_bytes(b"x")
+    (root / ".hidden" / "b-1.0.tar.gz").write_bytes(b"x")
+    (root / "c-1.0.tar.gz").mkdir()
+    (root / "d-1.0.tar.gz").symlink_to(root / "sub" / "a-1.0.tar.gz")
+    found = {name: index.stored_below([root], name) for name in ("a-1.0.tar.gz", "b-1.0.tar.gz", "c-1.0.tar.gz")}
+    assert found == {"a-1.0.tar.gz": True, "b-1.0.tar.gz": False, "c-1.0.tar.gz": False}
+    assert index.stored_below([root], "d-1.0.tar.gz"), "as pypiserver's Path.is_file, a link to a file counts"
+    assert not index.stored_below([root], ".x") and not index.stored_below([root], "e-1.0.tar.gz")
