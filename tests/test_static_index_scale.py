@@ -281,3 +281,20 @@ def test_pypiservers_exists_is_answered_by_listing_names(tmp_path: Path) -> None
     assert found == {"a-1.0.tar.gz": True, "b-1.0.tar.gz": False, "c-1.0.tar.gz": False}
     assert index.stored_below([root], "d-1.0.tar.gz"), "as pypiserver's Path.is_file, a link to a file counts"
     assert not index.stored_below([root], ".x") and not index.stored_below([root], "e-1.0.tar.gz")
+
+
+def test_an_uploads_other_spellings_are_looked_for_among_its_projects_names_only() -> None:
+    names = [
+        "Good_Pkg-1.0.tar.gz",
+        "good.pkg-1.0.tar.gz",
+        "good__pkg-2.0-py3-none-any.whl",
+        "goodpkg-1.0.tar.gz",  # a candidate: parsing tells it apart
+        "good-pkg-extra-1.0.tar.gz",
+        "other-1.0.tar.gz",
+        "xgood-pkg-1.0.tar.gz",
+        "good-pk-1.0.tar.gz",
+    ]
+    assert index.names_of_project(names, "good-pkg") == names[:5]
+    assert index.names_of_project([], "good-pkg") == []
+    assert index.names_of_project(["a.b-1.0.zip", "a-1.0.zip"], "a-b") == ["a.b-1.0.zip"]
+    assert index.names_of_project(["c++-1.0.zip", "c-1.0.zip"], "c") == ["c++-1.0.zip", "c-1.0.zip"]

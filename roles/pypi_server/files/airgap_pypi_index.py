@@ -2151,6 +2151,23 @@ def name_max(directory: str) -> int:
 _NO_SEPARATORS = str.maketrans("", "", "-_.")
 
 
+def names_of_project(names: List[str], project: str) -> List[str]:
+    """The names that may be files of a project (its PEP 503 name): those that start with its name whatever the
+    case and the separators (-, _, . and runs of them), found by one regular expression over all the names at
+    once. A necessary condition only: the caller parses what it returns."""
+    squeezed = project.translate(_NO_SEPARATORS)
+    if not squeezed or not names:
+        return list(names)
+    joined = "\x00" + "\x00".join(names)  # no file name holds a NUL: each name follows one
+    pattern = re.compile("\x00[-_.]*" + "[-_.]*".join(map(re.escape, squeezed)), re.IGNORECASE)
+    found = []
+    for match in pattern.finditer(joined):
+        start = match.start() + 1
+        end = joined.find("\x00", start)
+        found.append(joined[start : len(joined) if end < 0 else end])
+    return found
+
+
 def canonical_filename(filename: str) -> Optional[str]:
     """One spelling for the file names that denote the same distribution (GoodPkg-1.0 and goodpkg-1.0)."""
     lower = filename.lower()
@@ -2209,14 +2226,10 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> str:
             f"{filename}: its metadata says Version {fields['version'][:40]!r}, the file name {version}"
         )
     wanted = canonical_filename(filename)
-    squeezed = project.translate(_NO_SEPARATORS)
     for _root, dirs, files in os.walk(packages):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for other in files:
-            # A file of this project starts with its name: the others are passed over without being parsed.
-            if other == filename or not other.lower().translate(_NO_SEPARATORS).startswith(squeezed):
-                continue
-            if other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
+        for other in names_of_project(files, project):  # the others are passed over without being parsed
+            if other != filename and other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
                 raise AlreadyStored(f"{filename}: the index already has this file as {other}")
     return project
 
