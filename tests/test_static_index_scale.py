@@ -266,6 +266,8 @@ def test_a_name_added_in_the_same_tick_as_a_sync_is_found_once_the_directory_set
     tree._settle = time.time() - 1  # as if YOUNG_SECONDS had passed
     (tree_dir / "stamp.json").write_text(json.dumps(dict(stamp, settle=tree._settle)))
     tree.ensure_fresh()
+    assert tree._settler is not None, "listed again in a thread of its own"
+    tree._settler.join(30)
     assert unseen.name in (tree_dir / "simple" / "scale-021" / "index.html").read_text()
 
 

@@ -1475,6 +1475,8 @@ class Tree:
         self._seen: Optional[Dict[str, int]] = None
         self._seen_yanked: Optional[List[int]] = None
         self._settle: Optional[float] = None  # when the last sync's young directories are to be listed again
+        self._settle_lock = threading.Lock()
+        self._settler: Optional[threading.Thread] = None
         self._next_check = 0.0
         self._failed_until = 0.0
         # (state.json's inode, mtime and size; the state with the journal applied; the journal's bytes applied, or
@@ -2092,16 +2094,32 @@ class Tree:
             self._failed_until = now + RECHECK_SECONDS
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
 
+    def sync_running(self) -> bool:
+        """Whether a sync holds the tree's lock now (in this process or another)."""
+        try:
+            with open(self.path(".lock"), "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError:
+            return True
+        return False
+
     def settle(self) -> None:
         """Once the directories the last sync saw young are old enough, list them again: a name added or removed
-        in the same tick of their mtime is found. Only new names are read (a names-only sync, project "")."""
-        if self._settle is None or time.time() < self._settle:
-            return
-        stamp = self.read_json("stamp.json")
-        if not stamp or stamp.get("settle") != self._settle:  # another process synced since: its stamp counts
-            self._seen = self._settle = None
-            return
-        self._settle = None
+        in the same tick of their mtime is found. Only new names are read (a names-only sync, project ""), in a
+        thread of its own: the read that finds it due is not held up."""
+        with self._settle_lock:  # one thread of this process settles; the others serve meanwhile
+            if self._settle is None or time.time() < self._settle:
+                return
+            stamp = self.read_json("stamp.json")
+            if not stamp or stamp.get("settle") != self._settle or self.sync_running():
+                self._seen = self._settle = None  # another process syncs, or did: its stamp counts
+                return
+            self._settle = None
+            self._settler = threading.Thread(target=self.settle_now, name="airgap-pypi-settle", daemon=True)
+            self._settler.start()
+
+    def settle_now(self) -> None:
         try:
             self.sync(skip_young=True, project="")
         except Exception:
