@@ -19,6 +19,9 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
   bundle     a bundle build from the committed locks, the default mirror build, packing the archive
   transfer   a delta archive's size over the bytes of the files it carries (synthetic tree of random bytes), and
              checking a 1 GB set of parts against their manifest over sha256sum alone (no containers)
+  scale      100,000 synthetic files over 20,000 projects (loopback, no docker): a cold rebuild of the tree by the
+             sync command, then gunicorn on it: upload to visible, /simple/<project>/ p99 (wrk), worker memory,
+             the state's and the front page's sizes (a few minutes; not part of make test)
 
 Needs docker, the test images, wrk and nginx (scripts/bench.sh installs what is missing on Debian/Ubuntu).
 The index under test is a container on the bench's own --internal docker network; nginx runs on 127.0.0.1
@@ -37,6 +40,7 @@ import math
 import os
 import pwd
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -77,7 +81,18 @@ else:  # run as a file (scripts/bench.sh): python puts its folder, scripts/, fir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SECTIONS: tuple[str, ...] = ("provision", "hosts4", "reads", "auth", "features", "pip", "upload", "bundle", "transfer")
+SECTIONS: tuple[str, ...] = (
+    "provision",
+    "hosts4",
+    "reads",
+    "auth",
+    "features",
+    "pip",
+    "upload",
+    "bundle",
+    "transfer",
+    "scale",
+)
 # The sections that run containers (docker); the others run on loopback only.
 DOCKER_SECTIONS = frozenset({"provision", "hosts4", "reads", "pip", "upload"})
 PREFIX = "airgap-pypi-bench"
@@ -118,6 +133,14 @@ RENDER_REPEATS = 5  # renderings of each description counted as its time, after 
 # parts over sha256sum alone on the same files (speed).
 GOAL_DELTA_RATIO = 1.1
 GOAL_VERIFY_RATIO = 0.8
+# Issue 15: one host with 100,000 files over 20,000 projects.
+SCALE_FILES = 100_000
+SCALE_VERSIONS = 5
+GOAL_SCALE_UPLOAD_S = 1.0
+GOAL_SCALE_P99_MS = 20.0
+GOAL_SCALE_WORKER_MB = 300.0
+GOAL_SCALE_REBUILD_S = 120.0
+SCALE_UPLOADS = 5
 
 
 # --------------------------------------------------------------------------- processes
@@ -317,10 +340,10 @@ def synthetic_names(files: int, versions: int = VERSIONS) -> list[tuple[str, str
     return [(f"bench-pkg-{p:04d}", f"1.0.{v}") for p in range(files // versions) for v in range(versions)]
 
 
-def build_synthetic(directory: Path, files: int) -> list[Path]:
+def build_synthetic(directory: Path, files: int, versions: int = VERSIONS) -> list[Path]:
     """The synthetic wheels in directory (built where missing; the builder writes identical bytes each time)."""
     paths = []
-    for name, version in synthetic_names(files):
+    for name, version in synthetic_names(files, versions):
         path = directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
         paths.append(path if path.exists() else demo_wheel.build_wheel(directory, name, version))
     return paths
@@ -1601,7 +1624,38 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
             None if value is None else value <= GOAL_UPLOAD_S,
         )
     )
-    return out + transfer_goals(sections.get("transfer", {}))
+    return out + transfer_goals(sections.get("transfer", {})) + scale_goals(sections.get("scale", {}))
+
+
+def scale_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15's goals from the scale section (100,000 files on one host)."""
+    files = section.get("files", SCALE_FILES)
+    rows = [
+        (
+            "upload visible on /simple/<project>/ (POST sent -> page shows it), median",
+            "upload_visible_median_s",
+            f"<= {GOAL_SCALE_UPLOAD_S:g} s",
+            GOAL_SCALE_UPLOAD_S,
+        ),
+        ("/simple/<project>/ p99 (wrk)", "project_p99_ms", f"<= {GOAL_SCALE_P99_MS:g} ms", GOAL_SCALE_P99_MS),
+        (
+            "gunicorn worker memory (largest RSS)",
+            "worker_rss_mb",
+            f"<= {GOAL_SCALE_WORKER_MB:g} MB",
+            GOAL_SCALE_WORKER_MB,
+        ),
+        (
+            "cold rebuild of the tree (deleted) by the sync command",
+            "cold_rebuild_s",
+            f"<= {GOAL_SCALE_REBUILD_S:g} s",
+            GOAL_SCALE_REBUILD_S,
+        ),
+    ]
+    out = []
+    for name, key, target, limit in rows:
+        value = section.get(key)
+        out.append(goal(f"{files:,} files: {name}", value, target, None if value is None else value <= limit))
+    return out
 
 
 def transfer_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1817,6 +1871,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if "transfer" in sections and "error" not in sections["transfer"]:
         parts += transfer_markdown(sections["transfer"])
+    if "scale" in sections and "error" not in sections["scale"]:
+        parts += scale_markdown(sections["scale"])
     failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
     failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
     if failures:
@@ -1941,6 +1997,119 @@ def transfer_markdown(section: dict[str, Any]) -> list[str]:
             ],
         ),
     ]
+
+
+def scale_markdown(section: dict[str, Any]) -> list[str]:
+    """The scale section of results.md."""
+    load = section.get("load", {})
+    return [
+        "## 100,000 files on one host (issue 15)\n",
+        f"Measured {section.get('measured_at')} on loopback: {fmt(section.get('files'))} synthetic wheels over "
+        f"{fmt(section.get('projects'))} projects. Cold rebuild: the sync command on the packages directory with "
+        "no tree (every file read and hashed, every page written); then gunicorn with the role's configuration "
+        f"(scripts/index_stack.py, {section.get('workers')} workers) serves that tree. Upload to visible: "
+        f"{section.get('uploads')} uploads of a new project (the form twine sends), each from sending the POST to the "
+        "start of the first GET of its /simple/<project>/ that lists it. Reads: wrk "
+        f"-t{load.get('threads')} -c{load.get('connections')} -d{load.get('seconds')}s on "
+        f"{section.get('target_project')}'s /simple/<project>/. Memory: the largest resident set of the workers "
+        "after the uploads and the reads.\n",
+        table(
+            ["Measure", "Value"],
+            [
+                ["cold rebuild, s", section.get("cold_rebuild_s")],
+                ["cold rebuild: progress lines logged", section.get("cold_rebuild_progress_lines")],
+                ["cold rebuild: peak memory of the sync command, MB", section.get("cold_rebuild_rss_mb")],
+                ["upload to visible, median s", section.get("upload_visible_median_s")],
+                ["upload to visible, each s", ", ".join(map(str, section.get("upload_visible_s", [])))],
+                ["/simple/<project>/ req/s", section.get("project_rps")],
+                ["/simple/<project>/ p99 ms", section.get("project_p99_ms")],
+                ["worker memory (largest RSS), MB", section.get("worker_rss_mb")],
+                ["state.json bytes", section.get("state_bytes")],
+                ["state.journal bytes after the uploads", section.get("journal_bytes")],
+                ["front page (index.html) bytes", section.get("front_page_bytes")],
+                ["its search index (search.json) bytes", section.get("search_index_bytes")],
+                ["/simple/ (index.html) bytes", section.get("simple_root_bytes")],
+            ],
+        ),
+    ]
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident set size in MB (None when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def scale_bench(workdir: Path, load: Load, files: int = SCALE_FILES, uploads: int = SCALE_UPLOADS) -> dict[str, Any]:
+    """Issue 15 on loopback: `files` synthetic wheels (SCALE_VERSIONS per project), a cold rebuild of the tree by
+    the sync command, then gunicorn on that tree: uploads of new projects to visible, wrk on a project page, the
+    workers' memory, the sizes of the state and of the front page."""
+    packages = workdir / "scale" / "packages"
+    say(f"  building {files:,} synthetic wheels")
+    build_synthetic(packages, files, SCALE_VERSIONS)
+    site = index_stack.extract_site(workdir / "scale-site")
+    tree = workdir / "scale" / "static"  # where index_stack.serve puts the stack's tree
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PYTHONPATH"] = str(site)
+    module = ROOT / "roles" / "pypi_server" / "files" / "airgap_pypi_index.py"
+    say("  cold rebuild (the sync command, no tree)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(module), "--packages", str(packages), "--tree", str(tree), "--no-render"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    rebuild_s = round(time.monotonic() - start, 1)
+    if done.returncode != 0:
+        raise RuntimeError(f"the cold rebuild failed: {done.stderr[-1500:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out: dict[str, Any] = {
+        "files": files,
+        "projects": files // SCALE_VERSIONS,
+        "load": asdict(load),
+        "cold_rebuild_s": rebuild_s,
+        "cold_rebuild_progress_lines": sum(" of " in line for line in done.stderr.splitlines()),
+        "cold_rebuild_rss_mb": round(peak / 1024, 1) if peak > before else None,
+        "uploads": uploads,
+    }
+    target = synthetic_names(files, SCALE_VERSIONS)[0][0]
+    say("  gunicorn on that tree: uploads, reads, memory")
+    with index_stack.serve(workdir / "scale", packages=packages) as stack:
+        seen = []
+        for number in range(uploads):
+            wheel = demo_wheel.build_wheel(workdir / "scale-dist", f"bench-scale-new-{number}", "1.0")
+            sent = time.monotonic()
+            post_upload(stack.url, wheel)
+            seen.append(round(seen_after(f"{stack.url}/simple/bench-scale-new-{number}/", wheel.name, sent), 3))
+        result = wrk(f"{stack.url}/simple/{target}/", load)
+        memory = [value for value in (rss_mb(pid) for pid in stack.workers()) if value is not None]
+        out.update(
+            workers=len(stack.workers()),
+            target_project=target,
+            upload_visible_s=seen,
+            upload_visible_median_s=statistics.median(seen),
+            project_rps=result.rps,
+            project_p99_ms=result.p99_ms,
+            worker_rss_mb=max(memory) if memory else None,
+        )
+    sizes = {
+        "state_bytes": "state.json",
+        "journal_bytes": "state.journal",
+        "front_page_bytes": "index.html",
+        "search_index_bytes": "search.json",
+        "simple_root_bytes": "simple/index.html",
+    }
+    out.update({key: (tree / name).stat().st_size if (tree / name).is_file() else None for key, name in sizes.items()})
+    shutil.rmtree(workdir / "scale", ignore_errors=True)
+    return out
 
 
 def merge(old: dict[str, Any], new_sections: dict[str, Any]) -> dict[str, Any]:
@@ -2116,6 +2285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))
         if "transfer" in chosen:
             record("transfer", attempt("transfer", lambda: transfer_bench(workdir)))
+        if "scale" in chosen:
+            say(f"{SCALE_FILES:,} files on one host, on loopback")
+            record("scale", attempt("scale", lambda: scale_bench(workdir, Load())))
     if "bundle" in chosen:
         say("building the bundle from the committed locks into an empty directory")
         values = bundle()

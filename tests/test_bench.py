@@ -482,3 +482,28 @@ def test_transfer_goals_and_report() -> None:
     assert "## Transfers across the air gap (issue 16)" in text
     assert "| delta archive bytes | 8,400,000 |" in text and "| check of the parts, s | 2.0, 2.1 |" in text
     assert "transfer" in bench.SECTIONS and "transfer" not in bench.DOCKER_SECTIONS
+
+
+def test_scale_goals_and_report() -> None:
+    assert all(g["met"] is None for g in bench.scale_goals({}))
+    section = {
+        "measured_at": "2026-12-03 17:00 UTC",
+        "files": 100_000,
+        "projects": 20_000,
+        "cold_rebuild_s": 80.5,
+        "upload_visible_median_s": 0.4,
+        "upload_visible_s": [0.5, 0.4, 0.3],
+        "project_p99_ms": 25.0,
+        "worker_rss_mb": 250.0,
+        "front_page_bytes": 20_000,
+    }
+    results = bench.merge({}, {"scale": section})
+    results["goals"] = bench.goals(results["sections"])
+    found = {g["goal"]: g for g in results["goals"] if g["goal"].startswith("100,000 files: ")}
+    assert [(g["value"], g["met"]) for g in found.values()] == [(0.4, True), (25.0, False), (250.0, True), (80.5, True)]
+    text = bench.markdown(results)
+    assert "## 100,000 files on one host (issue 15)" in text
+    assert (
+        "| upload to visible, each s | 0.5, 0.4, 0.3 |" in text and "| front page (index.html) bytes | 20,000 |" in text
+    )
+    assert "scale" in bench.SECTIONS and "scale" not in bench.DOCKER_SECTIONS

@@ -333,7 +333,9 @@ def render(site: Path, dirs: tuple[Path, Path], *options: str) -> subprocess.Pop
 
 
 def queue(tree: Path) -> list[str]:
-    return json.loads((tree / "state.json").read_text())["pending"]
+    """The descriptions queued (state.json with its journal, as a sync reads them)."""
+    state = index.Tree(str(tree.parent / "packages"), str(tree)).load_state()
+    return state["pending"] if state else []
 
 
 def children(pid: int, seconds: float = 20) -> list[int]:

@@ -186,7 +186,7 @@ def test_only_the_project_whose_yank_entries_changed_is_rewritten(site: dict[str
     assert tree.sync() == ["demo"]
     assert page_ids(site, "other") == other, "the other project's pages were not written again"
     assert all(page_ids(site, "demo")[name] != demo[name] for name in demo), "every page of demo was written"
-    assert json.loads((site["tree"] / "state.json").read_text())["yanked"] == {"demo": {"2.0": "broken"}}
+    assert tree_of(site).load_state()["yanked"] == {"demo": {"2.0": "broken"}}, "journalled after state.json"
     assert tree.sync() == [], "what the pages show is recorded: the same yank file changes nothing"
     write_yanks(site["yanked"], {"demo": {"2.0": "broken badly"}})
     assert tree.sync() == ["demo"], "a new reason is a change"

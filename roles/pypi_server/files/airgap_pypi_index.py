@@ -11,14 +11,19 @@ The tree (one directory, written only by this module) holds, for the packages di
                                                     when the file arrives); project pages show the newest's
     index.html, browse/<project>.html               the browse and search pages (inline CSS and JS only; the
                                                     front page sits outside browse/, where a project may be
-                                                    named "index")
-    state.json                                      sha256 and metadata by (file, size, mtime): no re-hashing;
-                                                    the yanked releases the pages show; the pages' format
+                                                    named "index"); the front page lists the first FRONT_ROWS
+                                                    projects and searches search.json (one compact row each)
+    state.json, state.journal                       sha256 and metadata by (file, size, mtime): no re-hashing;
+                                                    the yanked releases the pages show; the pages' format; each
+                                                    project's front-page row. A sync appends what it changed to
+                                                    the journal (one line); state.json is written whole only when
+                                                    the journal outgrows a quarter of it
     stamp.json                                      the package directories' mtimes (and the yank file's) at the
                                                     last sync
 
-`sync()` compares the packages directory with state.json and rewrites only the pages of projects whose files
-changed (every write goes to a temporary file then os.replace, so no reader sees half a page), under an flock.
+`sync()` compares the packages directory with the state and rewrites only the pages of projects whose files
+changed, and the lists (every write goes to a temporary file then os.replace, so no reader sees half a page),
+under an flock; after an upload it looks again only at the files of the upload's project (and at new names).
 Yanked releases (PEP 592) come from a small JSON file beside the data (`--yanked`, written only by the `yank` and
 `unyank` commands): a project's pages are rewritten when its entries there differ from what state.json says its
 pages show.
@@ -1010,16 +1015,31 @@ var h=location.hostname,plain=location.protocol==='http:'&&!/^(localhost|127[.]|
 document.querySelectorAll('.trusted').forEach(function(e){e.textContent=plain?'--trusted-host '+h+' ':'';});})();
 """
 
+# The front page lists FRONT_ROWS projects; a search reads the compact index of all of them (search.json, fetched
+# once, when the first word is typed) and lists the first FRONT_ROWS that match. Rows are made with textContent
+# only: nothing in the index is ever read as HTML.
 SEARCH_SCRIPT = """
 (function(){
-var box=document.getElementById('search'),rows=document.querySelectorAll('#projects tbody tr'),
-count=document.getElementById('count');
-function apply(){var words=box.value.toLowerCase().split(/\\s+/).filter(Boolean),shown=0;
-rows.forEach(function(r){var text=r.getAttribute('data-search');
-var hit=words.every(function(w){return text.indexOf(w)>=0;});r.hidden=!hit;if(hit){shown++;}});
-count.textContent=shown+' of '+rows.length+' projects';}
+var box=document.getElementById('search'),body=document.querySelector('#projects tbody'),
+count=document.getElementById('count'),limit=+body.getAttribute('data-limit'),total=+body.getAttribute('data-total'),
+first=body.innerHTML,rows=null,asked=false;
+function cell(tr,text){var td=document.createElement('td');td.textContent=text;tr.appendChild(td);return td;}
+function row(p){var tr=document.createElement('tr'),td=document.createElement('td'),a=document.createElement('a');
+a.href='project/'+encodeURIComponent(p[0])+'/';a.textContent=p[1];td.appendChild(a);tr.appendChild(td);
+var v=cell(tr,p[2]);p[5].forEach(function(n){var s=document.createElement('span');s.className='yanked';
+s.textContent=n;v.appendChild(document.createTextNode(' '));v.appendChild(s);});
+cell(tr,p[3]);cell(tr,String(p[4]));return tr;}
+function apply(){var words=box.value.toLowerCase().split(/\\s+/).filter(Boolean);
+if(!words.length){body.innerHTML=first;count.textContent=Math.min(limit,total)+' of '+total+' projects';return;}
+if(!rows){if(!asked){asked=true;count.textContent='searching '+total+' projects';
+fetch('search.json').then(function(r){return r.json();}).then(function(d){rows=d.projects;apply();},
+function(){count.textContent='the search index could not be read';});}return;}
+var hits=rows.filter(function(p){var text=(p[0]+' '+p[1]+' '+(p[3]||'')).toLowerCase();
+return words.every(function(w){return text.indexOf(w)>=0;});});
+body.textContent='';hits.slice(0,limit).forEach(function(p){body.appendChild(row(p));});
+count.textContent=(hits.length>limit?limit+' shown of ':'')+hits.length+' of '+rows.length+' projects';}
 var q=new URLSearchParams(location.search).get('q');if(q){box.value=q;}
-box.addEventListener('input',apply);apply();})();
+box.addEventListener('input',apply);if(q){apply();}})();
 """
 
 
@@ -1034,7 +1054,7 @@ PAGE_POLICY = (
     "default-src 'none'; img-src 'self'; "
     f"style-src {_source_hash(PAGE_STYLE)}; "
     f"script-src {_source_hash(BASE_SCRIPT + SEARCH_SCRIPT)} {_source_hash(BASE_SCRIPT)}; "
-    "base-uri 'none'; form-action 'none'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'"
 )
 
 
@@ -1049,10 +1069,15 @@ def page(title: str, body: str, script: str) -> bytes:
     ).encode()
 
 
-def yank_note(version: str, reason: str) -> str:
-    """The visible mark of a yanked release: "yanked", with its reason when one was given (escaped)."""
+def yank_text(version: str, reason: str) -> str:
+    """The visible mark of a yanked release: "yanked", with its reason when one was given."""
     text = f"{version} yanked" if version else "yanked"
-    return f'<span class="yanked">{esc(text + (": " + reason if reason else ""))}</span>'
+    return text + (": " + reason if reason else "")
+
+
+def yank_note(version: str, reason: str) -> str:
+    """yank_text() as HTML (escaped)."""
+    return f'<span class="yanked">{esc(yank_text(version, reason))}</span>'
 
 
 def yanked_releases(entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
@@ -1070,25 +1095,50 @@ def yanked_releases(entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str,
 FRONT_YANKED_SHOWN = 3
 
 
-def render_browse_index(summaries: List[Tuple[str, Entry, int, List[Tuple[str, str]]]]) -> bytes:
-    """The front page: per project its latest release (see latest()), marked when yanked, and the yanked
-    releases newer than it, with their reasons."""
+# The projects the front page lists (the first by name); the search finds the others in search.json.
+FRONT_ROWS = 100
+
+
+def front_notes(row: List[Any]) -> List[str]:
+    """The yank notes of a project's row (text): its latest release when yanked, and the yanked releases newer
+    than it (FRONT_YANKED_SHOWN of them, then how many more)."""
+    version = row[1]
+    shown_version = version_key(version)
+    notes = [
+        yank_text("" if yanked == version else yanked, reason)
+        for yanked, reason in row[4]
+        if version_key(yanked) >= shown_version
+    ]
+    if len(notes) > FRONT_YANKED_SHOWN:
+        notes[FRONT_YANKED_SHOWN:] = [f"and {len(notes) - FRONT_YANKED_SHOWN} more"]
+    return notes
+
+
+def render_search_index(projects: List[str], summaries: Dict[str, List[Any]]) -> bytes:
+    """search.json: per project [project, name, latest version, summary, files, yank notes], in name order."""
     rows = []
-    for project, entry, count, yanked in summaries:
-        search = esc(f"{project} {entry['name']} {entry.get('summary') or ''}".lower())
-        shown_version = version_key(entry["version"])
-        notes = [
-            yank_note("" if version == entry["version"] else version, reason)
-            for version, reason in yanked
-            if version_key(version) >= shown_version
-        ]
-        if len(notes) > FRONT_YANKED_SHOWN:
-            notes[FRONT_YANKED_SHOWN:] = [f'<span class="yanked">and {len(notes) - FRONT_YANKED_SHOWN} more</span>']
-        latest_cell = " ".join([esc(entry["version"]), *notes])
+    for project in projects:
+        row = summaries[project]
+        rows.append([project, row[0], row[1], row[2] or "", row[3], front_notes(row)])
+    return json.dumps({"projects": rows}, separators=(",", ":")).encode()
+
+
+def render_browse_index(projects: List[str], summaries: Dict[str, List[Any]]) -> bytes:
+    """The front page: the first FRONT_ROWS projects, per project its latest release (see latest()), marked when
+    yanked, and the yanked releases newer than it, with their reasons; a search over search.json for the rest."""
+    rows = []
+    for project in projects[:FRONT_ROWS]:
+        row = summaries[project]
+        notes = "".join(f' <span class="yanked">{esc(note)}</span>' for note in front_notes(row))
         rows.append(
-            f'<tr data-search="{search}"><td><a href="project/{esc(quote(project))}/">{esc(entry["name"])}</a></td>'
-            f"<td>{latest_cell}</td><td>{esc(entry.get('summary'))}</td><td>{count}</td></tr>"
+            f'<tr><td><a href="project/{esc(quote(project))}/">{esc(row[0])}</a></td>'
+            f"<td>{esc(row[1])}{notes}</td><td>{esc(row[2])}</td><td>{row[3]}</td></tr>"
         )
+    more = (
+        f' (the first {FRONT_ROWS} by name: search for the others, or see the <a href="simple/">simple index</a>)'
+        if len(projects) > FRONT_ROWS
+        else ""
+    )
     body = (
         "<h1>Packages</h1>\n"
         '<p class="muted">Install: <code>pip install --index-url <span class="base">http://HOST:PORT</span>/simple/ '
@@ -1096,9 +1146,9 @@ def render_browse_index(summaries: List[Tuple[str, Entry, int, List[Tuple[str, s
         '<span class="base">http://HOST:PORT</span>/ dist/*</code> &middot; <a href="simple/">simple index</a></p>\n'
         '<label for="search">Search names and summaries</label>\n'
         '<input type="search" id="search" placeholder="Search packages" autofocus>\n'
-        f'<p id="count" class="muted">{len(rows)} projects</p>\n'
+        f'<p class="muted"><span id="count">{len(rows)} of {len(projects)} projects</span>{more}</p>\n'
         '<table id="projects"><thead><tr><th>Project</th><th>Latest</th><th>Summary</th><th>Files</th></tr></thead>\n'
-        f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>"
+        f'<tbody data-limit="{FRONT_ROWS}" data-total="{len(projects)}">{"".join(rows)}</tbody></table>'
     )
     return page("airgap-pypi packages", body, SEARCH_SCRIPT).replace(b"{root}", b"./")
 
@@ -1232,20 +1282,118 @@ def valid_state(state: Dict[str, Any]) -> bool:
     )
 
 
+STATE_JOURNAL = "state.journal"
+SEARCH_INDEX = "search.json"  # the front page's search reads it (served at /search.json)
+MAX_STATE_BYTES = 1 << 30
+MAX_JOURNAL_BYTES = 256 << 20
+# The journal is folded into state.json once it is larger than this share of it (and MIN_COMPACT_BYTES).
+JOURNAL_SHARE = 4
+MIN_COMPACT_BYTES = 1 << 20
+_WHOLE_KEYS = ("version", "pages", "packages")  # a change of these writes state.json again
+_KEYED_KEYS = ("files", "summaries", "yanked", "owners")  # journalled by key (None: removed)
+_REPLACED_KEYS = ("skipped", "pending")  # journalled whole when changed
+
+
+def summary_row(entries: List[Tuple[str, Entry]], yanked: Optional[Dict[str, str]]) -> List[Any]:
+    """A project's row on the front page and in its search index: [name, latest version (see latest()), its
+    summary, number of files, [[version, reason] of the yanked releases, newest first]]."""
+    newest = latest(entries, yanked)
+    releases = [[version, reason] for version, reason in yanked_releases(entries, yanked)]
+    return [newest["name"], newest["version"], newest.get("summary"), len(entries), releases]
+
+
+def summaries_of(files: Dict[str, Entry], yanks: Yanks) -> Dict[str, List[Any]]:
+    return {project: summary_row(entries, yanks.get(project)) for project, entries in by_project(files).items()}
+
+
+def valid_summaries(summaries: Any) -> bool:
+    """The front page's rows as summary_row() makes them."""
+    return isinstance(summaries, dict) and all(
+        isinstance(row, list)
+        and len(row) == 5
+        and isinstance(row[0], str)
+        and isinstance(row[1], str)
+        and (row[2] is None or isinstance(row[2], str))
+        and isinstance(row[3], int)
+        and not isinstance(row[3], bool)
+        and isinstance(row[4], list)
+        and all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair) for pair in row[4]
+        )
+        for row in summaries.values()
+    )
+
+
+def state_patch(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """What changed from state old to state new as a journal line's fields ({} for nothing); None when the
+    change is not journalled (the whole state is written)."""
+    if any(old.get(key) != new.get(key) for key in _WHOLE_KEYS):
+        return None
+    patch: Dict[str, Any] = {}
+    for key in _KEYED_KEYS:
+        before, after = old.get(key) or {}, new.get(key) or {}
+        if before is after:
+            continue
+        changes = {name: value for name, value in after.items() if before.get(name) != value}
+        changes.update({name: None for name in before if name not in after})
+        if changes:
+            patch[key] = changes
+    for key in _REPLACED_KEYS:
+        if (old.get(key) or ({} if key == "skipped" else [])) != (new.get(key) or ({} if key == "skipped" else [])):
+            patch[key] = new.get(key)
+    return patch
+
+
+def journal_patch(line: bytes, generation: str) -> Optional[Dict[str, Any]]:
+    """A journal line's changes when it is one this module wrote after state.json of this generation; None for
+    anything else (never trusted)."""
+    try:
+        patch = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(patch, dict) or patch.pop("journal", None) != generation:
+        return None
+    if set(patch) - set(_KEYED_KEYS) - set(_REPLACED_KEYS):
+        return None
+    if not all(isinstance(patch.get(key, {}), dict) for key in _KEYED_KEYS):
+        return None
+    kept = {key: {k: v for k, v in patch.get(key, {}).items() if v is not None} for key in _KEYED_KEYS}
+    check = dict(kept, skipped=patch.get("skipped") or {}, pending=patch.get("pending") or [])
+    if not valid_state(check) or not valid_summaries(kept["summaries"]):
+        return None
+    return patch
+
+
+def apply_patch(state: Dict[str, Any], patch: Dict[str, Any]) -> None:
+    """Apply a journal line's changes to a state whose "files" and "summaries" are this caller's copies."""
+    for key in _KEYED_KEYS:
+        changes = patch.get(key)
+        if not changes:
+            continue
+        target = state[key] if key in ("files", "summaries") else dict(state.get(key) or {})
+        for name, value in changes.items():
+            if value is None:
+                target.pop(name, None)
+            else:
+                target[name] = value
+        state[key] = target
+    for key in _REPLACED_KEYS:
+        if key in patch:
+            state[key] = patch[key] if patch[key] is not None else ({} if key == "skipped" else [])
+
+
 class Fresh(NamedTuple):
-    """What a sync read from the files it (re)indexed: their names, the METADATA of the wheels among them (PEP
-    658), those with a description to render, and the notes of those whose description is beyond the bounds."""
+    """What a sync read from the files it (re)indexed: their names, those with a description to render, and the
+    notes of those whose description is beyond the bounds. (The METADATA of the wheels among them, PEP 658, is
+    written as each is read: a rebuild holds none of it.)"""
 
     read: List[str]
-    metadata: Dict[str, bytes]
     described: List[str]
     notes: Dict[str, str]
 
-    def add(self, relfn: str, metadata: Optional[bytes], fields: Dict[str, str]) -> None:
-        """A file read now: its METADATA (a wheel's), and whether it has a description to render."""
+    def add(self, relfn: str, fields: Dict[str, str]) -> None:
+        """A file read now, and whether it has a description to render."""
         self.read.append(relfn)
-        if metadata is not None:
-            self.metadata[relfn] = metadata
         text, kind = fields.get("description", ""), fields.get("description-content-type")
         if text.strip():
             note = beyond_bounds(text, kind)
@@ -1253,6 +1401,38 @@ class Fresh(NamedTuple):
                 self.described.append(relfn)
             else:
                 self.notes[relfn] = note
+
+
+# A long step of a sync (a rebuild of a large index) logs how far it is this often.
+PROGRESS_SECONDS = 5.0
+
+
+class Progress:
+    """Logs how far a long step is, with counts, every PROGRESS_SECONDS (nothing for a shorter step)."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self.count = what, total, 0
+        self.started = self.last = time.monotonic()
+
+    def step(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            LOG.info("%s: %d of %d (%.0f s)", self.what, self.count, self.total, now - self.started)
+
+    def done(self) -> None:
+        if self.last != self.started:
+            LOG.info("%s: %d of %d in %.1f s", self.what, self.count, self.total, time.monotonic() - self.started)
+
+
+def log_progress() -> None:
+    """Let the module's INFO lines (a long sync's progress) reach stderr when nothing else handles them."""
+    if not LOG.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
 
 
 class Tree:
@@ -1295,9 +1475,14 @@ class Tree:
         self._thread_lock = threading.Lock()
         self._seen: Optional[Dict[str, int]] = None
         self._seen_yanked: Optional[List[int]] = None
+        self._settle: Optional[float] = None  # when the last sync's young directories are to be listed again
+        self._settle_lock = threading.Lock()
+        self._settler: Optional[threading.Thread] = None
         self._next_check = 0.0
         self._failed_until = 0.0
-        self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any]]] = None
+        # (state.json's inode, mtime and size; the state with the journal applied; the journal's bytes applied, or
+        # -1 after a line that cannot be used, which the next save compacts)
+        self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any], int]] = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.tree, *parts)
@@ -1396,25 +1581,119 @@ class Tree:
         return owners
 
     def load_state(self) -> Optional[Dict[str, Any]]:
-        """state.json, parsed again only when another process replaced it since this one last read or wrote it."""
+        """The state (state.json and the changes journalled after it), parsed again only when another process
+        replaced state.json since this one last read or wrote it; journal lines appended since are applied alone."""
         try:
             stat = os.stat(self.path("state.json"))
         except OSError:
+            self._state = None
             return None
         key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if self._state is not None and self._state[0] == key:
-            return self._state[1]
-        state = self.read_json("state.json")
-        if state is not None and not valid_state(state):
+        cached = self._state
+        if cached is None or cached[0] != key:
+            state = self.read_state_base()
+            if state is None:
+                self._state = None
+                return None
+            cached = (key, state, 0)
+        self._state = self.replay_journal(*cached)
+        return self._state[1] if self._state else None
+
+    def read_state_base(self) -> Optional[Dict[str, Any]]:
+        """state.json when it has the shape this module writes (anything else is rebuilt, never trusted)."""
+        try:
+            data = read_bounded_file(self.path("state.json"), MAX_STATE_BYTES)
+            state = json.loads(data) if data is not None else None
+        except (Refusal, ValueError, RecursionError) as error:
+            LOG.warning("%s cannot be used (%s): every page is written again", self.path("state.json"), error)
+            return None
+        if state is None:
+            return None
+        if not isinstance(state, dict) or not valid_state(state) or not isinstance(state.get("journal", ""), str):
             LOG.warning("%s has an unexpected shape: every page is written again", self.path("state.json"))
-            state = None
-        self._state = (key, state) if state else None
+            return None
+        state.setdefault("journal", "")  # written by a release before the journal: its next save writes it whole
+        if not valid_summaries(state.get("summaries")):
+            state["summaries"] = summaries_of(state["files"], state.get("yanked", {}))  # written by 0.x: derived
         return state
 
+    def replay_journal(
+        self, key: Tuple[int, int, int], state: Dict[str, Any], offset: int
+    ) -> Optional[Tuple[Tuple[int, int, int], Dict[str, Any], int]]:
+        """Apply the journal's whole lines after offset (those of state.json's generation) to the state. A line
+        that cannot be used ends the replay and marks the journal for compaction at the next save: the state is
+        a cache of the files, so what it misses is found again by the next sync."""
+        if offset < 0:  # a bad line was met before: nothing after it is applied
+            return key, state, offset
+        data = self.journal_after(offset)
+        if data is None:
+            return key, state, -1
+        end = data.rfind(b"\n") + 1  # a line still being appended (or cut short) is not read yet
+        if not end:
+            return key, state, offset
+        patched = dict(state, files=dict(state["files"]), summaries=dict(state["summaries"]))
+        for line in data[:end].splitlines():
+            patch = journal_patch(line, state["journal"])
+            if patch is None:
+                LOG.warning("%s has a line that cannot be used: it is compacted at the next sync", STATE_JOURNAL)
+                return key, patched, -1
+            apply_patch(patched, patch)
+        return key, patched, offset + end
+
+    def journal_after(self, offset: int) -> Optional[bytes]:
+        """The journal's bytes after offset (b"" when there is no journal); None when it cannot be used: not a
+        regular file (no link is followed), shorter than offset (replaced), or larger than MAX_JOURNAL_BYTES."""
+        try:
+            descriptor = os.open(self.path(STATE_JOURNAL), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        except OSError as error:
+            LOG.warning("%s cannot be read (%s): it is compacted at the next sync", self.path(STATE_JOURNAL), error)
+            return None
+        with os.fdopen(descriptor, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            if not S_ISREG(stat.st_mode) or stat.st_size < offset or stat.st_size > MAX_JOURNAL_BYTES:
+                return None
+            handle.seek(offset)
+            return handle.read(stat.st_size - offset)
+
     def save_state(self, document: Dict[str, Any]) -> None:
-        write_atomic(self.path("state.json"), json.dumps(document).encode())
+        """Record the state: the changes from the state last read or written appended to the journal (one line),
+        or the whole state written to state.json (under a temporary name, then renamed) with a new journal when
+        there is no usable state to append to, the journal has grown past a quarter of it, or a line was bad."""
+        cached = self._state
+        document = dict(document, summaries=document.get("summaries") or {})
+        if cached is not None and cached[2] >= 0:
+            key, state, offset = cached
+            patch = state_patch(state, document)
+            if patch == {}:
+                return
+            if patch is not None:
+                line = json.dumps({"journal": state["journal"], **patch}, separators=(",", ":")).encode() + b"\n"
+                small = offset + len(line) <= max(MIN_COMPACT_BYTES, key[2] // JOURNAL_SHARE)
+                if small and self.append_journal(line, offset):
+                    self._state = (key, dict(document, journal=state["journal"]), offset + len(line))
+                    return
+        document = dict(document, journal=os.urandom(8).hex())
+        # The base first, the journal after: a journal line of another generation is never applied.
+        write_atomic(self.path("state.json"), json.dumps(document, separators=(",", ":")).encode())
+        write_atomic(self.path(STATE_JOURNAL), b"")
         stat = os.stat(self.path("state.json"))
-        self._state = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), document)
+        self._state = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), document, 0)
+
+    def append_journal(self, line: bytes, offset: int) -> bool:
+        """Append a line to the journal (under the tree's lock) where this process read it up to; False when the
+        journal is not the one read (or cannot be written): the caller writes the whole state instead."""
+        try:
+            descriptor = os.open(self.path(STATE_JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            stat = os.fstat(handle.fileno())
+            if not S_ISREG(stat.st_mode) or stat.st_size != offset:
+                return False
+            handle.write(line)
+        return True
 
     def read_json(self, name: str) -> Optional[Dict[str, Any]]:
         try:
@@ -1424,10 +1703,16 @@ class Tree:
         except (OSError, ValueError):
             return None
 
-    def scan(self) -> Tuple[Dict[str, int], Dict[str, os.stat_result]]:
-        """Directory mtimes (taken before listing) and the files below packages that may be distributions."""
+    def scan(
+        self, only: Optional[Tuple[Dict[str, Entry], str]] = None
+    ) -> Tuple[Dict[str, int], Dict[str, os.stat_result], Dict[str, Entry]]:
+        """Directory mtimes (taken before listing) and the files below packages that may be distributions. only:
+        (the indexed files, a project): an indexed file whose name cannot be the project's is not looked at (the
+        third dict: their entries, kept as they are)."""
         dirs: Dict[str, int] = {}
         found: Dict[str, os.stat_result] = {}
+        kept: Dict[str, Entry] = {}
+        known, project = only if only is not None else ({}, "")
         pending = [""]
         while pending:
             rel = pending.pop()
@@ -1444,13 +1729,17 @@ class Tree:
                 if item.is_dir(follow_symlinks=False):
                     pending.append(relfn)
                     continue
+                entry = known.get(relfn)
+                if entry is not None and entry["project"] != project:  # its name says its project
+                    kept[relfn] = entry
+                    continue
                 if not item.name.lower().endswith(ARCHIVE_SUFFIXES) or not item.is_file(follow_symlinks=False):
                     continue
                 try:
                     found[relfn] = item.stat()
                 except OSError:
                     continue
-        return dirs, found
+        return dirs, found, kept
 
     def rendering(self) -> bool:
         """Whether descriptions are rendered: readme_renderer is installed, this process did not fail to import it,
@@ -1467,13 +1756,18 @@ class Tree:
         """The pages' format as state.json records it: PAGES_FORMAT, and whether descriptions are rendered."""
         return [PAGES_FORMAT, self.rendering()]
 
-    def sync(self, rebuild: bool = False, skip_young: bool = False, render: bool = True) -> List[str]:
+    def sync(
+        self, rebuild: bool = False, skip_young: bool = False, project: Optional[str] = None, render: bool = True
+    ) -> List[str]:
         """Bring the tree up to date with the packages directory; return the projects whose pages changed. With
         render_limits, a renderer is started when descriptions are queued (after the lock is released), unless
-        render is false: then render_queued says whether the caller should start one (after its response)."""
+        render is false: then render_queued says whether the caller should start one (after its response).
+        project: the one project an upload changed. Every directory is still listed (a new file of any project
+        is found), but of the files already indexed only those whose names may be the project's are looked at
+        again: the others keep their entries (a file replaced in place is seen by the next sync without it)."""
         with self.locked():
             started = time.time()
-            changed = self._sync(rebuild, skip_young)
+            changed = self._sync(rebuild, skip_young, project)
             note_sync(self.path(SYNC_FILE), started)  # the metrics' last sync time and duration
             self.render_queued = bool(self._pending)
         if self.render_queued and render:
@@ -1501,7 +1795,7 @@ class Tree:
             return
         threading.Thread(target=child.wait, name="airgap-pypi-renderer", daemon=True).start()  # no zombie left
 
-    def _sync(self, rebuild: bool, skip_young: bool) -> List[str]:
+    def _sync(self, rebuild: bool, skip_young: bool, project: Optional[str] = None) -> List[str]:
         state = self.load_state()
         old_yanks: Yanks = state.get("yanked", {}) if state else {}
         old_owners: Owners = state.get("owners", {}) if state else {}
@@ -1518,8 +1812,8 @@ class Tree:
         yank_stamp = self.yank_stamp()  # before the file is read, as the directories' before they are listed
         yanks = self.current_yanks(old_yanks)
         remove_leftovers(self.packages)
-        dirs, found = self.scan()
-        files, fresh, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young)
+        dirs, found, kept = self.scan(None if rebuild or project is None else (old, project))
+        files, fresh, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young, kept=kept)
         uploads = self.current_uploads(old)
         files = {relfn: with_upload(entry, uploads.get(relfn)) for relfn, entry in files.items()}
         changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
@@ -1540,14 +1834,14 @@ class Tree:
         if unchanged and os.path.exists(self.path("index.html")):
             self.finish(dirs, dirty, yank_stamp)
             return []
-        grouped = by_project(files)
-        projects = sorted(grouped)
+        summaries: Dict[str, List[Any]] = {} if rebuild else dict(state.get("summaries") or {})
+        changed |= listed.symmetric_difference(summaries)  # rows missing (or left over) are made again
+        projects = sorted(listed)
         if rebuild:
             with contextlib.suppress(OSError):
-                changed |= set(os.listdir(self.path("simple"))) - set(projects) - {"index.html", "index.json"}
-        for project in sorted(changed):
-            self.write_project(project, grouped.get(project, []), yanks.get(project), owners.get(project))
-        self.write_root(projects, grouped, yanks)
+                changed |= set(os.listdir(self.path("simple"))) - listed - {"index.html", "index.json"}
+        self.write_projects(changed, files, yanks, owners, summaries)
+        self.write_root(projects, summaries)
         self.save_state(
             {
                 "version": STATE_VERSION,
@@ -1557,6 +1851,7 @@ class Tree:
                 "skipped": skipped,
                 "yanked": yanks,
                 "owners": owners,  # who may upload to each project, as its page shows it
+                "summaries": summaries,  # each project's row on the front page
                 # The pages' descriptions still to render: never cut short (one left out would stay unrendered).
                 "pending": list(self._pending),
             }
@@ -1564,33 +1859,54 @@ class Tree:
         self.finish(dirs, dirty, yank_stamp)
         return sorted(changed)
 
+    def write_projects(
+        self, changed: Iterable[str], files: Dict[str, Entry], yanks: Yanks, owners: Owners, summaries: Dict[str, Any]
+    ) -> None:
+        """The pages of the changed projects, and their rows in summaries. Only their files are grouped (and sorted
+        by version): the other projects' rows are kept."""
+        changed = set(changed)
+        grouped = by_project({relfn: entry for relfn, entry in files.items() if entry["project"] in changed})
+        progress = Progress("pages written", len(changed))
+        for project in sorted(changed):
+            entries = grouped.get(project, [])
+            self.write_project(project, entries, yanks.get(project), owners.get(project))
+            if entries:
+                summaries[project] = summary_row(entries, yanks.get(project))
+            else:
+                summaries.pop(project, None)
+            progress.step()
+        progress.done()
+
     def write_derived(self, fresh: Fresh, old: Dict[str, Entry], files: Dict[str, Entry]) -> None:
-        """The metadata files (PEP 658) of the files read now, and the notes of their descriptions beyond the
-        bounds (the others' stored renderings removed: they are queued); those of files gone (or that no longer
-        have one) removed."""
-        for relfn, metadata in fresh.metadata.items():
-            write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
+        """The notes of the descriptions beyond the bounds of the files read now (the others' stored renderings
+        removed: they are queued); the metadata files (PEP 658) and renderings of files gone (or that no longer
+        have metadata) removed."""
         for relfn in fresh.read:  # rendered once, after the file arrives (or changes)
             stored, note = description_path(self.tree, relfn), fresh.notes.get(relfn)
             if stored is not None and note is not None and self._rendering:
                 write_atomic(stored, note.encode())
             elif stored is not None:
                 remove_quietly(stored)
-        for relfn, entry in old.items():
-            if relfn not in files or (entry.get("metadata_sha256") and not files[relfn].get("metadata_sha256")):
+        for relfn in fresh.read:  # a file not read now has the entry it had
+            if old.get(relfn, {}).get("metadata_sha256") and not files[relfn].get("metadata_sha256"):
                 remove_quietly(self.path("metadata", relfn + ".metadata"))
+        for relfn in old.keys() - files.keys():
+            remove_quietly(self.path("metadata", relfn + ".metadata"))
             stored = description_path(self.tree, relfn)
-            if relfn not in files and stored is not None:
+            if stored is not None:
                 remove_quietly(stored)
 
     def finish(self, dirs: Dict[str, int], dirty: bool, yank_stamp: Optional[List[int]]) -> None:
         """Write the stamp that reads compare the directories and the yank file with."""
-        # A directory changed within the clock's granularity of this scan could change again unseen by its mtime.
-        dirty = dirty or any(0 <= time.time_ns() - mtime < YOUNG_SECONDS * 1e9 for mtime in dirs.values())
         if dirty:
             dirs[""] = -1  # something was left for later: the next read-triggered check syncs again
-        write_atomic(self.path("stamp.json"), json.dumps({"dirs": dirs, "yanked": yank_stamp}).encode())
-        self._seen, self._seen_yanked = dirs, yank_stamp
+        stamp: Dict[str, Any] = {"dirs": dirs, "yanked": yank_stamp}
+        # A directory changed within the clock's granularity of this scan could change again unseen by its mtime
+        # (a name added or removed): a read once it is no longer young lists the directories again (settle()).
+        if not dirty and any(0 <= time.time_ns() - mtime < YOUNG_SECONDS * 1e9 for mtime in dirs.values()):
+            stamp["settle"] = time.time() + YOUNG_SECONDS
+        write_atomic(self.path("stamp.json"), json.dumps(stamp).encode())
+        self._seen, self._seen_yanked, self._settle = dirs, yank_stamp, stamp.get("settle")
 
     def collect(
         self,
@@ -1599,17 +1915,21 @@ class Tree:
         found: Dict[str, os.stat_result],
         rebuild: bool,
         skip_young: bool,
+        *,
+        kept: Optional[Dict[str, Entry]] = None,
     ) -> Tuple[Dict[str, Entry], Fresh, Dict[str, Entry], bool]:
         """State entries of the files found (cached when name, size and mtime match), what was read from the files
-        read now (their METADATA to serve, their rendered descriptions), the files left off every page (with why,
+        read now (their rendered descriptions), the files left off every page (with why,
         kept until they change), and whether a file was left out because it may still be being written."""
         now = time.time()
-        files: Dict[str, Entry] = {}
-        fresh = Fresh([], {}, [], {})
+        files: Dict[str, Entry] = kept if kept is not None else {}  # those scan did not look at
+        fresh = Fresh([], [], {})
+        progress = Progress("files checked", len(found))
         skipped: Dict[str, Entry] = {}
         dirty = False
         longest = name_max(self.tree) - len(_DERIVED_SUFFIX)
         for relfn, stat in found.items():
+            progress.step()
             known = old.get(relfn)
             bad = old_skipped.get(relfn)
             if known and known["size"] == stat.st_size and known["mtime"] == stat.st_mtime_ns:
@@ -1644,8 +1964,11 @@ class Tree:
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 dirty = True  # still being written: its own upload's sync, or the next check, takes it
                 continue
+            if metadata is not None:
+                write_atomic(self.path("metadata", relfn + ".metadata"), metadata)
             files[relfn] = entry
-            fresh.add(relfn, metadata, fields)
+            fresh.add(relfn, fields)
+        progress.done()
         return files, fresh, skipped, dirty
 
     def write_project(
@@ -1732,20 +2055,13 @@ class Tree:
                 )
             self.save_state(dict(state, pending=list(self._pending)))
 
-    def write_root(self, projects: List[str], grouped: Dict[str, List[Tuple[str, Entry]]], yanks: Yanks) -> None:
-        summaries = [
-            (
-                project,
-                latest(grouped[project], yanks.get(project)),
-                len(grouped[project]),
-                yanked_releases(grouped[project], yanks.get(project)),
-            )
-            for project in projects
-        ]
+    def write_root(self, projects: List[str], summaries: Dict[str, List[Any]]) -> None:
+        """The project lists: the simple index (PEP 503, 691), the front page and its search index."""
         write_atomic(self.path("simple", "index.html"), render_root_html(projects))
         write_atomic(self.path("simple", "index.json"), render_root_json(projects))
-        write_atomic(self.path("index.html"), render_browse_index(summaries))
-        if "index" not in grouped:
+        write_atomic(self.path(SEARCH_INDEX), render_search_index(projects, summaries))
+        write_atomic(self.path("index.html"), render_browse_index(projects, summaries))
+        if "index" not in summaries:
             remove_quietly(self.path("browse", "index.html"))  # the front page's place before 0.4.0
 
     def ensure_fresh(self) -> None:
@@ -1760,11 +2076,15 @@ class Tree:
             and yank_stamp == self._seen_yanked
             and os.path.exists(self.path("stamp.json"))
         ):
+            self.settle()
             return
         stamp = self.read_json("stamp.json")
         dirs = stamp.get("dirs") if stamp else None
         if stamp and isinstance(dirs, dict) and self.dir_stamps(dirs) == dirs and stamp.get("yanked") == yank_stamp:
+            settle = stamp.get("settle")
             self._seen, self._seen_yanked = dirs, yank_stamp
+            self._settle = settle if isinstance(settle, (int, float)) and not isinstance(settle, bool) else None
+            self.settle()
             return
         now = time.monotonic()
         # A file being written by hand, or a failed sync: look again in a second, not on every request. A tree
@@ -1776,6 +2096,38 @@ class Tree:
             self.sync(skip_young=True)
         except Exception:
             self._failed_until = now + RECHECK_SECONDS
+            LOG.exception("the index pages could not be brought up to date; they are served as they are")
+
+    def sync_running(self) -> bool:
+        """Whether a sync holds the tree's lock now (in this process or another)."""
+        try:
+            with open(self.path(".lock"), "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError:
+            return True
+        return False
+
+    def settle(self) -> None:
+        """Once the directories the last sync saw young are old enough, list them again: a name added or removed
+        in the same tick of their mtime is found. Only new names are read (a names-only sync, project ""), in a
+        thread of its own: the read that finds it due is not held up."""
+        with self._settle_lock:  # one thread of this process settles; the others serve meanwhile
+            if self._settle is None or time.time() < self._settle:
+                return
+            stamp = self.read_json("stamp.json")
+            if not stamp or stamp.get("settle") != self._settle or self.sync_running():
+                self._seen = self._settle = None  # another process syncs, or did: its stamp counts
+                return
+            self._settle = None
+            self._settler = threading.Thread(target=self.settle_now, name="airgap-pypi-settle", daemon=True)
+            self._settler.start()
+
+    def settle_now(self) -> None:
+        try:
+            self.sync(skip_young=True, project="")
+        except Exception:
+            self._failed_until = time.monotonic() + RECHECK_SECONDS
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
 
     def startup(self) -> None:
@@ -1816,6 +2168,26 @@ def name_max(directory: str) -> int:
         return int(os.pathconf(directory, "PC_NAME_MAX"))
     except (OSError, ValueError):
         return 255
+
+
+_NO_SEPARATORS = str.maketrans("", "", "-_.")
+
+
+def names_of_project(names: List[str], project: str) -> List[str]:
+    """The names that may be files of a project (its PEP 503 name): those that start with its name whatever the
+    case and the separators (-, _, . and runs of them), found by one regular expression over all the names at
+    once. A necessary condition only: the caller parses what it returns."""
+    squeezed = project.translate(_NO_SEPARATORS)
+    if not squeezed or not names:
+        return list(names)
+    joined = "\x00" + "\x00".join(names)  # no file name holds a NUL: each name follows one
+    pattern = re.compile("\x00[-_.]*" + "[-_.]*".join(map(re.escape, squeezed)), re.IGNORECASE)
+    found = []
+    for match in pattern.finditer(joined):
+        start = match.start() + 1
+        end = joined.find("\x00", start)
+        found.append(joined[start : len(joined) if end < 0 else end])
+    return found
 
 
 def canonical_filename(filename: str) -> Optional[str]:
@@ -1878,7 +2250,7 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> str:
     wanted = canonical_filename(filename)
     for _root, dirs, files in os.walk(packages):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for other in files:
+        for other in names_of_project(files, project):  # the others are passed over without being parsed
             if other != filename and other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
                 raise AlreadyStored(f"{filename}: the index already has this file as {other}")
     return project
@@ -1947,11 +2319,27 @@ def remove_leftovers(directory: str, prefix: str = UPLOAD_TEMP_PREFIX, locked_on
     return removed
 
 
+def stored_below(roots: Iterable[Any], filename: str) -> bool:
+    """pypiserver's SimpleFileBackend.exists (a file of that name below a root, no part starting with a dot), by
+    listing the directories: only the file of that name is looked at, where pypiserver's checks every file (a
+    stat and a path object each: seconds at 100,000 files, in every upload)."""
+    if filename.startswith("."):
+        return False
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if filename in files and os.path.isfile(os.path.join(directory, filename)):
+                return True
+    return False
+
+
 def atomic_uploads() -> None:
-    """Make pypiserver store uploads with store_whole instead of writing straight to the final name."""
+    """Make pypiserver store uploads with store_whole instead of writing straight to the final name, and look for
+    an upload's name already stored with stored_below()."""
     import pypiserver.backend  # noqa: PLC0415 - only in the index's virtualenv
 
     pypiserver.backend.write_file = store_whole
+    pypiserver.backend.SimpleFileBackend.exists = lambda backend, filename: stored_below(backend.roots, filename)
 
 
 # The form fields besides the files (twine's metadata, the description among them) are held in memory when
@@ -2062,7 +2450,7 @@ def read_owners_file(path: str) -> Dict[str, Any]:
     return document
 
 
-# The inventory's owner map as the role writes it for the pages (pypi_server_owner_map, in the configuration
+# The inventory's owner map as the role writes it for the pages (pypi_server_accounts, in the configuration
 # directory): {"format": 1, "projects": {normalised name: [account, ...]}}.
 OWNER_MAP_FORMAT = 1
 MAX_OWNERS_PER_PROJECT = 1000
@@ -2722,6 +3110,7 @@ class StaticIndex:
         owner_claims: Optional[str] = None,
     ) -> None:
         self.app = app
+        log_progress()
         # Descriptions are rendered by the render command, started after a sync (never in the request).
         self.index = Tree(
             packages,
@@ -2759,7 +3148,7 @@ class StaticIndex:
     @staticmethod
     def is_static(path: str) -> bool:
         return (
-            path in ("/", "/simple", "/index.html")
+            path in ("/", "/simple", "/index.html", "/" + SEARCH_INDEX)
             or path.startswith(("/simple/", "/project/"))
             or (path.startswith("/packages/") and len(path) > len("/packages/"))
         )
@@ -2780,10 +3169,12 @@ class StaticIndex:
             close()
         status, headers = held[0] if held else ("500 Internal Server Error", [("Content-Type", "text/plain")])
         if status[:1] == "2":
+            noted = environ.get(AUDIT_KEY)
+            uploaded = noted.get("project") if isinstance(noted, dict) and noted.get("action") == "upload" else None
             try:
                 # The renderer starts once the response is sent (AfterResponse), not while it is written: on a
                 # host of two cores its start (Python, readme_renderer) would otherwise delay the response.
-                self.index.sync(render=False)
+                self.index.sync(project=uploaded if isinstance(uploaded, str) else None, render=False)
             except Exception as error:
                 LOG.exception("the index pages could not be updated after a change")
                 text = f"Stored, but the index pages could not be updated: {error}\n".encode(errors="replace")
@@ -2822,8 +3213,8 @@ class StaticIndex:
     def route(self, environ: Dict[str, Any], path: str) -> Response:
         if "\x00" in path:
             return NOT_FOUND
-        if path in ("/", "/index.html"):
-            return self.browse_page(self.index.path("index.html"))
+        if path in ("/", "/index.html", "/" + SEARCH_INDEX):
+            return self.front(path)
         if path == "/simple":
             return self.redirect(environ, "/simple/")
         if path.startswith("/project/"):
@@ -2831,6 +3222,12 @@ class StaticIndex:
         if path.startswith("/packages/"):
             return self.route_file(path[len("/packages/") :])
         return self.route_simple(environ, path[len("/simple/") :])
+
+    def front(self, path: str) -> Response:
+        """The front page, or its search index."""
+        if path == "/" + SEARCH_INDEX:
+            return self.page(self.index.path(SEARCH_INDEX), "application/json")
+        return self.browse_page(self.index.path("index.html"))
 
     def route_project(self, environ: Dict[str, Any], rest: str) -> Response:
         name = rest.strip("/")
@@ -3636,7 +4033,6 @@ class MetricsLayer:
         self._flush_lock = threading.Lock()
         self._written = -1
         self._complained: Dict[str, float] = {}
-        self._projects: Tuple[Any, int] = (None, 0)
         try:
             self.ensure_process()
         except Exception:
@@ -3846,10 +4242,8 @@ class MetricsLayer:
         state = self.tree.load_state()
         if state is not None:
             files = state.get("files", {})
-            if self._projects[0] is not state:
-                self._projects = (state, len({entry["project"] for entry in files.values()}))
             gauges.append(("airgap_pypi_index_files", "Distribution files on the index's pages.", len(files)))
-            gauges.append(("airgap_pypi_index_projects", "Projects on the index's pages.", self._projects[1]))
+            gauges.append(("airgap_pypi_index_projects", "Projects on the index's pages.", len(state["summaries"])))
         try:
             synced = read_sync(self.tree.path(SYNC_FILE))
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
@@ -3891,7 +4285,7 @@ class Refusal(Exception):
 
 def project_versions(tree: Tree, project: str) -> List[str]:
     """The versions of a project's files in the packages directory (by their names), oldest first."""
-    _, found = tree.scan()
+    _, found, _ = tree.scan()
     versions = set()
     for relfn in found:
         parsed = parse_filename(os.path.basename(relfn))
@@ -4262,7 +4656,7 @@ def expired_entries(directory: Optional[int], keep_days: int, now: float) -> Lis
 def project_files(tree: Tree, name: str) -> Tuple[Dict[str, str], Dict[str, os.stat_result]]:
     """{relfn: version} of the normalised project's files in the packages directory (by their names; links and
     hidden files are never among them), and what the scan found."""
-    _, found = tree.scan()
+    _, found, _ = tree.scan()
     files: Dict[str, str] = {}
     for relfn in found:
         parsed = parse_filename(os.path.basename(relfn))
@@ -4659,7 +5053,7 @@ def files_by_project(tree: Tree, project: Optional[str]) -> Tuple[Dict[str, Dict
     """{project: {relfn: version}} of the packages directory's distribution files (of project only, when given),
     and what the scan found."""
     files: Dict[str, Dict[str, str]] = {}
-    _, found = tree.scan()
+    _, found, _ = tree.scan()
     for relfn in found:
         parsed = parse_filename(os.path.basename(relfn))
         if parsed is not None and (project is None or normalize(parsed[0]) == normalize(project)):
@@ -5205,6 +5599,7 @@ def owners_main(argv: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    log_progress()
     commands: Dict[str, Callable[[List[str]], int]] = {
         ACCOUNTS_COMMAND: accounts_main,
         OWNERS_COMMAND: owners_main,
@@ -5249,7 +5644,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     started = time.monotonic()
     changed = tree.sync(rebuild=args.rebuild)
-    files = len((tree.read_json("state.json") or {}).get("files", {}))
+    files = len((tree.load_state() or {}).get("files", {}))
     print(
         f"changed: {len(changed)} project(s); {files} file(s) indexed in {time.monotonic() - started:.2f} s"
         + (f" ({', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''})" if changed else "")
