@@ -212,6 +212,11 @@ def test_the_page_loads_offline_and_search_narrows_the_list(browser: Browser, in
     # Type into the search box as a person would: the input event narrows the list (every word must match).
     browser.evaluate("document.getElementById('search').focus()")
     browser.call("Input.insertText", {"text": f"Striped {stamp}"}, session=True)
+    # The first word fetches the compact search index (search.json, from the index itself): "searching" until then.
+    deadline = time.monotonic() + 15
+    while browser.evaluate("document.getElementById('count').textContent").startswith("searching"):
+        assert time.monotonic() < deadline, "the search index was not read within 15 s"
+        time.sleep(0.05)
     narrowed = browser.evaluate(VISIBLE)
     assert sorted(name.split("-")[1] for name in narrowed) == ["okapi", "zebra"], narrowed
     assert browser.evaluate("document.getElementById('count').textContent").startswith("2 of ")
