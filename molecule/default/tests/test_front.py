@@ -6,6 +6,7 @@ requests reached gunicorn."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -124,6 +125,25 @@ def test_html_for_browsers_and_old_clients_from_disk(host) -> None:
         assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8", accept
         assert body == fetch(f"{GUNICORN}/simple/", accept=accept)[2], accept
     assert 'id="search"' in fetch(f"{FRONT}/")[2].decode()
+
+
+def test_the_front_pages_search_index_is_served_from_disk(host, tmp_path: Path) -> None:
+    """/search.json (what the front page's search reads) comes from the tree, as JSON, and names a new upload."""
+    project = unique("front-search")
+    _, remote = local_wheel(tmp_path, project, "1.0")
+    upload(host, remote, port=FRONT_PORT)
+    before = gunicorn_log(host).count("GET /search.json ")
+    # The lists may be rewritten a moment after the upload's own page: ask for up to 10 s.
+    for _ in range(20):
+        status, headers, body = fetch(f"{FRONT}/search.json")
+        assert status == 200 and headers["Content-Type"] == "application/json", headers
+        if project in [row[0] for row in json.loads(body)["projects"]]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"{project} never came into /search.json")
+    assert body == fetch(f"{GUNICORN}/search.json")[2], "the same index as gunicorn's"
+    assert gunicorn_log(host).count("GET /search.json ") == before + 1, "only the direct read reached gunicorn"
 
 
 def test_what_nginx_cannot_settle_gets_gunicorns_answer(host) -> None:
