@@ -113,6 +113,16 @@ def test_verify_checks_the_listed_files_as_sha256sum_would(tmp_path: Path) -> No
     assert run(tmp_path, [entry], verify=str(tmp_path / "SHA256SUMS"))["verified"] is True
 
 
+def test_probe_reports_plain_files_only(tmp_path: Path) -> None:
+    """A link planted at a marker's name (even to a plain file) or a directory there does not count as the marker."""
+    marker, linked, folder = tmp_path / "marker", tmp_path / "linked", tmp_path / "folder"
+    marker.write_text("lock\n")
+    linked.symlink_to(marker)
+    folder.mkdir()
+    probe = [str(marker), str(linked), str(folder), str(tmp_path / "none")]
+    assert run(tmp_path, [], probe=probe)["present"] == [str(marker)]
+
+
 def test_verify_in_check_mode_uses_the_content_that_would_be_written(tmp_path: Path) -> None:
     (tmp_path / "a.whl").write_bytes(b"a")
     sums = f"{hashlib.sha256(b'a').hexdigest()}  a.whl\n"

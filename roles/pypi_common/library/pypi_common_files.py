@@ -59,7 +59,9 @@ options:
         is one of I(paths), its wanted content is used (so check mode sees what a real run would write).
     type: path
   probe:
-    description: Paths whose existence is reported in C(present) (lstat, nothing followed), in the same round trip.
+    description:
+      - Paths reported in C(present) when they are plain files (lstat, nothing followed: a link, even to a file, or
+        a directory is not reported), in the same round trip. Markers of work done are probed this way.
     type: list
     elements: path
     default: []
@@ -97,7 +99,7 @@ mismatched:
   elements: str
   returned: always
 present:
-  description: The paths of I(probe) that exist.
+  description: The paths of I(probe) that are plain files (not links).
   type: list
   elements: str
   returned: always
@@ -250,6 +252,14 @@ def compare_dir(module: AnsibleModule, directory: str, sums: str) -> dict[str, l
     return {"missing": missing, "differ": differ}
 
 
+def plain_file(path: str) -> bool:
+    """A plain file at path itself (lstat): a link, even to a plain file, is not one."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -292,7 +302,7 @@ def main() -> None:
             bad = mismatched(sums, text)
         except (OSError, UnicodeDecodeError) as error:
             bad = [f"{sums}: {error}"]
-    present = [path for path in module.params["probe"] if os.path.lexists(path)]
+    present = [path for path in module.params["probe"] if plain_file(path)]
     extra = {}
     if module.params["compare"]:
         extra["compared"] = compare_dir(module, module.params["compare"]["dir"], module.params["compare"]["sums"])
