@@ -122,7 +122,9 @@ setup "os mirror" sh -c 'scripts/os_mirror.sh build >/dev/null'
 # The browse page test needs Debian's chromium; without it that test says NOT RUN (skipped), never passed.
 setup chromium sh -c 'scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"'
 # The metrics tests check /metrics with Debian's promtool; without it those checks say NOT RUN (skipped), never passed.
-setup promtool sh -c 'scripts/ensure_promtool.sh || echo "setup: promtool missing: the metrics format tests will be NOT RUN"'
+setup promtool sh -c 'scripts/ensure_deb_tool.sh promtool prometheus || echo "setup: promtool missing: the metrics format tests will be NOT RUN"'
+# The replica pull tests run the real rsync (Debian's rsync); without it they say NOT RUN (skipped), never passed.
+setup rsync sh -c 'scripts/ensure_deb_tool.sh rsync rsync || echo "setup: rsync missing: the replica pull tests will be NOT RUN"'
 
 printf '\n==> tests (%s)\n' "$(date +%H:%M:%S)"
 if [ "${AIRGAP_PYPI_TEST_LANES:-2}" = 1 ]; then

@@ -167,7 +167,7 @@ def test_histogram_buckets_are_cumulative_and_end_with_inf_sum_and_count() -> No
 def test_promtool_accepts_an_exposition_with_every_kind_of_series() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("NOT RUN: no promtool on this machine (Debian's prometheus package; scripts/ensure_promtool.sh)")
+        pytest.skip("NOT RUN: no promtool on this machine (scripts/ensure_deb_tool.sh promtool prometheus)")
     counts = index.Metrics()
     for route in index.ROUTES:
         counts.observe(route, "200", 0.01)

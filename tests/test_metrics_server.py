@@ -177,7 +177,7 @@ def test_metrics_need_an_upload_account(stack: Stack) -> None:
 def test_promtool_accepts_the_output(stack: Stack) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("NOT RUN: no promtool on this machine (Debian's prometheus package; scripts/ensure_promtool.sh)")
+        pytest.skip("NOT RUN: no promtool on this machine (scripts/ensure_deb_tool.sh promtool prometheus)")
     _, _, body = scrape(stack.url, auth_header())
     done = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (done.stdout + done.stderr).decode()

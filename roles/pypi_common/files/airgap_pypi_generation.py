@@ -1,0 +1,395 @@
+"""Generations of the served tree: the manifest a writer publishes and the pull a read replica makes of it.
+
+A generation is every file a reader serves (pages, metadata, package files) at one moment, described by
+``generation.json``::
+
+    {"format": 1, "kind": "generation", "origin": "<writer's tree id>", "sequence": N,
+     "created": "<UTC ISO time>", "files": {"<relative path>": [size, "<sha256>"], ...}}
+
+The origin names the writer's tree (made once, kept with it); a replica takes a manifest whose sequence is newer
+than the one it serves, or any sequence of another origin (a writer rebuilt, or another one promoted).
+
+The writer writes it after each change (``write_manifest``: temporary name, then rename). A replica pulls
+(``pull``): it fetches the manifest, and when its sequence is newer than the one it serves, copies the tree with
+rsync into a new generation directory (files it already holds are hard links, ``--link-dest``), checks every
+file against the manifest (size and sha256; a hard link to a file of the current generation with the same entry
+is not read again), removes what the manifest does not list, and only then points ``current`` at the new
+directory by renaming a new symbolic link over the old one. A reader of ``current`` therefore never sees a file
+that is still arriving, nor a page that lists a file the replica lacks. A failed check leaves ``current`` as it
+was; the next pull tries again. rsync is the transport (over SSH with a restricted key, or a local path); this
+module adds no protocol of its own.
+
+Run on a replica:  python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS] [--keep N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+FORMAT = 1
+KIND = "generation"
+MANIFEST = "generation.json"
+CURRENT = "current"
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # 100,000 files take about 15 MB
+MAX_FILES = 2_000_000
+RSYNC_TIMEOUT = 300  # seconds without progress before rsync gives up (--timeout)
+CHUNK = 1024 * 1024
+_GENERATION_DIR = re.compile(r"^gen-\d{1,18}-[0-9a-f]{12}$")
+_ORIGIN = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+Entry = Tuple[int, str]  # size, sha256
+
+
+class GenerationError(Exception):
+    """A manifest or a pulled tree that cannot be used; the message names what and why."""
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def check_path(path: str) -> str:
+    """A manifest path: relative, normalized, no part empty, hidden, '.' or '..', no NUL or backslash."""
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path or "\\" in path:
+        raise GenerationError(f"manifest: unfit path {path!r}")
+    parts = path.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        raise GenerationError(f"manifest: unfit path {path!r} (absolute, empty, hidden or dot part)")
+    return path
+
+
+def parse(data: bytes) -> Dict[str, Any]:
+    """The checked manifest in data; GenerationError naming what is wrong."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise GenerationError(f"manifest: {len(data)} bytes, over the limit of {MAX_MANIFEST_BYTES}")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise GenerationError(f"manifest: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("kind") != KIND:
+        raise GenerationError(f"manifest: not a format {FORMAT} {KIND} manifest")
+    sequence = doc.get("sequence")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < 10**18:
+        raise GenerationError(f"manifest: sequence {sequence!r} is not a whole number from 0")
+    origin = doc.get("origin", "")
+    if not isinstance(origin, str) or not _ORIGIN.match(origin):
+        raise GenerationError(f"manifest: origin {origin!r} is not up to 128 letters, digits, '.', '_' or '-'")
+    files = doc.get("files")
+    if not isinstance(files, dict) or len(files) > MAX_FILES:
+        raise GenerationError("manifest: files is not an object of at most %d entries" % MAX_FILES)
+    checked: Dict[str, Entry] = {}
+    for path, entry in files.items():
+        check_path(path)
+        if path == MANIFEST:
+            raise GenerationError(f"manifest: lists {MANIFEST} itself")
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], int)
+            or isinstance(entry[0], bool)
+            or entry[0] < 0
+            or not isinstance(entry[1], str)
+            or not _SHA256.match(entry[1])
+        ):
+            raise GenerationError(f"manifest: entry of {path!r} is not [size, sha256]")
+        checked[path] = (entry[0], entry[1])
+    names = set(checked)
+    for path in checked:  # a path may not also be a directory of another path
+        head = path.rsplit("/", 1)[0] if "/" in path else ""
+        while head:
+            if head in names:
+                raise GenerationError(f"manifest: {head!r} is both a file and a directory")
+            head = head.rsplit("/", 1)[0] if "/" in head else ""
+    digest = hashlib.sha256(data).hexdigest()
+    return {"origin": origin, "sequence": sequence, "digest": digest, "files": checked}
+
+
+def render(origin: str, sequence: int, files: Dict[str, Entry]) -> bytes:
+    """The manifest's bytes (sorted, so one tree gives one text)."""
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc = {
+        "format": FORMAT,
+        "kind": KIND,
+        "origin": origin,
+        "sequence": sequence,
+        "created": created,
+        "files": {path: [size, digest] for path, (size, digest) in sorted(files.items())},
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def file_entry(path: str, limit: Optional[int] = None) -> Entry:
+    """(size, sha256) of the plain file at path, opened without following a link; limit bounds the read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise GenerationError(f"{path}: not a plain file")
+        digest, size = hashlib.sha256(), 0
+        while True:
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise GenerationError(f"{path}: longer than the {limit} bytes the manifest lists")
+            digest.update(chunk)
+    return size, digest.hexdigest()
+
+
+def walk(root: str) -> Dict[str, os.stat_result]:
+    """Every plain file under root by relative path (hidden names and links skipped, nothing followed)."""
+    found: Dict[str, os.stat_result] = {}
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(path)
+                elif stat.S_ISREG(info.st_mode) and path != MANIFEST:
+                    found[path] = info
+    return found
+
+
+def manifest_of(root: str) -> Dict[str, Entry]:
+    """Every served file under root with its size and sha256 (the writer's reference, and the tests')."""
+    return {path: file_entry(os.path.join(root, path)) for path in sorted(walk(root))}
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """data at path: written under a temporary name in the same directory, flushed, then renamed."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with_quiet(os.unlink, temporary)
+        raise
+
+
+def with_quiet(call: Any, *args: Any) -> None:
+    """call(*args), an OSError ignored (removing what may not be there)."""
+    with contextlib.suppress(OSError):
+        call(*args)
+
+
+def write_manifest(root: str, origin: str, sequence: int, files: Dict[str, Entry]) -> None:
+    """The writer's generation.json in root."""
+    write_atomic(os.path.join(root, MANIFEST), render(origin, sequence, files))
+
+
+# --------------------------------------------------------------------------- the replica's pull
+
+
+def served(root: str) -> Optional[Dict[str, Any]]:
+    """The manifest of the generation root/current serves, or None (no generation yet)."""
+    link = os.path.join(root, CURRENT)
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    if not _GENERATION_DIR.match(target):
+        raise GenerationError(f"{link} points at {target!r}, not at a generation this program made")
+    with open(os.path.join(root, target, MANIFEST), "rb") as handle:
+        return parse(handle.read(MAX_MANIFEST_BYTES + 1))
+
+
+def rsync(argv: List[str]) -> None:
+    """Run rsync; GenerationError with the end of what it said when it fails."""
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        said = done.stdout.decode("utf-8", "replace")[-2000:].strip()
+        raise GenerationError(f"rsync exited {done.returncode}: {said}")
+
+
+RSYNC_SAFE = [
+    "--recursive",
+    "--times",
+    "--no-links",  # a link from the writer is never created, nor followed
+    "--no-devices",
+    "--no-specials",
+    "--no-owner",
+    "--no-group",
+    "--chmod=D0755,F0644",
+    f"--timeout={RSYNC_TIMEOUT}",
+    "--quiet",
+]
+
+
+def fetch_manifest(source: str, root: str, program: str) -> Tuple[Dict[str, Any], bytes]:
+    """The writer's manifest (checked) and its bytes, copied through root/.incoming.json."""
+    incoming = os.path.join(root, ".incoming.json")
+    with_quiet(os.unlink, incoming)
+    rsync([program, *RSYNC_SAFE, f"--max-size={MAX_MANIFEST_BYTES}", f"{source.rstrip('/')}/{MANIFEST}", incoming])
+    try:
+        fd = os.open(incoming, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise GenerationError(f"the writer has no {MANIFEST} at {source}") from None
+    finally:
+        with_quiet(os.unlink, incoming)
+    return parse(data), data
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory this program made (a link there is removed as a link, never followed)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def check_tree(
+    new: str, wanted: Dict[str, Entry], old: Optional[str], old_files: Dict[str, Entry]
+) -> Tuple[int, Dict[str, str]]:
+    """Compare new with wanted: GenerationError when a file is missing; files the manifest does not list (newer
+    than it) are removed. Returns how many files were read and {path: what differs} for the others: a hard link
+    to the old generation's file with the same entry is that file, checked when it came, and is not read."""
+    have = walk(new)
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        raise GenerationError(f"{len(missing)} files of the manifest did not arrive, first {missing[0]!r}")
+    for extra in sorted(set(have) - set(wanted)):  # newer than the manifest: not part of this generation
+        os.unlink(os.path.join(new, extra))
+    hashed, differ = 0, {}
+    for path, (size, digest) in sorted(wanted.items()):
+        info = have[path]
+        if info.st_size != size:
+            differ[path] = f"{info.st_size} bytes, the manifest says {size}"
+            continue
+        if old is not None and old_files.get(path) == (size, digest):
+            try:
+                before = os.lstat(os.path.join(old, path))
+                if (before.st_ino, before.st_dev) == (info.st_ino, info.st_dev):
+                    continue
+            except OSError:
+                pass
+        hashed += 1
+        if file_entry(os.path.join(new, path), limit=size) != (size, digest):
+            differ[path] = "its sha256 is not the manifest's"
+    return hashed, differ
+
+
+def refetch(argv: List[str], source: str, partial: str, paths: List[str]) -> None:
+    """Copy these paths again whatever their size and time say (rsync's quick check can take a file rewritten in
+    the same second with the same size for the old one)."""
+    handle, listing = tempfile.mkstemp(dir=os.path.dirname(partial), prefix=".refetch-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write("".join(path + "\n" for path in paths))
+        rsync([*argv, "--ignore-times", f"--files-from={listing}", f"{source.rstrip('/')}/", partial + "/"])
+    finally:
+        with_quiet(os.unlink, listing)
+
+
+def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[str, Any]:
+    """One pull: {"changed": bool, "sequence": N, "hashed": files read}. GenerationError leaves current as it was."""
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    if os.path.islink(root) or not os.path.isdir(root):
+        raise GenerationError(f"{root} is not a directory")
+    incoming, data = fetch_manifest(source, root, program)
+    current = served(root)
+    if current is not None and (
+        incoming["digest"] == current["digest"]
+        or (incoming["origin"] == current["origin"] and incoming["sequence"] <= current["sequence"])
+    ):
+        return {"changed": False, "sequence": current["sequence"], "hashed": 0}
+    name = f"gen-{incoming['sequence']}-{incoming['digest'][:12]}"
+    partial = os.path.join(root, f".{name}.partial")
+    remove_tree(partial)
+    argv = [program, *RSYNC_SAFE, "--delete", f"--exclude=/{MANIFEST}", "--exclude=.*"]
+    old = None
+    if current is not None:
+        old = os.path.join(root, os.readlink(os.path.join(root, CURRENT)))
+        argv.append(f"--link-dest={old}")
+    old_files = current["files"] if current else {}
+    try:
+        rsync([*argv, f"{source.rstrip('/')}/", partial + "/"])
+        hashed, differ = check_tree(partial, incoming["files"], old, old_files)
+        if differ:
+            refetch([program, *RSYNC_SAFE], source, partial, sorted(differ))
+            again, differ = check_tree(partial, incoming["files"], old, old_files)
+            hashed += again
+        if differ:
+            path = min(differ)
+            raise GenerationError(f"{len(differ)} files differ from the manifest, first {path}: {differ[path]}")
+        write_atomic(os.path.join(partial, MANIFEST), data)
+        final = os.path.join(root, name)
+        remove_tree(final)  # an earlier pull of the same manifest, never served (current names another)
+        os.rename(partial, final)
+    except BaseException:
+        remove_tree(partial)
+        raise
+    link = os.path.join(root, f".{CURRENT}.new")
+    with_quiet(os.unlink, link)
+    os.symlink(name, link)
+    os.replace(link, os.path.join(root, CURRENT))
+    prune(root, keep)
+    return {"changed": True, "sequence": incoming["sequence"], "hashed": hashed}
+
+
+def prune(root: str, keep: int) -> None:
+    """Keep the served generation and the newest others up to `keep` directories in all; remove the rest."""
+    serving = os.readlink(os.path.join(root, CURRENT))
+    made = []
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if _GENERATION_DIR.match(name) and name != serving and not os.path.islink(path):
+            made.append((os.lstat(path).st_mtime_ns, name))
+    for _, name in sorted(made, reverse=True)[max(keep, 1) - 1 :]:
+        remove_tree(os.path.join(root, name))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Pull the writer's newest generation of the served tree.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("pull", help="copy, check, then switch to the writer's newest generation")
+    one.add_argument("source", help="rsync source of the writer's tree (user@host:path over SSH, or a path)")
+    one.add_argument("root", help="the replica's directory: gen-N directories and the current link")
+    one.add_argument("--keep", type=int, default=2, help="generation directories kept (default 2)")
+    one.add_argument("--loop", type=float, default=0, help="pull again every so many seconds (0: once)")
+    one.add_argument("--rsync", default="rsync", help="the rsync program")
+    args = parser.parse_args(argv)
+    while True:
+        started = time.monotonic()
+        try:
+            done = pull(args.source, args.root, args.keep, args.rsync)
+            if done["changed"]:
+                print(f"now serving generation {done['sequence']} ({done['hashed']} files checked)", flush=True)
+        except (GenerationError, OSError) as exc:
+            print(f"pull failed, current generation kept: {exc}", file=sys.stderr, flush=True)
+            if not args.loop:
+                return 1
+        if not args.loop:
+            return 0
+        time.sleep(max(0.0, args.loop - (time.monotonic() - started)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
