@@ -208,3 +208,77 @@ def test_a_file_rewritten_with_the_same_size_and_time_is_fetched_again(writer: P
     publish(writer, 2)
     done = gen.pull(str(writer), str(replica))
     assert done["changed"] and served(replica)["simple/demo/index.html"] == b"X" * stamp.st_size
+
+
+# --------------------------------------------------------------------------- the writer's publisher
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A writer's data directory: the two served areas and private files beside them."""
+    root = tmp_path / "data"
+    (root / "packages").mkdir(parents=True)
+    (root / "static" / "simple").mkdir(parents=True)
+    (root / "audit").mkdir()
+    (root / "packages" / "demo-1.0.tar.gz").write_bytes(b"one")
+    (root / "packages" / ".demo-2.0.tar.gz.tmp").write_bytes(b"half an upl")
+    (root / "static" / "simple" / "index.html").write_text("demo")
+    (root / "audit" / "audit.jsonl").write_text("private")
+    (root / "htpasswd").write_text("secret")
+    return root
+
+
+def test_the_publisher_lists_the_areas_only_and_counts_generations(data_dir: Path) -> None:
+    publisher = gen.Publisher(str(data_dir), ["packages", "static"])
+    assert publisher.scan() is True and publisher.sequence == 0
+    manifest = gen.parse((data_dir / gen.MANIFEST).read_bytes())
+    assert sorted(manifest["files"]) == ["packages/demo-1.0.tar.gz", "static/simple/index.html"]
+    assert manifest["origin"] == (data_dir / gen.ORIGIN_FILE).read_text().strip()
+    assert publisher.scan() is False and publisher.sequence == 0, "nothing changed: no new generation"
+    (data_dir / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    assert publisher.scan() is True and publisher.sequence == 1
+    # A restart continues the sequence of the same tree.
+    again = gen.Publisher(str(data_dir), ["packages", "static"])
+    assert again.origin == manifest["origin"] and again.sequence == 1
+
+
+def test_the_publisher_reads_only_files_that_changed(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    publisher = gen.Publisher(str(data_dir), ["packages", "static"])
+    read: list[str] = []
+    real = gen.file_entry
+    monkeypatch.setattr(gen, "file_entry", lambda path, limit=None: read.append(Path(path).name) or real(path, limit))
+    publisher.scan()
+    assert sorted(read) == ["demo-1.0.tar.gz", "index.html"]
+    read.clear()
+    (data_dir / "static" / "simple" / "index.html").write_text("demo, and more")
+    publisher.scan()
+    assert read == ["index.html"]
+
+
+def test_a_file_changing_while_it_is_read_waits_for_the_next_scan(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher = gen.Publisher(str(data_dir), ["packages", "static"])
+    real = gen.file_entry
+
+    def read_then_grow(path: str, limit: int | None = None) -> tuple[int, str]:
+        entry = real(path, limit)
+        with open(path, "ab") as out:  # the index still writing it
+            out.write(b"more")
+        return entry
+
+    monkeypatch.setattr(gen, "file_entry", read_then_grow)
+    assert publisher.scan() is False and not (data_dir / gen.MANIFEST).exists()
+    monkeypatch.setattr(gen, "file_entry", real)
+    assert publisher.scan() is True
+
+
+@needs_rsync
+def test_a_replica_pulls_the_published_areas_and_nothing_private(data_dir: Path, tmp_path: Path) -> None:
+    (data_dir / "packages" / "elsewhere.tar.gz").symlink_to(data_dir / "htpasswd")
+    gen.Publisher(str(data_dir), ["packages", "static"]).scan()
+    replica = tmp_path / "replica"
+    assert gen.pull(str(data_dir), str(replica))["changed"]
+    assert sorted(served(replica)) == ["packages/demo-1.0.tar.gz", "static/simple/index.html"]
+    assert gen.main(["publish", str(data_dir), "--area", "packages", "--area", "static"]) == 0
+    assert gen.main(["pull", str(data_dir), str(replica)]) == 0

@@ -9,9 +9,12 @@ A generation is every file a reader serves (pages, metadata, package files) at o
 The origin names the writer's tree (made once, kept with it); a replica takes a manifest whose sequence is newer
 than the one it serves, or any sequence of another origin (a writer rebuilt, or another one promoted).
 
-The writer writes it after each change (``write_manifest``: temporary name, then rename). A replica pulls
-(``pull``): it fetches the manifest, and when its sequence is newer than the one it serves, copies the tree with
-rsync into a new generation directory (files it already holds are hard links, ``--link-dest``), checks every
+The writer keeps it true (``Publisher``: a scan of the served areas of its data directory, e.g. ``packages`` and
+``static``, re-hashes only files whose inode, size or times changed, and writes a new generation, under a temporary
+name then renamed, when any entry did; hidden names and links are never listed). A replica pulls (``pull``): it
+fetches the manifest, and when its sequence is newer than the one it serves, asks rsync for exactly the files it
+lists (``--files-from``) into a new generation directory (files it holds already are hard links, ``--link-dest``),
+checks every
 file against the manifest (size and sha256; a hard link to a file of the current generation with the same entry
 is not read again), removes what the manifest does not list, and only then points ``current`` at the new
 directory by renaming a new symbolic link over the old one. A reader of ``current`` therefore never sees a file
@@ -19,7 +22,8 @@ that is still arriving, nor a page that lists a file the replica lacks. A failed
 was; the next pull tries again. rsync is the transport (over SSH with a restricted key, or a local path); this
 module adds no protocol of its own.
 
-Run on a replica:  python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS] [--keep N]
+Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
+Run on a replica:   python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS] [--keep N]
 """
 
 from __future__ import annotations
@@ -199,6 +203,85 @@ def write_manifest(root: str, origin: str, sequence: int, files: Dict[str, Entry
     write_atomic(os.path.join(root, MANIFEST), render(origin, sequence, files))
 
 
+# --------------------------------------------------------------------------- the writer's publisher
+
+ORIGIN_FILE = ".generation-origin"
+
+
+class Publisher:
+    """Keeps root/generation.json true to the files under root's areas (e.g. packages and static): each scan
+    re-hashes only files whose inode, size or time changed, and writes a new generation (sequence + 1) when any
+    entry did. Hidden names (temporary files) and links are never listed."""
+
+    def __init__(self, root: str, areas: List[str]) -> None:
+        for area in areas:
+            check_path(area)
+        self.root, self.areas = root, list(areas)
+        self.origin = self._origin()
+        self.sequence = -1
+        self.known: Dict[str, Tuple[Tuple[int, int, int, int], Entry]] = {}
+        self.files: Optional[Dict[str, Entry]] = None
+        try:
+            with open(os.path.join(root, MANIFEST), "rb") as handle:
+                published = parse(handle.read(MAX_MANIFEST_BYTES + 1))
+            if published["origin"] == self.origin:
+                self.sequence = published["sequence"]
+        except (OSError, GenerationError):
+            pass
+
+    def _origin(self) -> str:
+        """The tree's origin: made once (random), kept in root/.generation-origin."""
+        path = os.path.join(self.root, ORIGIN_FILE)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as handle:
+                origin = handle.read(129).decode("ascii", "replace").strip()
+            if _ORIGIN.match(origin) and origin:
+                return origin
+        except FileNotFoundError:
+            pass
+        origin = hashlib.sha256(os.urandom(32)).hexdigest()[:32]
+        write_atomic(path, origin.encode() + b"\n")
+        return origin
+
+    def _entry(self, path: str, info: os.stat_result) -> Optional[Entry]:
+        """The entry of one file, from the cache when its inode, size and times are those hashed; None when the
+        file changed while it was read (the next scan sees it settled)."""
+        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        cached = self.known.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            entry = file_entry(os.path.join(self.root, path))
+            after = os.lstat(os.path.join(self.root, path))
+        except (OSError, GenerationError):
+            return None
+        if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != key or entry[0] != info.st_size:
+            return None
+        self.known[path] = (key, entry)
+        return entry
+
+    def scan(self) -> bool:
+        """Look at the areas once; True when a new generation was written."""
+        files: Dict[str, Entry] = {}
+        for area in self.areas:
+            top = os.path.join(self.root, area)
+            if not os.path.isdir(top) or os.path.islink(top):
+                continue
+            for rel, info in walk(top).items():
+                entry = self._entry(f"{area}/{rel}", info)
+                if entry is None:
+                    return False  # something is being written: publish once it is whole
+                files[f"{area}/{rel}"] = entry
+        self.known = {path: value for path, value in self.known.items() if path in files}
+        if files == self.files:
+            return False
+        self.sequence += 1
+        write_manifest(self.root, self.origin, self.sequence, files)
+        self.files = files
+        return True
+
+
 # --------------------------------------------------------------------------- the replica's pull
 
 
@@ -215,10 +298,15 @@ def served(root: str) -> Optional[Dict[str, Any]]:
         return parse(handle.read(MAX_MANIFEST_BYTES + 1))
 
 
-def rsync(argv: List[str]) -> None:
-    """Run rsync; GenerationError with the end of what it said when it fails."""
+# rsync's exit codes for files that could not be sent (23) or vanished while it ran (24): the check of the
+# manifest's files that follows says which, and the served generation stays.
+PARTIAL_TRANSFER = (23, 24)
+
+
+def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
+    """Run rsync; GenerationError with the end of what it said when it fails (exit codes in tolerated pass)."""
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
+    if done.returncode != 0 and done.returncode not in tolerated:
         said = done.stdout.decode("utf-8", "replace")[-2000:].strip()
         raise GenerationError(f"rsync exited {done.returncode}: {said}")
 
@@ -296,14 +384,13 @@ def check_tree(
     return hashed, differ
 
 
-def refetch(argv: List[str], source: str, partial: str, paths: List[str]) -> None:
-    """Copy these paths again whatever their size and time say (rsync's quick check can take a file rewritten in
-    the same second with the same size for the old one)."""
-    handle, listing = tempfile.mkstemp(dir=os.path.dirname(partial), prefix=".refetch-")
+def fetch_listed(argv: List[str], source: str, partial: str, paths: List[str]) -> None:
+    """rsync these paths of source (relative to it) into partial, through a list file beside partial."""
+    handle, listing = tempfile.mkstemp(dir=os.path.dirname(partial), prefix=".files-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write("".join(path + "\n" for path in paths))
-        rsync([*argv, "--ignore-times", f"--files-from={listing}", f"{source.rstrip('/')}/", partial + "/"])
+        rsync([*argv, f"--files-from={listing}", f"{source.rstrip('/')}/", partial + "/"], PARTIAL_TRANSFER)
     finally:
         with_quiet(os.unlink, listing)
 
@@ -323,17 +410,21 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
     name = f"gen-{incoming['sequence']}-{incoming['digest'][:12]}"
     partial = os.path.join(root, f".{name}.partial")
     remove_tree(partial)
-    argv = [program, *RSYNC_SAFE, "--delete", f"--exclude=/{MANIFEST}", "--exclude=.*"]
+    argv = [program, *RSYNC_SAFE]
     old = None
     if current is not None:
         old = os.path.join(root, os.readlink(os.path.join(root, CURRENT)))
         argv.append(f"--link-dest={old}")
     old_files = current["files"] if current else {}
     try:
-        rsync([*argv, f"{source.rstrip('/')}/", partial + "/"])
+        # Exactly the manifest's files are asked for (--files-from): nothing else of the writer's directory.
+        os.mkdir(partial, 0o755)
+        fetch_listed(argv, source, partial, sorted(incoming["files"]))
         hashed, differ = check_tree(partial, incoming["files"], old, old_files)
         if differ:
-            refetch([program, *RSYNC_SAFE], source, partial, sorted(differ))
+            # rsync's quick check (size and time) can take a file rewritten in the same second, with the same
+            # size, for the old one it links: these are copied again whatever their size and time say.
+            fetch_listed([program, *RSYNC_SAFE, "--ignore-times"], source, partial, sorted(differ))
             again, differ = check_tree(partial, incoming["files"], old, old_files)
             hashed += again
         if differ:
@@ -366,6 +457,23 @@ def prune(root: str, keep: int) -> None:
         remove_tree(os.path.join(root, name))
 
 
+def publish_loop(root: str, areas: List[str], every: float) -> int:
+    """The writer's side: scan now, then every `every` seconds (0: once)."""
+    publisher = Publisher(root, areas)
+    while True:
+        started = time.monotonic()
+        try:
+            if publisher.scan():
+                print(f"published generation {publisher.sequence} ({len(publisher.files or {})} files)", flush=True)
+        except (GenerationError, OSError) as exc:
+            print(f"publishing failed, generation {publisher.sequence} stays: {exc}", file=sys.stderr, flush=True)
+            if not every:
+                return 1
+        if not every:
+            return 0
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Pull the writer's newest generation of the served tree.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -375,7 +483,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     one.add_argument("--keep", type=int, default=2, help="generation directories kept (default 2)")
     one.add_argument("--loop", type=float, default=0, help="pull again every so many seconds (0: once)")
     one.add_argument("--rsync", default="rsync", help="the rsync program")
+    out = sub.add_parser("publish", help="write the writer's generation.json whenever its files change")
+    out.add_argument("root", help="the writer's data directory (generation.json is written there)")
+    out.add_argument("--area", action="append", required=True, help="a directory under root to publish")
+    out.add_argument("--loop", type=float, default=0, help="look again every so many seconds (0: once)")
     args = parser.parse_args(argv)
+    if args.command == "publish":
+        return publish_loop(args.root, args.area, args.loop)
     while True:
         started = time.monotonic()
         try:
