@@ -4,13 +4,13 @@
 # (each scenario has its own container names and docker network). Ends with a table of the steps, the slowest
 # test cases and Ansible tasks, and "N passed, N failed, N skipped".
 #
-#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default el operations network demo
+#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default el operations network cluster demo
 #                                proof; `molecule` stands for every Molecule scenario (make molecule)
 #   AIRGAP_PYPI_TEST_LANES=1     run the steps one after the other instead of in two lanes
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 # The Molecule scenarios (molecule/NAME), one step each in the lanes below: the only list of them.
-scenarios=(default el operations network)
+scenarios=(default el operations network cluster)
 steps=(lint unit "${scenarios[@]}" demo proof)
 wanted=()
 for name in "$@"; do
@@ -91,7 +91,7 @@ scenario() {
 }
 
 # Lane A: the default scenario (the largest: plain HTTP and TLS hosts), the real-EL scenario (NOT RUN without operator
-# images), demo, the air-gap proof and lint (last: with it the two lanes take about as long; measured on this
+# images), demo, the air-gap proof, the cluster scenario and lint (last: with it the two lanes take about as long; measured on this
 # machine, lane A ended four minutes before lane B when lint opened lane B).
 lane_a() {
     step default A molecule-default.xml scenario default
@@ -101,6 +101,8 @@ lane_a() {
     # The README's quick start on a clean clone of HEAD: make demo, its pip line, make down.
     step demo A demo.xml pytest -q -s -p no:cacheprovider --junitxml="$results/demo.xml" proof/test_demo.py
     step proof A airgap.xml pytest -q -p no:cacheprovider --junitxml="$results/airgap.xml" proof/test_airgap.py
+    # A writer, two read replicas and a client (role pypi_replica): lane A is the shorter lane.
+    step cluster A molecule-cluster.xml scenario cluster
     step lint A - scripts/lint.sh
 }
 
@@ -117,7 +119,8 @@ setup bundle sh -c '.venv/bin/python scripts/build_bundle.py --check >/dev/null 
 setup controller sh -c '.venv/bin/python scripts/build_controller.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_controller.py'
 setup mirror sh -c '.venv/bin/python scripts/build_mirror.py --check >/dev/null 2>&1 || .venv/bin/python scripts/build_mirror.py'
 setup images scripts/build_images.sh
-# The front server's tests install nginx from a stand-in OS mirror (built once from Debian's mirror, then cached).
+# The front server's and the replicas' tests install nginx, rsync and openssh from a stand-in OS mirror (built once
+# from Debian's mirror, then cached; a changed package list rebuilds it).
 setup "os mirror" sh -c 'scripts/os_mirror.sh build >/dev/null'
 # The browse page test needs Debian's chromium; without it that test says NOT RUN (skipped), never passed.
 setup chromium sh -c 'scripts/ensure_chromium.sh || echo "setup: chromium missing: the browse page test will be NOT RUN"'

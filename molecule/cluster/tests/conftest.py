@@ -1,0 +1,133 @@
+"""Shared helpers for the cluster scenario's verify step: a writer, two read replicas, a client (real pip and twine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import these
+from scripts.demo_wheel import build_wheel
+
+WRITER = "airgap-pypi-cluster-writer"
+REPLICAS = ("airgap-pypi-cluster-replica1", "airgap-pypi-cluster-replica2")
+CLIENT = "airgap-pypi-cluster-client"
+PRISTINE = "airgap-pypi-cluster-pristine"
+USER = "tester"
+PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)
+PORT = 8080
+REPLICA_PORT = 80
+CLIENT_BIN = "/opt/clients/bin"
+SUPERVISORCTL = ("/opt/airgap-pypi/supervisor/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
+PULL_PROGRAM = "airgap-pypi-pull"
+REPLICA_ROOT = "/srv/pypi-replica"
+REPLICA_HOME = "/var/lib/pypi-replica"
+DATA_DIR = "/srv/pypi"
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent if "MOLECULE_INVENTORY_FILE" in os.environ else None
+# Paths every running container changes by itself (boot, systemd, Ansible's own temporary files).
+IGNORED = re.compile(r"^[ACD] /(root/\.ansible|root/\.ansible_async|tmp|run|var/log|var/tmp|var/lib/systemd)(/|$)")
+
+
+def on(container: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command in a container (never raises on a non-zero exit)."""
+    return docker("exec", container, *args, check=False, timeout=timeout)
+
+
+def changes_of(container: str) -> set[str]:
+    """docker diff of a container, without what any running container changes by itself."""
+    return {line for line in docker("diff", container).stdout.splitlines() if not IGNORED.match(line)}
+
+
+def site(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """site.yml itself against an inventory."""
+    return ansible_playbook(PROJECT_DIR / "site.yml", inventory, *args, project=PROJECT_DIR, timeout=900)
+
+
+# Runs on the client: twine uploads the wheel to the writer; then, from the moment twine returned, polls every
+# replica until its page lists the file and the file it serves has the wheel's sha256 (at most `limit` seconds).
+# Prints {"upload": rc, "said": ..., "seen": {replica: seconds or null}}.
+UPLOAD_AND_WATCH = r"""
+import hashlib, json, subprocess, sys, time, urllib.error, urllib.request
+twine, writer_url, user, password, wheel, project, limit = sys.argv[1:8]
+replicas = sys.argv[8:]
+name = wheel.rsplit("/", 1)[1]
+digest = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+done = subprocess.run([twine, "upload", "--non-interactive", "--disable-progress-bar", "--repository-url", writer_url,
+                       "-u", user, "-p", password, wheel], capture_output=True, text=True)
+if done.returncode:
+    print(json.dumps({"upload": done.returncode, "said": done.stdout + done.stderr, "seen": {}}))
+    sys.exit(0)
+start, seen = time.monotonic(), {}
+def has(base):
+    try:
+        page = urllib.request.urlopen(f"{base}/simple/{project}/", timeout=2).read().decode()
+        if name not in page:
+            return False
+        body = urllib.request.urlopen(f"{base}/packages/{name}", timeout=5).read()
+        return hashlib.sha256(body).hexdigest() == digest
+    except (urllib.error.URLError, OSError):
+        return False
+while len(seen) < len(replicas) and time.monotonic() - start < float(limit):
+    for base in replicas:
+        if base not in seen and has(base):
+            seen[base] = round(time.monotonic() - start, 3)
+    time.sleep(0.05)
+print(json.dumps({"upload": 0, "said": "", "seen": {base: seen.get(base) for base in replicas}}))
+"""
+
+
+def replica_url(replica: str) -> str:
+    return f"http://{replica}:{REPLICA_PORT}"
+
+
+@pytest.fixture(scope="session")
+def wheel_on_client(tmp_path_factory: pytest.TempPathFactory):
+    """A function: build a fresh wheel of a unique project and copy it onto the client; returns (path, project)."""
+
+    def make(prefix: str) -> tuple[str, str]:
+        project = f"{prefix}-{time.time_ns() % 10**12}"
+        wheel = build_wheel(tmp_path_factory.mktemp("wheel"), project, "1.0")
+        # /tmp is a tmpfs in the container: docker cp would write beneath it, out of sight.
+        docker("cp", str(wheel), f"{CLIENT}:/var/tmp/{wheel.name}")
+        return f"/var/tmp/{wheel.name}", project
+
+    return make
+
+
+def upload_and_watch(wheel: str, project: str, limit: float) -> dict:
+    """Upload wheel to the writer from the client, then time each replica until it serves it (see above)."""
+    argv = [
+        f"{CLIENT_BIN}/twine",
+        f"http://{WRITER}:{PORT}/",
+        USER,
+        PASSWORD,
+        wheel,
+        project,
+        str(limit),
+        *(replica_url(replica) for replica in REPLICAS),
+    ]
+    done = on(CLIENT, "/usr/bin/python3", "-c", UPLOAD_AND_WATCH, *argv, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def pip_from(replica: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """pip on the client with the replica as its only index."""
+    return on(
+        CLIENT,
+        f"{CLIENT_BIN}/pip",
+        *args,
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--trusted-host",
+        replica,
+        "--index-url",
+        f"{replica_url(replica)}/simple/",
+        timeout=300,
+    )

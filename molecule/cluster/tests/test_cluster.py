@@ -1,0 +1,196 @@
+"""Read replicas (role pypi_replica): an upload to the writer is installable through every replica within 2 s, an
+emptied replica catches up by itself, a replica refuses uploads, and a replica's key reads nothing but the tree."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from conftest import (
+    CLIENT,
+    DATA_DIR,
+    PULL_PROGRAM,
+    REPLICA_HOME,
+    REPLICA_ROOT,
+    REPLICAS,
+    SUPERVISORCTL,
+    WRITER,
+    on,
+    pip_from,
+    replica_url,
+    upload_and_watch,
+    wait_for,
+)
+
+# From the moment twine returns (the writer has the file and its pages) until every replica serves both.
+REPLICATION_SECONDS = 2.0
+
+
+def test_an_upload_is_installable_through_every_replica_within_two_seconds(wheel_on_client) -> None:
+    wheel, project = wheel_on_client("cluster-fresh")
+    watched = upload_and_watch(wheel, project, limit=10)
+    assert watched["upload"] == 0, watched["said"]
+    late = {
+        base: seconds for base, seconds in watched["seen"].items() if seconds is None or seconds > REPLICATION_SECONDS
+    }
+    assert not late, (
+        f"replicas that did not serve the upload within {REPLICATION_SECONDS} s (None: not in 10 s): {late}"
+    )
+    for replica in REPLICAS:
+        done = pip_from(
+            replica, "install", "--no-deps", "--target", f"/var/tmp/target-{replica}-{project}", f"{project}==1.0"
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def fetch(url: str, method: str = "GET") -> tuple[int, str]:
+    """(status, body) of a request from the client, redirects not followed."""
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        "data = b'x' if sys.argv[2] == 'POST' else None\n"
+        "request = urllib.request.Request(sys.argv[1], method=sys.argv[2], data=data)\n"
+        "try:\n"
+        "    answer = urllib.request.urlopen(request, timeout=5)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    answer = error\n"
+        "print(answer.status if hasattr(answer, 'status') else answer.code)\n"
+        "print(answer.read().decode('utf-8', 'replace'))\n"
+    )
+    done = on(CLIENT, "/usr/bin/python3", "-c", code, url, method)
+    assert done.returncode == 0, done.stderr
+    status, _, body = done.stdout.partition("\n")
+    return int(status), body
+
+
+def test_an_emptied_replica_catches_up_by_itself(wheel_on_client) -> None:
+    replica = REPLICAS[1]
+    wheel, project = wheel_on_client("cluster-catch-up")
+    watched = upload_and_watch(wheel, project, limit=30)
+    assert watched["upload"] == 0 and all(watched["seen"].values()), watched
+    page = f"{replica_url(replica)}/simple/{project}/"
+    stopped = on(replica, *SUPERVISORCTL, "stop", PULL_PROGRAM)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    try:
+        emptied = on(replica, "sh", "-c", f"rm -rf {REPLICA_ROOT}/* {REPLICA_ROOT}/.[!.]* && ls -A {REPLICA_ROOT}")
+        assert emptied.returncode == 0 and emptied.stdout.strip() == "", emptied.stdout + emptied.stderr
+        assert fetch(page)[0] == 404, "the emptied replica still serves the page"
+    finally:
+        started = on(replica, *SUPERVISORCTL, "start", PULL_PROGRAM)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert wait_for(lambda: fetch(page)[0] == 200, seconds=30), "the emptied replica did not catch up in 30 s"
+    status, body = fetch(page)
+    assert status == 200 and wheel.rsplit("/", 1)[1] in body
+    done = pip_from(replica, "download", "--no-deps", "--dest", f"/var/tmp/dl-{project}", f"{project}==1.0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    served = on(replica, "sha256sum", f"{REPLICA_ROOT}/current/packages/{wheel.rsplit('/', 1)[1]}").stdout.split()[0]
+    on_writer = on(WRITER, "sha256sum", f"{DATA_DIR}/packages/{wheel.rsplit('/', 1)[1]}").stdout.split()[0]
+    assert served == on_writer
+
+
+def test_a_replica_refuses_an_upload_and_names_the_writer(wheel_on_client) -> None:
+    wheel, project = wheel_on_client("cluster-refused")
+    for replica in REPLICAS:
+        status, body = fetch(f"{replica_url(replica)}/", method="POST")
+        assert status == 405, (replica, status, body)
+        assert f"upload to the writer, {WRITER}" in body, body
+        twine = on(
+            CLIENT,
+            "/opt/clients/bin/twine",
+            "upload",
+            "--non-interactive",
+            "--disable-progress-bar",
+            "--repository-url",
+            f"{replica_url(replica)}/",
+            "-u",
+            "tester",
+            "-p",
+            "molecule-test-only",
+            wheel,
+        )
+        assert twine.returncode != 0 and "405" in twine.stdout + twine.stderr, twine.stdout + twine.stderr
+        assert fetch(f"{replica_url(replica)}/simple/{project}/")[0] == 404
+    assert on(WRITER, "sh", "-c", f"ls {DATA_DIR}/packages | grep -c {project}").stdout.strip() == "0"
+
+
+# ssh as the pull runs it (RSYNC_RSH of the supervisord program), read from the replica's own program section.
+def replica_rsh(replica: str) -> str:
+    section = on(replica, "cat", f"/etc/supervisor/conf.d/{PULL_PROGRAM}.conf").stdout
+    for line in section.splitlines():
+        if line.startswith("environment="):
+            for part in line.split("=", 1)[1].split(","):
+                key, _, value = part.partition("=")
+                if key.strip() == "RSYNC_RSH":
+                    # supervisord's quoting (pypi_supervisor's filter): double quotes around, % doubled.
+                    return value.strip().strip('"').replace("%%", "%")
+    raise AssertionError(f"no RSYNC_RSH in {PULL_PROGRAM}.conf:\n{section}")
+
+
+def rsync_as_replica(replica: str, path: str) -> tuple[int, str, bool]:
+    """rsync of the writer's path with the replica's key: (rc, what it said, whether a file arrived)."""
+    target = f"/var/tmp/probe-{time.time_ns()}"
+    argv = ("runuser", "-u", "pypi-replica", "--", "env", f"RSYNC_RSH={replica_rsh(replica)}")
+    done = on(replica, *argv, "rsync", "--no-links", f"pypi-replica@{WRITER}:{path}", target)
+    arrived = on(replica, "test", "-e", target).returncode == 0
+    on(replica, "rm", "-rf", target)
+    return done.returncode, done.stdout + done.stderr, arrived
+
+
+def test_a_replica_key_reads_the_tree_and_nothing_else() -> None:
+    replica = REPLICAS[0]
+    # The key works: the manifest comes (so the refusals below are the restriction's, not a broken login).
+    rc, said, arrived = rsync_as_replica(replica, "generation.json")
+    assert rc == 0 and arrived, said
+    assert on(WRITER, "test", "-s", f"{DATA_DIR}/audit/audit.jsonl").returncode == 0, "no audit trail to try"
+    for private in (
+        "audit/audit.jsonl",
+        "audit/",
+        "owners/owners.json",
+        "/etc/airgap-pypi/htpasswd",
+        "../../etc/airgap-pypi/htpasswd",
+        "../../../etc/shadow",
+    ):
+        rc, said, arrived = rsync_as_replica(replica, private)
+        assert rc != 0 and not arrived, (private, rc, said)
+    # Nor through a list of files (the pull's own way of asking): rsync anchors each path at the data directory.
+    listing = on(
+        replica,
+        "sh",
+        "-c",
+        "printf '../../etc/passwd\\n/etc/airgap-pypi/htpasswd\\n' > /var/tmp/list && mkdir -p /var/tmp/listed "
+        f"&& chown pypi-replica /var/tmp/listed && runuser -u pypi-replica -- env RSYNC_RSH='{replica_rsh(replica)}' "
+        f"rsync -r --files-from=/var/tmp/list pypi-replica@{WRITER}:/ /var/tmp/listed/; "
+        "rc=$?; find /var/tmp/listed -type f; rm -rf /var/tmp/listed /var/tmp/list; exit $rc",
+    )
+    assert listing.returncode != 0 and listing.stdout.strip() == "", listing.stdout + listing.stderr
+    # No shell either: the key's forced command is rrsync, read-only.
+    ssh = replica_rsh(replica).split()
+    shell = on(replica, "runuser", "-u", "pypi-replica", "--", *ssh, f"pypi-replica@{WRITER}", "cat /etc/passwd")
+    assert shell.returncode != 0 and "root:" not in shell.stdout, shell.stdout + shell.stderr
+    upload = on(
+        replica,
+        "sh",
+        "-c",
+        f"echo x > /var/tmp/w && runuser -u pypi-replica -- env RSYNC_RSH='{replica_rsh(replica)}' "
+        f"rsync /var/tmp/w pypi-replica@{WRITER}:packages/w.whl",
+    )
+    assert upload.returncode != 0, upload.stdout + upload.stderr
+    assert on(WRITER, "test", "-e", f"{DATA_DIR}/packages/w.whl").returncode != 0
+
+
+def test_a_replica_serves_pages_metadata_and_files_as_the_writer_does(wheel_on_client) -> None:
+    wheel, project = wheel_on_client("cluster-same")
+    watched = upload_and_watch(wheel, project, limit=30)
+    assert watched["upload"] == 0 and all(watched["seen"].values()), watched
+    name = wheel.rsplit("/", 1)[1]
+    for replica in REPLICAS:
+        for path in (f"/simple/{project}/", f"/packages/{name}.metadata", "/simple/"):
+            writer_status, writer_body = fetch(f"http://{WRITER}:8080{path}")
+            status, body = fetch(f"{replica_url(replica)}{path}")
+            assert (status, hashlib.sha256(body.encode()).hexdigest()) == (
+                writer_status,
+                hashlib.sha256(writer_body.encode()).hexdigest(),
+            ), (replica, path)
+        assert fetch(f"{replica_url(replica)}/health")[0] == 404
+        # The pull runs as the replica's user; its key stayed on the replica.
+        key = on(replica, "stat", "-c", "%U %a", f"{REPLICA_HOME}/id_ed25519").stdout.split()
+        assert key == ["pypi-replica", "600"]
