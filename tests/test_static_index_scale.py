@@ -5,6 +5,7 @@ front page lists a page of projects and searches a compact index; a long rebuild
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -160,6 +161,19 @@ def test_the_upload_path_lists_the_packages_directory_once(
     assert walks == [str(packages)]
     index.stored_below([packages], wheel.name)  # outside one_listing(): listed again
     assert len(walks) == 2
+
+
+def test_a_parsed_state_is_kept_out_of_full_collections(site: tuple[Path, Path]) -> None:
+    """A full collection would walk every entry of the state, stopping the worker's reads meanwhile."""
+    packages, tree = site
+    gc.unfreeze()
+    try:
+        state = index.Tree(str(packages), str(tree)).load_state()
+        assert state is not None
+        tracked = {id(obj) for obj in gc.get_objects()}
+        assert id(state["files"]) not in tracked and gc.get_freeze_count() > 0, "frozen when parsed"
+    finally:
+        gc.unfreeze()
 
 
 def test_a_worker_applies_only_the_lines_appended_since_it_read(site: tuple[Path, Path]) -> None:

@@ -57,6 +57,7 @@ import email.parser
 import errno
 import fcntl
 import functools
+import gc
 import gzip
 import hashlib
 import hmac
@@ -1616,6 +1617,9 @@ class Tree:
                 self._state = None
                 return None
             cached = (key, state, 0)
+            # Its million objects (100,000 files) hold no cycles: out of the collector's sight, a full collection
+            # no longer stops a worker's threads for a walk over them (each about a second); refcounts free them.
+            gc.freeze()
         self._state = self.replay_journal(*cached)
         return self._state[1] if self._state else None
 
@@ -1700,6 +1704,7 @@ class Tree:
         write_atomic(self.path(STATE_JOURNAL), b"")
         stat = os.stat(self.path("state.json"))
         self._state = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), document, 0)
+        gc.freeze()  # as load_state() does
 
     def append_journal(self, line: bytes, offset: int) -> bool:
         """Append a line to the journal (under the tree's lock) where this process read it up to; False when the
