@@ -23,9 +23,10 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
              sync command, then gunicorn on it: upload to visible, /simple/<project>/ p99 (wrk), worker memory,
              the state's and the front page's sizes (a few minutes; not part of make test)
 
-Needs docker, the test images, wrk and nginx (scripts/bench.sh installs what is missing on Debian/Ubuntu).
-The index under test is a container on the bench's own --internal docker network; nginx runs on 127.0.0.1
-as an ordinary process with its own temporary prefix and is stopped by its PID.
+Needs docker, the test images and wrk (scripts/bench.sh installs what is missing on Debian/Ubuntu).
+The index under test is a container on the bench's own --internal docker network; so is the nginx yardstick,
+a container of the same image with Debian's nginx from the stand-in OS mirror and its own static tree, so that
+both are reached across the same bridge.
 """
 
 from __future__ import annotations
@@ -38,13 +39,10 @@ import importlib.util
 import json
 import math
 import os
-import pwd
 import re
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -99,6 +97,7 @@ PREFIX = "airgap-pypi-bench"
 NETWORK = PREFIX
 INDEX = f"{PREFIX}-index"
 CLIENT = f"{PREFIX}-client"
+YARDSTICK = f"{PREFIX}-nginx"
 MANY = tuple(f"{PREFIX}-h{i}" for i in range(1, 5))
 IMAGE = "airgap-pypi/debian12-systemd:latest"
 CLIENT_IMAGE = "airgap-pypi/debian12-client:latest"
@@ -122,7 +121,7 @@ GOAL_HOSTS4_RATIO = 1.5
 TASK_TIMES_PLUGINS = ROOT / "molecule" / "shared" / "callback_plugins"
 GOAL_BASELINE_FACTOR = 100.0
 GOAL_P99_MS = 20.0
-GOAL_FRONT_VS_NGINX = 0.5
+GOAL_FRONT_VS_NGINX = 0.8  # like with like: the yardstick is reached across the same docker bridge
 GOAL_PIP_RATIO = 1.2
 GOAL_UPLOAD_S = 1.0
 GOAL_AUTH_RATIO = 0.8
@@ -420,17 +419,17 @@ def build_yardstick_tree(files: Iterable[Path], root: Path) -> dict[str, int]:
     return {"projects": len(projects), "files": sum(len(e) for e in projects.values())}
 
 
-def nginx_conf(prefix: Path, root: Path, port: int, workers: int) -> str:
-    """A self-contained nginx configuration: everything under prefix, serving root on 127.0.0.1:port."""
+def nginx_conf(prefix: str, root: str, port: int, workers: int) -> str:
+    """A self-contained nginx configuration: everything under prefix, serving root on port (every address).
+
+    The Debian package's defaults for a static site (sendfile, tcp_nopush) and nothing of the product's site."""
     temp = " ".join(
-        f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    # As root, nginx's workers would switch to nobody, who may not reach a private temporary directory.
-    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes {workers};
-daemon off;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "error.log"} warn;
+    return f"""user www-data;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     {temp}
@@ -441,7 +440,7 @@ http {{
     types {{ text/html html; }}
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        listen {port};
         root {root};
         index index.html;
     }}
@@ -449,48 +448,48 @@ http {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The yardstick's nginx in its own container on the bench network, as the index's is reached: Debian's package
+# from the stand-in OS mirror (scripts/os_mirror.sh), the tree bind-mounted read-only, its own configuration.
+YARDSTICK_ROOT = "/srv/yardstick"
+YARDSTICK_PREFIX = "/run/yardstick"
+YARDSTICK_PORT = 80
+
+
+def yardstick_commands(conf: str) -> str:
+    """The shell script that installs nginx in the yardstick container and starts it with conf."""
+    return f"""set -e
+printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends nginx >/dev/null
+mkdir -p {YARDSTICK_PREFIX}
+cat >{YARDSTICK_PREFIX}/nginx.conf <<'AIRGAP_PYPI_BENCH_EOF'
+{conf}AIRGAP_PYPI_BENCH_EOF
+nginx -p {YARDSTICK_PREFIX} -e {YARDSTICK_PREFIX}/error.log -c {YARDSTICK_PREFIX}/nginx.conf
+nginx -v 2>&1
+"""
 
 
 @contextlib.contextmanager
-def nginx(root: Path, workers: int) -> Iterator[str]:
-    """nginx serving root on a free loopback port as a child process; yields its base URL; stops it by PID."""
-    with tempfile.TemporaryDirectory(prefix="airgap-bench-nginx-") as tmp:
-        prefix = Path(tmp)
-        port = free_port()
-        (prefix / "nginx.conf").write_text(nginx_conf(prefix, root, port, workers))
-        cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")]
-        # Its own session: the master and its workers form a process group whose id is the master's PID.
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-
-            def answered() -> bool:  # or stopped: the check below says why
-                return proc.poll() is not None or http_get(url + "/simple/")[0] == 200
-
-            if not containers.wait_for(answered, 10, step=0.2):
-                raise RuntimeError(f"nginx did not serve {url} within 10 s")
-            if proc.poll() is not None:
-                log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-                raise RuntimeError(f"nginx exited with {proc.returncode}: {log[-800:]}")
-            yield url
-        finally:
-            stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen[Any]) -> None:
-    """Stop a child that leads its own process group: SIGTERM to the leader (nginx's fast shutdown of itself and
-    its workers), then SIGKILL to the whole group if anything is left after 15 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the leader is still alive, so the group is still ours
-            proc.wait(timeout=15)
+def nginx(root: Path, workers: int) -> Iterator[tuple[str, str]]:
+    """nginx serving root from the container YARDSTICK on the bench network; yields its base URL and nginx's
+    version; removes the container at the end, also on failure."""
+    remove_containers([YARDSTICK])
+    try:
+        mount = f"type=bind,source={root},target={YARDSTICK_ROOT},readonly"
+        run(["docker", "run", "-d", "--name", YARDSTICK, "--hostname", YARDSTICK, "--network", NETWORK,
+             "--mount", mount, "--entrypoint", "sleep", IMAGE, "infinity"], check=True)  # fmt: skip
+        run([str(OS_MIRROR), "build"], check=True)
+        run([str(OS_MIRROR), "attach", YARDSTICK], check=True)
+        conf = nginx_conf(YARDSTICK_PREFIX, YARDSTICK_ROOT, YARDSTICK_PORT, workers)
+        done = run(["docker", "exec", YARDSTICK, "sh", "-c", yardstick_commands(conf)])
+        if done.returncode != 0:
+            raise RuntimeError(f"the yardstick's nginx did not start: {(done.stdout + done.stderr)[-800:]}")
+        version = re.search(r"nginx/(\S+)", done.stdout)
+        url = f"http://{container_ip(YARDSTICK)}:{YARDSTICK_PORT}"
+        if not containers.wait_for(lambda: http_get(url + "/simple/")[0] == 200, 10, step=0.2):
+            raise RuntimeError(f"the yardstick's nginx did not serve {url} within 10 s")
+        yield url, version.group(1) if version else "?"
+    finally:
+        remove_containers([YARDSTICK])
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -1018,21 +1017,33 @@ def check_server(base: str, project: str, expected_links: int) -> dict[str, str]
     return urls
 
 
-def measure_server(server: str, base: str, files: int, expected_links: int, load: Load) -> list[dict[str, Any]]:
+def wrk_enough(server: str, url: str, load: Load) -> WrkResult:
+    """wrk on url; once more, longer (within a bound), when too few requests finished for a rate or a p99."""
+    result = wrk(url, load)
+    if result.requests < MIN_REQUESTS:
+        longer = Load(load.threads, load.connections, min(load.seconds * 6, MAX_WRK_SECONDS), load.timeout_s)
+        say(f"  {server}: {result.requests} requests in {load.seconds} s on {url}; again for {longer.seconds} s")
+        result = wrk(url, longer)
+    return result
+
+
+def measure_server(
+    server: str, base: str, files: int, expected_links: int, load: Load, *, yardstick: str
+) -> list[dict[str, Any]]:
+    """wrk on each path of the server and of the nginx yardstick in turn (nginx first), so that each ratio
+    compares two runs next to each other; the nginx rows name the server they were measured with."""
     urls = check_server(base, TARGET_PROJECT, expected_links)
+    nginx_urls = check_server(yardstick, TARGET_PROJECT, expected_links)
     rows = []
     for path in PATHS:
-        result = wrk(urls[path], load)
-        if result.requests < MIN_REQUESTS:
-            # Too few answers for a rate or a p99 (a slow server): once more, longer, within a bound.
-            longer = Load(load.threads, load.connections, min(load.seconds * 6, MAX_WRK_SECONDS), load.timeout_s)
-            say(f"  {server} {path}: {result.requests} requests in {load.seconds} s; again for {longer.seconds} s")
-            result = wrk(urls[path], longer)
-        say(
-            f"  {server:8} {files:>6} files {path:20} {result.rps:>10.1f} req/s"
-            f"  p50 {result.p50_ms} ms  p99 {result.p99_ms} ms"
-        )
-        rows.append({"files": files, "path": path, "server": server, **asdict(result), "load_1min": load_1min()})
+        for name, url, extra in (("nginx", nginx_urls[path], {"paired_with": server}), (server, urls[path], {})):
+            result = wrk_enough(name, url, load)
+            say(
+                f"  {name:8} {files:>6} files {path:20} {result.rps:>10.1f} req/s"
+                f"  p50 {result.p50_ms} ms  p99 {result.p99_ms} ms"
+            )
+            row = {"files": files, "path": path, "server": name, **extra, **asdict(result), "load_1min": load_1min()}
+            rows.append(row)
     return rows
 
 
@@ -1041,10 +1052,10 @@ def add_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     baseline, x_baseline (over the baseline's)."""
 
     def rps_of(server: str, row: dict[str, Any]) -> float | None:
-        for other in rows:
-            if other["server"] == server and other["files"] == row["files"] and other["path"] == row["path"]:
-                return float(other["rps"])
-        return None
+        same = [o for o in rows if o["server"] == server and (o["files"], o["path"]) == (row["files"], row["path"])]
+        # nginx measured next to this server where it was, else any nginx run at the same files and path.
+        paired = [o for o in same if o.get("paired_with") == row["server"]] or same
+        return float(paired[0]["rps"]) if paired else None
 
     out = []
     for row in rows:
@@ -1108,32 +1119,38 @@ def reads(index: Index, counts: Sequence[int], load: Load, workdir: Path) -> dic
     ip = container_ip(INDEX)
     rows: list[dict[str, Any]] = []
     trees: dict[str, Any] = {}
+    versions: dict[str, str] = {}
     errors: list[str] = []
     for files in counts:
         # The running deployment first (it loads the new files), the default one last (pip and upload use it).
         current = index.state[0] if index.state else "default"
         order = sorted(found, key=lambda d: (d.name != current, d.name == "default"))
         expected = -1  # files of TARGET_PROJECT in the index, counted once the files are loaded
-        for deployment in order:
-            try:
-                index.ensure(deployment, files)
-                if expected < 0:
-                    names = index_files(INDEX)
-                    expected = sum(1 for n in names if project_of(n) == TARGET_PROJECT)
-                    tree = workdir / f"tree-{files}"
-                    trees[str(files)] = yardstick(names, [index.mirror / "files", *mirror_dirs()], tree)
-                    with nginx(tree, workers=2) as url:
-                        rows += measure_server("nginx", url, files, expected, load)
-                rows += measure_server(deployment.name, f"http://{ip}:{deployment.port}", files, expected, load)
-            except (RuntimeError, subprocess.SubprocessError) as exc:
-                say(f"{deployment.name} at {files} files failed: {str(exc)[-1500:]}")
-                errors.append(f"{deployment.name} at {files} files: {str(exc)[-1500:]}")
-                index.state = None  # unknown now: the next deployment runs site.yml again
+        yardstick_url = ""
+        with contextlib.ExitStack() as stack:  # the yardstick's container, for every deployment at these files
+            for deployment in order:
+                try:
+                    index.ensure(deployment, files)
+                    if expected < 0:
+                        names = index_files(INDEX)
+                        expected = sum(1 for n in names if project_of(n) == TARGET_PROJECT)
+                        tree = workdir / f"tree-{files}"
+                        trees[str(files)] = yardstick(names, [index.mirror / "files", *mirror_dirs()], tree)
+                        yardstick_url, versions["nginx"] = stack.enter_context(nginx(tree, workers=2))
+                    if not yardstick_url:
+                        raise RuntimeError("the nginx yardstick did not start at these files")
+                    base = f"http://{ip}:{deployment.port}"
+                    rows += measure_server(deployment.name, base, files, expected, load, yardstick=yardstick_url)
+                except (RuntimeError, subprocess.SubprocessError) as exc:
+                    say(f"{deployment.name} at {files} files failed: {str(exc)[-1500:]}")
+                    errors.append(f"{deployment.name} at {files} files: {str(exc)[-1500:]}")
+                    index.state = None  # unknown now: the next deployment runs site.yml again
     return {
         "load": asdict(load),
         "target_project": TARGET_PROJECT,
         "deployments": {d.name: d.note for d in found} | missing,
         "index_files": trees,
+        **versions,
         "rows": add_ratios(rows),
         **index.loads,
         **({"errors": errors} if errors else {}),
@@ -1736,7 +1753,8 @@ def markdown(results: dict[str, Any]) -> str:
     parts = [
         "# Benchmark results\n",
         f"Written by `make bench` (scripts/bench.py) on {results.get('cpus')} CPUs; wrk {results.get('wrk', '?')}, "
-        f"nginx {results.get('nginx', '?')}. Ratios compare numbers of one run; seconds vary between runs.\n",
+        f"nginx {sections.get('reads', {}).get('nginx', '?')} (the yardstick's). Ratios compare numbers of one run; "
+        "seconds vary between runs.\n",
         "## Goals\n",
         table(
             ["Goal", "Measured", "Target", "Met"],
@@ -1772,9 +1790,12 @@ def markdown(results: dict[str, Any]) -> str:
             "## Reads\n",
             f"Measured {section.get('measured_at')}: wrk -t{load.get('threads')} -c{load.get('connections')} "
             f"-d{load.get('seconds')}s --latency from the machine to the index container's IP; nginx serves the "
-            f"same files as a static PEP 503 tree on 127.0.0.1. /simple/<project>/ is {section.get('target_project')} "
+            "same files as a static PEP 503 tree from a container on the same docker network (the yardstick: the "
+            "test image with Debian's nginx, none of the product's code), measured path by path just before each "
+            f"deployment (its rows name it). /simple/<project>/ is {section.get('target_project')} "
             f"({VERSIONS} files). Files: the synthetic wheels; the index also holds the default mirror and the pip "
-            "set. x nginx, x baseline: req/s over theirs at the same files and path. Errors: socket errors and "
+            "set. x nginx: req/s over the nginx run just before; x baseline: over the baseline's at the same files "
+            "and path. Errors: socket errors and "
             "non-2xx answers. Load: the machine's 1-minute load average after the row (other work shares it). A "
             f"row with fewer than {MIN_REQUESTS} requests was measured again for up to {MAX_WRK_SECONDS} s.\n",
             "".join(f"- {name}: {note}\n" for name, note in section.get("deployments", {}).items()) + "\n",
@@ -1796,7 +1817,7 @@ def markdown(results: dict[str, Any]) -> str:
                     [
                         r["files"],
                         r["path"],
-                        r["server"],
+                        r["server"] + (f" (with {r['paired_with']})" if r.get("paired_with") else ""),
                         r["rps"],
                         r["p50_ms"],
                         r["p99_ms"],
@@ -2246,7 +2267,7 @@ def index_session(
             if name in chosen:
                 record(name, attempt(name, step))
     finally:
-        remove_containers([INDEX, CLIENT])
+        remove_containers([INDEX, CLIENT, YARDSTICK])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2270,7 +2291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="airgap-bench-") as tmp:
         workdir = Path(tmp)
-        workdir.chmod(0o755)  # nginx's workers (another user) read the yardstick tree in here
+        workdir.chmod(0o755)  # the yardstick's nginx workers (www-data) read its tree in here
         with bench_network() if DOCKER_SECTIONS & set(chosen) else contextlib.nullcontext():
             if {"provision", "reads", "pip", "upload"} & set(chosen):
                 index_session(chosen, args, workdir, record)
@@ -2306,7 +2327,6 @@ def write_results(out: Path, measured: dict[str, Any], chosen: Sequence[str], st
     results.update(
         cpus=os.cpu_count(),
         wrk=tool_version(["wrk", "--version"], r"wrk (\S+)"),
-        nginx=tool_version(["nginx", "-v"], r"nginx/(\S+)"),
         last_run={"sections": list(chosen), "seconds": round(time.monotonic() - started)},
     )
     results["goals"] = goals(results["sections"])

@@ -169,6 +169,7 @@ def test_old_generations_are_pruned_to_keep(writer: Path, tmp_path: Path) -> Non
         ({"files": {"/etc/passwd": [1, "0" * 64]}}, "unfit path '/etc/passwd'"),
         ({"files": {"a/../b": [1, "0" * 64]}}, "unfit path 'a/../b'"),
         ({"files": {".hidden": [1, "0" * 64]}}, "unfit path '.hidden'"),
+        ({"files": {"packages/a\nhtpasswd": [1, "0" * 64]}}, "a control character"),
         ({"files": {"a": [1, "0" * 64], "a/b": [1, "0" * 64]}}, "'a' is both a file and a directory"),
         ({"files": {"a": [1, "xyz"]}}, "entry of 'a' is not"),
         ({"files": {"generation.json": [1, "0" * 64]}}, "lists generation.json itself"),

@@ -1,9 +1,11 @@
 """The static read path at scale (issue 15), on a few hundred files: a sync after one upload journals only what
-changed and writes only that project's pages and the lists; a journal that cannot be used is never trusted; the
+changed and writes only that project's pages, the lists naming every project after its response (and by the next
+sync when the worker died before); a journal that cannot be used is never trusted; the
 front page lists a page of projects and searches a compact index; a long rebuild logs its progress."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -63,13 +65,115 @@ def test_an_upload_journals_only_its_own_changes(site: tuple[Path, Path]) -> Non
     assert len(json.dumps(line)) < 2000, "the line holds the change, not the index"
     after = page_ids(tree)
     rewritten = sorted(name for name in before if after[name] != before[name])
-    assert rewritten == ["browse/scale-007.html", "index.html", "simple/index.html", "simple/scale-007/index.html"]
+    assert rewritten == ["browse/scale-007.html", "simple/scale-007/index.html"], "the lists wait for flush_lists"
     # Another process (a worker) reads state.json and the journal after it.
     state = index.Tree(str(packages), str(tree)).load_state()
     assert state["files"][wheel.name]["version"] == "2.0"
     assert state["summaries"]["scale-007"][1] == "2.0"
     assert len(state["files"]) == PROJECTS * VERSIONS + 1
     assert index.Tree(str(packages), str(tree)).listed(wheel.name)
+
+
+def lists_name(tree: Path, project: str) -> dict[str, bool]:
+    """Whether each list naming every project names project."""
+    return {
+        "simple/index.html": f'href="{project}/"' in (tree / "simple" / "index.html").read_text(),
+        "simple/index.json": {"name": project} in json.loads((tree / "simple" / "index.json").read_text())["projects"],
+        "search.json": any(row[0] == project for row in json.loads((tree / "search.json").read_text())["projects"]),
+        "index.html": f'href="project/{project}/"' in (tree / "index.html").read_text(),
+    }
+
+
+def test_an_upload_leaves_the_lists_to_after_its_response(site: tuple[Path, Path]) -> None:
+    packages, tree = site
+    wheel = build_wheel(packages, "scale-000-new", "1.0")  # first by name: on the front page too
+    worker = index.Tree(str(packages), str(tree))
+    assert worker.sync(project="scale-000-new") == ["scale-000-new"]
+    assert wheel.name in (tree / "simple" / "scale-000-new" / "index.html").read_text(), "its page is whole at once"
+    assert json.loads((tree / "stamp.json").read_text())["lists_stale"] is True, "marked before the response"
+    assert not any(lists_name(tree, "scale-000-new").values()), "no list was written in the upload's sync"
+    worker.flush_lists()
+    assert all(lists_name(tree, "scale-000-new").values())
+    assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
+    ids = page_ids(tree)
+    worker.flush_lists()  # nothing left: nothing written again
+    assert page_ids(tree) == ids
+
+
+def test_the_upload_response_is_not_held_for_the_lists(site: tuple[Path, Path]) -> None:
+    packages, tree = site
+    wheel = build_wheel(packages.parent / "dist", "scale-000-new", "1.0")
+
+    def pypiserver(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """Stands for pypiserver behind the upload checks: the file stored, the upload noted for the audit."""
+        (packages / wheel.name).write_bytes(wheel.read_bytes())
+        environ[index.AUDIT_KEY] = {"action": "upload", "project": "scale-000-new"}
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b""]
+
+    app = index.StaticIndex(pypiserver, str(packages), str(tree))
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "SCRIPT_NAME": "", "wsgi.input": io.BytesIO()}
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    assert wheel.name in (tree / "simple" / "scale-000-new" / "index.html").read_text(), "listed when answered"
+    assert not any(lists_name(tree, "scale-000-new").values()), "the response did not wait for the lists"
+    body.close()  # type: ignore[attr-defined]  # the server has sent the response
+    deadline = time.monotonic() + 10
+    while not all(lists_name(tree, "scale-000-new").values()):
+        assert time.monotonic() < deadline, "the lists were not written after the response"
+        time.sleep(0.02)
+
+
+def test_lists_left_by_a_killed_worker_are_written_by_the_next_sync(site: tuple[Path, Path]) -> None:
+    packages, tree = site
+    build_wheel(packages, "scale-000-new", "1.0")
+    index.Tree(str(packages), str(tree)).sync(project="scale-000-new")  # the worker dies before flush_lists
+    assert not any(lists_name(tree, "scale-000-new").values())
+    assert index.Tree(str(packages), str(tree)).sync(skip_young=True, project="") == []  # a settle: nothing new
+    assert all(lists_name(tree, "scale-000-new").values())
+    assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
+
+
+def test_a_project_gone_leaves_the_lists_at_once(site: tuple[Path, Path]) -> None:
+    packages, tree = site
+    for wheel in packages.glob("scale_003-*"):
+        wheel.unlink()
+    worker = index.Tree(str(packages), str(tree))
+    assert worker.sync(project="scale-003") == ["scale-003"]
+    assert not any(lists_name(tree, "scale-003").values()), "no list names a project that is not served"
+    assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
+
+
+def test_the_upload_path_lists_the_packages_directory_once(
+    site: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages, _ = site
+    walks: list[str] = []
+    real_walk = os.walk
+    monkeypatch.setattr(index.os, "walk", lambda top, *a, **k: walks.append(os.fspath(top)) or real_walk(top, *a, **k))
+    wheel = build_wheel(packages.parent / "dist", "scale-000-new", "1.0")
+    with index.one_listing():
+        with wheel.open("rb") as handle:
+            assert index.check_upload(wheel.name, handle, str(packages)) == "scale-000-new"
+        index.remove_leftovers(str(packages))
+        assert not index.stored_below([packages], wheel.name)
+        (packages / wheel.name).write_bytes(wheel.read_bytes())
+        assert index.stored_below([packages], wheel.name), "the file itself is looked for now, not in the listing"
+    assert walks == [str(packages)]
+    index.stored_below([packages], wheel.name)  # outside one_listing(): listed again
+    assert len(walks) == 2
+
+
+def test_a_parsed_state_is_kept_out_of_full_collections(site: tuple[Path, Path]) -> None:
+    """A full collection would walk every entry of the state, stopping the worker's reads meanwhile."""
+    packages, tree = site
+    gc.unfreeze()
+    try:
+        state = index.Tree(str(packages), str(tree)).load_state()
+        assert state is not None
+        tracked = {id(obj) for obj in gc.get_objects()}
+        assert id(state["files"]) not in tracked and gc.get_freeze_count() > 0, "frozen when parsed"
+    finally:
+        gc.unfreeze()
 
 
 def test_a_worker_applies_only_the_lines_appended_since_it_read(site: tuple[Path, Path]) -> None:

@@ -84,6 +84,22 @@ def pip(host, *args: str, port: int = PORT) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def root_lists(host, project: str, accept: str = "", seconds: float = 10) -> bool:
+    """Whether /simple/ (HTML, or JSON with accept) names project within seconds: the lists naming every project
+    are written right after an upload's response (its own project page before it)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        body = fetch(f"{base_url(host)}/simple/", accept=accept)[2]
+        if accept == JSON_TYPE:
+            if project in {p["name"] for p in json.loads(body)["projects"]}:
+                return True
+        elif f'href="{project}/"' in body.decode():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+
+
 REMOVE = """
 import base64, sys, urllib.parse, urllib.request
 form = urllib.parse.urlencode({':action': 'remove_pkg', 'name': sys.argv[2], 'version': sys.argv[3]}).encode()
@@ -158,8 +174,7 @@ def test_json_by_content_negotiation(host, tmp_path: Path) -> None:
     assert item["core-metadata"] == {"sha256": hashlib.sha256(metadata).hexdigest()}
     # PEP 714: the old key with a hash dict crashes pip 23.0 (Debian 12's own pip).
     assert "dist-info-metadata" not in item
-    root = json.loads(fetch(f"{base_url(host)}/simple/", accept=JSON_TYPE)[2])
-    assert project in {p["name"] for p in root["projects"]}
+    assert root_lists(host, project, JSON_TYPE), f"{project} never came into /simple/ (JSON)"
     status, headers, _ = fetch(f"{base_url(host)}/simple/{project.upper().replace('-', '_')}/")
     assert status == 301 and headers["Location"].endswith(f"/simple/{project}/")
 
@@ -203,8 +218,7 @@ def test_concurrent_uploads_of_different_projects_both_appear(host, tmp_path: Pa
     for project, wheel in ((first, left), (second, right)):
         tag = anchors(fetch(f"{base_url(host)}/simple/{project}/")[2])[wheel.name]
         assert f"#sha256={hashlib.sha256(wheel.read_bytes()).hexdigest()}" in tag
-    listed = fetch(f"{base_url(host)}/simple/")[2].decode()
-    assert f'href="{first}/"' in listed and f'href="{second}/"' in listed
+    assert root_lists(host, first) and root_lists(host, second), "both projects come into /simple/"
 
 
 def test_a_file_dropped_in_by_hand_is_served(host, tmp_path: Path) -> None:

@@ -47,13 +47,15 @@ FORMAT = 1
 KIND = "generation"
 MANIFEST = "generation.json"
 CURRENT = "current"
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # 100,000 files take about 15 MB
-MAX_FILES = 2_000_000
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 100,000 files take about 15 MB
+MAX_FILES = 1_000_000
+RSYNC_DEADLINE = 6 * 3600  # seconds one rsync run may take in all
 RSYNC_TIMEOUT = 300  # seconds without progress before rsync gives up (--timeout)
 CHUNK = 1024 * 1024
 _GENERATION_DIR = re.compile(r"^gen-\d{1,18}-[0-9a-f]{12}$")
 _ORIGIN = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Entry = Tuple[int, str]  # size, sha256
 
@@ -67,8 +69,8 @@ class GenerationError(Exception):
 
 def check_path(path: str) -> str:
     """A manifest path: relative, normalized, no part empty, hidden, '.' or '..', no NUL or backslash."""
-    if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path or "\\" in path:
-        raise GenerationError(f"manifest: unfit path {path!r}")
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\\" in path or _CONTROL.search(path):
+        raise GenerationError(f"manifest: unfit path {path!r} (too long, a backslash or a control character)")
     parts = path.split("/")
     if any(not part or part.startswith(".") for part in parts):
         raise GenerationError(f"manifest: unfit path {path!r} (absolute, empty, hidden or dot part)")
@@ -305,7 +307,12 @@ PARTIAL_TRANSFER = (23, 24)
 
 def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
     """Run rsync; GenerationError with the end of what it said when it fails (exit codes in tolerated pass)."""
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    try:
+        done = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, timeout=RSYNC_DEADLINE
+        )
+    except subprocess.TimeoutExpired:
+        raise GenerationError(f"rsync ran longer than {RSYNC_DEADLINE} s and was stopped") from None
     if done.returncode != 0 and done.returncode not in tolerated:
         said = done.stdout.decode("utf-8", "replace")[-2000:].strip()
         raise GenerationError(f"rsync exited {done.returncode}: {said}")
@@ -335,7 +342,9 @@ def fetch_manifest(source: str, root: str, program: str) -> Tuple[Dict[str, Any]
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
-        raise GenerationError(f"the writer has no {MANIFEST} at {source}") from None
+        raise GenerationError(
+            f"the writer has no {MANIFEST} at {source} (or one over {MAX_MANIFEST_BYTES} bytes)"
+        ) from None
     finally:
         with_quiet(os.unlink, incoming)
     return parse(data), data
@@ -389,8 +398,9 @@ def fetch_listed(argv: List[str], source: str, partial: str, paths: List[str]) -
     handle, listing = tempfile.mkstemp(dir=os.path.dirname(partial), prefix=".files-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write("".join(path + "\n" for path in paths))
-        rsync([*argv, f"--files-from={listing}", f"{source.rstrip('/')}/", partial + "/"], PARTIAL_TRANSFER)
+            out.write("".join(path + "\0" for path in paths))
+        # NUL-separated (--from0): a name is taken whole, never split or read as a comment.
+        rsync([*argv, "--from0", f"--files-from={listing}", f"{source.rstrip('/')}/", partial + "/"], PARTIAL_TRANSFER)
     finally:
         with_quiet(os.unlink, listing)
 
@@ -410,7 +420,9 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
     name = f"gen-{incoming['sequence']}-{incoming['digest'][:12]}"
     partial = os.path.join(root, f".{name}.partial")
     remove_tree(partial)
-    argv = [program, *RSYNC_SAFE]
+    # No file longer than the longest the manifest lists is taken (a file grown since is fetched no further).
+    largest = max((size for size, _ in incoming["files"].values()), default=0)
+    argv = [program, *RSYNC_SAFE, f"--max-size={largest + 1}"]
     old = None
     if current is not None:
         old = os.path.join(root, os.readlink(os.path.join(root, CURRENT)))

@@ -19,11 +19,14 @@ The tree (one directory, written only by this module) holds, for the packages di
                                                     the journal (one line); state.json is written whole only when
                                                     the journal outgrows a quarter of it
     stamp.json                                      the package directories' mtimes (and the yank file's) at the
-                                                    last sync
+                                                    last sync; whether the lists are still to be written after
+                                                    an upload (lists_stale)
 
 `sync()` compares the packages directory with the state and rewrites only the pages of projects whose files
 changed, and the lists (every write goes to a temporary file then os.replace, so no reader sees half a page),
-under an flock; after an upload it looks again only at the files of the upload's project (and at new names).
+under an flock; after an upload it looks again only at the files of the upload's project (and at new names), and
+leaves the lists naming every project to `flush_lists()`, which the upload's worker runs once its response is sent
+(the stamp marks them due first: a later sync writes them when the worker died before).
 Yanked releases (PEP 592) come from a small JSON file beside the data (`--yanked`, written only by the `yank` and
 `unyank` commands): a project's pages are rewritten when its entries there differ from what state.json says its
 pages show.
@@ -54,6 +57,7 @@ import email.parser
 import errno
 import fcntl
 import functools
+import gc
 import gzip
 import hashlib
 import hmac
@@ -84,7 +88,7 @@ import unicodedata
 import warnings
 import zipfile
 from stat import S_ISDIR, S_ISREG
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 from urllib.parse import quote, urlsplit
 
 from packaging.utils import (
@@ -977,8 +981,14 @@ def render_project_json(
     return json.dumps(document, indent=1).encode()
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _root_link(project: str) -> str:
+    """A project's line of the simple index (kept: the lists are written again after each upload)."""
+    return f'    <a href="{esc(quote(project))}/">{esc(project)}</a><br>'
+
+
 def render_root_html(projects: List[str]) -> bytes:
-    links = "\n".join(f'    <a href="{esc(quote(p))}/">{esc(p)}</a><br>' for p in projects)
+    links = "\n".join(map(_root_link, projects))
     return (
         '<!DOCTYPE html>\n<html>\n  <head>\n    <meta name="pypi:repository-version" content="1.1">\n'
         "    <title>Simple Index</title>\n  </head>\n  <body>\n    <h1>Simple Index</h1>\n"
@@ -1324,6 +1334,13 @@ def valid_summaries(summaries: Any) -> bool:
     )
 
 
+_MISSING = object()
+
+
+def _differs(before: Any, after: Any) -> bool:
+    return before is not after and before != after
+
+
 def state_patch(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """What changed from state old to state new as a journal line's fields ({} for nothing); None when the
     change is not journalled (the whole state is written)."""
@@ -1334,7 +1351,8 @@ def state_patch(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[Dict[str, 
         before, after = old.get(key) or {}, new.get(key) or {}
         if before is after:
             continue
-        changes = {name: value for name, value in after.items() if before.get(name) != value}
+        # An entry kept as it was is the same object: compared by identity first (100,000 entries per sync).
+        changes = {name: value for name, value in after.items() if _differs(before.get(name, _MISSING), value)}
         changes.update({name: None for name in before if name not in after})
         if changes:
             patch[key] = changes
@@ -1480,6 +1498,9 @@ class Tree:
         self._settler: Optional[threading.Thread] = None
         self._next_check = 0.0
         self._failed_until = 0.0
+        self._flush_lock = threading.Lock()  # the thread writing the lists an upload's sync left (flush_lists)
+        self._flusher: Optional[threading.Thread] = None
+        self._flush_again = False
         # (state.json's inode, mtime and size; the state with the journal applied; the journal's bytes applied, or
         # -1 after a line that cannot be used, which the next save compacts)
         self._state: Optional[Tuple[Tuple[int, int, int], Dict[str, Any], int]] = None
@@ -1596,6 +1617,9 @@ class Tree:
                 self._state = None
                 return None
             cached = (key, state, 0)
+            # Its million objects (100,000 files) hold no cycles: out of the collector's sight, a full collection
+            # no longer stops a worker's threads for a walk over them (each about a second); refcounts free them.
+            gc.freeze()
         self._state = self.replay_journal(*cached)
         return self._state[1] if self._state else None
 
@@ -1680,6 +1704,7 @@ class Tree:
         write_atomic(self.path(STATE_JOURNAL), b"")
         stat = os.stat(self.path("state.json"))
         self._state = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), document, 0)
+        gc.freeze()  # as load_state() does
 
     def append_journal(self, line: bytes, offset: int) -> bool:
         """Append a line to the journal (under the tree's lock) where this process read it up to; False when the
@@ -1713,6 +1738,8 @@ class Tree:
         found: Dict[str, os.stat_result] = {}
         kept: Dict[str, Entry] = {}
         known, project = only if only is not None else ({}, "")
+        if only is None:  # a full sync; an upload's (and a settle) leaves killed writers' files to the others
+            remove_leftovers(self.packages)
         pending = [""]
         while pending:
             rel = pending.pop()
@@ -1774,6 +1801,28 @@ class Tree:
             self.start_renderer()
         return changed
 
+    def after_response(self) -> None:
+        """What an upload's response is not held for: the lists its sync left (flush_lists, in a thread of this
+        process, one at a time), then the renderer. Never raises."""
+        if self.lists_stale():
+            with self._flush_lock:
+                if self._flusher is not None:
+                    self._flush_again = True  # the running one writes them once more when it is done
+                else:
+                    self._flusher = threading.Thread(target=self._flush_loop, name="airgap-pypi-lists", daemon=True)
+                    self._flusher.start()
+        if self.render_queued:
+            self.start_renderer()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self.flush_lists()
+            with self._flush_lock:
+                if not self._flush_again:
+                    self._flusher = None
+                    return
+                self._flush_again = False
+
     def start_renderer(self) -> None:
         """Start the render command on this tree (a process of its own, never waited for here: the upload's
         response does not wait for it). It exits at once when another renderer already waits for its turn.
@@ -1811,13 +1860,12 @@ class Tree:
         old_skipped: Dict[str, Entry] = state.get("skipped", {})
         yank_stamp = self.yank_stamp()  # before the file is read, as the directories' before they are listed
         yanks = self.current_yanks(old_yanks)
-        remove_leftovers(self.packages)
+        lists_stale = self.lists_stale()
         dirs, found, kept = self.scan(None if rebuild or project is None else (old, project))
         files, fresh, skipped, dirty = self.collect(old, old_skipped, found, rebuild, skip_young, kept=kept)
         uploads = self.current_uploads(old)
-        files = {relfn: with_upload(entry, uploads.get(relfn)) for relfn, entry in files.items()}
-        changed = {entry["project"] for relfn, entry in files.items() if old.get(relfn) != entry}
-        changed |= {entry["project"] for relfn, entry in old.items() if relfn not in files}
+        changed = self.apply_uploads(files, old, uploads, None if rebuild or project is None else found)
+        changed |= {old[relfn]["project"] for relfn in old.keys() - files.keys()}
         # A project whose yank entries differ from what its pages show (only projects with files have pages).
         listed = {entry["project"] for entry in files.values()}
         changed |= {project for project in listed if yanks.get(project) != old_yanks.get(project)}
@@ -1832,6 +1880,8 @@ class Tree:
         unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks or pending_changed)
         unchanged = unchanged and owners == old_owners
         if unchanged and os.path.exists(self.path("index.html")):
+            if lists_stale:  # an upload's sync left the lists to be written after its response
+                self.write_lists(state.get("summaries") or {})
             self.finish(dirs, dirty, yank_stamp)
             return []
         summaries: Dict[str, List[Any]] = {} if rebuild else dict(state.get("summaries") or {})
@@ -1840,8 +1890,15 @@ class Tree:
         if rebuild:
             with contextlib.suppress(OSError):
                 changed |= set(os.listdir(self.path("simple"))) - listed - {"index.html", "index.json"}
+        # An upload's sync that only adds to or changes listed projects leaves the lists naming every project (the
+        # simple index, the front page, its search index) to be written after its response (flush_lists): they
+        # name no project that is not served meanwhile, and the project's own page is complete when it is
+        # written. The stamp says so first, so that a worker killed before the lists are written leaves them to
+        # the next sync. A project gone is taken off the lists at once.
+        defer = self.defer_lists(bool(project) and not rebuild and changed <= listed)
         self.write_projects(changed, files, yanks, owners, summaries)
-        self.write_root(projects, summaries)
+        if not defer:
+            self.write_root(projects, summaries)
         self.save_state(
             {
                 "version": STATE_VERSION,
@@ -1856,8 +1913,26 @@ class Tree:
                 "pending": list(self._pending),
             }
         )
-        self.finish(dirs, dirty, yank_stamp)
+        self.finish(dirs, dirty, yank_stamp, lists_stale=defer)
         return sorted(changed)
+
+    def apply_uploads(
+        self,
+        files: Dict[str, Entry],
+        old: Dict[str, Entry],
+        uploads: Dict[str, Dict[str, str]],
+        looked_at: Optional[Iterable[str]],
+    ) -> Set[str]:
+        """Give the entries who uploaded their files and when (in place), and return the projects of the entries
+        that differ from old. looked_at: the files a project's sync looked at again (the others keep their
+        entries, upload times included, until a full sync); None: every file."""
+        names = files.keys() if looked_at is None else [relfn for relfn in looked_at if relfn in files]
+        changed: Set[str] = set()
+        for relfn in names:
+            entry = files[relfn] = with_upload(files[relfn], uploads.get(relfn))
+            if old.get(relfn) != entry:
+                changed.add(entry["project"])
+        return changed
 
     def write_projects(
         self, changed: Iterable[str], files: Dict[str, Entry], yanks: Yanks, owners: Owners, summaries: Dict[str, Any]
@@ -1896,17 +1971,59 @@ class Tree:
             if stored is not None:
                 remove_quietly(stored)
 
-    def finish(self, dirs: Dict[str, int], dirty: bool, yank_stamp: Optional[List[int]]) -> None:
-        """Write the stamp that reads compare the directories and the yank file with."""
+    def finish(
+        self, dirs: Dict[str, int], dirty: bool, yank_stamp: Optional[List[int]], lists_stale: bool = False
+    ) -> None:
+        """Write the stamp that reads compare the directories and the yank file with (and whether the lists are
+        still to be written: flush_lists)."""
         if dirty:
             dirs[""] = -1  # something was left for later: the next read-triggered check syncs again
         stamp: Dict[str, Any] = {"dirs": dirs, "yanked": yank_stamp}
+        if lists_stale:
+            stamp["lists_stale"] = True
         # A directory changed within the clock's granularity of this scan could change again unseen by its mtime
         # (a name added or removed): a read once it is no longer young lists the directories again (settle()).
         if not dirty and any(0 <= time.time_ns() - mtime < YOUNG_SECONDS * 1e9 for mtime in dirs.values()):
             stamp["settle"] = time.time() + YOUNG_SECONDS
         write_atomic(self.path("stamp.json"), json.dumps(stamp).encode())
         self._seen, self._seen_yanked, self._settle = dirs, yank_stamp, stamp.get("settle")
+
+    def lists_stale(self) -> bool:
+        """Whether the stamp says an upload's sync left the lists naming every project to be written."""
+        stamp = self.read_json("stamp.json")
+        return bool(stamp and stamp.get("lists_stale") is True)
+
+    def defer_lists(self, defer: bool) -> bool:
+        """When defer: say in the stamp (under the tree's lock, before any page changes) that the lists are to be
+        written. Returns defer."""
+        if not defer:
+            return False
+        stamp = self.read_json("stamp.json") or {"dirs": {"": -1}, "yanked": None}
+        if stamp.get("lists_stale") is not True:
+            write_atomic(self.path("stamp.json"), json.dumps(dict(stamp, lists_stale=True)).encode())
+        return True
+
+    def write_lists(self, summaries: Dict[str, List[Any]]) -> None:
+        """The lists naming every project, from the front page's rows (one per project listed)."""
+        self.write_root(sorted(summaries), summaries)
+
+    def flush_lists(self) -> None:
+        """Write the lists an upload's sync left (the simple index, the front page and its search index) from the
+        state, and take the mark off the stamp; nothing when another sync wrote them meanwhile. Never raises: the
+        mark stays for the next sync."""
+        try:
+            with self.locked():
+                stamp = self.read_json("stamp.json")
+                if not stamp or stamp.get("lists_stale") is not True:
+                    return
+                state = self.load_state()
+                if not state:
+                    return
+                self.write_lists(state.get("summaries") or {})
+                del stamp["lists_stale"]
+                write_atomic(self.path("stamp.json"), json.dumps(stamp).encode())
+        except Exception:
+            LOG.exception("the project lists could not be written; the next sync writes them")
 
     def collect(
         self,
@@ -2248,8 +2365,7 @@ def check_upload(filename: str, handle: BinaryIO, packages: str) -> str:
             f"{filename}: its metadata says Version {fields['version'][:40]!r}, the file name {version}"
         )
     wanted = canonical_filename(filename)
-    for _root, dirs, files in os.walk(packages):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for _root, files in listed_below(packages):
         for other in names_of_project(files, project):  # the others are passed over without being parsed
             if other != filename and other.lower().endswith(UPLOAD_SUFFIXES) and canonical_filename(other) == wanted:
                 raise AlreadyStored(f"{filename}: the index already has this file as {other}")
@@ -2295,23 +2411,25 @@ def remove_leftovers(directory: str, prefix: str = UPLOAD_TEMP_PREFIX, locked_on
     removed = []
     now = time.time()
     try:
-        entries = list(os.scandir(directory))
+        names = listed_names(directory)
     except OSError:
         return removed
-    for item in entries:
-        if not item.name.startswith(prefix) or not item.is_file(follow_symlinks=False):
+    for name in names:
+        if not name.startswith(prefix):
             continue
+        path = os.path.join(directory, name)
         try:
-            if locked_only and now - item.stat(follow_symlinks=False).st_mtime < YOUNG_SECONDS:
+            stat = os.lstat(path)
+            if not S_ISREG(stat.st_mode) or (locked_only and now - stat.st_mtime < YOUNG_SECONDS):
                 continue
-            descriptor = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             continue
         try:
             if locked_only:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.unlink(item.path)
-            removed.append(item.name)
+            os.unlink(path)
+            removed.append(name)
         except OSError:
             continue  # still being written (locked), or already gone
         finally:
@@ -2319,18 +2437,55 @@ def remove_leftovers(directory: str, prefix: str = UPLOAD_TEMP_PREFIX, locked_on
     return removed
 
 
+# An upload's checks list the packages directory once (listed_below, while one_listing() is open in the request's
+# thread): the check for another spelling, the removal of killed uploads and pypiserver's "already exists" share
+# it (each listing of 100,000 names takes 0.1 s or more).
+_LISTINGS = threading.local()
+
+
+@contextlib.contextmanager
+def one_listing() -> Iterator[None]:
+    """Within this, listed_below() lists each directory tree once in this thread."""
+    _LISTINGS.cache = {}
+    try:
+        yield
+    finally:
+        _LISTINGS.cache = None
+
+
+def listed_below(root: str) -> List[Tuple[str, List[str]]]:
+    """(directory, the names in it) for root and the directories below it whose names do not start with a dot
+    (links not followed); within one_listing(), listed once."""
+    cache: Optional[Dict[str, List[Tuple[str, List[str]]]]] = getattr(_LISTINGS, "cache", None)
+    key = os.fspath(root)
+    if cache is not None and key in cache:
+        return cache[key]
+    listing = []
+    for directory, dirs, files in os.walk(key):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        listing.append((directory, files))
+    if cache is not None:
+        cache[key] = listing
+    return listing
+
+
+def listed_names(directory: str) -> List[str]:
+    """The names in directory: from the listing of one_listing() when it holds it, else listed now."""
+    cache = getattr(_LISTINGS, "cache", None) or {}
+    for _directory, names in cache.get(os.fspath(directory), [])[:1]:
+        return names
+    return os.listdir(directory)
+
+
 def stored_below(roots: Iterable[Any], filename: str) -> bool:
-    """pypiserver's SimpleFileBackend.exists (a file of that name below a root, no part starting with a dot), by
-    listing the directories: only the file of that name is looked at, where pypiserver's checks every file (a
-    stat and a path object each: seconds at 100,000 files, in every upload)."""
+    """pypiserver's SimpleFileBackend.exists (a file of that name below a root, no part starting with a dot): the
+    directories from the listing (listed_below), and in each, the file of that name looked for now, where
+    pypiserver's checks every file (a stat and a path object each: seconds at 100,000 files, in every upload)."""
     if filename.startswith("."):
         return False
-    for root in roots:
-        for directory, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            if filename in files and os.path.isfile(os.path.join(directory, filename)):
-                return True
-    return False
+    return any(
+        os.path.isfile(os.path.join(directory, filename)) for root in roots for directory, _ in listed_below(root)
+    )
 
 
 def atomic_uploads() -> None:
@@ -2888,18 +3043,24 @@ class UploadChecks:
 
     def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST" and (environ.get("PATH_INFO") or "/") == "/":
-            refusal = self.refusal(environ)
-            if refusal is not None:
-                status, text = refusal
-                body = (text + "\n").encode("utf-8", errors="replace")
-                start_response(
-                    f"{status} {_reason(text)}",
-                    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-                )
-                return [body]
-            remove_leftovers(self.packages)  # the static read path's sync does this too; without it, only here
-            if self.audit is not None and environ.get(AUDIT_KEY):
-                return self.audited(environ, start_response)
+            with one_listing():  # the packages directory listed once for the checks and pypiserver's
+                return self.checked(environ, start_response)
+        return self.app(environ, start_response)
+
+    def checked(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """An upload or removal (pypiserver's form): refused, or passed on with the audit trail."""
+        refusal = self.refusal(environ)
+        if refusal is not None:
+            status, text = refusal
+            body = (text + "\n").encode("utf-8", errors="replace")
+            start_response(
+                f"{status} {_reason(text)}",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        remove_leftovers(self.packages)  # the static read path's full syncs do this too; without it, only here
+        if self.audit is not None and environ.get(AUDIT_KEY):
+            return self.audited(environ, start_response)
         return self.app(environ, start_response)
 
     def audited(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -3080,7 +3241,7 @@ def _chunks(handle: Any) -> Iterator[bytes]:
 
 class AfterResponse:
     """A response body whose close() (which the WSGI server calls once the response is sent) runs a callback that
-    never raises (Tree.start_renderer)."""
+    never raises (Tree.after_response)."""
 
     def __init__(self, body: List[bytes], then: Callable[[], None]) -> None:
         self.body = body
@@ -3184,8 +3345,8 @@ class StaticIndex:
                 )
                 return [text]
         start_response(status, headers)
-        if status[:1] == "2" and self.index.render_queued:
-            return AfterResponse(body, self.index.start_renderer)
+        if status[:1] == "2" and (self.index.render_queued or self.index.lists_stale()):
+            return AfterResponse(body, self.index.after_response)
         return body
 
     def authenticate(self, environ: Dict[str, Any], start_response: StartResponse) -> Optional[List[bytes]]:
