@@ -283,3 +283,50 @@ def test_a_replica_pulls_the_published_areas_and_nothing_private(data_dir: Path,
     assert sorted(served(replica)) == ["packages/demo-1.0.tar.gz", "static/simple/index.html"]
     assert gen.main(["publish", str(data_dir), "--area", "packages", "--area", "static"]) == 0
     assert gen.main(["pull", str(data_dir), str(replica)]) == 0
+
+
+@needs_rsync
+def test_a_directory_where_the_manifest_should_be_is_refused_and_the_next_pull_works(
+    writer: Path, tmp_path: Path
+) -> None:
+    replica = tmp_path / "replica"
+    (writer / gen.MANIFEST).mkdir()
+    (writer / gen.MANIFEST / "big").write_bytes(b"x" * 1000)
+    with pytest.raises(gen.GenerationError, match=r"no generation\.json|not a file"):
+        gen.pull(str(writer), str(replica))
+    assert not (replica / ".incoming.json").exists(), "nothing of it stays on the replica"
+    (writer / gen.MANIFEST / "big").unlink()
+    (writer / gen.MANIFEST).rmdir()
+    publish(writer, 1)
+    assert gen.pull(str(writer), str(replica))["changed"]
+
+
+@needs_rsync
+def test_a_listed_name_that_is_a_directory_on_the_writer_is_not_copied_whole(
+    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica = tmp_path / "replica"
+    copied: list[str] = []
+    real = gen.rsync
+
+    def rsync_then_look(argv: list[str], tolerated: tuple[int, ...] = ()) -> None:
+        real(argv, tolerated)
+        copied.extend(str(p) for p in Path(argv[-1]).rglob("*"))  # what this run brought
+
+    monkeypatch.setattr(gen, "rsync", rsync_then_look)
+    publish(writer, 1)
+    (writer / "packages" / "demo-1.0.tar.gz").unlink()
+    (writer / "packages" / "demo-1.0.tar.gz").mkdir()
+    (writer / "packages" / "demo-1.0.tar.gz" / "inside").write_bytes(b"y" * 100)
+    with pytest.raises(gen.GenerationError, match="did not arrive"):
+        gen.pull(str(writer), str(replica))
+    assert not [path for path in copied if path.endswith("inside")], "the directory was not copied"
+
+
+def test_a_fifo_in_a_published_area_does_not_hold_the_publisher(data_dir: Path) -> None:
+    os.mkfifo(data_dir / "packages" / "planted.whl")
+    publisher = gen.Publisher(str(data_dir), ["packages", "static"])
+    assert publisher.scan() is True  # walk lists plain files only; the FIFO is not one
+    assert "packages/planted.whl" not in gen.parse((data_dir / gen.MANIFEST).read_bytes())["files"]
+    with pytest.raises(gen.GenerationError, match="not a plain file"):
+        gen.file_entry(str(data_dir / "packages" / "planted.whl"))

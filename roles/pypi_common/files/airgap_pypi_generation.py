@@ -139,7 +139,8 @@ def render(origin: str, sequence: int, files: Dict[str, Entry]) -> bytes:
 
 def file_entry(path: str, limit: Optional[int] = None) -> Entry:
     """(size, sha256) of the plain file at path, opened without following a link; limit bounds the read."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    # O_NONBLOCK: a FIFO planted at the name does not hold the open; it is then refused as not a plain file.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise GenerationError(f"{path}: not a plain file")
@@ -318,8 +319,9 @@ def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
         raise GenerationError(f"rsync exited {done.returncode}: {said}")
 
 
+# No --recursive: every run names its files (one file, or --files-from); a name that is a directory on the writer
+# is skipped, never copied whole.
 RSYNC_SAFE = [
-    "--recursive",
     "--times",
     "--no-links",  # a link from the writer is never created, nor followed
     "--no-devices",
@@ -335,7 +337,7 @@ RSYNC_SAFE = [
 def fetch_manifest(source: str, root: str, program: str) -> Tuple[Dict[str, Any], bytes]:
     """The writer's manifest (checked) and its bytes, copied through root/.incoming.json."""
     incoming = os.path.join(root, ".incoming.json")
-    with_quiet(os.unlink, incoming)
+    remove_tree(incoming)
     rsync([program, *RSYNC_SAFE, f"--max-size={MAX_MANIFEST_BYTES}", f"{source.rstrip('/')}/{MANIFEST}", incoming])
     try:
         fd = os.open(incoming, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -345,8 +347,10 @@ def fetch_manifest(source: str, root: str, program: str) -> Tuple[Dict[str, Any]
         raise GenerationError(
             f"the writer has no {MANIFEST} at {source} (or one over {MAX_MANIFEST_BYTES} bytes)"
         ) from None
+    except IsADirectoryError:
+        raise GenerationError(f"{MANIFEST} at {source} is not a file") from None
     finally:
-        with_quiet(os.unlink, incoming)
+        remove_tree(incoming)
     return parse(data), data
 
 
@@ -436,7 +440,8 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
         if differ:
             # rsync's quick check (size and time) can take a file rewritten in the same second, with the same
             # size, for the old one it links: these are copied again whatever their size and time say.
-            fetch_listed([program, *RSYNC_SAFE, "--ignore-times"], source, partial, sorted(differ))
+            again_argv = [program, *RSYNC_SAFE, f"--max-size={largest + 1}", "--ignore-times"]
+            fetch_listed(again_argv, source, partial, sorted(differ))
             again, differ = check_tree(partial, incoming["files"], old, old_files)
             hashed += again
         if differ:
@@ -444,6 +449,8 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
             raise GenerationError(f"{len(differ)} files differ from the manifest, first {path}: {differ[path]}")
         write_atomic(os.path.join(partial, MANIFEST), data)
         final = os.path.join(root, name)
+        if old is not None and os.path.basename(old) == name:
+            raise GenerationError(f"the writer's manifest names the generation served now ({name}) with other content")
         remove_tree(final)  # an earlier pull of the same manifest, never served (current names another)
         os.rename(partial, final)
     except BaseException:
