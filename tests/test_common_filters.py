@@ -43,3 +43,12 @@ def test_index_url_with_tls_and_the_front_server() -> None:
 
 def test_index_url_follows_the_index_hosts_own_common_port() -> None:
     assert common.index_url({"pypi_common_index_port": 9000}, "pypi1", 8080) == "http://pypi1:9000/simple/"
+
+
+def test_served_port_is_the_front_servers_when_it_runs_else_the_index_port() -> None:
+    assert common.served_port({}, 8080) == 8080
+    assert common.served_port({"pypi_front_enabled": True}, 8080) == 80
+    assert common.served_port({"pypi_front_enabled": "yes", "pypi_server_tls": True}, 8080) == 443
+    assert (
+        common.served_port({"pypi_front_enabled": False, "pypi_front_port": 81, "pypi_server_port": 9000}, 8080) == 9000
+    )

@@ -38,11 +38,18 @@ def index_url(server: dict[str, Any], name: str, index_port: int) -> str:
     """
     tls = as_bool(server.get("pypi_server_tls", False))
     host = (server.get("pypi_server_tls_names") or [name])[0] or name
+    return f"{'https' if tls else 'http'}://{host}:{served_port(server, index_port)}/simple/"
+
+
+def served_port(server: dict[str, Any], index_port: int) -> int:
+    """The port the index host with settings server (its hostvars) serves clients on: the front server's port when
+    the front server runs there, else the index's own port (its pypi_server_port, its pypi_common_index_port, else
+    index_port)."""
     if as_bool(server.get("pypi_front_enabled", False)):
-        port = server.get("pypi_front_port") or front_port(tls)
+        port = server.get("pypi_front_port") or front_port(server.get("pypi_server_tls", False))
     else:
         port = server.get("pypi_server_port") or server.get("pypi_common_index_port") or index_port
-    return f"{'https' if tls else 'http'}://{host}:{int(port)}/simple/"
+    return int(port)
 
 
 class FilterModule:
@@ -51,4 +58,5 @@ class FilterModule:
             "pypi_common_platform_files": platform_files,
             "pypi_common_front_port": front_port,
             "pypi_common_index_url": index_url,
+            "pypi_common_served_port": served_port,
         }
