@@ -50,13 +50,16 @@ def test_an_empty_replica_catches_up_and_serves_exactly_the_writers_files(writer
     publish(writer, 1)
     replica = tmp_path / "replica"
     done = gen.pull(str(writer), str(replica))
-    assert done == {"changed": True, "sequence": 1, "hashed": 3}
+    assert (done["changed"], done["sequence"], done["hashed"]) == (True, 1, 3)
     assert served(replica) == {
         str(p.relative_to(writer)): p.read_bytes() for p in writer.rglob("*") if p.is_file() and p.name != gen.MANIFEST
     }
     assert (replica / "current").readlink().name.startswith("gen-1-")
+    assert done["serving"]["generation"] == (replica / "current").readlink().name
+    assert done["serving"]["digest"] == done["writer"]["digest"] and done["writer"]["sequence"] == 1
     # Nothing new: no copy, no switch.
-    assert gen.pull(str(writer), str(replica)) == {"changed": False, "sequence": 1, "hashed": 0}
+    again = gen.pull(str(writer), str(replica))
+    assert (again["changed"], again["sequence"], again["hashed"]) == (False, 1, 0)
 
 
 @needs_rsync

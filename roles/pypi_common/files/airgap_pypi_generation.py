@@ -289,7 +289,8 @@ class Publisher:
 
 
 def served(root: str) -> Optional[Dict[str, Any]]:
-    """The manifest of the generation root/current serves, or None (no generation yet)."""
+    """The manifest of the generation root/current serves (with "generation": its directory's name), or None (no
+    generation yet)."""
     link = os.path.join(root, CURRENT)
     try:
         target = os.readlink(link)
@@ -298,7 +299,17 @@ def served(root: str) -> Optional[Dict[str, Any]]:
     if not _GENERATION_DIR.match(target):
         raise GenerationError(f"{link} points at {target!r}, not at a generation this program made")
     with open(os.path.join(root, target, MANIFEST), "rb") as handle:
-        return parse(handle.read(MAX_MANIFEST_BYTES + 1))
+        manifest = parse(handle.read(MAX_MANIFEST_BYTES + 1))
+    manifest["generation"] = target
+    return manifest
+
+
+def summary(manifest: Dict[str, Any], generation: Optional[str] = None) -> Dict[str, Any]:
+    """A manifest's sequence, origin and digest (and the directory serving it), without its files."""
+    found = {key: manifest[key] for key in ("sequence", "origin", "digest")}
+    if generation is not None:
+        found["generation"] = generation
+    return found
 
 
 # rsync's exit codes for files that could not be sent (23) or vanished while it ran (24): the check of the
@@ -409,18 +420,26 @@ def fetch_listed(argv: List[str], source: str, partial: str, paths: List[str]) -
         with_quiet(os.unlink, listing)
 
 
-def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[str, Any]:
-    """One pull: {"changed": bool, "sequence": N, "hashed": files read}. GenerationError leaves current as it was."""
+def pull(
+    source: str, root: str, keep: int = 2, program: str = "rsync", seen: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """One pull: {"changed": bool, "sequence": N, "hashed": files read, "serving": ..., "writer": ...}; serving is
+    the sequence, origin, digest and generation current serves after it (None: nothing), writer the sequence,
+    origin and digest of the writer's manifest it fetched. seen, when given, is filled with these two as they are
+    learnt, so that a pull that fails still tells what it knew. GenerationError leaves current as it was."""
+    seen = {} if seen is None else seen
     os.makedirs(root, mode=0o755, exist_ok=True)
     if os.path.islink(root) or not os.path.isdir(root):
         raise GenerationError(f"{root} is not a directory")
+    current = served(root)  # read before the fetch: known even when the writer cannot be reached
+    seen["serving"] = summary(current, current["generation"]) if current is not None else None
     incoming, data = fetch_manifest(source, root, program)
-    current = served(root)
+    seen["writer"] = summary(incoming)
     if current is not None and (
         incoming["digest"] == current["digest"]
         or (incoming["origin"] == current["origin"] and incoming["sequence"] <= current["sequence"])
     ):
-        return {"changed": False, "sequence": current["sequence"], "hashed": 0}
+        return {"changed": False, "sequence": current["sequence"], "hashed": 0, **seen}
     name = f"gen-{incoming['sequence']}-{incoming['digest'][:12]}"
     partial = os.path.join(root, f".{name}.partial")
     remove_tree(partial)
@@ -429,7 +448,7 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
     argv = [program, *RSYNC_SAFE, f"--max-size={largest + 1}"]
     old = None
     if current is not None:
-        old = os.path.join(root, os.readlink(os.path.join(root, CURRENT)))
+        old = os.path.join(root, current["generation"])
         argv.append(f"--link-dest={old}")
     old_files = current["files"] if current else {}
     try:
@@ -460,8 +479,9 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
     with_quiet(os.unlink, link)
     os.symlink(name, link)
     os.replace(link, os.path.join(root, CURRENT))
+    seen["serving"] = summary(incoming, name)
     prune(root, keep)
-    return {"changed": True, "sequence": incoming["sequence"], "hashed": hashed}
+    return {"changed": True, "sequence": incoming["sequence"], "hashed": hashed, **seen}
 
 
 def prune(root: str, keep: int) -> None:
