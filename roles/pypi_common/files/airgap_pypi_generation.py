@@ -33,9 +33,11 @@ import contextlib
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -180,15 +182,17 @@ def manifest_of(root: str) -> Dict[str, Entry]:
     return {path: file_entry(os.path.join(root, path)) for path in sorted(walk(root))}
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """data at path: written under a temporary name in the same directory, flushed, then renamed."""
+def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
+    """data at path: written under a temporary name in the same directory (made anew, O_EXCL: never a link's
+    target), flushed (sync: to the disk), then renamed over path (a link at path is replaced, not followed)."""
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
+            if sync:
+                os.fsync(out.fileno())
+            os.fchmod(out.fileno(), 0o644)
         os.replace(temporary, path)
     except BaseException:
         with_quiet(os.unlink, temporary)
@@ -496,6 +500,184 @@ def prune(root: str, keep: int) -> None:
         remove_tree(os.path.join(root, name))
 
 
+# --------------------------------------------------------------------------- the replica's health
+
+STATUS = "status.json"
+HEALTHY = "ok.json"  # present iff the replica is healthy: nginx answers /health 200 with it, 503 without
+MAX_ERROR = 500
+NOT_RUNNING = "the pull is not running"
+
+
+def utc_now() -> str:
+    """The wall clock's time, UTC ISO to the second (for people; lags use the monotonic clock)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Health:
+    """How far behind the writer a replica is, on its own monotonic clock (no skew with the writer's).
+
+    fresh_at is the start of the latest manifest fetch after which the replica served exactly the manifest fetched
+    (same digest). While the writer answers, the lag is now - fresh_at; once a fetch fails it stays at the last
+    answered fetch's start - fresh_at: a replica current when it lost the writer stays healthy (reads go on while
+    the writer is down), one already behind stays as behind. Healthy: serving a generation, lag <= max_lag."""
+
+    def __init__(self, max_lag: float) -> None:
+        self.max_lag = max_lag
+        self.serving: Optional[Dict[str, Any]] = None  # sequence, origin, digest, generation
+        self.writer: Optional[Dict[str, Any]] = None  # the last manifest fetched: sequence, origin, digest
+        self.reachable = False
+        self.contact_at: Optional[float] = None  # monotonic start of the last fetch that worked
+        self.last_contact: Optional[str] = None  # the same moment, UTC ISO
+        self.fresh_at: Optional[float] = None
+        self.error: Optional[str] = None
+
+    def observe(
+        self,
+        started: float,
+        serving: Optional[Dict[str, Any]],
+        writer: Optional[Dict[str, Any]],
+        error: Optional[str] = None,
+        wall: Optional[str] = None,
+    ) -> None:
+        """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
+        manifest it fetched (None: the fetch failed) and why it failed (None: it worked)."""
+        self.serving = serving
+        self.error = error[:MAX_ERROR] if error else None
+        self.reachable = writer is not None
+        if writer is None:
+            return
+        self.writer, self.contact_at, self.last_contact = writer, started, wall or utc_now()
+        if serving is not None and serving["digest"] == writer["digest"]:
+            self.fresh_at = started
+
+    def lag(self, now: float) -> Optional[float]:
+        """Seconds behind the writer at now (monotonic); None when never seen current since the start."""
+        if self.fresh_at is None or self.contact_at is None:
+            return None
+        return (now if self.reachable else self.contact_at) - self.fresh_at
+
+    def reason(self, lag: Optional[float]) -> str:
+        """Why the replica is not healthy, or what it serves when it is: one sentence."""
+        if self.serving is None:
+            return "it serves no generation yet"
+        if self.contact_at is None:
+            return "the writer has not answered since the pull started, so how far behind it is is not known"
+        if lag is None:
+            return "it has not served the writer's newest generation since the pull started"
+        if lag > self.max_lag:
+            return f"it is {lag:.3f} s behind the writer's newest generation, more than the {self.max_lag:g} s allowed"
+        if not self.reachable:
+            return "serving the writer's newest generation as of its last contact (the writer does not answer)"
+        return "serving the writer's newest generation"
+
+    def status(self, now: float, running: bool = True, wall: Optional[str] = None) -> Dict[str, Any]:
+        """status.json's document at now (monotonic); running False: the pull has stopped, never healthy."""
+        lag = self.lag(now)
+        healthy = running and self.serving is not None and lag is not None and lag <= self.max_lag
+        writer = self.writer or {}
+        return {
+            "format": FORMAT,
+            "kind": "replica-status",
+            "healthy": healthy,
+            "reason": self.reason(lag) if running else NOT_RUNNING,
+            "serving": {key: self.serving[key] for key in ("sequence", "origin", "generation")}
+            if self.serving
+            else None,
+            "writer": {
+                "sequence": writer.get("sequence"),
+                "origin": writer.get("origin"),
+                "reachable": self.reachable,
+                "last_contact": self.last_contact,
+                "error": self.error,
+            },
+            "lag_seconds": None if lag is None else round(lag, 3),
+            "max_lag_seconds": float(self.max_lag),
+            "checked": wall or utc_now(),
+        }
+
+
+def status_dir(path: str) -> str:
+    """path, a directory (made 0755 when missing); GenerationError when it is a link or not a directory."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)  # whatever the umask: nginx reads it
+        info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise GenerationError(f"--status-dir {path} is a link or not a directory")
+    return path
+
+
+def write_status(directory: str, doc: Dict[str, Any]) -> None:
+    """status.json, and ok.json iff doc is healthy: ok.json is removed before a status that is not is written, and
+    written after one that is, so it is never there longer than the replica is healthy."""
+    data = json.dumps(doc).encode() + b"\n"
+    if not doc["healthy"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, HEALTHY))
+    write_atomic(os.path.join(directory, STATUS), data, sync=False)
+    if doc["healthy"]:
+        write_atomic(os.path.join(directory, HEALTHY), data, sync=False)
+
+
+def pull_once(
+    source: str, root: str, keep: int, program: str, *, health: Optional[Health] = None, started: float = 0.0
+) -> bool:
+    """One pass of the replica's loop: pull, say what happened, note it in health (started: the monotonic time
+    taken before it). True when the pull worked."""
+    wall = utc_now()
+    seen: Dict[str, Any] = {}
+    error = None
+    try:
+        done = pull(source, root, keep, program, seen)
+        if done["changed"]:
+            print(f"now serving generation {done['sequence']} ({done['hashed']} files checked)", flush=True)
+    except (GenerationError, OSError) as exc:
+        error = str(exc) or type(exc).__name__
+        print(f"pull failed, current generation kept: {error}", file=sys.stderr, flush=True)
+    if health is not None:
+        health.observe(started, seen.get("serving"), seen.get("writer"), error, wall)
+    return error is None
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (supervisord's stop) ends the program through its finally clauses, as SIGINT does."""
+    raise SystemExit(128 + signum)
+
+
+def pull_loop(
+    source: str, root: str, keep: int, program: str, *, every: float, directory: Optional[str], max_lag: float
+) -> int:
+    """The replica's side: pull now, then every `every` seconds (0: once); with a status directory, write the
+    health there after each pull, and when the loop ends by a signal or an error, that the pull is not running."""
+    health = Health(max_lag) if directory else None
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        if directory:  # an ok.json left by a run killed outright is not taken for this run's
+            with_quiet(os.unlink, os.path.join(directory, HEALTHY))
+        while True:
+            started = time.monotonic()
+            worked = pull_once(source, root, keep, program, health=health, started=started)
+            if directory and health is not None:
+                try:
+                    write_status(directory, health.status(time.monotonic()))
+                except OSError as exc:
+                    print(f"the status in {directory} could not be written: {exc}", file=sys.stderr, flush=True)
+                    with_quiet(os.unlink, os.path.join(directory, HEALTHY))
+            if not every:
+                return 0 if worked else 1
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except BaseException:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the last status short
+        if directory and health is not None:
+            with_quiet(os.unlink, os.path.join(directory, HEALTHY))
+            with_quiet(write_status, directory, health.status(time.monotonic(), running=False))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def publish_loop(root: str, areas: List[str], every: float) -> int:
     """The writer's side: scan now, then every `every` seconds (0: once)."""
     publisher = Publisher(root, areas)
@@ -522,6 +704,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     one.add_argument("--keep", type=int, default=2, help="generation directories kept (default 2)")
     one.add_argument("--loop", type=float, default=0, help="pull again every so many seconds (0: once)")
     one.add_argument("--rsync", default="rsync", help="the rsync program")
+    one.add_argument("--status-dir", help="write status.json there after each pull, and ok.json while healthy")
+    one.add_argument(
+        "--max-lag", type=float, default=10.0, help="seconds behind the writer a healthy replica may be (default 10)"
+    )
     out = sub.add_parser("publish", help="write the writer's generation.json whenever its files change")
     out.add_argument("root", help="the writer's data directory (generation.json is written there)")
     out.add_argument("--area", action="append", required=True, help="a directory under root to publish")
@@ -529,19 +715,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "publish":
         return publish_loop(args.root, args.area, args.loop)
-    while True:
-        started = time.monotonic()
-        try:
-            done = pull(args.source, args.root, args.keep, args.rsync)
-            if done["changed"]:
-                print(f"now serving generation {done['sequence']} ({done['hashed']} files checked)", flush=True)
-        except (GenerationError, OSError) as exc:
-            print(f"pull failed, current generation kept: {exc}", file=sys.stderr, flush=True)
-            if not args.loop:
-                return 1
-        if not args.loop:
-            return 0
-        time.sleep(max(0.0, args.loop - (time.monotonic() - started)))
+    if not (args.max_lag > 0 and math.isfinite(args.max_lag)):
+        parser.error(f"--max-lag {args.max_lag}: a number of seconds above 0")
+    try:
+        directory = status_dir(args.status_dir) if args.status_dir else None
+    except (GenerationError, OSError) as exc:
+        parser.error(str(exc))
+    return pull_loop(
+        args.source, args.root, args.keep, args.rsync, every=args.loop, directory=directory, max_lag=args.max_lag
+    )
 
 
 if __name__ == "__main__":
