@@ -447,6 +447,24 @@ def test_health_a_stopped_pull_is_never_healthy_and_errors_are_cut_to_500_charac
     assert doc["healthy"] is False and doc["reason"] == "the pull is not running"
 
 
+def test_health_a_fetch_not_answered_yet_counts_as_a_writer_that_does_not_answer() -> None:
+    """A pull hangs connecting to a writer that is down: a current replica stays in the pool meanwhile."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.begin()
+    assert health.status(400.0)["healthy"] is True and health.lag(400.0) == 0.0
+
+
+def test_health_a_long_pull_of_a_newer_generation_counts_its_lag_before_it_ends() -> None:
+    """The writer answered with generation 2; its files take long to come: the lag grows while they do."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.begin()
+    health.contact(101.0, SERVING_ONE, TWO)
+    doc = health.status(112.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 12.0 and doc["writer"]["sequence"] == 2
+
+
 def status_of(directory: Path) -> dict[str, object]:
     return json.loads((directory / "status.json").read_text())
 
@@ -524,6 +542,19 @@ def test_the_status_files_replace_links_planted_at_their_names_without_following
     gen.write_status(str(status), health.status(1.0, running=False))
     assert not (status / "ok.json").is_symlink() and not (status / "ok.json").exists()
     assert target.read_text() == "untouched"
+
+
+def test_nothing_is_written_over_the_status_of_a_stopped_pull(tmp_path: Path) -> None:
+    """The watch thread may still run a moment after the loop ended: it does not bring ok.json back."""
+    health = gen.Health(max_lag=10)
+    health.observe(1.0, SERVING_ONE, ONE)
+    files = gen.StatusFiles(str(tmp_path), health)
+    files.write(1.0)
+    assert (tmp_path / "ok.json").exists()
+    files.write(1.0, running=False)
+    files.write(1.0)
+    files.write(1.0, changed_only=True)
+    assert not (tmp_path / "ok.json").exists() and status_of(tmp_path)["reason"] == "the pull is not running"
 
 
 @pytest.mark.parametrize("kind", ["link", "file"])
@@ -646,3 +677,39 @@ def test_sigterm_during_an_rsync_ends_that_rsync_too(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # not left behind when the test fails
     assert status_of(status)["reason"] == "the pull is not running"
+
+
+@needs_rsync
+def test_a_pull_that_takes_longer_than_max_lag_leaves_the_pool_before_it_ends(writer: Path, tmp_path: Path) -> None:
+    """A long catch-up (here an rsync of the files that hangs): ok.json goes once the lag passes the bound."""
+    child, stall = tmp_path / "rsync.pid", tmp_path / "stall"
+    slow = tmp_path / "slow-rsync"
+    slow.write_text(
+        "#!/bin/sh\n"
+        f'if [ -e "{stall}" ]; then case "$*" in *--files-from*) echo $$ > "{child}"; exec sleep 60;; esac; fi\n'
+        f'exec {shutil.which("rsync")} "$@"\n'
+    )
+    slow.chmod(0o755)
+    publish(writer, 1)
+    status = tmp_path / "status"
+    argv = [str(writer), str(tmp_path / "replica"), "--loop", "0.1", "--max-lag", "0.5", "--rsync", str(slow)]
+    process = start_pull(*argv, "--status-dir", str(status))
+    pid = 0
+    try:
+        assert wait_for((status / "ok.json").exists), "healthy within 10 s"
+        stall.touch()
+        (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+        publish(writer, 2)
+        assert wait_for(lambda: child.exists() and child.read_text().strip().isdigit()), "the files' rsync started"
+        pid = int(child.read_text())
+        assert wait_for(lambda: not (status / "ok.json").exists()), "out of the pool within 10 s"
+        assert process.poll() is None and running(pid), "while the pull still runs"
+        doc = status_of(status)
+        assert doc["healthy"] is False and "behind the writer's newest generation" in doc["reason"]
+        assert doc["serving"]["sequence"] == 1 and doc["writer"]["sequence"] == 2
+    finally:
+        process.kill()
+        process.wait()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -42,8 +42,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 FORMAT = 1
 KIND = "generation"
@@ -425,12 +426,19 @@ def fetch_listed(argv: List[str], source: str, partial: str, paths: List[str]) -
 
 
 def pull(
-    source: str, root: str, keep: int = 2, program: str = "rsync", seen: Optional[Dict[str, Any]] = None
+    source: str,
+    root: str,
+    keep: int = 2,
+    program: str = "rsync",
+    *,
+    seen: Optional[Dict[str, Any]] = None,
+    fetched: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> Dict[str, Any]:
     """One pull: {"changed": bool, "sequence": N, "hashed": files read, "serving": ..., "writer": ...}; serving is
     the sequence, origin, digest and generation current serves after it (None: nothing), writer the sequence,
     origin and digest of the writer's manifest it fetched. seen, when given, is filled with these two as they are
-    learnt, so that a pull that fails still tells what it knew. GenerationError leaves current as it was."""
+    learnt, so that a pull that fails still tells what it knew; fetched(seen) is called once the writer's manifest
+    is in, before any file is. GenerationError leaves current as it was."""
     seen = {} if seen is None else seen
     os.makedirs(root, mode=0o755, exist_ok=True)
     if os.path.islink(root) or not os.path.isdir(root):
@@ -439,6 +447,8 @@ def pull(
     seen["serving"] = summary(current, current["generation"]) if current is not None else None
     incoming, data = fetch_manifest(source, root, program)
     seen["writer"] = summary(incoming)
+    if fetched is not None:
+        fetched(seen)
     if current is not None and (
         incoming["digest"] == current["digest"]
         or (incoming["origin"] == current["origin"] and incoming["sequence"] <= current["sequence"])
@@ -519,10 +529,14 @@ class Health:
     fresh_at is the start of the latest manifest fetch after which the replica served exactly the manifest fetched
     (same digest). While the writer answers, the lag is now - fresh_at; once a fetch fails it stays at the last
     answered fetch's start - fresh_at: a replica current when it lost the writer stays healthy (reads go on while
-    the writer is down), one already behind stays as behind. Healthy: serving a generation, lag <= max_lag."""
+    the writer is down), one already behind stays as behind. A fetch not answered yet counts as one that failed
+    until it is (begin, then contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads
+    it while a pull runs."""
 
     def __init__(self, max_lag: float) -> None:
         self.max_lag = max_lag
+        self._lock = threading.Lock()
+        self.asking = False  # a manifest fetch is under way, not answered yet
         self.serving: Optional[Dict[str, Any]] = None  # sequence, origin, digest, generation
         self.writer: Optional[Dict[str, Any]] = None  # the last manifest fetched: sequence, origin, digest
         self.reachable = False
@@ -541,11 +555,32 @@ class Health:
     ) -> None:
         """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
         manifest it fetched (None: the fetch failed) and why it failed (None: it worked)."""
-        self.serving = serving
-        self.error = error[:MAX_ERROR] if error else None
-        self.reachable = writer is not None
-        if writer is None:
-            return
+        with self._lock:
+            self.asking = False
+            self.serving = serving
+            self.error = error[:MAX_ERROR] if error else None
+            self.reachable = writer is not None
+            if writer is not None:
+                self._answered(started, serving, writer, wall)
+
+    def begin(self) -> None:
+        """A pull starts: until the writer answers, the lag is counted as if it did not."""
+        with self._lock:
+            self.asking = True
+
+    def contact(
+        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str] = None
+    ) -> None:
+        """The writer answered the fetch that started at started with the manifest writer, while the replica
+        serves serving; the files may still be to come (a long pull counts its lag from now on)."""
+        with self._lock:
+            self.asking = False
+            self.serving, self.reachable = serving, True
+            self._answered(started, serving, writer, wall)
+
+    def _answered(
+        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str]
+    ) -> None:
         self.writer, self.contact_at, self.last_contact = writer, started, wall or utc_now()
         if serving is not None and serving["digest"] == writer["digest"]:
             self.fresh_at = started
@@ -554,7 +589,7 @@ class Health:
         """Seconds behind the writer at now (monotonic); None when never seen current since the start."""
         if self.fresh_at is None or self.contact_at is None:
             return None
-        return (now if self.reachable else self.contact_at) - self.fresh_at
+        return (now if self.reachable and not self.asking else self.contact_at) - self.fresh_at
 
     def reason(self, lag: Optional[float]) -> str:
         """Why the replica is not healthy, or what it serves when it is: one sentence."""
@@ -572,6 +607,10 @@ class Health:
 
     def status(self, now: float, running: bool = True, wall: Optional[str] = None) -> Dict[str, Any]:
         """status.json's document at now (monotonic); running False: the pull has stopped, never healthy."""
+        with self._lock:
+            return self._status(now, running, wall)
+
+    def _status(self, now: float, running: bool, wall: Optional[str]) -> Dict[str, Any]:
         lag = self.lag(now)
         healthy = running and self.serving is not None and lag is not None and lag <= self.max_lag
         writer = self.writer or {}
@@ -621,6 +660,39 @@ def write_status(directory: str, doc: Dict[str, Any]) -> None:
         write_atomic(os.path.join(directory, HEALTHY), data, sync=False)
 
 
+class StatusFiles:
+    """The status directory's files, kept true to a Health: written after each pull by the loop and, while a pull
+    runs (a long catch-up, an rsync that hangs), by a watch thread as soon as the replica stops being healthy."""
+
+    def __init__(self, directory: str, health: Health) -> None:
+        self.directory, self.health = directory, health
+        self._lock = threading.Lock()
+        self.written: Optional[bool] = None  # healthy as last written (None: unknown)
+        self.stopped = False
+
+    def write(self, now: float, running: bool = True, changed_only: bool = False) -> None:
+        """Write the status at now; changed_only: only when healthy is not what was last written. Once the status
+        of a stopped pull is written, nothing more is."""
+        with self._lock:
+            if self.stopped:
+                return
+            doc = self.health.status(now, running)
+            if changed_only and doc["healthy"] == self.written:
+                return
+            self.written = None
+            self.stopped = not running
+            write_status(self.directory, doc)
+            self.written = doc["healthy"]
+
+    def watch(self, tick: float, done: threading.Event) -> None:
+        """Every tick until done: rewrite the files when the replica stopped being healthy since they were."""
+        while not done.wait(tick):
+            try:
+                self.write(time.monotonic(), changed_only=True)
+            except OSError as exc:
+                print(f"the status in {self.directory} could not be written: {exc}", file=sys.stderr, flush=True)
+
+
 def pull_once(
     source: str, root: str, keep: int, program: str, *, health: Optional[Health] = None, started: float = 0.0
 ) -> bool:
@@ -629,8 +701,15 @@ def pull_once(
     wall = utc_now()
     seen: Dict[str, Any] = {}
     error = None
+    fetched = None
+    if health is not None:
+        health.begin()
+
+        def fetched(found: Dict[str, Any]) -> None:
+            health.contact(started, found["serving"], found["writer"], wall)
+
     try:
-        done = pull(source, root, keep, program, seen)
+        done = pull(source, root, keep, program, seen=seen, fetched=fetched)
         if done["changed"]:
             print(f"now serving generation {done['sequence']} ({done['hashed']} files checked)", flush=True)
     except (GenerationError, OSError) as exc:
@@ -652,29 +731,34 @@ def pull_loop(
     """The replica's side: pull now, then every `every` seconds (0: once); with a status directory, write the
     health there after each pull, and when the loop ends by a signal or an error, that the pull is not running."""
     health = Health(max_lag) if directory else None
+    files = StatusFiles(directory, health) if directory and health else None
+    done = threading.Event()
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        if directory:  # an ok.json left by a run killed outright is not taken for this run's
-            with_quiet(os.unlink, os.path.join(directory, HEALTHY))
+        if files is not None:  # an ok.json left by a run killed outright is not taken for this run's
+            with_quiet(os.unlink, os.path.join(files.directory, HEALTHY))
+            tick = max(0.05, min(1.0, max_lag / 4))
+            threading.Thread(target=files.watch, args=(tick, done), name="health-watch", daemon=True).start()
         while True:
             started = time.monotonic()
             worked = pull_once(source, root, keep, program, health=health, started=started)
-            if directory and health is not None:
+            if files is not None:
                 try:
-                    write_status(directory, health.status(time.monotonic()))
+                    files.write(time.monotonic())
                 except OSError as exc:
                     print(f"the status in {directory} could not be written: {exc}", file=sys.stderr, flush=True)
-                    with_quiet(os.unlink, os.path.join(directory, HEALTHY))
+                    with_quiet(os.unlink, os.path.join(files.directory, HEALTHY))
             if not every:
                 return 0 if worked else 1
             time.sleep(max(0.0, every - (time.monotonic() - started)))
     except BaseException:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the last status short
-        if directory and health is not None:
-            with_quiet(os.unlink, os.path.join(directory, HEALTHY))
-            with_quiet(write_status, directory, health.status(time.monotonic(), running=False))
+        if files is not None:
+            with_quiet(os.unlink, os.path.join(files.directory, HEALTHY))
+            with_quiet(files.write, time.monotonic(), False)
         raise
     finally:
+        done.set()
         signal.signal(signal.SIGTERM, previous)
 
 
