@@ -22,8 +22,25 @@ that is still arriving, nor a page that lists a file the replica lacks. A failed
 was; the next pull tries again. rsync is the transport (over SSH with a restricted key, or a local path); this
 module adds no protocol of its own.
 
+A replica's health, for a load balancer (``--status-dir DIR``): nginx answers ``GET /health`` 200 with
+``DIR/ok.json`` while it exists, 503 without it. After every pull the loop writes ``DIR/status.json`` (what the
+replica serves, what the writer publishes, whether it answered, the last error, the lag and a sentence saying why
+the replica is or is not healthy) and keeps ``DIR/ok.json`` (the same document) there iff the replica is healthy:
+it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The lag is counted on
+the replica's monotonic clock (no skew with the writer's) from the start of the last manifest fetch after which it
+served exactly the manifest fetched. While the writer does not answer (a fetch that failed, or is not answered
+yet), the lag stays what it was at the last answer: reads go on from a replica that was current when the writer
+went down; one already behind stays out. A replica is never healthy before its first generation, nor before the
+writer first answered since the pull started. A watch thread takes ok.json away as soon as the lag passes the
+bound, even in the middle of a long pull. When the pull ends (SIGTERM from supervisord, SIGINT, an error) ok.json
+is removed and status.json says the pull is not running; an ok.json left by a run killed outright is removed when
+the next one starts. Both files are written under a temporary name in DIR and renamed (a link is never followed);
+DIR is made 0755 when missing and refused when it is a link or not a directory. With ``--loop 0`` the files tell
+of that one pull and stay as it left them.
+
 Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
 Run on a replica:   python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS] [--keep N]
+                    [--status-dir DIR] [--max-lag SECONDS]
 """
 
 from __future__ import annotations
