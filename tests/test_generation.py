@@ -391,6 +391,16 @@ def test_health_a_replica_behind_by_more_than_max_lag_is_unhealthy_until_it_catc
     assert doc["healthy"] is True and doc["lag_seconds"] == 0.2 and doc["writer"]["error"] is None
 
 
+def test_health_a_writer_gone_back_to_an_older_generation_is_named_as_such() -> None:
+    """A writer restored from a backup publishes a lower sequence of the same tree: the replica does not follow."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, manifest_summary(5, "5" * 64, "gen-5-555555555555"), manifest_summary(5, "5" * 64))
+    health.observe(120.0, manifest_summary(5, "5" * 64, "gen-5-555555555555"), manifest_summary(3, "3" * 64))
+    doc = health.status(120.5)
+    assert doc["healthy"] is False and doc["reason"].startswith("the writer publishes generation 3 of the tree")
+    assert "generation 5 is served here" in doc["reason"] and "more than the 10 s allowed" in doc["reason"]
+
+
 def test_health_a_current_replica_stays_healthy_with_its_lag_frozen_while_the_writer_is_unreachable() -> None:
     health = gen.Health(max_lag=10)
     health.observe(100.0, SERVING_ONE, ONE, wall="2026-01-01T00:00:00Z")

@@ -617,10 +617,22 @@ class Health:
         if lag is None:
             return "it has not served the writer's newest generation since the pull started"
         if lag > self.max_lag:
-            return f"it is {lag:.3f} s behind the writer's newest generation, more than the {self.max_lag:g} s allowed"
+            return self._behind(lag)
         if not self.reachable:
             return "serving the writer's newest generation as of its last contact (the writer does not answer)"
         return "serving the writer's newest generation"
+
+    def _behind(self, lag: float) -> str:
+        """The reason of a replica behind by more than the bound: a writer gone back to an older generation of the
+        tree served (restored from a backup), which a replica does not follow, is named as such."""
+        writer, serving = self.writer or {}, self.serving or {}
+        if writer and serving and writer["origin"] == serving["origin"] and writer["sequence"] <= serving["sequence"]:
+            return (
+                f"the writer publishes generation {writer['sequence']} of the tree whose generation"
+                f" {serving['sequence']} is served here, which a replica does not go back from; {lag:.3f} s"
+                f" without its newest generation, more than the {self.max_lag:g} s allowed"
+            )
+        return f"it is {lag:.3f} s behind the writer's newest generation, more than the {self.max_lag:g} s allowed"
 
     def status(self, now: float, running: bool = True, wall: Optional[str] = None) -> Dict[str, Any]:
         """status.json's document at now (monotonic); running False: the pull has stopped, never healthy."""
