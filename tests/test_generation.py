@@ -426,7 +426,7 @@ def test_health_a_replica_without_a_generation_is_never_healthy() -> None:
     health = gen.Health(max_lag=10)
     doc = health.status(1.0)
     assert doc["healthy"] is False and doc["serving"] is None and doc["lag_seconds"] is None
-    assert doc["reason"] == "it serves no generation yet" and doc["writer"]["reachable"] is False
+    assert doc["reason"] == "no pull has ended since the program started" and doc["writer"]["reachable"] is False
     health.observe(100.0, None, ONE, error="1 files differ from the manifest")
     doc = health.status(100.1)
     assert doc["healthy"] is False and doc["reason"] == "it serves no generation yet"

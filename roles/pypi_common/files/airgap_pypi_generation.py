@@ -554,6 +554,7 @@ class Health:
         self.max_lag = max_lag
         self._lock = threading.Lock()
         self.asking = False  # a manifest fetch is under way, not answered yet
+        self.observed = False  # a pull has told what current serves
         self.serving: Optional[Dict[str, Any]] = None  # sequence, origin, digest, generation
         self.writer: Optional[Dict[str, Any]] = None  # the last manifest fetched: sequence, origin, digest
         self.reachable = False
@@ -573,7 +574,7 @@ class Health:
         """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
         manifest it fetched (None: the fetch failed) and why it failed (None: it worked)."""
         with self._lock:
-            self.asking = False
+            self.asking, self.observed = False, True
             self.serving = serving
             self.error = error[:MAX_ERROR] if error else None
             self.reachable = writer is not None
@@ -591,7 +592,7 @@ class Health:
         """The writer answered the fetch that started at started with the manifest writer, while the replica
         serves serving; the files may still be to come (a long pull counts its lag from now on)."""
         with self._lock:
-            self.asking = False
+            self.asking, self.observed = False, True
             self.serving, self.reachable = serving, True
             self._answered(started, serving, writer, wall)
 
@@ -610,6 +611,8 @@ class Health:
 
     def reason(self, lag: Optional[float]) -> str:
         """Why the replica is not healthy, or what it serves when it is: one sentence."""
+        if not self.observed:
+            return "no pull has ended since the program started"
         if self.serving is None:
             return "it serves no generation yet"
         if self.contact_at is None:
@@ -618,9 +621,8 @@ class Health:
             return "it has not served the writer's newest generation since the pull started"
         if lag > self.max_lag:
             return self._behind(lag)
-        if not self.reachable:
-            return "serving the writer's newest generation as of its last contact (the writer does not answer)"
-        return "serving the writer's newest generation"
+        as_of = "" if self.reachable else " as of its last contact (the writer does not answer)"
+        return f"serving the writer's newest generation{as_of}"
 
     def _behind(self, lag: float) -> str:
         """The reason of a replica behind by more than the bound: a writer gone back to an older generation of the
