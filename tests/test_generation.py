@@ -3,9 +3,17 @@ replica's pull with the real rsync, from a local path (the transport over SSH is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,13 +58,16 @@ def test_an_empty_replica_catches_up_and_serves_exactly_the_writers_files(writer
     publish(writer, 1)
     replica = tmp_path / "replica"
     done = gen.pull(str(writer), str(replica))
-    assert done == {"changed": True, "sequence": 1, "hashed": 3}
+    assert (done["changed"], done["sequence"], done["hashed"]) == (True, 1, 3)
     assert served(replica) == {
         str(p.relative_to(writer)): p.read_bytes() for p in writer.rglob("*") if p.is_file() and p.name != gen.MANIFEST
     }
     assert (replica / "current").readlink().name.startswith("gen-1-")
+    assert done["serving"]["generation"] == (replica / "current").readlink().name
+    assert done["serving"]["digest"] == done["writer"]["digest"] and done["writer"]["sequence"] == 1
     # Nothing new: no copy, no switch.
-    assert gen.pull(str(writer), str(replica)) == {"changed": False, "sequence": 1, "hashed": 0}
+    again = gen.pull(str(writer), str(replica))
+    assert (again["changed"], again["sequence"], again["hashed"]) == (False, 1, 0)
 
 
 @needs_rsync
@@ -330,3 +341,385 @@ def test_a_fifo_in_a_published_area_does_not_hold_the_publisher(data_dir: Path) 
     assert "packages/planted.whl" not in gen.parse((data_dir / gen.MANIFEST).read_bytes())["files"]
     with pytest.raises(gen.GenerationError, match="not a plain file"):
         gen.file_entry(str(data_dir / "packages" / "planted.whl"))
+
+
+# --------------------------------------------------------------------------- the replica's health
+
+
+def manifest_summary(sequence: int, digest: str, generation: str | None = None) -> dict[str, object]:
+    """What pull() tells of a manifest (and, for the served one, its directory)."""
+    found: dict[str, object] = {"sequence": sequence, "origin": "writer-a", "digest": digest}
+    if generation is not None:
+        found["generation"] = generation
+    return found
+
+
+ONE = manifest_summary(1, "1" * 64)
+TWO = manifest_summary(2, "2" * 64)
+SERVING_ONE = manifest_summary(1, "1" * 64, "gen-1-111111111111")
+
+
+def test_health_a_replica_serving_the_writers_manifest_is_healthy() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE, wall="2026-01-01T00:00:00Z")
+    doc = health.status(100.5, wall="2026-01-01T00:00:01Z")
+    assert doc["healthy"] is True and doc["reason"] == "serving the writer's newest generation"
+    assert doc["lag_seconds"] == 0.5 and doc["max_lag_seconds"] == 10.0
+    assert doc["serving"] == {"sequence": 1, "origin": "writer-a", "generation": "gen-1-111111111111"}
+    assert doc["writer"] == {
+        "sequence": 1,
+        "origin": "writer-a",
+        "reachable": True,
+        "last_contact": "2026-01-01T00:00:00Z",
+        "error": None,
+    }
+    assert doc["checked"] == "2026-01-01T00:00:01Z" and doc["kind"] == "replica-status" and doc["format"] == 1
+
+
+def test_health_a_replica_behind_by_more_than_max_lag_is_unhealthy_until_it_catches_up() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    for second in range(101, 115):  # the writer published 2; every pull of it fails
+        health.observe(float(second), SERVING_ONE, TWO, error="1 files differ from the manifest")
+    doc = health.status(114.5)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 14.5
+    assert doc["reason"] == "it is 14.500 s behind the writer's newest generation, more than the 10 s allowed"
+    assert doc["writer"]["sequence"] == 2 and doc["writer"]["error"] == "1 files differ from the manifest"
+    assert health.status(109.0)["healthy"] is True, "9 s behind is within the bound"
+    health.observe(115.0, manifest_summary(2, "2" * 64, "gen-2-222222222222"), TWO)
+    doc = health.status(115.2)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 0.2 and doc["writer"]["error"] is None
+
+
+def test_health_a_writer_gone_back_to_an_older_generation_is_named_as_such() -> None:
+    """A writer restored from a backup publishes a lower sequence of the same tree: the replica does not follow."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, manifest_summary(5, "5" * 64, "gen-5-555555555555"), manifest_summary(5, "5" * 64))
+    health.observe(120.0, manifest_summary(5, "5" * 64, "gen-5-555555555555"), manifest_summary(3, "3" * 64))
+    doc = health.status(120.5)
+    assert doc["healthy"] is False and doc["reason"].startswith("the writer publishes generation 3 of the tree")
+    assert "generation 5 is served here" in doc["reason"] and "more than the 10 s allowed" in doc["reason"]
+
+
+def test_health_a_current_replica_stays_healthy_with_its_lag_frozen_while_the_writer_is_unreachable() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE, wall="2026-01-01T00:00:00Z")
+    health.observe(101.0, SERVING_ONE, ONE)
+    health.observe(102.0, SERVING_ONE, None, error="rsync exited 255: connection refused")
+    doc = health.status(5000.0)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 0.0, "frozen at the last answered fetch"
+    assert doc["writer"]["reachable"] is False and doc["writer"]["error"].startswith("rsync exited 255")
+    assert doc["reason"].startswith("serving the writer's newest generation as of its last contact")
+
+
+def test_health_a_replica_already_behind_stays_unhealthy_while_the_writer_is_unreachable() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.observe(120.0, SERVING_ONE, TWO, error="1 files differ from the manifest")
+    health.observe(121.0, SERVING_ONE, None, error="rsync exited 255: connection refused")
+    doc = health.status(5000.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 20.0, "as behind as at the last contact"
+    assert "20.000 s behind" in doc["reason"]
+
+
+def test_health_a_replica_without_a_generation_is_never_healthy() -> None:
+    health = gen.Health(max_lag=10)
+    doc = health.status(1.0)
+    assert doc["healthy"] is False and doc["serving"] is None and doc["lag_seconds"] is None
+    assert doc["reason"] == "no pull has ended since the program started" and doc["writer"]["reachable"] is False
+    health.observe(100.0, None, ONE, error="1 files differ from the manifest")
+    doc = health.status(100.1)
+    assert doc["healthy"] is False and doc["reason"] == "it serves no generation yet"
+    health.observe(101.0, SERVING_ONE, ONE)
+    assert health.status(101.1)["healthy"] is True
+    health.observe(102.0, None, ONE, error="/r/current points at 'elsewhere', not at a generation")
+    doc = health.status(102.1)
+    assert doc["healthy"] is False and doc["reason"] == "it serves no generation yet", "current is gone"
+
+
+def test_health_a_replica_that_never_reached_the_writer_since_it_started_is_not_healthy() -> None:
+    """Its generation may be old: without one answer it cannot tell how old."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, None, error="rsync exited 255")
+    doc = health.status(100.1)
+    assert doc["healthy"] is False and doc["lag_seconds"] is None and "has not answered" in doc["reason"]
+    health.observe(101.0, SERVING_ONE, TWO, error="1 files differ from the manifest")
+    doc = health.status(101.1)
+    assert doc["healthy"] is False and "has not served the writer's newest generation" in doc["reason"]
+
+
+def test_health_a_stopped_pull_is_never_healthy_and_errors_are_cut_to_500_characters() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, None, error="x" * 2000)
+    health.observe(101.0, SERVING_ONE, ONE, error="y" * 2000)
+    assert health.status(101.0)["writer"]["error"] == "y" * 500
+    doc = health.status(101.0, running=False)
+    assert doc["healthy"] is False and doc["reason"] == "the pull is not running"
+
+
+def test_health_a_fetch_not_answered_yet_counts_as_a_writer_that_does_not_answer() -> None:
+    """A pull hangs connecting to a writer that is down: a current replica stays in the pool meanwhile."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.begin()
+    assert health.status(400.0)["healthy"] is True and health.lag(400.0) == 0.0
+
+
+def test_health_a_long_pull_of_a_newer_generation_counts_its_lag_before_it_ends() -> None:
+    """The writer answered with generation 2; its files take long to come: the lag grows while they do."""
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.begin()
+    health.contact(101.0, SERVING_ONE, TWO)
+    doc = health.status(112.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 12.0 and doc["writer"]["sequence"] == 2
+
+
+def status_of(directory: Path) -> dict[str, object]:
+    return json.loads((directory / "status.json").read_text())
+
+
+@needs_rsync
+def test_one_pull_with_a_status_dir_writes_a_healthy_status_and_ok_json(writer: Path, tmp_path: Path) -> None:
+    publish(writer, 1)
+    replica, status = tmp_path / "replica", tmp_path / "status"
+    assert gen.main(["pull", str(writer), str(replica), "--loop", "0", "--status-dir", str(status)]) == 0
+    doc = status_of(status)
+    assert doc["healthy"] is True and doc["serving"]["sequence"] == 1 and doc["writer"]["reachable"] is True
+    assert doc["serving"]["generation"] == (replica / "current").readlink().name
+    assert json.loads((status / "ok.json").read_text()) == doc
+    assert stat.S_IMODE(status.stat().st_mode) == 0o755
+    assert stat.S_IMODE((status / "ok.json").stat().st_mode) == 0o644, "nginx reads it"
+    assert sorted(p.name for p in status.iterdir()) == ["ok.json", "status.json"], "no temporary file stays"
+
+
+@needs_rsync
+def test_a_replica_that_cannot_take_the_writers_generation_falls_behind_and_leaves_the_pool(
+    writer: Path, tmp_path: Path
+) -> None:
+    replica, status = tmp_path / "replica", tmp_path / "status"
+    status.mkdir()
+    health = gen.Health(max_lag=10)
+
+    def one_pass(started: float) -> dict[str, object]:
+        gen.pull_once(str(writer), str(replica), 2, "rsync", health=health, started=started)
+        gen.write_status(str(status), health.status(started + 0.5))
+        return status_of(status)
+
+    publish(writer, 1)
+    assert one_pass(100.0)["healthy"] and (status / "ok.json").exists()
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"the real one" * 100)
+    publish(writer, 2)
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"tampered one" * 100)  # the manifest's sha256 is wrong
+    doc = one_pass(105.0)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 5.5, "behind, within the bound"
+    assert "sha256 is not the manifest's" in doc["writer"]["error"]
+    doc = one_pass(111.0)
+    assert doc["healthy"] is False and not (status / "ok.json").exists()
+    assert doc["reason"].startswith("it is 11.500 s behind") and doc["serving"]["sequence"] == 1
+    assert doc["writer"]["sequence"] == 2
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"the real one" * 100)
+    doc = one_pass(112.0)
+    assert doc["healthy"] is True and doc["serving"]["sequence"] == 2 and (status / "ok.json").exists()
+
+
+@needs_rsync
+def test_a_replica_stays_in_the_pool_while_its_writer_is_gone(writer: Path, tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    health = gen.Health(max_lag=10)
+    publish(writer, 1)
+    assert gen.pull_once(str(writer), str(replica), 2, "rsync", health=health, started=100.0)
+    writer.rename(tmp_path / "gone")
+    assert not gen.pull_once(str(writer), str(replica), 2, "rsync", health=health, started=200.0)
+    doc = health.status(300.0)
+    assert doc["healthy"] is True and doc["writer"]["reachable"] is False and doc["lag_seconds"] == 0.0
+    assert doc["serving"]["sequence"] == 1 and "rsync exited" in doc["writer"]["error"]
+
+
+def test_the_status_files_replace_links_planted_at_their_names_without_following_them(tmp_path: Path) -> None:
+    status, target = tmp_path / "status", tmp_path / "target"
+    status.mkdir()
+    target.write_text("untouched")
+    (status / "ok.json").symlink_to(target)
+    (status / "status.json").symlink_to(target)
+    health = gen.Health(max_lag=10)
+    health.observe(1.0, SERVING_ONE, ONE)
+    gen.write_status(str(status), health.status(1.0))
+    assert not (status / "ok.json").is_symlink() and not (status / "status.json").is_symlink()
+    assert target.read_text() == "untouched"
+    (status / "ok.json").unlink()
+    (status / "ok.json").symlink_to(target)
+    gen.write_status(str(status), health.status(1.0, running=False))
+    assert not (status / "ok.json").is_symlink() and not (status / "ok.json").exists()
+    assert target.read_text() == "untouched"
+
+
+def test_nothing_is_written_over_the_status_of_a_stopped_pull(tmp_path: Path) -> None:
+    """The watch thread may still run a moment after the loop ended: it does not bring ok.json back."""
+    health = gen.Health(max_lag=10)
+    health.observe(1.0, SERVING_ONE, ONE)
+    files = gen.StatusFiles(str(tmp_path), health)
+    files.write(1.0)
+    assert (tmp_path / "ok.json").exists()
+    files.write(1.0, running=False)
+    files.write(1.0)
+    files.write(1.0, changed_only=True)
+    assert not (tmp_path / "ok.json").exists() and status_of(tmp_path)["reason"] == "the pull is not running"
+
+
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_a_status_dir_that_is_a_link_or_a_file_is_refused(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = tmp_path / "status"
+    if kind == "link":
+        (tmp_path / "elsewhere").mkdir()
+        status.symlink_to(tmp_path / "elsewhere")
+    else:
+        status.write_text("")
+    with pytest.raises(SystemExit) as stopped:
+        gen.main(["pull", str(tmp_path / "w"), str(tmp_path / "r"), "--status-dir", str(status)])
+    assert stopped.value.code == 2
+    assert f"--status-dir {status} is a link or not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists(), "nothing was pulled"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_max_lag_not_above_zero_is_refused(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        gen.main(["pull", str(tmp_path / "w"), str(tmp_path / "r"), "--max-lag", value])
+    assert f"--max-lag {value}" in capsys.readouterr().err
+
+
+@needs_rsync
+@pytest.mark.parametrize("escape", [KeyboardInterrupt, RuntimeError])
+def test_a_loop_that_ends_by_an_exception_leaves_the_pool(
+    escape: type[BaseException], writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(writer, 1)
+    replica, status = tmp_path / "replica", tmp_path / "status"
+    seen: list[bool] = []
+
+    def interrupted(seconds: float) -> None:
+        seen.append((status / "ok.json").exists())
+        raise escape("stopped while waiting")
+
+    # The module's own name only: subprocess waits for rsync with time.sleep too.
+    monkeypatch.setattr(gen, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=interrupted))
+    with pytest.raises(escape):
+        gen.main(["pull", str(writer), str(replica), "--loop", "1", "--status-dir", str(status)])
+    assert seen == [True], "it was healthy before"
+    assert not (status / "ok.json").exists()
+    doc = status_of(status)
+    assert doc["healthy"] is False and doc["reason"] == "the pull is not running"
+    assert doc["serving"]["sequence"] == 1, "what it serves is still told"
+
+
+PROGRAM = ROOT / "roles" / "pypi_common" / "files" / "airgap_pypi_generation.py"
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """condition() came true within seconds (checked every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def running(pid: int) -> bool:
+    """pid is a process that has not ended (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def start_pull(*argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(PROGRAM), "pull", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+@needs_rsync
+def test_sigterm_takes_a_running_pull_out_of_the_pool(writer: Path, tmp_path: Path) -> None:
+    publish(writer, 1)
+    status = tmp_path / "status"
+    process = start_pull(str(writer), str(tmp_path / "replica"), "--loop", "0.2", "--status-dir", str(status))
+    try:
+        assert wait_for((status / "ok.json").exists), "healthy within 10 s"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+        process.wait()
+    assert not (status / "ok.json").exists()
+    doc = status_of(status)
+    assert doc["healthy"] is False and doc["reason"] == "the pull is not running"
+
+
+def test_sigterm_during_an_rsync_ends_that_rsync_too(tmp_path: Path) -> None:
+    """supervisord's stop while rsync hangs on the writer: the child is killed, not left to run on."""
+    child = tmp_path / "rsync.pid"
+    hanging = tmp_path / "hanging-rsync"
+    hanging.write_text(f'#!/bin/sh\necho $$ > "{child}"\nexec sleep 60\n')
+    hanging.chmod(0o755)
+    status = tmp_path / "status"
+    status.mkdir()
+    (status / "ok.json").write_text("{}")  # left by a run killed outright (SIGKILL)
+    argv = [str(tmp_path / "writer"), str(tmp_path / "replica"), "--loop", "1", "--rsync", str(hanging)]
+    process = start_pull(*argv, "--status-dir", str(status))
+    pid = 0
+    try:
+        assert wait_for(lambda: child.exists() and child.read_text().strip().isdigit()), "rsync started"
+        pid = int(child.read_text())
+        assert running(pid)
+        assert not (status / "ok.json").exists(), "an old run's ok.json is gone before the first pull ends"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 128 + signal.SIGTERM
+        assert wait_for(lambda: not running(pid), 5), "the rsync child ended with the program"
+    finally:
+        process.kill()
+        process.wait()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # not left behind when the test fails
+    assert status_of(status)["reason"] == "the pull is not running"
+
+
+@needs_rsync
+def test_a_pull_that_takes_longer_than_max_lag_leaves_the_pool_before_it_ends(writer: Path, tmp_path: Path) -> None:
+    """A long catch-up (here an rsync of the files that hangs): ok.json goes once the lag passes the bound."""
+    child, stall = tmp_path / "rsync.pid", tmp_path / "stall"
+    slow = tmp_path / "slow-rsync"
+    slow.write_text(
+        "#!/bin/sh\n"
+        f'if [ -e "{stall}" ]; then case "$*" in *--files-from*) echo $$ > "{child}"; exec sleep 60;; esac; fi\n'
+        f'exec {shutil.which("rsync")} "$@"\n'
+    )
+    slow.chmod(0o755)
+    publish(writer, 1)
+    status = tmp_path / "status"
+    argv = [str(writer), str(tmp_path / "replica"), "--loop", "0.1", "--max-lag", "0.5", "--rsync", str(slow)]
+    process = start_pull(*argv, "--status-dir", str(status))
+    pid = 0
+    try:
+        assert wait_for((status / "ok.json").exists), "healthy within 10 s"
+        stall.touch()
+        (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+        publish(writer, 2)
+        assert wait_for(lambda: child.exists() and child.read_text().strip().isdigit()), "the files' rsync started"
+        pid = int(child.read_text())
+        assert wait_for(lambda: not (status / "ok.json").exists()), "out of the pool within 10 s"
+        assert process.poll() is None and running(pid), "while the pull still runs"
+        doc = status_of(status)
+        assert doc["healthy"] is False and "behind the writer's newest generation" in doc["reason"]
+        assert doc["serving"]["sequence"] == 1 and doc["writer"]["sequence"] == 2
+    finally:
+        process.kill()
+        process.wait()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

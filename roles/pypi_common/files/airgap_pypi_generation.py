@@ -22,8 +22,25 @@ that is still arriving, nor a page that lists a file the replica lacks. A failed
 was; the next pull tries again. rsync is the transport (over SSH with a restricted key, or a local path); this
 module adds no protocol of its own.
 
+A replica's health, for a load balancer (``--status-dir DIR``): nginx answers ``GET /health`` 200 with
+``DIR/ok.json`` while it exists, 503 without it. After every pull the loop writes ``DIR/status.json`` (what the
+replica serves, what the writer publishes, whether it answered, the last error, the lag and a sentence saying why
+the replica is or is not healthy) and keeps ``DIR/ok.json`` (the same document) there iff the replica is healthy:
+it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The lag is counted on
+the replica's monotonic clock (no skew with the writer's) from the start of the last manifest fetch after which it
+served exactly the manifest fetched. While the writer does not answer (a fetch that failed, or is not answered
+yet), the lag stays what it was at the last answer: reads go on from a replica that was current when the writer
+went down; one already behind stays out. A replica is never healthy before its first generation, nor before the
+writer first answered since the pull started. A watch thread takes ok.json away as soon as the lag passes the
+bound, even in the middle of a long pull. When the pull ends (SIGTERM from supervisord, SIGINT, an error) ok.json
+is removed and status.json says the pull is not running; an ok.json left by a run killed outright is removed when
+the next one starts. Both files are written under a temporary name in DIR and renamed (a link is never followed);
+DIR is made 0755 when missing and refused when it is a link or not a directory. With ``--loop 0`` the files tell
+of that one pull and stay as it left them.
+
 Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
 Run on a replica:   python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS] [--keep N]
+                    [--status-dir DIR] [--max-lag SECONDS]
 """
 
 from __future__ import annotations
@@ -33,15 +50,18 @@ import contextlib
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 FORMAT = 1
 KIND = "generation"
@@ -180,15 +200,17 @@ def manifest_of(root: str) -> Dict[str, Entry]:
     return {path: file_entry(os.path.join(root, path)) for path in sorted(walk(root))}
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """data at path: written under a temporary name in the same directory, flushed, then renamed."""
+def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
+    """data at path: written under a temporary name in the same directory (made anew, O_EXCL: never a link's
+    target), flushed (sync: to the disk), then renamed over path (a link at path is replaced, not followed)."""
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
+            if sync:
+                os.fsync(out.fileno())
+            os.fchmod(out.fileno(), 0o644)
         os.replace(temporary, path)
     except BaseException:
         with_quiet(os.unlink, temporary)
@@ -289,7 +311,8 @@ class Publisher:
 
 
 def served(root: str) -> Optional[Dict[str, Any]]:
-    """The manifest of the generation root/current serves, or None (no generation yet)."""
+    """The manifest of the generation root/current serves (with "generation": its directory's name), or None (no
+    generation yet)."""
     link = os.path.join(root, CURRENT)
     try:
         target = os.readlink(link)
@@ -298,7 +321,17 @@ def served(root: str) -> Optional[Dict[str, Any]]:
     if not _GENERATION_DIR.match(target):
         raise GenerationError(f"{link} points at {target!r}, not at a generation this program made")
     with open(os.path.join(root, target, MANIFEST), "rb") as handle:
-        return parse(handle.read(MAX_MANIFEST_BYTES + 1))
+        manifest = parse(handle.read(MAX_MANIFEST_BYTES + 1))
+    manifest["generation"] = target
+    return manifest
+
+
+def summary(manifest: Dict[str, Any], generation: Optional[str] = None) -> Dict[str, Any]:
+    """A manifest's sequence, origin and digest (and the directory serving it), without its files."""
+    found = {key: manifest[key] for key in ("sequence", "origin", "digest")}
+    if generation is not None:
+        found["generation"] = generation
+    return found
 
 
 # rsync's exit codes for files that could not be sent (23) or vanished while it ran (24): the check of the
@@ -409,18 +442,35 @@ def fetch_listed(argv: List[str], source: str, partial: str, paths: List[str]) -
         with_quiet(os.unlink, listing)
 
 
-def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[str, Any]:
-    """One pull: {"changed": bool, "sequence": N, "hashed": files read}. GenerationError leaves current as it was."""
+def pull(
+    source: str,
+    root: str,
+    keep: int = 2,
+    program: str = "rsync",
+    *,
+    seen: Optional[Dict[str, Any]] = None,
+    fetched: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> Dict[str, Any]:
+    """One pull: {"changed": bool, "sequence": N, "hashed": files read, "serving": ..., "writer": ...}; serving is
+    the sequence, origin, digest and generation current serves after it (None: nothing), writer the sequence,
+    origin and digest of the writer's manifest it fetched. seen, when given, is filled with these two as they are
+    learnt, so that a pull that fails still tells what it knew; fetched(seen) is called once the writer's manifest
+    is in, before any file is. GenerationError leaves current as it was."""
+    seen = {} if seen is None else seen
     os.makedirs(root, mode=0o755, exist_ok=True)
     if os.path.islink(root) or not os.path.isdir(root):
         raise GenerationError(f"{root} is not a directory")
+    current = served(root)  # read before the fetch: known even when the writer cannot be reached
+    seen["serving"] = summary(current, current["generation"]) if current is not None else None
     incoming, data = fetch_manifest(source, root, program)
-    current = served(root)
+    seen["writer"] = summary(incoming)
+    if fetched is not None:
+        fetched(seen)
     if current is not None and (
         incoming["digest"] == current["digest"]
         or (incoming["origin"] == current["origin"] and incoming["sequence"] <= current["sequence"])
     ):
-        return {"changed": False, "sequence": current["sequence"], "hashed": 0}
+        return {"changed": False, "sequence": current["sequence"], "hashed": 0, **seen}
     name = f"gen-{incoming['sequence']}-{incoming['digest'][:12]}"
     partial = os.path.join(root, f".{name}.partial")
     remove_tree(partial)
@@ -429,7 +479,7 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
     argv = [program, *RSYNC_SAFE, f"--max-size={largest + 1}"]
     old = None
     if current is not None:
-        old = os.path.join(root, os.readlink(os.path.join(root, CURRENT)))
+        old = os.path.join(root, current["generation"])
         argv.append(f"--link-dest={old}")
     old_files = current["files"] if current else {}
     try:
@@ -460,8 +510,9 @@ def pull(source: str, root: str, keep: int = 2, program: str = "rsync") -> Dict[
     with_quiet(os.unlink, link)
     os.symlink(name, link)
     os.replace(link, os.path.join(root, CURRENT))
+    seen["serving"] = summary(incoming, name)
     prune(root, keep)
-    return {"changed": True, "sequence": incoming["sequence"], "hashed": hashed}
+    return {"changed": True, "sequence": incoming["sequence"], "hashed": hashed, **seen}
 
 
 def prune(root: str, keep: int) -> None:
@@ -474,6 +525,272 @@ def prune(root: str, keep: int) -> None:
             made.append((os.lstat(path).st_mtime_ns, name))
     for _, name in sorted(made, reverse=True)[max(keep, 1) - 1 :]:
         remove_tree(os.path.join(root, name))
+
+
+# --------------------------------------------------------------------------- the replica's health
+
+STATUS = "status.json"
+HEALTHY = "ok.json"  # present iff the replica is healthy: nginx answers /health 200 with it, 503 without
+MAX_ERROR = 500
+NOT_RUNNING = "the pull is not running"
+
+
+def utc_now() -> str:
+    """The wall clock's time, UTC ISO to the second (for people; lags use the monotonic clock)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Health:
+    """How far behind the writer a replica is, on its own monotonic clock (no skew with the writer's).
+
+    fresh_at is the start of the latest manifest fetch after which the replica served exactly the manifest fetched
+    (same digest). While the writer answers, the lag is now - fresh_at; once a fetch fails it stays at the last
+    answered fetch's start - fresh_at: a replica current when it lost the writer stays healthy (reads go on while
+    the writer is down), one already behind stays as behind. A fetch not answered yet counts as one that failed
+    until it is (begin, then contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads
+    it while a pull runs."""
+
+    def __init__(self, max_lag: float) -> None:
+        self.max_lag = max_lag
+        self._lock = threading.Lock()
+        self.asking = False  # a manifest fetch is under way, not answered yet
+        self.observed = False  # a pull has told what current serves
+        self.serving: Optional[Dict[str, Any]] = None  # sequence, origin, digest, generation
+        self.writer: Optional[Dict[str, Any]] = None  # the last manifest fetched: sequence, origin, digest
+        self.reachable = False
+        self.contact_at: Optional[float] = None  # monotonic start of the last fetch that worked
+        self.last_contact: Optional[str] = None  # the same moment, UTC ISO
+        self.fresh_at: Optional[float] = None
+        self.error: Optional[str] = None
+
+    def observe(
+        self,
+        started: float,
+        serving: Optional[Dict[str, Any]],
+        writer: Optional[Dict[str, Any]],
+        error: Optional[str] = None,
+        wall: Optional[str] = None,
+    ) -> None:
+        """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
+        manifest it fetched (None: the fetch failed) and why it failed (None: it worked)."""
+        with self._lock:
+            self.asking, self.observed = False, True
+            self.serving = serving
+            self.error = error[:MAX_ERROR] if error else None
+            self.reachable = writer is not None
+            if writer is not None:
+                self._answered(started, serving, writer, wall)
+
+    def begin(self) -> None:
+        """A pull starts: until the writer answers, the lag is counted as if it did not."""
+        with self._lock:
+            self.asking = True
+
+    def contact(
+        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str] = None
+    ) -> None:
+        """The writer answered the fetch that started at started with the manifest writer, while the replica
+        serves serving; the files may still be to come (a long pull counts its lag from now on)."""
+        with self._lock:
+            self.asking, self.observed = False, True
+            self.serving, self.reachable = serving, True
+            self._answered(started, serving, writer, wall)
+
+    def _answered(
+        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str]
+    ) -> None:
+        self.writer, self.contact_at, self.last_contact = writer, started, wall or utc_now()
+        if serving is not None and serving["digest"] == writer["digest"]:
+            self.fresh_at = started
+
+    def lag(self, now: float) -> Optional[float]:
+        """Seconds behind the writer at now (monotonic); None when never seen current since the start."""
+        if self.fresh_at is None or self.contact_at is None:
+            return None
+        return (now if self.reachable and not self.asking else self.contact_at) - self.fresh_at
+
+    def reason(self, lag: Optional[float]) -> str:
+        """Why the replica is not healthy, or what it serves when it is: one sentence."""
+        if not self.observed:
+            return "no pull has ended since the program started"
+        if self.serving is None:
+            return "it serves no generation yet"
+        if self.contact_at is None:
+            return "the writer has not answered since the pull started, so how far behind it is is not known"
+        if lag is None:
+            return "it has not served the writer's newest generation since the pull started"
+        if lag > self.max_lag:
+            return self._behind(lag)
+        as_of = "" if self.reachable else " as of its last contact (the writer does not answer)"
+        return f"serving the writer's newest generation{as_of}"
+
+    def _behind(self, lag: float) -> str:
+        """The reason of a replica behind by more than the bound: a writer gone back to an older generation of the
+        tree served (restored from a backup), which a replica does not follow, is named as such."""
+        writer, serving = self.writer or {}, self.serving or {}
+        if writer and serving and writer["origin"] == serving["origin"] and writer["sequence"] <= serving["sequence"]:
+            return (
+                f"the writer publishes generation {writer['sequence']} of the tree whose generation"
+                f" {serving['sequence']} is served here, which a replica does not go back from; {lag:.3f} s"
+                f" without its newest generation, more than the {self.max_lag:g} s allowed"
+            )
+        return f"it is {lag:.3f} s behind the writer's newest generation, more than the {self.max_lag:g} s allowed"
+
+    def status(self, now: float, running: bool = True, wall: Optional[str] = None) -> Dict[str, Any]:
+        """status.json's document at now (monotonic); running False: the pull has stopped, never healthy."""
+        with self._lock:
+            return self._status(now, running, wall)
+
+    def _status(self, now: float, running: bool, wall: Optional[str]) -> Dict[str, Any]:
+        lag = self.lag(now)
+        healthy = running and self.serving is not None and lag is not None and lag <= self.max_lag
+        writer = self.writer or {}
+        return {
+            "format": FORMAT,
+            "kind": "replica-status",
+            "healthy": healthy,
+            "reason": self.reason(lag) if running else NOT_RUNNING,
+            "serving": {key: self.serving[key] for key in ("sequence", "origin", "generation")}
+            if self.serving
+            else None,
+            "writer": {
+                "sequence": writer.get("sequence"),
+                "origin": writer.get("origin"),
+                "reachable": self.reachable,
+                "last_contact": self.last_contact,
+                "error": self.error,
+            },
+            "lag_seconds": None if lag is None else round(lag, 3),
+            "max_lag_seconds": float(self.max_lag),
+            "checked": wall or utc_now(),
+        }
+
+
+def status_dir(path: str) -> str:
+    """path, a directory (made 0755 when missing); GenerationError when it is a link or not a directory."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)  # whatever the umask: nginx reads it
+        info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise GenerationError(f"--status-dir {path} is a link or not a directory")
+    return path
+
+
+def write_status(directory: str, doc: Dict[str, Any]) -> None:
+    """status.json, and ok.json iff doc is healthy: ok.json is removed before a status that is not is written, and
+    written after one that is, so it is never there longer than the replica is healthy."""
+    data = json.dumps(doc).encode() + b"\n"
+    if not doc["healthy"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, HEALTHY))
+    write_atomic(os.path.join(directory, STATUS), data, sync=False)
+    if doc["healthy"]:
+        write_atomic(os.path.join(directory, HEALTHY), data, sync=False)
+
+
+class StatusFiles:
+    """The status directory's files, kept true to a Health: written after each pull by the loop and, while a pull
+    runs (a long catch-up, an rsync that hangs), by a watch thread as soon as the replica stops being healthy."""
+
+    def __init__(self, directory: str, health: Health) -> None:
+        self.directory, self.health = directory, health
+        self._lock = threading.Lock()
+        self.written: Optional[bool] = None  # healthy as last written (None: unknown)
+        self.stopped = False
+
+    def write(self, now: float, running: bool = True, changed_only: bool = False) -> None:
+        """Write the status at now; changed_only: only when healthy is not what was last written. Once the status
+        of a stopped pull is written, nothing more is."""
+        with self._lock:
+            if self.stopped:
+                return
+            doc = self.health.status(now, running)
+            if changed_only and doc["healthy"] == self.written:
+                return
+            self.written = None
+            self.stopped = not running
+            write_status(self.directory, doc)
+            self.written = doc["healthy"]
+
+    def watch(self, tick: float, done: threading.Event) -> None:
+        """Every tick until done: rewrite the files when the replica stopped being healthy since they were."""
+        while not done.wait(tick):
+            try:
+                self.write(time.monotonic(), changed_only=True)
+            except OSError as exc:
+                print(f"the status in {self.directory} could not be written: {exc}", file=sys.stderr, flush=True)
+
+
+def pull_once(
+    source: str, root: str, keep: int, program: str, *, health: Optional[Health] = None, started: float = 0.0
+) -> bool:
+    """One pass of the replica's loop: pull, say what happened, note it in health (started: the monotonic time
+    taken before it). True when the pull worked."""
+    wall = utc_now()
+    seen: Dict[str, Any] = {}
+    error = None
+    fetched = None
+    if health is not None:
+        health.begin()
+
+        def fetched(found: Dict[str, Any]) -> None:
+            health.contact(started, found["serving"], found["writer"], wall)
+
+    try:
+        done = pull(source, root, keep, program, seen=seen, fetched=fetched)
+        if done["changed"]:
+            print(f"now serving generation {done['sequence']} ({done['hashed']} files checked)", flush=True)
+    except (GenerationError, OSError) as exc:
+        error = str(exc) or type(exc).__name__
+        print(f"pull failed, current generation kept: {error}", file=sys.stderr, flush=True)
+    if health is not None:
+        health.observe(started, seen.get("serving"), seen.get("writer"), error, wall)
+    return error is None
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (supervisord's stop) ends the program through its finally clauses, as SIGINT does."""
+    raise SystemExit(128 + signum)
+
+
+def pull_loop(
+    source: str, root: str, keep: int, program: str, *, every: float, directory: Optional[str], max_lag: float
+) -> int:
+    """The replica's side: pull now, then every `every` seconds (0: once); with a status directory, write the
+    health there after each pull, and when the loop ends by a signal or an error, that the pull is not running."""
+    health = Health(max_lag) if directory else None
+    files = StatusFiles(directory, health) if directory and health else None
+    done = threading.Event()
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        if files is not None:  # an ok.json left by a run killed outright is not taken for this run's
+            with_quiet(os.unlink, os.path.join(files.directory, HEALTHY))
+            tick = max(0.05, min(1.0, max_lag / 4))
+            threading.Thread(target=files.watch, args=(tick, done), name="health-watch", daemon=True).start()
+        while True:
+            started = time.monotonic()
+            worked = pull_once(source, root, keep, program, health=health, started=started)
+            if files is not None:
+                try:
+                    files.write(time.monotonic())
+                except OSError as exc:
+                    print(f"the status in {directory} could not be written: {exc}", file=sys.stderr, flush=True)
+                    with_quiet(os.unlink, os.path.join(files.directory, HEALTHY))
+            if not every:
+                return 0 if worked else 1
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except BaseException:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the last status short
+        if files is not None:
+            with_quiet(os.unlink, os.path.join(files.directory, HEALTHY))
+            with_quiet(files.write, time.monotonic(), False)
+        raise
+    finally:
+        done.set()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def publish_loop(root: str, areas: List[str], every: float) -> int:
@@ -502,6 +819,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     one.add_argument("--keep", type=int, default=2, help="generation directories kept (default 2)")
     one.add_argument("--loop", type=float, default=0, help="pull again every so many seconds (0: once)")
     one.add_argument("--rsync", default="rsync", help="the rsync program")
+    one.add_argument("--status-dir", help="write status.json there after each pull, and ok.json while healthy")
+    one.add_argument(
+        "--max-lag", type=float, default=10.0, help="seconds behind the writer a healthy replica may be (default 10)"
+    )
     out = sub.add_parser("publish", help="write the writer's generation.json whenever its files change")
     out.add_argument("root", help="the writer's data directory (generation.json is written there)")
     out.add_argument("--area", action="append", required=True, help="a directory under root to publish")
@@ -509,19 +830,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "publish":
         return publish_loop(args.root, args.area, args.loop)
-    while True:
-        started = time.monotonic()
-        try:
-            done = pull(args.source, args.root, args.keep, args.rsync)
-            if done["changed"]:
-                print(f"now serving generation {done['sequence']} ({done['hashed']} files checked)", flush=True)
-        except (GenerationError, OSError) as exc:
-            print(f"pull failed, current generation kept: {exc}", file=sys.stderr, flush=True)
-            if not args.loop:
-                return 1
-        if not args.loop:
-            return 0
-        time.sleep(max(0.0, args.loop - (time.monotonic() - started)))
+    if not (args.max_lag > 0 and math.isfinite(args.max_lag)):
+        parser.error(f"--max-lag {args.max_lag}: a number of seconds above 0")
+    try:
+        directory = status_dir(args.status_dir) if args.status_dir else None
+    except (GenerationError, OSError) as exc:
+        parser.error(str(exc))
+    return pull_loop(
+        args.source, args.root, args.keep, args.rsync, every=args.loop, directory=directory, max_lag=args.max_lag
+    )
 
 
 if __name__ == "__main__":
