@@ -8,6 +8,7 @@ two-core machine running two lanes would make a 2 s assertion fail now and then 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 from conftest import (
@@ -192,7 +193,9 @@ def test_a_replica_serves_pages_metadata_and_files_as_the_writer_does(wheel_on_c
                 writer_status,
                 hashlib.sha256(writer_body.encode()).hexdigest(),
             ), (replica, path)
-        assert fetch(f"{replica_url(replica)}/health")[0] == 404
+        # /health is the pull's: 200 with its status while the copy is current.
+        status, body = fetch(f"{replica_url(replica)}/health")
+        assert status == 200 and json.loads(body)["healthy"] is True, (status, body)
         # The pull runs as the replica's user; its key stayed on the replica.
         key = on(replica, "stat", "-c", "%U %a", f"{REPLICA_HOME}/id_ed25519").stdout.split()
         assert key == ["pypi-replica", "600"]
