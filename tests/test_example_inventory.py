@@ -40,9 +40,11 @@ SITE_ROLES = (
     "pypi_firewall",
     "pypi_client",
     "pypi_replica",
+    "pypi_balancer",
 )
 FILE_OF_ROLE = {role: "clients.yml" if role == "pypi_client" else "pypi_servers.yml" for role in SITE_ROLES}
 FILE_OF_ROLE["pypi_replica"] = "pypi_replicas.yml"
+FILE_OF_ROLE["pypi_balancer"] = "pypi_balancers.yml"
 
 # pypi_backup runs from playbooks/backup.yml and restore.yml against the same inventory. Its own settings
 # (pypi_backup_dir, _archive, _replace, ...) are the operator's and belong in the listing. Its layout variables do

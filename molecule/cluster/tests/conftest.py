@@ -1,4 +1,5 @@
-"""Shared helpers for the cluster scenario's verify step: a writer, two read replicas, a client (real pip and twine)."""
+"""Shared helpers for the cluster scenario's verify step: a writer, two read replicas, a balancer, a client (real pip
+and twine)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from scripts.demo_wheel import build_wheel
 WRITER = "airgap-pypi-cluster-writer"
 REPLICAS = ("airgap-pypi-cluster-replica1", "airgap-pypi-cluster-replica2")
 CLIENT = "airgap-pypi-cluster-client"
+BALANCER = "airgap-pypi-cluster-balancer"
+BALANCER_URL = f"http://{BALANCER}:8080"
+STATS_URL = "http://127.0.0.1:8404/stats;csv"
+INDEX_PROGRAM = "pypiserver"
 PRISTINE = "airgap-pypi-cluster-pristine"
 USER = "tester"
 PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)
@@ -100,11 +105,11 @@ def wheel_on_client(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
-def upload_and_watch(wheel: str, project: str, limit: float) -> dict:
-    """Upload wheel to the writer from the client, then time each replica until it serves it (see above)."""
+def upload_and_watch(wheel: str, project: str, limit: float, upload_to: str = f"http://{WRITER}:{PORT}") -> dict:
+    """Upload wheel from the client (to the writer, or the balancer), then time each replica until it serves it."""
     argv = [
         f"{CLIENT_BIN}/twine",
-        f"http://{WRITER}:{PORT}/",
+        f"{upload_to}/",
         USER,
         PASSWORD,
         wheel,
@@ -131,3 +136,31 @@ def pip_from(replica: str, *args: str) -> subprocess.CompletedProcess[str]:
         f"{replica_url(replica)}/simple/",
         timeout=300,
     )
+
+
+# Python on a container: print the body of the URL in argv[1].
+READ_URL = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def server_states() -> dict[tuple[str, str], str]:
+    """{(backend, server): status} from HAProxy's statistics on the balancer (UP, DOWN, MAINT, ...)."""
+    done = on(BALANCER, "/usr/bin/python3", "-c", READ_URL, STATS_URL)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    states = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("svname") not in ("FRONTEND", "BACKEND", None):
+            states[(row["pxname"], row["svname"])] = row["status"].split()[0]
+    return states
+
+
+def wait_for_state(backend: str, server: str, wanted: str, limit: float = 30) -> float:
+    """Seconds until HAProxy reports server of backend in state wanted (AssertionError after limit seconds)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if server_states().get((backend, server)) == wanted:
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise AssertionError(f"{server} of {backend} not {wanted} within {limit} s: {server_states()}")

@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import INVENTORY_DIR, PRISTINE, REPLICAS, WRITER, changes_of, recap, site
+from conftest import BALANCER, INVENTORY_DIR, PRISTINE, REPLICAS, WRITER, changes_of, recap, site
 
 
 def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
     result = site(INVENTORY_DIR, "--check")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     counts = recap(result.stdout)
-    assert set(counts) == {WRITER, *REPLICAS}, counts
+    assert set(counts) == {WRITER, *REPLICAS, BALANCER}, counts
     for host, numbers in counts.items():
         assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
 
@@ -39,11 +39,25 @@ BAD_LAYOUTS = {
         },
         ['pypi_replica_writer="nope.example.internal" is not a host of pypi_servers', WRITER],
     ),
+    # A balancer runs HAProxy and nothing of the index.
+    "balancer-and-writer": (
+        {"pypi_servers": {"hosts": {PRISTINE: {}}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
+        [f"{PRISTINE} is in pypi_balancers and in pypi_servers", "Remove it from one of the groups"],
+    ),
+    "balancer-without-writer": (
+        {"pypi_servers": {"hosts": {}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
+        [f"Balancer {PRISTINE} has no writer", "Put the index host in pypi_servers"],
+    ),
+    # The never-converged host's apt knows no repository: no HAProxy (the converged writer must not change either).
+    "no-haproxy": (
+        {"pypi_servers": {"hosts": {WRITER: {}}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
+        ["The balancer needs the OS package 'haproxy'", "neither has installed nor offers"],
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LAYOUTS))
-def test_a_bad_replica_layout_stops_before_any_change(case: str, tmp_path: Path) -> None:
+def test_a_bad_replica_or_balancer_layout_stops_before_any_change(case: str, tmp_path: Path) -> None:
     groups, messages = BAD_LAYOUTS[case]
     inventory = tmp_path / "hosts.json"
     inventory.write_text(json.dumps({"all": {"vars": DOCKER}, **groups}))
