@@ -2485,22 +2485,26 @@ def running(commands: dict[str, list[str]], logs: Path) -> Iterator[Callable[[],
 
 def one_lag(
     writer: Path, replica: Path, projects: dict[str, list[tuple[str, str]]], upload: tuple[str, str, bytes]
-) -> tuple[float | None, float | None]:
-    """One upload: seconds from its rename to the first poll that finds it served by the replica (None after
-    REPLICATION_UPLOAD_LIMIT_S), and to the first poll that finds the writer's generation.json listing it.
-    upload: (project, version, the file's bytes)."""
+) -> tuple[float | None, float | None, int]:
+    """One upload (project, version, the file's bytes): seconds from its rename to the first poll that finds it
+    served by the replica (None after REPLICATION_UPLOAD_LIMIT_S), to the first poll that finds the writer's
+    generation.json listing it (None if none did), and how many times the replica switched generations in between
+    (1 when the first generation after the upload held it)."""
     project, version, data = upload
     name, renamed = upload_to_writer(writer, projects, project, version, data)
-    listed_at, last = None, None
+    listed_at, last, serving, switches = None, None, replica_generation(replica), 0
     while True:
         now_s = time.monotonic()
         if listed_at is None:
             listed, last = writer_lists(writer, name, last)
             listed_at = now_s - renamed if listed else None
+        generation = replica_generation(replica)
+        switches += generation != serving
+        serving = generation
         if replica_holds(replica, name, data, project):
-            return now_s - renamed, listed_at
+            return now_s - renamed, listed_at, switches
         if now_s - renamed > REPLICATION_UPLOAD_LIMIT_S:
-            return None, listed_at
+            return None, listed_at, switches
         time.sleep(REPLICATION_POLL_S)
 
 
@@ -2538,7 +2542,7 @@ def replication_bench(
         "transport": "local path (no SSH hop, no containers)",
         "parts": parts,
     }
-    lags, listed, timeouts = [], [], 0
+    lags, listed, switches, timeouts = [], [], [], 0
     say(f"  the publisher (--loop {intervals[0]:g}) and a replica's pull (--loop {intervals[1]:g}): the initial copy")
     started = time.monotonic()
     with running(replica_commands(writer, replica, rsync, intervals), logs) as alive:
@@ -2560,7 +2564,8 @@ def replication_bench(
             time.sleep(gap)
             project = sorted(projects)[rng.randrange(len(projects))]
             upload = (project, f"2.0.{number}", rng.randbytes(REPLICATION_UPLOAD_BYTES))
-            lag, seen = one_lag(writer, replica, projects, upload)
+            lag, seen, switched = one_lag(writer, replica, projects, upload)
+            switches.append(switched)
             timeouts += lag is None
             lags += [] if lag is None else [lag]
             listed += [] if seen is None else [seen]
@@ -2581,8 +2586,10 @@ def replication_bench(
         lag_s=[round(value, 3) for value in lags],
         writer_listed_s=[round(value, 3) for value in listed],
         writer_listed_median_s=round(statistics.median(listed), 3) if listed else None,
+        switches=switches,
         timeouts=timeouts,
         pull_errors=pull_errors,
+        load_1min=load_1min(),
         **lag_summary(lags, GOAL_REPLICATION_P50_S, GOAL_REPLICATION_MAX_S),
         model=lag_model(intervals[0], intervals[1], one["scan_with_one_new_file_s"], pull_parts),
     )
@@ -2654,8 +2661,13 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
                 ["lag max, s", section.get("max_s")],
                 ["lag, each s", ", ".join(map(str, section.get("lag_s", [])))],
                 ["the writer's generation.json lists it, median s", section.get("writer_listed_median_s")],
+                [
+                    "generations the replica switched to until it served the upload, each",
+                    ", ".join(map(str, section.get("switches", []))),
+                ],
                 ["uploads not seen within the limit", section.get("timeouts")],
                 ["pull failures during the uploads", section.get("pull_errors")],
+                ["the machine's 1-minute load after the uploads", section.get("load_1min")],
                 ["model: expected lag, s", model.get("expected_s")],
                 ["model: worst case, s", model.get("worst_s")],
                 ["model: the term that weighs most", model.get("dominant")],
