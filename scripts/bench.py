@@ -2483,28 +2483,42 @@ def running(commands: dict[str, list[str]], logs: Path) -> Iterator[Callable[[],
             stop(process)
 
 
+def page_without_file(generation: Path, name: str, project: str) -> bool:
+    """Whether a generation's page of project lists packages/<name> while the generation lacks that file (a
+    reader would follow the link to a 404)."""
+    try:
+        listed = (generation / "static" / "simple" / project / "index.html").read_text()
+    except OSError:
+        return False
+    return f">{name}</a>" in listed and not (generation / "packages" / name).is_file()
+
+
 def one_lag(
     writer: Path, replica: Path, projects: dict[str, list[tuple[str, str]]], upload: tuple[str, str, bytes]
-) -> tuple[float | None, float | None, int]:
+) -> dict[str, Any]:
     """One upload (project, version, the file's bytes): seconds from its rename to the first poll that finds it
-    served by the replica (None after REPLICATION_UPLOAD_LIMIT_S), to the first poll that finds the writer's
-    generation.json listing it (None if none did), and how many times the replica switched generations in between
-    (1 when the first generation after the upload held it)."""
+    served by the replica ("lag", None after REPLICATION_UPLOAD_LIMIT_S), to the first poll that finds the
+    writer's generation.json listing it ("listed", None if none did), how many times the replica switched
+    generations in between ("switches": 1 when the first generation after the upload held it), and how many of
+    those generations listed it on its page without holding the file ("page_first")."""
     project, version, data = upload
     name, renamed = upload_to_writer(writer, projects, project, version, data)
-    listed_at, last, serving, switches = None, None, replica_generation(replica), 0
+    found: dict[str, Any] = {"lag": None, "listed": None, "switches": 0, "page_first": 0}
+    last, serving = None, replica_generation(replica)
     while True:
         now_s = time.monotonic()
-        if listed_at is None:
+        if found["listed"] is None:
             listed, last = writer_lists(writer, name, last)
-            listed_at = now_s - renamed if listed else None
+            found["listed"] = now_s - renamed if listed else None
         generation = replica_generation(replica)
-        switches += generation != serving
+        if generation != serving and generation is not None:
+            found["switches"] += 1
+            found["page_first"] += page_without_file(replica / generation, name, project)
         serving = generation
         if replica_holds(replica, name, data, project):
-            return now_s - renamed, listed_at, switches
+            return found | {"lag": now_s - renamed}
         if now_s - renamed > REPLICATION_UPLOAD_LIMIT_S:
-            return None, listed_at, switches
+            return found
         time.sleep(REPLICATION_POLL_S)
 
 
@@ -2542,7 +2556,7 @@ def replication_bench(
         "transport": "local path (no SSH hop, no containers)",
         "parts": parts,
     }
-    lags, listed, switches, timeouts = [], [], [], 0
+    rows = []
     say(f"  the publisher (--loop {intervals[0]:g}) and a replica's pull (--loop {intervals[1]:g}): the initial copy")
     started = time.monotonic()
     with running(replica_commands(writer, replica, rsync, intervals), logs) as alive:
@@ -2564,12 +2578,10 @@ def replication_bench(
             time.sleep(gap)
             project = sorted(projects)[rng.randrange(len(projects))]
             upload = (project, f"2.0.{number}", rng.randbytes(REPLICATION_UPLOAD_BYTES))
-            lag, seen, switched = one_lag(writer, replica, projects, upload)
-            switches.append(switched)
-            timeouts += lag is None
-            lags += [] if lag is None else [lag]
-            listed += [] if seen is None else [seen]
+            rows.append(one_lag(writer, replica, projects, upload))
         alive()
+    lags = [row["lag"] for row in rows if row["lag"] is not None]
+    listed = [row["listed"] for row in rows if row["listed"] is not None]
     pull_errors = (logs / "pull.log").read_bytes()[log_start:].decode(errors="replace").count("pull failed")
     if not lags:
         raise RuntimeError(f"no upload reached the replica within {REPLICATION_UPLOAD_LIMIT_S:g} s")
@@ -2586,8 +2598,9 @@ def replication_bench(
         lag_s=[round(value, 3) for value in lags],
         writer_listed_s=[round(value, 3) for value in listed],
         writer_listed_median_s=round(statistics.median(listed), 3) if listed else None,
-        switches=switches,
-        timeouts=timeouts,
+        switches=[row["switches"] for row in rows],
+        pages_before_their_file=sum(row["page_first"] for row in rows),
+        timeouts=len(rows) - len(lags),
         pull_errors=pull_errors,
         load_1min=load_1min(),
         **lag_summary(lags, GOAL_REPLICATION_P50_S, GOAL_REPLICATION_MAX_S),
@@ -2664,6 +2677,10 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
                 [
                     "generations the replica switched to until it served the upload, each",
                     ", ".join(map(str, section.get("switches", []))),
+                ],
+                [
+                    "generations served whose page listed the upload without its file",
+                    section.get("pages_before_their_file"),
                 ],
                 ["uploads not seen within the limit", section.get("timeouts")],
                 ["pull failures during the uploads", section.get("pull_errors")],

@@ -583,6 +583,9 @@ def test_replica_holds_only_the_served_file_with_its_bytes_and_page(tmp_path: Pa
     assert not bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")  # the page does not list it yet
     shutil.copytree(writer / "static", replica / "gen-1-aaaaaaaaaaaa" / "static")
     assert bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")
+    assert not bench.page_without_file(replica / "gen-1-aaaaaaaaaaaa", name, "bench-pkg-0001")
+    (replica / "gen-1-aaaaaaaaaaaa" / "packages" / name).unlink()
+    assert bench.page_without_file(replica / "gen-1-aaaaaaaaaaaa", name, "bench-pkg-0001")  # a link to a 404
     assert not bench.replica_holds(replica, name, b"other bytes", "bench-pkg-0001")
 
 
