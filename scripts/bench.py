@@ -22,6 +22,9 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
   scale      100,000 synthetic files over 20,000 projects (loopback, no docker): a cold rebuild of the tree by the
              sync command, then gunicorn on it: upload to visible, /simple/<project>/ p99 (wrk), worker memory,
              the state's and the front page's sizes (a few minutes; not part of make test)
+  replication  upload to a read replica serving it at 10,000 files: the replicas' program's publisher and one
+             pull with the role's intervals and the machine's rsync on a local path (no SSH hop, no docker);
+             the initial copy, the lag of 20 uploads, and the lag's parts measured in-process
 
 Needs docker, the test images and wrk (scripts/bench.sh installs what is missing on Debian/Ubuntu).
 The index under test is a container on the bench's own --internal docker network; so is the nginx yardstick,
@@ -39,10 +42,12 @@ import importlib.util
 import json
 import math
 import os
+import random
 import re
 import resource
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,6 +95,7 @@ SECTIONS: tuple[str, ...] = (
     "bundle",
     "transfer",
     "scale",
+    "replication",
 )
 # The sections that run containers (docker); the others run on loopback only.
 DOCKER_SECTIONS = frozenset({"provision", "hosts4", "reads", "pip", "upload"})
@@ -140,6 +146,21 @@ GOAL_SCALE_P99_MS = 20.0
 GOAL_SCALE_WORKER_MB = 300.0
 GOAL_SCALE_REBUILD_S = 120.0
 SCALE_UPLOADS = 5
+# Issue 15 part 2: the lag from an upload on the writer to a read replica serving it (one replica, local rsync).
+GENERATION = ROOT / "roles" / "pypi_common" / "files" / "airgap_pypi_generation.py"
+REPLICA_DEFAULTS = ROOT / "roles" / "pypi_replica" / "defaults" / "main.yml"
+GOAL_REPLICATION_P50_S = 1.0
+GOAL_REPLICATION_MAX_S = 2.0
+REPLICATION_FILES = 10_000
+REPLICATION_FILE_BYTES = 4096  # the files already there: only the initial copy reads them
+REPLICATION_UPLOAD_BYTES = 100_000  # an upload: about a small wheel
+REPLICATION_UPLOADS = 20
+REPLICATION_GAP_S = (0.3, 1.5)  # seconds before each upload, seeded
+REPLICATION_SEED = 15
+REPLICATION_KEEP = 2
+REPLICATION_POLL_S = 0.01
+REPLICATION_UPLOAD_LIMIT_S = 30.0  # an upload not seen by then counts as a timeout
+REPLICATION_INITIAL_S = 600.0  # the first generation and the initial copy, each
 
 
 # --------------------------------------------------------------------------- processes
@@ -1641,7 +1662,12 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
             None if value is None else value <= GOAL_UPLOAD_S,
         )
     )
-    return out + transfer_goals(sections.get("transfer", {})) + scale_goals(sections.get("scale", {}))
+    return (
+        out
+        + transfer_goals(sections.get("transfer", {}))
+        + scale_goals(sections.get("scale", {}))
+        + replication_goals(sections.get("replication", {}))
+    )
 
 
 def scale_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1894,6 +1920,8 @@ def markdown(results: dict[str, Any]) -> str:
         parts += transfer_markdown(sections["transfer"])
     if "scale" in sections and "error" not in sections["scale"]:
         parts += scale_markdown(sections["scale"])
+    if "replication" in sections and "error" not in sections["replication"]:
+        parts += replication_markdown(sections["replication"])
     failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
     failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
     if failures:
@@ -2133,6 +2161,554 @@ def scale_bench(workdir: Path, load: Load, files: int = SCALE_FILES, uploads: in
     return out
 
 
+# --------------------------------------------------------------------------- replication
+
+
+def replica_intervals(defaults: Path = REPLICA_DEFAULTS) -> tuple[float, float, int]:
+    """pypi_replica's default publish and pull intervals (seconds) and generations kept, as deployed."""
+    import yaml  # noqa: PLC0415 - PyYAML comes with ansible-core in the toolchain
+
+    values = yaml.safe_load(defaults.read_text())
+    return (
+        float(values["pypi_replica_publish_interval"]),
+        float(values["pypi_replica_pull_interval"]),
+        int(values["pypi_replica_keep"]),
+    )
+
+
+def load_generation() -> Any:
+    """The replicas' program (roles/pypi_common/files/airgap_pypi_generation.py) as a module, read only."""
+    spec = importlib.util.spec_from_file_location("airgap_pypi_generation", GENERATION)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def upload_gaps(count: int, low: float, high: float, seed: int = REPLICATION_SEED) -> list[float]:
+    """`count` pauses (seconds) before the uploads: uniform in [low, high], the same for the same seed."""
+    if count < 0 or not 0 <= low <= high:
+        raise ValueError(f"{count} gaps in [{low}, {high}]: need count >= 0 and 0 <= low <= high")
+    rng = random.Random(seed)
+    return [round(rng.uniform(low, high), 3) for _ in range(count)]
+
+
+def lag_summary(samples: Sequence[float], p50_goal: float, max_goal: float) -> dict[str, Any]:
+    """p50, p95 (nearest rank), max and mean of the lag samples (seconds) and whether p50 and max meet the goals."""
+    if not samples:
+        raise ValueError("no lag was measured")
+    p50, top = percentile(samples, 0.5), max(samples)
+    return {
+        "samples": len(samples),
+        "p50_s": round(p50, 3),
+        "p95_s": round(percentile(samples, 0.95), 3),
+        "max_s": round(top, 3),
+        "mean_s": round(statistics.fmean(samples), 3),
+        "p50_met": p50 <= p50_goal,
+        "max_met": top <= max_goal,
+    }
+
+
+def lag_model(publish_s: float, pull_s: float, scan_s: float, pull_parts: dict[str, float]) -> dict[str, Any]:
+    """The expected lag after an upload and its worst case: the wait for the publisher's next scan (half its
+    interval on average, all of it at worst), the scan, the wait for the replica's next pull (half, or all, of
+    its interval), then the pull until `current` switches (pull_parts: manifest fetch, file copy, check, ...).
+    The term that weighs most is named."""
+    terms = {"publish wait": publish_s / 2, "scan": scan_s, "pull wait": pull_s / 2, **pull_parts}
+    worst = dict(terms, **{"publish wait": publish_s, "pull wait": pull_s})
+    dominant = max(terms, key=lambda name: terms[name])
+    return {
+        "terms_s": {name: round(value, 3) for name, value in terms.items()},
+        "expected_s": round(sum(terms.values()), 3),
+        "worst_s": round(sum(worst.values()), 3),
+        "dominant": dominant,
+    }
+
+
+def wheel_name(project: str, version: str) -> str:
+    return f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
+def replication_page(project: str, entries: Sequence[tuple[str, str]]) -> str:
+    """A project's simple page in the writer's tree (static/simple/<project>/index.html), as page() writes one."""
+    links = ((f"../../../packages/{name}#sha256={digest}", name) for name, digest in entries)
+    return page(f"Links for {project}", links)
+
+
+def write_replace(path: Path, data: bytes) -> float:
+    """data at path as the index writes: a hidden temporary name in the same directory (which the publisher
+    never lists), then a rename; the monotonic time right after the rename."""
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_bytes(data)
+    temporary.replace(path)
+    return time.monotonic()
+
+
+def replication_tree(root: Path, files: int, size: int) -> dict[str, list[tuple[str, str]]]:
+    """A writer's data directory: packages/ with `files` synthetic wheel names (size seeded random bytes each,
+    VERSIONS per project) and static/simple/<project>/index.html listing them, plus static/simple/index.html.
+    Returns {project: [(file name, sha256), ...]}."""
+    rng = random.Random(REPLICATION_SEED)
+    (root / "packages").mkdir(parents=True)
+    projects: dict[str, list[tuple[str, str]]] = {}
+    for project, version in synthetic_names(files):
+        name = wheel_name(project, version)
+        data = rng.randbytes(size)
+        (root / "packages" / name).write_bytes(data)
+        projects.setdefault(project, []).append((name, hashlib.sha256(data).hexdigest()))
+    for project, entries in projects.items():
+        (root / "static" / "simple" / project).mkdir(parents=True)
+        (root / "static" / "simple" / project / "index.html").write_text(replication_page(project, entries))
+    listing = ((f"{project}/", project) for project in sorted(projects))
+    (root / "static" / "simple" / "index.html").write_text(page("Simple index", listing))
+    return projects
+
+
+def upload_to_writer(
+    writer: Path, projects: dict[str, list[tuple[str, str]]], project: str, version: str, data: bytes
+) -> tuple[str, float]:
+    """A new file of project in the writer's packages (temporary name, then renamed) and its project's page
+    rewritten the same way: the file's name and the time of its rename."""
+    name = wheel_name(project, version)
+    renamed = write_replace(writer / "packages" / name, data)
+    projects[project].append((name, hashlib.sha256(data).hexdigest()))
+    write_replace(
+        writer / "static" / "simple" / project / "index.html", replication_page(project, projects[project]).encode()
+    )
+    return name, renamed
+
+
+def replica_holds(replica: Path, name: str, data: bytes, project: str) -> bool:
+    """Whether the generation replica/current names holds packages/<name> with these bytes and its project's
+    page lists it (what a reader of the replica needs to install it)."""
+    try:
+        generation = replica / (replica / "current").readlink()
+        held = (generation / "packages" / name).read_bytes()
+        listed = (generation / "static" / "simple" / project / "index.html").read_text()
+    except OSError:
+        return False
+    return held == data and f">{name}</a>" in listed
+
+
+def writer_lists(writer: Path, name: str, last: tuple[int, int] | None) -> tuple[bool, tuple[int, int] | None]:
+    """Whether the writer's generation.json lists packages/<name>; read only when it was replaced since `last`
+    (its inode and mtime), which is returned for the next call."""
+    try:
+        info = (writer / "generation.json").stat()
+    except OSError:
+        return False, last
+    key = (info.st_ino, info.st_mtime_ns)
+    if key == last:
+        return False, last
+    try:
+        return f'"packages/{name}"'.encode() in (writer / "generation.json").read_bytes(), key
+    except OSError:
+        return False, last
+
+
+def replica_generation(replica: Path) -> str | None:
+    try:
+        return str((replica / "current").readlink())
+    except OSError:
+        return None
+
+
+class Timed:
+    """Wraps functions of a module (by name) to record the seconds of each call, per name; undone on exit."""
+
+    def __init__(self, module: Any, names: Sequence[str]) -> None:
+        self.module = module
+        self.calls: dict[str, list[float]] = {name: [] for name in names if hasattr(module, name)}
+        self.saved = {name: getattr(module, name) for name in self.calls}
+
+    def __enter__(self) -> Timed:
+        for name, original in self.saved.items():
+            setattr(self.module, name, self._wrap(self.calls[name], original))
+        return self
+
+    @staticmethod
+    def _wrap(calls: list[float], original: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                calls.append(time.perf_counter() - start)
+
+        return timed_call
+
+    def __exit__(self, *_exc: object) -> None:
+        for name, original in self.saved.items():
+            setattr(self.module, name, original)
+
+
+def scan_parts(publisher: Any, writer: Path) -> dict[str, Any]:
+    """The publisher's first scan of the writer (every file hashed, a generation written) and the median of 5
+    scans of the unchanged tree; the manifest's size."""
+    start = time.perf_counter()
+    publisher.scan()
+    cold = time.perf_counter() - start
+    scans = []
+    for _ in range(5):
+        start = time.perf_counter()
+        publisher.scan()
+        scans.append(time.perf_counter() - start)
+    return {
+        "cold_scan_s": round(cold, 3),
+        "scan_s": round(statistics.median(scans), 3),
+        "scans_s": [round(value, 3) for value in scans],
+        "manifest_bytes": (writer / "generation.json").stat().st_size,
+    }
+
+
+def pull_after_upload(gen: Any, publisher: Any, writer: Path, model: Path, rsync: str) -> dict[str, float]:
+    """One publisher scan after an upload, then one pull into model, split by the program's own functions: the
+    manifest's fetch (the first rsync run), the copy (the others), the check, the pruning, the rest."""
+    start = time.perf_counter()
+    publisher.scan()
+    scan_one = time.perf_counter() - start
+    with Timed(gen, ["rsync", "check_tree", "prune"]) as timer:
+        start = time.perf_counter()
+        gen.pull(str(writer), str(model), REPLICATION_KEEP, rsync)
+        total = time.perf_counter() - start
+    runs = timer.calls.get("rsync", [])
+    fetch, copy = (runs[0], sum(runs[1:])) if runs else (0.0, 0.0)
+    check, prune = sum(timer.calls.get("check_tree", [])), sum(timer.calls.get("prune", []))
+    return {
+        "scan_with_one_new_file_s": scan_one,
+        "pull_s": total,
+        "manifest_fetch_s": fetch,
+        "copy_s": copy,
+        "check_s": check,
+        "prune_s": prune,
+        "other_s": total - fetch - copy - check - prune,
+    }
+
+
+def replication_parts(
+    gen: Any, writer: Path, model: Path, projects: dict[str, list[tuple[str, str]]], rsync: str
+) -> dict[str, Any]:
+    """The lag's parts measured in this process with the program's own functions, nothing else running: the
+    publisher's scans (scan_parts), a first pull into a replica of its own (model), the manifest's fetch alone,
+    and 3 pulls after one upload each (pull_after_upload; the pruning of an old generation comes after the
+    switch: it delays the next pull, not this one). The writer is left as it was, without generation.json."""
+    added: list[tuple[str, str]] = []
+    pages: dict[str, bytes] = {}
+    try:
+        publisher = gen.Publisher(str(writer), ["packages", "static"])
+        out = scan_parts(publisher, writer)
+        start = time.perf_counter()
+        gen.pull(str(writer), str(model), REPLICATION_KEEP, rsync)
+        out["first_pull_s"] = round(time.perf_counter() - start, 2)
+        fetches = []
+        for _ in range(3):
+            start = time.perf_counter()
+            gen.fetch_manifest(str(writer), str(model), rsync)
+            fetches.append(time.perf_counter() - start)
+        out["manifest_fetch_alone_s"] = round(statistics.median(fetches), 3)
+        rows = []
+        for number, project in enumerate(sorted(projects)[:3]):
+            pages.setdefault(project, (writer / "static" / "simple" / project / "index.html").read_bytes())
+            data = os.urandom(REPLICATION_UPLOAD_BYTES)
+            added.append((project, upload_to_writer(writer, projects, project, f"9.9.{number}", data)[0]))
+            rows.append(pull_after_upload(gen, publisher, writer, model, rsync))
+        out["one_upload"] = {key: round(statistics.median(row[key] for row in rows), 3) for key in rows[0]}
+        out["one_upload_pulls_s"] = [round(row["pull_s"], 3) for row in rows]
+        return out
+    finally:
+        for project, name in added:
+            (writer / "packages" / name).unlink(missing_ok=True)
+            projects[project] = [entry for entry in projects[project] if entry[0] != name]
+        for project, data in pages.items():
+            (writer / "static" / "simple" / project / "index.html").write_bytes(data)
+        (writer / "generation.json").unlink(missing_ok=True)  # the publisher under test starts its own sequence
+        shutil.rmtree(model, ignore_errors=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """End a process this section started (its own process group: the rsync it may be running too)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for(check: Callable[[], bool], limit_s: float, poll_s: float, what: str) -> float:
+    """Seconds until check() is true, polling every poll_s; RuntimeError after limit_s."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > limit_s:
+            raise RuntimeError(f"{what} did not happen within {limit_s:g} s")
+        time.sleep(poll_s)
+    return time.monotonic() - start
+
+
+def replica_commands(
+    writer: Path, replica: Path, rsync: str, intervals: tuple[float, float, int]
+) -> dict[str, list[str]]:
+    """The publisher on the writer's directory and one replica's pull of it, as the role runs them."""
+    publish_s, pull_s, keep = intervals
+    program = [sys.executable, str(GENERATION)]
+    areas = ["--area", "packages", "--area", "static"]
+    pull = ["--loop", f"{pull_s:g}", "--keep", str(keep), "--rsync", rsync]
+    return {
+        "publish": [*program, "publish", str(writer), *areas, "--loop", f"{publish_s:g}"],
+        "pull": [*program, "pull", str(writer), str(replica), *pull],
+    }
+
+
+@contextlib.contextmanager
+def running(commands: dict[str, list[str]], logs: Path) -> Iterator[Callable[[], None]]:
+    """The commands started (output in logs/<name>.log), each in a process group of its own, and stopped on exit;
+    yields a check that raises RuntimeError when one of them has ended."""
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def alive() -> None:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"the {name} process ended ({process.returncode}): {tail(logs / f'{name}.log')}")
+
+    try:
+        for name, argv in commands.items():
+            with (logs / f"{name}.log").open("wb") as log:
+                processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        yield alive
+    finally:
+        for process in processes.values():
+            stop(process)
+
+
+def page_without_file(generation: Path, name: str, project: str) -> bool:
+    """Whether a generation's page of project lists packages/<name> while the generation lacks that file (a
+    reader would follow the link to a 404)."""
+    try:
+        listed = (generation / "static" / "simple" / project / "index.html").read_text()
+    except OSError:
+        return False
+    return f">{name}</a>" in listed and not (generation / "packages" / name).is_file()
+
+
+def one_lag(
+    writer: Path, replica: Path, projects: dict[str, list[tuple[str, str]]], upload: tuple[str, str, bytes]
+) -> dict[str, Any]:
+    """One upload (project, version, the file's bytes): seconds from its rename to the first poll that finds it
+    served by the replica ("lag", None after REPLICATION_UPLOAD_LIMIT_S), to the first poll that finds the
+    writer's generation.json listing it ("listed", None if none did), how many times the replica switched
+    generations in between ("switches": 1 when the first generation after the upload held it), and how many of
+    those generations listed it on its page without holding the file ("page_first")."""
+    project, version, data = upload
+    name, renamed = upload_to_writer(writer, projects, project, version, data)
+    found: dict[str, Any] = {"lag": None, "listed": None, "switches": 0, "page_first": 0}
+    last, serving = None, replica_generation(replica)
+    while True:
+        now_s = time.monotonic()
+        if found["listed"] is None:
+            listed, last = writer_lists(writer, name, last)
+            found["listed"] = now_s - renamed if listed else None
+        generation = replica_generation(replica)
+        if generation != serving and generation is not None:
+            found["switches"] += 1
+            found["page_first"] += page_without_file(replica / generation, name, project)
+        serving = generation
+        if replica_holds(replica, name, data, project):
+            return found | {"lag": now_s - renamed}
+        if now_s - renamed > REPLICATION_UPLOAD_LIMIT_S:
+            return found
+        time.sleep(REPLICATION_POLL_S)
+
+
+def replication_bench(
+    workdir: Path, files: int = REPLICATION_FILES, uploads: int = REPLICATION_UPLOADS
+) -> dict[str, Any]:
+    """Issue 15 part 2 on this machine: a writer's data directory of `files` package files and their pages, the
+    program's publisher and one replica's pull as the role runs them (its default intervals), with the
+    machine's rsync on a local path (no SSH hop, no containers); the initial copy, then `uploads` uploads at
+    seeded random gaps, each from the rename of its file to the first poll that finds the file, with its bytes,
+    and its page in the generation the replica's `current` names. The lag's parts are measured in-process
+    first (replication_parts) and set against the lag."""
+    rsync = shutil.which("rsync")
+    if rsync is None:
+        return {"skipped": "not measured: no rsync on this machine (scripts/ensure_deb_tool.sh rsync rsync)"}
+    intervals = replica_intervals()
+    gen = load_generation()
+    writer, replica, logs = workdir / "writer", workdir / "replica", workdir / "replication-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    say(f"  a writer's tree of {files:,} files and their pages")
+    projects = replication_tree(writer, files, REPLICATION_FILE_BYTES)
+    tree_files = files + len(projects) + 1  # the package files, the project pages, /simple/
+    say("  the lag's parts, in-process: scans, a pull after one upload")
+    parts = replication_parts(gen, writer, workdir / "replica-model", projects, rsync)
+    out: dict[str, Any] = {
+        "files": files,
+        "projects": len(projects),
+        "tree_files": tree_files,
+        "file_bytes": REPLICATION_FILE_BYTES,
+        "upload_bytes": REPLICATION_UPLOAD_BYTES,
+        "publish_interval_s": intervals[0],
+        "pull_interval_s": intervals[1],
+        "keep": intervals[2],
+        "rsync": tool_version([rsync, "--version"], r"version (\S+)"),
+        "transport": "local path (no SSH hop, no containers)",
+        "parts": parts,
+    }
+    rows = []
+    say(f"  the publisher (--loop {intervals[0]:g}) and a replica's pull (--loop {intervals[1]:g}): the initial copy")
+    started = time.monotonic()
+    with running(replica_commands(writer, replica, rsync, intervals), logs) as alive:
+
+        def served_all() -> bool:
+            alive()
+            manifest = gen.served(str(replica))
+            return manifest is not None and len(manifest["files"]) >= tree_files
+
+        published = wait_for((writer / "generation.json").is_file, REPLICATION_INITIAL_S, 0.05, "a first generation")
+        wait_for(served_all, REPLICATION_INITIAL_S, 0.1, "the replica's initial copy")
+        out.update(initial_publish_s=round(published, 2), initial_copy_s=round(time.monotonic() - started, 2))
+        time.sleep(2 * intervals[1])  # the loops settle
+        log_start = (logs / "pull.log").stat().st_size
+        gaps = upload_gaps(uploads, *REPLICATION_GAP_S)
+        rng = random.Random(REPLICATION_SEED + 1)
+        say(f"  {uploads} uploads, {REPLICATION_GAP_S[0]:g} to {REPLICATION_GAP_S[1]:g} s apart")
+        for number, gap in enumerate(gaps):
+            time.sleep(gap)
+            project = sorted(projects)[rng.randrange(len(projects))]
+            upload = (project, f"2.0.{number}", rng.randbytes(REPLICATION_UPLOAD_BYTES))
+            rows.append(one_lag(writer, replica, projects, upload))
+        alive()
+    lags = [row["lag"] for row in rows if row["lag"] is not None]
+    listed = [row["listed"] for row in rows if row["listed"] is not None]
+    pull_errors = (logs / "pull.log").read_bytes()[log_start:].decode(errors="replace").count("pull failed")
+    if not lags:
+        raise RuntimeError(f"no upload reached the replica within {REPLICATION_UPLOAD_LIMIT_S:g} s")
+    one = parts["one_upload"]
+    pull_parts = {
+        "manifest fetch": one["manifest_fetch_s"],
+        "copy": one["copy_s"],
+        "check": one["check_s"],
+        "switch": max(0.0, one["other_s"]),
+    }
+    out.update(
+        uploads=uploads,
+        gaps_s=gaps,
+        lag_s=[round(value, 3) for value in lags],
+        writer_listed_s=[round(value, 3) for value in listed],
+        writer_listed_median_s=round(statistics.median(listed), 3) if listed else None,
+        switches=[row["switches"] for row in rows],
+        pages_before_their_file=sum(row["page_first"] for row in rows),
+        timeouts=len(rows) - len(lags),
+        pull_errors=pull_errors,
+        load_1min=load_1min(),
+        **lag_summary(lags, GOAL_REPLICATION_P50_S, GOAL_REPLICATION_MAX_S),
+        model=lag_model(intervals[0], intervals[1], one["scan_with_one_new_file_s"], pull_parts),
+    )
+    shutil.rmtree(writer, ignore_errors=True)
+    shutil.rmtree(replica, ignore_errors=True)
+    return out
+
+
+def tail(path: Path, chars: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:].strip()
+    except OSError:
+        return ""
+
+
+def replication_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15 part 2's goals from the replication section: the lag from an upload on the writer to a replica
+    serving it, p50 and max."""
+    files = section.get("files", REPLICATION_FILES)
+    note = section.get("skipped", "")
+    p50, top = section.get("p50_s"), section.get("max_s")
+    where = "one replica on a local rsync path, the role's intervals"
+    return [
+        goal(
+            f"replication lag at {files:,} files, p50 (upload renamed on the writer -> the replica serves it; {where})",
+            p50,
+            f"<= {GOAL_REPLICATION_P50_S:g} s",
+            None if p50 is None else p50 <= GOAL_REPLICATION_P50_S,
+            note,
+        ),
+        goal(
+            f"replication lag at {files:,} files, max",
+            top,
+            f"<= {GOAL_REPLICATION_MAX_S:g} s",
+            None if top is None else top <= GOAL_REPLICATION_MAX_S,
+            note,
+        ),
+    ]
+
+
+def replication_markdown(section: dict[str, Any]) -> list[str]:
+    """The replication section of results.md: the lag, the initial copy, the model against the lag's parts."""
+    if "skipped" in section:
+        return ["## Replication lag (issue 15 part 2)\n", f"{section['skipped']}\n"]
+    parts, model = section.get("parts", {}), section.get("model", {})
+    one = parts.get("one_upload", {})
+    terms = model.get("terms_s", {})
+    return [
+        "## Replication lag (issue 15 part 2)\n",
+        f"Measured {section.get('measured_at')} on this machine, rsync {section.get('rsync')} from a local path: "
+        "no SSH hop, no containers. A writer's data directory of "
+        f"{fmt(section.get('files'))} package files ({fmt(section.get('file_bytes'))} bytes each) over "
+        f"{fmt(section.get('projects'))} projects, a page each; `airgap_pypi_generation.py publish --loop "
+        f"{fmt(section.get('publish_interval_s'))}` on it and one `pull --loop {fmt(section.get('pull_interval_s'))} "
+        f"--keep {section.get('keep')}` into a replica directory (the role's defaults). {section.get('uploads')} "
+        f"uploads ({fmt(section.get('upload_bytes'))} bytes each) at seeded gaps of "
+        f"{REPLICATION_GAP_S[0]:g} to {REPLICATION_GAP_S[1]:g} s: each file written under a hidden name, renamed, "
+        "its project's page rewritten the same way; the lag is from the rename to the first poll (every "
+        f"{REPLICATION_POLL_S * 1000:g} ms) that finds the file with its bytes and its page listing it in the "
+        "generation the replica's `current` names. The parts were measured in-process first, with the program's "
+        "own functions and nothing else running (medians of 3 pulls after one upload each). Over SSH each rsync "
+        "run (two per pull that changes) is one more session on the kept ControlMaster connection: no handshake, "
+        "a round trip and the writer's rrsync starting.\n",
+        table(
+            ["Measure", "Value"],
+            [
+                ["lag p50, s", section.get("p50_s")],
+                ["lag p95, s", section.get("p95_s")],
+                ["lag max, s", section.get("max_s")],
+                ["lag, each s", ", ".join(map(str, section.get("lag_s", [])))],
+                ["the writer's generation.json lists it, median s", section.get("writer_listed_median_s")],
+                [
+                    "generations the replica switched to until it served the upload, each",
+                    ", ".join(map(str, section.get("switches", []))),
+                ],
+                [
+                    "generations served whose page listed the upload without its file",
+                    section.get("pages_before_their_file"),
+                ],
+                ["uploads not seen within the limit", section.get("timeouts")],
+                ["pull failures during the uploads", section.get("pull_errors")],
+                ["the machine's 1-minute load after the uploads", section.get("load_1min")],
+                ["model: expected lag, s", model.get("expected_s")],
+                ["model: worst case, s", model.get("worst_s")],
+                ["model: the term that weighs most", model.get("dominant")],
+                *([f"model term: {name}, s", value] for name, value in terms.items()),
+                ["initial: first generation published, s", section.get("initial_publish_s")],
+                ["initial: the replica serves all files, s", section.get("initial_copy_s")],
+                ["publisher's first scan (every file hashed), s", parts.get("cold_scan_s")],
+                ["publisher's scan of the unchanged tree, s", parts.get("scan_s")],
+                [
+                    "publisher's scan with one new file (and the manifest written), s",
+                    one.get("scan_with_one_new_file_s"),
+                ],
+                ["generation.json bytes", parts.get("manifest_bytes")],
+                ["a pull after one upload, s", one.get("pull_s")],
+                ["  its manifest fetch, s", one.get("manifest_fetch_s")],
+                ["  its copy (rsync --files-from, --link-dest), s", one.get("copy_s")],
+                ["  its check against the manifest, s", one.get("check_s")],
+                ["  its pruning of an old generation (after the switch), s", one.get("prune_s")],
+                ["  the rest (manifest written, rename, link), s", one.get("other_s")],
+            ],
+        ),
+    ]
+
+
 def merge(old: dict[str, Any], new_sections: dict[str, Any]) -> dict[str, Any]:
     """Results with new_sections replacing old ones of the same name (old results of another format dropped)."""
     sections = dict(old.get("sections", {})) if old.get("format") == 2 else {}
@@ -2309,6 +2885,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "scale" in chosen:
             say(f"{SCALE_FILES:,} files on one host, on loopback")
             record("scale", attempt("scale", lambda: scale_bench(workdir, Load())))
+        if "replication" in chosen:
+            say(f"replication lag at {REPLICATION_FILES:,} files: a publisher and a replica's pull, local rsync")
+            record("replication", attempt("replication", lambda: replication_bench(workdir)))
     if "bundle" in chosen:
         say("building the bundle from the committed locks into an empty directory")
         values = bundle()

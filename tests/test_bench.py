@@ -520,3 +520,126 @@ def test_scale_goals_and_report() -> None:
         "| upload to visible, each s | 0.5, 0.4, 0.3 |" in text and "| front page (index.html) bytes | 20,000 |" in text
     )
     assert "scale" in bench.SECTIONS and "scale" not in bench.DOCKER_SECTIONS
+
+
+def test_lag_summary_is_nearest_rank_and_judges_p50_and_max_apart() -> None:
+    samples = [2.5, *([0.5] * 19), 1.9, *([0.7] * 19)]  # 40 uploads, unsorted; two slow ones
+    summary = bench.lag_summary(samples, p50_goal=1.0, max_goal=2.0)
+    assert summary == {
+        "samples": 40,
+        "p50_s": 0.7,  # the 20th of 40
+        "p95_s": 0.7,  # the 38th of 40: below both slow uploads
+        "max_s": 2.5,
+        "mean_s": 0.68,
+        "p50_met": True,
+        "max_met": False,  # judged on the slowest upload, not on p95 (0.7 would meet 2 s)
+    }
+    assert bench.lag_summary([1.0, 2.0], 1.0, 2.0)["p50_met"] is True  # at the goal is met
+    assert bench.lag_summary([1.0, 2.0], 1.0, 2.0)["max_met"] is True
+    assert bench.lag_summary([1.01], 1.0, 2.0)["p50_met"] is False
+    with pytest.raises(ValueError, match="no lag"):
+        bench.lag_summary([], 1.0, 2.0)
+
+
+def test_lag_model_adds_half_intervals_and_names_the_heaviest_term() -> None:
+    model = bench.lag_model(0.5, 1.0, 0.05, {"manifest fetch": 0.05, "copy": 0.7, "check": 0.1})
+    assert model["terms_s"] == {
+        "publish wait": 0.25,
+        "scan": 0.05,
+        "pull wait": 0.5,
+        "manifest fetch": 0.05,
+        "copy": 0.7,
+        "check": 0.1,
+    }
+    assert model["expected_s"] == 1.65
+    assert model["worst_s"] == 2.4  # whole intervals at worst
+    assert model["dominant"] == "copy"
+    assert bench.lag_model(0.5, 4.0, 0.05, {"copy": 0.7})["dominant"] == "pull wait"
+
+
+def test_upload_gaps_are_bounded_and_seeded() -> None:
+    gaps = bench.upload_gaps(50, 0.3, 1.5, seed=7)
+    assert len(gaps) == 50 and all(0.3 <= gap <= 1.5 for gap in gaps)
+    assert gaps == bench.upload_gaps(50, 0.3, 1.5, seed=7)
+    assert gaps != bench.upload_gaps(50, 0.3, 1.5, seed=8)
+    assert len(set(gaps)) > 40  # spread, not one value
+    with pytest.raises(ValueError):
+        bench.upload_gaps(3, 1.5, 0.3)
+
+
+def test_replica_holds_only_the_served_file_with_its_bytes_and_page(tmp_path: Path) -> None:
+    writer = tmp_path / "writer"
+    projects = bench.replication_tree(writer, 20, 64)
+    assert sorted(projects) == ["bench-pkg-0000", "bench-pkg-0001"]
+    assert len(list((writer / "packages").iterdir())) == 20
+    name, _ = bench.upload_to_writer(writer, projects, "bench-pkg-0001", "2.0.0", b"new bytes")
+    assert not [p for p in writer.rglob(".*")]  # the temporary names are gone
+    page = (writer / "static" / "simple" / "bench-pkg-0001" / "index.html").read_text()
+    assert f">{name}</a>" in page and page.count("<a href") == 11
+    replica = tmp_path / "replica"
+    (replica / "gen-1-aaaaaaaaaaaa").mkdir(parents=True)
+    (replica / "current").symlink_to("gen-1-aaaaaaaaaaaa")
+    assert not bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")
+    shutil.copytree(writer / "packages", replica / "gen-1-aaaaaaaaaaaa" / "packages")
+    assert not bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")  # the page does not list it yet
+    shutil.copytree(writer / "static", replica / "gen-1-aaaaaaaaaaaa" / "static")
+    assert bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")
+    assert not bench.page_without_file(replica / "gen-1-aaaaaaaaaaaa", name, "bench-pkg-0001")
+    (replica / "gen-1-aaaaaaaaaaaa" / "packages" / name).unlink()
+    assert bench.page_without_file(replica / "gen-1-aaaaaaaaaaaa", name, "bench-pkg-0001")  # a link to a 404
+    assert not bench.replica_holds(replica, name, b"other bytes", "bench-pkg-0001")
+
+
+def test_replication_goals_and_report() -> None:
+    skipped = {"skipped": "not measured: no rsync on this machine"}
+    assert [(g["met"], g["note"]) for g in bench.replication_goals(skipped)] == [(None, skipped["skipped"])] * 2
+    assert all(g["met"] is None for g in bench.replication_goals({}))
+    section = {
+        "measured_at": "2026-12-04 18:30 UTC",
+        "files": 10_000,
+        "p50_s": 0.9,
+        "p95_s": 1.8,
+        "max_s": 2.2,
+        "lag_s": [0.9, 2.2],
+        "model": bench.lag_model(0.5, 1.0, 0.05, {"copy": 0.3}),
+        "parts": {"manifest_bytes": 1_500_000, "one_upload": {"copy_s": 0.3}},
+    }
+    results = bench.merge({}, {"replication": section})
+    results["goals"] = bench.goals(results["sections"])
+    found = [g for g in results["goals"] if g["goal"].startswith("replication lag at 10,000 files")]
+    assert [(g["value"], g["met"]) for g in found] == [(0.9, True), (2.2, False)]
+    text = bench.markdown(results)
+    assert "## Replication lag (issue 15 part 2)" in text and "no SSH hop" in text
+    assert "| lag, each s | 0.9, 2.2 |" in text and "| generation.json bytes | 1,500,000 |" in text
+    assert "| model: the term that weighs most | pull wait |" in text
+    assert "replication" in bench.SECTIONS and "replication" not in bench.DOCKER_SECTIONS
+
+
+def test_the_replica_intervals_are_the_roles_defaults() -> None:
+    publish, pull, keep = bench.replica_intervals()
+    assert 0 < publish <= pull and keep >= 2
+
+
+def test_replication_without_rsync_is_skipped_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench.shutil, "which", lambda _name: None)
+    section = bench.replication_bench(tmp_path)
+    assert section == {"skipped": "not measured: no rsync on this machine (scripts/ensure_deb_tool.sh rsync rsync)"}
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing started
+    assert all(g["note"] == section["skipped"] for g in bench.replication_goals(section))
+
+
+def test_timed_records_each_call_and_restores_the_module() -> None:
+    import types  # noqa: PLC0415
+
+    def work(value: int) -> int:
+        if value < 0:
+            raise ValueError(value)
+        return value * 2
+
+    module = types.SimpleNamespace(work=work)
+    with bench.Timed(module, ["work", "absent"]) as timer:
+        assert module.work(2) == 4
+        with pytest.raises(ValueError):
+            module.work(-1)  # a call that raises is timed too
+    assert list(timer.calls) == ["work"] and len(timer.calls["work"]) == 2
+    assert module.work is work
