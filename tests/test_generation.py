@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -332,6 +333,50 @@ def test_a_listed_name_that_is_a_directory_on_the_writer_is_not_copied_whole(
     with pytest.raises(gen.GenerationError, match="did not arrive"):
         gen.pull(str(writer), str(replica))
     assert not [path for path in copied if path.endswith("inside")], "the directory was not copied"
+
+
+def pages_name_only_listed_files(manifest: dict[str, object], root: Path) -> list[str]:
+    """The package files the published pages link to that the manifest lacks (a reader's 404s)."""
+    files = manifest["files"]
+    assert isinstance(files, dict)
+    missing = []
+    for path in files:
+        if path.startswith("static/"):
+            for name in re.findall(r'href="[./]*packages/([^"#]+)', (root / path).read_text()):
+                if f"packages/{name}" not in files:
+                    missing.append(f"{path} -> packages/{name}")
+    return missing
+
+
+def test_an_upload_landing_between_the_walks_is_not_published_half(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the bench found: the file lands after the walk of packages, its page before the walk of static.
+    The second walk of packages sees the file: nothing is published until a scan sees both."""
+    page = data_dir / "static" / "simple" / "index.html"
+    page.write_text('<a href="../../packages/demo-1.0.tar.gz">demo-1.0</a>')
+    publisher = gen.Publisher(str(data_dir), ["packages", "static"])
+    assert publisher.scan() is True
+    real, walks = gen.walk, []
+
+    def walk_then_upload(root: str) -> dict[str, os.stat_result]:
+        found = real(root)
+        walks.append(Path(root).name)
+        if walks == ["packages"]:  # just after the first walk of the files: the index uploads
+            (data_dir / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+            page.write_text(page.read_text() + '<a href="../../packages/demo-2.0.tar.gz">demo-2.0</a>')
+        return found
+
+    monkeypatch.setattr(gen, "walk", walk_then_upload)
+    published = []
+    for _ in range(3):
+        if publisher.scan():
+            published.append(gen.parse((data_dir / gen.MANIFEST).read_bytes()))
+    assert [pages_name_only_listed_files(manifest, data_dir) for manifest in published] == [[]] * len(published)
+    assert walks[:3] == ["packages", "static", "packages"], "files, pages, files again"
+    assert len(published) == 1 and publisher.sequence == 1, "published once, by the scan after the race"
+    assert "packages/demo-2.0.tar.gz" in published[0]["files"]
+    assert published[0]["areas"] == ["packages", "static"]
 
 
 def test_a_fifo_in_a_published_area_does_not_hold_the_publisher(data_dir: Path) -> None:

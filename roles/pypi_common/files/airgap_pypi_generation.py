@@ -67,6 +67,7 @@ FORMAT = 1
 KIND = "generation"
 MANIFEST = "generation.json"
 CURRENT = "current"
+DEFAULT_AREAS = ("packages", "static")  # a manifest without "areas": files first, then pages
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 100,000 files take about 15 MB
 MAX_FILES = 1_000_000
 RSYNC_DEADLINE = 6 * 3600  # seconds one rsync run may take in all
@@ -140,20 +141,36 @@ def parse(data: bytes) -> Dict[str, Any]:
                 raise GenerationError(f"manifest: {head!r} is both a file and a directory")
             head = head.rsplit("/", 1)[0] if "/" in head else ""
     digest = hashlib.sha256(data).hexdigest()
-    return {"origin": origin, "sequence": sequence, "digest": digest, "files": checked}
+    return {"origin": origin, "sequence": sequence, "digest": digest, "files": checked, "areas": parse_areas(doc)}
 
 
-def render(origin: str, sequence: int, files: Dict[str, Entry]) -> bytes:
-    """The manifest's bytes (sorted, so one tree gives one text)."""
+def parse_areas(doc: Dict[str, Any]) -> List[str]:
+    """The manifest's served areas, files first (a manifest without them: packages, then static)."""
+    areas = doc.get("areas", list(DEFAULT_AREAS))
+    if (
+        not isinstance(areas, list)
+        or len(areas) > 16
+        or not all(isinstance(area, str) and "/" not in area for area in areas)
+    ):
+        raise GenerationError("manifest: areas is not a list of at most 16 directory names")
+    for area in areas:
+        check_path(area)
+    return areas
+
+
+def render(origin: str, sequence: int, files: Dict[str, Entry], areas: Optional[List[str]] = None) -> bytes:
+    """The manifest's bytes (sorted, so one tree gives one text); areas: the served areas, files first."""
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    doc = {
+    doc: Dict[str, Any] = {
         "format": FORMAT,
         "kind": KIND,
         "origin": origin,
         "sequence": sequence,
         "created": created,
-        "files": {path: [size, digest] for path, (size, digest) in sorted(files.items())},
     }
+    if areas is not None:
+        doc["areas"] = list(areas)
+    doc["files"] = {path: [size, digest] for path, (size, digest) in sorted(files.items())}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -223,9 +240,11 @@ def with_quiet(call: Any, *args: Any) -> None:
         call(*args)
 
 
-def write_manifest(root: str, origin: str, sequence: int, files: Dict[str, Entry]) -> None:
+def write_manifest(
+    root: str, origin: str, sequence: int, files: Dict[str, Entry], areas: Optional[List[str]] = None
+) -> None:
     """The writer's generation.json in root."""
-    write_atomic(os.path.join(root, MANIFEST), render(origin, sequence, files))
+    write_atomic(os.path.join(root, MANIFEST), render(origin, sequence, files, areas))
 
 
 # --------------------------------------------------------------------------- the writer's publisher
@@ -236,7 +255,14 @@ ORIGIN_FILE = ".generation-origin"
 class Publisher:
     """Keeps root/generation.json true to the files under root's areas (e.g. packages and static): each scan
     re-hashes only files whose inode, size or time changed, and writes a new generation (sequence + 1) when any
-    entry did. Hidden names (temporary files) and links are never listed."""
+    entry did. Hidden names (temporary files) and links are never listed.
+
+    The areas come files first (``--area packages --area static``): the first area holds the files the later ones
+    (pages, metadata) list. A generation is published only from a consistent view: the first area is walked, then
+    the others, then the first again, and the scan publishes only when both walks of the first area agree (same
+    paths, inodes, sizes and mtimes). The index writes a file before the page that lists it, so every page seen by
+    the second walk names files the first walk saw; when an upload landed in between, nothing is published this
+    time and the next scan (one interval later, not at once) looks again."""
 
     def __init__(self, root: str, areas: List[str]) -> None:
         for area in areas:
@@ -286,14 +312,27 @@ class Publisher:
         self.known[path] = (key, entry)
         return entry
 
+    def _walk(self, area: str) -> Dict[str, os.stat_result]:
+        """The plain files of one area ({} when it is missing or a link)."""
+        top = os.path.join(self.root, area)
+        if not os.path.isdir(top) or os.path.islink(top):
+            return {}
+        return walk(top)
+
+    @staticmethod
+    def _stamps(found: Dict[str, os.stat_result]) -> Dict[str, Tuple[int, int, int]]:
+        return {path: (info.st_ino, info.st_size, info.st_mtime_ns) for path, info in found.items()}
+
     def scan(self) -> bool:
-        """Look at the areas once; True when a new generation was written."""
+        """Look at the areas once; True when a new generation was written. The first area (the files) is walked
+        before and after the others (the pages that list them): when the two walks differ, a file came or went
+        while the pages were walked, and nothing is published this time."""
+        walked = [(area, self._walk(area)) for area in self.areas]
+        if len(walked) > 1 and self._stamps(self._walk(self.areas[0])) != self._stamps(walked[0][1]):
+            return False  # an upload landed between the walks: its page may be in this view, its file not
         files: Dict[str, Entry] = {}
-        for area in self.areas:
-            top = os.path.join(self.root, area)
-            if not os.path.isdir(top) or os.path.islink(top):
-                continue
-            for rel, info in walk(top).items():
+        for area, found in walked:
+            for rel, info in found.items():
                 entry = self._entry(f"{area}/{rel}", info)
                 if entry is None:
                     return False  # something is being written: publish once it is whole
@@ -302,7 +341,7 @@ class Publisher:
         if files == self.files:
             return False
         self.sequence += 1
-        write_manifest(self.root, self.origin, self.sequence, files)
+        write_manifest(self.root, self.origin, self.sequence, files, self.areas)
         self.files = files
         return True
 
