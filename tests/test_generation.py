@@ -63,9 +63,10 @@ def test_an_empty_replica_catches_up_and_serves_exactly_the_writers_files(writer
     assert served(replica) == {
         str(p.relative_to(writer)): p.read_bytes() for p in writer.rglob("*") if p.is_file() and p.name != gen.MANIFEST
     }
-    assert (replica / "current").readlink().name.startswith("gen-1-")
-    assert done["serving"]["generation"] == (replica / "current").readlink().name
+    assert (replica / "current").readlink() == Path("tree"), "one tree, named by the link nginx serves"
+    assert (replica / "applied.json").read_bytes() == (writer / gen.MANIFEST).read_bytes(), "the record"
     assert done["serving"]["digest"] == done["writer"]["digest"] and done["writer"]["sequence"] == 1
+    assert sorted(p.name for p in replica.iterdir()) == [".writer", "applied.json", "current", "tree"]
     # Nothing new: no copy, no switch.
     again = gen.pull(str(writer), str(replica))
     assert (again["changed"], again["sequence"], again["hashed"]) == (False, 1, 0)
@@ -97,8 +98,8 @@ def test_a_file_that_differs_from_the_manifest_is_never_served(writer: Path, tmp
     (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"tampered one" * 100)  # same size, other bytes
     with pytest.raises(gen.GenerationError, match=r"demo-2\.0\.tar\.gz: its sha256 is not the manifest's"):
         gen.pull(str(writer), str(replica))
-    assert served(replica) == before and (replica / "current").readlink().name.startswith("gen-1-")
-    assert not [p for p in replica.iterdir() if p.name.endswith(".partial")], "the partial copy is gone"
+    assert served(replica) == before and gen.served(str(replica))["sequence"] == 1, "the tree and record unchanged"
+    assert not (replica / ".incoming").exists() and not (replica / ".applying").exists(), "nothing half done"
 
 
 @needs_rsync
@@ -159,16 +160,253 @@ def test_a_rebuilt_writer_of_another_origin_is_followed_even_with_a_lower_sequen
     assert not gen.pull(str(writer), str(replica))["changed"]
 
 
+def rsync_asked(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The paths each rsync run of --files-from was asked for (the list file read as the run starts)."""
+    asked: list[list[str]] = []
+    real = gen.rsync
+
+    def rsync_and_note(argv: list[str], tolerated: tuple[int, ...] = ()) -> None:
+        listing = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--files-from=")]
+        if listing:
+            asked.append([path for path in Path(listing[0]).read_text().split("\0") if path])
+        real(argv, tolerated)
+
+    monkeypatch.setattr(gen, "rsync", rsync_and_note)
+    return asked
+
+
 @needs_rsync
-def test_old_generations_are_pruned_to_keep(writer: Path, tmp_path: Path) -> None:
+def test_a_pull_copies_only_the_changed_files_and_leaves_the_others_in_place(
+    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     replica = tmp_path / "replica"
-    for sequence in range(1, 5):
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    inode = (replica / "current" / "packages" / "demo-1.0.tar.gz").stat().st_ino
+    asked = rsync_asked(monkeypatch)
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"sdist two")
+    (writer / "simple" / "demo" / "index.html").write_text("two links")
+    publish(writer, 2)
+    done = gen.pull(str(writer), str(replica))
+    assert asked == [["packages/demo-2.0.tar.gz", "simple/demo/index.html"]], "the two changed paths, no other"
+    assert (done["fetched"], done["removed"]) == (2, 0)
+    assert (replica / "current" / "packages" / "demo-1.0.tar.gz").stat().st_ino == inode, "not copied again"
+    assert gen.pull(str(writer), str(replica))["changed"] is False and len(asked) == 1, "unchanged: no copy"
+
+
+@needs_rsync
+def test_keep_is_accepted_and_a_replica_holds_one_tree(writer: Path, tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    for sequence in range(1, 4):
         (writer / "packages" / f"demo-{sequence}.0.whl").write_bytes(b"w%d" % sequence)
         publish(writer, sequence)
-        gen.pull(str(writer), str(replica), keep=2)
-    generations = sorted(p.name for p in replica.iterdir() if p.name.startswith("gen-"))
-    assert len(generations) == 2 and (replica / "current").readlink().name in generations
-    assert any(name.startswith("gen-4-") for name in generations)
+        assert gen.main(["pull", str(writer), str(replica), "--keep", "2"]) == 0
+    assert [p.name for p in replica.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0] != "."] == ["tree"]
+    assert "packages/demo-3.0.whl" in served(replica)
+
+
+@needs_rsync
+@pytest.mark.parametrize("unfit", ["directory", "oversized"])
+def test_a_manifest_that_becomes_unfit_is_refused_not_taken_from_the_last_copy(
+    unfit: str, writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica keeps the last copy of the writer's manifest for rsync's quick check: a manifest rsync skips
+    (a directory, over --max-size) must fail the pull, not leave that copy to be read as the writer's."""
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    if unfit == "directory":
+        (writer / gen.MANIFEST).unlink()
+        (writer / gen.MANIFEST).mkdir()
+    else:
+        publish(writer, 2)
+        monkeypatch.setattr(gen, "MAX_MANIFEST_BYTES", (writer / gen.MANIFEST).stat().st_size - 1)
+    with pytest.raises(gen.GenerationError, match=r"no generation\.json|not a file"):
+        gen.pull(str(writer), str(replica))
+    assert "packages/demo-2.0.tar.gz" not in served(replica) and gen.served(str(replica))["sequence"] == 1
+
+
+@needs_rsync
+def test_a_manifest_rewritten_in_the_same_second_with_the_same_size_is_fetched(writer: Path, tmp_path: Path) -> None:
+    """rsync's quick check of the kept copy compares the mtime to the nanosecond (--modify-window=-1)."""
+    replica = tmp_path / "replica"
+    page = writer / "simple" / "demo" / "index.html"
+    publish(writer, 1)
+    stamp = (writer / gen.MANIFEST).stat()
+    gen.pull(str(writer), str(replica))
+    page.write_text("Y" * page.stat().st_size)
+    publish(writer, 2)
+    assert (writer / gen.MANIFEST).stat().st_size == stamp.st_size
+    os.utime(writer / gen.MANIFEST, ns=(stamp.st_atime_ns, stamp.st_mtime_ns - stamp.st_mtime_ns % 10**9 + 7))
+    done = gen.pull(str(writer), str(replica))
+    assert done["changed"] and served(replica)["simple/demo/index.html"] == page.read_bytes()
+
+
+def listed_by_page(page: Path) -> list[str]:
+    return re.findall(r'href="[./]*(packages/[^"#]+)', page.read_text())
+
+
+@needs_rsync
+def test_the_apply_never_shows_a_page_before_its_file(writer: Path, tmp_path: Path) -> None:
+    """Checked after every rename and removal of the apply: each page of the tree names only files it holds."""
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    tree = replica / "current"
+    page = writer / "simple" / "demo" / "index.html"
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    (writer / "packages" / "demo-3.0.tar.gz").write_bytes(b"three")
+    page.write_text(page.read_text() + '<a href="../../packages/demo-2.0.tar.gz">2</a>')
+    (writer / "simple" / "other").mkdir()
+    (writer / "simple" / "other" / "index.html").write_text('<a href="../../packages/demo-3.0.tar.gz">3</a>')
+    publish(writer, 2)
+    steps: list[tuple[str, str]] = []
+
+    def every_page_whole(what: str, path: str) -> None:
+        steps.append((what, path))
+        for found in tree.rglob("index.html"):
+            missing = [name for name in listed_by_page(found) if not (tree / name).is_file()]
+            assert not missing, f"after {what} {path}: {found.relative_to(tree)} links to missing {missing}"
+
+    gen.pull(str(writer), str(replica), step=every_page_whole)
+    assert len(steps) == 4 and [path for _, path in steps[:2]] == [
+        "packages/demo-2.0.tar.gz",
+        "packages/demo-3.0.tar.gz",
+    ]
+    # Removals: the page first, then the file; the directory left empty goes.
+    (writer / "simple" / "other" / "index.html").unlink()
+    (writer / "simple" / "other").rmdir()
+    (writer / "packages" / "demo-3.0.tar.gz").unlink()
+    publish(writer, 3)
+    steps.clear()
+    done = gen.pull(str(writer), str(replica), step=every_page_whole)
+    assert steps == [("removed", "simple/other/index.html"), ("removed", "packages/demo-3.0.tar.gz")]
+    assert done["removed"] == 2 and not (tree / "simple" / "other").exists(), "the empty directory is pruned"
+    assert served(replica) == {k: v for k, v in gen_tree(writer).items()}
+
+
+def gen_tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != gen.MANIFEST
+    }
+
+
+@needs_rsync
+def test_metadata_lands_before_the_pages_and_after_the_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "packages").mkdir(parents=True)
+    (data / "static" / "metadata").mkdir(parents=True)
+    (data / "static" / "simple").mkdir(parents=True)
+    (data / "packages" / "a-1.whl").write_bytes(b"a")
+    (data / "static" / "metadata" / "a-1.whl.metadata").write_text("Name: a")
+    (data / "static" / "simple" / "index.html").write_text("a")
+    (data / "static" / "index.html").write_text("a")
+    gen.Publisher(str(data), ["packages", "static"]).scan()
+    order: list[str] = []
+    gen.pull(str(data), str(tmp_path / "replica"), step=lambda what, path: order.append(path))
+    assert order == [
+        "packages/a-1.whl",
+        "static/metadata/a-1.whl.metadata",
+        "static/index.html",
+        "static/simple/index.html",
+    ]
+
+
+@needs_rsync
+def test_links_in_the_tree_are_replaced_never_followed(writer: Path, tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target").write_text("untouched")
+    tree = replica / "tree"
+    (tree / "packages" / "demo-2.0.tar.gz").symlink_to(outside / "target")  # at a destination
+    (tree / "simple" / "new").symlink_to(outside)  # a parent directory of a destination
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    (writer / "simple" / "new").mkdir()
+    (writer / "simple" / "new" / "index.html").write_text("new")
+    publish(writer, 2)
+    gen.pull(str(writer), str(replica))
+    assert not (tree / "packages" / "demo-2.0.tar.gz").is_symlink() and not (tree / "simple" / "new").is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == ["target"] and (outside / "target").read_text() == "untouched"
+    assert served(replica) == gen_tree(writer)
+
+
+class Crash(Exception):
+    pass
+
+
+@needs_rsync
+def test_a_pull_after_a_crash_mid_apply_checks_the_tree_before_trusting_the_record(
+    writer: Path, tmp_path: Path
+) -> None:
+    """Generation 2 was half applied (a new file and a page of the same size renamed in) when the pull died; the
+    writer then went back to generation 1's files (as generation 3). The record still says generation 1, so
+    without the check the pull would find nothing to do and serve generation 2's page and file for good."""
+    replica = tmp_path / "replica"
+    page = writer / "simple" / "demo" / "index.html"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    first = gen_tree(writer)
+    old_page = page.read_bytes()
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    page.write_bytes(b"Z" * len(old_page))  # the same size: only its sha256 tells
+    publish(writer, 2)
+
+    def die_after_the_page(what: str, path: str) -> None:
+        if path == "simple/demo/index.html":
+            raise Crash(path)
+
+    with pytest.raises(Crash):
+        gen.pull(str(writer), str(replica), step=die_after_the_page)
+    assert (replica / ".applying").exists() and gen.served(str(replica))["sequence"] == 1
+    (writer / "packages" / "demo-2.0.tar.gz").unlink()
+    page.write_bytes(old_page)
+    publish(writer, 3)
+    done = gen.pull(str(writer), str(replica))
+    assert done["changed"] and served(replica) == first, "the half-applied page and file were found and undone"
+    assert not (replica / ".applying").exists() and gen.served(str(replica))["sequence"] == 3
+
+
+@needs_rsync
+def test_a_crash_before_any_rename_keeps_the_record(writer: Path, tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    record = gen.served(str(replica))
+    (replica / ".applying").write_text('{"paths": ["packages/demo-1.0.tar.gz"]}')
+    assert gen.pull(str(writer), str(replica))["changed"] is False
+    assert gen.served(str(replica)) == record and not (replica / ".applying").exists()
+
+
+@needs_rsync
+def test_a_replica_of_the_generation_layout_is_adopted_without_a_gap(
+    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """current -> gen-1-...: the link is never changed (nginx's current/... paths keep working), the served
+    directory becomes the tree and its manifest the record; the other generations go."""
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    served_dir = replica / "gen-1-aaaaaaaaaaaa"
+    shutil.copytree(writer, served_dir)
+    (replica / "gen-0-bbbbbbbbbbbb").mkdir()
+    (replica / ".gen-2-cccccccccccc.partial").mkdir()
+    (replica / ".incoming.json").write_text("{}")
+    (replica / "current").symlink_to("gen-1-aaaaaaaaaaaa")
+    inode = served_dir.stat().st_ino
+    asked = rsync_asked(monkeypatch)
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    publish(writer, 2)
+    done = gen.pull(str(writer), str(replica))
+    assert done["changed"] and asked == [["packages/demo-2.0.tar.gz"]], "only the new file, the rest adopted"
+    assert (replica / "current").readlink() == Path("gen-1-aaaaaaaaaaaa") and served_dir.stat().st_ino == inode
+    assert sorted(p.name for p in replica.iterdir()) == [".writer", "applied.json", "current", "gen-1-aaaaaaaaaaaa"]
+    assert served(replica) == gen_tree(writer) and not (served_dir / gen.MANIFEST).exists()
+    assert not gen.pull(str(writer), str(replica))["changed"]
 
 
 @pytest.mark.parametrize(
@@ -205,7 +443,7 @@ def test_a_writer_without_a_manifest_leaves_the_replica_as_it_was(writer: Path, 
     replica = tmp_path / "replica"
     with pytest.raises(gen.GenerationError, match="rsync exited"):
         gen.pull(str(writer), str(replica))
-    assert not (replica / "current").exists()
+    assert served(replica) == {} and gen.served(str(replica)) is None, "nothing served, nothing recorded"
 
 
 @needs_rsync
@@ -306,7 +544,7 @@ def test_a_directory_where_the_manifest_should_be_is_refused_and_the_next_pull_w
     (writer / gen.MANIFEST / "big").write_bytes(b"x" * 1000)
     with pytest.raises(gen.GenerationError, match=r"no generation\.json|not a file"):
         gen.pull(str(writer), str(replica))
-    assert not (replica / ".incoming.json").exists(), "nothing of it stays on the replica"
+    assert not (replica / ".writer" / gen.MANIFEST).exists(), "nothing of it is kept as the writer's manifest"
     (writer / gen.MANIFEST / "big").unlink()
     (writer / gen.MANIFEST).rmdir()
     publish(writer, 1)
@@ -330,7 +568,7 @@ def test_a_listed_name_that_is_a_directory_on_the_writer_is_not_copied_whole(
     (writer / "packages" / "demo-1.0.tar.gz").unlink()
     (writer / "packages" / "demo-1.0.tar.gz").mkdir()
     (writer / "packages" / "demo-1.0.tar.gz" / "inside").write_bytes(b"y" * 100)
-    with pytest.raises(gen.GenerationError, match="did not arrive"):
+    with pytest.raises(gen.GenerationError, match=r"did not arrive|not a plain file"):
         gen.pull(str(writer), str(replica))
     assert not [path for path in copied if path.endswith("inside")], "the directory was not copied"
 
@@ -391,17 +629,14 @@ def test_a_fifo_in_a_published_area_does_not_hold_the_publisher(data_dir: Path) 
 # --------------------------------------------------------------------------- the replica's health
 
 
-def manifest_summary(sequence: int, digest: str, generation: str | None = None) -> dict[str, object]:
-    """What pull() tells of a manifest (and, for the served one, its directory)."""
-    found: dict[str, object] = {"sequence": sequence, "origin": "writer-a", "digest": digest}
-    if generation is not None:
-        found["generation"] = generation
-    return found
+def manifest_summary(sequence: int, digest: str) -> dict[str, object]:
+    """What pull() tells of a manifest (the writer's, or the one the replica's tree holds)."""
+    return {"sequence": sequence, "origin": "writer-a", "digest": digest}
 
 
 ONE = manifest_summary(1, "1" * 64)
 TWO = manifest_summary(2, "2" * 64)
-SERVING_ONE = manifest_summary(1, "1" * 64, "gen-1-111111111111")
+SERVING_ONE = manifest_summary(1, "1" * 64)
 
 
 def test_health_a_replica_serving_the_writers_manifest_is_healthy() -> None:
@@ -410,7 +645,7 @@ def test_health_a_replica_serving_the_writers_manifest_is_healthy() -> None:
     doc = health.status(100.5, wall="2026-01-01T00:00:01Z")
     assert doc["healthy"] is True and doc["reason"] == "serving the writer's newest generation"
     assert doc["lag_seconds"] == 0.5 and doc["max_lag_seconds"] == 10.0
-    assert doc["serving"] == {"sequence": 1, "origin": "writer-a", "generation": "gen-1-111111111111"}
+    assert doc["serving"] == {"sequence": 1, "origin": "writer-a", "digest": "1" * 64}
     assert doc["writer"] == {
         "sequence": 1,
         "origin": "writer-a",
@@ -431,7 +666,7 @@ def test_health_a_replica_behind_by_more_than_max_lag_is_unhealthy_until_it_catc
     assert doc["reason"] == "it is 14.500 s behind the writer's newest generation, more than the 10 s allowed"
     assert doc["writer"]["sequence"] == 2 and doc["writer"]["error"] == "1 files differ from the manifest"
     assert health.status(109.0)["healthy"] is True, "9 s behind is within the bound"
-    health.observe(115.0, manifest_summary(2, "2" * 64, "gen-2-222222222222"), TWO)
+    health.observe(115.0, manifest_summary(2, "2" * 64), TWO)
     doc = health.status(115.2)
     assert doc["healthy"] is True and doc["lag_seconds"] == 0.2 and doc["writer"]["error"] is None
 
@@ -439,8 +674,8 @@ def test_health_a_replica_behind_by_more_than_max_lag_is_unhealthy_until_it_catc
 def test_health_a_writer_gone_back_to_an_older_generation_is_named_as_such() -> None:
     """A writer restored from a backup publishes a lower sequence of the same tree: the replica does not follow."""
     health = gen.Health(max_lag=10)
-    health.observe(100.0, manifest_summary(5, "5" * 64, "gen-5-555555555555"), manifest_summary(5, "5" * 64))
-    health.observe(120.0, manifest_summary(5, "5" * 64, "gen-5-555555555555"), manifest_summary(3, "3" * 64))
+    health.observe(100.0, manifest_summary(5, "5" * 64), manifest_summary(5, "5" * 64))
+    health.observe(120.0, manifest_summary(5, "5" * 64), manifest_summary(3, "3" * 64))
     doc = health.status(120.5)
     assert doc["healthy"] is False and doc["reason"].startswith("the writer publishes generation 3 of the tree")
     assert "generation 5 is served here" in doc["reason"] and "more than the 10 s allowed" in doc["reason"]
@@ -531,7 +766,7 @@ def test_one_pull_with_a_status_dir_writes_a_healthy_status_and_ok_json(writer: 
     assert gen.main(["pull", str(writer), str(replica), "--loop", "0", "--status-dir", str(status)]) == 0
     doc = status_of(status)
     assert doc["healthy"] is True and doc["serving"]["sequence"] == 1 and doc["writer"]["reachable"] is True
-    assert doc["serving"]["generation"] == (replica / "current").readlink().name
+    assert doc["serving"]["digest"] == gen.served(str(replica))["digest"]
     assert json.loads((status / "ok.json").read_text()) == doc
     assert stat.S_IMODE(status.stat().st_mode) == 0o755
     assert stat.S_IMODE((status / "ok.json").stat().st_mode) == 0o644, "nginx reads it"
