@@ -2212,7 +2212,7 @@ def lag_summary(samples: Sequence[float], p50_goal: float, max_goal: float) -> d
 def lag_model(publish_s: float, pull_s: float, scan_s: float, pull_parts: dict[str, float]) -> dict[str, Any]:
     """The expected lag after an upload and its worst case: the wait for the publisher's next scan (half its
     interval on average, all of it at worst), the scan, the wait for the replica's next pull (half, or all, of
-    its interval), then the pull until `current` switches (pull_parts: manifest fetch, file copy, check, ...).
+    its interval), then the pull until the tree holds it (pull_parts: manifest fetch, file copy, check, apply, ...).
     The term that weighs most is named."""
     terms = {"publish wait": publish_s / 2, "scan": scan_s, "pull wait": pull_s / 2, **pull_parts}
     worst = dict(terms, **{"publish wait": publish_s, "pull wait": pull_s})
@@ -2279,12 +2279,11 @@ def upload_to_writer(
 
 
 def replica_holds(replica: Path, name: str, data: bytes, project: str) -> bool:
-    """Whether the generation replica/current names holds packages/<name> with these bytes and its project's
-    page lists it (what a reader of the replica needs to install it)."""
+    """Whether the tree replica/current names (as nginx reads it) holds packages/<name> with these bytes and its
+    project's page lists it (what a reader of the replica needs to install it)."""
     try:
-        generation = replica / (replica / "current").readlink()
-        held = (generation / "packages" / name).read_bytes()
-        listed = (generation / "static" / "simple" / project / "index.html").read_text()
+        held = (replica / "current" / "packages" / name).read_bytes()
+        listed = (replica / "current" / "static" / "simple" / project / "index.html").read_text()
     except OSError:
         return False
     return held == data and f">{name}</a>" in listed
@@ -2307,10 +2306,13 @@ def writer_lists(writer: Path, name: str, last: tuple[int, int] | None) -> tuple
 
 
 def replica_generation(replica: Path) -> str | None:
+    """Which generation the replica applied last: its record's (applied.json) inode and mtime, replaced by rename
+    once per apply."""
     try:
-        return str((replica / "current").readlink())
+        info = (replica / "applied.json").stat()
     except OSError:
         return None
+    return f"{info.st_ino}:{info.st_mtime_ns}"
 
 
 class Timed:
@@ -2363,25 +2365,27 @@ def scan_parts(publisher: Any, writer: Path) -> dict[str, Any]:
 
 def pull_after_upload(gen: Any, publisher: Any, writer: Path, model: Path, rsync: str) -> dict[str, float]:
     """One publisher scan after an upload, then one pull into model, split by the program's own functions: the
-    manifest's fetch (the first rsync run), the copy (the others), the check, the pruning, the rest."""
+    manifest's fetch (the first rsync run), the copy of the new and changed files (the others), their check, the
+    apply (renames into the tree, removals, the record), the rest (the record read, the diff)."""
     start = time.perf_counter()
     publisher.scan()
     scan_one = time.perf_counter() - start
-    with Timed(gen, ["rsync", "check_tree", "prune"]) as timer:
+    with Timed(gen, ["rsync", "check_staged", "apply_changes", "record_applied"]) as timer:
         start = time.perf_counter()
         gen.pull(str(writer), str(model), REPLICATION_KEEP, rsync)
         total = time.perf_counter() - start
     runs = timer.calls.get("rsync", [])
     fetch, copy = (runs[0], sum(runs[1:])) if runs else (0.0, 0.0)
-    check, prune = sum(timer.calls.get("check_tree", [])), sum(timer.calls.get("prune", []))
+    check = sum(timer.calls.get("check_staged", []))
+    apply = sum(timer.calls.get("apply_changes", [])) + sum(timer.calls.get("record_applied", []))
     return {
         "scan_with_one_new_file_s": scan_one,
         "pull_s": total,
         "manifest_fetch_s": fetch,
         "copy_s": copy,
         "check_s": check,
-        "prune_s": prune,
-        "other_s": total - fetch - copy - check - prune,
+        "apply_s": apply,
+        "other_s": total - fetch - copy - check - apply,
     }
 
 
@@ -2389,9 +2393,9 @@ def replication_parts(
     gen: Any, writer: Path, model: Path, projects: dict[str, list[tuple[str, str]]], rsync: str
 ) -> dict[str, Any]:
     """The lag's parts measured in this process with the program's own functions, nothing else running: the
-    publisher's scans (scan_parts), a first pull into a replica of its own (model), the manifest's fetch alone,
-    and 3 pulls after one upload each (pull_after_upload; the pruning of an old generation comes after the
-    switch: it delays the next pull, not this one). The writer is left as it was, without generation.json."""
+    publisher's scans (scan_parts), a first pull into a replica of its own (model), the manifest's fetch alone and
+    a whole pull that finds nothing new (what every pull interval costs a replica; medians of 3), and 3 pulls
+    after one upload each (pull_after_upload). The writer is left as it was, without generation.json."""
     added: list[tuple[str, str]] = []
     pages: dict[str, bytes] = {}
     try:
@@ -2406,6 +2410,12 @@ def replication_parts(
             gen.fetch_manifest(str(writer), str(model), rsync)
             fetches.append(time.perf_counter() - start)
         out["manifest_fetch_alone_s"] = round(statistics.median(fetches), 3)
+        idle = []
+        for _ in range(3):
+            start = time.perf_counter()
+            gen.pull(str(writer), str(model), REPLICATION_KEEP, rsync)
+            idle.append(time.perf_counter() - start)
+        out["unchanged_pull_s"] = round(statistics.median(idle), 3)
         rows = []
         for number, project in enumerate(sorted(projects)[:3]):
             pages.setdefault(project, (writer / "static" / "simple" / project / "index.html").read_bytes())
@@ -2484,8 +2494,8 @@ def running(commands: dict[str, list[str]], logs: Path) -> Iterator[Callable[[],
 
 
 def page_without_file(generation: Path, name: str, project: str) -> bool:
-    """Whether a generation's page of project lists packages/<name> while the generation lacks that file (a
-    reader would follow the link to a 404)."""
+    """Whether a served tree's page of project lists packages/<name> while the tree lacks that file (a reader
+    would follow the link to a 404)."""
     try:
         listed = (generation / "static" / "simple" / project / "index.html").read_text()
     except OSError:
@@ -2498,9 +2508,9 @@ def one_lag(
 ) -> dict[str, Any]:
     """One upload (project, version, the file's bytes): seconds from its rename to the first poll that finds it
     served by the replica ("lag", None after REPLICATION_UPLOAD_LIMIT_S), to the first poll that finds the
-    writer's generation.json listing it ("listed", None if none did), how many times the replica switched
-    generations in between ("switches": 1 when the first generation after the upload held it), and how many of
-    those generations listed it on its page without holding the file ("page_first")."""
+    writer's generation.json listing it ("listed", None if none did), how many generations the replica applied
+    in between ("switches": 1 when the first one after the upload held it), and whether any poll found the
+    served page listing it without the file there ("page_first": 0 or 1; every poll looks, as a reader would)."""
     project, version, data = upload
     name, renamed = upload_to_writer(writer, projects, project, version, data)
     found: dict[str, Any] = {"lag": None, "listed": None, "switches": 0, "page_first": 0}
@@ -2513,8 +2523,9 @@ def one_lag(
         generation = replica_generation(replica)
         if generation != serving and generation is not None:
             found["switches"] += 1
-            found["page_first"] += page_without_file(replica / generation, name, project)
         serving = generation
+        if not found["page_first"] and page_without_file(replica / "current", name, project):
+            found["page_first"] = 1
         if replica_holds(replica, name, data, project):
             return found | {"lag": now_s - renamed}
         if now_s - renamed > REPLICATION_UPLOAD_LIMIT_S:
@@ -2529,7 +2540,7 @@ def replication_bench(
     program's publisher and one replica's pull as the role runs them (its default intervals), with the
     machine's rsync on a local path (no SSH hop, no containers); the initial copy, then `uploads` uploads at
     seeded random gaps, each from the rename of its file to the first poll that finds the file, with its bytes,
-    and its page in the generation the replica's `current` names. The lag's parts are measured in-process
+    and its page in the tree the replica's `current` names. The lag's parts are measured in-process
     first (replication_parts) and set against the lag."""
     rsync = shutil.which("rsync")
     if rsync is None:
@@ -2590,7 +2601,8 @@ def replication_bench(
         "manifest fetch": one["manifest_fetch_s"],
         "copy": one["copy_s"],
         "check": one["check_s"],
-        "switch": max(0.0, one["other_s"]),
+        "apply": one["apply_s"],
+        "rest": max(0.0, one["other_s"]),
     }
     out.update(
         uploads=uploads,
@@ -2662,10 +2674,10 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
         f"{REPLICATION_GAP_S[0]:g} to {REPLICATION_GAP_S[1]:g} s: each file written under a hidden name, renamed, "
         "its project's page rewritten the same way; the lag is from the rename to the first poll (every "
         f"{REPLICATION_POLL_S * 1000:g} ms) that finds the file with its bytes and its page listing it in the "
-        "generation the replica's `current` names. The parts were measured in-process first, with the program's "
-        "own functions and nothing else running (medians of 3 pulls after one upload each). Over SSH each rsync "
-        "run (two per pull that changes) is one more session on the kept ControlMaster connection: no handshake, "
-        "a round trip and the writer's rrsync starting.\n",
+        "tree the replica's `current` names (updated in place). The parts were measured in-process first, with the "
+        "program's own functions and nothing else running (medians of 3 pulls after one upload each). Over SSH "
+        "each rsync run (two per pull that changes, one per pull that does not) is one more session on the kept "
+        "ControlMaster connection: no handshake, a round trip and the writer's rrsync starting.\n",
         table(
             ["Measure", "Value"],
             [
@@ -2675,11 +2687,11 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
                 ["lag, each s", ", ".join(map(str, section.get("lag_s", [])))],
                 ["the writer's generation.json lists it, median s", section.get("writer_listed_median_s")],
                 [
-                    "generations the replica switched to until it served the upload, each",
+                    "generations the replica applied until it served the upload, each",
                     ", ".join(map(str, section.get("switches", []))),
                 ],
                 [
-                    "generations served whose page listed the upload without its file",
+                    "uploads whose served page a poll found listing them without their file",
                     section.get("pages_before_their_file"),
                 ],
                 ["uploads not seen within the limit", section.get("timeouts")],
@@ -2698,12 +2710,13 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
                     one.get("scan_with_one_new_file_s"),
                 ],
                 ["generation.json bytes", parts.get("manifest_bytes")],
+                ["a pull that finds the manifest unchanged (each interval), s", parts.get("unchanged_pull_s")],
                 ["a pull after one upload, s", one.get("pull_s")],
                 ["  its manifest fetch, s", one.get("manifest_fetch_s")],
-                ["  its copy (rsync --files-from, --link-dest), s", one.get("copy_s")],
-                ["  its check against the manifest, s", one.get("check_s")],
-                ["  its pruning of an old generation (after the switch), s", one.get("prune_s")],
-                ["  the rest (manifest written, rename, link), s", one.get("other_s")],
+                ["  its copy (rsync --files-from the new and changed paths), s", one.get("copy_s")],
+                ["  its check of them against the manifest, s", one.get("check_s")],
+                ["  its apply (renames into the tree, removals, the record), s", one.get("apply_s")],
+                ["  the rest (the record read, the diff), s", one.get("other_s")],
             ],
         ),
     ]

@@ -577,17 +577,24 @@ def test_replica_holds_only_the_served_file_with_its_bytes_and_page(tmp_path: Pa
     page = (writer / "static" / "simple" / "bench-pkg-0001" / "index.html").read_text()
     assert f">{name}</a>" in page and page.count("<a href") == 11
     replica = tmp_path / "replica"
-    (replica / "gen-1-aaaaaaaaaaaa").mkdir(parents=True)
-    (replica / "current").symlink_to("gen-1-aaaaaaaaaaaa")
+    tree = replica / "tree"
+    tree.mkdir(parents=True)
+    (replica / "current").symlink_to("tree")
     assert not bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")
-    shutil.copytree(writer / "packages", replica / "gen-1-aaaaaaaaaaaa" / "packages")
+    shutil.copytree(writer / "packages", tree / "packages")
     assert not bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")  # the page does not list it yet
-    shutil.copytree(writer / "static", replica / "gen-1-aaaaaaaaaaaa" / "static")
+    shutil.copytree(writer / "static", tree / "static")
     assert bench.replica_holds(replica, name, b"new bytes", "bench-pkg-0001")
-    assert not bench.page_without_file(replica / "gen-1-aaaaaaaaaaaa", name, "bench-pkg-0001")
-    (replica / "gen-1-aaaaaaaaaaaa" / "packages" / name).unlink()
-    assert bench.page_without_file(replica / "gen-1-aaaaaaaaaaaa", name, "bench-pkg-0001")  # a link to a 404
+    assert not bench.page_without_file(replica / "current", name, "bench-pkg-0001")
+    (tree / "packages" / name).unlink()
+    assert bench.page_without_file(replica / "current", name, "bench-pkg-0001")  # a link to a 404
     assert not bench.replica_holds(replica, name, b"other bytes", "bench-pkg-0001")
+    assert bench.replica_generation(replica) is None
+    (replica / "applied.json").write_text("{}")
+    applied = bench.replica_generation(replica)
+    (replica / ".applied.json.new").write_text("{ }")
+    (replica / ".applied.json.new").replace(replica / "applied.json")
+    assert applied is not None and bench.replica_generation(replica) not in (None, applied), "a new record"
 
 
 def test_replication_goals_and_report() -> None:
