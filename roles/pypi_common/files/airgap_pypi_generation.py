@@ -369,24 +369,27 @@ FETCH = ".fetch"  # where a fetch of the manifest lands
 INCOMING = ".incoming"  # the new and changed files of one pull, checked before any is renamed into the tree
 METADATA = "metadata"  # under a page area (static/metadata): the PEP 658 files, applied before the pages
 
-_read_cache: Dict[str, Tuple[Tuple[int, int, int, int], Dict[str, Any]]] = {}
+_read_cache: Dict[Tuple[int, int, int, int], Dict[str, Any]] = {}
+READ_CACHE = 4  # manifests kept parsed: the writer's copy and the applied one, by file (inode, size, mtime)
 
 
 def read_manifest(path: str) -> Dict[str, Any]:
-    """The checked manifest in the file at path (opened without following a link); parsed again only when the
-    file's inode, size or mtime changed since the last read of that path (a loop reads the same copy each pull).
-    FileNotFoundError when there is none."""
+    """The checked manifest in the file at path (opened without following a link); parsed only when no file of
+    the same device, inode, size and mtime was (the fetched copy, linked to the last one while the writer's is
+    unchanged, and applied.json, a link to a fetched copy, are read once). FileNotFoundError when there is none."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise GenerationError(f"{path}: not a plain file")
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        cached = _read_cache.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        cached = _read_cache.get(key)
+        if cached is not None:
+            return cached
         manifest = parse(handle.read(MAX_MANIFEST_BYTES + 1))
-    _read_cache[path] = (key, manifest)
+    while len(_read_cache) >= READ_CACHE:
+        del _read_cache[next(iter(_read_cache))]  # the oldest
+    _read_cache[key] = manifest
     return manifest
 
 
@@ -517,7 +520,6 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     except (IsADirectoryError, GenerationError) as exc:
         raise GenerationError(f"{MANIFEST} at {source} is not a file ({exc})") from None
     finally:
-        _read_cache.pop(fetched, None)
         if not os.path.lexists(fetched):
             with_quiet(os.rmdir, fetch)
     new = os.lstat(fetched)
@@ -530,7 +532,6 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     else:
         os.replace(fetched, kept)
     os.rmdir(fetch)
-    _read_cache[kept] = ((new.st_dev, new.st_ino, new.st_size, new.st_mtime_ns), manifest)
     return manifest
 
 
