@@ -2509,7 +2509,8 @@ def one_lag(
     """One upload (project, version, the file's bytes): seconds from its rename to the first poll that finds it
     served by the replica ("lag", None after REPLICATION_UPLOAD_LIMIT_S), to the first poll that finds the
     writer's generation.json listing it ("listed", None if none did), how many generations the replica applied
-    in between ("switches": 1 when the first one after the upload held it), and whether any poll found the
+    in between ("switches", counted from applied.json, written after the renames: 1 when the first one after the
+    upload held it, 0 when a poll found it in the tree before the record), and whether any poll found the
     served page listing it without the file there ("page_first": 0 or 1; every poll looks, as a reader would)."""
     project, version, data = upload
     name, renamed = upload_to_writer(writer, projects, project, version, data)
@@ -2687,7 +2688,8 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
                 ["lag, each s", ", ".join(map(str, section.get("lag_s", [])))],
                 ["the writer's generation.json lists it, median s", section.get("writer_listed_median_s")],
                 [
-                    "generations the replica applied until it served the upload, each",
+                    "generations the replica recorded as applied until it served the upload, each (0: found in"
+                    " the tree between the apply's renames and its record)",
                     ", ".join(map(str, section.get("switches", []))),
                 ],
                 [
