@@ -195,6 +195,16 @@ def test_a_pull_copies_only_the_changed_files_and_leaves_the_others_in_place(
 
 
 @needs_rsync
+def test_a_tree_removed_by_hand_is_fetched_whole_again(writer: Path, tmp_path: Path) -> None:
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    shutil.rmtree(replica / "tree")
+    done = gen.pull(str(writer), str(replica))
+    assert done["changed"] and done["fetched"] == 3 and served(replica) == gen_tree(writer)
+
+
+@needs_rsync
 def test_keep_is_accepted_and_a_replica_holds_one_tree(writer: Path, tmp_path: Path) -> None:
     replica = tmp_path / "replica"
     for sequence in range(1, 4):

@@ -443,6 +443,8 @@ def open_tree(root: str) -> str:
     elif target != TREE:
         raise GenerationError(f"{link} points at {target!r}, not at a tree this program made")
     tree = os.path.join(root, target)
+    if not os.path.lexists(tree):  # removed by hand: what the record says is gone, the next pull fetches all
+        with_quiet(os.unlink, os.path.join(root, APPLIED))
     make_dir(tree)
     return tree
 
