@@ -419,6 +419,31 @@ def test_a_replica_of_the_generation_layout_is_adopted_without_a_gap(
     assert not gen.pull(str(writer), str(replica))["changed"]
 
 
+@needs_rsync
+@pytest.mark.skipif(shutil.which("rrsync") is None, reason="NOT RUN: no rrsync on this machine (it ships with rsync)")
+def test_a_pull_through_rrsync_read_only_as_over_ssh(
+    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The options of the pull pass the writer's `rrsync -ro` (its authorized_keys command): a remote shell that
+    runs it here stands in for ssh."""
+    shell = tmp_path / "fake-ssh"
+    shell.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ] && [ "$1" != rsync ]; do shift; done\n'
+        f'SSH_ORIGINAL_COMMAND="$*" exec {shutil.which("rrsync")} -ro {writer}\n'
+    )
+    shell.chmod(0o755)
+    monkeypatch.setenv("RSYNC_RSH", str(shell))
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    assert gen.pull("reader@writer:", str(replica))["changed"]
+    assert not gen.pull("reader@writer:", str(replica))["changed"]
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    publish(writer, 2)
+    done = gen.pull("reader@writer:", str(replica))
+    assert done["fetched"] == 1 and served(replica) == gen_tree(writer)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
