@@ -609,12 +609,17 @@ def rank(path: str, areas: List[str]) -> Tuple[int, int, str]:
     return index, 0 if index > 0 and rest.split("/", 1)[0] == METADATA else 1, path
 
 
-def make_parents(tree: str, path: str) -> None:
+def make_parents(tree: str, path: str, known: Optional[set] = None) -> None:
     """The directories of path inside tree, made 0755 as needed; anything else found on the way (a link, a file
-    the new manifest makes a directory) is removed first: no link inside the tree is ever followed."""
+    the new manifest makes a directory) is removed first: no link inside the tree is ever followed. known: the
+    directories this apply found or made already (the tree's only writer is this program), not looked at again."""
     here = tree
     for part in path.split("/")[:-1]:
         here = os.path.join(here, part)
+        if known is not None and here in known:
+            continue
+        if known is not None:
+            known.add(here)
         try:
             info = os.lstat(here)
         except FileNotFoundError:
@@ -641,8 +646,9 @@ def apply_changes(
     atomically (a link at the name is replaced, never followed). The marker root/.applying lists the paths
     touched while this runs. step(what, path), when given, is called after each rename or removal."""
     write_atomic(os.path.join(root, APPLYING), json.dumps({"paths": changed + removed}).encode())
+    known: set = set()
     for path in changed:
-        make_parents(tree, path)
+        make_parents(tree, path, known)
         target = os.path.join(tree, path)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.lstat(target).st_mode):
