@@ -4,7 +4,10 @@ A generation is every file a reader serves (pages, metadata, package files) at o
 ``generation.json``::
 
     {"format": 1, "kind": "generation", "origin": "<writer's tree id>", "sequence": N,
-     "created": "<UTC ISO time>", "files": {"<relative path>": [size, "<sha256>"], ...}}
+     "created": "<UTC ISO time>", "areas": ["packages", "static"],
+     "files": {"<relative path>": [size, "<sha256>"], ...}}
+
+(``areas``, files first, is optional: a manifest without it is read as packages, then static.)
 
 The origin names the writer's tree (made once, kept with it); a replica takes a manifest whose sequence is newer
 than the one it serves, or any sequence of another origin (a writer rebuilt, or another one promoted).
@@ -29,16 +32,19 @@ empty, and the record last. Each rename replaces one name at once; no link in th
 destination or a parent is replaced). A reader may see, for the fraction of a second an apply takes, a mix of
 old and new pages, each whole; never a page linking to a file the tree lacks (its file came first), never a file
 still arriving. A pull that starts with the marker there (a crash mid-apply) checks the tree against the record
-first (a stat of every file; the sha256 of those the apply touched or whose size differs) and records what the
-tree holds. A replica of the earlier layout (``current`` naming a ``gen-N-<hash>`` directory, one per generation,
-a copy of the whole tree each: 1.4 to 1.9 s per pull at 10,000 files) is adopted as it stands: ``current`` keeps
-naming that directory, now the tree, and the other generation directories are removed. rsync is the transport
+first (a stat of every file; the sha256 of those the apply touched or whose size differs) and, when the tree is
+not what the record says, records what it holds with no origin, so that the writer's next manifest is applied
+over it whatever its sequence. A tree removed by hand takes the record with it (the next pull fetches all).
+A replica of the earlier layout (``current`` naming a ``gen-N-<hash>`` directory, one per generation, a copy of
+the whole tree each: 1.4 to 1.9 s per pull at 10,000 files) is adopted as it stands: ``current`` keeps naming
+that directory, now the tree, and the other generation directories are removed. rsync is the transport
 (over SSH with a restricted key, or a local path); this module adds no protocol of its own.
 
 A replica's health, for a load balancer (``--status-dir DIR``): nginx answers ``GET /health`` 200 with
 ``DIR/ok.json`` while it exists, 503 without it. After every pull the loop writes ``DIR/status.json`` (what the
 replica serves, what the writer publishes, whether it answered, the last error, the lag and a sentence saying why
-the replica is or is not healthy) and keeps ``DIR/ok.json`` (the same document) there iff the replica is healthy:
+the replica is or is not healthy; ``serving`` names the applied manifest's sequence, origin and digest, the
+sha256 of its bytes) and keeps ``DIR/ok.json`` (the same document) there iff the replica is healthy:
 it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The lag is counted on
 the replica's monotonic clock (no skew with the writer's) from the start of the last manifest fetch after which it
 served exactly the manifest fetched. While the writer does not answer (a fetch that failed, or is not answered
