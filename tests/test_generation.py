@@ -528,6 +528,18 @@ def test_the_publisher_lists_the_areas_only_and_counts_generations(data_dir: Pat
     assert again.origin == manifest["origin"] and again.sequence == 1
 
 
+def test_a_restarted_publisher_publishes_nothing_for_an_unchanged_tree(data_dir: Path) -> None:
+    assert gen.Publisher(str(data_dir), ["packages", "static"]).scan() is True
+    before = (data_dir / gen.MANIFEST).read_bytes()
+    again = gen.Publisher(str(data_dir), ["packages", "static"])
+    assert again.scan() is False and again.sequence == 0
+    assert (data_dir / gen.MANIFEST).read_bytes() == before
+    (data_dir / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    assert again.scan() is True and again.sequence == 1
+    # Other areas than the manifest's: published again, whatever the files.
+    assert gen.Publisher(str(data_dir), ["packages"]).scan() is True
+
+
 def test_the_publisher_reads_only_files_that_changed(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     publisher = gen.Publisher(str(data_dir), ["packages", "static"])
     read: list[str] = []

@@ -296,6 +296,10 @@ class Publisher:
                 published = parse(handle.read(MAX_MANIFEST_BYTES + 1))
             if published["origin"] == self.origin:
                 self.sequence = published["sequence"]
+                # A restart over an unchanged tree publishes nothing: a new sequence would send every replica
+                # to fetch and diff the whole manifest for no change.
+                if published["areas"] == self.areas:
+                    self.files = dict(published["files"])
         except (OSError, GenerationError):
             pass
 
