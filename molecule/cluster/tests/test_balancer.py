@@ -108,7 +108,8 @@ def wait_for_log(replica: str, needle: str, limit: float = 10) -> bool:
 
 
 # Runs on the client: `count` pip installs in a row through the balancer, each into a directory of its own,
-# writing how many are done to `progress` after each. Prints {"failed": [[n, output], ...], "seconds": [...]}.
+# writing how many are done to `progress` after each. pip's own retries are off: a request the balancer fails
+# fails the install. Prints {"failed": [[n, output], ...], "seconds": [...]}.
 INSTALL_LOOP = r"""
 import json, shutil, subprocess, sys, time
 pip, index, host, spec, count, progress = sys.argv[1:7]
@@ -117,7 +118,7 @@ for n in range(int(count)):
     target = f"/var/tmp/loop-{n}"
     start = time.monotonic()
     done = subprocess.run([pip, "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "--quiet",
-                           "--target", target, "--trusted-host", host, "--index-url", index, spec],
+                           "--retries", "0", "--target", target, "--trusted-host", host, "--index-url", index, spec],
                           capture_output=True, text=True, timeout=120)
     seconds.append(round(time.monotonic() - start, 3))
     if done.returncode:

@@ -1,0 +1,173 @@
+"""Writer failover (playbooks/promote.yml): a replica becomes the writer, and nothing acknowledged is lost.
+
+Runs last (the file's name sorts after the others): it moves the writer for good. The upload just before the
+promotion is not waited for: the playbook itself must wait until the replica holds it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import (
+    BALANCER,
+    BALANCER_URL,
+    CLIENT,
+    CLIENT_BIN,
+    DATA_DIR,
+    INDEX_PROGRAM,
+    INVENTORY_DIR,
+    PASSWORD,
+    PROJECT_DIR,
+    REPLICA_ROOT,
+    REPLICAS,
+    SUPERVISORCTL,
+    USER,
+    WRITER,
+    ansible_playbook,
+    on,
+    recap,
+    site,
+    wait_for,
+)
+
+NEW_WRITER = REPLICAS[1]
+FOLLOWER = REPLICAS[0]
+PROMOTE = PROJECT_DIR / "playbooks" / "promote.yml"
+# The task during which promote.yml waits for the replica to hold the writer's last generation.
+WAITING = "TASK [pypi_replica : Wait until the replica serves the writer's last generation]"
+
+
+def promote(*args: str):
+    return ansible_playbook(PROMOTE, INVENTORY_DIR, *args, project=PROJECT_DIR, timeout=900)
+
+
+def twine_upload(wheel: str):
+    return on(
+        CLIENT,
+        f"{CLIENT_BIN}/twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        f"{BALANCER_URL}/",
+        "-u",
+        USER,
+        "-p",
+        PASSWORD,
+        wheel,
+        timeout=300,
+    )
+
+
+def digests(container: str, directory: str) -> dict[str, str]:
+    """{file name: sha256} of the plain files in a directory of a container."""
+    done = on(container, "sh", "-c", f"cd {directory} && find . -maxdepth 1 -type f -exec sha256sum {{}} +")
+    assert done.returncode == 0, done.stderr
+    pairs = (line.split(None, 1) for line in done.stdout.splitlines())
+    return {name.removeprefix("./"): digest for digest, name in pairs}
+
+
+def file_bytes(container: str, path: str) -> str:
+    done = on(container, "cat", path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def promote_while_behind(wheel: str, name: str, log: Path) -> tuple[int, str]:
+    """Upload wheel while the replicas cannot fetch package files, run promote.yml, and make the packages
+    readable again only once the playbook waits for the replica to promote, which still lacks the file then.
+    Returns promote.yml's exit code and output."""
+    mode = on(WRITER, "stat", "-c", "%a", f"{DATA_DIR}/packages").stdout.strip()
+    assert mode.isdigit(), mode
+    assert on(WRITER, "chmod", "0750", f"{DATA_DIR}/packages").returncode == 0
+    running = None
+    try:
+        done = twine_upload(wheel)
+        assert done.returncode == 0, done.stdout + done.stderr  # acknowledged: it must survive the move
+        env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_NOCOLOR="1")
+        argv = ["ansible-playbook", "-i", str(INVENTORY_DIR), str(PROMOTE), "-e", f"pypi_replica_promote={NEW_WRITER}"]
+        with log.open("w") as out:
+            running = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, cwd=PROJECT_DIR)
+        assert wait_for(lambda: WAITING in log.read_text() or running.poll() is not None, 300)
+        assert WAITING in log.read_text(), "promote.yml never waited for the replica: " + log.read_text()[-3000:]
+        time.sleep(2)
+        assert name not in on(NEW_WRITER, "ls", f"{REPLICA_ROOT}/current/packages").stdout, "the replica is not behind"
+    finally:
+        on(WRITER, "chmod", mode, f"{DATA_DIR}/packages")
+        if running is not None:
+            running.wait(timeout=900)
+    return running.returncode, log.read_text()
+
+
+def promoted_inventory(tmp_path: Path) -> Path:
+    """The operator's inventory after the move: the replica is the writer, the old writer is gone."""
+    inventory = tmp_path / "promoted.json"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {"vars": {"ansible_connection": "community.docker.docker"}},
+                "pypi_servers": {"hosts": {NEW_WRITER: {"pypi_server_users": [{"name": USER, "password": PASSWORD}]}}},
+                "pypi_replicas": {"hosts": {FOLLOWER: {"pypi_replica_max_lag": 3}}},
+                "pypi_balancers": {"hosts": {BALANCER: {}}},
+            }
+        )
+    )
+    return inventory
+
+
+def test_promote_without_a_replica_named_stops_before_any_change() -> None:
+    result = promote()
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, said[-2000:]
+    assert 'pypi_replica_promote="" must name the host of pypi_replicas that becomes the writer' in said, said[-2000:]
+    for host, numbers in recap(result.stdout).items():
+        assert numbers.get("changed", 0) == 0, (host, numbers)
+    assert "RUNNING" in on(WRITER, *SUPERVISORCTL, "status", INDEX_PROGRAM).stdout
+
+
+def test_promote_moves_the_writer_and_loses_no_acknowledged_file(wheel_on_client, tmp_path: Path) -> None:
+    # The last upload is acknowledged while the replicas cannot fetch package files (their user may not read the
+    # writer's packages directory): the replica to promote lacks it when promote.yml starts, and gets it only once
+    # the directory is readable again, while the playbook waits.
+    wheel, project = wheel_on_client("cluster-last-before-promotion")
+    name = wheel.rsplit("/", 1)[1]
+    code, said = promote_while_behind(wheel, name, tmp_path / "promote.log")
+    assert code == 0, said[-4000:]
+    assert f"Now move {NEW_WRITER} from pypi_replicas to pypi_servers" in " ".join(said.split())
+
+    # The old writer is frozen: its index stopped, so uploads get the balancer's answer until site.yml moves it.
+    packages = digests(WRITER, f"{DATA_DIR}/packages")
+    assert name in packages
+    records = {area: digests(WRITER, f"{DATA_DIR}/{area}") for area in ("owners", "audit")}
+    audit = file_bytes(WRITER, f"{DATA_DIR}/audit/audit.jsonl")
+    assert "RUNNING" not in on(WRITER, *SUPERVISORCTL, "status", INDEX_PROGRAM).stdout
+    refused = twine_upload(wheel_on_client("cluster-during-promotion")[0])
+    assert refused.returncode != 0 and "503" in refused.stdout + refused.stderr
+
+    moved = site(promoted_inventory(tmp_path))
+    assert moved.returncode == 0, moved.stdout[-4000:] + moved.stderr[-2000:]
+
+    # Every acknowledged file, byte for byte, on the new writer and on the replica that follows it.
+    assert digests(NEW_WRITER, f"{DATA_DIR}/packages") == packages
+    assert wait_for(lambda: digests(FOLLOWER, f"{REPLICA_ROOT}/current/packages") == packages, 60)
+    for area, files in records.items():
+        now = digests(NEW_WRITER, f"{DATA_DIR}/{area}")
+        for name, digest in files.items():
+            if name != "audit.jsonl":
+                assert now.get(name) == digest, (area, name)
+    assert file_bytes(NEW_WRITER, f"{DATA_DIR}/audit/audit.jsonl").startswith(audit)
+
+    # The balancer follows: installs of what was uploaded before, and uploads to the new writer.
+    target = f"/var/tmp/target-promoted-{project}"
+    host = BALANCER_URL.split("//")[1].split(":")[0]
+    pip = (f"{CLIENT_BIN}/pip", "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check")
+    index = ("--trusted-host", host, "--index-url", f"{BALANCER_URL}/simple/")
+    done = on(CLIENT, *pip, "--target", target, *index, f"{project}==1.0", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after, _ = wheel_on_client("cluster-after-promotion")
+    done = twine_upload(after)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert after.rsplit("/", 1)[1] in digests(NEW_WRITER, f"{DATA_DIR}/packages")
