@@ -1050,3 +1050,30 @@ def test_a_pull_that_takes_longer_than_max_lag_leaves_the_pool_before_it_ends(wr
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_verify_says_whether_a_copy_is_exactly_the_manifests_files(data_dir: Path, tmp_path: Path) -> None:
+    assert gen.Publisher(str(data_dir), ["packages", "static"]).scan() is True
+    manifest = str(data_dir / gen.MANIFEST)
+    copy = tmp_path / "copy"
+    (copy / "packages").mkdir(parents=True)
+    (copy / "packages" / "demo-1.0.tar.gz").write_bytes(b"one")
+    argv = ["verify", str(copy), manifest, "--area", "packages"]
+    assert gen.main(argv) == 0
+    assert gen.differences(str(copy), manifest, ["packages"]) == []
+    # The same size, other bytes.
+    (copy / "packages" / "demo-1.0.tar.gz").write_bytes(b"eno")
+    assert gen.differences(str(copy), manifest, ["packages"]) == [
+        "packages/demo-1.0.tar.gz: its size or sha256 is not the manifest's"
+    ]
+    assert gen.main(argv) == 1
+    # A file the manifest does not list, and one missing.
+    (copy / "packages" / "demo-1.0.tar.gz").unlink()
+    (copy / "packages" / "other-1.0.tar.gz").write_bytes(b"x")
+    assert gen.differences(str(copy), manifest, ["packages"]) == [
+        "packages/demo-1.0.tar.gz: missing",
+        "packages/other-1.0.tar.gz: not in the manifest",
+    ]
+    # A manifest that is a link is not read.
+    (tmp_path / "link.json").symlink_to(manifest)
+    assert gen.main(["verify", str(copy), str(tmp_path / "link.json"), "--area", "packages"]) == 2

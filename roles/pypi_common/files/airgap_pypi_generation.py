@@ -58,6 +58,7 @@ DIR is made 0755 when missing and refused when it is a link or not a directory. 
 of that one pull and stay as it left them.
 
 Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
+Check a copy:      python3 airgap_pypi_generation.py verify ROOT MANIFEST --area packages
 Run on a replica:   python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS]
                     [--status-dir DIR] [--max-lag SECONDS]   (--keep N is accepted and ignored)
 """
@@ -1061,6 +1062,30 @@ def publish_loop(root: str, areas: List[str], every: float) -> int:
         time.sleep(max(0.0, every - (time.monotonic() - started)))
 
 
+def differences(root: str, manifest_path: str, areas: List[str]) -> List[str]:
+    """How the plain files under root's areas differ from the manifest's entries for those areas: a file missing,
+    one the manifest does not list, a size or sha256 not the manifest's (empty: the same). The manifest is read
+    without following a link, within its bound; every file is read whole."""
+    fd = os.open(manifest_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        manifest = parse(handle.read(MAX_MANIFEST_BYTES + 1))
+    wanted = {path: entry for path, entry in manifest["files"].items() if path.split("/", 1)[0] in areas}
+    have: Dict[str, os.stat_result] = {}
+    for area in areas:
+        if os.path.isdir(os.path.join(root, area)) and not os.path.islink(os.path.join(root, area)):
+            have.update({f"{area}/{rel}": info for rel, info in walk(os.path.join(root, area)).items()})
+    found = [f"{path}: missing" for path in sorted(set(wanted) - set(have))]
+    found += [f"{path}: not in the manifest" for path in sorted(set(have) - set(wanted))]
+    for path in sorted(set(wanted) & set(have)):
+        size, digest = wanted[path]
+        try:
+            if file_entry(os.path.join(root, path), limit=size) != (size, digest):
+                found.append(f"{path}: its size or sha256 is not the manifest's")
+        except (OSError, GenerationError) as exc:
+            found.append(f"{path}: {exc}")
+    return found
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Pull the writer's newest generation of the served tree.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1078,9 +1103,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.add_argument("root", help="the writer's data directory (generation.json is written there)")
     out.add_argument("--area", action="append", required=True, help="a directory under root to publish")
     out.add_argument("--loop", type=float, default=0, help="look again every so many seconds (0: once)")
+    check = sub.add_parser("verify", help="say whether the files under ROOT's areas are exactly a manifest's")
+    check.add_argument("root", help="the directory holding the areas")
+    check.add_argument("manifest", help="a generation.json (or a replica's applied.json)")
+    check.add_argument("--area", action="append", required=True, help="an area to compare (e.g. packages)")
     args = parser.parse_args(argv)
     if args.command == "publish":
         return publish_loop(args.root, args.area, args.loop)
+    if args.command == "verify":
+        for area in args.area:
+            check_path(area)
+        try:
+            found = differences(args.root, args.manifest, args.area)
+        except (OSError, GenerationError) as exc:
+            print(f"cannot compare {args.root} with {args.manifest}: {exc}", file=sys.stderr)
+            return 2
+        if found:
+            print(f"{len(found)} files of {args.root} differ from {args.manifest}, first: {found[0]}", file=sys.stderr)
+            return 1
+        print(f"{args.root}: {', '.join(args.area)} exactly as {args.manifest} lists them")
+        return 0
     if not (args.max_lag > 0 and math.isfinite(args.max_lag)):
         parser.error(f"--max-lag {args.max_lag}: a number of seconds above 0")
     try:
