@@ -1670,6 +1670,7 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
         + transfer_goals(sections.get("transfer", {}))
         + scale_goals(sections.get("scale", {}))
         + replication_goals(sections.get("replication", {}))
+        + balancer_goals(sections.get("balancer", {}))
     )
 
 
@@ -1925,6 +1926,8 @@ def markdown(results: dict[str, Any]) -> str:
         parts += scale_markdown(sections["scale"])
     if "replication" in sections and "error" not in sections["replication"]:
         parts += replication_markdown(sections["replication"])
+    if "balancer" in sections and "error" not in sections["balancer"]:
+        parts += balancer_markdown(sections["balancer"])
     failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
     failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
     if failures:
@@ -2754,7 +2757,11 @@ FRONT_TEMPLATE = ROOT / "roles" / "pypi_front" / "templates" / "airgap-pypi.conf
 GOAL_BALANCER_RATIO = 0.8
 BALANCER_FILES = 1000
 BALANCER_PORT = 8080
-BALANCER_CONFIG = "/run/bench-haproxy.cfg"
+BALANCER_STATS_PORT = 8404  # pypi_balancer_stats_port's default
+# A second HAProxy beside the role's, on other ports, differing only in logging no request: what the role's log line
+# per request (to stdout, the journal under systemd) costs.
+BALANCER_NO_LOG_PORT = 8081
+BALANCER_NO_LOG_STATS_PORT = 8405
 BALANCER_ROUNDS = 2  # wrk runs per target and path, alternating direct and through, so drift hits both alike
 BALANCER_PATHS = ("/simple/<project>/", "file")
 REPLICA_HEALTH = "health"  # the tree's directory whose ok.json answers /health, as the replica's pull keeps it
@@ -2851,16 +2858,28 @@ http {{
 """
 
 
-def haproxy_commands(cfg: str, path: str = BALANCER_CONFIG) -> str:
-    """The shell script that installs HAProxy (Debian's, from the stand-in OS mirror) and checks cfg as the
-    role's validate does; it prints HAProxy's version. HAProxy itself is started apart, in the foreground."""
+def without_request_log(cfg: str, port: int, stats_port: int) -> str:
+    """cfg logging no request (its `log global` default dropped), on port and stats_port instead of its own."""
+    out = re.sub(r"(?m)^    log global\n", "", cfg, count=1)
+    out = re.sub(r"(?m)^(    bind ):\d+$", rf"\g<1>:{port}", out, count=1)
+    out = re.sub(r"(?m)^(    bind 127\.0\.0\.1:)\d+$", rf"\g<1>{stats_port}", out, count=1)
+    if out.count("log global") or f"bind :{port}\n" not in out or f"127.0.0.1:{stats_port}\n" not in out:
+        raise ValueError("the balancer's configuration no longer has the lines the no-log variant changes")
+    return out
+
+
+def haproxy_commands(configs: dict[str, str]) -> str:
+    """The shell script that installs HAProxy (Debian's, from the stand-in OS mirror) and writes each
+    configuration ({path: text}), checked as the role's validate does; it prints HAProxy's version. HAProxy itself
+    is started apart, in the foreground."""
+    writes = "".join(
+        f"cat >{path} <<'AIRGAP_PYPI_BENCH_EOF'\n{cfg}AIRGAP_PYPI_BENCH_EOF\nhaproxy -c -q -f {path}\n"
+        for path, cfg in configs.items()
+    )
     return f"""set -e
 printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
 DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends haproxy >/dev/null
-cat >{path} <<'AIRGAP_PYPI_BENCH_EOF'
-{cfg}AIRGAP_PYPI_BENCH_EOF
-haproxy -c -q -f {path}
-haproxy -v | head -n 1
+{writes}haproxy -v | head -n 1
 """
 
 
@@ -2912,8 +2931,10 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
         through = [r for r in mine if r["target"] == "haproxy"]
         if not direct or not through:
             continue
+        no_log = [r for r in mine if r["target"] == "haproxy_no_log"]
         d_rps = statistics.fmean(r["rps"] for r in direct)
         t_rps = statistics.fmean(r["rps"] for r in through)
+        n_rps = statistics.fmean(r["rps"] for r in no_log) if no_log else None
         ratio = round(t_rps / d_rps, 3) if d_rps else None
         p99s = {
             name: [r["p99_ms"] for r in group if r["p99_ms"] is not None]
@@ -2926,6 +2947,8 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
             "met": None if ratio is None else ratio >= goal_ratio,
             "direct_p99_ms": max(p99s["d"], default=None),
             "through_p99_ms": max(p99s["t"], default=None),
+            "no_log_rps": None if n_rps is None else round(n_rps, 1),
+            "no_log_over_direct": round(n_rps / d_rps, 3) if n_rps and d_rps else None,
         }
 
     def per_request_us(target: str, container: str) -> float | None:
@@ -2936,10 +2959,95 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
 
     cpu = {
         "haproxy_us_per_request": per_request_us("haproxy", "balancer"),
+        "haproxy_no_log_us_per_request": per_request_us("haproxy_no_log", "balancer"),
         "replica_us_per_request_direct": per_request_us("direct", "replica"),
         "replica_us_per_request_through": per_request_us("haproxy", "replica"),
     }
     return {"paths": paths, "cpu": cpu, "prediction": balancer_prediction(cpu, os.cpu_count() or 1)}
+
+
+def balancer_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15's balancer goal: reads through HAProxy to one replica over the same replica read directly."""
+    out = []
+    for path in BALANCER_PATHS:
+        row = section.get("paths", {}).get(path, {})
+        value = row.get("through_over_direct")
+        out.append(
+            goal(
+                f"reads through HAProxy to one replica / the replica directly, {path} (`--only balancer`, 2 cores"
+                " shared by wrk, HAProxy and nginx)",
+                value,
+                f">= {GOAL_BALANCER_RATIO:g}x",
+                None if value is None else value >= GOAL_BALANCER_RATIO,
+                "" if section else "not measured",
+            )
+        )
+    return out
+
+
+def balancer_markdown(section: dict[str, Any]) -> list[str]:
+    """The balancer section of results.md: per path the direct and through req/s and p99, CPU per request, and
+    what the numbers predict per added replica."""
+    load = section.get("load", {})
+    cpu, pred = section.get("cpu", {}), section.get("prediction", {})
+    rows = [
+        [
+            path,
+            v.get("direct_rps"),
+            v.get("through_rps"),
+            v.get("through_over_direct"),
+            v.get("no_log_rps"),
+            v.get("no_log_over_direct"),
+            v.get("direct_p99_ms"),
+            v.get("through_p99_ms"),
+        ]
+        for path, v in section.get("paths", {}).items()
+    ]
+    return [
+        "## Balancer (issue 15 part 3)\n",
+        f"Measured {section.get('measured_at')}: one replica, nginx {section.get('nginx')} with the front "
+        f"server's site read-only ({section.get('replica_site')}) on a synthetic tree of "
+        f"{fmt(section.get('tree', {}).get('files'))} files, read with wrk -t{load.get('threads')} "
+        f"-c{load.get('connections')} -d{load.get('seconds')}s from the machine directly and through HAProxy "
+        f"{section.get('haproxy')} ({section.get('balancer_config')}), {section.get('rounds')} runs each, "
+        "alternating; req/s are their means, p99 their worst. Without log: "
+        f"{section.get('no_log_variant')}. All containers and wrk share this machine's cores (1-minute load "
+        f"{fmt(section.get('load_1min'))} at the end).\n",
+        table(
+            [
+                "Path",
+                "Direct req/s",
+                "Through req/s",
+                "Through / direct",
+                "Without log req/s",
+                "/ direct",
+                "Direct p99 ms",
+                "Through p99 ms",
+            ],
+            rows,
+        ),
+        table(
+            ["CPU per request (container cgroup over requests served)", "us"],
+            [
+                ["HAProxy, the role's configuration", cpu.get("haproxy_us_per_request")],
+                ["HAProxy, without its log line per request", cpu.get("haproxy_no_log_us_per_request")],
+                ["the replica's nginx, read directly", cpu.get("replica_us_per_request_direct")],
+                ["the replica's nginx, read through HAProxy", cpu.get("replica_us_per_request_through")],
+            ],
+        ),
+        table(
+            [f"Prediction from these numbers, hosts of {pred.get('cores_per_host')} cores", "req/s"],
+            [
+                ["one replica on its own host (cores / its CPU per request)", pred.get("replica_capacity_rps")],
+                ["the balancer on its own host (cores / HAProxy's)", pred.get("balancer_capacity_rps")],
+                ["replicas whose sum reaches the balancer's", pred.get("replicas_until_balancer_bound")],
+                [
+                    "everything on one machine of those cores, any number of replicas",
+                    pred.get("one_machine_capacity_rps"),
+                ],
+            ],
+        ),
+    ]
 
 
 def balancer_prediction(cpu: dict[str, float | None], cores: int) -> dict[str, Any]:
@@ -2961,29 +3069,43 @@ def balancer_prediction(cpu: dict[str, float | None], cores: int) -> dict[str, A
 
 
 @contextlib.contextmanager
-def haproxy(cfg: str, port: int) -> Iterator[tuple[str, str]]:
-    """HAProxy with cfg in the container BALANCER on the bench network, in the foreground (-db) as systemd runs it;
-    yields its base URL and version; removes the container at the end, also on failure."""
+def haproxy(configs: Sequence[tuple[str, int]]) -> Iterator[tuple[list[str], str]]:
+    """One HAProxy per (configuration, port) in the container BALANCER on the bench network, each in the
+    foreground (-db) as systemd runs it; yields their base URLs and HAProxy's version; removes the container at the
+    end, also on failure."""
     remove_containers([BALANCER])
     try:
         run(["docker", "run", "-d", "--name", BALANCER, "--hostname", BALANCER, "--network", NETWORK,
              "--entrypoint", "sleep", IMAGE, "infinity"], check=True)  # fmt: skip
         run([str(OS_MIRROR), "build"], check=True)
         run([str(OS_MIRROR), "attach", BALANCER], check=True)
-        done = run(["docker", "exec", BALANCER, "sh", "-c", haproxy_commands(cfg)])
+        paths = [f"/run/bench-haproxy-{i}.cfg" for i in range(len(configs))]
+        done = run(
+            [
+                "docker",
+                "exec",
+                BALANCER,
+                "sh",
+                "-c",
+                haproxy_commands(dict(zip(paths, (c for c, _ in configs), strict=True))),
+            ]
+        )
         if done.returncode != 0:
             raise RuntimeError(
                 f"HAProxy did not install or refused its configuration: {(done.stdout + done.stderr)[-800:]}"
             )
         version = re.search(r"version (\S+)", done.stdout)
         # Its log (the role's: every request, to stdout) goes to a file, as systemd's journal takes it.
-        start = f"exec haproxy -db -f {BALANCER_CONFIG} >/run/bench-haproxy.log 2>&1"
-        run(["docker", "exec", "-d", BALANCER, "sh", "-c", start], check=True)
-        url = f"http://{container_ip(BALANCER)}:{port}"
-        if not containers.wait_for(lambda: http_get(url + "/simple/")[0] == 200, 20, step=0.2):
-            log = run(["docker", "exec", BALANCER, "tail", "-c", "800", "/run/bench-haproxy.log"]).stdout
-            raise RuntimeError(f"HAProxy did not serve {url}/simple/ within 20 s: {log}")
-        yield url, version.group(1) if version else "?"
+        ip, urls = container_ip(BALANCER), []
+        for path, (_, port) in zip(paths, configs, strict=True):
+            start = f"exec haproxy -db -f {path} >{path}.log 2>&1"
+            run(["docker", "exec", "-d", BALANCER, "sh", "-c", start], check=True)
+            url = f"http://{ip}:{port}"
+            if not containers.wait_for(lambda url=url: http_get(url + "/simple/")[0] == 200, 20, step=0.2):
+                log = run(["docker", "exec", BALANCER, "tail", "-c", "800", f"{path}.log"]).stdout
+                raise RuntimeError(f"HAProxy did not serve {url}/simple/ within 20 s: {log}")
+            urls.append(url)
+        yield urls, version.group(1) if version else "?"
     finally:
         remove_containers([BALANCER])
 
@@ -3009,16 +3131,18 @@ def balancer_bench(
         cfg = role_template(
             BALANCER_TEMPLATE, balancer_vars([(REPLICA, ip, YARDSTICK_PORT)], ("bench-writer", ip, YARDSTICK_PORT))
         )
-        with haproxy(cfg, BALANCER_PORT) as (through, haproxy_version):
-            direct_urls = check_server(direct, TARGET_PROJECT, VERSIONS)
-            through_urls = check_server(through, TARGET_PROJECT, VERSIONS)
+        no_log = without_request_log(cfg, BALANCER_NO_LOG_PORT, BALANCER_NO_LOG_STATS_PORT)
+        with haproxy([(cfg, BALANCER_PORT), (no_log, BALANCER_NO_LOG_PORT)]) as (bases, haproxy_version):
+            urls = {"direct": check_server(direct, TARGET_PROJECT, VERSIONS)}
+            urls["haproxy"] = check_server(bases[0], TARGET_PROJECT, VERSIONS)
+            urls["haproxy_no_log"] = check_server(bases[1], TARGET_PROJECT, VERSIONS)
             for path in BALANCER_PATHS:
-                if http_get(direct_urls[path])[1] != http_get(through_urls[path])[1]:
+                if len({http_get(u[path])[1] for u in urls.values()}) != 1:
                     raise RuntimeError(f"{path}: HAProxy's answer differs from the replica's")
-            before = haproxy_stats(BALANCER, 8404)
+            before = haproxy_stats(BALANCER, BALANCER_STATS_PORT)
             for path in BALANCER_PATHS:
                 for round_ in range(rounds):
-                    for target, url in (("direct", direct_urls[path]), ("haproxy", through_urls[path])):
+                    for target, url in ((t, u[path]) for t, u in urls.items()):
                         start = {"replica": cpu_seconds(REPLICA), "balancer": cpu_seconds(BALANCER)}
                         result = wrk(url, load)
                         used = {
@@ -3039,7 +3163,7 @@ def balancer_bench(
                                 "load_1min": load_1min(),
                             }
                         )
-            after = haproxy_stats(BALANCER, 8404)
+            after = haproxy_stats(BALANCER, BALANCER_STATS_PORT)
     served = {
         name: {k: v - before.get(name, {}).get(k, 0) if isinstance(v, int) else v for k, v in s.items()}
         for name, s in after.items()
@@ -3052,6 +3176,7 @@ def balancer_bench(
         "haproxy": haproxy_version,
         "replica_site": "roles/pypi_front/templates/airgap-pypi.conf.j2, pypi_front_read_only true",
         "balancer_config": "roles/pypi_balancer/templates/haproxy.cfg.j2, one replica, the writer a backup",
+        "no_log_variant": "the same configuration without its log line per request (log global dropped)",
         "reads_backend_during_runs": served,
         "rows": rows,
         **balancer_summary(rows),
