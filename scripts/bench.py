@@ -2896,6 +2896,12 @@ def cpu_seconds(container: str) -> float:
     return int(out[1]) / (1e9 if out[0] == "ns" else 1e6)
 
 
+def children_cpu_seconds() -> float:
+    """CPU time (user and system) of this process's children that ended so far: wrk's, around one wrk run."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def haproxy_stats(container: str, port: int) -> dict[str, dict[str, int]]:
     """Per server of the reads backend: HAProxy's count of sessions and of 2xx answers, from its stats CSV."""
     fetch = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/stats;csv').read().decode())"
@@ -2951,17 +2957,30 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
             "no_log_over_direct": round(n_rps / d_rps, 3) if n_rps and d_rps else None,
         }
 
-    def per_request_us(target: str, container: str) -> float | None:
-        chosen = [r for r in rows if r["target"] == target]
+    def per_request_us(target: str, container: str, path: str | None = None) -> float | None:
+        chosen = [r for r in rows if r["target"] == target and path in (None, r["path"])]
         requests = sum(r["requests"] for r in chosen)
-        cpu = sum(r["cpu_s"][container] for r in chosen)
-        return round(cpu / requests * 1e6, 1) if requests else None
+        if not requests or any(container not in r["cpu_s"] for r in chosen):
+            return None
+        return round(sum(r["cpu_s"][container] for r in chosen) / requests * 1e6, 1)
+
+    for path, values in paths.items():
+        # On one machine whose cores all of them saturate, req/s go as 1 / (CPU per request of everything on the
+        # path): through / direct = (nginx + wrk, direct) / (nginx + HAProxy + wrk, through).
+        direct_us = [per_request_us("direct", c, path) for c in ("replica", "wrk")]
+        through_us = [per_request_us("haproxy", c, path) for c in ("replica", "balancer", "wrk")]
+        direct_sum = sum(v for v in direct_us if v is not None)
+        through_sum = sum(v for v in through_us if v is not None)
+        known = None not in direct_us and None not in through_us and through_sum > 0
+        values["cpu_model_through_over_direct"] = round(direct_sum / through_sum, 3) if known else None
 
     cpu = {
         "haproxy_us_per_request": per_request_us("haproxy", "balancer"),
         "haproxy_no_log_us_per_request": per_request_us("haproxy_no_log", "balancer"),
         "replica_us_per_request_direct": per_request_us("direct", "replica"),
         "replica_us_per_request_through": per_request_us("haproxy", "replica"),
+        "wrk_us_per_request_direct": per_request_us("direct", "wrk"),
+        "wrk_us_per_request_through": per_request_us("haproxy", "wrk"),
     }
     return {"paths": paths, "cpu": cpu, "prediction": balancer_prediction(cpu, os.cpu_count() or 1)}
 
@@ -2998,6 +3017,7 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
             v.get("through_over_direct"),
             v.get("no_log_rps"),
             v.get("no_log_over_direct"),
+            v.get("cpu_model_through_over_direct"),
             v.get("direct_p99_ms"),
             v.get("through_p99_ms"),
         ]
@@ -3021,6 +3041,7 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
                 "Through / direct",
                 "Without log req/s",
                 "/ direct",
+                "CPU model: through / direct",
                 "Direct p99 ms",
                 "Through p99 ms",
             ],
@@ -3033,6 +3054,8 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
                 ["HAProxy, without its log line per request", cpu.get("haproxy_no_log_us_per_request")],
                 ["the replica's nginx, read directly", cpu.get("replica_us_per_request_direct")],
                 ["the replica's nginx, read through HAProxy", cpu.get("replica_us_per_request_through")],
+                ["wrk (on the machine), direct", cpu.get("wrk_us_per_request_direct")],
+                ["wrk (on the machine), through HAProxy", cpu.get("wrk_us_per_request_through")],
             ],
         ),
         table(
@@ -3144,7 +3167,9 @@ def balancer_bench(
                 for round_ in range(rounds):
                     for target, url in ((t, u[path]) for t, u in urls.items()):
                         start = {"replica": cpu_seconds(REPLICA), "balancer": cpu_seconds(BALANCER)}
+                        wrk_start = children_cpu_seconds()
                         result = wrk(url, load)
+                        wrk_used = round(children_cpu_seconds() - wrk_start, 3)
                         used = {
                             k: round(cpu_seconds(c) - start[k], 3)
                             for k, c in (("replica", REPLICA), ("balancer", BALANCER))
@@ -3159,7 +3184,7 @@ def balancer_bench(
                                 "target": target,
                                 "round": round_,
                                 **asdict(result),
-                                "cpu_s": used,
+                                "cpu_s": {**used, "wrk": wrk_used},
                                 "load_1min": load_1min(),
                             }
                         )

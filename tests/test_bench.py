@@ -726,8 +726,8 @@ def test_haproxy_stats_csv_gives_the_reads_backends_servers() -> None:
     }
 
 
-def lb_row(path: str, target: str, rps: float, requests: int, cpu_s: tuple[float, float]) -> dict[str, object]:
-    cpu = {"replica": cpu_s[0], "balancer": cpu_s[1]}
+def lb_row(path: str, target: str, rps: float, requests: int, cpu_s: tuple[float, ...]) -> dict[str, object]:
+    cpu = dict(zip(("replica", "balancer", "wrk"), cpu_s, strict=False))
     return {"path": path, "target": target, "rps": rps, "p99_ms": 2.0, "requests": requests, "cpu_s": cpu}
 
 
@@ -748,6 +748,18 @@ def test_the_balancer_summary_divides_through_by_direct_and_cpu_by_requests() ->
     assert cpu["haproxy_no_log_us_per_request"] == 80.0
     assert cpu["replica_us_per_request_direct"] == 50.0 and cpu["replica_us_per_request_through"] == 50.0
     assert bench.balancer_summary(rows, goal_ratio=0.9)["paths"]["file"]["met"] is False
+    assert path["cpu_model_through_over_direct"] is None  # no wrk CPU in these rows: no model
+
+
+def test_the_one_machine_cpu_model_adds_haproxys_cpu_to_each_request() -> None:
+    rows = [
+        lb_row("file", "direct", 1000.0, 10_000, (0.3, 0.0, 0.2)),  # 30 + 20 us per request
+        lb_row("file", "haproxy", 500.0, 5_000, (0.15, 0.3, 0.05)),  # 30 + 60 + 10 us per request
+    ]
+    summary = bench.balancer_summary(rows)
+    assert summary["paths"]["file"]["cpu_model_through_over_direct"] == 0.5  # 50 / 100
+    assert summary["cpu"]["wrk_us_per_request_direct"] == 20.0
+    assert summary["cpu"]["wrk_us_per_request_through"] == 10.0
 
 
 def test_the_prediction_per_replica_follows_the_cpu_per_request() -> None:
