@@ -3068,6 +3068,11 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
                     "everything on one machine of those cores, any number of replicas",
                     pred.get("one_machine_capacity_rps"),
                 ],
+                [
+                    "separate hosts: one replica through the balancer / the replica directly (ratio)",
+                    pred.get("separate_hosts_one_replica_over_direct"),
+                ],
+                ["balancer cores each added replica host needs (cores)", pred.get("balancer_cores_per_replica_host")],
             ],
         ),
     ]
@@ -3076,9 +3081,12 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
 def balancer_prediction(cpu: dict[str, float | None], cores: int) -> dict[str, Any]:
     """What the design predicts per added replica, from the measured CPU per request: on hosts of `cores` cores
     each, a replica serves about cores / its CPU per request, the balancer about cores / HAProxy's; replicas add
-    their throughput until their sum reaches the balancer's. On one machine all of them share the same cores."""
+    their throughput until their sum reaches the balancer's. On one machine all of them share the same cores.
+    Also: one replica through a balancer on a host like its own over the replica read directly (the goal's ratio
+    on separate hosts), and the balancer's cores each added replica host needs."""
     haproxy, replica = cpu.get("haproxy_us_per_request"), cpu.get("replica_us_per_request_through")
-    if not haproxy or not replica:
+    direct = cpu.get("replica_us_per_request_direct") or replica
+    if not haproxy or not replica or not direct:
         return {}
     balancer_cap = cores / (haproxy * 1e-6)
     replica_cap = cores / (replica * 1e-6)
@@ -3088,6 +3096,8 @@ def balancer_prediction(cpu: dict[str, float | None], cores: int) -> dict[str, A
         "balancer_capacity_rps": round(balancer_cap),
         "replicas_until_balancer_bound": round(balancer_cap / replica_cap, 1),
         "one_machine_capacity_rps": round(cores / ((haproxy + replica) * 1e-6)),
+        "separate_hosts_one_replica_over_direct": round(min(balancer_cap, replica_cap) / (cores / (direct * 1e-6)), 2),
+        "balancer_cores_per_replica_host": round(cores * haproxy / replica, 1),
     }
 
 

@@ -767,6 +767,8 @@ def test_the_prediction_per_replica_follows_the_cpu_per_request() -> None:
     assert prediction["balancer_capacity_rps"] == 20_000 and prediction["replica_capacity_rps"] == 40_000
     assert prediction["replicas_until_balancer_bound"] == 0.5
     assert prediction["one_machine_capacity_rps"] == 13_333  # both share the same 2 cores
+    assert prediction["separate_hosts_one_replica_over_direct"] == 0.5  # the balancer's 20,000 of the replica's 40,000
+    assert prediction["balancer_cores_per_replica_host"] == 4.0
     assert bench.balancer_prediction({}, 2) == {}
 
 
