@@ -25,6 +25,10 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
   replication  upload to a read replica serving it at 10,000 files: the replicas' program's publisher and one
              pull with the role's intervals and the machine's rsync on a local path (no SSH hop, no docker);
              the initial copy, the lag of 20 uploads, and the lag's parts measured in-process
+  balancer   one read replica (nginx with the front server's read-only site on a synthetic tree) read with wrk
+             directly and through HAProxy with the balancer role's configuration (and beside it the same without
+             its log line per request), alternating; req/s, p99, each container's CPU per request, the ratio
+             through / direct and what those predict per added replica
 
 Needs docker, the test images and wrk (scripts/bench.sh installs what is missing on Debian/Ubuntu).
 The index under test is a container on the bench's own --internal docker network; so is the nginx yardstick,
@@ -3059,13 +3063,13 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
             ],
         ),
         table(
-            [f"Prediction from these numbers, hosts of {pred.get('cores_per_host')} cores", "req/s"],
+            [f"Prediction from these numbers, hosts of {pred.get('cores_per_host')} cores", "Value"],
             [
-                ["one replica on its own host (cores / its CPU per request)", pred.get("replica_capacity_rps")],
-                ["the balancer on its own host (cores / HAProxy's)", pred.get("balancer_capacity_rps")],
+                ["one replica on its own host, req/s (cores / its CPU per request)", pred.get("replica_capacity_rps")],
+                ["the balancer on its own host, req/s (cores / HAProxy's)", pred.get("balancer_capacity_rps")],
                 ["replicas whose sum reaches the balancer's", pred.get("replicas_until_balancer_bound")],
                 [
-                    "everything on one machine of those cores, any number of replicas",
+                    "HAProxy and any number of replicas on one machine of those cores, clients elsewhere, req/s",
                     pred.get("one_machine_capacity_rps"),
                 ],
                 [
