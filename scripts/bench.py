@@ -2774,7 +2774,8 @@ REPLICA_WORKERS = 2  # Debian's worker_processes auto on this machine; fixed, so
 
 def role_template(path: Path, variables: dict[str, Any]) -> str:
     """A role's template rendered as Ansible renders it (trim_blocks), with plain jinja2 and the two Ansible
-    filters the front server's and the balancer's templates use; an undefined variable is an error."""
+    filters the front server's and the balancer's templates use; an undefined variable (a template that grew one
+    the bench does not give) is a ValueError, which fails the section and not the whole run."""
     import jinja2  # noqa: PLC0415 - Jinja2 comes with ansible-core in the toolchain
 
     env = jinja2.Environment(
@@ -2782,7 +2783,10 @@ def role_template(path: Path, variables: dict[str, Any]) -> str:
     )
     env.filters["regex_replace"] = lambda value, pattern, replacement="": re.sub(pattern, replacement, str(value))
     env.filters["bool"] = lambda value: value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-    return env.from_string(path.read_text()).render(**variables)
+    try:
+        return env.from_string(path.read_text()).render(**variables)
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"{path.name} does not render with the bench's variables: {exc}") from exc
 
 
 def balancer_vars(

@@ -673,6 +673,13 @@ def test_the_balancer_config_from_the_roles_template_reads_from_the_replicas_and
     assert "{{" not in cfg and "{%" not in cfg
 
 
+def test_a_role_template_needing_a_variable_the_bench_does_not_give_fails_the_section(tmp_path: Path) -> None:
+    template = tmp_path / "t.j2"
+    template.write_text("port {{ pypi_balancer_new_setting }}\n")
+    with pytest.raises(ValueError, match="pypi_balancer_new_setting"):
+        bench.role_template(template, {})
+
+
 def test_the_replica_site_is_the_front_servers_read_only_site_with_its_health() -> None:
     site = bench.replica_site("/srv/tree", 80, "/srv/tree/health")
     assert "listen 80 default_server;" in site and "root /srv/tree;" in site
