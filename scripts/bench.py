@@ -25,6 +25,10 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
   replication  upload to a read replica serving it at 10,000 files: the replicas' program's publisher and one
              pull with the role's intervals and the machine's rsync on a local path (no SSH hop, no docker);
              the initial copy, the lag of 20 uploads, and the lag's parts measured in-process
+  balancer   one read replica (nginx with the front server's read-only site on a synthetic tree) read with wrk
+             directly and through HAProxy with the balancer role's configuration (and beside it the same without
+             its log line per request), alternating; req/s, p99, each container's CPU per request, the ratio
+             through / direct and what those predict per added replica
 
 Needs docker, the test images and wrk (scripts/bench.sh installs what is missing on Debian/Ubuntu).
 The index under test is a container on the bench's own --internal docker network; so is the nginx yardstick,
@@ -96,9 +100,10 @@ SECTIONS: tuple[str, ...] = (
     "transfer",
     "scale",
     "replication",
+    "balancer",
 )
 # The sections that run containers (docker); the others run on loopback only.
-DOCKER_SECTIONS = frozenset({"provision", "hosts4", "reads", "pip", "upload"})
+DOCKER_SECTIONS = frozenset({"provision", "hosts4", "reads", "pip", "upload", "balancer"})
 PREFIX = "airgap-pypi-bench"
 NETWORK = PREFIX
 INDEX = f"{PREFIX}-index"
@@ -490,27 +495,29 @@ nginx -v 2>&1
 
 
 @contextlib.contextmanager
-def nginx(root: Path, workers: int) -> Iterator[tuple[str, str]]:
-    """nginx serving root from the container YARDSTICK on the bench network; yields its base URL and nginx's
-    version; removes the container at the end, also on failure."""
-    remove_containers([YARDSTICK])
+def nginx(root: Path, workers: int, conf: str | None = None, name: str = YARDSTICK) -> Iterator[tuple[str, str]]:
+    """nginx serving root from the container `name` (the yardstick's by default) on the bench network, with conf
+    (default: the yardstick's, nginx_conf) on YARDSTICK_PORT; yields its base URL and nginx's version; removes the
+    container at the end, also on failure."""
+    remove_containers([name])
     try:
         mount = f"type=bind,source={root},target={YARDSTICK_ROOT},readonly"
-        run(["docker", "run", "-d", "--name", YARDSTICK, "--hostname", YARDSTICK, "--network", NETWORK,
+        run(["docker", "run", "-d", "--name", name, "--hostname", name, "--network", NETWORK,
              "--mount", mount, "--entrypoint", "sleep", IMAGE, "infinity"], check=True)  # fmt: skip
         run([str(OS_MIRROR), "build"], check=True)
-        run([str(OS_MIRROR), "attach", YARDSTICK], check=True)
-        conf = nginx_conf(YARDSTICK_PREFIX, YARDSTICK_ROOT, YARDSTICK_PORT, workers)
-        done = run(["docker", "exec", YARDSTICK, "sh", "-c", yardstick_commands(conf)])
+        run([str(OS_MIRROR), "attach", name], check=True)
+        if conf is None:
+            conf = nginx_conf(YARDSTICK_PREFIX, YARDSTICK_ROOT, YARDSTICK_PORT, workers)
+        done = run(["docker", "exec", name, "sh", "-c", yardstick_commands(conf)])
         if done.returncode != 0:
-            raise RuntimeError(f"the yardstick's nginx did not start: {(done.stdout + done.stderr)[-800:]}")
+            raise RuntimeError(f"nginx in {name} did not start: {(done.stdout + done.stderr)[-800:]}")
         version = re.search(r"nginx/(\S+)", done.stdout)
-        url = f"http://{container_ip(YARDSTICK)}:{YARDSTICK_PORT}"
+        url = f"http://{container_ip(name)}:{YARDSTICK_PORT}"
         if not containers.wait_for(lambda: http_get(url + "/simple/")[0] == 200, 10, step=0.2):
-            raise RuntimeError(f"the yardstick's nginx did not serve {url} within 10 s")
+            raise RuntimeError(f"nginx in {name} did not serve {url} within 10 s")
         yield url, version.group(1) if version else "?"
     finally:
-        remove_containers([YARDSTICK])
+        remove_containers([name])
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -1667,6 +1674,7 @@ def goals(sections: dict[str, Any]) -> list[dict[str, Any]]:
         + transfer_goals(sections.get("transfer", {}))
         + scale_goals(sections.get("scale", {}))
         + replication_goals(sections.get("replication", {}))
+        + balancer_goals(sections.get("balancer", {}))
     )
 
 
@@ -1922,6 +1930,8 @@ def markdown(results: dict[str, Any]) -> str:
         parts += scale_markdown(sections["scale"])
     if "replication" in sections and "error" not in sections["replication"]:
         parts += replication_markdown(sections["replication"])
+    if "balancer" in sections and "error" not in sections["balancer"]:
+        parts += balancer_markdown(sections["balancer"])
     failures = [(name, section["error"]) for name, section in sections.items() if "error" in section]
     failures += [("reads", error) for error in sections.get("reads", {}).get("errors", [])]
     if failures:
@@ -2740,6 +2750,483 @@ def tool_version(cmd: Sequence[str], pattern: str) -> str:
     return match.group(1) if match else "?"
 
 
+# --------------------------------------------------------------------------- balancer (issue 15 part 3)
+
+BALANCER = f"{PREFIX}-haproxy"
+REPLICA = f"{PREFIX}-replica"
+BALANCER_DEFAULTS = ROOT / "roles" / "pypi_balancer" / "defaults" / "main.yml"
+BALANCER_TEMPLATE = ROOT / "roles" / "pypi_balancer" / "templates" / "haproxy.cfg.j2"
+FRONT_DEFAULTS = ROOT / "roles" / "pypi_front" / "defaults" / "main.yml"
+FRONT_TEMPLATE = ROOT / "roles" / "pypi_front" / "templates" / "airgap-pypi.conf.j2"
+GOAL_BALANCER_RATIO = 0.8
+BALANCER_FILES = 1000
+BALANCER_PORT = 8080
+BALANCER_STATS_PORT = 8404  # pypi_balancer_stats_port's default
+# A second HAProxy beside the role's, on other ports, differing only in logging no request: what the role's log line
+# per request (to stdout, the journal under systemd) costs.
+BALANCER_NO_LOG_PORT = 8081
+BALANCER_NO_LOG_STATS_PORT = 8405
+BALANCER_ROUNDS = 2  # wrk runs per target and path, alternating direct and through, so drift hits both alike
+BALANCER_PATHS = ("/simple/<project>/", "file")
+REPLICA_HEALTH = "health"  # the tree's directory whose ok.json answers /health, as the replica's pull keeps it
+REPLICA_WORKERS = 2  # Debian's worker_processes auto on this machine; fixed, so that the ratio compares the same
+
+
+def role_template(path: Path, variables: dict[str, Any]) -> str:
+    """A role's template rendered as Ansible renders it (trim_blocks), with plain jinja2 and the two Ansible
+    filters the front server's and the balancer's templates use; an undefined variable (a template that grew one
+    the bench does not give) is a ValueError, which fails the section and not the whole run."""
+    import jinja2  # noqa: PLC0415 - Jinja2 comes with ansible-core in the toolchain
+
+    env = jinja2.Environment(
+        trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False
+    )
+    env.filters["regex_replace"] = lambda value, pattern, replacement="": re.sub(pattern, replacement, str(value))
+    env.filters["bool"] = lambda value: value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    try:
+        return env.from_string(path.read_text()).render(**variables)
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"{path.name} does not render with the bench's variables: {exc}") from exc
+
+
+def balancer_vars(
+    replicas: Sequence[tuple[str, str, int]],
+    writer: tuple[str, str, int],
+    port: int = BALANCER_PORT,
+    defaults: Path = BALANCER_DEFAULTS,
+) -> dict[str, Any]:
+    """The balancer template's variables: the role's defaults (templated ones rendered with these values), the
+    replicas (name, address, port) as __pypi_balancer_replicas, the writer a backup (reads go to the replicas)."""
+    import jinja2  # noqa: PLC0415 - Jinja2 comes with ansible-core in the toolchain
+    import yaml  # noqa: PLC0415 - PyYAML comes with ansible-core in the toolchain
+
+    name, address, writer_port = writer
+    values: dict[str, Any] = {
+        **yaml.safe_load(defaults.read_text()),
+        "pypi_balancer_writer": name,
+        "pypi_balancer_writer_address": address,
+        "pypi_balancer_port": port,
+        "pypi_balancer_read_from_writer": False,
+    }
+    for key, value in list(values.items()):
+        if isinstance(value, str) and "{{" in value:
+            values[key] = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(value).render(**values)
+    return {
+        **values,
+        "ansible_managed": "Written by scripts/bench.py (balancer section) from the role's template",
+        "inventory_hostname": BALANCER,
+        "__pypi_balancer_writer_port": writer_port,
+        "__pypi_balancer_replicas": [
+            {"inventory_hostname": n, "pypi_replica_serves": {"address": a, "port": p}} for n, a, p in replicas
+        ],
+    }
+
+
+def replica_site(root: str, port: int, health_dir: str, template: Path = FRONT_TEMPLATE) -> str:
+    """The read replica's nginx site: the front server's template read-only (no gunicorn), root the static tree
+    with packages/ in it, /health answered by health_dir/ok.json."""
+    import yaml  # noqa: PLC0415 - PyYAML comes with ansible-core in the toolchain
+
+    defaults = yaml.safe_load(FRONT_DEFAULTS.read_text())
+    return role_template(
+        template,
+        {
+            "ansible_managed": "Written by scripts/bench.py (balancer section) from the front server's template",
+            "ansible_facts": {},  # no IPv6 listen: the bench network has none
+            "pypi_front_static_dir": root,
+            "pypi_front_packages_dir": f"{root}/packages",
+            "pypi_front_port": port,
+            "pypi_front_max_upload_size": "100m",
+            "pypi_front_read_only": True,
+            "pypi_front_read_only_message": defaults["pypi_front_read_only_message"],
+            "pypi_front_read_only_health_dir": health_dir,
+            "__pypi_front_tls": False,
+        },
+    )
+
+
+def replica_nginx_conf(prefix: str, site: str, workers: int) -> str:
+    """nginx.conf for the replica: Debian's http defaults (sendfile, tcp_nopush, its MIME types) around the site
+    as the role writes it, everything else under prefix."""
+    temp = " ".join(
+        f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""user www-data;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 768; }}
+http {{
+    {temp}
+    sendfile on;
+    tcp_nopush on;
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+{site}}}
+"""
+
+
+def without_request_log(cfg: str, port: int, stats_port: int) -> str:
+    """cfg logging no request (its `log global` default dropped), on port and stats_port instead of its own."""
+    out = re.sub(r"(?m)^    log global\n", "", cfg, count=1)
+    out = re.sub(r"(?m)^(    bind ):\d+$", rf"\g<1>:{port}", out, count=1)
+    out = re.sub(r"(?m)^(    bind 127\.0\.0\.1:)\d+$", rf"\g<1>{stats_port}", out, count=1)
+    if out.count("log global") or f"bind :{port}\n" not in out or f"127.0.0.1:{stats_port}\n" not in out:
+        raise ValueError("the balancer's configuration no longer has the lines the no-log variant changes")
+    return out
+
+
+def haproxy_commands(configs: dict[str, str]) -> str:
+    """The shell script that installs HAProxy (Debian's, from the stand-in OS mirror) and writes each
+    configuration ({path: text}), checked as the role's validate does; it prints HAProxy's version. HAProxy itself
+    is started apart, in the foreground."""
+    writes = "".join(
+        f"cat >{path} <<'AIRGAP_PYPI_BENCH_EOF'\n{cfg}AIRGAP_PYPI_BENCH_EOF\nhaproxy -c -q -f {path}\n"
+        for path, cfg in configs.items()
+    )
+    return f"""set -e
+printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends haproxy >/dev/null
+{writes}haproxy -v | head -n 1
+"""
+
+
+def cpu_seconds(container: str) -> float:
+    """CPU time the container's processes used so far (its cgroup: v1 cpuacct.usage, else v2 cpu.stat)."""
+    # cpuacct.usage counts nanoseconds, cpu.stat's usage_usec microseconds.
+    script = (
+        "if [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then echo ns $(cat /sys/fs/cgroup/cpuacct/cpuacct.usage);"
+        " else echo us $(sed -n 's/^usage_usec //p' /sys/fs/cgroup/cpu.stat); fi"
+    )
+    out = run(["docker", "exec", container, "sh", "-c", script], check=True).stdout.split()
+    if len(out) != 2 or not out[1].isdigit():
+        raise RuntimeError(f"no CPU accounting readable in {container}: {out}")
+    return int(out[1]) / (1e9 if out[0] == "ns" else 1e6)
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user and system) of this process's children that ended so far: wrk's, around one wrk run."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def haproxy_stats(container: str, port: int) -> dict[str, dict[str, int]]:
+    """Per server of the reads backend: HAProxy's count of sessions and of 2xx answers, from its stats CSV."""
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/stats;csv').read().decode())"
+    text = run(["docker", "exec", container, "python3", "-c", fetch], check=True).stdout
+    return parse_haproxy_csv(text, "airgap_pypi_reads")
+
+
+def parse_haproxy_csv(text: str, backend: str) -> dict[str, dict[str, int]]:
+    """{server: {sessions, http_2xx, status}} of one backend's servers in HAProxy's stats CSV."""
+    lines = text.lstrip("# ").splitlines()
+    if not lines:
+        return {}
+    header = lines[0].split(",")
+    out: dict[str, dict[str, Any]] = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            out[row["svname"]] = {
+                "sessions": int(row.get("stot") or 0),
+                "http_2xx": int(row.get("hrsp_2xx") or 0),
+                "status": row.get("status", ""),
+            }
+    return out
+
+
+def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BALANCER_RATIO) -> dict[str, Any]:
+    """Per path: the direct and the through-HAProxy req/s (means over the rounds), their ratio against the goal,
+    the worst p99 of each; and the CPU per request: HAProxy's (through runs), the replica's direct and through."""
+    paths: dict[str, Any] = {}
+    for path in dict.fromkeys(r["path"] for r in rows):
+        mine = [r for r in rows if r["path"] == path]
+        direct = [r for r in mine if r["target"] == "direct"]
+        through = [r for r in mine if r["target"] == "haproxy"]
+        if not direct or not through:
+            continue
+        no_log = [r for r in mine if r["target"] == "haproxy_no_log"]
+        d_rps = statistics.fmean(r["rps"] for r in direct)
+        t_rps = statistics.fmean(r["rps"] for r in through)
+        n_rps = statistics.fmean(r["rps"] for r in no_log) if no_log else None
+        ratio = round(t_rps / d_rps, 3) if d_rps else None
+        p99s = {
+            name: [r["p99_ms"] for r in group if r["p99_ms"] is not None]
+            for name, group in (("d", direct), ("t", through))
+        }
+        paths[path] = {
+            "direct_rps": round(d_rps, 1),
+            "through_rps": round(t_rps, 1),
+            "through_over_direct": ratio,
+            "met": None if ratio is None else ratio >= goal_ratio,
+            "direct_p99_ms": max(p99s["d"], default=None),
+            "through_p99_ms": max(p99s["t"], default=None),
+            "no_log_rps": None if n_rps is None else round(n_rps, 1),
+            "no_log_over_direct": round(n_rps / d_rps, 3) if n_rps and d_rps else None,
+        }
+
+    def per_request_us(target: str, container: str, path: str | None = None) -> float | None:
+        chosen = [r for r in rows if r["target"] == target and path in (None, r["path"])]
+        requests = sum(r["requests"] for r in chosen)
+        if not requests or any(container not in r["cpu_s"] for r in chosen):
+            return None
+        return round(sum(r["cpu_s"][container] for r in chosen) / requests * 1e6, 1)
+
+    for path, values in paths.items():
+        # On one machine whose cores all of them saturate, req/s go as 1 / (CPU per request of everything on the
+        # path): through / direct = (nginx + wrk, direct) / (nginx + HAProxy + wrk, through).
+        direct_us = [per_request_us("direct", c, path) for c in ("replica", "wrk")]
+        through_us = [per_request_us("haproxy", c, path) for c in ("replica", "balancer", "wrk")]
+        direct_sum = sum(v for v in direct_us if v is not None)
+        through_sum = sum(v for v in through_us if v is not None)
+        known = None not in direct_us and None not in through_us and through_sum > 0
+        values["cpu_model_through_over_direct"] = round(direct_sum / through_sum, 3) if known else None
+
+    cpu = {
+        "haproxy_us_per_request": per_request_us("haproxy", "balancer"),
+        "haproxy_no_log_us_per_request": per_request_us("haproxy_no_log", "balancer"),
+        "replica_us_per_request_direct": per_request_us("direct", "replica"),
+        "replica_us_per_request_through": per_request_us("haproxy", "replica"),
+        "wrk_us_per_request_direct": per_request_us("direct", "wrk"),
+        "wrk_us_per_request_through": per_request_us("haproxy", "wrk"),
+    }
+    return {"paths": paths, "cpu": cpu, "prediction": balancer_prediction(cpu, os.cpu_count() or 1)}
+
+
+def balancer_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15's balancer goal: reads through HAProxy to one replica over the same replica read directly."""
+    out = []
+    for path in BALANCER_PATHS:
+        row = section.get("paths", {}).get(path, {})
+        value = row.get("through_over_direct")
+        out.append(
+            goal(
+                f"reads through HAProxy to one replica / the replica directly, {path} (`--only balancer`, 2 cores"
+                " shared by wrk, HAProxy and nginx)",
+                value,
+                f">= {GOAL_BALANCER_RATIO:g}x",
+                None if value is None else value >= GOAL_BALANCER_RATIO,
+                "" if section else "not measured",
+            )
+        )
+    return out
+
+
+def balancer_markdown(section: dict[str, Any]) -> list[str]:
+    """The balancer section of results.md: per path the direct and through req/s and p99, CPU per request, and
+    what the numbers predict per added replica."""
+    load = section.get("load", {})
+    cpu, pred = section.get("cpu", {}), section.get("prediction", {})
+    rows = [
+        [
+            path,
+            v.get("direct_rps"),
+            v.get("through_rps"),
+            v.get("through_over_direct"),
+            v.get("no_log_rps"),
+            v.get("no_log_over_direct"),
+            v.get("cpu_model_through_over_direct"),
+            v.get("direct_p99_ms"),
+            v.get("through_p99_ms"),
+        ]
+        for path, v in section.get("paths", {}).items()
+    ]
+    return [
+        "## Balancer (issue 15 part 3)\n",
+        f"Measured {section.get('measured_at')}: one replica, nginx {section.get('nginx')} with the front "
+        f"server's site read-only ({section.get('replica_site')}) on a synthetic tree of "
+        f"{fmt(section.get('tree', {}).get('files'))} files, read with wrk -t{load.get('threads')} "
+        f"-c{load.get('connections')} -d{load.get('seconds')}s from the machine directly and through HAProxy "
+        f"{section.get('haproxy')} ({section.get('balancer_config')}), {section.get('rounds')} runs each, "
+        "alternating; req/s are their means, p99 their worst. Without log: "
+        f"{section.get('no_log_variant')}. All containers and wrk share this machine's cores (1-minute load "
+        f"{fmt(section.get('load_1min'))} at the end).\n",
+        table(
+            [
+                "Path",
+                "Direct req/s",
+                "Through req/s",
+                "Through / direct",
+                "Without log req/s",
+                "/ direct",
+                "CPU model: through / direct",
+                "Direct p99 ms",
+                "Through p99 ms",
+            ],
+            rows,
+        ),
+        table(
+            ["CPU per request (container cgroup over requests served)", "us"],
+            [
+                ["HAProxy, the role's configuration", cpu.get("haproxy_us_per_request")],
+                ["HAProxy, without its log line per request", cpu.get("haproxy_no_log_us_per_request")],
+                ["the replica's nginx, read directly", cpu.get("replica_us_per_request_direct")],
+                ["the replica's nginx, read through HAProxy", cpu.get("replica_us_per_request_through")],
+                ["wrk (on the machine), direct", cpu.get("wrk_us_per_request_direct")],
+                ["wrk (on the machine), through HAProxy", cpu.get("wrk_us_per_request_through")],
+            ],
+        ),
+        table(
+            [f"Prediction from these numbers, hosts of {pred.get('cores_per_host')} cores", "Value"],
+            [
+                ["one replica on its own host, req/s (cores / its CPU per request)", pred.get("replica_capacity_rps")],
+                ["the balancer on its own host, req/s (cores / HAProxy's)", pred.get("balancer_capacity_rps")],
+                ["replicas whose sum reaches the balancer's", pred.get("replicas_until_balancer_bound")],
+                [
+                    "HAProxy and any number of replicas on one machine of those cores, clients elsewhere, req/s",
+                    pred.get("one_machine_capacity_rps"),
+                ],
+                [
+                    "separate hosts: one replica through the balancer / the replica directly (ratio)",
+                    pred.get("separate_hosts_one_replica_over_direct"),
+                ],
+                ["balancer cores each added replica host needs (cores)", pred.get("balancer_cores_per_replica_host")],
+            ],
+        ),
+    ]
+
+
+def balancer_prediction(cpu: dict[str, float | None], cores: int) -> dict[str, Any]:
+    """What the design predicts per added replica, from the measured CPU per request: on hosts of `cores` cores
+    each, a replica serves about cores / its CPU per request, the balancer about cores / HAProxy's; replicas add
+    their throughput until their sum reaches the balancer's. On one machine all of them share the same cores.
+    Also: one replica through a balancer on a host like its own over the replica read directly (the goal's ratio
+    on separate hosts), and the balancer's cores each added replica host needs."""
+    haproxy, replica = cpu.get("haproxy_us_per_request"), cpu.get("replica_us_per_request_through")
+    direct = cpu.get("replica_us_per_request_direct") or replica
+    if not haproxy or not replica or not direct:
+        return {}
+    balancer_cap = cores / (haproxy * 1e-6)
+    replica_cap = cores / (replica * 1e-6)
+    return {
+        "cores_per_host": cores,
+        "replica_capacity_rps": round(replica_cap),
+        "balancer_capacity_rps": round(balancer_cap),
+        "replicas_until_balancer_bound": round(balancer_cap / replica_cap, 1),
+        "one_machine_capacity_rps": round(cores / ((haproxy + replica) * 1e-6)),
+        "separate_hosts_one_replica_over_direct": round(min(balancer_cap, replica_cap) / (cores / (direct * 1e-6)), 2),
+        "balancer_cores_per_replica_host": round(cores * haproxy / replica, 1),
+    }
+
+
+@contextlib.contextmanager
+def haproxy(configs: Sequence[tuple[str, int]]) -> Iterator[tuple[list[str], str]]:
+    """One HAProxy per (configuration, port) in the container BALANCER on the bench network, each in the
+    foreground (-db) as systemd runs it; yields their base URLs and HAProxy's version; removes the container at the
+    end, also on failure."""
+    remove_containers([BALANCER])
+    try:
+        run(["docker", "run", "-d", "--name", BALANCER, "--hostname", BALANCER, "--network", NETWORK,
+             "--entrypoint", "sleep", IMAGE, "infinity"], check=True)  # fmt: skip
+        run([str(OS_MIRROR), "build"], check=True)
+        run([str(OS_MIRROR), "attach", BALANCER], check=True)
+        paths = [f"/run/bench-haproxy-{i}.cfg" for i in range(len(configs))]
+        done = run(
+            [
+                "docker",
+                "exec",
+                BALANCER,
+                "sh",
+                "-c",
+                haproxy_commands(dict(zip(paths, (c for c, _ in configs), strict=True))),
+            ]
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"HAProxy did not install or refused its configuration: {(done.stdout + done.stderr)[-800:]}"
+            )
+        version = re.search(r"version (\S+)", done.stdout)
+        # Its log (the role's: every request, to stdout) goes to a file, as systemd's journal takes it.
+        ip, urls = container_ip(BALANCER), []
+        for path, (_, port) in zip(paths, configs, strict=True):
+            start = f"exec haproxy -db -f {path} >{path}.log 2>&1"
+            run(["docker", "exec", "-d", BALANCER, "sh", "-c", start], check=True)
+            url = f"http://{ip}:{port}"
+            if not containers.wait_for(lambda url=url: http_get(url + "/simple/")[0] == 200, 20, step=0.2):
+                log = run(["docker", "exec", BALANCER, "tail", "-c", "800", f"{path}.log"]).stdout
+                raise RuntimeError(f"HAProxy did not serve {url}/simple/ within 20 s: {log}")
+            urls.append(url)
+        yield urls, version.group(1) if version else "?"
+    finally:
+        remove_containers([BALANCER])
+
+
+def balancer_bench(
+    workdir: Path, load: Load, files: int = BALANCER_FILES, rounds: int = BALANCER_ROUNDS
+) -> dict[str, Any]:
+    """One replica (nginx with the front server's read-only site on a synthetic tree) read directly and through
+    HAProxy (the balancer role's configuration) with the same wrk load, alternating, in one run."""
+    tree = workdir / "balancer-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    counts = build_yardstick_tree(build_synthetic(workdir / "synthetic", files), tree)
+    (tree / REPLICA_HEALTH).mkdir()
+    (tree / REPLICA_HEALTH / "ok.json").write_text('{"ok": true}\n')
+    site = replica_site(YARDSTICK_ROOT, YARDSTICK_PORT, f"{YARDSTICK_ROOT}/{REPLICA_HEALTH}")
+    conf = replica_nginx_conf(YARDSTICK_PREFIX, site, REPLICA_WORKERS)
+    rows: list[dict[str, Any]] = []
+    with nginx(tree, REPLICA_WORKERS, conf=conf, name=REPLICA) as (direct, nginx_version):
+        ip = direct.split("//", 1)[1].split(":")[0]
+        health = http_get(direct + "/health")[0]
+        if health != 200:
+            raise RuntimeError(f"the replica's /health answers {health}, not 200")
+        cfg = role_template(
+            BALANCER_TEMPLATE, balancer_vars([(REPLICA, ip, YARDSTICK_PORT)], ("bench-writer", ip, YARDSTICK_PORT))
+        )
+        no_log = without_request_log(cfg, BALANCER_NO_LOG_PORT, BALANCER_NO_LOG_STATS_PORT)
+        with haproxy([(cfg, BALANCER_PORT), (no_log, BALANCER_NO_LOG_PORT)]) as (bases, haproxy_version):
+            urls = {"direct": check_server(direct, TARGET_PROJECT, VERSIONS)}
+            urls["haproxy"] = check_server(bases[0], TARGET_PROJECT, VERSIONS)
+            urls["haproxy_no_log"] = check_server(bases[1], TARGET_PROJECT, VERSIONS)
+            for path in BALANCER_PATHS:
+                if len({http_get(u[path])[1] for u in urls.values()}) != 1:
+                    raise RuntimeError(f"{path}: HAProxy's answer differs from the replica's")
+            before = haproxy_stats(BALANCER, BALANCER_STATS_PORT)
+            for path in BALANCER_PATHS:
+                for round_ in range(rounds):
+                    for target, url in ((t, u[path]) for t, u in urls.items()):
+                        start = {"replica": cpu_seconds(REPLICA), "balancer": cpu_seconds(BALANCER)}
+                        wrk_start = children_cpu_seconds()
+                        result = wrk(url, load)
+                        wrk_used = round(children_cpu_seconds() - wrk_start, 3)
+                        used = {
+                            k: round(cpu_seconds(c) - start[k], 3)
+                            for k, c in (("replica", REPLICA), ("balancer", BALANCER))
+                        }
+                        say(
+                            f"  {target:8} {path:20} {result.rps:>10.1f} req/s  p99 {result.p99_ms} ms"
+                            f"  cpu replica {used['replica']} s, haproxy {used['balancer']} s"
+                        )
+                        rows.append(
+                            {
+                                "path": path,
+                                "target": target,
+                                "round": round_,
+                                **asdict(result),
+                                "cpu_s": {**used, "wrk": wrk_used},
+                                "load_1min": load_1min(),
+                            }
+                        )
+            after = haproxy_stats(BALANCER, BALANCER_STATS_PORT)
+    served = {
+        name: {k: v - before.get(name, {}).get(k, 0) if isinstance(v, int) else v for k, v in s.items()}
+        for name, s in after.items()
+    }
+    return {
+        "load": asdict(load),
+        "rounds": rounds,
+        "tree": counts,
+        "nginx": nginx_version,
+        "haproxy": haproxy_version,
+        "replica_site": "roles/pypi_front/templates/airgap-pypi.conf.j2, pypi_front_read_only true",
+        "balancer_config": "roles/pypi_balancer/templates/haproxy.cfg.j2, one replica, the writer a backup",
+        "no_log_variant": "the same configuration without its log line per request (log global dropped)",
+        "reads_backend_during_runs": served,
+        "rows": rows,
+        **balancer_summary(rows),
+        "load_1min": load_1min(),
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -2895,6 +3382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "hosts4" in chosen:
                 say("provisioning four bare containers in one site.yml run")
                 record("hosts4", attempt("hosts4", lambda: provision_many(Site(workdir / "hosts4.json"))))
+            if "balancer" in chosen:
+                say(f"one replica read directly and through HAProxy, {BALANCER_FILES:,} files")
+                load = Load(args.threads, args.connections, args.duration)
+                record("balancer", attempt("balancer", lambda: balancer_bench(workdir, load)))
         if "transfer" in chosen:
             record("transfer", attempt("transfer", lambda: transfer_bench(workdir)))
         if "scale" in chosen:

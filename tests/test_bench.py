@@ -650,3 +650,145 @@ def test_timed_records_each_call_and_restores_the_module() -> None:
             module.work(-1)  # a call that raises is timed too
     assert list(timer.calls) == ["work"] and len(timer.calls["work"]) == 2
     assert module.work is work
+
+
+# --------------------------------------------------------------------------- balancer (issue 15 part 3)
+
+
+def balancer_cfg() -> str:
+    variables = bench.balancer_vars(
+        [("replica-b", "10.0.0.2", 80), ("replica-a", "10.0.0.4", 81)], ("w1", "10.0.0.3", 8080)
+    )
+    return bench.role_template(bench.BALANCER_TEMPLATE, variables)
+
+
+def test_the_balancer_config_from_the_roles_template_reads_from_the_replicas_and_keeps_the_writer_a_backup() -> None:
+    cfg = balancer_cfg()
+    reads = cfg.split("backend airgap_pypi_reads", 1)[1].split("backend airgap_pypi_writer", 1)[0]
+    # Each replica by its name and address, in name order, as the role sorts them.
+    assert reads.index("server replica-a 10.0.0.4:81 check") < reads.index("server replica-b 10.0.0.2:80 check")
+    assert "server w1 10.0.0.3:8080 check inter 1000ms fall 2 rise 2 backup\n" in reads
+    assert "    bind :8080\n" in cfg and "bind 127.0.0.1:8404\n" in cfg
+    assert "The package index's writer (w1) is down" in cfg  # the defaults' own template rendered with the writer
+    assert "{{" not in cfg and "{%" not in cfg
+
+
+def test_a_role_template_needing_a_variable_the_bench_does_not_give_fails_the_section(tmp_path: Path) -> None:
+    template = tmp_path / "t.j2"
+    template.write_text("port {{ pypi_balancer_new_setting }}\n")
+    with pytest.raises(ValueError, match="pypi_balancer_new_setting"):
+        bench.role_template(template, {})
+
+
+def test_the_replica_site_is_the_front_servers_read_only_site_with_its_health() -> None:
+    site = bench.replica_site("/srv/tree", 80, "/srv/tree/health")
+    assert "listen 80 default_server;" in site and "root /srv/tree;" in site
+    assert "alias /srv/tree/packages/$1;" in site
+    assert "location = /health {\n        root /srv/tree/health;" in site and "try_files /ok.json" in site
+    assert "upstream airgap_pypi_gunicorn" not in site and "proxy_pass" not in site  # no gunicorn on a replica
+    conf = bench.replica_nginx_conf("/run/x", site, 2)
+    assert conf.count("{") == conf.count("}") and conf.rstrip().endswith("}")
+    assert "include /etc/nginx/mime.types;" in conf and "worker_processes 2;" in conf
+
+
+def test_the_no_log_variant_differs_only_in_its_log_and_ports() -> None:
+    cfg = balancer_cfg()
+    variant = bench.without_request_log(cfg, 8081, 8405)
+    assert "log global" in cfg and "log global" not in variant
+    assert "    bind :8081\n" in variant and "bind 127.0.0.1:8405\n" in variant
+    changed = {line for line in cfg.splitlines()} ^ {line for line in variant.splitlines()}
+    assert changed == {
+        "    log global",
+        "    bind :8080",
+        "    bind :8081",
+        "    bind 127.0.0.1:8404",
+        "    bind 127.0.0.1:8405",
+    }
+    with pytest.raises(ValueError):
+        bench.without_request_log("global\n    maxconn 1\n", 8081, 8405)
+
+
+def test_haproxy_commands_write_each_config_verbatim_and_check_it() -> None:
+    script = bench.haproxy_commands({"/run/a.cfg": "global\n", "/run/b.cfg": "defaults\n"})
+    assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
+    assert (
+        "cat >/run/a.cfg <<'AIRGAP_PYPI_BENCH_EOF'\nglobal\nAIRGAP_PYPI_BENCH_EOF\nhaproxy -c -q -f /run/a.cfg\n"
+        in script
+    )
+    assert "haproxy -c -q -f /run/b.cfg\n" in script and "apt-get install" in script
+
+
+def test_haproxy_stats_csv_gives_the_reads_backends_servers() -> None:
+    text = (
+        "# pxname,svname,qcur,stot,hrsp_2xx,status,\n"
+        "airgap_pypi,FRONTEND,0,50,50,OPEN,\n"
+        "airgap_pypi_reads,replica1,0,40,39,UP,\n"
+        "airgap_pypi_reads,w1,0,0,0,UP,\n"
+        "airgap_pypi_reads,BACKEND,0,40,39,UP,\n"
+        "airgap_pypi_writer,w1,0,3,0,UP,\n"
+    )
+    assert bench.parse_haproxy_csv(text, "airgap_pypi_reads") == {
+        "replica1": {"sessions": 40, "http_2xx": 39, "status": "UP"},
+        "w1": {"sessions": 0, "http_2xx": 0, "status": "UP"},
+    }
+
+
+def lb_row(path: str, target: str, rps: float, requests: int, cpu_s: tuple[float, ...]) -> dict[str, object]:
+    cpu = dict(zip(("replica", "balancer", "wrk"), cpu_s, strict=False))
+    return {"path": path, "target": target, "rps": rps, "p99_ms": 2.0, "requests": requests, "cpu_s": cpu}
+
+
+def test_the_balancer_summary_divides_through_by_direct_and_cpu_by_requests() -> None:
+    rows = [
+        lb_row("file", "direct", 1000.0, 10_000, (0.5, 0.0)),
+        lb_row("file", "haproxy", 700.0, 7_000, (0.4, 0.7)),
+        lb_row("file", "haproxy_no_log", 900.0, 9_000, (0.45, 0.72)),
+        lb_row("file", "direct", 1200.0, 12_000, (0.6, 0.0)),
+        lb_row("file", "haproxy", 1100.0, 11_000, (0.5, 1.1)),
+    ]
+    summary = bench.balancer_summary(rows, goal_ratio=0.8)
+    path = summary["paths"]["file"]
+    assert (path["direct_rps"], path["through_rps"], path["through_over_direct"]) == (1100.0, 900.0, 0.818)
+    assert path["met"] is True and path["no_log_over_direct"] == 0.818
+    cpu = summary["cpu"]
+    assert cpu["haproxy_us_per_request"] == 100.0  # 1.8 s over 18,000 requests
+    assert cpu["haproxy_no_log_us_per_request"] == 80.0
+    assert cpu["replica_us_per_request_direct"] == 50.0 and cpu["replica_us_per_request_through"] == 50.0
+    assert bench.balancer_summary(rows, goal_ratio=0.9)["paths"]["file"]["met"] is False
+    assert path["cpu_model_through_over_direct"] is None  # no wrk CPU in these rows: no model
+
+
+def test_the_one_machine_cpu_model_adds_haproxys_cpu_to_each_request() -> None:
+    rows = [
+        lb_row("file", "direct", 1000.0, 10_000, (0.3, 0.0, 0.2)),  # 30 + 20 us per request
+        lb_row("file", "haproxy", 500.0, 5_000, (0.15, 0.3, 0.05)),  # 30 + 60 + 10 us per request
+    ]
+    summary = bench.balancer_summary(rows)
+    assert summary["paths"]["file"]["cpu_model_through_over_direct"] == 0.5  # 50 / 100
+    assert summary["cpu"]["wrk_us_per_request_direct"] == 20.0
+    assert summary["cpu"]["wrk_us_per_request_through"] == 10.0
+
+
+def test_the_prediction_per_replica_follows_the_cpu_per_request() -> None:
+    prediction = bench.balancer_prediction({"haproxy_us_per_request": 100.0, "replica_us_per_request_through": 50.0}, 2)
+    assert prediction["balancer_capacity_rps"] == 20_000 and prediction["replica_capacity_rps"] == 40_000
+    assert prediction["replicas_until_balancer_bound"] == 0.5
+    assert prediction["one_machine_capacity_rps"] == 13_333  # both share the same 2 cores
+    assert prediction["separate_hosts_one_replica_over_direct"] == 0.5  # the balancer's 20,000 of the replica's 40,000
+    assert prediction["balancer_cores_per_replica_host"] == 4.0
+    assert bench.balancer_prediction({}, 2) == {}
+
+
+def test_balancer_goals_and_report() -> None:
+    assert "balancer" in bench.SECTIONS and "balancer" in bench.DOCKER_SECTIONS
+    assert [g["met"] for g in bench.balancer_goals({})] == [None, None]
+    rows = [
+        lb_row(p, t, r, 100, (0.1, 0.1))
+        for p in bench.BALANCER_PATHS
+        for t, r in (("direct", 100.0), ("haproxy", 79.0))
+    ]
+    section = {"measured_at": "now", **bench.balancer_summary(rows)}
+    found = bench.balancer_goals(section)
+    assert [(g["value"], g["met"]) for g in found] == [(0.79, False), (0.79, False)]
+    text = "\n".join(bench.balancer_markdown(section))
+    assert "## Balancer (issue 15 part 3)" in text and "| file | 100.0 | 79.0 | 0.79 |" in text
