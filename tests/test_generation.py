@@ -863,6 +863,65 @@ def test_a_replica_stays_in_the_pool_while_its_writer_is_gone(writer: Path, tmp_
     assert doc["serving"]["sequence"] == 1 and "rsync exited" in doc["writer"]["error"]
 
 
+def failing_rsync(tmp_path: Path, code: int, said: str = "rsync: write failed: No space left on device (28)") -> str:
+    """A stand-in rsync that says said and exits code on every run."""
+    program = tmp_path / f"rsync-exits-{code}"
+    program.write_text(f"#!/bin/sh\necho '{said}' >&2\nexit {code}\n")
+    program.chmod(0o755)
+    return str(program)
+
+
+@pytest.mark.parametrize(
+    ("code", "transport"),
+    [(255, True), (10, True), (12, True), (30, True), (35, True), (11, False), (1, False), (23, False)],
+)
+def test_only_the_writer_or_the_network_not_answering_is_a_transport_failure(
+    code: int, transport: bool, tmp_path: Path
+) -> None:
+    with pytest.raises(gen.GenerationError, match=f"rsync exited {code}") as failed:
+        gen.rsync([failing_rsync(tmp_path, code)])
+    assert isinstance(failed.value, gen.TransportError) is transport
+
+
+@needs_rsync
+def test_a_replica_that_cannot_write_locally_leaves_the_pool(writer: Path, tmp_path: Path) -> None:
+    """Its disk is full: every pull's rsync exits 11 before the writer's manifest is read. The writer is not down,
+    so the lag is not frozen: the replica falls behind the writer's newer generation and leaves the pool."""
+    replica = tmp_path / "replica"
+    health = gen.Health(max_lag=10)
+    publish(writer, 1)
+    assert gen.pull_once(str(writer), str(replica), 2, "rsync", health=health, started=100.0)
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    publish(writer, 2)
+    full = failing_rsync(tmp_path, 11)
+    for started in (103.0, 106.0, 109.0):
+        assert not gen.pull_once(str(writer), str(replica), 2, full, health=health, started=started)
+    assert health.status(109.5)["healthy"] is True, "9.5 s since it was known current: within the bound"
+    doc = health.status(112.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 12.0
+    assert doc["reason"] == (
+        "its pulls have failed for 12.000 s since it last served the writer's newest generation,"
+        " more than the 10 s allowed"
+    )
+    assert "rsync exited 11" in doc["writer"]["error"] and doc["writer"]["reachable"] is True
+    # The same replica with its writer down (ssh fails: 255) stays in the pool.
+    down = gen.Health(max_lag=10)
+    assert gen.pull_once(str(writer), str(replica), 2, "rsync", health=down, started=100.0)
+    assert not gen.pull_once(str(writer), str(replica), 2, failing_rsync(tmp_path, 255), health=down, started=103.0)
+    doc = down.status(500.0)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 0.0 and doc["writer"]["reachable"] is False
+
+
+def test_health_an_error_that_is_not_the_writers_lets_the_lag_grow() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.observe(101.0, SERVING_ONE, None, error="manifest: not JSON", down=False)
+    doc = health.status(111.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 11.0 and doc["writer"]["reachable"] is True
+    health.observe(112.0, SERVING_ONE, None, error="rsync exited 255", down=True)
+    assert health.status(500.0)["lag_seconds"] == 0.0, "the writer down: frozen at its last answer"
+
+
 def test_the_status_files_replace_links_planted_at_their_names_without_following_them(tmp_path: Path) -> None:
     status, target = tmp_path / "status", tmp_path / "target"
     status.mkdir()

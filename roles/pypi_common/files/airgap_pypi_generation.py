@@ -42,20 +42,22 @@ that directory, now the tree, and the other generation directories are removed. 
 
 A replica's health, for a load balancer (``--status-dir DIR``): nginx answers ``GET /health`` 200 with
 ``DIR/ok.json`` while it exists, 503 without it. After every pull the loop writes ``DIR/status.json`` (what the
-replica serves, what the writer publishes, whether it answered, the last error, the lag and a sentence saying why
-the replica is or is not healthy; ``serving`` names the applied manifest's sequence, origin and digest, the
-sha256 of its bytes) and keeps ``DIR/ok.json`` (the same document) there iff the replica is healthy:
-it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The lag is counted on
-the replica's monotonic clock (no skew with the writer's) from the start of the last manifest fetch after which it
-served exactly the manifest fetched. While the writer does not answer (a fetch that failed, or is not answered
-yet), the lag stays what it was at the last answer: reads go on from a replica that was current when the writer
-went down; one already behind stays out. A replica is never healthy before its first generation, nor before the
-writer first answered since the pull started. A watch thread takes ok.json away as soon as the lag passes the
-bound, even in the middle of a long pull. When the pull ends (SIGTERM from supervisord, SIGINT, an error) ok.json
-is removed and status.json says the pull is not running; an ok.json left by a run killed outright is removed when
-the next one starts. Both files are written under a temporary name in DIR and renamed (a link is never followed);
-DIR is made 0755 when missing and refused when it is a link or not a directory. With ``--loop 0`` the files tell
-of that one pull and stay as it left them.
+replica serves, what the writer publishes, whether it answered (false only when it or the network did not), the last
+error, the lag and a sentence saying why the replica is or is not healthy; ``serving`` names the applied manifest's
+sequence, origin and digest, the sha256 of its bytes) and keeps ``DIR/ok.json`` (the same document) there iff the
+replica is healthy: it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The
+lag is counted on the replica's monotonic clock (no skew with the writer's) from the start of the last manifest
+fetch after which it served exactly the manifest fetched. While the writer does not answer (rsync or ssh exits 255,
+10, 12, 30 or 35, rsync runs past its deadline, a local source is not there, or a fetch is not answered yet), the
+lag stays what it was at the last answer: reads go on from a replica that was current when the writer went down; one
+already behind stays out. Any other failure (a full disk, an unfit manifest, a failed check) lets the lag grow, so a
+replica that cannot take the writer's generations leaves the pool once past the bound. A replica is never healthy
+before its first generation, nor before the writer first answered since the pull started. A watch thread takes
+ok.json away as soon as the lag passes the bound, even in the middle of a long pull. When the pull ends (SIGTERM
+from supervisord, SIGINT, an error) ok.json is removed and status.json says the pull is not running; an ok.json left
+by a run killed outright is removed when the next one starts. Both files are written under a temporary name in DIR
+and renamed (a link is never followed); DIR is made 0755 when missing and refused when it is a link or not a
+directory. With ``--loop 0`` the files tell of that one pull and stay as it left them.
 
 Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
 Run on a replica:   python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS]
@@ -102,6 +104,11 @@ Entry = Tuple[int, str]  # size, sha256
 
 class GenerationError(Exception):
     """A manifest or a pulled tree that cannot be used; the message names what and why."""
+
+
+class TransportError(GenerationError):
+    """The writer or the network did not answer (rsync's or ssh's exit code says so, or rsync ran past its
+    deadline): the replica's lag stays as it was; any other failure lets it grow."""
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -480,6 +487,10 @@ def adopt(root: str, name: str) -> None:
 # rsync's exit codes for files that could not be sent (23) or vanished while it ran (24): the check of the
 # manifest's files that follows says which, and the tree stays as it was.
 PARTIAL_TRANSFER = (23, 24)
+# rsync's exit codes when the writer or the network does not answer: ssh's own failure (255), socket I/O (10),
+# the protocol data stream (12), a timeout in data send or receive (30) or waiting for the daemon (35). Every
+# other code (11, a local file I/O error such as a full disk, among them) is the replica's own failure.
+TRANSPORT_FAILURE = (10, 12, 30, 35, 255)
 
 
 def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
@@ -489,10 +500,11 @@ def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, timeout=RSYNC_DEADLINE
         )
     except subprocess.TimeoutExpired:
-        raise GenerationError(f"rsync ran longer than {RSYNC_DEADLINE} s and was stopped") from None
+        raise TransportError(f"rsync ran longer than {RSYNC_DEADLINE} s and was stopped") from None
     if done.returncode != 0 and done.returncode not in tolerated:
         said = done.stdout.decode("utf-8", "replace")[-2000:].strip()
-        raise GenerationError(f"rsync exited {done.returncode}: {said}")
+        failure = TransportError if done.returncode in TRANSPORT_FAILURE else GenerationError
+        raise failure(f"rsync exited {done.returncode}: {said}")
 
 
 # No --recursive: every run names its files (one file, or --files-from); a name that is a directory on the writer
@@ -510,6 +522,12 @@ RSYNC_SAFE = [
 ]
 
 
+def local_source(source: str) -> bool:
+    """source is a path on this machine to rsync (no host: no ':' before the first '/', not rsync://)."""
+    head = source.split("/", 1)[0]
+    return ":" not in head and not source.startswith("rsync://")
+
+
 def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     """The writer's manifest, checked. rsync brings it into root/.fetch with the last copy (root/.writer) as
     --link-dest: when the writer's file has the size and mtime (to the nanosecond, --modify-window=-1; an rsync
@@ -521,7 +539,14 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     remove_tree(fetch)
     os.mkdir(fetch, 0o755)
     argv = [program, *RSYNC_SAFE, "--modify-window=-1", f"--max-size={MAX_MANIFEST_BYTES}"]
-    rsync([*argv, f"--link-dest={os.path.abspath(keep)}", f"{source.rstrip('/')}/{MANIFEST}", fetch + "/"])
+    try:
+        rsync([*argv, f"--link-dest={os.path.abspath(keep)}", f"{source.rstrip('/')}/{MANIFEST}", fetch + "/"])
+    except TransportError:
+        raise
+    except GenerationError as exc:
+        if local_source(source) and not os.path.isdir(source):  # a writer's tree not mounted: it does not answer
+            raise TransportError(f"the writer's tree {source} is not there ({exc})") from None
+        raise
     fetched, kept = os.path.join(fetch, MANIFEST), os.path.join(keep, MANIFEST)
     try:
         manifest = read_manifest(fetched)
@@ -793,7 +818,8 @@ class Health:
     """How far behind the writer a replica is, on its own monotonic clock (no skew with the writer's).
 
     fresh_at is the start of the latest manifest fetch after which the replica served exactly the manifest fetched
-    (same digest). While the writer answers, the lag is now - fresh_at; once a fetch fails it stays at the last
+    (same digest). While the writer answers, or a pull fails for a reason of the replica's own (a full disk, an
+    unfit manifest), the lag is now - fresh_at; once the writer or the network does not answer it stays at the last
     answered fetch's start - fresh_at: a replica current when it lost the writer stays healthy (reads go on while
     the writer is down), one already behind stays as behind. A fetch not answered yet counts as one that failed
     until it is (begin, then contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads
@@ -819,14 +845,18 @@ class Health:
         writer: Optional[Dict[str, Any]],
         error: Optional[str] = None,
         wall: Optional[str] = None,
+        *,
+        down: Optional[bool] = None,
     ) -> None:
         """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
-        manifest it fetched (None: the fetch failed) and why it failed (None: it worked)."""
+        manifest it fetched (None: not fetched), why it failed (None: it worked) and whether it failed because the
+        writer or the network did not answer (down; None: when no manifest was fetched). Only such a failure
+        freezes the lag; any other (a full disk, an unfit manifest, a failed check) lets it grow."""
         with self._lock:
             self.asking, self.observed = False, True
             self.serving = serving
             self.error = error[:MAX_ERROR] if error else None
-            self.reachable = writer is not None
+            self.reachable = not (writer is None if down is None else down)
             if writer is not None:
                 self._answered(started, serving, writer, wall)
 
@@ -877,6 +907,11 @@ class Health:
         """The reason of a replica behind by more than the bound: a writer gone back to an older generation of the
         tree served (restored from a backup), which a replica does not follow, is named as such."""
         writer, serving = self.writer or {}, self.serving or {}
+        if writer and serving and writer["digest"] == serving["digest"]:  # its pulls fail before the manifest
+            return (
+                f"its pulls have failed for {lag:.3f} s since it last served the writer's newest generation, more"
+                f" than the {self.max_lag:g} s allowed"
+            )
         if writer and serving and writer["origin"] == serving["origin"] and writer["sequence"] <= serving["sequence"]:
             return (
                 f"the writer publishes generation {writer['sequence']} of the tree whose generation"
@@ -979,6 +1014,7 @@ def pull_once(
     wall = utc_now()
     seen: Dict[str, Any] = {}
     error = None
+    down = False  # the writer or the network did not answer
     fetched = None
     if health is not None:
         health.begin()
@@ -996,9 +1032,10 @@ def pull_once(
             )
     except (GenerationError, OSError) as exc:
         error = str(exc) or type(exc).__name__
+        down = isinstance(exc, TransportError)
         print(f"pull failed: {error}", file=sys.stderr, flush=True)
     if health is not None:
-        health.observe(started, seen.get("serving"), seen.get("writer"), error, wall)
+        health.observe(started, seen.get("serving"), seen.get("writer"), error, wall, down=down)
     return error is None
 
 
