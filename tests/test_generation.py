@@ -775,6 +775,48 @@ def test_health_a_replica_that_never_reached_the_writer_since_it_started_is_not_
     assert doc["healthy"] is False and "has not served the writer's newest generation" in doc["reason"]
 
 
+def test_health_a_replica_already_behind_does_not_come_back_while_the_next_fetch_hangs() -> None:
+    """Current at 0, the writer newer at 9: out of the pool at 15. The next pull's fetch then hangs: the lag stays
+    what it had reached (15), never the 9 of the last fetch's start, and the reason does not say "newest"."""
+    health = gen.Health(max_lag=10)
+    health.observe(0.0, SERVING_ONE, ONE)
+    health.observe(9.0, SERVING_ONE, TWO, error="1 files differ from the manifest", answered=9.0, ended=9.5)
+    assert health.status(9.6)["healthy"] is True
+    assert health.status(9.6)["reason"] == (
+        "it serves generation 1 and the writer's newest is 2: 9.600 s without it, within the 10 s allowed"
+    )
+    doc = health.status(15.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 15.0
+    health.begin(15.0)
+    for now in (16.0, 200.0):
+        doc = health.status(now)
+        assert doc["healthy"] is False and doc["lag_seconds"] == 15.0, f"at {now}"
+        assert doc["reason"].startswith("it is 15.000 s behind"), f"at {now}"
+    health.observe(15.0, SERVING_ONE, None, error="rsync exited 30: timeout", down=True, ended=315.0)
+    assert health.status(400.0)["healthy"] is False and health.status(400.0)["lag_seconds"] == 15.0
+
+
+def test_health_the_lag_freezes_at_the_writers_answer_not_at_the_fetchs_start() -> None:
+    """The fetch of generation 2 started at 9, its manifest came back at 14; the files then fail to come (the
+    network): frozen at 14, not 9. Within the bound, the reason says behind, never "newest"."""
+    health = gen.Health(max_lag=10)
+    health.observe(0.0, SERVING_ONE, ONE)
+    health.begin()
+    health.contact(9.0, SERVING_ONE, TWO, answered=14.0)
+    health.observe(9.0, SERVING_ONE, TWO, error="rsync exited 12", down=True, answered=14.0)
+    doc = health.status(500.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 14.0 and doc["writer"]["reachable"] is False
+    late = gen.Health(max_lag=20)
+    late.observe(0.0, SERVING_ONE, ONE)
+    late.observe(9.0, SERVING_ONE, TWO, error="rsync exited 255", down=True, answered=14.0)
+    doc = late.status(500.0)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 14.0
+    assert doc["reason"] == (
+        "it serves generation 1 and the writer's newest is 2 as of its last contact (the writer does not answer):"
+        " 14.000 s without it, within the 20 s allowed"
+    )
+
+
 def test_health_a_stopped_pull_is_never_healthy_and_errors_are_cut_to_500_characters() -> None:
     health = gen.Health(max_lag=10)
     health.observe(100.0, SERVING_ONE, None, error="x" * 2000)

@@ -49,15 +49,17 @@ replica is healthy: it serves a generation and is at most ``--max-lag`` seconds 
 lag is counted on the replica's monotonic clock (no skew with the writer's) from the start of the last manifest
 fetch after which it served exactly the manifest fetched. While the writer does not answer (rsync or ssh exits 255,
 10, 12, 30 or 35, rsync runs past its deadline, a local source is not there, or a fetch is not answered yet), the
-lag stays what it was at the last answer: reads go on from a replica that was current when the writer went down; one
-already behind stays out. Any other failure (a full disk, an unfit manifest, a failed check) lets the lag grow, so a
-replica that cannot take the writer's generations leaves the pool once past the bound. A replica is never healthy
-before its first generation, nor before the writer first answered since the pull started. A watch thread takes
-ok.json away as soon as the lag passes the bound, even in the middle of a long pull. When the pull ends (SIGTERM
-from supervisord, SIGINT, an error) ok.json is removed and status.json says the pull is not running; an ok.json left
-by a run killed outright is removed when the next one starts. Both files are written under a temporary name in DIR
-and renamed (a link is never followed); DIR is made 0755 when missing and refused when it is a link or not a
-directory. With ``--loop 0`` the files tell of that one pull and stay as it left them.
+lag stays what it was when the writer last answered (its manifest came back): reads go on from a replica that was
+current when the writer went down; one already behind keeps the lag it had reached and stays out until it catches
+up. The status says the writer's newest generation is served only when the digests say so. Any other failure (a full
+disk, an unfit manifest, a failed check) lets the lag grow, so a replica that cannot take the writer's generations
+leaves the pool once past the bound. A replica is never healthy before its first generation, nor before the writer
+first answered since the pull started. A watch thread takes ok.json away as soon as the lag passes the bound, even
+in the middle of a long pull. When the pull ends (SIGTERM from supervisord, SIGINT, an error) ok.json is removed and
+status.json says the pull is not running; an ok.json left by a run killed outright is removed when the next one
+starts. Both files are written under a temporary name in DIR and renamed (a link is never followed); DIR is made
+0755 when missing and refused when it is a link or not a directory. With ``--loop 0`` the files tell of that one
+pull and stay as it left them.
 
 Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
 Run on a replica:   python3 airgap_pypi_generation.py pull SOURCE ROOT [--loop SECONDS]
@@ -818,12 +820,14 @@ class Health:
     """How far behind the writer a replica is, on its own monotonic clock (no skew with the writer's).
 
     fresh_at is the start of the latest manifest fetch after which the replica served exactly the manifest fetched
-    (same digest). While the writer answers, or a pull fails for a reason of the replica's own (a full disk, an
-    unfit manifest), the lag is now - fresh_at; once the writer or the network does not answer it stays at the last
-    answered fetch's start - fresh_at: a replica current when it lost the writer stays healthy (reads go on while
-    the writer is down), one already behind stays as behind. A fetch not answered yet counts as one that failed
-    until it is (begin, then contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads
-    it while a pull runs."""
+    (same digest); answered_at is when the writer last answered (its manifest came back). While the writer
+    answers, or a pull fails for a reason of the replica's own (a full disk, an unfit manifest), the lag is
+    now - fresh_at; once the writer or the network does not answer it stays at answered_at - fresh_at: a replica
+    current when it lost the writer stays healthy (reads go on while the writer is down). One already behind (the
+    writer's last manifest is not the one it serves) stays as behind: its lag never goes back below what it had
+    reached when the writer stopped answering (held_at, the start of the pull that got no answer, or the end of
+    one cut off by the network). A fetch not answered yet counts as one that failed until it is (begin, then
+    contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads it while a pull runs."""
 
     def __init__(self, max_lag: float) -> None:
         self.max_lag = max_lag
@@ -833,9 +837,10 @@ class Health:
         self.serving: Optional[Dict[str, Any]] = None  # sequence, origin, digest of the manifest applied
         self.writer: Optional[Dict[str, Any]] = None  # the last manifest fetched: sequence, origin, digest
         self.reachable = False
-        self.contact_at: Optional[float] = None  # monotonic start of the last fetch that worked
+        self.answered_at: Optional[float] = None  # monotonic time the writer's manifest last came back
         self.last_contact: Optional[str] = None  # the same moment, UTC ISO
         self.fresh_at: Optional[float] = None
+        self.held_at: Optional[float] = None  # a replica behind: when the writer stopped answering, as far as known
         self.error: Optional[str] = None
 
     def observe(
@@ -847,46 +852,82 @@ class Health:
         wall: Optional[str] = None,
         *,
         down: Optional[bool] = None,
+        answered: Optional[float] = None,
+        ended: Optional[float] = None,
     ) -> None:
-        """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
-        manifest it fetched (None: not fetched), why it failed (None: it worked) and whether it failed because the
-        writer or the network did not answer (down; None: when no manifest was fetched). Only such a failure
-        freezes the lag; any other (a full disk, an unfit manifest, a failed check) lets it grow."""
+        """One pull that started (monotonic) at started and ended at ended (None: not known): what current serves
+        after it (None: nothing), the manifest it fetched (None: not fetched) and when it came back (answered;
+        None: at started), why it failed (None: it worked) and whether it failed because the writer or the
+        network did not answer (down; None: when no manifest was fetched). Only such a failure freezes the lag;
+        any other (a full disk, an unfit manifest, a failed check) lets it grow."""
         with self._lock:
+            counting = self.reachable and not self.asking
             self.asking, self.observed = False, True
             self.serving = serving
             self.error = error[:MAX_ERROR] if error else None
-            self.reachable = not (writer is None if down is None else down)
             if writer is not None:
-                self._answered(started, serving, writer, wall)
+                self._answered(started, serving, writer, wall, answered)
+                counting = True  # from its answer on, the lag was counted as the writer's
+            down = writer is None if down is None else down
+            if down and counting and ended is not None:
+                self._hold(ended)
+            self.reachable = not down
 
-    def begin(self) -> None:
-        """A pull starts: until the writer answers, the lag is counted as if it did not."""
+    def begin(self, at: Optional[float] = None) -> None:
+        """A pull starts (at: its monotonic time, when known): until the writer answers, the lag is counted as if
+        it did not; a replica behind keeps the lag it had reached by then."""
         with self._lock:
+            if at is not None and self.reachable and not self.asking:
+                self._hold(at)
             self.asking = True
 
     def contact(
-        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str] = None
+        self,
+        started: float,
+        serving: Optional[Dict[str, Any]],
+        writer: Dict[str, Any],
+        wall: Optional[str] = None,
+        *,
+        answered: Optional[float] = None,
     ) -> None:
-        """The writer answered the fetch that started at started with the manifest writer, while the replica
-        serves serving; the files may still be to come (a long pull counts its lag from now on)."""
+        """The writer answered (at answered; None: at started) the fetch that started at started with the
+        manifest writer, while the replica serves serving; the files may still be to come (a long pull counts its
+        lag from now on)."""
         with self._lock:
             self.asking, self.observed = False, True
             self.serving, self.reachable = serving, True
-            self._answered(started, serving, writer, wall)
+            self._answered(started, serving, writer, wall, answered)
 
     def _answered(
-        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str]
+        self,
+        started: float,
+        serving: Optional[Dict[str, Any]],
+        writer: Dict[str, Any],
+        wall: Optional[str],
+        answered: Optional[float],
     ) -> None:
-        self.writer, self.contact_at, self.last_contact = writer, started, wall or utc_now()
+        self.writer, self.last_contact, self.held_at = writer, wall or utc_now(), None
+        self.answered_at = started if answered is None else answered
         if serving is not None and serving["digest"] == writer["digest"]:
             self.fresh_at = started
 
+    def _current(self) -> bool:
+        """The replica serves the manifest the writer last answered with."""
+        return self.serving is not None and self.writer is not None and self.serving["digest"] == self.writer["digest"]
+
+    def _hold(self, at: float) -> None:
+        """The writer stops answering at at, as far as the replica knows: a replica behind keeps its lag so far."""
+        if not self._current() and (self.held_at is None or at > self.held_at):
+            self.held_at = at
+
     def lag(self, now: float) -> Optional[float]:
         """Seconds behind the writer at now (monotonic); None when never seen current since the start."""
-        if self.fresh_at is None or self.contact_at is None:
+        if self.fresh_at is None or self.answered_at is None:
             return None
-        return (now if self.reachable and not self.asking else self.contact_at) - self.fresh_at
+        if self.reachable and not self.asking:
+            return now - self.fresh_at
+        frozen = self.answered_at if self.held_at is None else max(self.answered_at, self.held_at)
+        return frozen - self.fresh_at
 
     def reason(self, lag: Optional[float]) -> str:
         """Why the replica is not healthy, or what it serves when it is: one sentence."""
@@ -894,14 +935,25 @@ class Health:
             return "no pull has ended since the program started"
         if self.serving is None:
             return "it serves no generation yet"
-        if self.contact_at is None:
+        if self.answered_at is None:
             return "the writer has not answered since the pull started, so how far behind it is is not known"
         if lag is None:
             return "it has not served the writer's newest generation since the pull started"
         if lag > self.max_lag:
             return self._behind(lag)
+        return self._within(lag)
+
+    def _within(self, lag: float) -> str:
+        """The reason of a replica within the bound: the writer's newest generation is said to be served only when
+        the digests say so."""
         as_of = "" if self.reachable else " as of its last contact (the writer does not answer)"
-        return f"serving the writer's newest generation{as_of}"
+        if self._current():
+            return f"serving the writer's newest generation{as_of}"
+        writer, serving = self.writer or {}, self.serving or {}
+        return (
+            f"it serves generation {serving.get('sequence')} and the writer's newest is {writer.get('sequence')}"
+            f"{as_of}: {lag:.3f} s without it, within the {self.max_lag:g} s allowed"
+        )
 
     def _behind(self, lag: float) -> str:
         """The reason of a replica behind by more than the bound: a writer gone back to an older generation of the
@@ -1007,20 +1059,31 @@ class StatusFiles:
 
 
 def pull_once(
-    source: str, root: str, keep: int, program: str, *, health: Optional[Health] = None, started: float = 0.0
+    source: str,
+    root: str,
+    keep: int,
+    program: str,
+    *,
+    health: Optional[Health] = None,
+    started: float = 0.0,
+    clock: Optional[Callable[[], float]] = None,
 ) -> bool:
     """One pass of the replica's loop: pull, say what happened, note it in health (started: the monotonic time
-    taken before it). True when the pull worked."""
+    taken before it; clock: the monotonic clock that times the writer's answer and the pull's end, None: both
+    taken as started, for made-up times). True when the pull worked."""
     wall = utc_now()
+    now = clock if clock is not None else lambda: started
     seen: Dict[str, Any] = {}
     error = None
     down = False  # the writer or the network did not answer
+    answered: List[float] = []  # when the writer's manifest came back
     fetched = None
     if health is not None:
-        health.begin()
+        health.begin(started)
 
         def fetched(found: Dict[str, Any]) -> None:
-            health.contact(started, found["serving"], found["writer"], wall)
+            answered.append(now())
+            health.contact(started, found["serving"], found["writer"], wall, answered=answered[-1])
 
     try:
         done = pull(source, root, keep, program, seen=seen, fetched=fetched)
@@ -1035,7 +1098,16 @@ def pull_once(
         down = isinstance(exc, TransportError)
         print(f"pull failed: {error}", file=sys.stderr, flush=True)
     if health is not None:
-        health.observe(started, seen.get("serving"), seen.get("writer"), error, wall, down=down)
+        health.observe(
+            started,
+            seen.get("serving"),
+            seen.get("writer"),
+            error,
+            wall,
+            down=down,
+            answered=answered[-1] if answered else None,
+            ended=now(),
+        )
     return error is None
 
 
@@ -1060,7 +1132,7 @@ def pull_loop(
             threading.Thread(target=files.watch, args=(tick, done), name="health-watch", daemon=True).start()
         while True:
             started = time.monotonic()
-            worked = pull_once(source, root, keep, program, health=health, started=started)
+            worked = pull_once(source, root, keep, program, health=health, started=started, clock=time.monotonic)
             if files is not None:
                 try:
                     files.write(time.monotonic())
