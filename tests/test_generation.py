@@ -346,6 +346,42 @@ def test_links_in_the_tree_are_replaced_never_followed(writer: Path, tmp_path: P
     assert served(replica) == gen_tree(writer)
 
 
+@needs_rsync
+@pytest.mark.parametrize("direction", ["file to directory", "directory to file"])
+def test_a_path_that_changes_between_file_and_directory_is_applied_whole(
+    direction: str, writer: Path, tmp_path: Path
+) -> None:
+    """simple/x a page, then a directory holding simple/x/index.html (or the other way): the new page is served, the
+    old one gone, and the pull after it finds nothing to repair."""
+    replica = tmp_path / "replica"
+    name, page = writer / "simple" / "x", writer / "simple" / "x" / "index.html"
+    if direction == "file to directory":
+        name.write_text("the old page")
+    else:
+        name.mkdir()
+        page.write_text("the old page")
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    assert served(replica) == gen_tree(writer)
+    if direction == "file to directory":
+        name.unlink()
+        name.mkdir()
+        page.write_text("the new page")
+    else:
+        page.unlink()
+        name.rmdir()
+        name.write_text("the new page")
+    publish(writer, 2)
+    done = gen.pull(str(writer), str(replica))
+    assert served(replica) == gen_tree(writer)
+    assert done["changed"] and done["removed"] == 0, "the old name was replaced, not removed after"
+    assert gen.served(str(replica))["sequence"] == 2 and not (replica / ".applying").exists()
+    assert not gen.pull(str(writer), str(replica))["changed"] and served(replica) == gen_tree(writer)
+    if direction == "directory to file":  # a removal under what is now a file: gone already, not an error
+        gen.remove_tree(str(replica / "tree" / "simple" / "x" / "index.html"))
+        assert (replica / "tree" / "simple" / "x").read_text() == "the new page"
+
+
 class Crash(Exception):
     pass
 

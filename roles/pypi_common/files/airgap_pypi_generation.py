@@ -27,8 +27,9 @@ applied one (or of another origin), the pull asks rsync for exactly the new and 
 into ``ROOT/.incoming``, checks each against the manifest (size and sha256; one that differs is fetched once more
 with ``--ignore-times``, then the pull fails and the tree stays as it was), then applies them with a marker
 (``ROOT/.applying``) in place: the first area's files renamed into the tree first, then each later area's
-``metadata``, then its other files (the pages), then the removals (pages before files) and the directories left
-empty, and the record last. Each rename replaces one name at once; no link in the tree is followed (one at a
+``metadata``, then its other files (the pages), then the removals (pages before files; never a name a new path
+took over: a file become a directory, or one under a directory become a file) and the directories left empty, and
+the record last. Each rename replaces one name at once; no link in the tree is followed (one at a
 destination or a parent is replaced). A reader may see, for the fraction of a second an apply takes, a mix of
 old and new pages, each whole; never a page linking to a file the tree lacks (its file came first), never a file
 still arriving. A pull that starts with the marker there (a crash mid-apply) checks the tree against the record
@@ -575,10 +576,11 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
 
 
 def remove_tree(path: str) -> None:
-    """Remove a directory this program made (a link there is removed as a link, never followed)."""
+    """Remove a directory this program made (a link there is removed as a link, never followed); a path under what
+    is now a file (ENOTDIR) is gone already."""
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     if stat.S_ISDIR(info.st_mode):
         shutil.rmtree(path)
@@ -709,6 +711,27 @@ def apply_changes(
             parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
 
 
+def ancestors(path: str) -> List[str]:
+    """The directories above path: a/b/c gives a/b, a."""
+    found = []
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        found.append(path)
+    return found
+
+
+def removals(have: Dict[str, Entry], wanted: Dict[str, Entry]) -> List[str]:
+    """The paths of have that wanted lacks, less those a new path replaces: a file that becomes a directory of new
+    paths (the apply makes the directory in its place) and a file under a directory that becomes a file (the apply
+    removes the directory with it). Removing either after the renames would lose what they brought."""
+    directories = {parent for path in wanted for parent in ancestors(path)}
+    return [
+        path
+        for path in have
+        if path not in wanted and path not in directories and not any(parent in wanted for parent in ancestors(path))
+    ]
+
+
 def record_applied(root: str) -> None:
     """root/applied.json: the writer's manifest just applied (a hard link to the fetched copy, renamed into place:
     the next fetch replaces the copy by rename and leaves this one as it is), then the marker removed."""
@@ -783,7 +806,7 @@ def pull(
         return {"changed": False, "sequence": current["sequence"], "hashed": 0, "fetched": 0, "removed": 0, **seen}
     have, wanted, areas = current["files"] if current else {}, incoming["files"], incoming["areas"]
     changed = sorted((path for path, entry in wanted.items() if have.get(path) != entry), key=lambda p: rank(p, areas))
-    removed = sorted((path for path in have if path not in wanted), key=lambda p: rank(p, areas), reverse=True)
+    removed = sorted(removals(have, wanted), key=lambda p: rank(p, areas), reverse=True)
     staging = os.path.join(root, INCOMING)
     try:
         # Exactly the new and changed files are asked for (--files-from): nothing else of the writer's directory.
