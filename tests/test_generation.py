@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+import tracemalloc
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -427,6 +428,32 @@ def test_a_crash_before_any_rename_keeps_the_record(writer: Path, tmp_path: Path
     (replica / ".applying").write_text('{"paths": ["packages/demo-1.0.tar.gz"]}')
     assert gen.pull(str(writer), str(replica))["changed"] is False
     assert gen.served(str(replica)) == record and not (replica / ".applying").exists()
+
+
+@needs_rsync
+@pytest.mark.parametrize("planted", ["a link", "over the bound"])
+def test_a_marker_that_is_a_link_or_too_long_is_not_trusted(
+    planted: str, writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of the tree changed behind the record (same size): a marker naming no path would let the check skip
+    it. One planted as a link is not followed, one longer than the bound is not read: every file is read instead,
+    the change is found and the writer's generation applied over it."""
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    first = gen_tree(writer)
+    page = replica / "tree" / "simple" / "demo" / "index.html"
+    page.write_bytes(b"Z" * page.stat().st_size)
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"paths": []}')
+    if planted == "a link":
+        (replica / ".applying").symlink_to(outside)
+    else:
+        monkeypatch.setattr(gen, "MAX_MARKER_BYTES", 100)
+        (replica / ".applying").write_text('{"paths": []}' + " " * 100)
+    assert gen.pull(str(writer), str(replica))["changed"], "the tree was found not to be what the record says"
+    assert served(replica) == first and not os.path.lexists(replica / ".applying")
+    assert outside.read_text() == '{"paths": []}'
 
 
 @needs_rsync
@@ -959,6 +986,35 @@ def test_only_the_writer_or_the_network_not_answering_is_a_transport_failure(
     with pytest.raises(gen.GenerationError, match=f"rsync exited {code}") as failed:
         gen.rsync([failing_rsync(tmp_path, code)])
     assert isinstance(failed.value, gen.TransportError) is transport
+
+
+def test_rsync_keeps_only_the_end_of_what_it_said(tmp_path: Path) -> None:
+    """A hostile writer's rsync may say 30 MB before it fails: only the last bytes are kept in memory."""
+    chatty = tmp_path / "chatty-rsync"
+    chatty.write_text("#!/bin/sh\nhead -c 30000000 /dev/zero | tr '\\000' x\necho\necho 'the last words'\nexit 11\n")
+    chatty.chmod(0o755)
+    tracemalloc.start()
+    try:
+        with pytest.raises(gen.GenerationError, match="rsync exited 11") as failed:
+            gen.rsync([str(chatty)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(failed.value).endswith("the last words") and len(str(failed.value)) < 2100
+    assert peak < 5_000_000, f"{peak} bytes held while rsync spoke"
+
+
+def test_rsync_that_speaks_past_the_deadline_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    child = tmp_path / "rsync.pid"
+    endless = tmp_path / "endless-rsync"
+    endless.write_text(f'#!/bin/sh\necho $$ > "{child}"\nwhile :; do echo "rsync: an error"; done\n')
+    endless.chmod(0o755)
+    monkeypatch.setattr(gen, "RSYNC_DEADLINE", 1)
+    begun = time.monotonic()
+    with pytest.raises(gen.TransportError, match="rsync ran longer than 1 s"):
+        gen.rsync([str(endless)])
+    assert time.monotonic() - begun < 10
+    assert not running(int(child.read_text())), "killed at the deadline"
 
 
 @needs_rsync

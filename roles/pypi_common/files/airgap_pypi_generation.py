@@ -96,6 +96,8 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 100,000 files take about 15 MB
 MAX_FILES = 1_000_000
 RSYNC_DEADLINE = 6 * 3600  # seconds one rsync run may take in all
 RSYNC_TIMEOUT = 300  # seconds without progress before rsync gives up (--timeout)
+RSYNC_SAID = 2000  # bytes of rsync's output kept (its last ones) to tell why it failed
+MAX_MARKER_BYTES = 2 * MAX_MANIFEST_BYTES  # the .applying marker: at most every path of two manifests
 CHUNK = 1024 * 1024
 _GENERATION_DIR = re.compile(r"^gen-\d{1,18}-[0-9a-f]{12}$")
 _ORIGIN = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
@@ -497,17 +499,43 @@ TRANSPORT_FAILURE = (10, 12, 30, 35, 255)
 
 
 def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
-    """Run rsync; GenerationError with the end of what it said when it fails (exit codes in tolerated pass)."""
+    """Run rsync; GenerationError with the end of what it said when it fails (exit codes in tolerated pass). Its
+    output is read as it comes and only the last RSYNC_SAID bytes are kept (a writer may send messages for as long
+    as the deadline allows); rsync is killed at the deadline, or when this program is stopped while it runs."""
+    tail = bytearray()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pipe = process.stdout
+    assert pipe is not None
+
+    def drain() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for chunk in iter(lambda: pipe.read1(CHUNK), b""):
+                tail.extend(chunk)
+                del tail[:-RSYNC_SAID]
+
+    reader = threading.Thread(target=drain, name="rsync-output", daemon=True)
+    deadline = time.monotonic() + RSYNC_DEADLINE
     try:
-        done = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, timeout=RSYNC_DEADLINE
-        )
+        reader.start()
+        reader.join(RSYNC_DEADLINE)
+        if reader.is_alive():
+            raise subprocess.TimeoutExpired(argv, RSYNC_DEADLINE)
+        returncode = process.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
         raise TransportError(f"rsync ran longer than {RSYNC_DEADLINE} s and was stopped") from None
-    if done.returncode != 0 and done.returncode not in tolerated:
-        said = done.stdout.decode("utf-8", "replace")[-2000:].strip()
-        failure = TransportError if done.returncode in TRANSPORT_FAILURE else GenerationError
-        raise failure(f"rsync exited {done.returncode}: {said}")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        if not reader.is_alive():
+            pipe.close()
+    if returncode != 0 and returncode not in tolerated:
+        said = bytes(tail).decode("utf-8", "replace").strip()
+        failure = TransportError if returncode in TRANSPORT_FAILURE else GenerationError
+        raise failure(f"rsync exited {returncode}: {said}")
 
 
 # No --recursive: every run names its files (one file, or --files-from); a name that is a directory on the writer
@@ -746,15 +774,25 @@ def recover(root: str, tree: str, record: Optional[Dict[str, Any]]) -> Optional[
     """After an apply that did not end (the marker is there): the tree checked against the record. A file that
     is not a plain file, has another size, was touched by the apply (the marker lists those) or is not in the
     record is read (sha256); when the tree is not what the record says, the record becomes what the tree holds,
-    with no origin, so that the writer's next manifest, whatever its sequence, is applied over it."""
+    with no origin, so that the writer's next manifest, whatever its sequence, is applied over it. The marker is
+    opened without following a link and read up to MAX_MARKER_BYTES; one that is not a plain file, is longer or
+    does not parse is taken as cut short (every file is read)."""
     marker = os.path.join(root, APPLYING)
+    touched: Optional[set] = None  # a marker cut short, over the bound or not this program's: every file is read
     try:
-        with open(marker, "rb") as handle:
-            touched: Optional[set] = set(json.loads(handle.read().decode("utf-8"))["paths"])
+        fd = os.open(marker, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return record
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        touched = None  # a marker cut short: every file is read
+    except OSError:
+        fd = -1  # a link (ELOOP) planted at the name: never followed
+    if fd >= 0:
+        with os.fdopen(fd, "rb") as handle, contextlib.suppress(ValueError, KeyError, TypeError, GenerationError):
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise GenerationError(f"{marker}: not a plain file")
+            data = handle.read(MAX_MARKER_BYTES + 1)
+            if len(data) <= MAX_MARKER_BYTES:
+                paths = json.loads(data.decode("utf-8"))["paths"]
+                touched = set(paths) if isinstance(paths, list) and all(isinstance(p, str) for p in paths) else None
     files = record["files"] if record is not None else {}
     actual: Dict[str, Entry] = {}
     for path, info in walk(tree).items():
