@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+import tracemalloc
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -346,6 +347,42 @@ def test_links_in_the_tree_are_replaced_never_followed(writer: Path, tmp_path: P
     assert served(replica) == gen_tree(writer)
 
 
+@needs_rsync
+@pytest.mark.parametrize("direction", ["file to directory", "directory to file"])
+def test_a_path_that_changes_between_file_and_directory_is_applied_whole(
+    direction: str, writer: Path, tmp_path: Path
+) -> None:
+    """simple/x a page, then a directory holding simple/x/index.html (or the other way): the new page is served, the
+    old one gone, and the pull after it finds nothing to repair."""
+    replica = tmp_path / "replica"
+    name, page = writer / "simple" / "x", writer / "simple" / "x" / "index.html"
+    if direction == "file to directory":
+        name.write_text("the old page")
+    else:
+        name.mkdir()
+        page.write_text("the old page")
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    assert served(replica) == gen_tree(writer)
+    if direction == "file to directory":
+        name.unlink()
+        name.mkdir()
+        page.write_text("the new page")
+    else:
+        page.unlink()
+        name.rmdir()
+        name.write_text("the new page")
+    publish(writer, 2)
+    done = gen.pull(str(writer), str(replica))
+    assert served(replica) == gen_tree(writer)
+    assert done["changed"] and done["removed"] == 0, "the old name was replaced, not removed after"
+    assert gen.served(str(replica))["sequence"] == 2 and not (replica / ".applying").exists()
+    assert not gen.pull(str(writer), str(replica))["changed"] and served(replica) == gen_tree(writer)
+    if direction == "directory to file":  # a removal under what is now a file: gone already, not an error
+        gen.remove_tree(str(replica / "tree" / "simple" / "x" / "index.html"))
+        assert (replica / "tree" / "simple" / "x").read_text() == "the new page"
+
+
 class Crash(Exception):
     pass
 
@@ -391,6 +428,32 @@ def test_a_crash_before_any_rename_keeps_the_record(writer: Path, tmp_path: Path
     (replica / ".applying").write_text('{"paths": ["packages/demo-1.0.tar.gz"]}')
     assert gen.pull(str(writer), str(replica))["changed"] is False
     assert gen.served(str(replica)) == record and not (replica / ".applying").exists()
+
+
+@needs_rsync
+@pytest.mark.parametrize("planted", ["a link", "over the bound"])
+def test_a_marker_that_is_a_link_or_too_long_is_not_trusted(
+    planted: str, writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of the tree changed behind the record (same size): a marker naming no path would let the check skip
+    it. One planted as a link is not followed, one longer than the bound is not read: every file is read instead,
+    the change is found and the writer's generation applied over it."""
+    replica = tmp_path / "replica"
+    publish(writer, 1)
+    gen.pull(str(writer), str(replica))
+    first = gen_tree(writer)
+    page = replica / "tree" / "simple" / "demo" / "index.html"
+    page.write_bytes(b"Z" * page.stat().st_size)
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"paths": []}')
+    if planted == "a link":
+        (replica / ".applying").symlink_to(outside)
+    else:
+        monkeypatch.setattr(gen, "MAX_MARKER_BYTES", 100)
+        (replica / ".applying").write_text('{"paths": []}' + " " * 100)
+    assert gen.pull(str(writer), str(replica))["changed"], "the tree was found not to be what the record says"
+    assert served(replica) == first and not os.path.lexists(replica / ".applying")
+    assert outside.read_text() == '{"paths": []}'
 
 
 @needs_rsync
@@ -775,6 +838,48 @@ def test_health_a_replica_that_never_reached_the_writer_since_it_started_is_not_
     assert doc["healthy"] is False and "has not served the writer's newest generation" in doc["reason"]
 
 
+def test_health_a_replica_already_behind_does_not_come_back_while_the_next_fetch_hangs() -> None:
+    """Current at 0, the writer newer at 9: out of the pool at 15. The next pull's fetch then hangs: the lag stays
+    what it had reached (15), never the 9 of the last fetch's start, and the reason does not say "newest"."""
+    health = gen.Health(max_lag=10)
+    health.observe(0.0, SERVING_ONE, ONE)
+    health.observe(9.0, SERVING_ONE, TWO, error="1 files differ from the manifest", answered=9.0, ended=9.5)
+    assert health.status(9.6)["healthy"] is True
+    assert health.status(9.6)["reason"] == (
+        "it serves generation 1 and the writer's newest is 2: 9.600 s without it, within the 10 s allowed"
+    )
+    doc = health.status(15.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 15.0
+    health.begin(15.0)
+    for now in (16.0, 200.0):
+        doc = health.status(now)
+        assert doc["healthy"] is False and doc["lag_seconds"] == 15.0, f"at {now}"
+        assert doc["reason"].startswith("it is 15.000 s behind"), f"at {now}"
+    health.observe(15.0, SERVING_ONE, None, error="rsync exited 30: timeout", down=True, ended=315.0)
+    assert health.status(400.0)["healthy"] is False and health.status(400.0)["lag_seconds"] == 15.0
+
+
+def test_health_the_lag_freezes_at_the_writers_answer_not_at_the_fetchs_start() -> None:
+    """The fetch of generation 2 started at 9, its manifest came back at 14; the files then fail to come (the
+    network): frozen at 14, not 9. Within the bound, the reason says behind, never "newest"."""
+    health = gen.Health(max_lag=10)
+    health.observe(0.0, SERVING_ONE, ONE)
+    health.begin()
+    health.contact(9.0, SERVING_ONE, TWO, answered=14.0)
+    health.observe(9.0, SERVING_ONE, TWO, error="rsync exited 12", down=True, answered=14.0)
+    doc = health.status(500.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 14.0 and doc["writer"]["reachable"] is False
+    late = gen.Health(max_lag=20)
+    late.observe(0.0, SERVING_ONE, ONE)
+    late.observe(9.0, SERVING_ONE, TWO, error="rsync exited 255", down=True, answered=14.0)
+    doc = late.status(500.0)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 14.0
+    assert doc["reason"] == (
+        "it serves generation 1 and the writer's newest is 2 as of its last contact (the writer does not answer):"
+        " 14.000 s without it, within the 20 s allowed"
+    )
+
+
 def test_health_a_stopped_pull_is_never_healthy_and_errors_are_cut_to_500_characters() -> None:
     health = gen.Health(max_lag=10)
     health.observe(100.0, SERVING_ONE, None, error="x" * 2000)
@@ -861,6 +966,94 @@ def test_a_replica_stays_in_the_pool_while_its_writer_is_gone(writer: Path, tmp_
     doc = health.status(300.0)
     assert doc["healthy"] is True and doc["writer"]["reachable"] is False and doc["lag_seconds"] == 0.0
     assert doc["serving"]["sequence"] == 1 and "rsync exited" in doc["writer"]["error"]
+
+
+def failing_rsync(tmp_path: Path, code: int, said: str = "rsync: write failed: No space left on device (28)") -> str:
+    """A stand-in rsync that says said and exits code on every run."""
+    program = tmp_path / f"rsync-exits-{code}"
+    program.write_text(f"#!/bin/sh\necho '{said}' >&2\nexit {code}\n")
+    program.chmod(0o755)
+    return str(program)
+
+
+@pytest.mark.parametrize(
+    ("code", "transport"),
+    [(255, True), (10, True), (12, True), (30, True), (35, True), (11, False), (1, False), (23, False)],
+)
+def test_only_the_writer_or_the_network_not_answering_is_a_transport_failure(
+    code: int, transport: bool, tmp_path: Path
+) -> None:
+    with pytest.raises(gen.GenerationError, match=f"rsync exited {code}") as failed:
+        gen.rsync([failing_rsync(tmp_path, code)])
+    assert isinstance(failed.value, gen.TransportError) is transport
+
+
+def test_rsync_keeps_only_the_end_of_what_it_said(tmp_path: Path) -> None:
+    """A hostile writer's rsync may say 30 MB before it fails: only the last bytes are kept in memory."""
+    chatty = tmp_path / "chatty-rsync"
+    chatty.write_text("#!/bin/sh\nhead -c 30000000 /dev/zero | tr '\\000' x\necho\necho 'the last words'\nexit 11\n")
+    chatty.chmod(0o755)
+    tracemalloc.start()
+    try:
+        with pytest.raises(gen.GenerationError, match="rsync exited 11") as failed:
+            gen.rsync([str(chatty)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(failed.value).endswith("the last words") and len(str(failed.value)) < 2100
+    assert peak < 5_000_000, f"{peak} bytes held while rsync spoke"
+
+
+def test_rsync_that_speaks_past_the_deadline_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    child = tmp_path / "rsync.pid"
+    endless = tmp_path / "endless-rsync"
+    endless.write_text(f'#!/bin/sh\necho $$ > "{child}"\nwhile :; do echo "rsync: an error"; done\n')
+    endless.chmod(0o755)
+    monkeypatch.setattr(gen, "RSYNC_DEADLINE", 1)
+    begun = time.monotonic()
+    with pytest.raises(gen.TransportError, match="rsync ran longer than 1 s"):
+        gen.rsync([str(endless)])
+    assert time.monotonic() - begun < 10
+    assert not running(int(child.read_text())), "killed at the deadline"
+
+
+@needs_rsync
+def test_a_replica_that_cannot_write_locally_leaves_the_pool(writer: Path, tmp_path: Path) -> None:
+    """Its disk is full: every pull's rsync exits 11 before the writer's manifest is read. The writer is not down,
+    so the lag is not frozen: the replica falls behind the writer's newer generation and leaves the pool."""
+    replica = tmp_path / "replica"
+    health = gen.Health(max_lag=10)
+    publish(writer, 1)
+    assert gen.pull_once(str(writer), str(replica), 2, "rsync", health=health, started=100.0)
+    (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
+    publish(writer, 2)
+    full = failing_rsync(tmp_path, 11)
+    for started in (103.0, 106.0, 109.0):
+        assert not gen.pull_once(str(writer), str(replica), 2, full, health=health, started=started)
+    assert health.status(109.5)["healthy"] is True, "9.5 s since it was known current: within the bound"
+    doc = health.status(112.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 12.0
+    assert doc["reason"] == (
+        "its pulls have failed for 12.000 s since it last served the writer's newest generation,"
+        " more than the 10 s allowed"
+    )
+    assert "rsync exited 11" in doc["writer"]["error"] and doc["writer"]["reachable"] is True
+    # The same replica with its writer down (ssh fails: 255) stays in the pool.
+    down = gen.Health(max_lag=10)
+    assert gen.pull_once(str(writer), str(replica), 2, "rsync", health=down, started=100.0)
+    assert not gen.pull_once(str(writer), str(replica), 2, failing_rsync(tmp_path, 255), health=down, started=103.0)
+    doc = down.status(500.0)
+    assert doc["healthy"] is True and doc["lag_seconds"] == 0.0 and doc["writer"]["reachable"] is False
+
+
+def test_health_an_error_that_is_not_the_writers_lets_the_lag_grow() -> None:
+    health = gen.Health(max_lag=10)
+    health.observe(100.0, SERVING_ONE, ONE)
+    health.observe(101.0, SERVING_ONE, None, error="manifest: not JSON", down=False)
+    doc = health.status(111.0)
+    assert doc["healthy"] is False and doc["lag_seconds"] == 11.0 and doc["writer"]["reachable"] is True
+    health.observe(112.0, SERVING_ONE, None, error="rsync exited 255", down=True)
+    assert health.status(500.0)["lag_seconds"] == 0.0, "the writer down: frozen at its last answer"
 
 
 def test_the_status_files_replace_links_planted_at_their_names_without_following_them(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ applied one (or of another origin), the pull asks rsync for exactly the new and 
 into ``ROOT/.incoming``, checks each against the manifest (size and sha256; one that differs is fetched once more
 with ``--ignore-times``, then the pull fails and the tree stays as it was), then applies them with a marker
 (``ROOT/.applying``) in place: the first area's files renamed into the tree first, then each later area's
-``metadata``, then its other files (the pages), then the removals (pages before files) and the directories left
-empty, and the record last. Each rename replaces one name at once; no link in the tree is followed (one at a
+``metadata``, then its other files (the pages), then the removals (pages before files; never a name a new path
+took over: a file become a directory, or one under a directory become a file) and the directories left empty, and
+the record last. Each rename replaces one name at once; no link in the tree is followed (one at a
 destination or a parent is replaced). A reader may see, for the fraction of a second an apply takes, a mix of
 old and new pages, each whole; never a page linking to a file the tree lacks (its file came first), never a file
 still arriving. A pull that starts with the marker there (a crash mid-apply) checks the tree against the record
@@ -42,20 +43,24 @@ that directory, now the tree, and the other generation directories are removed. 
 
 A replica's health, for a load balancer (``--status-dir DIR``): nginx answers ``GET /health`` 200 with
 ``DIR/ok.json`` while it exists, 503 without it. After every pull the loop writes ``DIR/status.json`` (what the
-replica serves, what the writer publishes, whether it answered, the last error, the lag and a sentence saying why
-the replica is or is not healthy; ``serving`` names the applied manifest's sequence, origin and digest, the
-sha256 of its bytes) and keeps ``DIR/ok.json`` (the same document) there iff the replica is healthy:
-it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The lag is counted on
-the replica's monotonic clock (no skew with the writer's) from the start of the last manifest fetch after which it
-served exactly the manifest fetched. While the writer does not answer (a fetch that failed, or is not answered
-yet), the lag stays what it was at the last answer: reads go on from a replica that was current when the writer
-went down; one already behind stays out. A replica is never healthy before its first generation, nor before the
-writer first answered since the pull started. A watch thread takes ok.json away as soon as the lag passes the
-bound, even in the middle of a long pull. When the pull ends (SIGTERM from supervisord, SIGINT, an error) ok.json
-is removed and status.json says the pull is not running; an ok.json left by a run killed outright is removed when
-the next one starts. Both files are written under a temporary name in DIR and renamed (a link is never followed);
-DIR is made 0755 when missing and refused when it is a link or not a directory. With ``--loop 0`` the files tell
-of that one pull and stay as it left them.
+replica serves, what the writer publishes, whether it answered (false only when it or the network did not), the last
+error, the lag and a sentence saying why the replica is or is not healthy; ``serving`` names the applied manifest's
+sequence, origin and digest, the sha256 of its bytes) and keeps ``DIR/ok.json`` (the same document) there iff the
+replica is healthy: it serves a generation and is at most ``--max-lag`` seconds (default 10) behind the writer. The
+lag is counted on the replica's monotonic clock (no skew with the writer's) from the start of the last manifest
+fetch after which it served exactly the manifest fetched. While the writer does not answer (rsync or ssh exits 255,
+10, 12, 30 or 35, rsync runs past its deadline, a local source is not there, or a fetch is not answered yet), the
+lag stays what it was when the writer last answered (its manifest came back): reads go on from a replica that was
+current when the writer went down; one already behind keeps the lag it had reached and stays out until it catches
+up. The status says the writer's newest generation is served only when the digests say so. Any other failure (a full
+disk, an unfit manifest, a failed check) lets the lag grow, so a replica that cannot take the writer's generations
+leaves the pool once past the bound. A replica is never healthy before its first generation, nor before the writer
+first answered since the pull started. A watch thread takes ok.json away as soon as the lag passes the bound, even
+in the middle of a long pull. When the pull ends (SIGTERM from supervisord, SIGINT, an error) ok.json is removed and
+status.json says the pull is not running; an ok.json left by a run killed outright is removed when the next one
+starts. Both files are written under a temporary name in DIR and renamed (a link is never followed); DIR is made
+0755 when missing and refused when it is a link or not a directory. With ``--loop 0`` the files tell of that one
+pull and stay as it left them.
 
 Run on the writer:  python3 airgap_pypi_generation.py publish ROOT --area packages --area static [--loop SECONDS]
 Check a copy:      python3 airgap_pypi_generation.py verify ROOT MANIFEST --area packages
@@ -92,6 +97,8 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 100,000 files take about 15 MB
 MAX_FILES = 1_000_000
 RSYNC_DEADLINE = 6 * 3600  # seconds one rsync run may take in all
 RSYNC_TIMEOUT = 300  # seconds without progress before rsync gives up (--timeout)
+RSYNC_SAID = 2000  # bytes of rsync's output kept (its last ones) to tell why it failed
+MAX_MARKER_BYTES = 2 * MAX_MANIFEST_BYTES  # the .applying marker: at most every path of two manifests
 CHUNK = 1024 * 1024
 _GENERATION_DIR = re.compile(r"^gen-\d{1,18}-[0-9a-f]{12}$")
 _ORIGIN = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
@@ -103,6 +110,11 @@ Entry = Tuple[int, str]  # size, sha256
 
 class GenerationError(Exception):
     """A manifest or a pulled tree that cannot be used; the message names what and why."""
+
+
+class TransportError(GenerationError):
+    """The writer or the network did not answer (rsync's or ssh's exit code says so, or rsync ran past its
+    deadline): the replica's lag stays as it was; any other failure lets it grow."""
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -481,19 +493,50 @@ def adopt(root: str, name: str) -> None:
 # rsync's exit codes for files that could not be sent (23) or vanished while it ran (24): the check of the
 # manifest's files that follows says which, and the tree stays as it was.
 PARTIAL_TRANSFER = (23, 24)
+# rsync's exit codes when the writer or the network does not answer: ssh's own failure (255), socket I/O (10),
+# the protocol data stream (12), a timeout in data send or receive (30) or waiting for the daemon (35). Every
+# other code (11, a local file I/O error such as a full disk, among them) is the replica's own failure.
+TRANSPORT_FAILURE = (10, 12, 30, 35, 255)
 
 
 def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
-    """Run rsync; GenerationError with the end of what it said when it fails (exit codes in tolerated pass)."""
+    """Run rsync; GenerationError with the end of what it said when it fails (exit codes in tolerated pass). Its
+    output is read as it comes and only the last RSYNC_SAID bytes are kept (a writer may send messages for as long
+    as the deadline allows); rsync is killed at the deadline, or when this program is stopped while it runs."""
+    tail = bytearray()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pipe = process.stdout
+    assert pipe is not None
+
+    def drain() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for chunk in iter(lambda: pipe.read1(CHUNK), b""):
+                tail.extend(chunk)
+                del tail[:-RSYNC_SAID]
+
+    reader = threading.Thread(target=drain, name="rsync-output", daemon=True)
+    deadline = time.monotonic() + RSYNC_DEADLINE
     try:
-        done = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, timeout=RSYNC_DEADLINE
-        )
+        reader.start()
+        reader.join(RSYNC_DEADLINE)
+        if reader.is_alive():
+            raise subprocess.TimeoutExpired(argv, RSYNC_DEADLINE)
+        returncode = process.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        raise GenerationError(f"rsync ran longer than {RSYNC_DEADLINE} s and was stopped") from None
-    if done.returncode != 0 and done.returncode not in tolerated:
-        said = done.stdout.decode("utf-8", "replace")[-2000:].strip()
-        raise GenerationError(f"rsync exited {done.returncode}: {said}")
+        process.kill()
+        process.wait()
+        raise TransportError(f"rsync ran longer than {RSYNC_DEADLINE} s and was stopped") from None
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        if not reader.is_alive():
+            pipe.close()
+    if returncode != 0 and returncode not in tolerated:
+        said = bytes(tail).decode("utf-8", "replace").strip()
+        failure = TransportError if returncode in TRANSPORT_FAILURE else GenerationError
+        raise failure(f"rsync exited {returncode}: {said}")
 
 
 # No --recursive: every run names its files (one file, or --files-from); a name that is a directory on the writer
@@ -511,6 +554,12 @@ RSYNC_SAFE = [
 ]
 
 
+def local_source(source: str) -> bool:
+    """source is a path on this machine to rsync (no host: no ':' before the first '/', not rsync://)."""
+    head = source.split("/", 1)[0]
+    return ":" not in head and not source.startswith("rsync://")
+
+
 def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     """The writer's manifest, checked. rsync brings it into root/.fetch with the last copy (root/.writer) as
     --link-dest: when the writer's file has the size and mtime (to the nanosecond, --modify-window=-1; an rsync
@@ -522,7 +571,14 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     remove_tree(fetch)
     os.mkdir(fetch, 0o755)
     argv = [program, *RSYNC_SAFE, "--modify-window=-1", f"--max-size={MAX_MANIFEST_BYTES}"]
-    rsync([*argv, f"--link-dest={os.path.abspath(keep)}", f"{source.rstrip('/')}/{MANIFEST}", fetch + "/"])
+    try:
+        rsync([*argv, f"--link-dest={os.path.abspath(keep)}", f"{source.rstrip('/')}/{MANIFEST}", fetch + "/"])
+    except TransportError:
+        raise
+    except GenerationError as exc:
+        if local_source(source) and not os.path.isdir(source):  # a writer's tree not mounted: it does not answer
+            raise TransportError(f"the writer's tree {source} is not there ({exc})") from None
+        raise
     fetched, kept = os.path.join(fetch, MANIFEST), os.path.join(keep, MANIFEST)
     try:
         manifest = read_manifest(fetched)
@@ -549,10 +605,11 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
 
 
 def remove_tree(path: str) -> None:
-    """Remove a directory this program made (a link there is removed as a link, never followed)."""
+    """Remove a directory this program made (a link there is removed as a link, never followed); a path under what
+    is now a file (ENOTDIR) is gone already."""
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     if stat.S_ISDIR(info.st_mode):
         shutil.rmtree(path)
@@ -683,6 +740,27 @@ def apply_changes(
             parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
 
 
+def ancestors(path: str) -> List[str]:
+    """The directories above path: a/b/c gives a/b, a."""
+    found = []
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        found.append(path)
+    return found
+
+
+def removals(have: Dict[str, Entry], wanted: Dict[str, Entry]) -> List[str]:
+    """The paths of have that wanted lacks, less those a new path replaces: a file that becomes a directory of new
+    paths (the apply makes the directory in its place) and a file under a directory that becomes a file (the apply
+    removes the directory with it). Removing either after the renames would lose what they brought."""
+    directories = {parent for path in wanted for parent in ancestors(path)}
+    return [
+        path
+        for path in have
+        if path not in wanted and path not in directories and not any(parent in wanted for parent in ancestors(path))
+    ]
+
+
 def record_applied(root: str) -> None:
     """root/applied.json: the writer's manifest just applied (a hard link to the fetched copy, renamed into place:
     the next fetch replaces the copy by rename and leaves this one as it is), then the marker removed."""
@@ -697,15 +775,25 @@ def recover(root: str, tree: str, record: Optional[Dict[str, Any]]) -> Optional[
     """After an apply that did not end (the marker is there): the tree checked against the record. A file that
     is not a plain file, has another size, was touched by the apply (the marker lists those) or is not in the
     record is read (sha256); when the tree is not what the record says, the record becomes what the tree holds,
-    with no origin, so that the writer's next manifest, whatever its sequence, is applied over it."""
+    with no origin, so that the writer's next manifest, whatever its sequence, is applied over it. The marker is
+    opened without following a link and read up to MAX_MARKER_BYTES; one that is not a plain file, is longer or
+    does not parse is taken as cut short (every file is read)."""
     marker = os.path.join(root, APPLYING)
+    touched: Optional[set] = None  # a marker cut short, over the bound or not this program's: every file is read
     try:
-        with open(marker, "rb") as handle:
-            touched: Optional[set] = set(json.loads(handle.read().decode("utf-8"))["paths"])
+        fd = os.open(marker, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return record
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        touched = None  # a marker cut short: every file is read
+    except OSError:
+        fd = -1  # a link (ELOOP) planted at the name: never followed
+    if fd >= 0:
+        with os.fdopen(fd, "rb") as handle, contextlib.suppress(ValueError, KeyError, TypeError, GenerationError):
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise GenerationError(f"{marker}: not a plain file")
+            data = handle.read(MAX_MARKER_BYTES + 1)
+            if len(data) <= MAX_MARKER_BYTES:
+                paths = json.loads(data.decode("utf-8"))["paths"]
+                touched = set(paths) if isinstance(paths, list) and all(isinstance(p, str) for p in paths) else None
     files = record["files"] if record is not None else {}
     actual: Dict[str, Entry] = {}
     for path, info in walk(tree).items():
@@ -757,7 +845,7 @@ def pull(
         return {"changed": False, "sequence": current["sequence"], "hashed": 0, "fetched": 0, "removed": 0, **seen}
     have, wanted, areas = current["files"] if current else {}, incoming["files"], incoming["areas"]
     changed = sorted((path for path, entry in wanted.items() if have.get(path) != entry), key=lambda p: rank(p, areas))
-    removed = sorted((path for path in have if path not in wanted), key=lambda p: rank(p, areas), reverse=True)
+    removed = sorted(removals(have, wanted), key=lambda p: rank(p, areas), reverse=True)
     staging = os.path.join(root, INCOMING)
     try:
         # Exactly the new and changed files are asked for (--files-from): nothing else of the writer's directory.
@@ -794,11 +882,14 @@ class Health:
     """How far behind the writer a replica is, on its own monotonic clock (no skew with the writer's).
 
     fresh_at is the start of the latest manifest fetch after which the replica served exactly the manifest fetched
-    (same digest). While the writer answers, the lag is now - fresh_at; once a fetch fails it stays at the last
-    answered fetch's start - fresh_at: a replica current when it lost the writer stays healthy (reads go on while
-    the writer is down), one already behind stays as behind. A fetch not answered yet counts as one that failed
-    until it is (begin, then contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads
-    it while a pull runs."""
+    (same digest); answered_at is when the writer last answered (its manifest came back). While the writer
+    answers, or a pull fails for a reason of the replica's own (a full disk, an unfit manifest), the lag is
+    now - fresh_at; once the writer or the network does not answer it stays at answered_at - fresh_at: a replica
+    current when it lost the writer stays healthy (reads go on while the writer is down). One already behind (the
+    writer's last manifest is not the one it serves) stays as behind: its lag never goes back below what it had
+    reached when the writer stopped answering (held_at, the start of the pull that got no answer, or the end of
+    one cut off by the network). A fetch not answered yet counts as one that failed until it is (begin, then
+    contact). Healthy: serving a generation, lag <= max_lag. Thread-safe: a watch reads it while a pull runs."""
 
     def __init__(self, max_lag: float) -> None:
         self.max_lag = max_lag
@@ -808,9 +899,10 @@ class Health:
         self.serving: Optional[Dict[str, Any]] = None  # sequence, origin, digest of the manifest applied
         self.writer: Optional[Dict[str, Any]] = None  # the last manifest fetched: sequence, origin, digest
         self.reachable = False
-        self.contact_at: Optional[float] = None  # monotonic start of the last fetch that worked
+        self.answered_at: Optional[float] = None  # monotonic time the writer's manifest last came back
         self.last_contact: Optional[str] = None  # the same moment, UTC ISO
         self.fresh_at: Optional[float] = None
+        self.held_at: Optional[float] = None  # a replica behind: when the writer stopped answering, as far as known
         self.error: Optional[str] = None
 
     def observe(
@@ -820,44 +912,84 @@ class Health:
         writer: Optional[Dict[str, Any]],
         error: Optional[str] = None,
         wall: Optional[str] = None,
+        *,
+        down: Optional[bool] = None,
+        answered: Optional[float] = None,
+        ended: Optional[float] = None,
     ) -> None:
-        """One pull that started (monotonic) at started: what current serves after it (None: nothing), the
-        manifest it fetched (None: the fetch failed) and why it failed (None: it worked)."""
+        """One pull that started (monotonic) at started and ended at ended (None: not known): what current serves
+        after it (None: nothing), the manifest it fetched (None: not fetched) and when it came back (answered;
+        None: at started), why it failed (None: it worked) and whether it failed because the writer or the
+        network did not answer (down; None: when no manifest was fetched). Only such a failure freezes the lag;
+        any other (a full disk, an unfit manifest, a failed check) lets it grow."""
         with self._lock:
+            counting = self.reachable and not self.asking
             self.asking, self.observed = False, True
             self.serving = serving
             self.error = error[:MAX_ERROR] if error else None
-            self.reachable = writer is not None
             if writer is not None:
-                self._answered(started, serving, writer, wall)
+                self._answered(started, serving, writer, wall, answered)
+                counting = True  # from its answer on, the lag was counted as the writer's
+            down = writer is None if down is None else down
+            if down and counting and ended is not None:
+                self._hold(ended)
+            self.reachable = not down
 
-    def begin(self) -> None:
-        """A pull starts: until the writer answers, the lag is counted as if it did not."""
+    def begin(self, at: Optional[float] = None) -> None:
+        """A pull starts (at: its monotonic time, when known): until the writer answers, the lag is counted as if
+        it did not; a replica behind keeps the lag it had reached by then."""
         with self._lock:
+            if at is not None and self.reachable and not self.asking:
+                self._hold(at)
             self.asking = True
 
     def contact(
-        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str] = None
+        self,
+        started: float,
+        serving: Optional[Dict[str, Any]],
+        writer: Dict[str, Any],
+        wall: Optional[str] = None,
+        *,
+        answered: Optional[float] = None,
     ) -> None:
-        """The writer answered the fetch that started at started with the manifest writer, while the replica
-        serves serving; the files may still be to come (a long pull counts its lag from now on)."""
+        """The writer answered (at answered; None: at started) the fetch that started at started with the
+        manifest writer, while the replica serves serving; the files may still be to come (a long pull counts its
+        lag from now on)."""
         with self._lock:
             self.asking, self.observed = False, True
             self.serving, self.reachable = serving, True
-            self._answered(started, serving, writer, wall)
+            self._answered(started, serving, writer, wall, answered)
 
     def _answered(
-        self, started: float, serving: Optional[Dict[str, Any]], writer: Dict[str, Any], wall: Optional[str]
+        self,
+        started: float,
+        serving: Optional[Dict[str, Any]],
+        writer: Dict[str, Any],
+        wall: Optional[str],
+        answered: Optional[float],
     ) -> None:
-        self.writer, self.contact_at, self.last_contact = writer, started, wall or utc_now()
+        self.writer, self.last_contact, self.held_at = writer, wall or utc_now(), None
+        self.answered_at = started if answered is None else answered
         if serving is not None and serving["digest"] == writer["digest"]:
             self.fresh_at = started
 
+    def _current(self) -> bool:
+        """The replica serves the manifest the writer last answered with."""
+        return self.serving is not None and self.writer is not None and self.serving["digest"] == self.writer["digest"]
+
+    def _hold(self, at: float) -> None:
+        """The writer stops answering at at, as far as the replica knows: a replica behind keeps its lag so far."""
+        if not self._current() and (self.held_at is None or at > self.held_at):
+            self.held_at = at
+
     def lag(self, now: float) -> Optional[float]:
         """Seconds behind the writer at now (monotonic); None when never seen current since the start."""
-        if self.fresh_at is None or self.contact_at is None:
+        if self.fresh_at is None or self.answered_at is None:
             return None
-        return (now if self.reachable and not self.asking else self.contact_at) - self.fresh_at
+        if self.reachable and not self.asking:
+            return now - self.fresh_at
+        frozen = self.answered_at if self.held_at is None else max(self.answered_at, self.held_at)
+        return frozen - self.fresh_at
 
     def reason(self, lag: Optional[float]) -> str:
         """Why the replica is not healthy, or what it serves when it is: one sentence."""
@@ -865,19 +997,35 @@ class Health:
             return "no pull has ended since the program started"
         if self.serving is None:
             return "it serves no generation yet"
-        if self.contact_at is None:
+        if self.answered_at is None:
             return "the writer has not answered since the pull started, so how far behind it is is not known"
         if lag is None:
             return "it has not served the writer's newest generation since the pull started"
         if lag > self.max_lag:
             return self._behind(lag)
+        return self._within(lag)
+
+    def _within(self, lag: float) -> str:
+        """The reason of a replica within the bound: the writer's newest generation is said to be served only when
+        the digests say so."""
         as_of = "" if self.reachable else " as of its last contact (the writer does not answer)"
-        return f"serving the writer's newest generation{as_of}"
+        if self._current():
+            return f"serving the writer's newest generation{as_of}"
+        writer, serving = self.writer or {}, self.serving or {}
+        return (
+            f"it serves generation {serving.get('sequence')} and the writer's newest is {writer.get('sequence')}"
+            f"{as_of}: {lag:.3f} s without it, within the {self.max_lag:g} s allowed"
+        )
 
     def _behind(self, lag: float) -> str:
         """The reason of a replica behind by more than the bound: a writer gone back to an older generation of the
         tree served (restored from a backup), which a replica does not follow, is named as such."""
         writer, serving = self.writer or {}, self.serving or {}
+        if writer and serving and writer["digest"] == serving["digest"]:  # its pulls fail before the manifest
+            return (
+                f"its pulls have failed for {lag:.3f} s since it last served the writer's newest generation, more"
+                f" than the {self.max_lag:g} s allowed"
+            )
         if writer and serving and writer["origin"] == serving["origin"] and writer["sequence"] <= serving["sequence"]:
             return (
                 f"the writer publishes generation {writer['sequence']} of the tree whose generation"
@@ -973,19 +1121,31 @@ class StatusFiles:
 
 
 def pull_once(
-    source: str, root: str, keep: int, program: str, *, health: Optional[Health] = None, started: float = 0.0
+    source: str,
+    root: str,
+    keep: int,
+    program: str,
+    *,
+    health: Optional[Health] = None,
+    started: float = 0.0,
+    clock: Optional[Callable[[], float]] = None,
 ) -> bool:
     """One pass of the replica's loop: pull, say what happened, note it in health (started: the monotonic time
-    taken before it). True when the pull worked."""
+    taken before it; clock: the monotonic clock that times the writer's answer and the pull's end, None: both
+    taken as started, for made-up times). True when the pull worked."""
     wall = utc_now()
+    now = clock if clock is not None else lambda: started
     seen: Dict[str, Any] = {}
     error = None
+    down = False  # the writer or the network did not answer
+    answered: List[float] = []  # when the writer's manifest came back
     fetched = None
     if health is not None:
-        health.begin()
+        health.begin(started)
 
         def fetched(found: Dict[str, Any]) -> None:
-            health.contact(started, found["serving"], found["writer"], wall)
+            answered.append(now())
+            health.contact(started, found["serving"], found["writer"], wall, answered=answered[-1])
 
     try:
         done = pull(source, root, keep, program, seen=seen, fetched=fetched)
@@ -997,9 +1157,19 @@ def pull_once(
             )
     except (GenerationError, OSError) as exc:
         error = str(exc) or type(exc).__name__
+        down = isinstance(exc, TransportError)
         print(f"pull failed: {error}", file=sys.stderr, flush=True)
     if health is not None:
-        health.observe(started, seen.get("serving"), seen.get("writer"), error, wall)
+        health.observe(
+            started,
+            seen.get("serving"),
+            seen.get("writer"),
+            error,
+            wall,
+            down=down,
+            answered=answered[-1] if answered else None,
+            ended=now(),
+        )
     return error is None
 
 
@@ -1024,7 +1194,7 @@ def pull_loop(
             threading.Thread(target=files.watch, args=(tick, done), name="health-watch", daemon=True).start()
         while True:
             started = time.monotonic()
-            worked = pull_once(source, root, keep, program, health=health, started=started)
+            worked = pull_once(source, root, keep, program, health=health, started=started, clock=time.monotonic)
             if files is not None:
                 try:
                     files.write(time.monotonic())
