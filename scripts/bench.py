@@ -445,10 +445,8 @@ def build_yardstick_tree(files: Iterable[Path], root: Path) -> dict[str, int]:
     return {"projects": len(projects), "files": sum(len(e) for e in projects.values())}
 
 
-def nginx_conf(prefix: str, root: str, port: int, workers: int) -> str:
-    """A self-contained nginx configuration: everything under prefix, serving root on port (every address).
-
-    The Debian package's defaults for a static site (sendfile, tcp_nopush) and nothing of the product's site."""
+def nginx_head(prefix: str, workers: int, connections: int) -> str:
+    """The start of a self-contained nginx.conf, up to the open http block: every path under prefix."""
     temp = " ".join(
         f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
@@ -456,9 +454,16 @@ def nginx_conf(prefix: str, root: str, port: int, workers: int) -> str:
 worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
-    {temp}
+    {temp}"""
+
+
+def nginx_conf(prefix: str, root: str, port: int, workers: int) -> str:
+    """A self-contained nginx configuration: everything under prefix, serving root on port (every address).
+
+    The Debian package's defaults for a static site (sendfile, tcp_nopush) and nothing of the product's site."""
+    return f"""{nginx_head(prefix, workers, 1024)}
     access_log off;
     sendfile on;
     tcp_nopush on;
@@ -2848,16 +2853,7 @@ def replica_site(root: str, port: int, health_dir: str, template: Path = FRONT_T
 def replica_nginx_conf(prefix: str, site: str, workers: int) -> str:
     """nginx.conf for the replica: Debian's http defaults (sendfile, tcp_nopush, its MIME types) around the site
     as the role writes it, everything else under prefix."""
-    temp = " ".join(
-        f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""user www-data;
-worker_processes {workers};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 768; }}
-http {{
-    {temp}
+    return f"""{nginx_head(prefix, workers, 768)}
     sendfile on;
     tcp_nopush on;
     include /etc/nginx/mime.types;

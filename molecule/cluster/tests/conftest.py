@@ -122,8 +122,9 @@ def upload_and_watch(wheel: str, project: str, limit: float, upload_to: str = f"
     return json.loads(done.stdout)
 
 
-def pip_from(replica: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """pip on the client with the replica as its only index."""
+def pip_from(host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """pip on the client with a replica, or the balancer, as its only index."""
+    base = BALANCER_URL if host == BALANCER else replica_url(host)
     return on(
         CLIENT,
         f"{CLIENT_BIN}/pip",
@@ -131,9 +132,28 @@ def pip_from(replica: str, *args: str) -> subprocess.CompletedProcess[str]:
         "--no-cache-dir",
         "--disable-pip-version-check",
         "--trusted-host",
-        replica,
+        host,
         "--index-url",
-        f"{replica_url(replica)}/simple/",
+        f"{base}/simple/",
+        timeout=300,
+    )
+
+
+def twine_upload(wheel: str) -> subprocess.CompletedProcess[str]:
+    """twine upload of a wheel on the client through the balancer."""
+    return on(
+        CLIENT,
+        f"{CLIENT_BIN}/twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        f"{BALANCER_URL}/",
+        "-u",
+        USER,
+        "-p",
+        PASSWORD,
+        wheel,
         timeout=300,
     )
 

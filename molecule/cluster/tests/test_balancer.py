@@ -12,21 +12,22 @@ import time
 
 import pytest
 from conftest import (
+    BALANCER,
     BALANCER_URL,
     CLIENT,
     CLIENT_BIN,
     DATA_DIR,
     INDEX_PROGRAM,
-    PASSWORD,
     PULL_PROGRAM,
     READ_URL,
     REPLICAS,
     SUPERVISORCTL,
-    USER,
     WRITER,
     on,
+    pip_from,
     replica_url,
     server_states,
+    twine_upload,
     upload_and_watch,
     wait_for_state,
 )
@@ -36,40 +37,6 @@ WRITES = "airgap_pypi_writer"
 INSTALLS = 200
 # The install at which the test stops a replica's nginx: traffic reached it before, and goes on after.
 STOP_AT = 40
-
-
-def balancer_pip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """pip on the client with the balancer as its only index."""
-    return on(
-        CLIENT,
-        f"{CLIENT_BIN}/pip",
-        *args,
-        "--no-cache-dir",
-        "--disable-pip-version-check",
-        "--trusted-host",
-        BALANCER_URL.split("//")[1].split(":")[0],
-        "--index-url",
-        f"{BALANCER_URL}/simple/",
-        timeout=timeout,
-    )
-
-
-def twine_upload(wheel: str) -> subprocess.CompletedProcess[str]:
-    return on(
-        CLIENT,
-        f"{CLIENT_BIN}/twine",
-        "upload",
-        "--non-interactive",
-        "--disable-progress-bar",
-        "--repository-url",
-        f"{BALANCER_URL}/",
-        "-u",
-        USER,
-        "-p",
-        PASSWORD,
-        wheel,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +54,9 @@ def test_the_balancer_spreads_reads_over_the_replicas_and_the_writer(uploaded: s
     states = server_states()
     assert {states.get((READS, server)) for server in (*REPLICAS, WRITER)} == {"UP"}, states
     assert states.get((WRITES, WRITER)) == "UP", states
-    done = balancer_pip("install", "--no-deps", "--target", f"/var/tmp/target-balanced-{uploaded}", f"{uploaded}==1.0")
+    done = pip_from(
+        BALANCER, "install", "--no-deps", "--target", f"/var/tmp/target-balanced-{uploaded}", f"{uploaded}==1.0"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # Round robin over three servers: of twelve reads, some reach each replica (its nginx's access log).
     marker = f"spread-{time.time_ns()}"
@@ -183,7 +152,7 @@ def test_a_stopped_writer_leaves_reads_working_and_refuses_uploads_with_the_mess
     try:
         wait_for_state(WRITES, WRITER, "DOWN", limit=20)
         target = f"/var/tmp/target-writer-down-{uploaded}"
-        done = balancer_pip("install", "--no-deps", "--target", target, f"{uploaded}==1.0")
+        done = pip_from(BALANCER, "install", "--no-deps", "--target", target, f"{uploaded}==1.0")
         assert done.returncode == 0, done.stdout + done.stderr
         refused = twine_upload(wheel)
         said = " ".join((refused.stdout + refused.stderr).split())
@@ -241,7 +210,9 @@ def test_a_replica_that_falls_behind_leaves_the_read_pool_until_it_catches_up(wh
             assert status["healthy"] is False, status
             assert status["lag_seconds"] > status["max_lag_seconds"], status
         # Reads go on from the writer, which has the new file.
-        done = balancer_pip("install", "--no-deps", "--target", f"/var/tmp/target-behind-{project}", f"{project}==1.0")
+        done = pip_from(
+            BALANCER, "install", "--no-deps", "--target", f"/var/tmp/target-behind-{project}", f"{project}==1.0"
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         on(WRITER, "chmod", mode, packages)

@@ -30,6 +30,7 @@ from conftest import (
     on,
     recap,
     site,
+    twine_upload,
     wait_for,
 )
 
@@ -42,24 +43,6 @@ WAITING = "TASK [pypi_replica : Wait until the replica serves the writer's last 
 
 def promote(*args: str):
     return ansible_playbook(PROMOTE, INVENTORY_DIR, *args, project=PROJECT_DIR, timeout=900)
-
-
-def twine_upload(wheel: str):
-    return on(
-        CLIENT,
-        f"{CLIENT_BIN}/twine",
-        "upload",
-        "--non-interactive",
-        "--disable-progress-bar",
-        "--repository-url",
-        f"{BALANCER_URL}/",
-        "-u",
-        USER,
-        "-p",
-        PASSWORD,
-        wheel,
-        timeout=300,
-    )
 
 
 def digests(container: str, directory: str) -> dict[str, str]:
