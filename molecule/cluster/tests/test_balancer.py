@@ -241,3 +241,14 @@ def test_a_stopped_pull_takes_the_replica_out_of_the_pool() -> None:
     finally:
         assert on(replica, *SUPERVISORCTL, "start", PULL_PROGRAM).returncode == 0
     wait_for_state(READS, replica, "UP", limit=30)
+
+
+def test_a_client_host_installs_through_the_balancer_with_no_flags(uploaded: str) -> None:
+    # pypi_client pointed pip at the balancer (the first host of pypi_balancers), and only at it.
+    config = on(CLIENT, f"{CLIENT_BIN}/pip", "config", "list")
+    assert f"global.index-url='{BALANCER_URL}/simple/'" in config.stdout, config.stdout + config.stderr
+    target = f"/var/tmp/target-configured-{uploaded}"
+    done = on(
+        CLIENT, f"{CLIENT_BIN}/pip", "install", "--no-deps", "--no-cache-dir", "--target", target, f"{uploaded}==1.0"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import BALANCER, INVENTORY_DIR, PRISTINE, REPLICAS, WRITER, changes_of, recap, site
+from conftest import BALANCER, CLIENT, INVENTORY_DIR, PRISTINE, REPLICAS, WRITER, changes_of, recap, site
 
 
 def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
     result = site(INVENTORY_DIR, "--check")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     counts = recap(result.stdout)
-    assert set(counts) == {WRITER, *REPLICAS, BALANCER}, counts
+    assert set(counts) == {WRITER, *REPLICAS, BALANCER, CLIENT}, counts
     for host, numbers in counts.items():
         assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
 
