@@ -39,3 +39,11 @@ def test_sections_parse_and_name_every_setting_and_both_logs() -> None:
     assert section["stdout_logfile"] == "/var/log/supervisor/pypiserver.out.log"
     assert section["stderr_logfile"] == "/var/log/supervisor/pypiserver.err.log"
     assert section["stderr_logfile_maxbytes"] == "20MB" and section["stdout_logfile_backups"] == "10"
+
+
+def test_removed_programs_are_the_named_ones_or_every_available_one() -> None:
+    avail = ["airgap-pypi-publish              in use    auto      999:999", "pypiserver   in use  auto  999:999", ""]
+    assert [p["name"] for p in filters.removed_programs(["all"], avail)] == ["airgap-pypi-publish", "pypiserver"]
+    assert filters.removed_programs(["pypiserver"], avail) == [
+        {"name": "pypiserver", "command": "removed", "state": "absent"}
+    ]

@@ -121,12 +121,14 @@ def test_promote_moves_the_writer_and_loses_no_acknowledged_file(wheel_on_client
     assert code == 0, said[-4000:]
     assert f"Now move {NEW_WRITER} from pypi_replicas to pypi_servers" in " ".join(said.split())
 
-    # The old writer is frozen: its index stopped, so uploads get the balancer's answer until site.yml moves it.
+    # The old writer is retired: its index stopped, so uploads get the balancer's answer until site.yml moves it.
     packages = digests(WRITER, f"{DATA_DIR}/packages")
     assert name in packages
     records = {area: digests(WRITER, f"{DATA_DIR}/{area}") for area in ("owners", "audit")}
     audit = file_bytes(WRITER, f"{DATA_DIR}/audit/audit.jsonl")
-    assert "RUNNING" not in on(WRITER, *SUPERVISORCTL, "status", INDEX_PROGRAM).stdout
+    # Its programs are gone for good: supervisorctl update (as at a reboot) starts nothing.
+    assert on(WRITER, *SUPERVISORCTL, "update").returncode == 0
+    assert on(WRITER, *SUPERVISORCTL, "avail").stdout.strip() == ""
     refused = twine_upload(wheel_on_client("cluster-during-promotion")[0])
     assert refused.returncode != 0 and "503" in refused.stdout + refused.stderr
 

@@ -65,6 +65,14 @@ def program_files(
     return entries
 
 
+def removed_programs(names: list[str], avail: list[str]) -> list[dict[str, Any]]:
+    """The program entries (state absent) that remove names, or, for ['all'], every program of `supervisorctl
+    avail`'s lines (its first column)."""
+    if names == ["all"]:
+        names = [line.split()[0] for line in avail if line.strip()]
+    return [{"name": name, "command": "removed", "state": "absent"} for name in names]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"pypi_supervisor_program_files": program_files}
+        return {"pypi_supervisor_program_files": program_files, "pypi_supervisor_removed_programs": removed_programs}
