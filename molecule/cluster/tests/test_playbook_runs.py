@@ -7,7 +7,23 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import BALANCER, CLIENT, INVENTORY_DIR, PRISTINE, REPLICAS, WRITER, changes_of, recap, site
+from conftest import (
+    BALANCER,
+    CLIENT,
+    INVENTORY_DIR,
+    PRISTINE,
+    PROJECT_DIR,
+    PULL_PROGRAM,
+    REPLICAS,
+    SUPERVISORCTL,
+    WRITER,
+    ansible_playbook,
+    changes_of,
+    on,
+    recap,
+    site,
+    wait_for_state,
+)
 
 
 def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
@@ -48,6 +64,14 @@ BAD_LAYOUTS = {
         {"pypi_servers": {"hosts": {}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
         [f"Balancer {PRISTINE} has no writer", "Put the index host in pypi_servers"],
     ),
+    # A replica whose writer's name does not resolve (the converged writer is in the run: it must not change).
+    "replica-without-reach": (
+        {
+            "pypi_servers": {"hosts": {WRITER: {}}},
+            "pypi_replicas": {"hosts": {PRISTINE: {"pypi_replica_writer_address": "nowhere.invalid"}}},
+        },
+        [f"Replica {PRISTINE} cannot reach its writer {WRITER} at nowhere.invalid port 22", "does not resolve"],
+    ),
     # The never-converged host's apt knows no repository: no HAProxy (the converged writer must not change either).
     "no-haproxy": (
         {"pypi_servers": {"hosts": {WRITER: {}}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
@@ -71,5 +95,39 @@ def test_a_bad_replica_or_balancer_layout_stops_before_any_change(case: str, tmp
     assert changes_of(PRISTINE) == before
     for host, numbers in recap(result.stdout).items():
         assert numbers.get("changed", 0) == 0, (host, numbers)
-    # The play that checks the layout is the first: no other play started.
-    assert "PLAY [Check inputs, bundle and host before changing anything]" not in result.stdout
+    # No play that changes anything started; a layout stops in the very first play.
+    assert "PLAY [Install and serve the private package index]" not in result.stdout
+    if case != "replica-without-reach":
+        assert "PLAY [Check inputs, bundle and host before changing anything]" not in result.stdout
+
+
+def verify() -> tuple[int, str]:
+    """playbooks/verify.yml on the cluster: its exit code and its output, on one line."""
+    result = ansible_playbook(PROJECT_DIR / "playbooks" / "verify.yml", INVENTORY_DIR, project=PROJECT_DIR)
+    for host, numbers in recap(result.stdout).items():
+        assert numbers.get("changed", 0) == 0, (host, numbers)
+    return result.returncode, " ".join((result.stdout + result.stderr).split())
+
+
+def test_verify_checks_the_replicas_and_the_balancer() -> None:
+    code, said = verify()
+    assert code == 0, said[-3000:]
+    # (The report is YAML: a quote in a check's text is doubled there, so the texts below stop before one.)
+    for check in (
+        "PASS | replica serves its writer",
+        "PASS | replica refuses an upload (405)",
+        "PASS | an upload without credentials through the balancer reaches the writer (401)",
+        "PASS | every server of the read pool and the writer is UP in HAProxy",
+    ):
+        assert check in said, (check, said[-3000:])
+    # A replica whose pull stopped fails its check, and the balancer's (the replica is DOWN there).
+    assert on(REPLICAS[0], *SUPERVISORCTL, "stop", PULL_PROGRAM).returncode == 0
+    try:
+        wait_for_state("airgap_pypi_reads", REPLICAS[0], "DOWN", limit=20)
+        code, said = verify()
+    finally:
+        assert on(REPLICAS[0], *SUPERVISORCTL, "start", PULL_PROGRAM).returncode == 0
+    assert code != 0
+    assert "FAIL | replica serves its writer" in said, said[-3000:]
+    assert "FAIL | every server of the read pool and the writer is UP in HAProxy" in said, said[-3000:]
+    wait_for_state("airgap_pypi_reads", REPLICAS[0], "UP", limit=30)
