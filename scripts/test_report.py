@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 SLOWEST = 15
+MESSAGE = 160  # characters of a failure's first line in the list of failures
+FAILURES = 20  # failed cases listed by name; more are counted
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Case:
     name: str
     seconds: float
     outcome: str  # passed, failed or skipped
+    message: str = ""  # a failed case's first line of its failure, bounded
 
 
 @dataclass
@@ -71,10 +74,17 @@ def read_cases(report: Path) -> list[Case]:
         tags = {child.tag for child in case}
         outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
         name = case.get("name", "?")
+        message = ""
+        for child in case:
+            if child.tag in ("failure", "error"):
+                text = child.get("message") or (child.text or "")
+                first = text.strip().splitlines()[0] if text.strip() else ""
+                message = first[:MESSAGE] + ("..." if len(first) > MESSAGE else "")
+                break
         # Classnames are dotted paths from pytest.ini's directory (molecule.default.tests.test_default): the
         # module is enough beside the step's name.
         module = case.get("classname", "").rsplit(".", 1)[-1]
-        cases.append(Case(f"{module}::{name}" if module else name, float(case.get("time") or 0), outcome))
+        cases.append(Case(f"{module}::{name}" if module else name, float(case.get("time") or 0), outcome, message))
     return cases
 
 
@@ -152,6 +162,19 @@ def slowest_tasks(records: list[dict[str, Any]], limit: int = SLOWEST) -> list[s
     return table(rows, ["total s", "runs", "max s", "task"])
 
 
+def failure_lines(steps: list[Step], limit: int = FAILURES) -> list[str]:
+    """What failed, by step and case, with each failure's first line: CI shows only the end of the output."""
+    lines = []
+    for step in steps:
+        failed = [case for case in step.cases if case.outcome == "failed"]
+        if step.rc != 0 and not failed:
+            lines.append(f"  {step.name}: the step exited {step.rc} (see .test-results/logs/{step.name}.log)")
+        lines += [f"  {step.name}: {case.name}" + (f" -- {case.message}" if case.message else "") for case in failed]
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"  ... and {len(lines) - limit} more"]
+    return lines
+
+
 def counts(steps: list[Step]) -> tuple[int, int, int]:
     passed = sum(step.count("passed") for step in steps)
     failed = sum(step.failures for step in steps)
@@ -163,7 +186,7 @@ def report(results: Path, wall: float | None = None) -> tuple[str, int]:
     """The whole report and the number of failures."""
     steps = read_steps(results)
     tasks = read_task_times(results / "task-times.jsonl")
-    lines = ["", "Steps of make test:", *step_table(steps, wall)]
+    lines = []
     if any(step.cases for step in steps):
         lines += ["", f"The {SLOWEST} slowest test cases:", *slowest_cases(steps)]
     if tasks:
@@ -175,6 +198,11 @@ def report(results: Path, wall: float | None = None) -> tuple[str, int]:
             f"{sum(float(r['seconds']) for r in tasks):.0f} s in all):",
             *slowest_tasks(tasks),
         ]
+    # The step table and the failures come last: CI keeps only the end of the output.
+    lines += ["", "Steps of make test:", *step_table(steps, wall)]
+    failures = failure_lines(steps)
+    if failures:
+        lines += ["", "What failed:", *failures]
     passed, failed, skipped = counts(steps)
     lines += ["", f"{passed} passed, {failed} failed, {skipped} skipped"]
     return "\n".join(lines), failed

@@ -66,6 +66,31 @@ def test_errors_count_as_failures_and_a_step_that_ran_nothing_is_not_run(tmp_pat
     assert text.rstrip().endswith("1 passed, 1 failed, 5 skipped")
 
 
+def test_the_end_of_the_report_names_what_failed(tmp_path: Path) -> None:
+    """CI keeps only the end of make test's output: the step table and each failure with its first line end it."""
+    (tmp_path / "cluster.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite><testcase classname="m.test_balancer" name="test_lag" time="3">'
+        f'<failure message="AssertionError: {"x" * 500}&#10;second line"/></testcase></testsuite></testsuites>'
+    )
+    records = [{"task": "role : task", "seconds": 1.0, "hosts": 1, "skipped": 0}]
+    (tmp_path / "task-times.jsonl").write_text(json.dumps(records[0]) + "\n")
+    steps_file(tmp_path, ("cluster", "A", 0, 9, 1, "cluster.xml"), ("lint", "A", 9, 10, 2, "-"))
+    text, failed = test_report.report(tmp_path)
+    assert failed == 2
+    tail = text.rstrip().splitlines()[-11:]
+    assert tail[0] == "Steps of make test:" and tail[-5] == "What failed:"
+    assert tail[-4].startswith("  cluster: test_balancer::test_lag -- AssertionError: xxx")
+    assert tail[-4].endswith("...") and len(tail[-4]) < 250 and "second line" not in text
+    assert tail[-3] == "  lint: the step exited 2 (see .test-results/logs/lint.log)"
+    assert text.index("slowest test cases") < text.index("took longest") < text.index("Steps of make test")
+
+
+def test_a_passing_run_lists_no_failures(tmp_path: Path) -> None:
+    steps_file(tmp_path, ("unit", "B", 0, 9, 0, junit(tmp_path / "unit.xml", passed=2)))
+    text, failed = test_report.report(tmp_path)
+    assert failed == 0 and "What failed" not in text
+
+
 def test_a_cut_off_report_is_a_failure(tmp_path: Path) -> None:
     (tmp_path / "unit.xml").write_text('<?xml version="1.0"?><testsuites><testsuite><testcase name="a"')
     steps_file(tmp_path, ("unit", "B", 0, 1, 0, "unit.xml"))
