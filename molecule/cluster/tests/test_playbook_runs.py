@@ -101,6 +101,29 @@ def test_a_bad_replica_or_balancer_layout_stops_before_any_change(case: str, tmp
         assert "PLAY [Check inputs, bundle and host before changing anything]" not in result.stdout
 
 
+def test_a_balancer_whose_statistics_port_is_taken_stops_before_any_change(tmp_path: Path) -> None:
+    """Another program on 8404 (pypi_balancer_stats_port) would make HAProxy fail to start after the install."""
+    holder = "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 8404))\ns.listen()\ntime.sleep(600)"
+    started = on(PRISTINE, "sh", "-c", f'python3 -c "{holder}" >/dev/null 2>&1 & echo $!')
+    pid = started.stdout.strip()
+    assert started.returncode == 0 and pid.isdigit(), started.stdout + started.stderr
+    try:
+        inventory = tmp_path / "hosts.json"
+        groups = {"pypi_servers": {"hosts": {WRITER: {}}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}}
+        inventory.write_text(json.dumps({"all": {"vars": DOCKER}, **groups}))
+        before = changes_of(PRISTINE)
+        result = site(inventory)
+        said = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode != 0, said[-3000:]
+        assert f"Port 8404 on {PRISTINE} (pypi_balancer_stats_port) is already in use by python3" in said, said[-3000:]
+        assert "choose another pypi_balancer_stats_port (0: no statistics page)" in said, said[-3000:]
+        assert "Nothing was changed on any host" in said
+        assert changes_of(PRISTINE) == before
+        assert "PLAY [Install and serve the private package index]" not in result.stdout
+    finally:
+        on(PRISTINE, "kill", pid)
+
+
 def verify() -> tuple[int, str]:
     """playbooks/verify.yml on the cluster: its exit code and its output, on one line."""
     result = ansible_playbook(PROJECT_DIR / "playbooks" / "verify.yml", INVENTORY_DIR, project=PROJECT_DIR)
