@@ -1233,6 +1233,8 @@ def test_a_pull_that_takes_longer_than_max_lag_leaves_the_pool_before_it_ends(wr
         assert wait_for(lambda: child.exists() and child.read_text().strip().isdigit()), "the files' rsync started"
         pid = int(child.read_text())
         assert wait_for(lambda: not (status / "ok.json").exists()), "out of the pool within 10 s"
+        # ok.json goes first, status.json is rewritten right after it (write_status): wait for that too.
+        assert wait_for(lambda: status_of(status)["healthy"] is False), "the status says so within 10 s"
         assert process.poll() is None and running(pid), "while the pull still runs"
         doc = status_of(status)
         assert doc["healthy"] is False and "behind the writer's newest generation" in doc["reason"]
