@@ -1,7 +1,10 @@
-"""HAProxy's statistics as the balancer's verify reads them (roles/pypi_balancer/filter_plugins)."""
+"""The balancer's filters (HAProxy's statistics as its verify reads them, where keepalived holds the shared address)
+and pypi_firewall's VRRP rules."""
 
 from __future__ import annotations
 
+import pytest
+from ansible.errors import AnsibleFilterError
 from conftest import ROOT, load_module
 
 filters = load_module("pypi_balancer_filters", ROOT / "roles" / "pypi_balancer" / "filter_plugins" / "pypi_balancer.py")
@@ -28,3 +31,60 @@ def test_server_states_lists_the_servers_of_both_pools_with_the_first_word_of_th
 def test_server_states_of_an_html_page_or_nothing_is_empty() -> None:
     assert filters.server_states("<html><body>stats</body></html>") == []
     assert filters.server_states("") == []
+
+
+IP_ADDR = (
+    "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+    "17: eth0@if18    inet 10.213.47.3/24 brd 10.213.47.255 scope global eth0\\       valid_lft forever\n"
+    "17: eth0@if18    inet 10.213.47.200/24 scope global secondary eth0\\       valid_lft forever\n"
+    "19: eth1    inet 192.0.2.7/24 brd 192.0.2.255 scope global eth1\\       valid_lft forever\n"
+)
+
+
+def test_vrrp_interface_is_the_one_whose_network_holds_the_shared_address() -> None:
+    found = filters.vrrp_interface("10.213.47.200/24", IP_ADDR)
+    # The shared address itself (held here now by keepalived) is not taken for the interface's own.
+    assert found == {"ok": True, "interface": "eth0", "address": "10.213.47.3", "network": "10.213.47.0/24"}
+    assert filters.vrrp_interface("192.0.2.50/24", IP_ADDR)["interface"] == "eth1"
+
+
+def test_vrrp_interface_refuses_a_bad_address_naming_it() -> None:
+    for bad, said in (
+        ("10.213.47.200", "not a host address of a network of at least 4 addresses"),
+        ("10.213.47.0/24", "not a host address"),
+        ("10.213.47.300/24", "is not an IPv4 address with its prefix length"),
+        ("fe80::1/64", "is not an IPv4 address with its prefix length"),
+        ("x" * 500, "is not an IPv4 address"),
+    ):
+        result = filters.vrrp_interface(bad, IP_ADDR)
+        assert result["ok"] is False and said in result["error"], (bad, result)
+        assert len(result["error"]) < 300
+    elsewhere = filters.vrrp_interface("172.16.0.10/24", IP_ADDR)
+    assert elsewhere["ok"] is False
+    assert "no interface has an address in 172.16.0.0/24" in elsewhere["error"]
+    assert "eth0 10.213.47.3/24" in elsewhere["error"]
+
+
+firewall = load_module(
+    "pypi_firewall_filters", ROOT / "roles" / "pypi_firewall" / "filter_plugins" / "pypi_firewall.py"
+)
+
+
+def test_vrrp_lines_accept_protocol_112_from_each_peer_alone() -> None:
+    peers = ["10.213.47.4", "10.213.47.5"]
+    assert firewall.vrrp_lines(peers, "iptables", "c") == [
+        '-A INPUT -s 10.213.47.4/32 -p 112 -m comment --comment "c" -j ACCEPT',
+        '-A INPUT -s 10.213.47.5/32 -p 112 -m comment --comment "c" -j ACCEPT',
+    ]
+    assert firewall.vrrp_lines("10.213.47.4", "nftables", "c") == [
+        'ip saddr 10.213.47.4 ip protocol 112 accept comment "c"'
+    ]
+    assert firewall.vrrp_lines(peers[:1], "firewalld") == [
+        'rule family="ipv4" source address="10.213.47.4" protocol value="vrrp" accept'
+    ]
+
+
+def test_vrrp_lines_refuse_what_is_not_an_address() -> None:
+    for bad in (["10.0.0.1; reboot"], ['10.0.0.1" accept'], ["host.example"]):
+        with pytest.raises(AnsibleFilterError, match="is not an IPv4 address"):
+            firewall.vrrp_lines(bad, "iptables")

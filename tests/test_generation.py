@@ -1087,6 +1087,23 @@ def test_nothing_is_written_over_the_status_of_a_stopped_pull(tmp_path: Path) ->
     assert not (tmp_path / "ok.json").exists() and status_of(tmp_path)["reason"] == "the pull is not running"
 
 
+def test_the_watch_rewrites_an_unhealthy_status_when_the_writer_publishes_a_newer_generation(tmp_path: Path) -> None:
+    """Unhealthy before a long pull fetched a newer manifest, and still unhealthy after: the status says so at once
+    (it named the writer's older generation until that pull ended, a test saw on a loaded machine)."""
+    health = gen.Health(max_lag=1)
+    health.observe(1.0, SERVING_ONE, ONE, ended=1.0)
+    files = gen.StatusFiles(str(tmp_path), health)
+    files.write(1.0)
+    files.write(5.0, changed_only=True)  # the next pull is late: out of the pool, the writer's newest still 1
+    assert status_of(tmp_path)["healthy"] is False and status_of(tmp_path)["writer"]["sequence"] == 1
+    health.begin(5.0)
+    health.contact(5.0, SERVING_ONE, TWO)  # the pull fetched generation 2; its files are still to come
+    files.write(7.0, changed_only=True)
+    doc = status_of(tmp_path)
+    assert doc["healthy"] is False and doc["writer"]["sequence"] == 2
+    assert "behind the writer's newest generation" in doc["reason"]
+
+
 @pytest.mark.parametrize("kind", ["link", "file"])
 def test_a_status_dir_that_is_a_link_or_a_file_is_refused(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

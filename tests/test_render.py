@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import html
 import io
@@ -455,6 +456,25 @@ def test_a_rendering_child_killed_by_a_signal_ends_as_text_with_a_note(site: Pat
     assert "<blockquote" not in shown and "&gt;&gt;&gt; deep" not in shown[:200]
 
 
+def wait_lock_held(tree: Path, seconds: float = 30) -> bool:
+    """Whether another process holds the tree's wait lock (RENDER_WAIT_LOCK) within seconds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lock = tree / ".render-wait.lock"
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        time.sleep(0.05)
+    return False
+
+
 def test_one_renderer_works_on_a_tree_and_at_most_one_waits(site: Path, dirs: tuple[Path, Path]) -> None:
     packages, tree = dirs
     build_wheel(packages, "busy", "1.0", description=DEEP, content_type=GFM)
@@ -465,7 +485,9 @@ def test_one_renderer_works_on_a_tree_and_at_most_one_waits(site: Path, dirs: tu
     try:
         children(working.pid)  # it has its turn and renders
         waiting = render(site, dirs)
-        time.sleep(1.0)  # the second has taken the place of the one waiting
+        # The second has taken the place of the one waiting once it holds the wait lock (its start takes longer on
+        # a loaded machine: polled, not slept on).
+        assert wait_lock_held(tree), "the second renderer did not take the wait lock within 30 s"
         extra = render(site, dirs)
         out, err = extra.communicate(timeout=20)
         assert json.loads(out) == {"rendered": 0, "turn": False}, err

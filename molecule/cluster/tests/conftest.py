@@ -20,6 +20,10 @@ REPLICAS = ("airgap-pypi-cluster-replica1", "airgap-pypi-cluster-replica2")
 CLIENT = "airgap-pypi-cluster-client"
 BALANCER = "airgap-pypi-cluster-balancer"
 BALANCER_URL = f"http://{BALANCER}:8080"
+BALANCER2 = "airgap-pypi-cluster-balancer2"
+# The address the balancers share with keepalived (molecule.yml's pypi_balancer_vip, on the network's fixed subnet).
+VIP = "10.213.47.200"
+VIP_URL = f"http://{VIP}:8080"
 STATS_URL = "http://127.0.0.1:8404/stats;csv"
 INDEX_PROGRAM = "pypiserver"
 PRISTINE = "airgap-pypi-cluster-pristine"

@@ -185,15 +185,23 @@ def test_a_replica_serves_pages_metadata_and_files_as_the_writer_does(wheel_on_c
     watched = upload_and_watch(wheel, project, limit=30)
     assert watched["upload"] == 0 and all(watched["seen"].values()), watched
     name = wheel.rsplit("/", 1)[1]
+
+    def same(replica: str, path: str) -> bool:
+        writer_status, writer_body = fetch(f"http://{WRITER}:8080{path}")
+        status, body = fetch(f"{replica_url(replica)}{path}")
+        return (status, hashlib.sha256(body.encode()).hexdigest()) == (
+            writer_status,
+            hashlib.sha256(writer_body.encode()).hexdigest(),
+        )
+
     for replica in REPLICAS:
+        # The writer writes the project-wide lists (/simple/) just after the upload's answer, so a generation
+        # published between the page and the lists reaches the replica first: each path becomes the same.
         for path in (f"/simple/{project}/", f"/packages/{name}.metadata", "/simple/"):
-            writer_status, writer_body = fetch(f"http://{WRITER}:8080{path}")
-            status, body = fetch(f"{replica_url(replica)}{path}")
-            assert (status, hashlib.sha256(body.encode()).hexdigest()) == (
-                writer_status,
-                hashlib.sha256(writer_body.encode()).hexdigest(),
-            ), (replica, path)
-        # /health is the pull's: 200 with its status while the copy is current.
+            assert wait_for(lambda replica=replica, path=path: same(replica, path), seconds=15), (replica, path)
+        # /health is the pull's: 200 with its status while the copy is current (a catch-up longer than the
+        # scenario's 3 s bound takes it out for a moment).
+        assert wait_for(lambda replica=replica: fetch(f"{replica_url(replica)}/health")[0] == 200, seconds=15)
         status, body = fetch(f"{replica_url(replica)}/health")
         assert status == 200 and json.loads(body)["healthy"] is True, (status, body)
         # The pull runs as the replica's user; its key stayed on the replica.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     BALANCER,
+    BALANCER2,
     CLIENT,
     INVENTORY_DIR,
     PRISTINE,
@@ -30,7 +31,7 @@ def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
     result = site(INVENTORY_DIR, "--check")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     counts = recap(result.stdout)
-    assert set(counts) == {WRITER, *REPLICAS, BALANCER, CLIENT}, counts
+    assert set(counts) == {WRITER, *REPLICAS, BALANCER, BALANCER2, CLIENT}, counts
     for host, numbers in counts.items():
         assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
 
@@ -141,6 +142,7 @@ def test_verify_checks_the_replicas_and_the_balancer() -> None:
         "PASS | replica refuses an upload (405)",
         "PASS | an upload without credentials through the balancer reaches the writer (401)",
         "PASS | every server of the read pool and the writer is UP in HAProxy",
+        "PASS | exactly one balancer holds the shared address 10.213.47.200/24",
     ):
         assert check in said, (check, said[-3000:])
     # A replica whose pull stopped fails its check, and the balancer's (the replica is DOWN there).

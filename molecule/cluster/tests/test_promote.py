@@ -13,6 +13,7 @@ from pathlib import Path
 
 from conftest import (
     BALANCER,
+    BALANCER2,
     BALANCER_URL,
     CLIENT,
     CLIENT_BIN,
@@ -25,6 +26,7 @@ from conftest import (
     REPLICAS,
     SUPERVISORCTL,
     USER,
+    VIP,
     WRITER,
     ansible_playbook,
     on,
@@ -94,7 +96,7 @@ def promoted_inventory(tmp_path: Path) -> Path:
                 "all": {"vars": {"ansible_connection": "community.docker.docker"}},
                 "pypi_servers": {"hosts": {NEW_WRITER: {"pypi_server_users": [{"name": USER, "password": PASSWORD}]}}},
                 "pypi_replicas": {"hosts": {FOLLOWER: {"pypi_replica_max_lag": 3}}},
-                "pypi_balancers": {"hosts": {BALANCER: {}}},
+                "pypi_balancers": {"hosts": {BALANCER: {}, BALANCER2: {}}, "vars": {"pypi_balancer_vip": f"{VIP}/24"}},
             }
         )
     )

@@ -1,9 +1,11 @@
-"""Filters of role pypi_balancer: HAProxy's statistics, read."""
+"""Filters of role pypi_balancer: HAProxy's statistics, read; where keepalived puts the shared address."""
 
 from __future__ import annotations
 
 import csv
 import io
+import ipaddress
+import re
 from typing import Any
 
 BACKENDS = ("airgap_pypi_reads", "airgap_pypi_writer")
@@ -23,6 +25,46 @@ def server_states(text: str) -> list[dict[str, str]]:
     ]
 
 
+# A line of `ip -o -4 addr show`: "2: eth0    inet 172.18.0.5/16 brd 172.18.255.255 scope global eth0\ ..."
+_ADDR_LINE = re.compile(r"^\d+:\s+(?P<name>[A-Za-z0-9_.:@-]{1,32})\s+inet\s+(?P<cidr>[0-9.]{7,15}/\d{1,2})\s")
+
+
+def vrrp_interface(vip: str, ip_addr_output: str) -> dict[str, Any]:
+    """Where keepalived holds the shared address vip (IPv4 CIDR, e.g. 10.0.0.100/24) on this host: the interface
+    whose own IPv4 network holds vip, and that interface's address (the source of its unicast VRRP adverts).
+
+    Returns {"ok": True, "interface", "address", "network"} or {"ok": False, "error": why, naming the values}."""
+    try:
+        shared = ipaddress.IPv4Interface(str(vip).strip())
+    except ValueError:
+        why = "is not an IPv4 address with its prefix length (10.0.0.100/24)"
+        return {"ok": False, "error": f"pypi_balancer_vip={str(vip)[:80]!r} {why}"}
+    if shared.network.prefixlen > 30 or shared.ip in (shared.network.network_address, shared.network.broadcast_address):
+        return {
+            "ok": False,
+            "error": f"pypi_balancer_vip={vip} is not a host address of a network of at least 4 addresses",
+        }
+    seen = []
+    for line in (ip_addr_output or "").splitlines()[:1000]:
+        match = _ADDR_LINE.match(line.strip())
+        if not match:
+            continue
+        name = match["name"].split("@", 1)[0]
+        own = ipaddress.IPv4Interface(match["cidr"])
+        seen.append(f"{name} {own}")
+        if own.ip == shared.ip:  # the shared address itself, held here now by keepalived
+            continue
+        if own.network == shared.network:
+            return {"ok": True, "interface": name, "address": str(own.ip), "network": str(own.network)}
+    return {
+        "ok": False,
+        "error": (
+            f"no interface has an address in {shared.network}, the network of pypi_balancer_vip={vip}"
+            f" (its IPv4 addresses: {', '.join(seen[:8]) or 'none'})"
+        ),
+    }
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"pypi_balancer_server_states": server_states}
+        return {"pypi_balancer_server_states": server_states, "pypi_balancer_vrrp_interface": vrrp_interface}

@@ -504,19 +504,21 @@ def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
     output is read as it comes and only the last RSYNC_SAID bytes are kept (a writer may send messages for as long
     as the deadline allows); rsync is killed at the deadline, or when this program is stopped while it runs."""
     tail = bytearray()
+    reader: Optional[threading.Thread] = None
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    pipe = process.stdout
-    assert pipe is not None
-
-    def drain() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for chunk in iter(lambda: pipe.read1(CHUNK), b""):
-                tail.extend(chunk)
-                del tail[:-RSYNC_SAID]
-
-    reader = threading.Thread(target=drain, name="rsync-output", daemon=True)
-    deadline = time.monotonic() + RSYNC_DEADLINE
+    # From here on a stop (SIGTERM raises SystemExit) kills the child: the try opens right after it started.
     try:
+        pipe = process.stdout
+        assert pipe is not None
+
+        def drain() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                for chunk in iter(lambda: pipe.read1(CHUNK), b""):
+                    tail.extend(chunk)
+                    del tail[:-RSYNC_SAID]
+
+        reader = threading.Thread(target=drain, name="rsync-output", daemon=True)
+        deadline = time.monotonic() + RSYNC_DEADLINE
         reader.start()
         reader.join(RSYNC_DEADLINE)
         if reader.is_alive():
@@ -531,8 +533,8 @@ def rsync(argv: List[str], tolerated: Tuple[int, ...] = ()) -> None:
         process.wait()
         raise
     finally:
-        if not reader.is_alive():
-            pipe.close()
+        if process.stdout is not None and (reader is None or not reader.is_alive()):
+            process.stdout.close()
     if returncode != 0 and returncode not in tolerated:
         said = bytes(tail).decode("utf-8", "replace").strip()
         failure = TransportError if returncode in TRANSPORT_FAILURE else GenerationError
@@ -1094,25 +1096,32 @@ class StatusFiles:
     def __init__(self, directory: str, health: Health) -> None:
         self.directory, self.health = directory, health
         self._lock = threading.Lock()
-        self.written: Optional[bool] = None  # healthy as last written (None: unknown)
+        # What was last written: healthy, and the digests of the manifests served and last fetched (None: unknown).
+        self.written: Optional[Tuple[Any, ...]] = None
         self.stopped = False
 
+    @staticmethod
+    def _key(doc: Dict[str, Any]) -> Tuple[Any, ...]:
+        return (doc["healthy"], (doc["serving"] or {}).get("digest"), doc["writer"].get("sequence"))
+
     def write(self, now: float, running: bool = True, changed_only: bool = False) -> None:
-        """Write the status at now; changed_only: only when healthy is not what was last written. Once the status
-        of a stopped pull is written, nothing more is."""
+        """Write the status at now; changed_only: only when healthy, the generation served or the writer's newest
+        is not what was last written (a pull that hangs after fetching a newer manifest still tells it). Once the
+        status of a stopped pull is written, nothing more is."""
         with self._lock:
             if self.stopped:
                 return
             doc = self.health.status(now, running)
-            if changed_only and doc["healthy"] == self.written:
+            if changed_only and self._key(doc) == self.written:
                 return
             self.written = None
             self.stopped = not running
             write_status(self.directory, doc)
-            self.written = doc["healthy"]
+            self.written = self._key(doc)
 
     def watch(self, tick: float, done: threading.Event) -> None:
-        """Every tick until done: rewrite the files when the replica stopped being healthy since they were."""
+        """Every tick until done: rewrite the files when the replica's health, the generation it serves or the
+        writer's newest changed since they were written."""
         while not done.wait(tick):
             try:
                 self.write(time.monotonic(), changed_only=True)
