@@ -106,6 +106,18 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
+def changed_tasks(output: str) -> list[str]:
+    """'TASK name -> host' for every task that reported changed in an ansible-playbook output, in order: what a
+    check-mode or idempotence assertion should say when it fails."""
+    changed, task = [], "?"
+    for line in output.splitlines():
+        if line.startswith("TASK [") or line.startswith("RUNNING HANDLER ["):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: ["):
+            changed.append(f"{task} -> {line.split('[', 1)[1].split(']', 1)[0]}")
+    return changed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Print the docker run options of a kind of init as docker run flags, one a line "

@@ -249,3 +249,22 @@ def test_make_molecule_runs_the_scenarios_of_scripts_test_sh() -> None:
     assert target, "the Makefile has a molecule target"
     assert target[1].split() == ["@scripts/test.sh", "molecule"]
     assert "--scenario-name" not in makefile, "the Makefile names scenarios again: call scripts/test.sh"
+
+
+def test_changed_tasks_names_each_task_that_changed_and_its_host() -> None:
+    output = (
+        "TASK [pypi_replica : Pin the writer's SSH host key] ****\n"
+        "ok: [replica2]\n"
+        "changed: [replica1]\n"
+        "TASK [pypi_front : Write the site] ***\n"
+        "changed: [replica1] => (item=/etc/nginx/sites-available/airgap-pypi)\n"
+        "RUNNING HANDLER [pypi_front : Reload nginx] ***\n"
+        "changed: [replica1]\n"
+        "PLAY RECAP ***\nreplica1 : ok=3 changed=3\n"
+    )
+    assert containers.changed_tasks(output) == [
+        "pypi_replica : Pin the writer's SSH host key -> replica1",
+        "pypi_front : Write the site -> replica1",
+        "pypi_front : Reload nginx -> replica1",
+    ]
+    assert containers.changed_tasks("") == []

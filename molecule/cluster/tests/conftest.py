@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import these
+from scripts.containers import ansible_playbook, changed_tasks, docker, recap, wait_for  # noqa: F401 - the tests import these
 from scripts.demo_wheel import build_wheel
 
 WRITER = "airgap-pypi-cluster-writer"

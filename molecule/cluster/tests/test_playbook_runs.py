@@ -19,6 +19,7 @@ from conftest import (
     SUPERVISORCTL,
     WRITER,
     ansible_playbook,
+    changed_tasks,
     changes_of,
     on,
     recap,
@@ -33,7 +34,7 @@ def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
     counts = recap(result.stdout)
     assert set(counts) == {WRITER, *REPLICAS, BALANCER, BALANCER2, CLIENT}, counts
     for host, numbers in counts.items():
-        assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers)
+        assert numbers["changed"] == 0 and numbers["failed"] == 0, (host, numbers, changed_tasks(result.stdout))
 
 
 DOCKER = {"ansible_connection": "community.docker.docker"}
@@ -72,6 +73,17 @@ BAD_LAYOUTS = {
             "pypi_replicas": {"hosts": {PRISTINE: {"pypi_replica_writer_address": "nowhere.invalid"}}},
         },
         [f"Replica {PRISTINE} cannot reach its writer {WRITER} at nowhere.invalid port 22", "does not resolve"],
+    ),
+    # A shared address outside every network of the balancer (keepalived could never hold it there).
+    "balancer-vip-outside": (
+        {
+            "pypi_servers": {"hosts": {WRITER: {}}},
+            "pypi_balancers": {"hosts": {PRISTINE: {"pypi_balancer_vip": "172.16.99.10/24"}}},
+        },
+        [
+            f"Bad shared address on balancer {PRISTINE}: no interface has an address in 172.16.99.0/24",
+            "Set them in the group_vars of pypi_balancers",
+        ],
     ),
     # The never-converged host's apt knows no repository: no HAProxy (the converged writer must not change either).
     "no-haproxy": (
