@@ -44,7 +44,15 @@ IP_ADDR = (
 def test_vrrp_interface_is_the_one_whose_network_holds_the_shared_address() -> None:
     found = filters.vrrp_interface("10.213.47.200/24", IP_ADDR)
     # The shared address itself (held here now by keepalived) is not taken for the interface's own.
-    assert found == {"ok": True, "interface": "eth0", "address": "10.213.47.3", "network": "10.213.47.0/24"}
+    assert found == {
+        "ok": True,
+        "interface": "eth0",
+        "address": "10.213.47.3",
+        "network": "10.213.47.0/24",
+        "vip": "10.213.47.200/24",
+    }
+    # What goes into keepalived.conf is the address as parsed, never the inventory's text.
+    assert filters.vrrp_interface(" 10.213.47.200/24\n", IP_ADDR)["vip"] == "10.213.47.200/24"
     assert filters.vrrp_interface("192.0.2.50/24", IP_ADDR)["interface"] == "eth1"
 
 

@@ -33,7 +33,8 @@ def vrrp_interface(vip: str, ip_addr_output: str) -> dict[str, Any]:
     """Where keepalived holds the shared address vip (IPv4 CIDR, e.g. 10.0.0.100/24) on this host: the interface
     whose own IPv4 network holds vip, and that interface's address (the source of its unicast VRRP adverts).
 
-    Returns {"ok": True, "interface", "address", "network"} or {"ok": False, "error": why, naming the values}."""
+    Returns {"ok": True, "interface", "address", "network", "vip" (vip as parsed, the only form written into a
+    configuration)} or {"ok": False, "error": why, naming the values}."""
     try:
         shared = ipaddress.IPv4Interface(str(vip).strip())
     except ValueError:
@@ -55,7 +56,13 @@ def vrrp_interface(vip: str, ip_addr_output: str) -> dict[str, Any]:
         if own.ip == shared.ip:  # the shared address itself, held here now by keepalived
             continue
         if own.network == shared.network:
-            return {"ok": True, "interface": name, "address": str(own.ip), "network": str(own.network)}
+            return {
+                "ok": True,
+                "interface": name,
+                "address": str(own.ip),
+                "network": str(own.network),
+                "vip": str(shared),
+            }
     return {
         "ok": False,
         "error": (
