@@ -67,6 +67,12 @@ def test_vrrp_interface_refuses_a_bad_address_naming_it() -> None:
         result = filters.vrrp_interface(bad, IP_ADDR)
         assert result["ok"] is False and said in result["error"], (bad, result)
         assert len(result["error"]) < 300
+    # The host's own (primary) address, a loopback one, and a line ip would never print (skipped).
+    own = filters.vrrp_interface("10.213.47.3/24", IP_ADDR)
+    assert own["ok"] is False and "is the address of eth0 itself" in own["error"], own
+    assert "loopback" in filters.vrrp_interface("127.0.0.100/8", IP_ADDR)["error"]
+    odd = "9: eth2    inet 10.9.9.9/33 scope global eth2\n" + IP_ADDR
+    assert filters.vrrp_interface("10.213.47.200/24", odd)["interface"] == "eth0"
     elsewhere = filters.vrrp_interface("172.16.0.10/24", IP_ADDR)
     assert elsewhere["ok"] is False
     assert "no interface has an address in 172.16.0.0/24" in elsewhere["error"]

@@ -43,26 +43,37 @@ def vrrp_interface(vip: str, ip_addr_output: str) -> dict[str, Any]:
     if shared.network.prefixlen > 30 or shared.ip in (shared.network.network_address, shared.network.broadcast_address):
         return {
             "ok": False,
-            "error": f"pypi_balancer_vip={vip} is not a host address of a network of at least 4 addresses",
+            "error": f"pypi_balancer_vip={shared} is not a host address of a network of at least 4 addresses",
         }
-    seen = []
+    if shared.ip.is_loopback or shared.ip.is_link_local or shared.ip.is_multicast or shared.ip.is_reserved:
+        return {"ok": False, "error": f"pypi_balancer_vip={shared} is a loopback, link-local or reserved address"}
+    seen, found = [], None
     for line in (ip_addr_output or "").splitlines()[:1000]:
         match = _ADDR_LINE.match(line.strip())
         if not match:
             continue
         name = match["name"].split("@", 1)[0]
-        own = ipaddress.IPv4Interface(match["cidr"])
-        seen.append(f"{name} {own}")
-        if own.ip == shared.ip:  # the shared address itself, held here now by keepalived
+        try:
+            own = ipaddress.IPv4Interface(match["cidr"])
+        except ValueError:
             continue
-        if own.network == shared.network:
-            return {
+        seen.append(f"{name} {own}")
+        if own.ip == shared.ip:
+            # Held here now by keepalived (a secondary address); as a primary address it is the host's own.
+            if " secondary " not in f" {line} ":
+                why = "choose an unused address of that network"
+                return {"ok": False, "error": f"pypi_balancer_vip={shared} is the address of {name} itself: {why}"}
+            continue
+        if own.network == shared.network and found is None:
+            found = {
                 "ok": True,
                 "interface": name,
                 "address": str(own.ip),
                 "network": str(own.network),
                 "vip": str(shared),
             }
+    if found is not None:
+        return found
     return {
         "ok": False,
         "error": (
