@@ -82,6 +82,8 @@ BAD_LAYOUTS = {
         },
         [
             f"Bad shared address on balancer {PRISTINE}: no interface has an address in 172.16.99.0/24",
+            # One balancer alone would send its VRRP adverts by multicast.
+            "a shared address needs two or more balancers",
             "Set them in the group_vars of pypi_balancers",
         ],
     ),
