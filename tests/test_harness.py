@@ -226,7 +226,8 @@ def test_the_shared_create_starts_each_platform_with_its_run_options(
         "image": platform["image"],
         "state": "started",
         "restart_policy": "no",
-        "networks": platform["networks"],
+        # A network's fixed subnet is the network's (docker network create), not the container's.
+        "networks": [{k: v for k, v in network.items() if k != "subnet"} for network in platform["networks"]],
         "network_mode": platform["networks"][0]["name"],
         **options,
         "labels": {"airgap-pypi.molecule": "true"},
