@@ -2088,6 +2088,8 @@ def scale_markdown(section: dict[str, Any]) -> list[str]:
                 ["upload to visible, each s", ", ".join(map(str, section.get("upload_visible_s", [])))],
                 ["/simple/<project>/ req/s", section.get("project_rps")],
                 ["/simple/<project>/ p99 ms", section.get("project_p99_ms")],
+                ["the same once the uploads' lists are written: req/s", section.get("project_quiet_rps")],
+                ["the same once the uploads' lists are written: p99 ms", section.get("project_quiet_p99_ms")],
                 ["worker memory (largest RSS), MB", section.get("worker_rss_mb")],
                 ["state.json bytes", section.get("state_bytes")],
                 ["state.journal bytes after the uploads", section.get("journal_bytes")],
@@ -2155,6 +2157,17 @@ def scale_bench(workdir: Path, load: Load, files: int = SCALE_FILES, uploads: in
             post_upload(stack.url, wheel)
             seen.append(round(seen_after(f"{stack.url}/simple/bench-scale-new-{number}/", wheel.name, sent), 3))
         result = wrk(f"{stack.url}/simple/{target}/", load)
+        # The same reads again once the uploads' after-response work (the project-wide lists, about 2.6 MB at
+        # 100,000 files) is done: /simple/ names the last upload, then a quiet second. Tells a stall the lists
+        # cause apart from a page's own cost.
+        settled = True
+        if uploads:
+            try:
+                seen_after(f"{stack.url}/simple/", f"bench-scale-new-{uploads - 1}", time.monotonic(), 30)
+            except RuntimeError:
+                settled = False
+        time.sleep(1)
+        quiet = wrk(f"{stack.url}/simple/{target}/", load)
         memory = [value for value in (rss_mb(pid) for pid in stack.workers()) if value is not None]
         out.update(
             workers=len(stack.workers()),
@@ -2163,6 +2176,9 @@ def scale_bench(workdir: Path, load: Load, files: int = SCALE_FILES, uploads: in
             upload_visible_median_s=statistics.median(seen),
             project_rps=result.rps,
             project_p99_ms=result.p99_ms,
+            project_settled=settled,
+            project_quiet_rps=quiet.rps,
+            project_quiet_p99_ms=quiet.p99_ms,
             worker_rss_mb=max(memory) if memory else None,
         )
     sizes = {
