@@ -507,6 +507,7 @@ def test_scale_goals_and_report() -> None:
         "upload_visible_median_s": 0.4,
         "upload_visible_s": [0.5, 0.4, 0.3],
         "project_p99_ms": 25.0,
+        "project_quiet_p99_ms": 5.5,
         "worker_rss_mb": 250.0,
         "front_page_bytes": 20_000,
     }
@@ -516,6 +517,8 @@ def test_scale_goals_and_report() -> None:
     assert [(g["value"], g["met"]) for g in found.values()] == [(0.4, True), (25.0, False), (250.0, True), (80.5, True)]
     text = bench.markdown(results)
     assert "## 100,000 files on one host (issue 15)" in text
+    # The reads once the uploads' lists are written are told apart; the goal is judged on the reads right after.
+    assert "| the same once the uploads' lists are written: p99 ms | 5.5 |" in text
     assert (
         "| upload to visible, each s | 0.5, 0.4, 0.3 |" in text and "| front page (index.html) bytes | 20,000 |" in text
     )
