@@ -3,7 +3,10 @@ and pypi_firewall's VRRP rules."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
 from conftest import ROOT, load_module
 
@@ -102,3 +105,20 @@ def test_vrrp_lines_refuse_what_is_not_an_address() -> None:
     for bad in (["10.0.0.1; reboot"], ['10.0.0.1" accept'], ["host.example"]):
         with pytest.raises(AnsibleFilterError, match="is not an IPv4 address"):
             firewall.vrrp_lines(bad, "iptables")
+
+
+def test_the_platforms_version_patterns_read_haproxy_and_keepalived_alike() -> None:
+    """One pattern per platform for every package the preflight asks about (no package name in it)."""
+    vars_dir = ROOT / "roles" / "pypi_balancer" / "vars"
+    pattern = {
+        name: yaml.safe_load((vars_dir / f"{name}.yml").read_text())["__pypi_balancer_version_pattern"]
+        for name in ("Debian", "RedHat")
+    }
+    apt = "haproxy:\n  Installed: (none)\n  Candidate: 2.6.12-1+deb12u1\n"
+    assert re.search(pattern["Debian"], apt).group(1) == "2.6"
+    assert re.search(pattern["Debian"], "keepalived:\n  Installed: 1:2.2.7-1+b2\n").group(1) == "2.2"
+    assert re.search(pattern["Debian"], "keepalived:\n  Installed: (none)\n  Candidate: (none)\n") is None
+    for package, version in (("haproxy", "2.4"), ("keepalived", "2.2")):
+        dnf = f"Available Packages\n{package}.x86_64    {version}.8-1.el9    appstream\n"
+        assert re.search(pattern["RedHat"], dnf).group(1) == version
+    assert re.search(pattern["RedHat"], "Error: No matching Packages to list\n") is None
