@@ -1,4 +1,5 @@
-"""pypi_common's platform search list: most specific first, the same for every role."""
+"""pypi_common's filters: the platform search list (most specific first, the same for every role), the URLs
+clients use for an index host or a balancer, and the names an internal CA certificate covers."""
 
 from __future__ import annotations
 
@@ -51,4 +52,37 @@ def test_served_port_is_the_front_servers_when_it_runs_else_the_index_port() -> 
     assert common.served_port({"pypi_front_enabled": "yes", "pypi_server_tls": True}, 8080) == 443
     assert (
         common.served_port({"pypi_front_enabled": False, "pypi_front_port": 81, "pypi_server_port": 9000}, 8080) == 9000
+    )
+
+
+def test_tls_subject_alt_names_keep_the_order_the_certificates_were_issued_with() -> None:
+    san = common.tls_subject_alt_names(
+        ["pypi.example.internal", "10.0.0.5"],
+        ["10.0.0.5", "pypi1.example.internal", "pypi1", ""],
+        ["10.0.0.5", "127.0.0.1", "172.17.0.2"],
+    )
+    assert san == [
+        "DNS:pypi.example.internal",
+        "DNS:pypi1.example.internal",
+        "DNS:pypi1",
+        "IP:10.0.0.5",
+        "IP:172.17.0.2",
+    ]
+    assert common.tls_subject_alt_names(["localhost", "fd00::5"], [], []) == ["IP:fd00::5"]
+
+
+def test_balancer_url_follows_the_writers_tls_and_prefers_the_shared_name_then_the_shared_address() -> None:
+    assert common.balancer_url({}, "lb1", {}, 8080) == "http://lb1:8080/simple/"
+    tls = {"pypi_server_tls": True}
+    shared = {"pypi_balancer_vip": "10.0.0.100/24", "pypi_balancer_port": 443}
+    assert common.balancer_url(shared, "lb1", tls, 8080) == "https://10.0.0.100:443/simple/"
+    named = {**shared, "pypi_balancer_tls_names": ["pypi.example.internal"]}
+    assert common.balancer_url(named, "lb1", tls, 8080) == "https://pypi.example.internal:443/simple/"
+    assert common.balancer_url(named, "lb1", {"pypi_server_tls": "false"}, 8080).startswith("http://pypi.example")
+
+
+def test_tls_name_is_the_first_tls_name_else_the_inventory_name() -> None:
+    assert common.tls_name({}, "pypi1") == "pypi1"
+    assert common.tls_name({"pypi_server_tls_names": ["pypi.example.internal", "10.0.0.5"]}, "pypi1") == (
+        "pypi.example.internal"
     )

@@ -342,19 +342,3 @@ def test_a_dangling_link_to_a_release_is_the_index_s() -> None:
 def test_the_static_directory_is_checked_only_when_given() -> None:
     settings = {key: value for key, value in GOOD.items() if key != "pypi_server_static_dir"}
     assert filters.pypi_server_problems(settings | {"pypi_server_packages_dir": "/srv/pypi/static"}, pristine()) == []
-
-
-def test_tls_subject_alt_names_keep_the_order_the_certificates_were_issued_with() -> None:
-    san = filters.tls_subject_alt_names(
-        ["pypi.example.internal", "10.0.0.5"],
-        ["10.0.0.5", "pypi1.example.internal", "pypi1", ""],
-        ["10.0.0.5", "127.0.0.1", "172.17.0.2"],
-    )
-    assert san == [
-        "DNS:pypi.example.internal",
-        "DNS:pypi1.example.internal",
-        "DNS:pypi1",
-        "IP:10.0.0.5",
-        "IP:172.17.0.2",
-    ]
-    assert filters.tls_subject_alt_names(["localhost", "fd00::5"], [], []) == ["IP:fd00::5"]

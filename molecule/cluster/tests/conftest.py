@@ -19,22 +19,29 @@ WRITER = "airgap-pypi-cluster-writer"
 REPLICAS = ("airgap-pypi-cluster-replica1", "airgap-pypi-cluster-replica2")
 CLIENT = "airgap-pypi-cluster-client"
 BALANCER = "airgap-pypi-cluster-balancer"
-BALANCER_URL = f"http://{BALANCER}:8080"
+# The writer serves HTTPS (molecule.yml's pypi_server_tls), so the replicas and balancers do too, with certificates of
+# the one internal CA that pypi_client put into the client's trust store: every request below verifies them.
+BALANCER_URL = f"https://{BALANCER}:8080"
 BALANCER2 = "airgap-pypi-cluster-balancer2"
 # The address the balancers share with keepalived (molecule.yml's pypi_balancer_vip, on the network's fixed subnet).
 VIP = "10.213.47.200"
-VIP_URL = f"http://{VIP}:8080"
+VIP_URL = f"https://{VIP}:8080"
 STATS_URL = "http://127.0.0.1:8404/stats;csv"
 INDEX_PROGRAM = "pypiserver"
 PRISTINE = "airgap-pypi-cluster-pristine"
 USER = "tester"
 PASSWORD = "molecule-test-only"  # the scenario's throwaway account (molecule.yml)
 PORT = 8080
-REPLICA_PORT = 80
+REPLICA_PORT = 443
+WRITER_URL = f"https://{WRITER}:8080"
+# The client's system bundle, with the internal CA that pypi_client added (twine reads certifi's otherwise).
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CLIENT_BIN = "/opt/clients/bin"
 SUPERVISORCTL = ("/opt/airgap-pypi/supervisor/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
 PULL_PROGRAM = "airgap-pypi-pull"
 REPLICA_ROOT = "/srv/pypi-replica"
+# Where a replica's nginx reads its certificate and key (role pypi_replica).
+REPLICA_TLS = "/etc/airgap-pypi-replica/tls"
 REPLICA_HOME = "/var/lib/pypi-replica"
 DATA_DIR = "/srv/pypi"
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
@@ -63,12 +70,12 @@ def site(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
 # Prints {"upload": rc, "said": ..., "seen": {replica: seconds or null}}.
 UPLOAD_AND_WATCH = r"""
 import hashlib, json, subprocess, sys, time, urllib.error, urllib.request
-twine, writer_url, user, password, wheel, project, limit = sys.argv[1:8]
-replicas = sys.argv[8:]
+twine, writer_url, user, password, wheel, project, limit, ca_bundle = sys.argv[1:9]
+replicas = sys.argv[9:]
 name = wheel.rsplit("/", 1)[1]
 digest = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
 done = subprocess.run([twine, "upload", "--non-interactive", "--disable-progress-bar", "--repository-url", writer_url,
-                       "-u", user, "-p", password, wheel], capture_output=True, text=True)
+                       "--cert", ca_bundle, "-u", user, "-p", password, wheel], capture_output=True, text=True)
 if done.returncode:
     print(json.dumps({"upload": done.returncode, "said": done.stdout + done.stderr, "seen": {}}))
     sys.exit(0)
@@ -92,7 +99,7 @@ print(json.dumps({"upload": 0, "said": "", "seen": {base: seen.get(base) for bas
 
 
 def replica_url(replica: str) -> str:
-    return f"http://{replica}:{REPLICA_PORT}"
+    return f"https://{replica}:{REPLICA_PORT}"
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +116,7 @@ def wheel_on_client(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
-def upload_and_watch(wheel: str, project: str, limit: float, upload_to: str = f"http://{WRITER}:{PORT}") -> dict:
+def upload_and_watch(wheel: str, project: str, limit: float, upload_to: str = WRITER_URL) -> dict:
     """Upload wheel from the client (to the writer, or the balancer), then time each replica until it serves it."""
     argv = [
         f"{CLIENT_BIN}/twine",
@@ -119,6 +126,7 @@ def upload_and_watch(wheel: str, project: str, limit: float, upload_to: str = f"
         wheel,
         project,
         str(limit),
+        CA_BUNDLE,
         *(replica_url(replica) for replica in REPLICAS),
     ]
     done = on(CLIENT, "/usr/bin/python3", "-c", UPLOAD_AND_WATCH, *argv, timeout=300)
@@ -135,8 +143,6 @@ def pip_from(host: str, *args: str) -> subprocess.CompletedProcess[str]:
         *args,
         "--no-cache-dir",
         "--disable-pip-version-check",
-        "--trusted-host",
-        host,
         "--index-url",
         f"{base}/simple/",
         timeout=300,
@@ -153,6 +159,8 @@ def twine_upload(wheel: str) -> subprocess.CompletedProcess[str]:
         "--disable-progress-bar",
         "--repository-url",
         f"{BALANCER_URL}/",
+        "--cert",
+        CA_BUNDLE,
         "-u",
         USER,
         "-p",

@@ -6,6 +6,7 @@ How soon an upload reaches the replicas is a goal (issue 15: 2 s), not an assert
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import time
@@ -21,6 +22,7 @@ from conftest import (
     INDEX_PROGRAM,
     PULL_PROGRAM,
     READ_URL,
+    REPLICA_TLS,
     REPLICAS,
     SUPERVISORCTL,
     VIP,
@@ -33,6 +35,10 @@ from conftest import (
     upload_and_watch,
     wait_for_state,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 READS = "airgap_pypi_reads"
 WRITES = "airgap_pypi_writer"
@@ -85,13 +91,13 @@ def wait_for_log(replica: str, needle: str, limit: float = 10) -> bool:
 # fails the install. Prints {"failed": [[n, output], ...], "seconds": [...]}.
 INSTALL_LOOP = r"""
 import json, shutil, subprocess, sys, time
-pip, index, host, spec, count, progress = sys.argv[1:7]
+pip, index, spec, count, progress = sys.argv[1:6]
 failed, seconds = [], []
 for n in range(int(count)):
     target = f"/var/tmp/loop-{n}"
     start = time.monotonic()
     done = subprocess.run([pip, "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "--quiet",
-                           "--retries", "0", "--target", target, "--trusted-host", host, "--index-url", index, spec],
+                           "--retries", "0", "--target", target, "--index-url", index, spec],
                           capture_output=True, text=True, timeout=120)
     seconds.append(round(time.monotonic() - start, 3))
     if done.returncode:
@@ -112,8 +118,7 @@ def installs_done(progress: str) -> int:
 def test_a_stopped_replica_costs_no_failed_install_through_the_balancer(uploaded: str) -> None:
     replica = REPLICAS[0]
     progress = f"/var/tmp/installs-{time.time_ns()}"
-    host = BALANCER_URL.split("//")[1].split(":")[0]
-    argv = [f"{CLIENT_BIN}/pip", f"{BALANCER_URL}/simple/", host, f"{uploaded}==1.0", str(INSTALLS), progress]
+    argv = [f"{CLIENT_BIN}/pip", f"{BALANCER_URL}/simple/", f"{uploaded}==1.0", str(INSTALLS), progress]
     loop = subprocess.Popen(
         ["docker", "exec", CLIENT, "/usr/bin/python3", "-c", INSTALL_LOOP, *argv],
         stdout=subprocess.PIPE,
@@ -322,3 +327,74 @@ def test_the_shared_address_moves_to_the_other_balancer_when_haproxy_stops() -> 
     # Back to the first balancer once its HAProxy answers again (it has the higher priority).
     print(f"back on {BALANCER} after {wait_for_holders([BALANCER], limit=30):.1f} s")
     assert on(CLIENT, "/usr/bin/python3", "-c", READ_URL, f"{VIP_URL}/simple/").returncode == 0
+
+
+def self_signed(name: str) -> tuple[bytes, bytes]:
+    """(key, certificate) in PEM: a certificate for name that no CA issued (signed by its own key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def put_file(container: str, path: str, content: bytes, mode: str) -> None:
+    """Replace a file in a container under a temporary name, then rename it (root-owned, mode)."""
+    done = subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            container,
+            "sh",
+            "-c",
+            f'cat > "$1.new" && chmod {mode} "$1.new" && mv "$1.new" "$1"',
+            "-",
+            path,
+        ],
+        input=content,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_replica_whose_certificate_the_ca_did_not_issue_leaves_the_read_pool(uploaded: str) -> None:
+    # The balancer verifies each server's certificate against the internal CA (verify required): a replica that
+    # presents one for its right name, but of another issuer, is never read from, and reads go on elsewhere.
+    replica = REPLICAS[1]
+    wait_for_state(READS, replica, "UP", limit=30)
+    certfile, keyfile = f"{REPLICA_TLS}/server.crt", f"{REPLICA_TLS}/server.key"
+    kept = {
+        path: subprocess.run(["docker", "exec", replica, "cat", path], capture_output=True, check=True).stdout
+        for path in (certfile, keyfile)
+    }
+    key_pem, cert_pem = self_signed(replica)
+    try:
+        put_file(replica, keyfile, key_pem, "600")
+        put_file(replica, certfile, cert_pem, "644")
+        assert on(replica, "systemctl", "reload", "nginx").returncode == 0
+        wait_for_state(READS, replica, "DOWN", limit=30)
+        done = pip_from(
+            BALANCER, "install", "--no-deps", "--target", f"/var/tmp/target-untrusted-{uploaded}", f"{uploaded}==1.0"
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        put_file(replica, keyfile, kept[keyfile], "600")
+        put_file(replica, certfile, kept[certfile], "644")
+        assert on(replica, "systemctl", "reload", "nginx").returncode == 0
+    wait_for_state(READS, replica, "UP", limit=60)

@@ -12,6 +12,7 @@ import json
 import time
 
 from conftest import (
+    CA_BUNDLE,
     CLIENT,
     DATA_DIR,
     PULL_PROGRAM,
@@ -20,6 +21,7 @@ from conftest import (
     REPLICAS,
     SUPERVISORCTL,
     WRITER,
+    WRITER_URL,
     on,
     pip_from,
     replica_url,
@@ -104,6 +106,8 @@ def test_a_replica_refuses_an_upload_and_names_the_writer(wheel_on_client) -> No
             "--disable-progress-bar",
             "--repository-url",
             f"{replica_url(replica)}/",
+            "--cert",
+            CA_BUNDLE,
             "-u",
             "tester",
             "-p",
@@ -187,7 +191,7 @@ def test_a_replica_serves_pages_metadata_and_files_as_the_writer_does(wheel_on_c
     name = wheel.rsplit("/", 1)[1]
 
     def same(replica: str, path: str) -> bool:
-        writer_status, writer_body = fetch(f"http://{WRITER}:8080{path}")
+        writer_status, writer_body = fetch(f"{WRITER_URL}{path}")
         status, body = fetch(f"{replica_url(replica)}{path}")
         return (status, hashlib.sha256(body.encode()).hexdigest()) == (
             writer_status,

@@ -87,6 +87,27 @@ BAD_LAYOUTS = {
             "Set them in the group_vars of pypi_balancers",
         ],
     ),
+    # A writer with certificates of the operator's own PKI: the internal CA cannot issue a replica's or a balancer's.
+    "replica-of-own-pki-writer": (
+        {
+            "pypi_servers": {"hosts": {WRITER: {"pypi_server_tls": True, "pypi_server_tls_source": "inventory"}}},
+            "pypi_replicas": {"hosts": {PRISTINE: {}}},
+        },
+        [
+            f"The writer {WRITER} serves HTTPS with a certificate from the inventory",
+            "Use pypi_server_tls_source: internal_ca",
+        ],
+    ),
+    "balancer-of-own-pki-writer": (
+        {
+            "pypi_servers": {"hosts": {WRITER: {"pypi_server_tls": True, "pypi_server_tls_source": "inventory"}}},
+            "pypi_balancers": {"hosts": {PRISTINE: {}}},
+        },
+        [
+            f"Bad TLS setting for balancer {PRISTINE}",
+            f"The writer {WRITER} serves HTTPS with a certificate from the inventory",
+        ],
+    ),
     # The never-converged host's apt knows no repository: no HAProxy (the converged writer must not change either).
     "no-haproxy": (
         {"pypi_servers": {"hosts": {WRITER: {}}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},

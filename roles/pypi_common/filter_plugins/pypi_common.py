@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -37,8 +38,25 @@ def index_url(server: dict[str, Any], name: str, index_port: int) -> str:
     server runs there, else the index's own port (its pypi_server_port, its pypi_common_index_port, else index_port).
     """
     tls = as_bool(server.get("pypi_server_tls", False))
-    host = (server.get("pypi_server_tls_names") or [name])[0] or name
-    return f"{'https' if tls else 'http'}://{host}:{served_port(server, index_port)}/simple/"
+    return f"{'https' if tls else 'http'}://{tls_name(server, name)}:{served_port(server, index_port)}/simple/"
+
+
+def tls_name(server: dict[str, Any], name: str) -> str:
+    """The name an index host's certificate is checked for (its hostvars server, its inventory name name): its first
+    pypi_server_tls_names, else its inventory name."""
+    return str((server.get("pypi_server_tls_names") or [name])[0] or name)
+
+
+def balancer_url(balancer: dict[str, Any], name: str, writer: dict[str, Any], index_port: int) -> str:
+    """The /simple/ URL clients use for the balancer host name with settings balancer (its hostvars), in front of
+    the writer with settings writer: HTTPS when the writer has TLS; the balancers' first TLS name, else the address
+    they share (pypi_balancer_vip without its prefix length), else the balancer's inventory name; the balancer's
+    port (pypi_balancer_port, else index_port)."""
+    tls = as_bool(writer.get("pypi_server_tls", False))
+    vip = str(balancer.get("pypi_balancer_vip") or "").strip().split("/")[0]
+    host = (balancer.get("pypi_balancer_tls_names") or [""])[0] or vip or name
+    port = int(balancer.get("pypi_balancer_port") or index_port)
+    return f"{'https' if tls else 'http'}://{host}:{port}/simple/"
 
 
 def served_port(server: dict[str, Any], index_port: int) -> int:
@@ -52,6 +70,23 @@ def served_port(server: dict[str, Any], index_port: int) -> int:
     return int(port)
 
 
+IPV4 = re.compile(r"^([0-9]+[.]){3}[0-9]+$")
+
+
+def tls_subject_alt_names(required: list[str], host_names: list[str], addresses: list[str]) -> list[str]:
+    """subjectAltName entries of a certificate the internal CA issues: the required names, then the host's other
+    names and its IPv4 addresses other than loopback; empty names and localhost dropped, each once, in that order;
+    DNS: entries first, then IP: entries (IPv4, then IPv6)."""
+    names: list[str] = []
+    others = [address for address in addresses if not str(address).startswith("127.")]
+    for name in [*required, *host_names, *others]:
+        text = str(name)
+        if text and text != "localhost" and text not in names:
+            names.append(text)
+    ips = [name for name in names if IPV4.match(name)] + [name for name in names if ":" in name]
+    return [f"DNS:{name}" for name in names if name not in ips] + [f"IP:{ip}" for ip in ips]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -59,4 +94,7 @@ class FilterModule:
             "pypi_common_front_port": front_port,
             "pypi_common_index_url": index_url,
             "pypi_common_served_port": served_port,
+            "pypi_common_tls_name": tls_name,
+            "pypi_common_tls_san": tls_subject_alt_names,
+            "pypi_common_balancer_url": balancer_url,
         }

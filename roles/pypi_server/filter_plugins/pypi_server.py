@@ -451,29 +451,11 @@ def pypi_server_problems(settings: Mapping[str, Any], host: Mapping[str, Any] | 
     return problems
 
 
-IPV4 = re.compile(r"^([0-9]+[.]){3}[0-9]+$")
-
-
-def tls_subject_alt_names(required: list[str], host_names: list[str], addresses: list[str]) -> list[str]:
-    """subjectAltName entries of a certificate the internal CA issues: the required names, then the host's other
-    names and its IPv4 addresses other than loopback; empty names and localhost dropped, each once, in that order;
-    DNS: entries first, then IP: entries (IPv4, then IPv6)."""
-    names: list[str] = []
-    others = [address for address in addresses if not str(address).startswith("127.")]
-    for name in [*required, *host_names, *others]:
-        text = str(name)
-        if text and text != "localhost" and text not in names:
-            names.append(text)
-    ips = [name for name in names if IPV4.match(name)] + [name for name in names if ":" in name]
-    return [f"DNS:{name}" for name in names if name not in ips] + [f"IP:{ip}" for ip in ips]
-
-
 class FilterModule:
     """Filters of role pypi_server."""
 
     def filters(self) -> dict[str, Any]:
         return {
             "pypi_server_problems": pypi_server_problems,
-            "pypi_server_tls_san": tls_subject_alt_names,
             "pypi_server_admins": admins,
         }
