@@ -2838,6 +2838,8 @@ def balancer_vars(
         "ansible_managed": "Written by scripts/bench.py (balancer section) from the role's template",
         "inventory_hostname": BALANCER,
         "__pypi_balancer_writer_port": writer_port,
+        # Plain HTTP: the bench measures the balancer's own cost, not TLS's.
+        "__pypi_balancer_tls": False,
         "__pypi_balancer_replicas": [
             {"inventory_hostname": n, "pypi_replica_serves": {"address": a, "port": p}} for n, a, p in replicas
         ],

@@ -86,3 +86,26 @@ def test_tls_name_is_the_first_tls_name_else_the_inventory_name() -> None:
     assert common.tls_name({"pypi_server_tls_names": ["pypi.example.internal", "10.0.0.5"]}, "pypi1") == (
         "pypi.example.internal"
     )
+
+
+def test_tls_settings_are_the_writers_inventory_else_this_hosts() -> None:
+    local = {
+        "ca_dir": "/inv/pki",
+        "ca_common_name": "airgap-pypi internal CA",
+        "ca_days": 3650,
+        "cert_days": 825,
+        "renew_days": 30,
+        "min_version": "1.2",
+    }
+    assert common.tls_settings({}, local) == local
+    writer = {
+        "pypi_server_tls_ca_dir": "/srv/ca",
+        "pypi_common_tls_ca_dir": "/other",
+        "pypi_common_tls_min_version": "1.3",
+    }
+    found = common.tls_settings(writer, local)
+    assert found["ca_dir"] == "/srv/ca" and found["min_version"] == "1.3"
+    assert {key: found[key] for key in ("ca_common_name", "ca_days", "cert_days", "renew_days")} == {
+        key: local[key] for key in ("ca_common_name", "ca_days", "cert_days", "renew_days")
+    }
+    assert common.tls_settings({"pypi_server_tls_ca_dir": ""}, local)["ca_dir"] == "/inv/pki"

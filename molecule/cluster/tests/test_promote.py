@@ -88,13 +88,20 @@ def promote_while_behind(wheel: str, name: str, log: Path) -> tuple[int, str]:
 
 
 def promoted_inventory(tmp_path: Path) -> Path:
-    """The operator's inventory after the move: the replica is the writer, the old writer is gone."""
+    """The operator's inventory after the move: the replica is the writer, the old writer is gone. HTTPS as before,
+    from the same internal CA (the scenario's is next to its inventory; this one is elsewhere, so it names it)."""
     inventory = tmp_path / "promoted.json"
+    writer = {"pypi_server_tls": True, "pypi_server_users": [{"name": USER, "password": PASSWORD}]}
     inventory.write_text(
         json.dumps(
             {
-                "all": {"vars": {"ansible_connection": "community.docker.docker"}},
-                "pypi_servers": {"hosts": {NEW_WRITER: {"pypi_server_users": [{"name": USER, "password": PASSWORD}]}}},
+                "all": {
+                    "vars": {
+                        "ansible_connection": "community.docker.docker",
+                        "pypi_common_tls_ca_dir": str(INVENTORY_DIR / "pki"),
+                    }
+                },
+                "pypi_servers": {"hosts": {NEW_WRITER: writer}},
                 "pypi_replicas": {"hosts": {FOLLOWER: {"pypi_replica_max_lag": 3}}},
                 "pypi_balancers": {"hosts": {BALANCER: {}, BALANCER2: {}}, "vars": {"pypi_balancer_vip": f"{VIP}/24"}},
             }

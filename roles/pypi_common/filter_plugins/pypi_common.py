@@ -41,6 +41,22 @@ def index_url(server: dict[str, Any], name: str, index_port: int) -> str:
     return f"{'https' if tls else 'http'}://{tls_name(server, name)}:{served_port(server, index_port)}/simple/"
 
 
+TLS_SETTINGS = ("ca_dir", "ca_common_name", "ca_days", "cert_days", "renew_days", "min_version")
+
+
+def tls_settings(writer: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    """The internal CA's settings a replica or a balancer uses, those of its writer (its hostvars writer): each the
+    writer's pypi_server_tls_<key>, else its pypi_common_tls_<key> (both only where the inventory sets them: role
+    defaults are not in another host's hostvars), else local[key] (this host's pypi_common_tls_<key>)."""
+    found = {}
+    for key in TLS_SETTINGS:
+        value = writer.get(f"pypi_server_tls_{key}")
+        if value in (None, ""):
+            value = writer.get(f"pypi_common_tls_{key}")
+        found[key] = local[key] if value in (None, "") else value
+    return found
+
+
 def tls_name(server: dict[str, Any], name: str) -> str:
     """The name an index host's certificate is checked for (its hostvars server, its inventory name name): its first
     pypi_server_tls_names, else its inventory name."""
@@ -95,6 +111,7 @@ class FilterModule:
             "pypi_common_index_url": index_url,
             "pypi_common_served_port": served_port,
             "pypi_common_tls_name": tls_name,
+            "pypi_common_tls_settings": tls_settings,
             "pypi_common_tls_san": tls_subject_alt_names,
             "pypi_common_balancer_url": balancer_url,
         }
