@@ -7,7 +7,6 @@ checks inside site.yml and proves the host is left unchanged.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import subprocess
@@ -16,35 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from scripts.pki import issue
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def issue(names: list[str], days: int = 30, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None):
-    """(certificate PEM, key PEM, subject, key) for names, self-signed unless issuer is given."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=2))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem, subject, key
 
 
 CA_CERT, _, CA_NAME, CA_KEY = issue(["test CA"])

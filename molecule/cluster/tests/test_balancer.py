@@ -6,7 +6,6 @@ How soon an upload reaches the replicas is a goal (issue 15: 2 s), not an assert
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import time
@@ -35,10 +34,8 @@ from conftest import (
     upload_and_watch,
     wait_for_state,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from scripts.pki import pem_pair
 
 READS = "airgap_pypi_reads"
 WRITES = "airgap_pypi_writer"
@@ -329,28 +326,6 @@ def test_the_shared_address_moves_to_the_other_balancer_when_haproxy_stops() -> 
     assert on(CLIENT, "/usr/bin/python3", "-c", READ_URL, f"{VIP_URL}/simple/").returncode == 0
 
 
-def self_signed(name: str) -> tuple[bytes, bytes]:
-    """(key, certificate) in PEM: a certificate for name that no CA issued (signed by its own key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
-
-
 def put_file(container: str, path: str, content: bytes, mode: str) -> None:
     """Replace a file in a container under a temporary name, then rename it (root-owned, mode)."""
     done = subprocess.run(
@@ -383,7 +358,7 @@ def test_a_replica_whose_certificate_the_ca_did_not_issue_leaves_the_read_pool(u
         path: subprocess.run(["docker", "exec", replica, "cat", path], capture_output=True, check=True).stdout
         for path in (certfile, keyfile)
     }
-    key_pem, cert_pem = self_signed(replica)
+    cert_pem, key_pem = (text.encode() for text in pem_pair([replica]))
     try:
         put_file(replica, keyfile, key_pem, "600")
         put_file(replica, certfile, cert_pem, "644")

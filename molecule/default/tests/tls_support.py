@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import subprocess
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
+from scripts.pki import pem_pair
 
 SERVER = "airgap-pypi-tls-deb12"
 CLIENT = "airgap-pypi-tls-client"
@@ -74,28 +71,6 @@ def names_of(cert: x509.Certificate) -> list[str]:
 
 
 # --- bad TLS input: cases of the default scenario's one bad-input run (test_playbook_runs.py) ---------------------
-
-
-def pem_pair(names: list[str], days: int = 30) -> tuple[str, str]:
-    """A self-signed certificate for names, and its key, as PEM text."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=2))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
 BAD_TLS = {

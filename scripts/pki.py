@@ -1,0 +1,44 @@
+"""Certificates for the tests: made here with cryptography, never by the roles under test."""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+Issuer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
+
+
+def issue(
+    names: list[str], days: int = 30, issuer: Issuer | None = None
+) -> tuple[str, str, x509.Name, ec.EllipticCurvePrivateKey]:
+    """(certificate PEM, key PEM, subject, key) for names (DNS names; the first is the common name), valid from two
+    days ago for days days, self-signed unless issuer (its name and key) is given."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    issuer_name, issuer_key = issuer or (subject, key)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=2))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem, subject, key
+
+
+def pem_pair(names: list[str], days: int = 30) -> tuple[str, str]:
+    """A self-signed certificate for names, and its key, as PEM text."""
+    cert, key, _, _ = issue(names, days)
+    return cert, key
