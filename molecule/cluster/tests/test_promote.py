@@ -1,6 +1,7 @@
 """Writer failover (playbooks/promote.yml): a replica becomes the writer, and nothing acknowledged is lost.
 
-Runs last (the file's name sorts after the others): it moves the writer for good. The upload just before the
+Runs last (the file's name sorts after the others): it moves the writer for good, and its site.yml run also drops
+the balancers' shared address. The upload just before the
 promotion is not waited for: the playbook itself must wait until the replica holds it."""
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def promote_while_behind(wheel: str, name: str, log: Path) -> tuple[int, str]:
 
 
 def promoted_inventory(tmp_path: Path) -> Path:
-    """The operator's inventory after the move: the replica is the writer, the old writer is gone. HTTPS as before,
-    from the same internal CA (the scenario's is next to its inventory; this one is elsewhere, so it names it)."""
+    """The operator's inventory after the move: the replica is the writer, the old writer is gone, the balancers no
+    longer share an address. HTTPS as before, from the same internal CA (the scenario's is next to its inventory;
+    this one is elsewhere, so it names it)."""
     inventory = tmp_path / "promoted.json"
     writer = {"pypi_server_tls": True, "pypi_server_users": [{"name": USER, "password": PASSWORD}]}
     inventory.write_text(
@@ -103,7 +105,9 @@ def promoted_inventory(tmp_path: Path) -> Path:
                 },
                 "pypi_servers": {"hosts": {NEW_WRITER: writer}},
                 "pypi_replicas": {"hosts": {FOLLOWER: {"pypi_replica_max_lag": 3}}},
-                "pypi_balancers": {"hosts": {BALANCER: {}, BALANCER2: {}}, "vars": {"pypi_balancer_vip": f"{VIP}/24"}},
+                # In the same edit the operator drops the balancers' shared address (pypi_balancer_vip unset): the
+                # keepalived the role set up is stopped for good (test_the_shared_address_dropped_stops_keepalived).
+                "pypi_balancers": {"hosts": {BALANCER: {}, BALANCER2: {}}},
             }
         )
     )
@@ -164,3 +168,17 @@ def test_promote_moves_the_writer_and_loses_no_acknowledged_file(wheel_on_client
     done = twine_upload(after)
     assert done.returncode == 0, done.stdout + done.stderr
     assert after.rsplit("/", 1)[1] in digests(NEW_WRITER, f"{DATA_DIR}/packages")
+
+
+KEEPALIVED_CHECK = "/etc/keepalived/airgap-pypi-haproxy-check"
+
+
+def test_the_shared_address_dropped_stops_keepalived_for_good() -> None:
+    # After the previous test's site.yml run, with pypi_balancer_vip no longer set: on both balancers keepalived is
+    # stopped and disabled (a reboot does not bring the address back), the role's check is gone, and neither holds
+    # the address.
+    for balancer in (BALANCER, BALANCER2):
+        assert on(balancer, "systemctl", "is-active", "keepalived").stdout.strip() != "active", balancer
+        assert on(balancer, "systemctl", "is-enabled", "keepalived").stdout.strip() == "disabled", balancer
+        assert on(balancer, "test", "-e", KEEPALIVED_CHECK).returncode == 1, balancer
+        assert f" inet {VIP}/" not in on(balancer, "ip", "-o", "-4", "addr", "show").stdout, balancer
