@@ -246,8 +246,20 @@ def start_hosts(names: Sequence[str]) -> None:
             ],
             check=True,
         )
+    # Right after the start systemctl may find no bus yet and answer at once: ask until systemd says it is up.
+    booted = ("running", "degraded")
     for name in names:
-        run(["docker", "exec", name, "timeout", "120", "systemctl", "is-system-running", "--wait"])
+        wait_for(
+            lambda name=name: (
+                run(
+                    ["docker", "exec", name, "timeout", "120", "systemctl", "is-system-running", "--wait"]
+                ).stdout.strip()
+                in booted
+            ),
+            150,
+            1,
+            f"{name}'s systemd to finish booting",
+        )
 
 
 def container_ip(name: str) -> str:
