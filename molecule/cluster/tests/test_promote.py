@@ -1,8 +1,9 @@
 """Writer failover (playbooks/promote.yml): a replica becomes the writer, and nothing acknowledged is lost.
 
 Runs last (the file's name sorts after the others): it moves the writer for good, and its site.yml run also drops
-the balancers' shared address. The upload just before the
-promotion is not waited for: the playbook itself must wait until the replica holds it."""
+the balancers' shared address. The upload just before the promotion is not waited for: the playbook itself must wait
+until the replica holds it. The last test then loses that new writer for good and promotes the other replica from its
+own last generation."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from conftest import (
     VIP,
     WRITER,
     ansible_playbook,
+    docker,
     on,
     recap,
     site,
@@ -88,11 +90,11 @@ def promote_while_behind(wheel: str, name: str, log: Path) -> tuple[int, str]:
     return running.returncode, log.read_text()
 
 
-def promoted_inventory(tmp_path: Path) -> Path:
+def promoted_inventory(tmp_path: Path, writer_host: str = NEW_WRITER, replicas: tuple[str, ...] = (FOLLOWER,)) -> Path:
     """The operator's inventory after the move: the replica is the writer, the old writer is gone, the balancers no
     longer share an address. HTTPS as before, from the same internal CA (the scenario's is next to its inventory;
     this one is elsewhere, so it names it)."""
-    inventory = tmp_path / "promoted.json"
+    inventory = tmp_path / f"promoted-{writer_host}.json"
     writer = {"pypi_server_tls": True, "pypi_server_users": [{"name": USER, "password": PASSWORD}]}
     inventory.write_text(
         json.dumps(
@@ -103,8 +105,8 @@ def promoted_inventory(tmp_path: Path) -> Path:
                         "pypi_common_tls_ca_dir": str(INVENTORY_DIR / "pki"),
                     }
                 },
-                "pypi_servers": {"hosts": {NEW_WRITER: writer}},
-                "pypi_replicas": {"hosts": {FOLLOWER: {"pypi_replica_max_lag": 3}}},
+                "pypi_servers": {"hosts": {writer_host: writer}},
+                "pypi_replicas": {"hosts": {replica: {"pypi_replica_max_lag": 3} for replica in replicas}},
                 # In the same edit the operator drops the balancers' shared address (pypi_balancer_vip unset): the
                 # keepalived the role set up is stopped for good (test_the_shared_address_dropped_stops_keepalived).
                 "pypi_balancers": {"hosts": {BALANCER: {}, BALANCER2: {}}},
@@ -182,3 +184,39 @@ def test_the_shared_address_dropped_stops_keepalived_for_good() -> None:
         assert on(balancer, "systemctl", "is-enabled", "keepalived").stdout.strip() == "disabled", balancer
         assert on(balancer, "test", "-e", KEEPALIVED_CHECK).returncode == 1, balancer
         assert f" inet {VIP}/" not in on(balancer, "ip", "-o", "-4", "addr", "show").stdout, balancer
+
+
+def test_promote_with_the_writer_lost_makes_the_replicas_last_generation_the_index(wheel_on_client, tmp_path: Path) -> None:
+    # After the planned move, NEW_WRITER writes and FOLLOWER copies it. An upload reaches the follower; then the
+    # writer is lost for good (its container killed, no stop). promote.yml with pypi_replica_promote_writer_lost
+    # never touches it: the follower's last verified generation becomes the data of the next writer, byte for byte.
+    wheel, project = wheel_on_client("cluster-before-the-writer-is-lost")
+    name = wheel.rsplit("/", 1)[1]
+    done = twine_upload(wheel)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert wait_for(lambda: name in digests(FOLLOWER, f"{REPLICA_ROOT}/current/packages"), 60)
+    held = digests(FOLLOWER, f"{REPLICA_ROOT}/current/packages")
+    assert held == digests(NEW_WRITER, f"{DATA_DIR}/packages"), "the follower does not hold the writer's files"
+    docker("kill", NEW_WRITER)
+
+    lost = ("-e", f"pypi_replica_promote={FOLLOWER}", "-e", "pypi_replica_promote_writer_lost=true")
+    result = ansible_playbook(PROMOTE, promoted_inventory(tmp_path), *lost, project=PROJECT_DIR, timeout=900)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0, said[-4000:]
+    assert "its last verified generation; the writer was lost" in said, said[-2000:]
+    lost_writer = recap(result.stdout).get(NEW_WRITER, {})
+    assert lost_writer.get("unreachable", 0) == 0 and lost_writer.get("failed", 0) == 0, "promote.yml reached for it"
+
+    moved = site(promoted_inventory(tmp_path, writer_host=FOLLOWER, replicas=()))
+    assert moved.returncode == 0, moved.stdout[-4000:] + moved.stderr[-2000:]
+    assert digests(FOLLOWER, f"{DATA_DIR}/packages") == held
+
+    # Through the balancer: the last file the follower held installs, and uploads reach the new writer.
+    target = f"/var/tmp/target-writer-lost-{project}"
+    pip = (f"{CLIENT_BIN}/pip", "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check")
+    done = on(CLIENT, *pip, "--target", target, "--index-url", f"{BALANCER_URL}/simple/", f"{project}==1.0", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after, _ = wheel_on_client("cluster-after-the-writer-was-lost")
+    done = twine_upload(after)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert after.rsplit("/", 1)[1] in digests(FOLLOWER, f"{DATA_DIR}/packages")
