@@ -97,7 +97,7 @@ def test_tls_settings_are_the_writers_inventory_else_this_hosts() -> None:
         "renew_days": 30,
         "min_version": "1.2",
     }
-    assert common.tls_settings({}, local) == local
+    assert common.tls_settings({}, local) == {**local, "source": "internal_ca", "ca_cert": ""}
     writer = {
         "pypi_server_tls_ca_dir": "/srv/ca",
         "pypi_common_tls_ca_dir": "/other",
@@ -109,3 +109,13 @@ def test_tls_settings_are_the_writers_inventory_else_this_hosts() -> None:
         key: local[key] for key in ("ca_common_name", "ca_days", "cert_days", "renew_days")
     }
     assert common.tls_settings({"pypi_server_tls_ca_dir": ""}, local)["ca_dir"] == "/inv/pki"
+
+
+def test_tls_settings_carry_the_writers_own_pki_and_its_ca() -> None:
+    local = dict.fromkeys(common.TLS_SETTINGS, "")
+    own = {"pypi_server_tls_source": "inventory", "pypi_server_tls_ca_cert": "-----BEGIN CERTIFICATE-----..."}
+    found = common.tls_settings(own, local)
+    assert found["source"] == "inventory" and found["ca_cert"] == own["pypi_server_tls_ca_cert"]
+    # The internal CA's certificate is its ca_dir's, never a leftover pypi_server_tls_ca_cert.
+    leftover = common.tls_settings({**own, "pypi_server_tls_source": "internal_ca"}, local)
+    assert leftover["source"] == "internal_ca" and leftover["ca_cert"] == ""

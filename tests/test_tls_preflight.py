@@ -21,11 +21,11 @@ from scripts.pki import issue
 ROOT = Path(__file__).resolve().parent.parent
 
 
-CA_CERT, _, CA_NAME, CA_KEY = issue(["test CA"])
+CA_CERT, _, CA_NAME, CA_KEY = issue(["test CA"], ca=True)
 GOOD_CERT, GOOD_KEY, _, _ = issue(["pypi01.example.internal"], issuer=(CA_NAME, CA_KEY))
 WILDCARD_CERT, WILDCARD_KEY, _, _ = issue(["*.example.internal"])
 EXPIRED_CERT, EXPIRED_KEY, _, _ = issue(["pypi01.example.internal"], days=-1)
-OTHER_CA, _, _, _ = issue(["another CA"])
+OTHER_CA, _, _, _ = issue(["another CA"], ca=True)
 
 
 GOOD = {

@@ -27,6 +27,8 @@ from conftest import (
     wait_for_state,
 )
 
+from scripts.pki import issue
+
 
 def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
     result = site(INVENTORY_DIR, "--check")
@@ -38,6 +40,21 @@ def test_check_mode_on_the_converged_cluster_changes_nothing() -> None:
 
 
 DOCKER = {"ansible_connection": "community.docker.docker"}
+# The operator's own PKI for the bad layouts (scripts/pki.py): a writer's certificate of the operator's CA, a
+# certificate for the never-converged host from that CA, and one from another CA.
+OWN_CA, _, OWN_CA_NAME, OWN_CA_KEY = issue(["test operator CA"], ca=True)
+WRITER_CERT, WRITER_KEY, _, _ = issue([WRITER], issuer=(OWN_CA_NAME, OWN_CA_KEY))
+PRISTINE_CERT, PRISTINE_KEY, _, _ = issue([PRISTINE], issuer=(OWN_CA_NAME, OWN_CA_KEY))
+_, _, OTHER_CA_NAME, OTHER_CA_KEY = issue(["another CA"], ca=True)
+OTHER_CERT, OTHER_KEY, _, _ = issue([PRISTINE], issuer=(OTHER_CA_NAME, OTHER_CA_KEY))
+OWN_PKI_WRITER = {
+    "pypi_server_tls": True,
+    "pypi_server_tls_source": "inventory",
+    "pypi_server_tls_cert": WRITER_CERT,
+    "pypi_server_tls_key": WRITER_KEY,
+    "pypi_server_tls_ca_cert": OWN_CA,
+}
+
 BAD_LAYOUTS = {
     # A host cannot be the writer and a replica of it.
     "both-groups": (
@@ -87,25 +104,36 @@ BAD_LAYOUTS = {
             "Set them in the group_vars of pypi_balancers",
         ],
     ),
-    # A writer with certificates of the operator's own PKI: the internal CA cannot issue a replica's or a balancer's.
-    "replica-of-own-pki-writer": (
+    # A writer with certificates of the operator's own PKI: a replica's certificate of another CA, and a balancer's
+    # that does not cover the name clients use.
+    "replica-with-a-certificate-of-another-ca": (
         {
-            "pypi_servers": {"hosts": {WRITER: {"pypi_server_tls": True, "pypi_server_tls_source": "inventory"}}},
-            "pypi_replicas": {"hosts": {PRISTINE: {}}},
+            "pypi_servers": {"hosts": {WRITER: OWN_PKI_WRITER}},
+            "pypi_replicas": {
+                "hosts": {PRISTINE: {"pypi_replica_tls_cert": OTHER_CERT, "pypi_replica_tls_key": OTHER_KEY}}
+            },
         },
         [
-            f"The writer {WRITER} serves HTTPS with a certificate from the inventory",
-            "Use pypi_server_tls_source: internal_ca",
+            f"so replica {PRISTINE} needs one too",
+            "the writer's pypi_server_tls_ca_cert is not the issuer of pypi_replica_tls_cert",
         ],
     ),
-    "balancer-of-own-pki-writer": (
+    "balancer-certificate-not-covering-its-names": (
         {
-            "pypi_servers": {"hosts": {WRITER: {"pypi_server_tls": True, "pypi_server_tls_source": "inventory"}}},
-            "pypi_balancers": {"hosts": {PRISTINE: {}}},
+            "pypi_servers": {"hosts": {WRITER: OWN_PKI_WRITER}},
+            "pypi_balancers": {
+                "hosts": {
+                    PRISTINE: {
+                        "pypi_balancer_tls_names": ["pypi.example.internal"],
+                        "pypi_balancer_tls_cert": PRISTINE_CERT,
+                        "pypi_balancer_tls_key": PRISTINE_KEY,
+                    }
+                }
+            },
         },
         [
-            f"Bad TLS setting for balancer {PRISTINE}",
-            f"The writer {WRITER} serves HTTPS with a certificate from the inventory",
+            f"so balancer {PRISTINE} needs one too",
+            f"pypi_balancer_tls_cert does not cover pypi.example.internal (its names: {PRISTINE.lower()})",
         ],
     ),
     # The never-converged host's apt knows no repository: no HAProxy (the converged writer must not change either).

@@ -23,7 +23,9 @@ from conftest import (
     INDEX_PROGRAM,
     INVENTORY_DIR,
     PASSWORD,
+    PORT,
     PROJECT_DIR,
+    REPLICA_PORT,
     REPLICA_ROOT,
     REPLICAS,
     SUPERVISORCTL,
@@ -37,7 +39,10 @@ from conftest import (
     site,
     twine_upload,
     wait_for,
+    wait_for_state,
 )
+
+from scripts.pki import issue
 
 NEW_WRITER = REPLICAS[1]
 FOLLOWER = REPLICAS[0]
@@ -90,12 +95,22 @@ def promote_while_behind(wheel: str, name: str, log: Path) -> tuple[int, str]:
     return running.returncode, log.read_text()
 
 
-def promoted_inventory(tmp_path: Path, writer_host: str = NEW_WRITER, replicas: tuple[str, ...] = (FOLLOWER,)) -> Path:
+def promoted_inventory(
+    tmp_path: Path,
+    writer_host: str = NEW_WRITER,
+    replicas: tuple[str, ...] = (FOLLOWER,),
+    host_vars: dict[str, dict[str, object]] | None = None,
+) -> Path:
     """The operator's inventory after the move: the replica is the writer, the old writer is gone, the balancers no
     longer share an address. HTTPS as before, from the same internal CA (the scenario's is next to its inventory;
     this one is elsewhere, so it names it)."""
     inventory = tmp_path / f"promoted-{writer_host}.json"
-    writer = {"pypi_server_tls": True, "pypi_server_users": [{"name": USER, "password": PASSWORD}]}
+    more = host_vars or {}
+    writer = {
+        "pypi_server_tls": True,
+        "pypi_server_users": [{"name": USER, "password": PASSWORD}],
+        **more.get(writer_host, {}),
+    }
     inventory.write_text(
         json.dumps(
             {
@@ -106,10 +121,12 @@ def promoted_inventory(tmp_path: Path, writer_host: str = NEW_WRITER, replicas: 
                     }
                 },
                 "pypi_servers": {"hosts": {writer_host: writer}},
-                "pypi_replicas": {"hosts": {replica: {"pypi_replica_max_lag": 3} for replica in replicas}},
+                "pypi_replicas": {
+                    "hosts": {replica: {"pypi_replica_max_lag": 3, **more.get(replica, {})} for replica in replicas}
+                },
                 # In the same edit the operator drops the balancers' shared address (pypi_balancer_vip unset): the
                 # keepalived the role set up is stopped for good (test_the_shared_address_dropped_stops_keepalived).
-                "pypi_balancers": {"hosts": {BALANCER: {}, BALANCER2: {}}},
+                "pypi_balancers": {"hosts": {name: more.get(name, {}) for name in (BALANCER, BALANCER2)}},
             }
         )
     )
@@ -186,7 +203,68 @@ def test_the_shared_address_dropped_stops_keepalived_for_good() -> None:
         assert f" inet {VIP}/" not in on(balancer, "ip", "-o", "-4", "addr", "show").stdout, balancer
 
 
-def test_promote_with_the_writer_lost_makes_the_replicas_last_generation_the_index(wheel_on_client, tmp_path: Path) -> None:
+# Python on the client: the issuer's common name of the certificate a server presents, verified against the client's
+# trust store and for the server's name (argv: host, port).
+PEER_ISSUER = """
+import socket, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+with socket.create_connection((host, port), timeout=5) as raw:
+    with ssl.create_default_context().wrap_socket(raw, server_hostname=host) as tls:
+        print(dict(pair[0] for pair in tls.getpeercert()["issuer"])["commonName"])
+"""
+OPERATOR_CA_FILE = "/usr/local/share/ca-certificates/airgap-pypi-test-operator-ca.crt"
+
+
+def test_the_cluster_moves_to_the_operators_own_pki(wheel_on_client, tmp_path: Path) -> None:
+    # The operator's own PKI replaces the internal CA (pypi_server_tls_source: inventory): a certificate of an issuing
+    # CA below the operator's root for the writer, the replica and each balancer, from the inventory. The client
+    # trusts the operator's root, as an organisation's machines do. HAProxy checks every server against that root.
+    root, _, root_name, root_key = issue(["airgap-pypi test operator root CA"], ca=True)
+    issuing, _, issuing_name, issuing_key = issue(
+        ["airgap-pypi test operator issuing CA"], issuer=(root_name, root_key), ca=True
+    )
+    host_vars: dict[str, dict[str, object]] = {}
+    for host, prefix in (
+        (NEW_WRITER, "pypi_server"),
+        (FOLLOWER, "pypi_replica"),
+        (BALANCER, "pypi_balancer"),
+        (BALANCER2, "pypi_balancer"),
+    ):
+        cert, key, _, _ = issue([host], issuer=(issuing_name, issuing_key))
+        host_vars[host] = {f"{prefix}_tls_cert": cert + issuing, f"{prefix}_tls_key": key}
+    host_vars[NEW_WRITER] |= {"pypi_server_tls_source": "inventory", "pypi_server_tls_ca_cert": root}
+    (tmp_path / "root.crt").write_text(root)
+    docker("cp", str(tmp_path / "root.crt"), f"{CLIENT}:{OPERATOR_CA_FILE}")
+    assert on(CLIENT, "update-ca-certificates").returncode == 0
+
+    moved = site(promoted_inventory(tmp_path, host_vars=host_vars))
+    assert moved.returncode == 0, moved.stdout[-4000:] + moved.stderr[-2000:]
+    assert "BEGIN PRIVATE KEY" not in moved.stdout + moved.stderr
+
+    # Each server presents the operator's certificate, valid for its name in the client's eyes.
+    for host, port in ((BALANCER, PORT), (BALANCER2, PORT), (FOLLOWER, REPLICA_PORT), (NEW_WRITER, PORT)):
+        done = on(CLIENT, "/usr/bin/python3", "-c", PEER_ISSUER, host, str(port))
+        assert done.stdout.strip() == "airgap-pypi test operator issuing CA", (host, done.stdout + done.stderr)
+    # HAProxy verifies the writer and the replica against the operator's root: both in the read pool.
+    for server in (NEW_WRITER, FOLLOWER):
+        wait_for_state("airgap_pypi_reads", server, "UP", limit=30)
+    # Uploads and installs through the balancer, and the replica gets the upload.
+    wheel, project = wheel_on_client("cluster-operator-pki")
+    done = twine_upload(wheel)
+    assert done.returncode == 0, done.stdout + done.stderr
+    name = wheel.rsplit("/", 1)[1]
+    assert wait_for(lambda: name in digests(FOLLOWER, f"{REPLICA_ROOT}/current/packages"), 60)
+    target = f"/var/tmp/target-operator-pki-{project}"
+    pip = (f"{CLIENT_BIN}/pip", "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check")
+    done = on(
+        CLIENT, *pip, "--target", target, "--index-url", f"{BALANCER_URL}/simple/", f"{project}==1.0", timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promote_with_the_writer_lost_makes_the_replicas_last_generation_the_index(
+    wheel_on_client, tmp_path: Path
+) -> None:
     # After the planned move, NEW_WRITER writes and FOLLOWER copies it. An upload reaches the follower; then the
     # writer is lost for good (its container killed, no stop). promote.yml with pypi_replica_promote_writer_lost
     # never touches it: the follower's last verified generation becomes the data of the next writer, byte for byte.
@@ -214,7 +292,9 @@ def test_promote_with_the_writer_lost_makes_the_replicas_last_generation_the_ind
     # Through the balancer: the last file the follower held installs, and uploads reach the new writer.
     target = f"/var/tmp/target-writer-lost-{project}"
     pip = (f"{CLIENT_BIN}/pip", "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check")
-    done = on(CLIENT, *pip, "--target", target, "--index-url", f"{BALANCER_URL}/simple/", f"{project}==1.0", timeout=300)
+    done = on(
+        CLIENT, *pip, "--target", target, "--index-url", f"{BALANCER_URL}/simple/", f"{project}==1.0", timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     after, _ = wheel_on_client("cluster-after-the-writer-was-lost")
     done = twine_upload(after)

@@ -45,15 +45,19 @@ TLS_SETTINGS = ("ca_dir", "ca_common_name", "ca_days", "cert_days", "renew_days"
 
 
 def tls_settings(writer: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
-    """The internal CA's settings a replica or a balancer uses, those of its writer (its hostvars writer): each the
-    writer's pypi_server_tls_<key>, else its pypi_common_tls_<key> (both only where the inventory sets them: role
-    defaults are not in another host's hostvars), else local[key] (this host's pypi_common_tls_<key>)."""
+    """The TLS settings a replica or a balancer uses, those of its writer (its hostvars writer): for the internal
+    CA's, each the writer's pypi_server_tls_<key>, else its pypi_common_tls_<key> (both only where the inventory sets
+    them: role defaults are not in another host's hostvars), else local[key] (this host's pypi_common_tls_<key>);
+    source, where the writer's certificate comes from (internal_ca, the default, or inventory: the operator's own
+    PKI), and ca_cert, the PEM of the CA that issued it then (the writer's pypi_server_tls_ca_cert, else "")."""
     found = {}
     for key in TLS_SETTINGS:
         value = writer.get(f"pypi_server_tls_{key}")
         if value in (None, ""):
             value = writer.get(f"pypi_common_tls_{key}")
         found[key] = local[key] if value in (None, "") else value
+    found["source"] = str(writer.get("pypi_server_tls_source") or "internal_ca")
+    found["ca_cert"] = str(writer.get("pypi_server_tls_ca_cert") or "") if found["source"] == "inventory" else ""
     return found
 
 

@@ -1,0 +1,85 @@
+"""pypi_common_tls_pem_problem: the check of a certificate and key of the operator's own PKI, against real
+certificates made here (scripts/pki.py), each problem named with the inventory variable that holds it."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from conftest import ROOT, load_module
+
+from scripts.pki import issue
+
+tls = load_module("pypi_common_tls_filters", ROOT / "roles" / "pypi_common" / "filter_plugins" / "pypi_common_tls.py")
+
+LABELS = {"cert": "pypi_replica_tls_cert", "key": "pypi_replica_tls_key", "ca_cert": "pypi_server_tls_ca_cert"}
+CA_CERT, _, CA_NAME, CA_KEY = issue(["Operator Root CA"], ca=True)
+SUB_CERT, _, SUB_NAME, SUB_KEY = issue(["Operator Issuing CA"], issuer=(CA_NAME, CA_KEY), ca=True)
+CERT, KEY, _, _ = issue(["replica1.example.internal", "10.0.0.5"], issuer=(CA_NAME, CA_KEY))
+VIA_SUB, VIA_SUB_KEY, _, _ = issue(["replica2.example.internal"], issuer=(SUB_NAME, SUB_KEY))
+OTHER_CA, _, _, _ = issue(["Another CA"], ca=True)
+
+
+def problem(cert: str = CERT, key: str = KEY, ca: str = CA_CERT, names: tuple[str, ...] = (), **kw: object) -> str:
+    return tls.tls_pem_problem(cert, key, ca, list(names) or ["replica1.example.internal"], LABELS, **kw)
+
+
+def test_a_pair_issued_by_the_ca_for_its_names_passes() -> None:
+    assert problem() == ""
+    assert problem(names=("replica1.example.internal", "10.0.0.5")) == ""
+
+
+def test_a_chain_through_an_issuing_ca_passes_and_a_leaf_without_it_does_not() -> None:
+    names = ("replica2.example.internal",)
+    assert problem(VIA_SUB + SUB_CERT, VIA_SUB_KEY, names=names) == ""
+    assert problem(VIA_SUB, VIA_SUB_KEY, names=names).startswith("pypi_server_tls_ca_cert is not the issuer of")
+
+
+def test_another_ca_is_named() -> None:
+    said = problem(ca=OTHER_CA)
+    assert said == "pypi_server_tls_ca_cert is not the issuer of pypi_replica_tls_cert (issuer Operator Root CA)"
+
+
+def test_empty_values_are_named() -> None:
+    assert problem(cert="", key="") == "pypi_replica_tls_cert and pypi_replica_tls_key are empty"
+    assert problem(key=" ") == "pypi_replica_tls_key is empty"
+    assert problem(ca="", ca_required=True) == "pypi_server_tls_ca_cert is empty"
+    assert problem(ca="") == ""
+
+
+def test_garbage_is_named_and_no_key_is_ever_in_a_message() -> None:
+    assert problem(cert="not a certificate").startswith("pypi_replica_tls_cert is not a PEM certificate")
+    assert problem(key="garbage").startswith("pypi_replica_tls_key is not an unencrypted PEM private key")
+    assert problem(ca="garbage").startswith("pypi_server_tls_ca_cert is not a PEM certificate")
+    _, other_key, _, _ = issue(["x.example.internal"])
+    said = problem(key=other_key)
+    assert said == (
+        "pypi_replica_tls_key does not match pypi_replica_tls_cert (subject replica1.example.internal): "
+        "they are not a pair"
+    )
+    body = "".join(KEY.strip().splitlines()[1:-1])
+    for key in (KEY, other_key, "garbage"):
+        assert body[:20] not in problem(key=key)
+
+
+def test_a_name_the_certificate_does_not_cover_is_named() -> None:
+    said = problem(names=("replica1", "10.0.0.6"))
+    assert said == (
+        "pypi_replica_tls_cert does not cover replica1, 10.0.0.6 (its names: replica1.example.internal, 10.0.0.5)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "covered"),
+    [("pypi01.example.internal", True), ("PYPI01.Example.Internal", True), ("a.b.example.internal", False),
+     ("example.internal", False)],
+)  # fmt: skip
+def test_a_wildcard_covers_one_label(name: str, covered: bool) -> None:
+    assert tls.covers(["*.example.internal"], name) is covered
+
+
+def test_expired_and_not_yet_valid_are_named() -> None:
+    expired, expired_key, _, _ = issue(["replica1.example.internal"], days=-1, issuer=(CA_NAME, CA_KEY))
+    assert problem(expired, expired_key).startswith("pypi_replica_tls_cert expired on ")
+    early = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
+    assert problem(now=early).startswith("pypi_replica_tls_cert is not valid before ")
