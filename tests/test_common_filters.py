@@ -3,6 +3,7 @@ clients use for an index host or a balancer, and the names an internal CA certif
 
 from __future__ import annotations
 
+import yaml
 from conftest import ROOT, load_module
 
 common = load_module("pypi_common_filters", ROOT / "roles" / "pypi_common" / "filter_plugins" / "pypi_common.py")
@@ -119,3 +120,18 @@ def test_tls_settings_carry_the_writers_own_pki_and_its_ca() -> None:
     # The internal CA's certificate is its ca_dir's, never a leftover pypi_server_tls_ca_cert.
     leftover = common.tls_settings({**own, "pypi_server_tls_source": "internal_ca"}, local)
     assert leftover["source"] == "internal_ca" and leftover["ca_cert"] == ""
+
+
+def test_tls_request_is_what_the_entry_point_takes() -> None:
+    settings = {
+        **dict.fromkeys(common.TLS_SETTINGS, "x"),
+        "source": "inventory",
+        "ca_cert": "CA PEM",
+        "min_version": "1.3",
+    }
+    request = common.tls_request(settings, "replica1", ["DNS:replica1"], "CERT PEM", "KEY PEM")
+    spec = yaml.safe_load((ROOT / "roles" / "pypi_common" / "meta" / "argument_specs.yml").read_text())
+    keys = spec["argument_specs"]["tls_cert"]["options"]["pypi_common_tls_cert"]["options"]
+    assert set(request) == set(keys), "the entry point would refuse it (or miss a key)"
+    assert request["source"] == "inventory" and request["ca_cert"] == "CA PEM" and request["key"] == "KEY PEM"
+    assert request["common_name"] == "replica1" and request["san"] == ["DNS:replica1"]

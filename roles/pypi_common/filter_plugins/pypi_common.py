@@ -61,6 +61,24 @@ def tls_settings(writer: dict[str, Any], local: dict[str, Any]) -> dict[str, Any
     return found
 
 
+def tls_request(
+    settings: dict[str, Any], common_name: str, san: list[str], cert: str = "", key: str = ""
+) -> dict[str, Any]:
+    """The input of pypi_common's entry point tls_cert for a replica or a balancer: its writer's settings (from
+    tls_settings; the TLS minimum is not the entry point's), the names its certificate is for, and its own
+    certificate and key from the inventory (used with the writer's source inventory)."""
+    return {
+        **{
+            k: settings[k]
+            for k in ("source", "ca_cert", "ca_dir", "ca_common_name", "ca_days", "cert_days", "renew_days")
+        },
+        "cert": cert,
+        "key": key,
+        "common_name": common_name,
+        "san": san,
+    }
+
+
 def tls_name(server: dict[str, Any], name: str) -> str:
     """The name an index host's certificate is checked for (its hostvars server, its inventory name name): its first
     pypi_server_tls_names, else its inventory name."""
@@ -116,6 +134,7 @@ class FilterModule:
             "pypi_common_served_port": served_port,
             "pypi_common_tls_name": tls_name,
             "pypi_common_tls_settings": tls_settings,
+            "pypi_common_tls_request": tls_request,
             "pypi_common_tls_san": tls_subject_alt_names,
             "pypi_common_balancer_url": balancer_url,
         }
