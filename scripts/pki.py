@@ -14,11 +14,12 @@ Issuer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
 
 
 def issue(
-    names: list[str], days: int = 30, issuer: Issuer | None = None, ca: bool = False
+    names: list[str], days: int = 30, issuer: Issuer | None = None, ca: bool = False, purpose: str = "server"
 ) -> tuple[str, str, x509.Name, ec.EllipticCurvePrivateKey]:
     """(certificate PEM, key PEM, subject, key) for names (DNS names or IP addresses; the first is the common name),
     valid from two days ago for days days, self-signed unless issuer (its name and key) is given; a CA's when ca (as
-    an operator's PKI makes them: basic constraints and key usage marked critical, key identifiers)."""
+    an operator's PKI makes them: basic constraints and key usage marked critical, key identifiers); purpose "client"
+    makes a leaf for client authentication only."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     issuer_name, issuer_key = issuer or (subject, key)
@@ -41,7 +42,12 @@ def issue(
     else:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([general_name(name) for name in names]), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        ).add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if purpose == "client" else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
     cert = builder.sign(issuer_key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

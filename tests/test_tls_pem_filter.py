@@ -65,17 +65,66 @@ def test_garbage_is_named_and_no_key_is_ever_in_a_message() -> None:
 def test_a_name_the_certificate_does_not_cover_is_named() -> None:
     said = problem(names=("replica1", "10.0.0.6"))
     assert said == (
-        "pypi_replica_tls_cert does not cover replica1, 10.0.0.6 (its names: replica1.example.internal, 10.0.0.5)"
+        "pypi_replica_tls_cert does not cover replica1, 10.0.0.6 (its names: replica1.example.internal, IP 10.0.0.5)"
     )
 
 
 @pytest.mark.parametrize(
-    ("name", "covered"),
-    [("pypi01.example.internal", True), ("PYPI01.Example.Internal", True), ("a.b.example.internal", False),
-     ("example.internal", False)],
-)  # fmt: skip
-def test_a_wildcard_covers_one_label(name: str, covered: bool) -> None:
-    assert tls.covers(["*.example.internal"], name) is covered
+    ("patterns", "name", "covered"),
+    [
+        (["*.example.internal"], "pypi01.example.internal", True),
+        (["*.example.internal"], "PYPI01.Example.Internal", True),
+        (["*.example.internal"], "a.b.example.internal", False),
+        (["*.example.internal"], "example.internal", False),
+        # OpenSSL wants two labels after the star: *.internal covers nothing.
+        (["*.internal"], "a.internal", False),
+        # A DNS entry that reads like an address does not cover the address (TLS clients check IP entries).
+        (["10.0.0.5"], "10.0.0.5", False),
+    ],
+)
+def test_a_wildcard_covers_one_label_and_names_and_addresses_stay_apart(
+    patterns: list[str], name: str, covered: bool
+) -> None:
+    assert tls.covers(patterns, [], name) is covered
+
+
+def test_haproxy_checks_dns_names_and_the_common_name_never_an_address_entry() -> None:
+    assert tls.covers_for_haproxy(["replica1.example.internal"], "x", "replica1.example.internal")
+    assert tls.covers_for_haproxy([], "10.0.0.5", "10.0.0.5")
+    assert not tls.covers_for_haproxy([], "replica1", "10.0.0.5")
+    cert, key, _, _ = issue(["other.example.internal", "10.0.0.9"], issuer=(CA_NAME, CA_KEY))
+    assert problem(cert, key, names=("10.0.0.9",)) == ""
+    said = problem(cert, key, names=("10.0.0.9",), proxied=("10.0.0.9",))
+    assert said.startswith("pypi_replica_tls_cert has no DNS name or common name 10.0.0.9, which HAProxy checks"), said
+
+
+def test_a_key_or_anything_but_certificates_in_a_certificate_variable_is_refused() -> None:
+    said = problem(cert=CERT + KEY)
+    assert said == "pypi_replica_tls_cert holds PRIVATE KEY besides certificates: give certificates only"
+    assert problem(ca=CA_CERT + KEY).startswith("pypi_server_tls_ca_cert holds PRIVATE KEY besides")
+    assert problem(key=KEY + KEY) == "pypi_replica_tls_key must hold exactly one PEM private key"
+
+
+def test_a_bundle_of_two_roots_accepts_either_during_a_move() -> None:
+    assert problem(ca=OTHER_CA + CA_CERT) == ""
+
+
+def test_what_only_path_validation_sees_is_named() -> None:
+    # A leaf for client authentication only: OpenSSL (pip) would refuse it as a server's.
+    cert, key, _, _ = issue(["replica1.example.internal"], issuer=(CA_NAME, CA_KEY), purpose="client")
+    said = problem(cert, key)
+    assert said.startswith(
+        "pypi_replica_tls_cert does not validate for replica1.example.internal under pypi_server_tls_ca_cert:"
+    ), said
+    # An expired issuing CA between the leaf and the root.
+    old_sub, _, old_name, old_key = issue(["Old issuing CA"], issuer=(CA_NAME, CA_KEY), ca=True, days=-1)
+    leaf, leaf_key, _, _ = issue(["replica1.example.internal"], issuer=(old_name, old_key))
+    assert "does not validate for" in problem(leaf + old_sub, leaf_key)
+
+
+def test_a_malformed_certificate_is_a_message_not_an_exception() -> None:
+    assert problem(names=(5,)).startswith("pypi_replica_tls_cert does not cover 5")  # a number as a name: its text
+    assert problem(now=datetime.datetime(2000, 1, 1)).startswith("pypi_replica_tls_cert cannot be checked")
 
 
 def test_expired_and_not_yet_valid_are_named() -> None:
