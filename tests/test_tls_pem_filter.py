@@ -132,3 +132,32 @@ def test_expired_and_not_yet_valid_are_named() -> None:
     assert problem(expired, expired_key).startswith("pypi_replica_tls_cert expired on ")
     early = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
     assert problem(now=early).startswith("pypi_replica_tls_cert is not valid before ")
+
+
+def test_a_private_ca_made_with_openssls_command_line_passes() -> None:
+    # No key identifiers anywhere and no key usage on the CA, as `openssl req -x509` and `openssl x509 -req` before
+    # OpenSSL 3.2 make them: nginx, HAProxy and pip accept such a chain.
+    root, _, root_name, root_key = issue(["Plain root"], ca=True, plain=True)
+    cert, key, _, _ = issue(["replica1.example.internal"], issuer=(root_name, root_key), plain=True)
+    assert problem(cert, key, ca=root) == ""
+
+
+def test_a_self_signed_certificate_given_as_its_own_ca_passes() -> None:
+    cert, key, _, _ = issue(["replica1.example.internal"])
+    assert problem(cert, key, ca=cert) == ""
+
+
+def test_an_issuing_ca_without_its_root_is_refused() -> None:
+    said = problem(VIA_SUB, VIA_SUB_KEY, ca=SUB_CERT, names=("replica2.example.internal",))
+    assert said.startswith("pypi_server_tls_ca_cert holds no root for pypi_replica_tls_cert"), said
+
+
+def test_a_key_with_its_curve_parameters_passes() -> None:
+    # `openssl ecparam -genkey` writes an EC PARAMETERS block before the key; nginx and HAProxy skip it.
+    parameters = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+    assert problem(key=parameters + KEY) == ""
+
+
+def test_names_the_library_will_not_take_still_get_their_path_checked() -> None:
+    cert, key, _, _ = issue(["replica_1", "replica1.example.internal"], issuer=(CA_NAME, CA_KEY))
+    assert problem(cert, key, names=("replica_1", "replica1.example.internal.")) == ""

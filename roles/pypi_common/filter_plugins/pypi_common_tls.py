@@ -18,10 +18,20 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 _PEM_LABEL = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+# The web PKI's rules but for what private CAs made with OpenSSL's command line commonly lack and OpenSSL (nginx,
+# HAProxy, pip) does not ask for: key identifiers on leaves and CAs, key usage on a CA.
+_CA_POLICY = (
+    ExtensionPolicy.webpki_defaults_ca()
+    .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, None)
+    .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+)
+_EE_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None
+)
 
 
 class _Problem(ValueError):
@@ -88,7 +98,7 @@ def covers_for_haproxy(dns: list[str], common_name: str, name: str) -> bool:
 def _load(cert: str, key: str, labels: dict[str, str]) -> tuple[list[x509.Certificate], Any]:
     """The certificate chain and the private key, or a _Problem."""
     chain = _certificates(cert, labels["cert"])
-    if len(_PEM_LABEL.findall(key)) > 1:
+    if len([label for label in _PEM_LABEL.findall(key) if label.endswith("PRIVATE KEY")]) > 1:
         raise _Problem(f"{labels['key']} must hold exactly one PEM private key")
     try:
         private = serialization.load_pem_private_key(key.encode(), password=None)
@@ -155,7 +165,24 @@ def _general_name(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
-        return x509.DNSName(name)
+        return x509.DNSName(name.rstrip("."))
+
+
+def _verifier(policy: PolicyBuilder, name: str | None, leaf: x509.Certificate) -> Any:
+    """A server verifier for name, or, for a name the library will not take (an underscore in it; the names were
+    checked above), for one the certificate has, so that the path is still validated; None when there is none."""
+    dns, ips = _alt_names(leaf)
+    candidates = ([name] if name else []) + [d.replace("*", "a", 1) for d in dns] + ips
+    for candidate in candidates:
+        try:
+            return policy.build_server_verifier(_general_name(candidate))
+        except ValueError:
+            continue
+    return None
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer and _issued_by(cert, cert)
 
 
 def _issuer(
@@ -168,12 +195,27 @@ def _issuer(
         raise _Problem(
             f"{labels['ca_cert']} is not the issuer of {labels['cert']} (issuer {_subject(chain[0], issuer=True)})"
         )
-    policy = PolicyBuilder().store(Store(cas)).time(now.replace(tzinfo=None))
-    for name in names:
+    if chain[0] in cas:
+        return  # a self-signed certificate given as its own CA: nothing above it to validate
+    policy = (
+        PolicyBuilder()
+        .store(Store(cas))
+        .time(now.replace(tzinfo=None))
+        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+    )
+    for name in names or [None]:
+        verifier = _verifier(policy, name, chain[0])
+        if verifier is None:
+            continue
         try:
-            policy.build_server_verifier(_general_name(name)).verify(chain[0], chain[1:])
+            path = verifier.verify(chain[0], chain[1:])
         except VerificationError as exc:
             raise _Problem(f"{labels['cert']} does not validate for {name} under {labels['ca_cert']}: {exc}") from None
+        if not _self_signed(path[-1]):
+            raise _Problem(
+                f"{labels['ca_cert']} holds no root for {labels['cert']}: its path ends at {_subject(path[-1])}, which"
+                " is not self-signed, and HAProxy and TLS clients need the root (add it)"
+            )
 
 
 def tls_pem_problem(
