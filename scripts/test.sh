@@ -94,8 +94,8 @@ scenario() {
 # images) and the cluster scenario (the second largest: a writer, two replicas, two balancers sharing an address, a
 # client, backup and restore, two promotions, a move to an own PKI). Lane B: what needs no containers first (lint,
 # the unit tests), then operations, network, demo and the air-gap proof. The two largest scenarios never overlap:
-# run side by side (default with cluster, tried on 2026-12-05) each took a quarter longer and make test 25.5
-# minutes; in this order it took 23. Measured on this machine: default about 10.5 minutes, cluster 13.
+# run side by side (default with cluster, tried on 2026-12-05) each took a quarter longer and make test 25.5 and 26
+# minutes; in this order 25 (default about 11 minutes, cluster 13.5, on this machine).
 lane_a() {
     step default A molecule-default.xml scenario default
     # molecule/el runs on MOLECULE_EL_IMAGES / MOLECULE_UBUNTU_IMAGES when set; without them it writes skipped
