@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
 rc=0
-python_dirs=(scripts tests molecule roles proof callback_plugins)
+python_dirs=(scripts tests molecule roles proof inputs callback_plugins)
 
 echo "-- yamllint" && { yamllint --strict . || rc=1; }
 echo "-- ansible-lint (production profile)" && { ansible-lint --profile production --offline || rc=1; }

@@ -10,7 +10,6 @@ from pathlib import Path
 from cryptography import x509
 
 from scripts.containers import ansible_playbook, docker, recap, wait_for  # noqa: F401 - the tests import them from here
-from scripts.pki import pem_pair
 
 SERVER = "airgap-pypi-tls-deb12"
 CLIENT = "airgap-pypi-tls-client"
@@ -68,28 +67,3 @@ def served() -> list[x509.Certificate]:
 def names_of(cert: x509.Certificate) -> list[str]:
     """The DNS names of a certificate's subjectAltName."""
     return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-
-
-# --- bad TLS input: cases of the default scenario's one bad-input run (test_playbook_runs.py) ---------------------
-
-
-BAD_TLS = {
-    "cert-without-key": ["pypi_server_tls_key is empty", "Nothing was changed"],
-    "key-of-another-cert": ["does not match"],
-    "names-not-covered": ["does not cover {host}"],
-}
-
-
-def bad_tls_input(case: str, host: str) -> dict[str, str]:
-    """The TLS inventory values of a case, for its host."""
-    good_cert, _ = pem_pair([host])
-    other_cert, other_key = pem_pair(["pypi.elsewhere.internal"])
-    return {
-        "cert-without-key": {"pypi_server_tls_cert": good_cert},
-        "key-of-another-cert": {"pypi_server_tls_cert": good_cert, "pypi_server_tls_key": other_key},
-        "names-not-covered": {"pypi_server_tls_cert": other_cert, "pypi_server_tls_key": other_key},
-    }[case]
-
-
-# What every bad TLS case's host has besides its case's values.
-TLS_FROM_INVENTORY = {"pypi_server_tls": True, "pypi_server_tls_source": "inventory"}
