@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, load_module
 
+from scripts.containers import wait_for
 from scripts.demo_wheel import build_wheel
 from scripts.index_stack import OPENER, PASSWORD, USER, Stack, auth_header, get, serve, twine_upload, write_htpasswd
 
@@ -189,7 +190,8 @@ def test_non_ascii_metadata_is_served_as_utf8(stack: Stack, tmp_path: Path) -> N
     assert twine_upload(stack.url, wheel).returncode == 0
     page = get(f"{stack.url}/project/unicode-meta/")[1]
     assert text.encode() in page and b"\xef\xbf\xbd" not in page
-    assert text.encode() in get(f"{stack.url}/")[1]
+    # The front page is one of the lists written right after the response (the lists command).
+    assert wait_for(lambda: text.encode() in get(f"{stack.url}/")[1], 10, step=0.05)
 
 
 def test_a_worker_killed_mid_upload_leaves_nothing_listed_or_served(stack: Stack, tmp_path: Path) -> None:
@@ -327,8 +329,9 @@ def raw_upload(
 def test_a_project_named_index_does_not_shadow_the_front_page(stack: Stack, tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path, "index", "1.0", summary="the project called index")
     assert twine_upload(stack.url, wheel).returncode == 0
-    front = get(f"{stack.url}/")[1]
-    assert b'id="search"' in front and b'href="project/index/"' in front
+    # The front page follows right after the response (the lists command).
+    assert wait_for(lambda: b'href="project/index/"' in get(f"{stack.url}/")[1], 10, step=0.05)
+    assert b'id="search"' in get(f"{stack.url}/")[1]
     project = get(f"{stack.url}/project/index/")[1]
     assert b"the project called index" in project and b'id="search"' not in project
 

@@ -5,11 +5,14 @@ front page lists a page of projects and searches a compact index; a long rebuild
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -100,8 +103,49 @@ def test_an_upload_leaves_the_lists_to_after_its_response(site: tuple[Path, Path
     assert page_ids(tree) == ids
 
 
-def test_the_upload_response_is_not_held_for_the_lists(site: tuple[Path, Path]) -> None:
+def tree_lock_free(tree: Path) -> bool:
+    """Whether another process could take the tree's lock right now (what an upload's sync waits for)."""
+    with open(tree / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def test_the_lists_are_rendered_without_the_trees_lock_and_follow_a_sync_that_came_between(
+    site: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     packages, tree = site
+    build_wheel(packages, "scale-000-first", "1.0")
+    index.Tree(str(packages), str(tree)).sync(project="scale-000-first")
+    renders: list[bool] = []
+    real = index.Tree.root_lists
+
+    def root_lists(self: Any, projects: list[str], summaries: dict[str, Any]) -> Any:
+        renders.append(tree_lock_free(tree))
+        rendered = real(self, projects, summaries)
+        if len(renders) == 1:  # another upload's sync, between the first render and the lock
+            build_wheel(packages, "scale-000-second", "1.0")
+            assert index.Tree(str(packages), str(tree)).sync(project="scale-000-second") == ["scale-000-second"]
+        return rendered
+
+    monkeypatch.setattr(index.Tree, "root_lists", root_lists)
+    assert index.Tree(str(packages), str(tree)).flush_lists()
+    assert renders == [True, False], "rendered first without the lock, then again under it for the new state"
+    assert all(lists_name(tree, "scale-000-first").values())
+    assert all(lists_name(tree, "scale-000-second").values()), "the lists follow the sync that came between"
+    assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
+
+
+def test_the_upload_response_is_not_held_for_the_lists(
+    site: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages, tree = site
+    # The lists are written by the lists command, a process of its own: never by a thread of the worker, whose
+    # requests would wait for its GIL. In this process flush_lists writes nothing.
+    monkeypatch.setattr(index.Tree, "flush_lists", lambda self: pytest.fail("flush_lists ran in the worker"))
     wheel = build_wheel(packages.parent / "dist", "scale-000-new", "1.0")
 
     def pypiserver(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -121,6 +165,33 @@ def test_the_upload_response_is_not_held_for_the_lists(site: tuple[Path, Path]) 
     while not all(lists_name(tree, "scale-000-new").values()):
         assert time.monotonic() < deadline, "the lists were not written after the response"
         time.sleep(0.02)
+
+
+# Runs a command of the module in a process of its own, then prints that process's niceness.
+NICENESS_AFTER = "\n".join(
+    ["import os, sys, airgap_pypi_index as m", "code = m.main(sys.argv[1:])", "print(os.nice(0))", "sys.exit(code)"]
+)
+
+
+@pytest.mark.parametrize("command", ["lists", "render"])
+def test_the_background_commands_run_at_a_lower_priority(site: tuple[Path, Path], command: str) -> None:
+    packages, tree = site
+    build_wheel(packages, "scale-000-new", "1.0")
+    index.Tree(str(packages), str(tree)).sync(project="scale-000-new")
+    argv = [command, "--packages", str(packages), "--tree", str(tree)]
+    done = subprocess.run(
+        [sys.executable, "-c", NICENESS_AFTER, *argv],
+        env={**os.environ, "PYTHONPATH": str(MODULE.parent)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == min(19, os.nice(0) + index.BACKGROUND_NICENESS)
+    if command == "lists":  # it wrote what the upload's sync left
+        assert all(lists_name(tree, "scale-000-new").values())
+        assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
 
 
 def test_lists_left_by_a_killed_worker_are_written_by_the_next_sync(site: tuple[Path, Path]) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from scripts.build_bundle import scrubbed_env
+from scripts.containers import wait_for
 from scripts.demo_wheel import build_wheel
 from scripts.index_stack import OPENER, PASSWORD, USER, get, serve, twine_upload
 
@@ -54,11 +55,18 @@ def test_concurrent_uploads_are_on_their_pages_when_twine_returns(server: dict[s
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         assert f"{wheel.name}#sha256={digest}".encode() in body
         assert b'data-requires-python="&gt;=3.8"' in body
-    status, body = get(f"{url}/simple/")
-    listed = re.findall(rb'<a href="([^"]+)/">', body)
-    assert {f"concurrent-{n}".encode() for n in range(6)} <= set(listed)
-    document = json.loads(get(f"{url}/simple/", accept="application/vnd.pypi.simple.v1+json")[1])
-    assert {f"concurrent-{n}" for n in range(6)} <= {p["name"] for p in document["projects"]}
+
+    # /simple/ names them once the lists command, started right after each response, has written it.
+    def listed() -> set[bytes]:
+        return set(re.findall(rb'<a href="([^"]+)/">', get(f"{url}/simple/")[1]))
+
+    assert wait_for(lambda: {f"concurrent-{n}".encode() for n in range(6)} <= listed(), 10, step=0.05), listed()
+
+    def named() -> set[str]:
+        document = json.loads(get(f"{url}/simple/", accept="application/vnd.pypi.simple.v1+json")[1])
+        return {p["name"] for p in document["projects"]}
+
+    assert wait_for(lambda: {f"concurrent-{n}" for n in range(6)} <= named(), 10, step=0.05), named()
     duplicate = twine_upload(url, wheels[0])
     assert duplicate.returncode != 0, "pypiserver still refuses a second upload of the same file"
 

@@ -172,17 +172,21 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     assert done.returncode == 0, done.stdout + done.stderr
     for project in ("lion", "gecko"):  # descriptions are rendered after the upload's response: wait for them
         wait_rendered(f"http://{address}:{PORT}/project/browse-{project}-{stamp}/")
+    # So is the front page (the lists command): wait until it names the last project uploaded.
+    wait_rendered(f"http://{address}:{PORT}/", needle=f"browse-gecko-{stamp}".encode())
     return f"http://{address}:{PORT}", stamp
 
 
-def wait_rendered(url: str, seconds: float = 60) -> None:
-    """Until the project page no longer says its description is being rendered (a bounded poll)."""
+def wait_rendered(url: str, seconds: float = 60, needle: bytes | None = None) -> None:
+    """Until the page no longer says its description is being rendered, or until it holds needle (a bounded
+    poll)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + seconds
     while True:
         with opener.open(url, timeout=10) as response:
-            if b"this description is being rendered" not in response.read():
-                return
+            body = response.read()
+        if (needle in body) if needle is not None else b"this description is being rendered" not in body:
+            return
         assert time.monotonic() < deadline, f"{url}: not rendered within {seconds} s"
         time.sleep(0.2)
 

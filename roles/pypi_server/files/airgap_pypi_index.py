@@ -529,6 +529,13 @@ def render_description(text: str, content_type: Optional[str]) -> str:
 # response is ready, by each worker when it starts and by the CLI sync) takes the queue in order, one description at
 # a time per tree, each in a forked child under hard limits, then stores the HTML and rewrites the project's page.
 RENDER_COMMAND = "render"
+# The lists naming every project (flush_lists) are written by this command after an upload's response: a process of
+# its own, so that the requests a worker's threads serve meanwhile never wait for its GIL (one json.dumps of the
+# search index holds it for tens of milliseconds at 100,000 files).
+LISTS_COMMAND = "lists"
+LISTS_TIMEOUT_SECONDS = 600
+# The niceness the background commands (lists, render) add: the cores go to the requests first.
+BACKGROUND_NICENESS = 10
 RENDERING_NOTE = '<p class="render-note">this description is being rendered; it is shown as text until then</p>\n'
 RENDER_RUN_LOCK = ".render.lock"  # held by the one renderer at work on this tree
 RENDER_WAIT_LOCK = ".render-wait.lock"  # held by at most one renderer waiting for it (it reads the queue after)
@@ -1816,12 +1823,32 @@ class Tree:
 
     def _flush_loop(self) -> None:
         while True:
-            self.flush_lists()
+            self.flush_lists_apart()
             with self._flush_lock:
                 if not self._flush_again:
                     self._flusher = None
                     return
                 self._flush_again = False
+
+    def flush_lists_apart(self) -> None:
+        """flush_lists in the lists command (a process of its own, at a lower priority), waited for here. Never
+        raises: when it fails, the mark stays for the next sync."""
+        command = [sys.executable, os.path.abspath(__file__), LISTS_COMMAND, "--packages", self.packages]
+        command += ["--tree", self.tree]
+        try:
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+                timeout=LISTS_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            LOG.exception("the project lists could not be written; the next sync writes them")
+            return
+        if done.returncode != 0:
+            LOG.error("the lists command exited with %s; the next sync writes the project lists", done.returncode)
 
     def start_renderer(self) -> None:
         """Start the render command on this tree (a process of its own, never waited for here: the upload's
@@ -2007,23 +2034,42 @@ class Tree:
         """The lists naming every project, from the front page's rows (one per project listed)."""
         self.write_root(sorted(summaries), summaries)
 
-    def flush_lists(self) -> None:
+    def flush_lists(self) -> bool:
         """Write the lists an upload's sync left (the simple index, the front page and its search index) from the
-        state, and take the mark off the stamp; nothing when another sync wrote them meanwhile. Never raises: the
-        mark stays for the next sync."""
+        state, and take the mark off the stamp; nothing when another sync wrote them meanwhile. The state is read
+        and the lists rendered before the tree's lock is taken, so that an upload's sync never waits for that:
+        under the lock they are only written, unless a sync changed the state in between (then they are rendered
+        again from it). Never raises: the mark stays for the next sync. False when they could not be written."""
         try:
+            if not self.lists_stale():
+                return True
+            state = self.load_state()
+            read = self.state_position()
+            rendered = None
+            if state:
+                summaries = state.get("summaries") or {}
+                rendered = self.root_lists(sorted(summaries), summaries)
             with self.locked():
                 stamp = self.read_json("stamp.json")
                 if not stamp or stamp.get("lists_stale") is not True:
-                    return
+                    return True
                 state = self.load_state()
                 if not state:
-                    return
-                self.write_lists(state.get("summaries") or {})
+                    return True  # no state: the next sync rebuilds, lists and all
+                summaries = state.get("summaries") or {}
+                if self.state_position() != read:
+                    rendered = None  # a sync came in between: the lists follow its state
+                self.write_root(sorted(summaries), summaries, rendered)
                 del stamp["lists_stale"]
                 write_atomic(self.path("stamp.json"), json.dumps(stamp).encode())
         except Exception:
             LOG.exception("the project lists could not be written; the next sync writes them")
+            return False
+        return True
+
+    def state_position(self) -> Optional[Tuple[Tuple[int, int, int], int]]:
+        """Which state this process last read: state.json's identity and how far into the journal."""
+        return (self._state[0], self._state[2]) if self._state else None
 
     def collect(
         self,
@@ -2172,12 +2218,22 @@ class Tree:
                 )
             self.save_state(dict(state, pending=list(self._pending)))
 
-    def write_root(self, projects: List[str], summaries: Dict[str, List[Any]]) -> None:
-        """The project lists: the simple index (PEP 503, 691), the front page and its search index."""
-        write_atomic(self.path("simple", "index.html"), render_root_html(projects))
-        write_atomic(self.path("simple", "index.json"), render_root_json(projects))
-        write_atomic(self.path(SEARCH_INDEX), render_search_index(projects, summaries))
-        write_atomic(self.path("index.html"), render_browse_index(projects, summaries))
+    def root_lists(self, projects: List[str], summaries: Dict[str, List[Any]]) -> List[Tuple[str, bytes]]:
+        """The project lists, rendered (path, bytes): the simple index (PEP 503, 691), the front page and its search
+        index."""
+        return [
+            (self.path("simple", "index.html"), render_root_html(projects)),
+            (self.path("simple", "index.json"), render_root_json(projects)),
+            (self.path(SEARCH_INDEX), render_search_index(projects, summaries)),
+            (self.path("index.html"), render_browse_index(projects, summaries)),
+        ]
+
+    def write_root(
+        self, projects: List[str], summaries: Dict[str, List[Any]], rendered: Optional[List[Tuple[str, bytes]]] = None
+    ) -> None:
+        """Write the project lists (rendered: as root_lists made them for these summaries)."""
+        for path, data in rendered if rendered is not None else self.root_lists(projects, summaries):
+            write_atomic(path, data)
         if "index" not in summaries:
             remove_quietly(self.path("browse", "index.html"))  # the front page's place before 0.4.0
 
@@ -5660,11 +5716,33 @@ def render_main(argv: List[str]) -> int:
     limits = limits_of(args)
     if args.user:
         drop_privileges(args.user)
+    background_priority()  # its children too: the index's requests come first
     tree = Tree(args.packages, args.tree)
     with renderer_turn(tree, wait=args.wait) as turn:
         stored = render_queue(tree, limits) if turn else 0
     print(json.dumps({"rendered": stored, "turn": turn}, sort_keys=True))
     return 0
+
+
+def background_priority() -> None:
+    """Lower this process's priority by BACKGROUND_NICENESS (a command the index starts after a response)."""
+    with contextlib.suppress(OSError):
+        os.nice(BACKGROUND_NICENESS)
+
+
+def lists_main(argv: List[str]) -> int:
+    """lists: the lists an upload's sync left to after its response (started by the index's worker)."""
+    parser = argparse.ArgumentParser(
+        prog=f"{os.path.basename(sys.argv[0] or 'airgap_pypi_index.py')} {LISTS_COMMAND}",
+        description="Write the lists naming every project (the simple index, the front page, its search index) "
+        "when an upload's sync left them to be written; nothing otherwise.",
+        epilog="Exit code 1 when they could not be written (the next sync writes them).",
+    )
+    parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
+    parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
+    args = parser.parse_args(argv[1:])
+    background_priority()
+    return 0 if Tree(args.packages, args.tree).flush_lists() else 1
 
 
 ACCOUNTS_COMMAND = "accounts"
@@ -5765,6 +5843,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ACCOUNTS_COMMAND: accounts_main,
         OWNERS_COMMAND: owners_main,
         RENDER_COMMAND: render_main,
+        LISTS_COMMAND: lists_main,
         REMOVE_COMMAND: remove_main,
         MIRROR_INPUT_COMMAND: mirror_input_main,
         MIRROR_STATE_COMMAND: mirror_state_main,
@@ -5776,8 +5855,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=(
-            "Commands: yank, unyank (PEP 592), remove, accounts, owners, render; for the carried mirror: mirror-input,"
-            " mirror-state, prune. See `%(prog)s COMMAND --help`."
+            "Commands: yank, unyank (PEP 592), remove, accounts, owners, render, lists; for the carried mirror:"
+            " mirror-input, mirror-state, prune. See `%(prog)s COMMAND --help`."
         ),
     )
     parser.add_argument("--packages", required=True, help="the packages directory pypiserver serves")
