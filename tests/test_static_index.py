@@ -4,6 +4,7 @@ the hash cache, concurrent writers, escaping, content negotiation and auth."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import html.parser
 import io
@@ -12,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -344,6 +346,45 @@ def test_a_file_dropped_in_by_hand_is_noticed_by_the_next_read(
     assert call(app, "/simple/late/")[0] == "200 OK"
     late.unlink()
     assert call(app, "/simple/late/")[0] == "404 Not Found"
+
+
+def test_a_read_is_never_held_for_a_sync_at_work_and_the_next_read_after_it_lists_the_file(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages, tree_dir = dirs
+    monkeypatch.setattr(index, "RECHECK_SECONDS", 0.0)
+    build_wheel(packages, "first", "1.0")
+    app = index.StaticIndex(upstream, str(packages), str(tree_dir))
+    app.index.sync()
+    late = build_wheel(packages, "late", "1.0")
+    os.utime(late, (1_000_000, 1_000_000))  # whole, as a file copied in by hand with its time kept
+    answers: list[str] = []
+    with open(tree_dir / ".lock", "a") as lock:  # a sync at work: an upload's, or a rebuild of 100,000 files
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: answers.append(call(app, "/simple/first/")[0]), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        held = reader.is_alive()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert not held, "the read waited for the sync at work"
+    assert answers == ["200 OK"], "served from the pages as they are"
+    assert call(app, "/simple/late/")[0] == "200 OK", "the next read after the sync lists the file"
+
+
+def test_a_read_that_waited_for_the_lock_does_not_sync_again_what_another_sync_brought_up_to_date(
+    dirs: tuple[Path, Path],
+) -> None:
+    packages, tree_dir = dirs
+    build_wheel(packages, "first", "1.0")
+    worker = index.Tree(str(packages), str(tree_dir))
+    worker.sync()
+    late = build_wheel(packages, "late", "1.0")
+    os.utime(late, (1_000_000, 1_000_000))
+    index.Tree(str(packages), str(tree_dir)).sync()  # another worker's sync, done while this one waited for the lock
+    state = tree_dir / "state.json"
+    before = (state.stat().st_mtime_ns, (tree_dir / "stamp.json").stat().st_mtime_ns)
+    assert worker.sync(skip_young=True, if_stale=True) == []
+    assert (state.stat().st_mtime_ns, (tree_dir / "stamp.json").stat().st_mtime_ns) == before, "nothing written"
 
 
 def test_reads_need_the_same_auth_as_pypiserver_when_downloads_are_protected(dirs: tuple[Path, Path]) -> None:

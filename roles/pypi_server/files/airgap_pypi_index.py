@@ -1791,15 +1791,25 @@ class Tree:
         return [PAGES_FORMAT, self.rendering()]
 
     def sync(
-        self, rebuild: bool = False, skip_young: bool = False, project: Optional[str] = None, render: bool = True
+        self,
+        rebuild: bool = False,
+        skip_young: bool = False,
+        project: Optional[str] = None,
+        render: bool = True,
+        *,
+        if_stale: bool = False,
     ) -> List[str]:
         """Bring the tree up to date with the packages directory; return the projects whose pages changed. With
         render_limits, a renderer is started when descriptions are queued (after the lock is released), unless
         render is false: then render_queued says whether the caller should start one (after its response).
         project: the one project an upload changed. Every directory is still listed (a new file of any project
         is found), but of the files already indexed only those whose names may be the project's are looked at
-        again: the others keep their entries (a file replaced in place is seen by the next sync without it)."""
+        again: the others keep their entries (a file replaced in place is seen by the next sync without it).
+        if_stale: nothing when, once the lock is taken, the stamp says the pages are up to date (a sync another
+        read or an upload started first made them so)."""
         with self.locked():
+            if if_stale and self.stamp_current():
+                return []
             started = time.time()
             changed = self._sync(rebuild, skip_young, project)
             note_sync(self.path(SYNC_FILE), started)  # the metrics' last sync time and duration
@@ -2265,11 +2275,26 @@ class Tree:
         if (stamp is not None and now < self._next_check) or now < self._failed_until:
             return
         self._next_check = now + RECHECK_SECONDS
+        if stamp is not None and self.sync_running():
+            # Another sync is at work (an upload's, a yank's, a rebuild): the read is served from the pages as they
+            # are, never held for it; its stamp tells the next read whether anything is left.
+            return
         try:
-            self.sync(skip_young=True)
+            self.sync(skip_young=True, if_stale=True)
         except Exception:
             self._failed_until = now + RECHECK_SECONDS
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
+
+    def stamp_current(self) -> bool:
+        """Whether the stamp's directories and yank file are as they are now (the pages are up to date)."""
+        stamp = self.read_json("stamp.json")
+        dirs = stamp.get("dirs") if stamp else None
+        return bool(
+            stamp
+            and isinstance(dirs, dict)
+            and self.dir_stamps(dirs) == dirs
+            and stamp.get("yanked") == self.yank_stamp()
+        )
 
     def sync_running(self) -> bool:
         """Whether a sync holds the tree's lock now (in this process or another)."""
