@@ -133,7 +133,7 @@ def test_the_lists_are_rendered_without_the_trees_lock_and_follow_a_sync_that_ca
 
     monkeypatch.setattr(index.Tree, "root_lists", root_lists)
     assert index.Tree(str(packages), str(tree)).flush_lists()
-    assert renders == [True, False], "rendered first without the lock, then again under it for the new state"
+    assert renders == [True, True], "rendered without the lock, then again without it for the new state"
     assert all(lists_name(tree, "scale-000-first").values())
     assert all(lists_name(tree, "scale-000-second").values()), "the lists follow the sync that came between"
     assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
@@ -145,7 +145,9 @@ def test_the_upload_response_is_not_held_for_the_lists(
     packages, tree = site
     # The lists are written by the lists command, a process of its own: never by a thread of the worker, whose
     # requests would wait for its GIL. In this process flush_lists writes nothing.
-    monkeypatch.setattr(index.Tree, "flush_lists", lambda self: pytest.fail("flush_lists ran in the worker"))
+    in_worker: list[str] = []
+    monkeypatch.setattr(index.Tree, "flush_lists", lambda self: in_worker.append("flush_lists") or False)
+    monkeypatch.setattr(index.Tree, "write_lists", lambda self, summaries: in_worker.append("write_lists"))
     wheel = build_wheel(packages.parent / "dist", "scale-000-new", "1.0")
 
     def pypiserver(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -165,6 +167,7 @@ def test_the_upload_response_is_not_held_for_the_lists(
     while not all(lists_name(tree, "scale-000-new").values()):
         assert time.monotonic() < deadline, "the lists were not written after the response"
         time.sleep(0.02)
+    assert in_worker == [], "the worker wrote the lists itself"
 
 
 # Runs a command of the module in a process of its own, then prints that process's niceness.
@@ -173,8 +176,12 @@ NICENESS_AFTER = "\n".join(
 )
 
 
-@pytest.mark.parametrize("command", ["lists", "render"])
-def test_the_background_commands_run_at_a_lower_priority(site: tuple[Path, Path], command: str) -> None:
+@pytest.mark.parametrize(("command", "added"), [("lists", index.BACKGROUND_NICENESS), ("render", 0)])
+def test_the_lists_command_runs_at_a_lower_priority_and_the_renderer_does_not(
+    site: tuple[Path, Path], command: str, added: int
+) -> None:
+    """The renderer keeps the index's priority: its children have a wall-clock limit, past which a rendering is
+    stored for good."""
     packages, tree = site
     build_wheel(packages, "scale-000-new", "1.0")
     index.Tree(str(packages), str(tree)).sync(project="scale-000-new")
@@ -188,10 +195,35 @@ def test_the_background_commands_run_at_a_lower_priority(site: tuple[Path, Path]
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.split()[-1]) == min(19, os.nice(0) + index.BACKGROUND_NICENESS)
+    assert int(done.stdout.split()[-1]) == min(19, os.nice(0) + added)
     if command == "lists":  # it wrote what the upload's sync left
         assert all(lists_name(tree, "scale-000-new").values())
         assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
+
+
+def test_lists_a_failed_lists_command_left_are_written_when_a_worker_starts_or_a_read_finds_them(
+    site: tuple[Path, Path],
+) -> None:
+    packages, tree = site
+    build_wheel(packages, "scale-000-new", "1.0")
+    index.Tree(str(packages), str(tree)).sync(project="scale-000-new")  # the lists command never ran, or failed
+    app = index.StaticIndex(upstream, str(packages), str(tree))
+    assert call(app, "/simple/scale-000-new/")[0] == "200 OK"
+    assert not any(lists_name(tree, "scale-000-new").values())
+    app.index.startup()  # a worker starting (gunicorn's) kicks the lists command
+    deadline = time.monotonic() + 20
+    while not all(lists_name(tree, "scale-000-new").values()):
+        assert time.monotonic() < deadline, "the lists were not written when the worker started"
+        time.sleep(0.05)
+    # A worker already running: the first read that finds the mark in the stamp kicks it too.
+    build_wheel(packages, "scale-000-newer", "1.0")
+    index.Tree(str(packages), str(tree)).sync(project="scale-000-newer")
+    other = index.StaticIndex(upstream, str(packages), str(tree))
+    assert call(other, "/simple/scale-000-newer/")[0] == "200 OK"
+    while not all(lists_name(tree, "scale-000-newer").values()):
+        assert time.monotonic() < deadline + 20, "the lists were not written after a read found the mark"
+        time.sleep(0.05)
+    assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
 
 
 def test_lists_left_by_a_killed_worker_are_written_by_the_next_sync(site: tuple[Path, Path]) -> None:

@@ -534,7 +534,9 @@ RENDER_COMMAND = "render"
 # search index holds it for tens of milliseconds at 100,000 files).
 LISTS_COMMAND = "lists"
 LISTS_TIMEOUT_SECONDS = 600
-# The niceness the background commands (lists, render) add: the cores go to the requests first.
+LISTS_TRIES = 3  # runs of the command, and renderings within one run when a sync changes the state meanwhile
+# The niceness the lists command adds: the cores go to the requests first. (Not the renderer: its children have a
+# wall-clock limit, and a rendering past it is stored for good.)
 BACKGROUND_NICENESS = 10
 RENDERING_NOTE = '<p class="render-note">this description is being rendered; it is shown as text until then</p>\n'
 RENDER_RUN_LOCK = ".render.lock"  # held by the one renderer at work on this tree
@@ -1505,6 +1507,9 @@ class Tree:
         self._settler: Optional[threading.Thread] = None
         self._next_check = 0.0
         self._failed_until = 0.0
+        # A worker's tree: the lists a sync leaves are written by the lists command (kick_lists), never by a
+        # thread of the worker, whose reads would wait for its GIL.
+        self.lists_apart = False
         self._flush_lock = threading.Lock()  # the thread writing the lists an upload's sync left (flush_lists)
         self._flusher: Optional[threading.Thread] = None
         self._flush_again = False
@@ -1819,30 +1824,52 @@ class Tree:
         return changed
 
     def after_response(self) -> None:
-        """What an upload's response is not held for: the lists its sync left (flush_lists, in a thread of this
-        process, one at a time), then the renderer. Never raises."""
-        if self.lists_stale():
-            with self._flush_lock:
-                if self._flusher is not None:
-                    self._flush_again = True  # the running one writes them once more when it is done
-                else:
-                    self._flusher = threading.Thread(target=self._flush_loop, name="airgap-pypi-lists", daemon=True)
-                    self._flusher.start()
+        """What an upload's response is not held for: the lists its sync left (kick_lists), then the renderer.
+        Never raises."""
+        self.kick_lists()
         if self.render_queued:
             self.start_renderer()
 
-    def _flush_loop(self) -> None:
-        while True:
-            self.flush_lists_apart()
+    def kick_lists(self) -> None:
+        """When the stamp says the lists are still to be written: have the lists command write them, from one
+        thread of this process that waits for it (and runs it once more when kicked again meanwhile). Never
+        raises."""
+        try:
+            if not self.lists_stale():
+                return
             with self._flush_lock:
-                if not self._flush_again:
-                    self._flusher = None
+                if self._flusher is not None:
+                    self._flush_again = True  # the running one writes them once more when it is done
                     return
-                self._flush_again = False
+                flusher = threading.Thread(target=self._flush_loop, name="airgap-pypi-lists", daemon=True)
+                self._flusher = flusher
+            flusher.start()
+        except Exception:
+            with self._flush_lock:
+                self._flusher = None
+            LOG.exception("the project lists could not be started; the next sync or start writes them")
 
-    def flush_lists_apart(self) -> None:
+    def _flush_loop(self) -> None:
+        done = False
+        try:
+            while not done:
+                for attempt in range(LISTS_TRIES):
+                    if self.flush_lists_apart() or attempt == LISTS_TRIES - 1:
+                        break
+                    time.sleep(RECHECK_SECONDS * (attempt + 1))
+                with self._flush_lock:  # one critical section: a kick in between is never lost
+                    if self._flush_again:
+                        self._flush_again = False
+                    else:
+                        self._flusher, done = None, True
+        finally:
+            if not done:  # an exception: the next kick starts a new thread
+                with self._flush_lock:
+                    self._flusher, self._flush_again = None, False
+
+    def flush_lists_apart(self) -> bool:
         """flush_lists in the lists command (a process of its own, at a lower priority), waited for here. Never
-        raises: when it fails, the mark stays for the next sync."""
+        raises; False when it failed (the mark stays for the next try, sync or start)."""
         command = [sys.executable, os.path.abspath(__file__), LISTS_COMMAND, "--packages", self.packages]
         command += ["--tree", self.tree]
         try:
@@ -1854,11 +1881,15 @@ class Tree:
                 timeout=LISTS_TIMEOUT_SECONDS,
                 check=False,
             )
-        except (OSError, subprocess.SubprocessError):
-            LOG.exception("the project lists could not be written; the next sync writes them")
-            return
+        except (OSError, ValueError, TypeError, subprocess.SubprocessError):
+            LOG.exception("the lists command could not run; the project lists are written by the next try or sync")
+            return False
         if done.returncode != 0:
-            LOG.error("the lists command exited with %s; the next sync writes the project lists", done.returncode)
+            LOG.error(
+                "the lists command exited with %s; the next try or sync writes the project lists", done.returncode
+            )
+            return False
+        return True
 
     def start_renderer(self) -> None:
         """Start the render command on this tree (a process of its own, never waited for here: the upload's
@@ -1917,9 +1948,8 @@ class Tree:
         unchanged = not (changed or rebuild or skipped != old_skipped or yanks != old_yanks or pending_changed)
         unchanged = unchanged and owners == old_owners
         if unchanged and os.path.exists(self.path("index.html")):
-            if lists_stale:  # an upload's sync left the lists to be written after its response
-                self.write_lists(state.get("summaries") or {})
-            self.finish(dirs, dirty, yank_stamp)
+            # The lists an upload's sync left to be written after its response.
+            self.finish(dirs, dirty, yank_stamp, self.lists_left(lists_stale, state.get("summaries") or {}))
             return []
         summaries: Dict[str, List[Any]] = {} if rebuild else dict(state.get("summaries") or {})
         changed |= listed.symmetric_difference(summaries)  # rows missing (or left over) are made again
@@ -2044,37 +2074,55 @@ class Tree:
         """The lists naming every project, from the front page's rows (one per project listed)."""
         self.write_root(sorted(summaries), summaries)
 
+    def lists_left(self, stale: bool, summaries: Dict[str, List[Any]]) -> bool:
+        """A sync that changed nothing: the lists an upload's sync left (stale) are written now, unless this is a
+        worker's tree, whose lists the lists command writes (kick_lists). Whether the mark stays."""
+        if stale and not self.lists_apart:
+            self.write_lists(summaries)
+        return stale and self.lists_apart
+
     def flush_lists(self) -> bool:
         """Write the lists an upload's sync left (the simple index, the front page and its search index) from the
         state, and take the mark off the stamp; nothing when another sync wrote them meanwhile. The state is read
         and the lists rendered before the tree's lock is taken, so that an upload's sync never waits for that:
-        under the lock they are only written, unless a sync changed the state in between (then they are rendered
-        again from it). Never raises: the mark stays for the next sync. False when they could not be written."""
+        under the lock they are only written. When a sync changed the state in between, they are rendered again
+        outside the lock, and under it on the last of LISTS_TRIES. Never raises: the mark stays for the next sync.
+        False when they could not be written."""
         try:
-            if not self.lists_stale():
-                return True
-            state = self.load_state()
-            read = self.state_position()
-            rendered = None
-            if state:
+            for attempt in range(LISTS_TRIES):
+                state = self.load_state() if self.lists_stale() else None
+                if not state:
+                    return True  # nothing left, or no state: the next sync rebuilds, lists and all
+                read = self.state_position()
                 summaries = state.get("summaries") or {}
                 rendered = self.root_lists(sorted(summaries), summaries)
-            with self.locked():
-                stamp = self.read_json("stamp.json")
-                if not stamp or stamp.get("lists_stale") is not True:
+                if self.write_lists_locked(read, rendered, last=attempt == LISTS_TRIES - 1):
                     return True
-                state = self.load_state()
-                if not state:
-                    return True  # no state: the next sync rebuilds, lists and all
-                summaries = state.get("summaries") or {}
-                if self.state_position() != read:
-                    rendered = None  # a sync came in between: the lists follow its state
-                self.write_root(sorted(summaries), summaries, rendered)
-                del stamp["lists_stale"]
-                write_atomic(self.path("stamp.json"), json.dumps(stamp).encode())
         except Exception:
             LOG.exception("the project lists could not be written; the next sync writes them")
             return False
+        return True
+
+    def write_lists_locked(
+        self, read: Optional[Tuple[Tuple[int, int, int], int]], rendered: List[Tuple[str, bytes]], last: bool
+    ) -> bool:
+        """Under the tree's lock, write the lists rendered from the state at read and take the mark off the stamp;
+        True when done or nothing is left to do. False when a sync changed the state since read (render again),
+        except on the last try: then they are rendered from the state here."""
+        with self.locked():
+            stamp = self.read_json("stamp.json")
+            state = self.load_state()
+            if not stamp or stamp.get("lists_stale") is not True or not state:
+                return True
+            summaries = state.get("summaries") or {}
+            # A journal line that could not be used (offset -1) hides later lines: never taken as unchanged.
+            if self.state_position() != read or read is None or read[1] < 0:
+                if not last:
+                    return False
+                rendered = self.root_lists(sorted(summaries), summaries)
+            self.write_root(sorted(summaries), summaries, rendered)
+            del stamp["lists_stale"]
+            write_atomic(self.path("stamp.json"), json.dumps(stamp).encode())
         return True
 
     def state_position(self) -> Optional[Tuple[Tuple[int, int, int], int]]:
@@ -2267,6 +2315,8 @@ class Tree:
             settle = stamp.get("settle")
             self._seen, self._seen_yanked = dirs, yank_stamp
             self._settle = settle if isinstance(settle, (int, float)) and not isinstance(settle, bool) else None
+            if stamp.get("lists_stale") is True and self.lists_apart:
+                self.kick_lists()  # left by a sync or a lists command that did not end well
             self.settle()
             return
         now = time.monotonic()
@@ -2274,16 +2324,19 @@ class Tree:
         # without its stamp (deleted) is written again at once.
         if (stamp is not None and now < self._next_check) or now < self._failed_until:
             return
-        self._next_check = now + RECHECK_SECONDS
         if stamp is not None and self.sync_running():
-            # Another sync is at work (an upload's, a yank's, a rebuild): the read is served from the pages as they
-            # are, never held for it; its stamp tells the next read whether anything is left.
+            # Another sync is at work (an upload's, a yank's, a rebuild) or the lists are being written: the read is
+            # served from the pages as they are, never held for it; the next read looks again.
             return
+        self._next_check = now + RECHECK_SECONDS
         try:
             self.sync(skip_young=True, if_stale=True)
         except Exception:
             self._failed_until = now + RECHECK_SECONDS
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
+            return
+        if self.lists_apart:
+            self.kick_lists()
 
     def stamp_current(self) -> bool:
         """Whether the stamp's directories and yank file are as they are now (the pages are up to date)."""
@@ -2297,13 +2350,16 @@ class Tree:
         )
 
     def sync_running(self) -> bool:
-        """Whether a sync holds the tree's lock now (in this process or another)."""
+        """Whether a sync holds the tree's lock now (in this process or another). A lock that cannot be opened
+        is not taken for one: the sync that follows says what is wrong."""
         try:
             with open(self.path(".lock"), "a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 fcntl.flock(handle, fcntl.LOCK_UN)
-        except OSError:
+        except BlockingIOError:
             return True
+        except OSError:
+            return False
         return False
 
     def settle(self) -> None:
@@ -2327,6 +2383,9 @@ class Tree:
         except Exception:
             self._failed_until = time.monotonic() + RECHECK_SECONDS
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
+            return
+        if self.lists_apart:
+            self.kick_lists()
 
     def startup(self) -> None:
         """When a worker starts: remove what killed writers left, then check the pages. Never raises, so the
@@ -2339,7 +2398,7 @@ class Tree:
                     remove_leftovers(directory, ".tmp-", locked_only=False)
         except Exception:
             LOG.exception("leftover temporary files could not be removed")
-        self.ensure_fresh()
+        self.ensure_fresh()  # it also has the lists command write lists a killed worker or lists command left
         state = self.load_state()
         if state and state.get("pending"):  # queued before a restart (a sync above starts one itself)
             self.start_renderer()
@@ -3363,6 +3422,7 @@ class StaticIndex:
             owner_map=owner_map,
             owner_claims=owner_claims,
         )
+        self.index.lists_apart = True  # a worker: the lists command writes the lists (Tree.kick_lists)
         # When set, every read here needs Basic auth, as pypiserver's authenticate=[list, download] does.
         self.check_password = check_password
 
@@ -5741,7 +5801,6 @@ def render_main(argv: List[str]) -> int:
     limits = limits_of(args)
     if args.user:
         drop_privileges(args.user)
-    background_priority()  # its children too: the index's requests come first
     tree = Tree(args.packages, args.tree)
     with renderer_turn(tree, wait=args.wait) as turn:
         stored = render_queue(tree, limits) if turn else 0
