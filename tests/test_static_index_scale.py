@@ -215,6 +215,9 @@ def test_lists_a_failed_lists_command_left_are_written_when_a_worker_starts_or_a
     while not all(lists_name(tree, "scale-000-new").values()):
         assert time.monotonic() < deadline, "the lists were not written when the worker started"
         time.sleep(0.05)
+    while app.index._flusher is not None:  # its lists command done (a read skips a kick while one is at work)
+        assert time.monotonic() < deadline, "the lists command did not end"
+        time.sleep(0.05)
     # A worker already running: the first read that finds the mark in the stamp kicks it too.
     build_wheel(packages, "scale-000-newer", "1.0")
     index.Tree(str(packages), str(tree)).sync(project="scale-000-newer")
@@ -224,6 +227,26 @@ def test_lists_a_failed_lists_command_left_are_written_when_a_worker_starts_or_a
         assert time.monotonic() < deadline + 20, "the lists were not written after a read found the mark"
         time.sleep(0.05)
     assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
+
+
+def test_a_read_that_finds_the_mark_while_a_lists_command_is_at_work_starts_no_other(site: tuple[Path, Path]) -> None:
+    packages, tree = site
+    build_wheel(packages, "scale-000-new", "1.0")
+    index.Tree(str(packages), str(tree)).sync(project="scale-000-new")
+    with open(tree / index.LISTS_RUN_LOCK, "a") as lock:  # a lists command at work (the upload's worker's)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reader = index.StaticIndex(upstream, str(packages), str(tree))  # the other worker
+        assert call(reader, "/simple/scale-000-new/")[0] == "200 OK"
+        assert reader.index._flusher is None, "a second lists command was started beside the one at work"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    # With none at work, the same read has the mark written (the repair of a command that failed).
+    again = index.StaticIndex(upstream, str(packages), str(tree))
+    assert call(again, "/simple/scale-000-new/")[0] == "200 OK"
+    assert again.index._flusher is not None
+    deadline = time.monotonic() + 20
+    while not all(lists_name(tree, "scale-000-new").values()):
+        assert time.monotonic() < deadline, "the lists were not written"
+        time.sleep(0.05)
 
 
 def test_lists_left_by_a_killed_worker_are_written_by_the_next_sync(site: tuple[Path, Path]) -> None:

@@ -535,6 +535,7 @@ RENDER_COMMAND = "render"
 LISTS_COMMAND = "lists"
 LISTS_TIMEOUT_SECONDS = 600
 LISTS_TRIES = 3  # runs of the command, and renderings within one run when a sync changes the state meanwhile
+LISTS_RUN_LOCK = ".lists.lock"  # held by the one lists command at work on this tree (the others wait for it)
 # The niceness the lists command adds: the cores go to the requests first. (Not the renderer: its children have a
 # wall-clock limit, and a rendering past it is stored for good.)
 BACKGROUND_NICENESS = 10
@@ -1830,12 +1831,13 @@ class Tree:
         if self.render_queued:
             self.start_renderer()
 
-    def kick_lists(self) -> None:
+    def kick_lists(self, repair: bool = False) -> None:
         """When the stamp says the lists are still to be written: have the lists command write them, from one
-        thread of this process that waits for it (and runs it once more when kicked again meanwhile). Never
-        raises."""
+        thread of this process that waits for it (and runs it once more when kicked again meanwhile). repair (a
+        read, a settle or a start that finds the mark): nothing while a lists command is at work on the tree,
+        which writes them or is followed by the one the upload's worker started. Never raises."""
         try:
-            if not self.lists_stale():
+            if not self.lists_stale() or (repair and self.lists_running()):
                 return
             with self._flush_lock:
                 if self._flusher is not None:
@@ -1866,6 +1868,27 @@ class Tree:
             if not done:  # an exception: the next kick starts a new thread
                 with self._flush_lock:
                     self._flusher, self._flush_again = None, False
+
+    def open_lists_lock(self) -> int:
+        """A descriptor of LISTS_RUN_LOCK, made when missing (never through a link)."""
+        os.makedirs(self.tree, exist_ok=True)
+        return os.open(self.path(LISTS_RUN_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    def lists_running(self) -> bool:
+        """Whether a lists command is at work on this tree now (it holds LISTS_RUN_LOCK)."""
+        try:
+            descriptor = self.open_lists_lock()
+        except OSError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(descriptor)  # closing it lets the lock go
+        return False
 
     def flush_lists_apart(self) -> bool:
         """flush_lists in the lists command (a process of its own, at a lower priority), waited for here. Never
@@ -2316,7 +2339,7 @@ class Tree:
             self._seen, self._seen_yanked = dirs, yank_stamp
             self._settle = settle if isinstance(settle, (int, float)) and not isinstance(settle, bool) else None
             if stamp.get("lists_stale") is True and self.lists_apart:
-                self.kick_lists()  # left by a sync or a lists command that did not end well
+                self.kick_lists(repair=True)  # left by a sync or a lists command that did not end well
             self.settle()
             return
         now = time.monotonic()
@@ -2336,7 +2359,7 @@ class Tree:
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
             return
         if self.lists_apart:
-            self.kick_lists()
+            self.kick_lists(repair=True)
 
     def stamp_current(self) -> bool:
         """Whether the stamp's directories and yank file are as they are now (the pages are up to date)."""
@@ -2385,7 +2408,7 @@ class Tree:
             LOG.exception("the index pages could not be brought up to date; they are served as they are")
             return
         if self.lists_apart:
-            self.kick_lists()
+            self.kick_lists(repair=True)
 
     def startup(self) -> None:
         """When a worker starts: remove what killed writers left, then check the pages. Never raises, so the
@@ -5826,7 +5849,17 @@ def lists_main(argv: List[str]) -> int:
     parser.add_argument("--tree", required=True, help="the generated tree (written only by this module)")
     args = parser.parse_args(argv[1:])
     background_priority()
-    return 0 if Tree(args.packages, args.tree).flush_lists() else 1
+    tree = Tree(args.packages, args.tree)
+    try:
+        descriptor = tree.open_lists_lock()
+    except OSError as error:  # a link in its place is never followed
+        print(f"lists: {tree.path(LISTS_RUN_LOCK)}: {error}; the next sync writes the lists", file=sys.stderr)
+        return 1
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # one at a time per tree: a read that finds it held starts none
+        return 0 if tree.flush_lists() else 1
+    finally:
+        os.close(descriptor)
 
 
 ACCOUNTS_COMMAND = "accounts"
