@@ -1814,7 +1814,7 @@ class Tree:
         if_stale: nothing when, once the lock is taken, the stamp says the pages are up to date (a sync another
         read or an upload started first made them so)."""
         with self.locked():
-            if if_stale and self.stamp_current():
+            if if_stale and self.stamp_current(self.read_json("stamp.json"), self.yank_stamp()):
                 return []
             started = time.time()
             changed = self._sync(rebuild, skip_young, project)
@@ -2333,10 +2333,9 @@ class Tree:
             self.settle()
             return
         stamp = self.read_json("stamp.json")
-        dirs = stamp.get("dirs") if stamp else None
-        if stamp and isinstance(dirs, dict) and self.dir_stamps(dirs) == dirs and stamp.get("yanked") == yank_stamp:
+        if stamp and self.stamp_current(stamp, yank_stamp):
             settle = stamp.get("settle")
-            self._seen, self._seen_yanked = dirs, yank_stamp
+            self._seen, self._seen_yanked = stamp["dirs"], yank_stamp
             self._settle = settle if isinstance(settle, (int, float)) and not isinstance(settle, bool) else None
             if stamp.get("lists_stale") is True and self.lists_apart:
                 self.kick_lists(repair=True)  # left by a sync or a lists command that did not end well
@@ -2361,15 +2360,12 @@ class Tree:
         if self.lists_apart:
             self.kick_lists(repair=True)
 
-    def stamp_current(self) -> bool:
-        """Whether the stamp's directories and yank file are as they are now (the pages are up to date)."""
-        stamp = self.read_json("stamp.json")
+    def stamp_current(self, stamp: Optional[Dict[str, Any]], yank_stamp: Optional[List[int]]) -> bool:
+        """Whether the stamp's directories and yank file (yank_stamp: the file's now) are as they are now: the
+        pages are up to date."""
         dirs = stamp.get("dirs") if stamp else None
         return bool(
-            stamp
-            and isinstance(dirs, dict)
-            and self.dir_stamps(dirs) == dirs
-            and stamp.get("yanked") == self.yank_stamp()
+            stamp and isinstance(dirs, dict) and self.dir_stamps(dirs) == dirs and stamp.get("yanked") == yank_stamp
         )
 
     def sync_running(self) -> bool:
