@@ -6,7 +6,9 @@ its own (`airgap-pypi-bad-inputs`), named `airgap-pypi-bad-<id>`, writes one inv
 with its own vars, runs the playbook once over all of them, and yields each host's outcome: the messages of its
 failed tasks (from the `fatal: [host]: FAILED! =>` blocks of the default callback with result format yaml), its
 PLAY RECAP line and `docker diff` of the container before and after the run. The containers and the network are
-removed afterwards, also when a test fails.
+removed afterwards, also when a test fails. Containers of a run that was killed before its clean-up (they no longer
+run, or the process named in their owner label is gone) are removed when the next run starts; any other container
+of a case's name stops the run with an error.
 
 Cases can also ask for a run of their own (`Case.run`): the preflight reads some inputs once for all hosts of a
 run (`run_once` tasks on the controller, such as the bundle's SHA256SUMS check, read the first host's vars), so
@@ -19,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -36,7 +40,8 @@ from .containers import docker, recap, run_options
 
 NETWORK = "airgap-pypi-bad-inputs"
 PREFIX = "airgap-pypi-bad-"
-OWNER_LABEL = "airgap-pypi.bad-inputs"  # its value names the fixture instance that created the container
+# Its value names the fixture instance that created the container: host/boot id/pid/process start/random.
+OWNER_LABEL = "airgap-pypi.bad-inputs"
 MAX_FORKS = 20
 LABELS = ["--label", "airgap-pypi.molecule=true"]
 # `fatal: [host]: FAILED! =>`, `fatal: [host -> localhost]: UNREACHABLE! =>`, `failed: [host] (item=...) =>`
@@ -161,6 +166,50 @@ def _start(name: str, image: str, init: str, owner: str) -> None:
     raise RuntimeError(f"docker run {name}: {started.stderr.strip()}")
 
 
+def _process_start(pid: int) -> str:
+    """The start time of a process on this host (field 22 of /proc/PID/stat), "" when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]  # the fields after "(comm)", which may hold spaces, start at 3
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def new_owner() -> str:
+    """An owner label for this process: this host, this boot, this PID and its start time, and a random part."""
+    return "/".join([socket.gethostname(), _boot_id(), str(os.getpid()), _process_start(os.getpid()), uuid.uuid4().hex])
+
+
+def owner_gone(owner: str) -> bool:
+    """True when the process named by an owner label surely ended: it was on this host, and since then the host has
+    booted again, or the PID is gone or now names another process. False when it may still run, or is not known."""
+    parts = owner.split("/")
+    if len(parts) != 5 or parts[0] != socket.gethostname() or not parts[2].isdigit() or not parts[1]:
+        return False
+    host_boot, pid, started = parts[1], int(parts[2]), parts[3]
+    if host_boot != _boot_id():
+        return True
+    return _process_start(pid) != started
+
+
+def abandoned(name: str) -> bool:
+    """A container this harness made (it has the owner label) that no live run uses: it no longer runs (a killed
+    run's containers stop with the docker daemon or the machine), or its owner's process is gone."""
+    template = f'{{{{.State.Running}}}} {{{{index .Config.Labels "{OWNER_LABEL}"}}}}'
+    found = docker("container", "inspect", "-f", template, name, check=False)
+    running, _, owner = found.stdout.strip().partition(" ")
+    if found.returncode != 0 or not owner or owner == "<no value>":
+        return False
+    return running != "true" or owner_gone(owner)
+
+
 def _owner(name: str) -> str:
     label = docker("container", "inspect", "-f", f'{{{{index .Config.Labels "{OWNER_LABEL}"}}}}', name, check=False)
     return label.stdout.strip() if label.returncode == 0 else ""
@@ -226,6 +275,25 @@ def _run_all(inventories: Mapping[str, Path], playbook: Path, project: Path, tim
     return results
 
 
+def claim(names: Sequence[str]) -> None:
+    """Make way for containers of these names: remove those a killed run of this harness left; raise when any
+    other container has one of the names (never removing it)."""
+    taken = [name for name in names if _exists(name)]
+    left = [name for name in taken if abandoned(name)]
+    if left:
+        # A run killed before its clean-up (a CI job ended, the machine stopped) left these: ours, and in no use.
+        print(f"removing containers a killed bad-input run left: {' '.join(left)}", file=sys.stderr)
+        for name in left:
+            docker("rm", "-f", name, check=False)
+        taken = [name for name in taken if name not in left]
+    if taken:
+        raise RuntimeError(
+            f"containers {', '.join(taken)} exist already and were not made by this run: another bad-input run "
+            f"that still runs is using them, or something else made them (when neither is so: docker rm -f "
+            f"{' '.join(taken)})"
+        )
+
+
 @contextmanager
 def bad_input_runs(
     cases: Sequence[Case],
@@ -244,13 +312,8 @@ def bad_input_runs(
     names = [case.host for case in cases]
     if len(set(names)) != len(names):
         raise ValueError(f"case ids must be unique: {names}")
-    taken = [name for name in names if _exists(name)]
-    if taken:
-        raise RuntimeError(
-            f"containers {', '.join(taken)} exist already and were not made by this run: another bad-input run "
-            f"is using them, or one was killed before it could clean up (then: docker rm -f {' '.join(taken)})"
-        )
-    owner = uuid.uuid4().hex
+    claim(names)
+    owner = new_owner()
     started: list[str] = []
     runs: dict[str, list[Case]] = {}
     for case in cases:
