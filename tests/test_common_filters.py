@@ -135,3 +135,10 @@ def test_tls_request_is_what_the_entry_point_takes() -> None:
     assert set(request) == set(keys), "the entry point would refuse it (or miss a key)"
     assert request["source"] == "inventory" and request["ca_cert"] == "CA PEM" and request["key"] == "KEY PEM"
     assert request["common_name"] == "replica1" and request["san"] == ["DNS:replica1"]
+
+
+def test_file_name_ok_takes_host_names_and_addresses_and_nothing_that_leaves_the_directory() -> None:
+    for name in ("pypi01.example.internal", "index_1", "192.0.2.10", "fe80::1", "a" * 253):
+        assert common.file_name_ok(name), name
+    for name in ("../escape", "a/b", "..", ".", ".hidden", "-rf", "_x", "", "a b", "a\x00b", "a" * 254, None, 7):
+        assert not common.file_name_ok(name), name

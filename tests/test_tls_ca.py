@@ -72,3 +72,26 @@ def test_the_ca_reissues_when_too_few_days_remain(tmp_path: Path) -> None:
     for cert in certs.values():
         cert.verify_directly_issued_by(ca)
     assert oct((tmp_path / "pki" / "ca.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_inventory_name_that_is_no_file_name_issues_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    # The host's key and certificate would be ca_dir/hosts/../../escape.{key,crt}: outside the CA's directory.
+    ca_dir, host = tmp_path / "ca" / "pki", "../../escape"
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"hosts": {host: {"ansible_connection": "local"}}}}))
+    play = {
+        "hosts": "all",
+        "gather_facts": False,
+        "vars": {"ansible_python_interpreter": sys.executable},
+        "tasks": [
+            {
+                "name": "Issue",
+                "ansible.builtin.include_role": {"name": "pypi_server", "tasks_from": "tls_internal_ca"},
+                "vars": {"pypi_server_tls": True, "pypi_server_tls_ca_dir": str(ca_dir)},
+            }
+        ],
+    }
+    done = run_playbook([play], tmp_path / "play.json", inventory=str(inventory))
+    assert done.returncode != 0, done.stdout[-3000:]
+    assert '"../../escape" cannot name this host\'s certificate file' in " ".join(done.stdout.split())
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["inventory.json", "play.json"]

@@ -26,6 +26,8 @@ GOOD_CERT, GOOD_KEY, _, _ = issue(["pypi01.example.internal"], issuer=(CA_NAME, 
 WILDCARD_CERT, WILDCARD_KEY, _, _ = issue(["*.example.internal"])
 EXPIRED_CERT, EXPIRED_KEY, _, _ = issue(["pypi01.example.internal"], days=-1)
 OTHER_CA, _, _, _ = issue(["another CA"], ca=True)
+NO_CA = "/nonexistent/airgap-pypi-test-ca"  # the internal CA's directory for its cases: only looked for
+CA_WITHOUT_KEY = "<the fixture's CA directory with ca.crt alone>"
 
 
 GOOD = {
@@ -35,6 +37,8 @@ GOOD = {
         "pypi_server_tls_ca_cert": CA_CERT,
     },
     "wildcard-covers-one-label": {"pypi_server_tls_cert": WILDCARD_CERT, "pypi_server_tls_key": WILDCARD_KEY},
+    # The internal CA's file of this host is hosts/index_1.example.internal.crt: fine.
+    "index_1.example.internal": {"pypi_server_tls_source": "internal_ca", "pypi_server_tls_ca_dir": NO_CA},
 }
 BAD = {
     "expired": ({"pypi_server_tls_cert": EXPIRED_CERT, "pypi_server_tls_key": EXPIRED_KEY}, "expired on"),
@@ -60,6 +64,16 @@ BAD = {
     ),
     "key-without-cert": ({"pypi_server_tls_key": GOOD_KEY}, "pypi_server_tls_cert is empty"),
     "same-http-port": ({"pypi_server_tls_http_port": 8080}, "pypi_server_tls_http_port=8080"),
+    # An internal CA whose key was lost: it cannot issue (the fixture makes the directory, with ca.crt alone).
+    "ca-cert-without-key": (
+        {"pypi_server_tls_source": "internal_ca", "pypi_server_tls_ca_dir": CA_WITHOUT_KEY},
+        "ca.crt exists but",
+    ),
+    # The internal CA would write hosts/../escape.crt: outside its directory.
+    "../escape": (
+        {"pypi_server_tls_source": "internal_ca", "pypi_server_tls_ca_dir": NO_CA},
+        '"../escape" cannot name this host\'s certificate file',
+    ),
 }
 
 
@@ -70,6 +84,13 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     check tasks that ran on it (not skipped), and the whole output."""
     work = tmp_path_factory.mktemp("tls-preflight")
     cases = {**GOOD, **{case: values for case, (values, _) in BAD.items()}}
+    lost_key = work / "ca-without-key"
+    lost_key.mkdir()
+    (lost_key / "ca.crt").write_text(CA_CERT)
+    cases = {
+        case: {name: str(lost_key) if value == CA_WITHOUT_KEY else value for name, value in values.items()}
+        for case, values in cases.items()
+    }
     inventory = {
         "all": {
             "hosts": {case: {"ansible_connection": "local", **values} for case, values in cases.items()},
@@ -138,7 +159,7 @@ def assert_ran(outcomes: dict[str, Any], case: str) -> None:
 @pytest.mark.parametrize("case", list(GOOD))
 def test_good_input_passes(outcomes: dict[str, Any], case: str) -> None:
     assert_ran(outcomes, case)
-    assert outcomes["failed"][case] is None, outcomes["failed"][case]
+    assert outcomes["failed"][case] is None, str(outcomes["failed"][case])[:3000]
 
 
 @pytest.mark.parametrize("case", list(BAD))

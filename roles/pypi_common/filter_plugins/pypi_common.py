@@ -109,6 +109,14 @@ def served_port(server: dict[str, Any], index_port: int) -> int:
 
 
 IPV4 = re.compile(r"^([0-9]+[.]){3}[0-9]+$")
+# A file name of the internal CA's hosts/ directory: no "/", never "." or ".." or a leading "-" or ".", printable.
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}\Z")
+
+
+def file_name_ok(name: Any) -> bool:
+    """Whether an inventory name can name a file of its own (the internal CA's hosts/<name>.crt): it starts with a
+    letter or digit and holds only letters, digits, ".", "_", ":" and "-", at most 253 of them."""
+    return isinstance(name, str) and FILE_NAME.match(name) is not None
 
 
 def tls_subject_alt_names(required: list[str], host_names: list[str], addresses: list[str]) -> list[str]:
@@ -137,4 +145,5 @@ class FilterModule:
             "pypi_common_tls_request": tls_request,
             "pypi_common_tls_san": tls_subject_alt_names,
             "pypi_common_balancer_url": balancer_url,
+            "pypi_common_file_name_ok": file_name_ok,
         }
