@@ -13,6 +13,7 @@ from scripts.containers import docker
 from scripts.pristine import OWNER_LABEL, PREFIX, claim, new_owner
 
 IMAGE = "airgap-pypi/debian12-sysv:latest"  # the image the cases start from
+EARLIER = "6eafdac9890c4b88a9d9174c669cb18a"  # the label's earlier format: its owner cannot be told
 
 
 @pytest.fixture
@@ -23,12 +24,15 @@ def names() -> Iterator[list[str]]:
         docker("rm", "-f", name, check=False)
 
 
-def make(names: list[str], label: str | None, running: bool = True) -> str:
+def make(names: list[str], label: str | None, state: str = "running") -> str:
+    """A container of a name of the harness's, labelled with owner label (none when None): running, exited or
+    created (never started, as between docker run's create and start)."""
     name = f"{PREFIX}claim-{uuid.uuid4().hex[:8]}"
     names.append(name)
     labels = ["--label", f"{OWNER_LABEL}={label}"] if label is not None else []
-    docker("run", "-d", "--name", name, "--network", "none", *labels, "--entrypoint", "sleep", IMAGE, "300")
-    if not running:
+    argv = ["--name", name, "--network", "none", *labels, "--entrypoint", "sleep", IMAGE, "300"]
+    docker("create" if state == "created" else "run", *(["-d"] if state != "created" else []), *argv)
+    if state == "exited":
         docker("stop", "-t", "0", name)
     return name
 
@@ -37,30 +41,39 @@ def exists(name: str) -> bool:
     return docker("container", "inspect", name, check=False).returncode == 0
 
 
-def dead_owner() -> str:
+def owner(**changes: str) -> str:
+    keys = ["host", "machine", "pid_namespace", "boot", "pid", "started", "random"]
+    return "/".join({**dict(zip(keys, new_owner().split("/"), strict=True)), **changes}.values())
+
+
+def ended_pid() -> str:
     ended = subprocess.Popen(["true"])
     ended.wait()
-    host, boot, _, started, random = new_owner().split("/")
-    return f"{host}/{boot}/{ended.pid}/{started}/{random}"
+    return str(ended.pid)
 
 
 def test_containers_a_killed_run_left_are_removed(names: list[str]) -> None:
-    owner_ended = make(names, dead_owner())
-    stopped = make(names, "6eafdac9890c4b88a9d9174c669cb18a", running=False)  # the earlier label; the daemon stopped
-    claim([owner_ended, stopped])
-    assert not exists(owner_ended) and not exists(stopped)
+    owner_ended = make(names, owner(pid=ended_pid()))  # still running: its owner is gone all the same
+    stopped = make(names, EARLIER, state="exited")  # the daemon or the machine stopped it with its run
+    unknown_stopped = make(names, owner(host="another-host"), state="exited")
+    claim([owner_ended, stopped, unknown_stopped])
+    assert not exists(owner_ended) and not exists(stopped) and not exists(unknown_stopped)
 
 
-def test_containers_of_a_run_that_still_runs_stop_the_run_untouched(names: list[str]) -> None:
+def test_containers_of_a_run_that_may_still_run_stop_the_run_untouched(names: list[str]) -> None:
     live = make(names, new_owner())
-    earlier_format = make(names, "6eafdac9890c4b88a9d9174c669cb18a")  # running, and its owner cannot be told
-    with pytest.raises(RuntimeError, match=f"{live}, {earlier_format} exist already"):
-        claim([live, earlier_format])
-    assert exists(live) and exists(earlier_format)
+    live_stopped = make(names, new_owner(), state="exited")  # its owner runs: not ours to remove
+    earlier_format = make(names, EARLIER)  # running, and its owner cannot be told
+    other_machine = make(names, owner(host="another-host", pid=ended_pid()))  # a PID of another machine
+    being_made = make(names, EARLIER, state="created")
+    taken = [live, live_stopped, earlier_format, other_machine, being_made]
+    with pytest.raises(RuntimeError, match=f"{', '.join(taken)} exist already"):
+        claim(taken)
+    assert all(exists(name) for name in taken)
 
 
 def test_a_container_the_harness_did_not_make_is_never_removed(names: list[str]) -> None:
-    foreign = make(names, None, running=False)
+    foreign = make(names, None, state="exited")
     with pytest.raises(RuntimeError, match=foreign):
         claim([foreign])
     assert exists(foreign)

@@ -166,48 +166,81 @@ def _start(name: str, image: str, init: str, owner: str) -> None:
     raise RuntimeError(f"docker run {name}: {started.stderr.strip()}")
 
 
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
 def _process_start(pid: int) -> str:
-    """The start time of a process on this host (field 22 of /proc/PID/stat), "" when there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]  # the fields after "(comm)", which may hold spaces, start at 3
+    """The start time of a process (field 22 of /proc/PID/stat); "" when /proc does not show it."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""  # the fields after "(comm)" start at 3
 
 
-def _boot_id() -> str:
+def _pid_namespace() -> str:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return str(Path("/proc/self/ns/pid").stat().st_ino)
     except OSError:
         return ""
+
+
+def _here() -> list[str]:
+    """Where a process runs: host name, machine id, PID namespace, boot id ("" for what cannot be read)."""
+    machine = _read("/etc/machine-id")
+    return [socket.gethostname(), machine, _pid_namespace(), _read("/proc/sys/kernel/random/boot_id")]
 
 
 def new_owner() -> str:
-    """An owner label for this process: this host, this boot, this PID and its start time, and a random part."""
-    return "/".join([socket.gethostname(), _boot_id(), str(os.getpid()), _process_start(os.getpid()), uuid.uuid4().hex])
+    """The owner label of this process: where it runs, its PID and start time, and a random part."""
+    pid = os.getpid()
+    return "/".join([*_here(), str(pid), _process_start(pid), uuid.uuid4().hex])
 
 
-def owner_gone(owner: str) -> bool:
-    """True when the process named by an owner label surely ended: it was on this host, and since then the host has
-    booted again, or the PID is gone or now names another process. False when it may still run, or is not known."""
+def owner_state(owner: str) -> str:
+    """ "gone" when the process an owner label names surely ended (it ran on this machine, in this PID namespace, and
+    the machine has booted since, or its PID is gone or names a process started at another time), "alive" when it
+    surely runs, "unknown" otherwise (another machine or namespace, an older label, what /proc does not show)."""
     parts = owner.split("/")
-    if len(parts) != 5 or parts[0] != socket.gethostname() or not parts[2].isdigit() or not parts[1]:
-        return False
-    host_boot, pid, started = parts[1], int(parts[2]), parts[3]
-    if host_boot != _boot_id():
-        return True
-    return _process_start(pid) != started
+    if len(parts) != 7 or not parts[4].isdigit():
+        return "unknown"
+    where, pid, started = parts[:4], int(parts[4]), parts[5]
+    here = _here()
+    if "" in here or where[:3] != here[:3]:
+        return "unknown"
+    if where[3] != here[3]:
+        return "gone"
+    return _process_state(pid, started)
 
 
-def abandoned(name: str) -> bool:
-    """A container this harness made (it has the owner label) that no live run uses: it no longer runs (a killed
-    run's containers stop with the docker daemon or the machine), or its owner's process is gone."""
-    template = f'{{{{.State.Running}}}} {{{{index .Config.Labels "{OWNER_LABEL}"}}}}'
+def _process_state(pid: int, started: str) -> str:
+    """ "alive" when PID names the process started at that time, "gone" when it is no more or names another."""
+    now = _process_start(pid)
+    if now:
+        return "alive" if now == started else "gone"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "alive"
+    return "unknown"  # it exists, and /proc does not show when it started
+
+
+def abandoned(name: str) -> str:
+    """The id of the container of this name when this harness made it (it has the owner label) and no live run uses
+    it: its owner is gone, or, when that cannot be told, it has exited (a killed run's containers stop with the
+    docker daemon or the machine); "" otherwise (a live run's, one being created, or not the harness's)."""
+    template = f'{{{{.Id}}}} {{{{.State.Status}}}} {{{{index .Config.Labels "{OWNER_LABEL}"}}}}'
     found = docker("container", "inspect", "-f", template, name, check=False)
-    running, _, owner = found.stdout.strip().partition(" ")
+    ident, status, owner = [*found.stdout.strip().split(" ", 2), "", ""][:3]
     if found.returncode != 0 or not owner or owner == "<no value>":
-        return False
-    return running != "true" or owner_gone(owner)
+        return ""
+    state = owner_state(owner)
+    if state == "gone" or (state == "unknown" and status in ("exited", "dead")):
+        return ident
+    return ""
 
 
 def _owner(name: str) -> str:
@@ -279,12 +312,13 @@ def claim(names: Sequence[str]) -> None:
     """Make way for containers of these names: remove those a killed run of this harness left; raise when any
     other container has one of the names (never removing it)."""
     taken = [name for name in names if _exists(name)]
-    left = [name for name in taken if abandoned(name)]
+    left = {name: ident for name in taken if (ident := abandoned(name))}
     if left:
         # A run killed before its clean-up (a CI job ended, the machine stopped) left these: ours, and in no use.
+        # Removed by id: a container another run made under the name since cannot be hit.
         print(f"removing containers a killed bad-input run left: {' '.join(left)}", file=sys.stderr)
-        for name in left:
-            docker("rm", "-f", name, check=False)
+        for ident in left.values():
+            docker("rm", "-f", ident, check=False)
         taken = [name for name in taken if name not in left]
     if taken:
         raise RuntimeError(
