@@ -93,5 +93,5 @@ def test_an_inventory_name_that_is_no_file_name_issues_nothing_and_writes_nothin
     }
     done = run_playbook([play], tmp_path / "play.json", inventory=str(inventory))
     assert done.returncode != 0, done.stdout[-3000:]
-    assert '"../../escape" cannot name this host\'s certificate file' in " ".join(done.stdout.split())
+    assert '"../../escape" cannot name this host\'s files on the controller' in " ".join(done.stdout.split())
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["inventory.json", "play.json"]

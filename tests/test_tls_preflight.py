@@ -72,7 +72,7 @@ BAD = {
     # The internal CA would write hosts/../escape.crt: outside its directory.
     "../escape": (
         {"pypi_server_tls_source": "internal_ca", "pypi_server_tls_ca_dir": NO_CA},
-        '"../escape" cannot name this host\'s certificate file',
+        '"../escape" cannot name this host\'s files on the controller',
     ),
 }
 

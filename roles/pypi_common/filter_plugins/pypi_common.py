@@ -109,13 +109,16 @@ def served_port(server: dict[str, Any], index_port: int) -> int:
 
 
 IPV4 = re.compile(r"^([0-9]+[.]){3}[0-9]+$")
-# A file name of the internal CA's hosts/ directory: no "/", never "." or ".." or a leading "-" or ".", printable.
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}\Z")
+# A host's file name on the controller (hosts/<name>.key, <name>-<digest>.tar.gz): no "/", never "." or ".." or a
+# leading "-" or "."; at most 200, so that the name with its suffix and Ansible's temporary prefix (".ansible_tmp"
+# and 8 more) stays within a file name's 255 bytes.
+FILE_NAME = re.compile(r"^[A-Za-z0-9:][A-Za-z0-9._:-]{0,199}\Z")
 
 
 def file_name_ok(name: Any) -> bool:
-    """Whether an inventory name can name a file of its own (the internal CA's hosts/<name>.crt): it starts with a
-    letter or digit and holds only letters, digits, ".", "_", ":" and "-", at most 253 of them."""
+    """Whether an inventory name can name a host's files on the controller (the internal CA's hosts/<name>.crt,
+    backups' <name>-<digest>.tar.gz): it starts with a letter, a digit or ":" (IPv6) and holds only letters, digits,
+    ".", "_", ":" and "-", at most 200 of them."""
     return isinstance(name, str) and FILE_NAME.match(name) is not None
 
 
