@@ -6,9 +6,9 @@ its own (`airgap-pypi-bad-inputs`), named `airgap-pypi-bad-<id>`, writes one inv
 with its own vars, runs the playbook once over all of them, and yields each host's outcome: the messages of its
 failed tasks (from the `fatal: [host]: FAILED! =>` blocks of the default callback with result format yaml), its
 PLAY RECAP line and `docker diff` of the container before and after the run. The containers and the network are
-removed afterwards, also when a test fails. Containers of a run that was killed before its clean-up (they no longer
-run, or the process named in their owner label is gone) are removed when the next run starts; any other container
-of a case's name stops the run with an error.
+removed afterwards, also when a test fails. Containers of a run that was killed before its clean-up are removed
+when the next run starts (`claim`: its owner surely ended, or, when that cannot be told, they have exited); any
+other container of a case's name stops the run with an error.
 
 Cases can also ask for a run of their own (`Case.run`): the preflight reads some inputs once for all hosts of a
 run (`run_once` tasks on the controller, such as the bundle's SHA256SUMS check, read the first host's vars), so
@@ -40,7 +40,8 @@ from .containers import docker, recap, run_options
 
 NETWORK = "airgap-pypi-bad-inputs"
 PREFIX = "airgap-pypi-bad-"
-# Its value names the fixture instance that created the container: host/boot id/pid/process start/random.
+# Its value names the run that created the container (new_owner): host name/machine id/PID namespace/boot id/
+# PID/process start/random part.
 OWNER_LABEL = "airgap-pypi.bad-inputs"
 MAX_FORKS = 20
 LABELS = ["--label", "airgap-pypi.molecule=true"]
