@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from scripts.containers import docker
-from scripts.pristine import OWNER_LABEL, PREFIX, claim, new_owner
+from scripts.pristine import OWNER_LABEL, OWNER_PARTS, PREFIX, claim, new_owner
 
 IMAGE = "airgap-pypi/debian12-sysv:latest"  # the image the cases start from
 EARLIER = "6eafdac9890c4b88a9d9174c669cb18a"  # the label's earlier format: its owner cannot be told
@@ -42,8 +42,7 @@ def exists(name: str) -> bool:
 
 
 def owner(**changes: str) -> str:
-    keys = ["host", "machine", "pid_namespace", "boot", "pid", "started", "random"]
-    return "/".join({**dict(zip(keys, new_owner().split("/"), strict=True)), **changes}.values())
+    return "/".join({**dict(zip(OWNER_PARTS, new_owner().split("/"), strict=True)), **changes}.values())
 
 
 def ended_pid() -> str:

@@ -40,9 +40,9 @@ from .containers import docker, recap, run_options
 
 NETWORK = "airgap-pypi-bad-inputs"
 PREFIX = "airgap-pypi-bad-"
-# Its value names the run that created the container (new_owner): host name/machine id/PID namespace/boot id/
-# PID/process start/random part.
+# Its value names the run that created the container (new_owner): its OWNER_PARTS, joined with "/".
 OWNER_LABEL = "airgap-pypi.bad-inputs"
+OWNER_PARTS = ("host", "machine", "pid_namespace", "boot", "pid", "started", "random")
 MAX_FORKS = 20
 LABELS = ["--label", "airgap-pypi.molecule=true"]
 # `fatal: [host]: FAILED! =>`, `fatal: [host -> localhost]: UNREACHABLE! =>`, `failed: [host] (item=...) =>`
@@ -203,16 +203,18 @@ def owner_state(owner: str) -> str:
     """ "gone" when the process an owner label names surely ended (it ran on this machine, in this PID namespace, and
     the machine has booted since, or its PID is gone or names a process started at another time), "alive" when it
     surely runs, "unknown" otherwise (another machine or namespace, an older label, what /proc does not show)."""
-    parts = owner.split("/")
-    if len(parts) != 7 or not parts[4].isdigit():
+    values = owner.split("/")
+    if len(values) != len(OWNER_PARTS):
         return "unknown"
-    where, pid, started = parts[:4], int(parts[4]), parts[5]
-    here = _here()
-    if "" in here or where[:3] != here[:3]:
+    parts = dict(zip(OWNER_PARTS, values, strict=True))
+    here = dict(zip(OWNER_PARTS, _here(), strict=False))
+    if not parts["pid"].isdigit() or "" in here.values():
         return "unknown"
-    if where[3] != here[3]:
+    if any(parts[key] != here[key] for key in ("host", "machine", "pid_namespace")):
+        return "unknown"
+    if parts["boot"] != here["boot"]:
         return "gone"
-    return _process_state(pid, started)
+    return _process_state(int(parts["pid"]), parts["started"])
 
 
 def _process_state(pid: int, started: str) -> str:

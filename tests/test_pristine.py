@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 
-from scripts.pristine import new_owner, owner_state
+from scripts.pristine import OWNER_PARTS, new_owner, owner_state
 
 
 def label(**changes: str) -> str:
     """This process's owner label with some of its parts changed."""
-    keys = ["host", "machine", "pid_namespace", "boot", "pid", "started", "random"]
-    parts = dict(zip(keys, new_owner().split("/"), strict=True))
+    parts = dict(zip(OWNER_PARTS, new_owner().split("/"), strict=True))
     return "/".join({**parts, **changes}.values())
 
 

@@ -1881,14 +1881,11 @@ class Tree:
         except OSError:
             return False
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            return not _try_lock(descriptor)
         except OSError:
             return False
         finally:
-            os.close(descriptor)  # closing it lets the lock go
-        return False
+            os.close(descriptor)  # closing it lets a lock taken here go
 
     def flush_lists_apart(self) -> bool:
         """flush_lists in the lists command (a process of its own, at a lower priority), waited for here. Never
@@ -2373,13 +2370,9 @@ class Tree:
         is not taken for one: the sync that follows says what is wrong."""
         try:
             with open(self.path(".lock"), "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        except BlockingIOError:
-            return True
+                return not _try_lock(handle.fileno())  # closing it lets a lock taken here go
         except OSError:
             return False
-        return False
 
     def settle(self) -> None:
         """Once the directories the last sync saw young are old enough, list them again: a name added or removed
