@@ -29,15 +29,16 @@ def load_module(name: str, path: Path) -> ModuleType:
     return module
 
 
-# The shared module_utils of the roles (roles/pypi_common/module_utils) import as Ansible ships them to a host:
-# as ansible.module_utils.<name>.
-ansible.module_utils.__path__.append(str(ROOT / "roles" / "pypi_common" / "module_utils"))
+# The roles' module_utils (roles/*/module_utils) import as Ansible ships them to a host: as
+# ansible.module_utils.<name>.
+MODULE_UTILS = [str(path) for path in sorted(ROOT.glob("roles/*/module_utils"))]
+ansible.module_utils.__path__.extend(MODULE_UTILS)
 
 # A module run as Ansible runs it on a host: a Python process of its own with its arguments file, and the
-# shared module_utils where the AnsiballZ payload puts them.
+# roles' module_utils where the AnsiballZ payload puts them.
 _RUN_MODULE = (
-    "import ansible.module_utils, runpy, sys; "
-    "ansible.module_utils.__path__.append(sys.argv.pop(1)); "
+    "import ansible.module_utils, os, runpy, sys; "
+    "ansible.module_utils.__path__.extend(sys.argv.pop(1).split(os.pathsep)); "
     "sys.argv = sys.argv[1:]; "
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
@@ -49,7 +50,7 @@ def module_argv(module: Path, args: Path) -> list[str]:
         sys.executable,
         "-c",
         _RUN_MODULE,
-        str(ROOT / "roles" / "pypi_common" / "module_utils"),
+        os.pathsep.join(MODULE_UTILS),
         str(module),
         str(args),
     ]
