@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_module
+from conftest import load_module, module_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "roles" / "pypi_firewall" / "library" / "pypi_firewall_detect.py"
@@ -29,9 +28,7 @@ def run(tmp_path: Path, bin_dir: Path, **extra: Any) -> dict[str, Any]:
     params = {"iptables_rules": str(tmp_path / "rules.v4"), "nftables_config": str(tmp_path / "nftables.conf"), **extra}
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    done = subprocess.run(
-        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, env=env, check=False
-    )
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, env=env, check=False)
     result = json.loads(done.stdout)
     assert not result.get("failed") and not result["changed"], result
     return result
@@ -99,11 +96,12 @@ def test_ports_open_now_and_permanently_are_reported(tmp_path: Path) -> None:
     }
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    done = subprocess.run(
-        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, env=env, check=False
-    )
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, env=env, check=False)
     result = json.loads(done.stdout)
     assert result["firewall"] == "firewalld" and result["firewalld_open"] == [8080], result
+    # Open in either: never recorded as the role's. The zone asked is named.
+    assert result["firewalld_seen"] == [8080, 443, 9000] and result["firewalld_zone"] == "internal", result
+    assert result["firewalld_listed"] is True
 
 
 def firewalld_bindings(tmp_path: Path, body: str) -> Path:
@@ -149,9 +147,7 @@ def run_with_bindings(tmp_path: Path, bin_dir: Path, body: str) -> dict[str, Any
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
     bindings = firewalld_bindings(tmp_path, body)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHONPATH=str(bindings))
-    done = subprocess.run(
-        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, env=env, check=False
-    )
+    done = subprocess.run(module_argv(MODULE, args), capture_output=True, text=True, env=env, check=False)
     return json.loads(done.stdout)
 
 
@@ -160,6 +156,8 @@ def test_firewalld_is_asked_through_its_python_client_when_the_host_has_it(tmp_p
     result = run_with_bindings(tmp_path, bin_dir, "CONNECTED = True\n" + CLIENT)
     assert result["firewall"] == "firewalld" and result["firewalld_running"], result
     assert result["firewalld_open"] == [8080], result
+    # The default zone by its name: the record keeps it, so a later change of the default zone closes nothing.
+    assert result["firewalld_zone"] == "public" and result["firewalld_seen"] == [8080, 443, 9000], result
 
 
 def test_firewalld_not_running_per_its_client_is_not_chosen(tmp_path: Path, bin_dir: Path) -> None:
@@ -172,6 +170,8 @@ def test_a_failing_client_falls_back_to_firewall_cmd(tmp_path: Path, bin_dir: Pa
     fake(bin_dir, "firewall-cmd", "running", 0)
     result = run_with_bindings(tmp_path, bin_dir, "raise ImportError('no dbus here')\n")
     assert result["firewall"] == "firewalld" and result["firewalld_running"], result
+    # This firewall-cmd answers "running" to everything: a zone named "running" with no ports.
+    assert result["firewalld_zone"] == "running" and result["firewalld_seen"] == []
 
 
 def test_rule_lines_the_files_have_already_are_reported(tmp_path: Path, bin_dir: Path) -> None:

@@ -177,6 +177,8 @@ def test_promote_moves_the_writer_and_loses_no_acknowledged_file(wheel_on_client
     # The last upload is acknowledged while the replicas cannot fetch package files (their user may not read the
     # writer's packages directory): the replica to promote lacks it when promote.yml starts, and gets it only once
     # the directory is readable again, while the playbook waits.
+    # The replica's nginx port is open in its firewall (firewalld) before the move.
+    assert "443/tcp" in on(NEW_WRITER, "firewall-cmd", "--permanent", "--list-ports").stdout.split()
     wheel, project = wheel_on_client("cluster-last-before-promotion")
     name = wheel.rsplit("/", 1)[1]
     code, said = promote_while_behind(wheel, name, tmp_path / "promote.log")
@@ -197,6 +199,11 @@ def test_promote_moves_the_writer_and_loses_no_acknowledged_file(wheel_on_client
     moved = site(promoted_inventory(tmp_path))
     assert moved.returncode == 0, moved.stdout[-4000:] + moved.stderr[-2000:]
     assert "PRIVATE KEY" not in moved.stdout + moved.stderr  # the operator's keys, given in the inventory
+    # The new writer serves as a replica no more: the port the role opened for its replica's nginx (443) is closed in
+    # its firewall, now and at boot; the index's port is open.
+    for listing in (("firewall-cmd", "--list-ports"), ("firewall-cmd", "--permanent", "--list-ports")):
+        ports = on(NEW_WRITER, *listing).stdout.split()
+        assert "443/tcp" not in ports and "8080/tcp" in ports, (listing, ports)
 
     # Every acknowledged file, byte for byte, on the new writer and on the replica that follows it.
     assert digests(NEW_WRITER, f"{DATA_DIR}/packages") == packages

@@ -6,7 +6,9 @@ three are as before. Three hosts in one run cost about what one host costs alone
 runs there and three back.
 
 - airgap-pypi-deb12: downloads behind a password, with the front server off (nginx cannot check passwords).
-- airgap-pypi-deb11: the static read path off (pypiserver alone, the benchmark's baseline).
+- airgap-pypi-deb11: the static read path off (pypiserver alone, the benchmark's baseline), and one more port
+  opened in its iptables firewall (pypi_firewall_extra_ports); the front server's port on airgap-pypi-deb12 is
+  closed in firewalld while the front server is off. Both follow the inventory back.
 - airgap-pypi-tls-deb12: one more TLS name, so the internal CA issues a new certificate that both HTTPS ports
   take. The renewal window (a certificate with too few days left) is tested on the controller (tests/test_tls_ca.py).
 
@@ -35,7 +37,7 @@ PLAIN_HOST = "airgap-pypi-deb11"
 EXTRA_NAME = "pypi.airgap.test"
 CHANGES = {
     AUTH_HOST: {"pypi_server_auth_downloads": True, "pypi_front_enabled": False},
-    PLAIN_HOST: {"pypi_server_static_index": False},
+    PLAIN_HOST: {"pypi_server_static_index": False, "pypi_firewall_extra_ports": [18301]},
     SERVER: {"pypi_server_tls_names": [EXTRA_NAME]},
 }
 
@@ -139,6 +141,30 @@ def test_the_ca_reissues_when_the_names_change_and_both_ports_take_it(changed: C
     assert kept.serial_number == renamed[0].serial_number, "the controller keeps the certificate it issued"
 
 
+def firewalld_has(port: int) -> tuple[bool, bool]:
+    """Whether firewalld on AUTH_HOST has port/tcp open now, and permanently."""
+    listing = ("firewall-cmd", "--list-ports")
+    now = docker("exec", AUTH_HOST, *listing, check=False).stdout.split()
+    saved = docker("exec", AUTH_HOST, listing[0], "--permanent", listing[1], check=False).stdout.split()
+    return f"{port}/tcp" in now, f"{port}/tcp" in saved
+
+
+def iptables_has(port: int) -> tuple[bool, bool]:
+    """Whether iptables on PLAIN_HOST accepts port now, and whether its rules file (loaded at boot) does."""
+    rule = f"--dport {port} -m comment --comment"
+    live = docker("exec", PLAIN_HOST, "iptables", "-S", "INPUT", check=False).stdout
+    saved = docker("exec", PLAIN_HOST, "cat", "/etc/iptables/rules.v4", check=False).stdout
+    return rule in live, rule in saved
+
+
+def test_the_firewall_opens_exactly_the_ports_served(changed: Changed) -> None:
+    """The front server off: its port 80 closed in firewalld. One more port asked for: opened in iptables."""
+    assert firewalld_has(80) == (False, False), "the front server's port stays open after it was turned off"
+    assert firewalld_has(PORT) == (True, True)
+    assert iptables_has(18301) == (True, True)
+    assert iptables_has(PORT) == (True, True)
+
+
 def test_the_inventory_brings_every_setting_back(changed: Changed) -> None:
     changed.restored.append(True)
     result = site()
@@ -150,3 +176,6 @@ def test_the_inventory_brings_every_setting_back(changed: Changed) -> None:
     assert 'id="search"' in http_body(f"http://{PLAIN_HOST}:{PORT}/")
     back = served()
     assert EXTRA_NAME not in names_of(back[0]) and back[1].serial_number == back[0].serial_number
+    assert firewalld_has(80) == (True, True), "the front server's port is open again"
+    assert iptables_has(18301) == (False, False), "the port no longer asked for is closed now and at boot"
+    assert iptables_has(PORT) == (True, True)

@@ -1,4 +1,5 @@
-"""Filters of role pypi_firewall: the rules that accept VRRP (IP protocol 112) from given peers."""
+"""Filters of role pypi_firewall: the rule lines it writes (a TCP port, VRRP from given peers), and which of the
+ports were open before it opened any."""
 
 from __future__ import annotations
 
@@ -30,6 +31,42 @@ def vrrp_lines(peers: Any, firewall: str, comment: str = "airgap-pypi balancers"
     return lines
 
 
+def port_lines(ports: Any, firewall: str, comment: str) -> list[str]:
+    """One rule line per TCP port accepting it, as the iptables rules file or the nftables configuration has it."""
+    lines = []
+    for port in ports or []:
+        number = int(port)
+        if firewall == "iptables":
+            lines.append(f'-A INPUT -p tcp -m tcp --dport {number} -m comment --comment "{comment}" -j ACCEPT')
+        elif firewall == "nftables":
+            lines.append(f'tcp dport {number} accept comment "{comment}"')
+        else:
+            raise AnsibleFilterError(f"no port rule line for firewall {firewall!r}")
+    return lines
+
+
+def found_open(detected: Any, firewall: str, ports: Any, comment: str) -> list[int]:
+    """Those of ports that were open before the role opened any (pypi_firewall_detect's answer): firewalld's open
+    ports (now or permanently), or the ports whose rule line the file had. The role never records these."""
+    detected = detected or {}
+    numbers = [int(port) for port in ports or []]
+    if firewall == "firewalld":
+        # Open now or permanently (the operator's, even half done); all of them when firewalld could not list them.
+        if not detected.get("firewalld_listed"):
+            return numbers
+        return [port for port in numbers if port in (detected.get("firewalld_seen") or [])]
+    if firewall in ("iptables", "nftables"):
+        present = set((detected.get("rules_present") or {}).get(firewall) or [])
+        return [
+            port for port, line in zip(numbers, port_lines(numbers, firewall, comment), strict=True) if line in present
+        ]
+    return []
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"pypi_firewall_vrrp_lines": vrrp_lines}
+        return {
+            "pypi_firewall_vrrp_lines": vrrp_lines,
+            "pypi_firewall_port_lines": port_lines,
+            "pypi_firewall_found_open": found_open,
+        }

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pypi_firewall_record import RecordError, read_record, stale_ports
 
 DOCUMENTATION = r"""
 module: pypi_firewall_detect
@@ -42,6 +43,28 @@ options:
         C(rules_present), so the role skips them. The first 1 MiB of each file is read.
     type: dict
     default: {}
+  record:
+    description:
+      - The record of the ports the role opened, by purpose (read bounded, never through a link); empty to read none.
+        Its ports for I(purpose) that I(ports) no longer has, and that no other purpose holds, are returned in
+        C(stale), for the firewall the role configures (I(backend), or the one found).
+    type: path
+    default: ""
+  purpose:
+    description: What the ports are for (C(index), C(replica), ...), the record's key.
+    type: str
+    default: index
+  retired:
+    description:
+      - Purposes the host no longer serves; their recorded ports that I(purpose) does not serve and no other purpose
+        holds are in C(stale) too.
+    type: list
+    elements: str
+    default: []
+  backend:
+    description: The firewall the role was told to configure (C(auto) for the one found).
+    type: str
+    default: auto
 author: airgap-pypi
 """
 
@@ -72,6 +95,28 @@ rules_present:
   returned: always
 firewalld_open:
   description: Those of I(ports) that firewalld has open for TCP, both in its runtime and its permanent configuration.
+  type: list
+  elements: int
+  returned: always
+firewalld_seen:
+  description: Those of I(ports) that firewalld has open for TCP in its runtime or its permanent configuration.
+  type: list
+  elements: int
+  returned: always
+firewalld_listed:
+  description: firewalld runs and its ports could be listed (else the record is neither used nor written).
+  type: bool
+  returned: always
+firewalld_zone:
+  description: The zone asked (I(zone), or firewalld's default zone); empty when firewalld's ports were not listed.
+  type: str
+  returned: always
+recorded:
+  description: The record read from I(record), by purpose.
+  type: dict
+  returned: always
+stale:
+  description: The ports to close (see I(record)).
   type: list
   elements: int
   returned: always
@@ -108,15 +153,31 @@ def tcp_ports(listing: str) -> set[int]:
     return found
 
 
-def firewalld_open(module: AnsibleModule, ports: list[int], zone: str) -> list[int]:
-    """The ports open for TCP in zone both now and permanently."""
-    zone_args = [f"--zone={zone}"] if zone else []
-    ok_now, now = succeeds(module, "firewall-cmd", *zone_args, "--list-ports")
-    ok_saved, saved = succeeds(module, "firewall-cmd", "--permanent", *zone_args, "--list-ports")
+def seen(ports: list[int], now: set[int], saved: set[int], zone: str) -> dict[str, Any]:
+    """What the detection says of firewalld's ports: those of ports open both now and permanently (the role skips
+    them), those open in either (never recorded as the role's), and the zone they were asked in."""
+    return {
+        "listed": True,
+        "zone": zone,
+        "both": [port for port in ports if port in now & saved],
+        "either": [port for port in ports if port in now | saved],
+    }
+
+
+UNLISTED: dict[str, Any] = {"listed": False, "zone": "", "both": [], "either": []}
+
+
+def firewalld_open(module: AnsibleModule, ports: list[int], zone: str) -> dict[str, Any]:
+    """firewalld's ports in zone (empty: its default zone), asked with firewall-cmd; UNLISTED when it cannot tell."""
+    if not zone:
+        ok_zone, zone = succeeds(module, "firewall-cmd", "--get-default-zone")
+        if not ok_zone or not zone:
+            return UNLISTED
+    ok_now, now = succeeds(module, "firewall-cmd", f"--zone={zone}", "--list-ports")
+    ok_saved, saved = succeeds(module, "firewall-cmd", "--permanent", f"--zone={zone}", "--list-ports")
     if not (ok_now and ok_saved):
-        return []
-    both = tcp_ports(now) & tcp_ports(saved)
-    return [port for port in ports if port in both]
+        return UNLISTED
+    return seen(ports, tcp_ports(now), tcp_ports(saved), zone)
 
 
 def tcp_pairs(pairs: Any) -> set[int]:
@@ -124,22 +185,22 @@ def tcp_pairs(pairs: Any) -> set[int]:
     return tcp_ports(" ".join(f"{port}/{proto}" for port, proto in pairs))
 
 
-def firewalld_client(ports: list[int], zone: str) -> tuple[bool, list[int]] | None:
-    """Whether firewalld runs and which of ports it has open now and permanently, asked through firewalld's own
-    Python client (one process instead of three firewall-cmd runs, which is what ansible.posix.firewalld uses);
-    None when this Python lacks the client or it fails, and the caller asks firewall-cmd instead."""
+def firewalld_client(ports: list[int], zone: str) -> tuple[bool, dict[str, Any]] | None:
+    """Whether firewalld runs and what it has of ports (see seen), asked through firewalld's own Python client (one
+    process instead of three firewall-cmd runs, which is what ansible.posix.firewalld uses); None when this Python
+    lacks the client or it fails, and the caller asks firewall-cmd instead."""
     try:
         from firewall.client import FirewallClient  # noqa: PLC0415 - only on hosts with firewalld's bindings
 
         client = FirewallClient(wait=0)
         if not client.connected:
-            return False, []
+            return False, UNLISTED
         zone = zone or client.getDefaultZone()
         now = tcp_pairs(client.getPorts(zone))
         saved = tcp_pairs(client.config().getZoneByName(zone).getSettings().getPorts())
     except Exception:
         return None
-    return True, [port for port in ports if port in now & saved]
+    return True, seen(ports, now, saved, str(zone))
 
 
 MAX_READ = 1 << 20  # of a rules file: the role's lines are near the top, and a larger file is not a config
@@ -164,15 +225,19 @@ def main() -> None:
             "ports": {"type": "list", "elements": "int", "default": []},
             "zone": {"type": "str", "default": ""},
             "rules": {"type": "dict", "default": {}},
+            "record": {"type": "path", "default": ""},
+            "purpose": {"type": "str", "default": "index"},
+            "backend": {"type": "str", "default": "auto"},
+            "retired": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     asked = firewalld_client(module.params["ports"], module.params["zone"])
     if asked is None:
         firewalld_running, _ = succeeds(module, "firewall-cmd", "--state")
-        open_ports = firewalld_open(module, module.params["ports"], module.params["zone"]) if firewalld_running else []
+        ports = firewalld_open(module, module.params["ports"], module.params["zone"]) if firewalld_running else UNLISTED
     else:
-        firewalld_running, open_ports = asked
+        firewalld_running, ports = asked
     _, enabled = succeeds(module, "systemctl", "is-enabled", "nftables.service")
     facts = {
         "firewalld_running": firewalld_running,
@@ -186,7 +251,39 @@ def main() -> None:
         for name, lines in module.params["rules"].items()
         if name in files
     }
-    module.exit_json(changed=False, firewall=choose(**facts), firewalld_open=open_ports, rules_present=present, **facts)
+    firewall = choose(**facts) if module.params["backend"] == "auto" else module.params["backend"]
+    try:
+        recorded = read_record(module.params["record"]) if module.params["record"] else {}
+    except RecordError as error:
+        module.fail_json(
+            msg=f"The record of the ports this role opened is unusable: {error}. Remove it (ports the role opened "
+            "earlier then stay open until closed by hand); the next run writes it anew. Nothing was changed."
+        )
+    # firewalld's ports that could not be listed: nothing is closed (nor recorded, see the role's main.yml).
+    stale = (
+        []
+        if firewall == "firewalld" and not ports["listed"]
+        else stale_ports(
+            recorded,
+            module.params["purpose"],
+            firewall,
+            ports["zone"] if firewall == "firewalld" else "",
+            wanted=module.params["ports"],
+            retired=module.params["retired"],
+        )
+    )
+    module.exit_json(
+        changed=False,
+        firewall=choose(**facts),
+        firewalld_open=ports["both"],
+        firewalld_seen=ports["either"],
+        firewalld_listed=ports["listed"],
+        firewalld_zone=ports["zone"],
+        rules_present=present,
+        recorded=recorded,
+        stale=stale,
+        **facts,
+    )
 
 
 if __name__ == "__main__":

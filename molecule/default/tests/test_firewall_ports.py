@@ -1,0 +1,129 @@
+"""A port the role opened and no longer serves is closed on the next run; a port the operator had open stays open.
+
+Role pypi_firewall, run for a purpose of the test's own on the firewalld host and the nftables host (the iptables
+host meets the same in test_settings_changes.py, through site.yml): the second run moves the purpose from port 18311
+to 18313. Port 18312, which the operator had opened in firewalld's permanent configuration only (a reload away),
+is wanted by the first run only. The index's own ports are never touched. The last test closes the purpose (entry
+point close), so the hosts are left as the scenario made them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PORT, PROJECT_DIR, docker
+
+from scripts.containers import ansible_playbook, changed_tasks, recap
+
+INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+FIREWALLD, NFTABLES = "airgap-pypi-deb12", "airgap-pypi-deb13"
+MOVED, OPERATORS, NEW = 18311, 18312, 18313
+PURPOSE = "moved-test"
+
+
+def on(host: str, command: str) -> str:
+    return docker("exec", host, "sh", "-c", command, check=False).stdout
+
+
+def firewalld_open(port: int) -> tuple[bool, bool]:
+    """Whether firewalld has port/tcp open now, and in its permanent configuration."""
+    now = on(FIREWALLD, "firewall-cmd --list-ports").split()
+    saved = on(FIREWALLD, "firewall-cmd --permanent --list-ports").split()
+    return f"{port}/tcp" in now, f"{port}/tcp" in saved
+
+
+def nft_open(port: int) -> tuple[bool, bool]:
+    """Whether the nftables input chain accepts port now, and whether the configuration loaded at boot does."""
+    rule = f"tcp dport {port} accept"
+    return rule in on(NFTABLES, "nft list chain inet filter input"), rule in on(NFTABLES, "cat /etc/nftables.conf")
+
+
+def record(host: str) -> dict:
+    return json.loads(on(host, "cat /var/lib/airgap-pypi-firewall.json") or "{}")
+
+
+def firewall_play(tmp_path: Path, name: str, entry_point: str, settings: dict) -> str:
+    """pypi_firewall's entry point on the two hosts, for the test's purpose; the run's output."""
+    play = [
+        {
+            "name": "Run pypi_firewall for a purpose of the test's own",
+            "hosts": f"{FIREWALLD},{NFTABLES}",
+            "gather_facts": True,
+            "tasks": [
+                {
+                    "name": f"Entry point {entry_point}",
+                    "ansible.builtin.include_role": {"name": "pypi_firewall", "tasks_from": entry_point},
+                    "vars": {"pypi_firewall_purpose": PURPOSE, **settings},
+                }
+            ],
+        }
+    ]
+    playbook = tmp_path / f"{name}.yml"
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    result = ansible_playbook(playbook, INVENTORY_DIR, project=PROJECT_DIR)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def open_port(tmp_path: Path, port: int, extra: list[int]) -> str:
+    settings = {"pypi_firewall_port": port, "pypi_firewall_extra_ports": extra}
+    return firewall_play(tmp_path, f"open-{port}", "main", settings)
+
+
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The operator opens 18312 by hand; the role opens 18311 and 18312, then moves to 18313 alone."""
+    tmp_path = tmp_path_factory.mktemp("firewall")
+    on(FIREWALLD, f"firewall-cmd --permanent --add-port={OPERATORS}/tcp")
+    assert firewalld_open(OPERATORS) == (False, True)
+    first = open_port(tmp_path, MOVED, [OPERATORS])
+    assert firewalld_open(MOVED) == (True, True) and nft_open(MOVED) == (True, True), first[-3000:]
+    for host in (FIREWALLD, NFTABLES):
+        assert record(host)[PURPOSE]["ports"] == ([MOVED] if host == FIREWALLD else [MOVED, OPERATORS])
+    return open_port(tmp_path, NEW, [])
+
+
+def test_a_port_no_longer_served_is_closed_now_and_at_boot(moved: str) -> None:
+    assert firewalld_open(MOVED) == (False, False), "firewalld still has the old port open"
+    assert nft_open(MOVED) == (False, False), "nftables still accepts the old port"
+    assert firewalld_open(NEW) == (True, True) and nft_open(NEW) == (True, True)
+    assert record(FIREWALLD)[PURPOSE] == {"firewall": "firewalld", "zone": "public", "ports": [NEW]}
+    assert record(NFTABLES)[PURPOSE] == {"firewall": "nftables", "zone": "", "ports": [NEW]}
+
+
+def test_a_port_the_operator_had_open_stays_open(moved: str) -> None:
+    # The role opened it now too (it was wanted), and leaves it so: it is not the role's to close.
+    assert firewalld_open(OPERATORS) == (True, True), "the role closed a port it had not opened"
+
+
+def test_the_role_opened_on_nftables_closes_what_it_opened(moved: str) -> None:
+    """On nftables the role wrote its own line for 18312 (the operator had none there): it removes that line."""
+    assert nft_open(OPERATORS) == (False, False)
+
+
+def test_the_index_port_and_the_other_purposes_are_left_alone(moved: str) -> None:
+    assert firewalld_open(PORT) == (True, True) and nft_open(PORT) == (True, True)
+    for host in (FIREWALLD, NFTABLES):
+        assert PORT in record(host)["index"]["ports"], record(host)
+
+
+def test_a_second_run_changes_nothing(moved: str, tmp_path: Path) -> None:
+    again = open_port(tmp_path, NEW, [])
+    for host, numbers in recap(again).items():
+        assert numbers["changed"] == 0, (host, changed_tasks(again))
+
+
+def test_closing_the_purpose_closes_its_ports_and_leaves_the_rest(moved: str, tmp_path: Path) -> None:
+    firewall_play(tmp_path, "close", "close", {})
+    assert firewalld_open(NEW) == (False, False) and nft_open(NEW) == (False, False)
+    assert firewalld_open(PORT) == (True, True) and nft_open(PORT) == (True, True)
+    assert firewalld_open(OPERATORS) == (True, True), "the operator's port stays open"
+    for host in (FIREWALLD, NFTABLES):
+        assert PURPOSE not in record(host) and "index" in record(host)
+    on(
+        FIREWALLD,
+        f"firewall-cmd --permanent --remove-port={OPERATORS}/tcp && firewall-cmd --remove-port={OPERATORS}/tcp",
+    )
