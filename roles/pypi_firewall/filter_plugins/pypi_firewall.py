@@ -8,41 +8,44 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
+# The rule line of each kind, by firewall: {item} is the port or the peer's address, {comment} the role's comment.
+RULES = {
+    "port": {
+        "iptables": '-A INPUT -p tcp -m tcp --dport {item} -m comment --comment "{comment}" -j ACCEPT',
+        "nftables": 'tcp dport {item} accept comment "{comment}"',
+    },
+    "vrrp": {
+        "iptables": '-A INPUT -s {item}/32 -p 112 -m comment --comment "{comment}" -j ACCEPT',
+        "nftables": 'ip saddr {item} ip protocol 112 accept comment "{comment}"',
+        "firewalld": 'rule family="ipv4" source address="{item}" protocol value="vrrp" accept',
+    },
+}
+
+
+def rule_lines(kind: str, items: list[Any], firewall: str, comment: str) -> list[str]:
+    """One line of the kind per item, as the firewall's file (or firewalld, a rich rule) has it."""
+    template = RULES[kind].get(firewall)
+    if template is None:
+        raise AnsibleFilterError(f"no {kind} rule for firewall {firewall!r}")
+    return [template.format(item=item, comment=comment) for item in items]
+
 
 def vrrp_lines(peers: Any, firewall: str, comment: str = "airgap-pypi balancers") -> list[str]:
     """One rule per peer accepting VRRP from that IPv4 address alone, as the firewall's file or firewalld writes it.
 
     peers: an address or a list of them; firewall: iptables, nftables or firewalld (a rich rule)."""
-    items = [peers] if isinstance(peers, str) else list(peers or [])
-    lines = []
-    for peer in items:
+    addresses = []
+    for peer in [peers] if isinstance(peers, str) else list(peers or []):
         try:
-            address = ipaddress.IPv4Address(str(peer).strip())
+            addresses.append(ipaddress.IPv4Address(str(peer).strip()))
         except ValueError as error:
             raise AnsibleFilterError(f"VRRP peer {str(peer)[:80]!r} is not an IPv4 address") from error
-        if firewall == "iptables":
-            lines.append(f'-A INPUT -s {address}/32 -p 112 -m comment --comment "{comment}" -j ACCEPT')
-        elif firewall == "nftables":
-            lines.append(f'ip saddr {address} ip protocol 112 accept comment "{comment}"')
-        elif firewall == "firewalld":
-            lines.append(f'rule family="ipv4" source address="{address}" protocol value="vrrp" accept')
-        else:
-            raise AnsibleFilterError(f"no VRRP rule for firewall {firewall!r}")
-    return lines
+    return rule_lines("vrrp", addresses, firewall, comment)
 
 
 def port_lines(ports: Any, firewall: str, comment: str) -> list[str]:
     """One rule line per TCP port accepting it, as the iptables rules file or the nftables configuration has it."""
-    lines = []
-    for port in ports or []:
-        number = int(port)
-        if firewall == "iptables":
-            lines.append(f'-A INPUT -p tcp -m tcp --dport {number} -m comment --comment "{comment}" -j ACCEPT')
-        elif firewall == "nftables":
-            lines.append(f'tcp dport {number} accept comment "{comment}"')
-        else:
-            raise AnsibleFilterError(f"no port rule line for firewall {firewall!r}")
-    return lines
+    return rule_lines("port", [int(port) for port in ports or []], firewall, comment)
 
 
 def found_open(detected: Any, firewall: str, ports: Any, comment: str) -> list[int]:
