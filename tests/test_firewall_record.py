@@ -203,15 +203,17 @@ def test_nothing_is_stale_when_firewalld_cannot_list_its_ports(tmp_path: Path) -
     assert result["stale"] == [], result
 
 
-def test_found_open_maps_rule_lines_back_to_ports() -> None:
+def test_only_firewalld_ports_can_be_the_operators() -> None:
     comment = "airgap-pypi index"
     lines = filters.port_lines([8080, 8443], "nftables", comment)
     assert lines == [f'tcp dport {port} accept comment "airgap-pypi index"' for port in (8080, 8443)]
+    # The role's own lines in a rules file (its comment): the role's, whoever wrote them, an earlier version too.
     detected = {"rules_present": {"nftables": [lines[1]]}, "firewalld_listed": True, "firewalld_seen": [8080]}
-    assert filters.found_open(detected, "nftables", [8080, 8443], comment) == [8443]
-    assert filters.found_open(detected, "firewalld", [8080, 8443], comment) == [8080]
+    assert filters.found_open(detected, "nftables", [8080, 8443]) == []
+    assert filters.found_open(detected, "iptables", [8080, 8443]) == []
+    # firewalld's ports carry no mark: one open before the role opened it may be the operator's.
+    assert filters.found_open(detected, "firewalld", [8080, 8443]) == [8080]
     # firewalld's ports not listed: every port counts as the operator's (none is recorded, so none closed later).
-    assert filters.found_open({"firewalld_seen": []}, "firewalld", [8080, 8443], comment) == [8080, 8443]
-    assert filters.found_open({}, "none", [8080], comment) == []
+    assert filters.found_open({"firewalld_seen": []}, "firewalld", [8080, 8443]) == [8080, 8443]
     with pytest.raises(AnsibleFilterError):
         filters.port_lines([1], "ufw", comment)

@@ -1,10 +1,15 @@
 """A port the role opened and no longer serves is closed on the next run; a port the operator had open stays open.
 
 Role pypi_firewall, run for a purpose of the test's own on the firewalld host and the nftables host (the iptables
-host meets the same in test_settings_changes.py, through site.yml): the second run moves the purpose from port 18311
-to 18313. Port 18312, which the operator had opened in firewalld's permanent configuration only (a reload away),
-is wanted by the first run only. The index's own ports are never touched. The last test closes the purpose (entry
-point close), so the hosts are left as the scenario made them."""
+host meets the same in test_settings_changes.py, through site.yml). The first run wants 18311, 18312 and 18314, the
+second 18313 alone. Before the first run:
+- 18312: the operator opened it in firewalld's permanent configuration only (a reload away): the operator's, so it
+  stays open. On nftables the role's own line for it is there already, as a version without the record wrote it:
+  the role's, so it is closed.
+- 18314: on nftables the operator's own rule accepts it (no comment of the role's): the role adds its line and
+  later removes that line alone, so the operator's rule goes on accepting the port.
+The index's own ports are never touched. The last test closes the purpose (entry point close) and removes what the
+test made by hand, so the hosts are left as the scenario made them."""
 
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ from scripts.containers import ansible_playbook, changed_tasks, recap
 
 INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 FIREWALLD, NFTABLES = "airgap-pypi-deb12", "airgap-pypi-deb13"
-MOVED, OPERATORS, NEW = 18311, 18312, 18313
+MOVED, EARLIER, NEW, OWN_RULE = 18311, 18312, 18313, 18314
 PURPOSE = "moved-test"
+ROLE_LINE = 'tcp dport {} accept comment "airgap-pypi index"'
+NFT_CONFIG = "/etc/nftables.conf"
 
 
 def on(host: str, command: str) -> str:
@@ -35,10 +42,15 @@ def firewalld_open(port: int) -> tuple[bool, bool]:
     return f"{port}/tcp" in now, f"{port}/tcp" in saved
 
 
-def nft_open(port: int) -> tuple[bool, bool]:
-    """Whether the nftables input chain accepts port now, and whether the configuration loaded at boot does."""
-    rule = f"tcp dport {port} accept"
-    return rule in on(NFTABLES, "nft list chain inet filter input"), rule in on(NFTABLES, "cat /etc/nftables.conf")
+def nft_open(port: int, rule: str = "tcp dport {} accept") -> tuple[bool, bool]:
+    """Whether the nftables input chain has the rule for port now, and the configuration loaded at boot."""
+    text = rule.format(port)
+    return text in on(NFTABLES, "nft list chain inet filter input"), text in on(NFTABLES, f"cat {NFT_CONFIG}")
+
+
+def nft_add_line(line: str) -> None:
+    """A line in the input chain of the configuration, loaded (as the operator, or an earlier version, would)."""
+    on(NFTABLES, f"sed -i '/type filter hook input/a\\\\t\\t{line}' {NFT_CONFIG} && nft --file {NFT_CONFIG}")
 
 
 def record(host: str) -> dict:
@@ -68,40 +80,49 @@ def firewall_play(tmp_path: Path, name: str, entry_point: str, settings: dict) -
     return result.stdout
 
 
-def open_port(tmp_path: Path, port: int, extra: list[int]) -> str:
+def open_ports(tmp_path: Path, port: int, extra: list[int]) -> str:
     settings = {"pypi_firewall_port": port, "pypi_firewall_extra_ports": extra}
     return firewall_play(tmp_path, f"open-{port}", "main", settings)
 
 
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The operator opens 18312 by hand; the role opens 18311 and 18312, then moves to 18313 alone."""
+    """The hand-made rules above, the first run, then the second."""
     tmp_path = tmp_path_factory.mktemp("firewall")
-    on(FIREWALLD, f"firewall-cmd --permanent --add-port={OPERATORS}/tcp")
-    assert firewalld_open(OPERATORS) == (False, True)
-    first = open_port(tmp_path, MOVED, [OPERATORS])
+    on(FIREWALLD, f"firewall-cmd --permanent --add-port={EARLIER}/tcp")
+    assert firewalld_open(EARLIER) == (False, True)
+    nft_add_line(ROLE_LINE.format(EARLIER))
+    nft_add_line(f"tcp dport {OWN_RULE} accept")
+    assert nft_open(EARLIER, ROLE_LINE) == (True, True) and nft_open(OWN_RULE) == (True, True)
+    first = open_ports(tmp_path, MOVED, [EARLIER, OWN_RULE])
     assert firewalld_open(MOVED) == (True, True) and nft_open(MOVED) == (True, True), first[-3000:]
-    for host in (FIREWALLD, NFTABLES):
-        assert record(host)[PURPOSE]["ports"] == ([MOVED] if host == FIREWALLD else [MOVED, OPERATORS])
-    return open_port(tmp_path, NEW, [])
+    assert nft_open(OWN_RULE, ROLE_LINE) == (True, True), "the role's own line beside the operator's rule"
+    assert record(FIREWALLD)[PURPOSE]["ports"] == [MOVED, OWN_RULE]
+    assert record(NFTABLES)[PURPOSE]["ports"] == [MOVED, EARLIER, OWN_RULE]
+    return open_ports(tmp_path, NEW, [])
 
 
 def test_a_port_no_longer_served_is_closed_now_and_at_boot(moved: str) -> None:
     assert firewalld_open(MOVED) == (False, False), "firewalld still has the old port open"
     assert nft_open(MOVED) == (False, False), "nftables still accepts the old port"
+    assert firewalld_open(OWN_RULE) == (False, False)
     assert firewalld_open(NEW) == (True, True) and nft_open(NEW) == (True, True)
     assert record(FIREWALLD)[PURPOSE] == {"firewall": "firewalld", "zone": "public", "ports": [NEW]}
     assert record(NFTABLES)[PURPOSE] == {"firewall": "nftables", "zone": "", "ports": [NEW]}
 
 
-def test_a_port_the_operator_had_open_stays_open(moved: str) -> None:
+def test_a_firewalld_port_the_operator_had_open_stays_open(moved: str) -> None:
     # The role opened it now too (it was wanted), and leaves it so: it is not the role's to close.
-    assert firewalld_open(OPERATORS) == (True, True), "the role closed a port it had not opened"
+    assert firewalld_open(EARLIER) == (True, True), "the role closed a port it had not opened"
 
 
-def test_the_role_opened_on_nftables_closes_what_it_opened(moved: str) -> None:
-    """On nftables the role wrote its own line for 18312 (the operator had none there): it removes that line."""
-    assert nft_open(OPERATORS) == (False, False)
+def test_the_roles_own_nftables_line_is_closed_even_one_written_before_the_record(moved: str) -> None:
+    assert nft_open(EARLIER) == (False, False)
+
+
+def test_the_operators_own_nftables_rule_for_the_port_is_left(moved: str) -> None:
+    assert nft_open(OWN_RULE, ROLE_LINE) == (False, False), "the role's line is gone"
+    assert nft_open(OWN_RULE) == (True, True), "the operator's rule was removed"
 
 
 def test_the_index_port_and_the_other_purposes_are_left_alone(moved: str) -> None:
@@ -111,7 +132,7 @@ def test_the_index_port_and_the_other_purposes_are_left_alone(moved: str) -> Non
 
 
 def test_a_second_run_changes_nothing(moved: str, tmp_path: Path) -> None:
-    again = open_port(tmp_path, NEW, [])
+    again = open_ports(tmp_path, NEW, [])
     for host, numbers in recap(again).items():
         assert numbers["changed"] == 0, (host, changed_tasks(again))
 
@@ -120,10 +141,10 @@ def test_closing_the_purpose_closes_its_ports_and_leaves_the_rest(moved: str, tm
     firewall_play(tmp_path, "close", "close", {})
     assert firewalld_open(NEW) == (False, False) and nft_open(NEW) == (False, False)
     assert firewalld_open(PORT) == (True, True) and nft_open(PORT) == (True, True)
-    assert firewalld_open(OPERATORS) == (True, True), "the operator's port stays open"
+    assert firewalld_open(EARLIER) == (True, True), "the operator's port stays open"
     for host in (FIREWALLD, NFTABLES):
         assert PURPOSE not in record(host) and "index" in record(host)
-    on(
-        FIREWALLD,
-        f"firewall-cmd --permanent --remove-port={OPERATORS}/tcp && firewall-cmd --remove-port={OPERATORS}/tcp",
-    )
+    # What the test made by hand.
+    on(FIREWALLD, f"firewall-cmd --permanent --remove-port={EARLIER}/tcp && firewall-cmd --remove-port={EARLIER}/tcp")
+    on(NFTABLES, f"sed -i '/^\\s*tcp dport {OWN_RULE} accept$/d' {NFT_CONFIG} && nft --file {NFT_CONFIG}")
+    assert firewalld_open(EARLIER) == (False, False) and nft_open(OWN_RULE) == (False, False)

@@ -48,22 +48,19 @@ def port_lines(ports: Any, firewall: str, comment: str) -> list[str]:
     return rule_lines("port", [int(port) for port in ports or []], firewall, comment)
 
 
-def found_open(detected: Any, firewall: str, ports: Any, comment: str) -> list[int]:
-    """Those of ports that were open before the role opened any (pypi_firewall_detect's answer): firewalld's open
-    ports (now or permanently), or the ports whose rule line the file had. The role never records these."""
-    detected = detected or {}
+def found_open(detected: Any, firewall: str, ports: Any) -> list[int]:
+    """Those of ports that may be the operator's, so never recorded as the role's (pypi_firewall_detect's answer):
+    in firewalld, whose ports carry no mark, those open now or permanently before the role opened any (all of them
+    when firewalld could not list its ports). In an iptables rules file or the nftables configuration none: the role
+    writes, and removes, only its own lines (its comment names them, those of an earlier version too), never the
+    operator's rule for the same port."""
     numbers = [int(port) for port in ports or []]
-    if firewall == "firewalld":
-        # Open now or permanently (the operator's, even half done); all of them when firewalld could not list them.
-        if not detected.get("firewalld_listed"):
-            return numbers
-        return [port for port in numbers if port in (detected.get("firewalld_seen") or [])]
-    if firewall in ("iptables", "nftables"):
-        present = set((detected.get("rules_present") or {}).get(firewall) or [])
-        return [
-            port for port, line in zip(numbers, port_lines(numbers, firewall, comment), strict=True) if line in present
-        ]
-    return []
+    if firewall != "firewalld":
+        return []
+    detected = detected or {}
+    if not detected.get("firewalld_listed"):
+        return numbers
+    return [port for port in numbers if port in (detected.get("firewalld_seen") or [])]
 
 
 class FilterModule:
