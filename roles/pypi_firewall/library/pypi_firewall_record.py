@@ -67,6 +67,11 @@ ports:
   type: list
   elements: int
   returned: always
+purposes:
+  description: The purposes the record holds now.
+  type: list
+  elements: str
+  returned: always
 """
 
 
@@ -114,7 +119,11 @@ def main() -> None:
         for name, value in (("before", before), ("after", after))
     }
     module.exit_json(
-        changed=changed, ports=entry["ports"] if entry else [], diff=diff if changed else {}, path=os.path.abspath(path)
+        changed=changed,
+        purposes=sorted(after),
+        ports=entry["ports"] if entry else [],
+        diff=diff if changed else {},
+        path=os.path.abspath(path),
     )
 
 
