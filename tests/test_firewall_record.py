@@ -123,12 +123,16 @@ def test_a_link_as_record_is_refused_and_not_followed(tmp_path: Path) -> None:
         read_record(str(tmp_path / "record.json"))
 
 
-def run(module: Path, tmp_path: Path, check_mode: bool = False, path_env: str = "", **params: Any) -> dict[str, Any]:
+def run(
+    module: Path, tmp_path: Path, check_mode: bool = False, path_env: str = "", pythonpath: str = "", **params: Any
+) -> dict[str, Any]:
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**params, "_ansible_check_mode": check_mode}}))
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     if path_env:
         env["PATH"] = path_env
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     done = subprocess.run(module_argv(module, args), capture_output=True, text=True, check=False, env=env)
     return json.loads(done.stdout)
 
@@ -139,7 +143,7 @@ def test_the_record_module_writes_once_then_changes_nothing(tmp_path: Path) -> N
     assert run(RECORD_MODULE, tmp_path, check_mode=True, **params)["changed"] is True
     assert not path.exists(), "check mode writes nothing"
     result = run(RECORD_MODULE, tmp_path, **params)
-    assert result["changed"] is True and result["ports"] == [8080], result
+    assert result["changed"] is True and result["ports"] == [8080] and result["purposes"] == ["index"], result
     assert read_record(str(path)) == {"index": entry(8080, firewall="nftables")}
     again = run(RECORD_MODULE, tmp_path, **{**params, "found_open": [8080, 22]})
     assert again["changed"] is False and again["ports"] == [8080], again
@@ -197,8 +201,20 @@ def test_nothing_is_stale_when_firewalld_cannot_list_its_ports(tmp_path: Path) -
     path = tmp_path / "record.json"
     write_record(str(path), {"index": entry(8080)})
     common = {"iptables_rules": str(tmp_path / "rules.v4"), "nftables_config": str(tmp_path / "nft.conf")}
+    # firewalld's own Python client, if this machine has one, must not answer: a stand-in that fails to import.
+    stub = tmp_path / "stub" / "firewall"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('no firewalld client in this test')\n")
     env_path = f"{bin_dir}:{os.environ['PATH']}"
-    result = run(DETECT_MODULE, tmp_path, **common, record=str(path), ports=[9090], path_env=env_path)
+    result = run(
+        DETECT_MODULE,
+        tmp_path,
+        **common,
+        record=str(path),
+        ports=[9090],
+        path_env=env_path,
+        pythonpath=str(stub.parent),
+    )
     assert result["firewall"] == "firewalld" and result["firewalld_listed"] is False, result
     assert result["stale"] == [], result
 

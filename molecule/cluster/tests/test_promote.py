@@ -201,9 +201,12 @@ def test_promote_moves_the_writer_and_loses_no_acknowledged_file(wheel_on_client
     assert "PRIVATE KEY" not in moved.stdout + moved.stderr  # the operator's keys, given in the inventory
     # The new writer serves as a replica no more: the port the role opened for its replica's nginx (443) is closed in
     # its firewall, now and at boot; the index's port is open.
+    # It serves SSH to its replica now (FOLLOWER): that port stays open and recorded.
     for listing in (("firewall-cmd", "--list-ports"), ("firewall-cmd", "--permanent", "--list-ports")):
         ports = on(NEW_WRITER, *listing).stdout.split()
-        assert "443/tcp" not in ports and "8080/tcp" in ports, (listing, ports)
+        assert "443/tcp" not in ports and "8080/tcp" in ports and "22/tcp" in ports, (listing, ports)
+    recorded = json.loads(on(NEW_WRITER, "cat", "/var/lib/airgap-pypi-firewall.json").stdout)
+    assert set(recorded) == {"index", "replica-ssh"}, recorded
 
     # Every acknowledged file, byte for byte, on the new writer and on the replica that follows it.
     assert digests(NEW_WRITER, f"{DATA_DIR}/packages") == packages

@@ -1,8 +1,8 @@
 """A port the role opened and no longer serves is closed on the next run; a port the operator had open stays open.
 
 Role pypi_firewall, run for a purpose of the test's own on the firewalld host and the nftables host (the iptables
-host meets the same in test_settings_changes.py, through site.yml). The first run wants 18311, 18312 and 18314, the
-second 18313 alone. Before the first run:
+host meets the same in test_settings_changes.py, through site.yml). The first run wants 18311, 18312, 18314 and the
+index's port (the index holds it too), the second 18313 alone. Before the first run:
 - 18312: the operator opened it in firewalld's permanent configuration only (a reload away): the operator's, so it
   stays open. On nftables the role's own line for it is there already, as a version without the record wrote it:
   the role's, so it is closed.
@@ -94,11 +94,12 @@ def moved(tmp_path_factory: pytest.TempPathFactory) -> str:
     nft_add_line(ROLE_LINE.format(EARLIER))
     nft_add_line(f"tcp dport {OWN_RULE} accept")
     assert nft_open(EARLIER, ROLE_LINE) == (True, True) and nft_open(OWN_RULE) == (True, True)
-    first = open_ports(tmp_path, MOVED, [EARLIER, OWN_RULE])
+    # The index's port too: the second run no longer wants it, and it stays open as the index holds it.
+    first = open_ports(tmp_path, MOVED, [EARLIER, OWN_RULE, PORT])
     assert firewalld_open(MOVED) == (True, True) and nft_open(MOVED) == (True, True), first[-3000:]
     assert nft_open(OWN_RULE, ROLE_LINE) == (True, True), "the role's own line beside the operator's rule"
-    assert record(FIREWALLD)[PURPOSE]["ports"] == [MOVED, OWN_RULE]
-    assert record(NFTABLES)[PURPOSE]["ports"] == [MOVED, EARLIER, OWN_RULE]
+    assert record(FIREWALLD)[PURPOSE]["ports"] == [PORT, MOVED, OWN_RULE]
+    assert record(NFTABLES)[PURPOSE]["ports"] == [PORT, MOVED, EARLIER, OWN_RULE]
     return open_ports(tmp_path, NEW, [])
 
 

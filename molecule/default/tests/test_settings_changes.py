@@ -8,7 +8,8 @@ runs there and three back.
 - airgap-pypi-deb12: downloads behind a password, with the front server off (nginx cannot check passwords).
 - airgap-pypi-deb11: the static read path off (pypiserver alone, the benchmark's baseline), and one more port
   opened in its iptables firewall (pypi_firewall_extra_ports); the front server's port on airgap-pypi-deb12 is
-  closed in firewalld while the front server is off. Both follow the inventory back.
+  closed in firewalld while the front server is off. Both follow the inventory back. And the SSH port the role
+  would have opened on airgap-pypi-deb12 for replicas (put in by hand) is closed: it serves none.
 - airgap-pypi-tls-deb12: one more TLS name, so the internal CA issues a new certificate that both HTTPS ports
   take. The renewal window (a certificate with too few days left) is tested on the controller (tests/test_tls_ca.py).
 
@@ -17,6 +18,7 @@ Runs after test_playbook_runs.py (file order) and leaves every host as the scena
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ INVENTORY_DIR = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 AUTH_HOST = "airgap-pypi-deb12"
 PLAIN_HOST = "airgap-pypi-deb11"
 EXTRA_NAME = "pypi.airgap.test"
+REPLICA_SSH = 18320
 CHANGES = {
     AUTH_HOST: {"pypi_server_auth_downloads": True, "pypi_front_enabled": False},
     PLAIN_HOST: {"pypi_server_static_index": False, "pypi_firewall_extra_ports": [18301]},
@@ -98,6 +101,17 @@ def changed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Changed]:
     (overlay / "host_vars").mkdir()
     for host, settings in CHANGES.items():
         (overlay / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(settings))
+    # As if the index host had served replicas before: the SSH port the role opened for them (here 18320), in
+    # firewalld and in the record. It has none now, so the run closes it.
+    opened = f"firewall-cmd --permanent --add-port={REPLICA_SSH}/tcp && firewall-cmd --add-port={REPLICA_SSH}/tcp"
+    assert docker("exec", AUTH_HOST, "sh", "-c", opened, check=False).returncode == 0
+    add = (
+        "import json; p = '/var/lib/airgap-pypi-firewall.json'; r = json.load(open(p)); "
+        f"r['replica-ssh'] = {{'firewall': 'firewalld', 'zone': 'public', 'ports': [{REPLICA_SSH}]}}; "
+        "json.dump(r, open(p, 'w'))"
+    )
+    assert docker("exec", AUTH_HOST, "/usr/bin/python3", "-c", add, check=False).returncode == 0
+    assert firewalld_has(REPLICA_SSH) == (True, True)
     result = site(overlay)
     state = Changed(result.stdout, first[0])
     try:
@@ -160,6 +174,9 @@ def iptables_has(port: int) -> tuple[bool, bool]:
 def test_the_firewall_opens_exactly_the_ports_served(changed: Changed) -> None:
     """The front server off: its port 80 closed in firewalld. One more port asked for: opened in iptables."""
     assert firewalld_has(80) == (False, False), "the front server's port stays open after it was turned off"
+    assert firewalld_has(REPLICA_SSH) == (False, False), "the SSH port for replicas the host no longer has is open"
+    record = docker("exec", AUTH_HOST, "cat", "/var/lib/airgap-pypi-firewall.json").stdout
+    assert "replica-ssh" not in json.loads(record), record
     assert firewalld_has(PORT) == (True, True)
     assert iptables_has(18301) == (True, True)
     assert iptables_has(PORT) == (True, True)
