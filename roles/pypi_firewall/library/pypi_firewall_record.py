@@ -23,7 +23,8 @@ description:
   - Updates one purpose's entry of the record (a small JSON file), so that a later run closes a port this purpose
     opened and no longer serves (M(pypi_firewall_detect) returns those as C(stale)).
   - The purpose holds the ports of I(wanted) it opened (not in I(found_open)), those it held before, and those
-    another purpose holds; a port that was open before the role opened it is never recorded, so never closed.
+    another purpose holds; a port of I(found_open) (one the operator may have opened) is never recorded, so never
+    closed.
   - Reads without following a link, writes a temporary file and renames it over the record. Check mode and diff.
 options:
   path:
