@@ -23,11 +23,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import run_playbook
+from conftest import load_module, run_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR = ROOT / "roles" / "pypi_supervisor"
 FIREWALL = ROOT / "roles" / "pypi_firewall"
+FILTERS = load_module("pypi_firewall_filters_el", FIREWALL / "filter_plugins" / "pypi_firewall.py")
+COMMENT = yaml.safe_load((FIREWALL / "vars" / "main.yml").read_text())["__pypi_firewall_comment"]
 STOCK_IPTABLES = Path(__file__).resolve().parent / "fixtures" / "el_sysconfig_iptables"
 FINAL_REJECT = "-A INPUT -j REJECT --reject-with icmp-host-prohibited"
 IPTABLES_IMAGE = "airgap-pypi/debian11-systemd:latest"  # built by scripts/build_images.sh; has iptables
@@ -51,7 +53,8 @@ def iptables_task() -> dict[str, Any]:
     """The arguments of the firewall role's task that opens the port in an iptables rules file."""
     for task in yaml.safe_load((FIREWALL / "tasks" / "iptables.yml").read_text()):
         args = task.get("ansible.builtin.lineinfile")
-        if args and args.get("path") == "{{ __pypi_firewall_iptables_rules }}":
+        # The task that opens (the one before it closes the ports no longer served).
+        if args and args.get("path") == "{{ __pypi_firewall_iptables_rules }}" and args.get("state") != "absent":
             return dict(args)
     raise AssertionError("roles/pypi_firewall/tasks/iptables.yml has no lineinfile task for the iptables rules file")
 
@@ -96,7 +99,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
                         # The role loops over its rule lines (vars/main.yml) with this loop variable.
                         "vars": {
                             "__pypi_firewall_iptables_rules": str(rules),
-                            "__pypi_firewall_line": "{{ __pypi_firewall_iptables_lines | first }}",
+                            # The role's line for the port, from its own filter (this play has no role).
+                            "__pypi_firewall_line": FILTERS.port_lines([8080], "iptables", COMMENT)[0],
                             "__pypi_firewall_ports": [8080],
                         },
                         "register": f"__insert_{run}",
