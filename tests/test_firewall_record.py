@@ -219,6 +219,13 @@ def test_nothing_is_stale_when_firewalld_cannot_list_its_ports(tmp_path: Path) -
     assert result["stale"] == [], result
 
 
+def test_detect_refuses_a_purpose_that_is_no_record_name(tmp_path: Path) -> None:
+    common = {"iptables_rules": str(tmp_path / "rules.v4"), "nftables_config": str(tmp_path / "nft.conf")}
+    refused = run(DETECT_MODULE, tmp_path, **common, purpose="../Index", ports=[1])
+    assert refused["failed"] and "pypi_firewall_purpose='../Index' must be a short name" in refused["msg"], refused
+    assert "Nothing was changed" in refused["msg"]
+
+
 def test_only_firewalld_ports_can_be_the_operators() -> None:
     comment = "airgap-pypi index"
     lines = filters.port_lines([8080, 8443], "nftables", comment)

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pypi_firewall_record import RecordError, read_record, stale_ports
+from ansible.module_utils.pypi_firewall_record import PURPOSE, RecordError, read_record, stale_ports
 
 DOCUMENTATION = r"""
 module: pypi_firewall_detect
@@ -232,6 +232,12 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
+    purpose = module.params["purpose"]
+    if not PURPOSE.match(purpose):
+        module.fail_json(
+            msg=f"pypi_firewall_purpose={purpose[:60]!r} must be a short name of lower-case letters, digits and '-' "
+            "(at most 32 characters), such as index. Nothing was changed on this host."
+        )
     asked = firewalld_client(module.params["ports"], module.params["zone"])
     if asked is None:
         firewalld_running, _ = succeeds(module, "firewall-cmd", "--state")
