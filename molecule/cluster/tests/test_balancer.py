@@ -267,12 +267,13 @@ def holders() -> list[str]:
     return [host for host, addresses in shows.items() if f" inet {VIP}/" in addresses]
 
 
-# Runs on the client: GET url every 0.1 s for `seconds`; prints {"changes": [[seconds since start, status or error
-# name], ...] at each change of the answer, "failed": how many GETs failed}.
+# Runs on the client: GET url every 0.1 s for at most `seconds`, or until every answer in the 3 s since the file
+# `stop` appeared was 200; prints {"changes": [[seconds since start, status or error name], ...] at each change of the
+# answer, "failed": how many GETs failed}.
 WATCH = r"""
-import json, sys, time, urllib.request, urllib.error
-url, seconds = sys.argv[1], float(sys.argv[2])
-start, last, changes, failed = time.monotonic(), None, [], 0
+import json, os, sys, time, urllib.request, urllib.error
+url, seconds, stop = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+start, last, since, stopped, changes, failed = time.monotonic(), None, 0.0, None, [], 0
 while time.monotonic() - start < seconds:
     try:
         now = urllib.request.urlopen(url, timeout=2).status
@@ -280,7 +281,11 @@ while time.monotonic() - start < seconds:
         now, failed = type(error).__name__, failed + 1
     if now != last:
         changes.append([round(time.monotonic() - start, 2), now])
-        last = now
+        last, since = now, time.monotonic()
+    if stopped is None and os.path.exists(stop):
+        stopped = time.monotonic()
+    if stopped is not None and now == 200 and time.monotonic() - max(since, stopped) >= 3:
+        break
     time.sleep(0.1)
 print(json.dumps({"changes": changes, "failed": failed}))
 """
@@ -300,8 +305,9 @@ def test_the_shared_address_moves_to_the_other_balancer_when_haproxy_stops() -> 
     assert holders() == [BALANCER]
     done = on(CLIENT, "/usr/bin/python3", "-c", READ_URL, f"{VIP_URL}/simple/")
     assert done.returncode == 0, done.stderr
+    stop = f"/var/tmp/watch-stop-{time.time_ns()}"
     watch = subprocess.Popen(
-        ["docker", "exec", CLIENT, "/usr/bin/python3", "-c", WATCH, f"{VIP_URL}/simple/", "25"],
+        ["docker", "exec", CLIENT, "/usr/bin/python3", "-c", WATCH, f"{VIP_URL}/simple/", "25", stop],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -310,6 +316,8 @@ def test_the_shared_address_moves_to_the_other_balancer_when_haproxy_stops() -> 
         time.sleep(2)
         assert on(BALANCER, "systemctl", "stop", "haproxy").returncode == 0
         print(f"the address moved to {BALANCER2} {wait_for_holders([BALANCER2], limit=20):.1f} s after HAProxy stopped")
+        # The reads go on through the second balancer: the watch ends once they have been answered for 3 s more.
+        assert on(CLIENT, "touch", stop).returncode == 0
         out, err = watch.communicate(timeout=60)
         assert watch.returncode == 0, err[-2000:]
     finally:

@@ -55,6 +55,8 @@ OWN_PKI_WRITER = {
     "pypi_server_tls_ca_cert": OWN_CA,
 }
 
+# No container has it: docker gives the scenario's containers the first addresses of its subnet (molecule.yml).
+UNUSED_ADDRESS = "10.213.47.250"
 BAD_LAYOUTS = {
     # A host cannot be the writer and a replica of it.
     "both-groups": (
@@ -83,13 +85,15 @@ BAD_LAYOUTS = {
         {"pypi_servers": {"hosts": {}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
         [f"Balancer {PRISTINE} has no writer", "Put the index host in pypi_servers"],
     ),
-    # A replica whose writer's name does not resolve (the converged writer is in the run: it must not change).
+    # A replica whose writer's address no host of its network answers (the converged writer is in the run: it must
+    # not change): an unused address of the scenario's fixed subnet, so the connection fails in the 3 s ARP takes
+    # (a name that does not resolve costs the resolver's 10 s each time on a network with no DNS server).
     "replica-without-reach": (
         {
             "pypi_servers": {"hosts": {WRITER: {}}},
-            "pypi_replicas": {"hosts": {PRISTINE: {"pypi_replica_writer_address": "nowhere.invalid"}}},
+            "pypi_replicas": {"hosts": {PRISTINE: {"pypi_replica_writer_address": UNUSED_ADDRESS}}},
         },
-        [f"Replica {PRISTINE} cannot reach its writer {WRITER} at nowhere.invalid port 22", "does not resolve"],
+        [f"Replica {PRISTINE} cannot reach its writer {WRITER} at {UNUSED_ADDRESS} port 22", "No route to host"],
     ),
     # A shared address outside every network of the balancer (keepalived could never hold it there).
     "balancer-vip-outside": (

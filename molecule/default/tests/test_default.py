@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
 import shlex
+import subprocess
 import time
 
 import pytest
+import testinfra
 import testinfra.utils.ansible_runner
 from conftest import (
     CLIENT,
@@ -337,20 +340,49 @@ def test_no_fallback_to_a_public_index(host) -> None:
     assert probe.stdout.strip() == "404", probe.stdout + probe.stderr
 
 
-def test_supervisord_restarts_a_killed_gunicorn(host) -> None:
-    before = master_pid(host)
-    assert before.isdigit() and before != "0"
-    host.run(f"kill -9 {before}")
-    assert wait_for(lambda: master_pid(host) not in (before, "0", ""), 15), "gunicorn did not come back"
-    assert wait_for(lambda: health_from_client(name_of(host)), 15)
-    assert wait_for(lambda: "RUNNING" in host.run(f"{supervisorctl(host)} status pypiserver").stdout, 15)
+def index_hosts() -> list:
+    """testinfra's hosts of this module's index hosts, outside of its per-host parametrization."""
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    return [testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory) for name in testinfra_hosts]
 
 
-def test_index_comes_back_after_a_restart(host) -> None:
-    server = name_of(host)
-    docker("restart", "--time", "20", server, timeout=180)
-    assert wait_for(lambda: health_from_client(server), 90, step=1), f"{server} did not serve again after a restart"
-    assert wait_for(lambda: "RUNNING" in host.run(f"{supervisorctl(host)} status pypiserver").stdout, 15)
+def serves_again(host, seconds: float, killed_pid: str = "") -> str:
+    """Wait until gunicorn on host runs again (under another master PID than killed_pid, if given), answers the
+    client's /health and supervisord says RUNNING: "" when it does, else what it does not do."""
+    name = name_of(host)
+    if killed_pid and not wait_for(lambda: master_pid(host) not in (killed_pid, "0", ""), seconds):
+        return f"gunicorn did not come back on {name}"
+    if not wait_for(lambda: health_from_client(name), seconds, step=1):
+        return f"{name} did not serve again"
+    if not wait_for(lambda: "RUNNING" in host.run(f"{supervisorctl(host)} status pypiserver").stdout, 15):
+        return f"supervisord on {name} does not say RUNNING"
+    return ""
+
+
+# The two tests below act on every index host at once (most of a restart is waiting): they are not parametrized by
+# host, so that pytest runs them after every host's own tests.
+def test_supervisord_restarts_a_killed_gunicorn() -> None:
+    killed = []
+    for host in index_hosts():
+        before = master_pid(host)
+        assert before.isdigit() and before != "0", (name_of(host), before)
+        host.run(f"kill -9 {before}")
+        killed.append((host, before))
+    for host, before in killed:
+        assert not (missing := serves_again(host, 15, killed_pid=before)), missing
+
+
+def test_index_comes_back_after_a_restart() -> None:
+    hosts = {name_of(host): host for host in index_hosts()}
+
+    def restart(name: str) -> subprocess.CompletedProcess[str]:
+        return docker("restart", "--time", "20", name, check=False, timeout=180)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        restarted = dict(zip(hosts, pool.map(restart, hosts), strict=True))
+    for name, host in hosts.items():
+        assert restarted[name].returncode == 0, (name, restarted[name].stderr)
+        assert not (missing := serves_again(host, 90)), missing + " after a restart"
 
 
 def test_client_is_on_the_same_network() -> None:
