@@ -2722,7 +2722,7 @@ def replication_markdown(section: dict[str, Any]) -> list[str]:
         "tree the replica's `current` names (updated in place). The parts were measured in-process first, with the "
         "program's own functions and nothing else running (medians of 3 pulls after one upload each). Over SSH "
         "each rsync run (two per pull that changes, one per pull that does not) is one more session on the kept "
-        "ControlMaster connection: no handshake, a round trip and the writer's rrsync starting.\n",
+        "ControlMaster connection: no handshake, a round trip and the writer's rsync daemon starting.\n",
         table(
             ["Measure", "Value"],
             [

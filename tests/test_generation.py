@@ -482,29 +482,79 @@ def test_a_replica_of_the_generation_layout_is_adopted_without_a_gap(
     assert not gen.pull(str(writer), str(replica))["changed"]
 
 
-@needs_rsync
-@pytest.mark.skipif(shutil.which("rrsync") is None, reason="NOT RUN: no rrsync on this machine (it ships with rsync)")
-def test_a_pull_through_rrsync_read_only_as_over_ssh(
-    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The options of the pull pass the writer's `rrsync -ro` (its authorized_keys command): a remote shell that
-    runs it here stands in for ssh."""
+def writer_rsync(writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The writer's side of a pull as the role sets it up: its rsync configuration (the role's template,
+    rendered) and, standing in for ssh in RSYNC_RSH, a remote shell that runs the replica key's forced command
+    whatever the client asks, as sshd does. Returns what the forced command was asked to run, one line per run."""
+    jinja2 = pytest.importorskip("jinja2")
+    template = ROOT / "roles" / "pypi_replica" / "templates" / "rsyncd.conf.j2"
+    config = tmp_path / "rsyncd.conf"
+    config.write_text(
+        jinja2.Template(template.read_text(), keep_trailing_newline=True).render(
+            __pypi_replica_written_by="# Written by the test",
+            __pypi_replica_module="data",
+            __pypi_replica_writer_data_dir=str(writer),
+        )
+    )
+    asked = tmp_path / "asked"
     shell = tmp_path / "fake-ssh"
     shell.write_text(
-        "#!/bin/sh\n"
-        'while [ $# -gt 0 ] && [ "$1" != rsync ]; do shift; done\n'
-        f'SSH_ORIGINAL_COMMAND="$*" exec {shutil.which("rrsync")} -ro {writer}\n'
+        f'#!/bin/sh\necho "$*" >> {asked}\nexec {shutil.which("rsync")} --server --daemon --config={config} .\n'
     )
     shell.chmod(0o755)
-    monkeypatch.setenv("RSYNC_RSH", str(shell))
+    monkeypatch.setenv("RSYNC_RSH", f"{shell} -l reader")
+    return asked
+
+
+@needs_rsync
+def test_a_pull_through_the_writers_read_only_rsync_daemon_as_over_ssh(
+    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull in rsync's daemon syntax (HOST::MODULE) passes its remote shell to rsync (--rsh), and its options
+    pass the writer's read-only rsync daemon that the replica key's forced command starts."""
+    asked = writer_rsync(writer, tmp_path, monkeypatch)
     replica = tmp_path / "replica"
     publish(writer, 1)
-    assert gen.pull("reader@writer:", str(replica))["changed"]
-    assert not gen.pull("reader@writer:", str(replica))["changed"]
+    assert gen.pull("writer::data", str(replica))["changed"]
+    assert not gen.pull("writer::data", str(replica))["changed"]
     (writer / "packages" / "demo-2.0.tar.gz").write_bytes(b"two")
     publish(writer, 2)
-    done = gen.pull("reader@writer:", str(replica))
+    done = gen.pull("writer::data", str(replica))
     assert done["fetched"] == 1 and served(replica) == gen_tree(writer)
+    # Over the remote shell, as the replica's user (-l), asking for a daemon: never a TCP connection.
+    runs = asked.read_text().splitlines()
+    assert runs and all(line.startswith("-l reader writer rsync --server --daemon") for line in runs), runs
+
+
+@needs_rsync
+def test_the_writers_rsync_daemon_reads_the_data_directory_and_nothing_else(
+    writer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer_rsync(writer, tmp_path, monkeypatch)
+    (tmp_path / "secret").write_text("not the replicas'")
+    (writer / "packages" / "link").symlink_to(tmp_path / "secret")
+    rsh = os.environ["RSYNC_RSH"]
+    into = tmp_path / "into"
+    into.mkdir()
+
+    def rsync(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["rsync", f"--rsh={rsh}", *args], capture_output=True, text=True, timeout=60, check=False)
+
+    publish(writer, 1)
+    assert rsync("writer::data/generation.json", f"{into}/").returncode == 0, "the key works"
+    for path in ("../secret", "/../secret", "packages/../../secret", "packages/link"):
+        rsync("--copy-links", f"writer::data/{path}", f"{into}/")
+        assert not (into / "secret").exists() and not (into / "link").exists(), path
+    upload = tmp_path / "x.whl"
+    upload.write_bytes(b"x")
+    done = rsync(str(upload), "writer::data/packages/")
+    assert done.returncode != 0 and "read only" in done.stderr and not (writer / "packages" / "x.whl").exists()
+    done = rsync("--remove-source-files", "writer::data/generation.json", f"{into}/")
+    assert done.returncode != 0 and (writer / "generation.json").exists()
+    # No other module, no list of modules, and the old way of asking (rrsync's HOST:PATH) gets nothing.
+    assert rsync("writer::other/generation.json", f"{into}/other").returncode != 0
+    assert rsync("writer::").stdout.strip() == ""
+    assert rsync("writer:generation.json", f"{into}/old").returncode != 0 and not (into / "old").exists()
 
 
 @pytest.mark.parametrize(

@@ -132,11 +132,12 @@ def replica_rsh(replica: str) -> str:
     raise AssertionError(f"no RSYNC_RSH in {PULL_PROGRAM}.conf:\n{section}")
 
 
-def rsync_as_replica(replica: str, path: str) -> tuple[int, str, bool]:
-    """rsync of the writer's path with the replica's key: (rc, what it said, whether a file arrived)."""
+def rsync_as_replica(replica: str, path: str, source: str = f"{WRITER}::data/") -> tuple[int, str, bool]:
+    """rsync of the writer's path with the replica's key, as the pull asks (rsync's daemon syntax over ssh): (rc,
+    what it said, whether a file arrived)."""
     target = f"/var/tmp/probe-{time.time_ns()}"
-    argv = ("runuser", "-u", "pypi-replica", "--", "env", f"RSYNC_RSH={replica_rsh(replica)}")
-    done = on(replica, *argv, "rsync", "--no-links", f"pypi-replica@{WRITER}:{path}", target)
+    argv = ("runuser", "-u", "pypi-replica", "--", "rsync", f"--rsh={replica_rsh(replica)}")
+    done = on(replica, *argv, "--no-links", f"{source}{path}", target)
     arrived = on(replica, "test", "-e", target).returncode == 0
     on(replica, "rm", "-rf", target)
     return done.returncode, done.stdout + done.stderr, arrived
@@ -158,18 +159,22 @@ def test_a_replica_key_reads_the_tree_and_nothing_else() -> None:
     ):
         rc, said, arrived = rsync_as_replica(replica, private)
         assert rc != 0 and not arrived, (private, rc, said)
+    # Another module, and the earlier way of asking (rrsync's HOST:PATH), get nothing either.
+    for source in (f"{WRITER}::other/", f"pypi-replica@{WRITER}:"):
+        rc, said, arrived = rsync_as_replica(replica, "generation.json", source=source)
+        assert rc != 0 and not arrived, (source, rc, said)
     # Nor through a list of files (the pull's own way of asking): rsync anchors each path at the data directory.
     listing = on(
         replica,
         "sh",
         "-c",
         "printf '../../etc/passwd\\n/etc/airgap-pypi/htpasswd\\n' > /var/tmp/list && mkdir -p /var/tmp/listed "
-        f"&& chown pypi-replica /var/tmp/listed && runuser -u pypi-replica -- env RSYNC_RSH='{replica_rsh(replica)}' "
-        f"rsync -r --files-from=/var/tmp/list pypi-replica@{WRITER}:/ /var/tmp/listed/; "
+        f"&& chown pypi-replica /var/tmp/listed && runuser -u pypi-replica -- rsync --rsh='{replica_rsh(replica)}' "
+        f"-r --files-from=/var/tmp/list {WRITER}::data/ /var/tmp/listed/; "
         "rc=$?; find /var/tmp/listed -type f; rm -rf /var/tmp/listed /var/tmp/list; exit $rc",
     )
     assert listing.returncode != 0 and listing.stdout.strip() == "", listing.stdout + listing.stderr
-    # No shell either: the key's forced command is rrsync, read-only.
+    # No shell either: the key's forced command is the writer's read-only rsync daemon.
     ssh = replica_rsh(replica).split()
     shell = on(replica, "runuser", "-u", "pypi-replica", "--", *ssh, f"pypi-replica@{WRITER}", "cat /etc/passwd")
     assert shell.returncode != 0 and "root:" not in shell.stdout, shell.stdout + shell.stderr
@@ -177,8 +182,8 @@ def test_a_replica_key_reads_the_tree_and_nothing_else() -> None:
         replica,
         "sh",
         "-c",
-        f"echo x > /var/tmp/w && runuser -u pypi-replica -- env RSYNC_RSH='{replica_rsh(replica)}' "
-        f"rsync /var/tmp/w pypi-replica@{WRITER}:packages/w.whl",
+        f"echo x > /var/tmp/w && runuser -u pypi-replica -- rsync --rsh='{replica_rsh(replica)}' "
+        f"/var/tmp/w {WRITER}::data/packages/w.whl",
     )
     assert upload.returncode != 0, upload.stdout + upload.stderr
     assert on(WRITER, "test", "-e", f"{DATA_DIR}/packages/w.whl").returncode != 0

@@ -39,7 +39,8 @@ over it whatever its sequence. A tree removed by hand takes the record with it (
 A replica of the earlier layout (``current`` naming a ``gen-N-<hash>`` directory, one per generation, a copy of
 the whole tree each: 1.4 to 1.9 s per pull at 10,000 files) is adopted as it stands: ``current`` keeps naming
 that directory, now the tree, and the other generation directories are removed. rsync is the transport
-(over SSH with a restricted key, or a local path); this module adds no protocol of its own.
+(over SSH with a restricted key, whose forced command starts a read-only rsync daemon for the pull: a source
+``HOST::MODULE`` with the remote shell in ``RSYNC_RSH``; or a local path); this module adds no protocol of its own.
 
 A replica's health, for a load balancer (``--status-dir DIR``): nginx answers ``GET /health`` 200 with
 ``DIR/ok.json`` while it exists, 503 without it. After every pull the loop writes ``DIR/status.json`` (what the
@@ -562,6 +563,17 @@ def local_source(source: str) -> bool:
     return ":" not in head and not source.startswith("rsync://")
 
 
+def remote_shell(source: str) -> List[str]:
+    """rsync's options for the remote shell of source. A source of rsync's daemon syntax (HOST::MODULE) with a
+    remote shell in RSYNC_RSH gets it as --rsh: rsync then starts a daemon over that shell (the writer's forced
+    command makes it its own read-only one, with its own configuration) instead of connecting to a daemon's TCP
+    port, which it would do without --rsh on its command line. Any other source: nothing (rsync reads RSYNC_RSH
+    itself for HOST:PATH)."""
+    head = source.split("/", 1)[0]
+    rsh = os.environ.get("RSYNC_RSH", "")
+    return [f"--rsh={rsh}"] if "::" in head and not source.startswith("rsync://") and rsh else []
+
+
 def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     """The writer's manifest, checked. rsync brings it into root/.fetch with the last copy (root/.writer) as
     --link-dest: when the writer's file has the size and mtime (to the nanosecond, --modify-window=-1; an rsync
@@ -572,7 +584,7 @@ def fetch_manifest(source: str, root: str, program: str) -> Dict[str, Any]:
     make_dir(keep)
     remove_tree(fetch)
     os.mkdir(fetch, 0o755)
-    argv = [program, *RSYNC_SAFE, "--modify-window=-1", f"--max-size={MAX_MANIFEST_BYTES}"]
+    argv = [program, *remote_shell(source), *RSYNC_SAFE, "--modify-window=-1", f"--max-size={MAX_MANIFEST_BYTES}"]
     try:
         rsync([*argv, f"--link-dest={os.path.abspath(keep)}", f"{source.rstrip('/')}/{MANIFEST}", fetch + "/"])
     except TransportError:
@@ -660,7 +672,7 @@ def stage(source: str, staging: str, program: str, paths: List[str], wanted: Dic
         return
     # No file longer than the longest the manifest lists is taken (a file grown since is fetched no further).
     largest = max(wanted[path][0] for path in paths)
-    argv = [program, *RSYNC_SAFE, f"--max-size={largest + 1}"]
+    argv = [program, *remote_shell(source), *RSYNC_SAFE, f"--max-size={largest + 1}"]
     fetch_listed(argv, source, staging, paths)
     differ = check_staged(staging, paths, wanted)
     if differ:
@@ -1269,7 +1281,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Pull the writer's newest generation of the served tree.")
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("pull", help="fetch, check, then apply the writer's newest generation to the tree")
-    one.add_argument("source", help="rsync source of the writer's tree (user@host:path over SSH, or a path)")
+    one.add_argument(
+        "source",
+        help="rsync source of the writer's tree (HOST::MODULE over the remote shell in RSYNC_RSH, user@host:path "
+        "over SSH, or a path)",
+    )
     one.add_argument("root", help="the replica's directory: the tree, the current link, applied.json")
     one.add_argument("--keep", type=int, default=2, help="ignored: kept for compatibility (one tree is kept)")
     one.add_argument("--loop", type=float, default=0, help="pull again every so many seconds (0: once)")
