@@ -14,7 +14,8 @@ set -euo pipefail
 
 readonly IMAGE=${AIRGAP_PYPI_IMAGE_PREFIX:-airgap-pypi}/debian12-systemd:latest
 # nginx for the front server and the replicas; python3-apt for Ansible's apt module, which installs it when missing;
-# rsync, openssh-server and openssh-client for the replicas' pull from the writer (rrsync ships with rsync);
+# rsync, openssh-server and openssh-client for the replicas' pull from the writer (procps, which the writer also
+# needs, comes with every Debian image);
 # haproxy and keepalived for the balancers.
 readonly PACKAGES=(nginx python3-apt rsync openssh-server openssh-client haproxy keepalived)
 CACHE_DIR=${AIRGAP_PYPI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airgap-pypi}
