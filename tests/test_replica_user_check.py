@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import pwd
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_playbook
+from conftest import role_play, run_playbook
 
 HOME = "/var/lib/pypi-replica"
 
 
 def check(tmp_path: Path, user: str) -> str:
     """Run the role's user check on this machine (read-only: getent and an assert); what it said."""
-    play = {
-        "hosts": "localhost",
-        "connection": "local",
-        "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable},
-        "tasks": [
-            {
-                "name": "Check the replicas' user",
-                "ansible.builtin.include_role": {"name": "pypi_replica", "tasks_from": "user_check"},
-                "vars": {"pypi_replica_user": user, "pypi_replica_home": HOME},
-            }
-        ],
-    }
+    play = role_play("pypi_replica", "user_check", {"pypi_replica_user": user, "pypi_replica_home": HOME})
+    play["connection"] = "local"
     done = run_playbook([play], tmp_path / "play.json")
     said = " ".join((done.stdout + done.stderr).split())
     return ("ok " if done.returncode == 0 else "failed ") + said

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import run_playbook
+from conftest import role_play, run_playbook
 from cryptography import x509
 
 HOST = "pypi01.example.internal"
@@ -79,18 +79,9 @@ def test_an_inventory_name_that_is_no_file_name_issues_nothing_and_writes_nothin
     ca_dir, host = tmp_path / "ca" / "pki", "../../escape"
     inventory = tmp_path / "inventory.json"
     inventory.write_text(json.dumps({"all": {"hosts": {host: {"ansible_connection": "local"}}}}))
-    play = {
-        "hosts": "all",
-        "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable},
-        "tasks": [
-            {
-                "name": "Issue",
-                "ansible.builtin.include_role": {"name": "pypi_server", "tasks_from": "tls_internal_ca"},
-                "vars": {"pypi_server_tls": True, "pypi_server_tls_ca_dir": str(ca_dir)},
-            }
-        ],
-    }
+    play = role_play(
+        "pypi_server", "tls_internal_ca", {"pypi_server_tls": True, "pypi_server_tls_ca_dir": str(ca_dir)}, "all"
+    )
     done = run_playbook([play], tmp_path / "play.json", inventory=str(inventory))
     assert done.returncode != 0, done.stdout[-3000:]
     assert '"../../escape" cannot name this host\'s files on the controller' in " ".join(done.stdout.split())
