@@ -543,8 +543,13 @@ def test_the_writers_rsync_daemon_reads_the_data_directory_and_nothing_else(
     publish(writer, 1)
     assert rsync("writer::data/generation.json", f"{into}/").returncode == 0, "the key works"
     for path in ("../secret", "/../secret", "packages/../../secret", "packages/link"):
-        rsync("--copy-links", f"writer::data/{path}", f"{into}/")
+        rsync(f"writer::data/{path}", f"{into}/")
         assert not (into / "secret").exists() and not (into / "link").exists(), path
+    # Asking to follow links is refused by the configuration (an rsync before 3.4.3 would follow one).
+    for option in ("--copy-links", "--copy-unsafe-links", "--copy-dirlinks"):
+        done = rsync(option, "writer::data/packages/link", f"{into}/")
+        assert done.returncode != 0 and f"configured to refuse {option}" in done.stderr, (option, done.stderr)
+        assert not (into / "link").exists(), option
     upload = tmp_path / "x.whl"
     upload.write_bytes(b"x")
     done = rsync(str(upload), "writer::data/packages/")

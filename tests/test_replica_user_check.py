@@ -36,3 +36,11 @@ def test_a_name_no_account_has_passes(tmp_path: Path) -> None:
         pwd.getpwnam(name)
     said = check(tmp_path, name)
     assert said.startswith("ok "), said[-2000:]
+
+
+@pytest.mark.parametrize("user", ["0", "nobody,root", "Root"])
+def test_a_uid_or_a_list_of_users_is_refused_as_no_user_name(tmp_path: Path, user: str) -> None:
+    # getent files an entry under the account's name: "0" would be looked up as root and found under no key.
+    said = check(tmp_path, user)
+    assert said.startswith("failed "), said[-2000:]
+    assert f'pypi_replica_user="{user}" on localhost must be a user name' in said, said[-2000:]
