@@ -112,7 +112,8 @@ lane_b() {
     step unit B unit.xml unit
     step operations B molecule-operations.xml scenario operations
     step network B molecule-network.xml scenario network
-    # Bad input on pristine containers of its own (no scenario's hosts): site.yml stops before any change.
+    # Bad input on pristine containers of its own (no scenario's hosts): site.yml stops before any change; and a
+    # writer left without replicas, on the same harness.
     step inputs B inputs.xml pytest -q -p no:cacheprovider --junitxml="$results/inputs.xml" inputs
     # The README's quick start on a clean clone of HEAD: make demo, its pip line, make down.
     step demo B demo.xml pytest -q -s -p no:cacheprovider --junitxml="$results/demo.xml" proof/test_demo.py
