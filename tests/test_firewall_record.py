@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,78 @@ def test_only_firewalld_ports_can_be_the_operators() -> None:
     assert filters.found_open({"firewalld_seen": []}, "firewalld", [8080, 8443]) == [8080, 8443]
     with pytest.raises(AnsibleFilterError):
         filters.port_lines([1], "ufw", comment)
+
+
+# VRRP rules (entry point vrrp): in firewalld the record names the peers whose rich rule the role added.
+
+
+def test_the_record_keeps_the_peers_whose_rule_the_role_added_and_never_the_operators(tmp_path: Path) -> None:
+    path = tmp_path / "record.json"
+    params = {"path": str(path), "purpose": "vrrp", "firewall": "firewalld", "zone": "public", "wanted": []}
+    # 10.0.0.9's rule was there before (the operator's): never recorded, so never removed.
+    first = run(RECORD_MODULE, tmp_path, **params, peers=["10.0.0.3", "10.0.0.2", "10.0.0.9"], peers_found=["10.0.0.9"])
+    assert first["changed"] is True and first["peers"] == ["10.0.0.2", "10.0.0.3"], first
+    # The next run finds the role's own rules there too: still the role's.
+    again = run(
+        RECORD_MODULE,
+        tmp_path,
+        **params,
+        peers=["10.0.0.2", "10.0.0.3", "10.0.0.9"],
+        peers_found=["10.0.0.2", "10.0.0.3", "10.0.0.9"],
+    )
+    assert again["changed"] is False and again["peers"] == ["10.0.0.2", "10.0.0.3"], again
+    assert read_record(str(path)) == {"vrrp": {**entry(zone="public"), "peers": ["10.0.0.2", "10.0.0.3"]}}
+    # No peers left (the shared address dropped): the entry goes.
+    last = run(RECORD_MODULE, tmp_path, **params, peers=[], peers_found=[])
+    assert last["changed"] is True and last["peers"] == [] and read_record(str(path)) == {}, last
+
+
+def test_the_record_module_refuses_a_peer_that_is_not_an_address_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "record.json"
+    params = {"path": str(path), "purpose": "vrrp", "firewall": "firewalld", "wanted": []}
+    bad = run(RECORD_MODULE, tmp_path, **params, peers=["10.0.0.2", "10.0.0.2/24"])
+    assert bad.get("failed") and "'10.0.0.2/24' is not an IPv4 address" in bad["msg"], bad
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("peers", [["10.0.0.2", "host"], "10.0.0.2", [None], ["10.0.0.2"] * 257])
+def test_a_record_with_bad_peers_is_refused(tmp_path: Path, peers: Any) -> None:
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps({"vrrp": {**entry(), "peers": peers}}))
+    with pytest.raises(RecordError, match="peer"):
+        read_record(str(path))
+
+
+def test_the_stale_peers_are_the_recorded_ones_no_longer_wanted_in_the_zone_asked() -> None:
+    recorded = {"vrrp": {**entry(zone="public"), "peers": ["10.0.0.2", "10.0.0.3"]}}
+    detected = {"firewalld_listed": True, "firewalld_zone": "public", "recorded": recorded}
+    assert filters.vrrp_stale_peers(detected, "vrrp", ["10.0.0.3", "10.0.0.4"]) == ["10.0.0.2"]
+    assert filters.vrrp_stale_peers(detected, "vrrp", []) == ["10.0.0.2", "10.0.0.3"]
+    # Another zone, or firewalld that could not list its configuration: nothing is removed.
+    assert filters.vrrp_stale_peers({**detected, "firewalld_zone": "internal"}, "vrrp", []) == []
+    assert filters.vrrp_stale_peers({**detected, "firewalld_listed": False}, "vrrp", []) == []
+
+
+def test_the_rich_rules_found_are_the_peers_rules_as_the_role_writes_them() -> None:
+    listing = (
+        'rule family="ipv4" source address="10.0.0.2" protocol value="vrrp" accept\n'
+        'rule family="ipv4" source address="10.0.0.30" protocol value="vrrp" log prefix="x" accept\n'
+    )
+    assert filters.vrrp_rich_found(listing, ["10.0.0.2", "10.0.0.3", "10.0.0.30"]) == ["10.0.0.2"]
+    assert filters.vrrp_rich_found("", ["10.0.0.2"]) == []
+
+
+@pytest.mark.parametrize("firewall", ["iptables", "nftables"])
+def test_the_stale_vrrp_lines_are_the_roles_own_of_other_addresses(firewall: str) -> None:
+    comment = "airgap-pypi balancers (VRRP)"
+    stale = re.compile(filters.vrrp_stale_regexp(["10.0.0.2", "10.0.0.3"], firewall, comment))
+    kept, gone = (
+        filters.vrrp_lines(peers, firewall, comment) for peers in (["10.0.0.2", "10.0.0.3"], ["10.0.0.23", "10.0.0.4"])
+    )
+    assert [bool(stale.search("\t\t" + line)) for line in kept + gone] == [False, False, True, True]
+    # Another comment (the operator's rule for the same peer) is never matched.
+    assert not stale.search(gone[0].replace(comment, "mine"))
+    # No peers: every line of the role's.
+    every = re.compile(filters.vrrp_stale_regexp([], firewall, comment))
+    assert all(every.search(line) for line in kept + gone)
+    assert not every.search(kept[0].replace(comment, "mine"))

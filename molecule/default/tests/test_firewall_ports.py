@@ -149,3 +149,88 @@ def test_closing_the_purpose_closes_its_ports_and_leaves_the_rest(moved: str, tm
     on(FIREWALLD, f"firewall-cmd --permanent --remove-port={EARLIER}/tcp && firewall-cmd --remove-port={EARLIER}/tcp")
     on(NFTABLES, f"sed -i '/^\\s*tcp dport {OWN_RULE} accept$/d' {NFT_CONFIG} && nft --file {NFT_CONFIG}")
     assert firewalld_open(EARLIER) == (False, False) and nft_open(OWN_RULE) == (False, False)
+
+
+# Entry point vrrp (the balancers' keepalived): the role's VRRP rules for addresses that are no longer peers go, the
+# operator's stay. Before the first run the operator accepts VRRP from OPERATORS_PEER: in firewalld by the same rich
+# rule the role writes (so the role finds it there and never records it), in nftables by a line without the role's
+# comment. The first run wants the three peers, the second ROLE_PEERS[1] alone, the third none (the shared address
+# dropped).
+ROLE_PEERS, OPERATORS_PEER = ("192.0.2.11", "192.0.2.12"), "192.0.2.13"
+VRRP_COMMENT = "airgap-pypi balancers (VRRP)"
+RICH_RULE = 'rule family="ipv4" source address="{}" protocol value="vrrp" accept'
+
+
+def firewalld_vrrp(peer: str) -> tuple[bool, bool]:
+    """Whether firewalld accepts VRRP from peer by the role's rich rule now, and in its permanent configuration."""
+    now = on(FIREWALLD, "firewall-cmd --list-rich-rules").splitlines()
+    saved = on(FIREWALLD, "firewall-cmd --permanent --list-rich-rules").splitlines()
+    return RICH_RULE.format(peer) in now, RICH_RULE.format(peer) in saved
+
+
+def nft_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]:
+    """Whether nftables has a VRRP rule from peer with the role's comment (None: the operator's, without one) in its
+    input chain now, and in the configuration loaded at boot."""
+
+    def has(text: str) -> bool:
+        lines = [line for line in text.splitlines() if f"ip saddr {peer} " in line]
+        return any((f'comment "{comment}"' in line) if comment else "comment" not in line for line in lines)
+
+    return has(on(NFTABLES, "nft list chain inet filter input")), has(on(NFTABLES, f"cat {NFT_CONFIG}"))
+
+
+def vrrp_play(tmp_path: Path, name: str, peers: list[str]) -> str:
+    return firewall_play(tmp_path, f"vrrp-{name}", "vrrp", {"pypi_firewall_vrrp_peers": peers})
+
+
+@pytest.fixture(scope="module")
+def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The operator's rules, then the runs with three peers, one, the same one again and none; their outputs."""
+    tmp_path = tmp_path_factory.mktemp("vrrp")
+    rule = RICH_RULE.format(OPERATORS_PEER)
+    on(FIREWALLD, f"firewall-cmd --add-rich-rule='{rule}' && firewall-cmd --permanent --add-rich-rule='{rule}'")
+    nft_add_line(f"ip saddr {OPERATORS_PEER} ip protocol 112 accept")
+    assert firewalld_vrrp(OPERATORS_PEER) == (True, True) and nft_vrrp(OPERATORS_PEER, None) == (True, True)
+    runs = {"three": vrrp_play(tmp_path, "three", [*ROLE_PEERS, OPERATORS_PEER])}
+    for peer in (*ROLE_PEERS, OPERATORS_PEER):
+        assert firewalld_vrrp(peer) == (True, True) and nft_vrrp(peer) == (True, True), (peer, runs["three"][-3000:])
+    runs["one"] = vrrp_play(tmp_path, "one", [ROLE_PEERS[1]])
+    runs["again"] = vrrp_play(tmp_path, "again", [ROLE_PEERS[1]])
+    runs["recorded"] = json.dumps(record(FIREWALLD).get("vrrp"))
+    runs["none"] = vrrp_play(tmp_path, "none", [])
+    return runs
+
+
+def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrrp_runs: dict[str, str]) -> None:
+    # After the second run: the first peer's rules are gone, the second's stay; after the third, both are gone.
+    assert json.loads(vrrp_runs["recorded"]) == {
+        "firewall": "firewalld",
+        "zone": "public",
+        "ports": [],
+        "peers": [ROLE_PEERS[1]],
+    }
+    for peer in ROLE_PEERS:
+        assert firewalld_vrrp(peer) == (False, False), (peer, vrrp_runs["none"][-3000:])
+        assert nft_vrrp(peer) == (False, False), (peer, vrrp_runs["none"][-3000:])
+    assert "vrrp" not in record(FIREWALLD) and "vrrp" not in record(NFTABLES)
+
+
+def test_the_operators_vrrp_rules_stay(vrrp_runs: dict[str, str]) -> None:
+    # firewalld: the rule was there before the role's first run, so never the role's. nftables: the role's own line
+    # for the peer (its comment) is gone, the operator's (none) stays.
+    assert firewalld_vrrp(OPERATORS_PEER) == (True, True)
+    assert nft_vrrp(OPERATORS_PEER) == (False, False)
+    assert nft_vrrp(OPERATORS_PEER, None) == (True, True)
+    # What the test made by hand.
+    rule = RICH_RULE.format(OPERATORS_PEER)
+    on(FIREWALLD, f"firewall-cmd --remove-rich-rule='{rule}' && firewall-cmd --permanent --remove-rich-rule='{rule}'")
+    on(
+        NFTABLES,
+        f"sed -i '/^\\s*ip saddr {OPERATORS_PEER} ip protocol 112 accept$/d' {NFT_CONFIG} && nft --file {NFT_CONFIG}",
+    )
+    assert firewalld_vrrp(OPERATORS_PEER) == (False, False) and nft_vrrp(OPERATORS_PEER, None) == (False, False)
+
+
+def test_a_vrrp_run_with_the_same_peers_changes_nothing(vrrp_runs: dict[str, str]) -> None:
+    for host, numbers in recap(vrrp_runs["again"]).items():
+        assert numbers["changed"] == 0, (host, changed_tasks(vrrp_runs["again"]))

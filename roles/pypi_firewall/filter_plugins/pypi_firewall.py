@@ -4,6 +4,7 @@ ports were open before it opened any."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -34,13 +35,46 @@ def vrrp_lines(peers: Any, firewall: str, comment: str = "airgap-pypi balancers"
     """One rule per peer accepting VRRP from that IPv4 address alone, as the firewall's file or firewalld writes it.
 
     peers: an address or a list of them; firewall: iptables, nftables or firewalld (a rich rule)."""
+    return rule_lines("vrrp", _addresses(peers), firewall, comment)
+
+
+def vrrp_stale_regexp(peers: Any, firewall: str, comment: str = "airgap-pypi balancers") -> str:
+    """A regular expression for lineinfile that matches the role's VRRP lines (its comment names them) of every
+    address but the peers', in the iptables rules file or the nftables configuration; with no peers, all of them."""
+    before, after = (part.format(comment=comment) for part in RULES["vrrp"][firewall].split("{item}"))
+    tail = re.escape(after) + r"\s*$"
+    keep = "|".join(re.escape(str(address)) for address in _addresses(peers))
+    others = f"(?!(?:{keep}){tail})" if keep else ""
+    return r"^\s*" + re.escape(before) + others + r"[0-9.]{7,15}" + tail
+
+
+def vrrp_stale_peers(detected: Any, purpose: str, peers: Any) -> list[str]:
+    """The peers whose firewalld rich rule the record holds for purpose (in the zone the detection asked) and that
+    are peers no more: their rules are removed. None when firewalld could not list its configuration."""
+    detected = detected or {}
+    if not detected.get("firewalld_listed"):
+        return []
+    entry = (detected.get("recorded") or {}).get(purpose) or {}
+    if entry.get("firewall") != "firewalld" or entry.get("zone") != detected.get("firewalld_zone"):
+        return []
+    wanted = {str(address) for address in _addresses(peers)}
+    return [peer for peer in entry.get("peers") or [] if peer not in wanted]
+
+
+def vrrp_rich_found(listing: Any, peers: Any) -> list[str]:
+    """Those of peers whose rich rule, as the role writes it, firewalld's listing (--list-rich-rules) has."""
+    have = {line.strip() for line in str(listing or "").splitlines()}
+    return [str(address) for address in _addresses(peers) if rule_lines("vrrp", [address], "firewalld", "")[0] in have]
+
+
+def _addresses(peers: Any) -> list[ipaddress.IPv4Address]:
     addresses = []
     for peer in [peers] if isinstance(peers, str) else list(peers or []):
         try:
             addresses.append(ipaddress.IPv4Address(str(peer).strip()))
         except ValueError as error:
             raise AnsibleFilterError(f"VRRP peer {str(peer)[:80]!r} is not an IPv4 address") from error
-    return rule_lines("vrrp", addresses, firewall, comment)
+    return addresses
 
 
 def port_lines(ports: Any, firewall: str, comment: str) -> list[str]:
@@ -67,6 +101,9 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "pypi_firewall_vrrp_lines": vrrp_lines,
+            "pypi_firewall_vrrp_stale_regexp": vrrp_stale_regexp,
+            "pypi_firewall_vrrp_stale_peers": vrrp_stale_peers,
+            "pypi_firewall_vrrp_rich_found": vrrp_rich_found,
             "pypi_firewall_port_lines": port_lines,
             "pypi_firewall_found_open": found_open,
         }

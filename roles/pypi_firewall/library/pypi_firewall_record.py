@@ -10,7 +10,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pypi_firewall_record import (
     PURPOSE,
     RecordError,
+    owned_peers,
     owned_ports,
+    peer_list,
     read_record,
     updated,
     write_record,
@@ -59,10 +61,26 @@ options:
     type: list
     elements: str
     default: []
+  peers:
+    description:
+      - For VRRP rules (entry point vrrp, firewalld) instead of ports, the IPv4 addresses whose rule this purpose
+        wants now; I(wanted) is then empty. The entry holds those the role added and those it held and still wants.
+    type: list
+    elements: str
+  peers_found:
+    description: Those of I(peers) whose rule was there before this run added any (the operator's, never recorded).
+    type: list
+    elements: str
+    default: []
 author: airgap-pypi
 """
 
 RETURN = r"""
+peers:
+  description: The peers whose VRRP rule the purpose holds now (empty without I(peers)).
+  type: list
+  elements: str
+  returned: always
 ports:
   description: The ports the purpose holds now.
   type: list
@@ -86,6 +104,8 @@ def main() -> None:
             "wanted": {"type": "list", "elements": "int", "required": True},
             "found_open": {"type": "list", "elements": "int", "default": []},
             "retired": {"type": "list", "elements": "str", "default": []},
+            "peers": {"type": "list", "elements": "str"},
+            "peers_found": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -108,6 +128,18 @@ def main() -> None:
             found_open=module.params["found_open"],
         )
         entry = {"firewall": firewall, "zone": zone, "ports": ports}
+        if module.params["peers"] is not None:
+            try:
+                entry["peers"] = owned_peers(
+                    before,
+                    purpose,
+                    firewall,
+                    zone,
+                    wanted=peer_list(module.params["peers"]),
+                    found=peer_list(module.params["peers_found"]),
+                )
+            except ValueError as error:
+                module.fail_json(msg=f"pypi_firewall_vrrp_peers: {error}. Nothing was recorded.")
     after = updated(before, purpose, entry, retired, zone)
     changed = after != before
     if changed and not module.check_mode:
@@ -123,6 +155,7 @@ def main() -> None:
         changed=changed,
         purposes=sorted(after),
         ports=entry["ports"] if entry else [],
+        peers=entry.get("peers", []) if entry else [],
         diff=diff if changed else {},
         path=os.path.abspath(path),
     )

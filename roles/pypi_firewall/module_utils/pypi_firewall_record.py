@@ -1,10 +1,13 @@
 """The record of the ports role pypi_firewall opened on a host, by purpose, so that a port no longer served is closed.
 
 One small JSON file, {"<purpose>": {"firewall": ..., "zone": ..., "ports": [...]}}: read bounded and without
-following a link, written under a temporary name and renamed into place."""
+following a link, written under a temporary name and renamed into place. The entry of the VRRP rules (entry point
+vrrp, in firewalld, whose rich rules carry no comment of the role's) holds the peers whose rule the role added, as
+"peers": [...] beside its empty ports."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -16,6 +19,8 @@ from typing import Any
 MAX_RECORD = 64 * 1024
 FIREWALLS = ("firewalld", "iptables", "nftables")
 PURPOSE = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
+KEYS = {"firewall", "zone", "ports"}
+MAX_PEERS = 256
 
 
 class RecordError(Exception):
@@ -23,12 +28,12 @@ class RecordError(Exception):
 
 
 def check_entry(path: str, purpose: Any, entry: Any) -> dict[str, Any]:
-    """One purpose's entry, checked: {"firewall", "zone", "ports"}."""
+    """One purpose's entry, checked: {"firewall", "zone", "ports"} and, for VRRP rules, "peers"."""
     where = f"{path}: entry {str(purpose)[:40]!r}"
     if not isinstance(purpose, str) or not PURPOSE.match(purpose):
         raise RecordError(f"{where} is not a purpose name ([a-z][a-z0-9-], at most 32 characters)")
-    if not isinstance(entry, dict) or set(entry) != {"firewall", "zone", "ports"}:
-        raise RecordError(f"{where} must have exactly the keys firewall, zone and ports")
+    if not isinstance(entry, dict) or set(entry) - {"peers"} != KEYS:
+        raise RecordError(f"{where} must have exactly the keys firewall, zone and ports (and peers, for VRRP)")
     if entry["firewall"] not in FIREWALLS:
         raise RecordError(f"{where}: firewall {str(entry['firewall'])[:40]!r} is not one of {', '.join(FIREWALLS)}")
     if not isinstance(entry["zone"], str) or len(entry["zone"]) > 64:
@@ -36,7 +41,26 @@ def check_entry(path: str, purpose: Any, entry: Any) -> dict[str, Any]:
     ports = entry["ports"]
     if not isinstance(ports, list) or any(type(port) is not int or not 0 < port < 65536 for port in ports):
         raise RecordError(f"{where}: ports must be a list of TCP ports (1-65535)")
-    return {"firewall": entry["firewall"], "zone": entry["zone"], "ports": sorted(set(ports))}
+    checked = {"firewall": entry["firewall"], "zone": entry["zone"], "ports": sorted(set(ports))}
+    if "peers" in entry:
+        try:
+            checked["peers"] = peer_list(entry["peers"])
+        except ValueError as error:
+            raise RecordError(f"{where}: {error}") from error
+    return checked
+
+
+def peer_list(peers: Any) -> list[str]:
+    """IPv4 addresses, checked and sorted (ValueError naming the first that is not one)."""
+    if not isinstance(peers, list) or len(peers) > MAX_PEERS:
+        raise ValueError(f"peers must be a list of at most {MAX_PEERS} IPv4 addresses")
+    addresses = set()
+    for peer in peers:
+        try:
+            addresses.add(ipaddress.IPv4Address(peer if isinstance(peer, str) else ""))
+        except ValueError:
+            raise ValueError(f"peer {str(peer)[:40]!r} is not an IPv4 address") from None
+    return [str(address) for address in sorted(addresses)]
 
 
 def read_record(path: str) -> dict[str, dict[str, Any]]:
@@ -127,6 +151,24 @@ def owned_ports(
     return sorted((before & wanted_set) | (wanted_set - set(found_open)) | (wanted_set & shared))
 
 
+def recorded_peers(record: dict[str, dict[str, Any]], purpose: str, firewall: str, zone: str) -> list[str]:
+    """The peers whose VRRP rule the role added for purpose in this firewall and zone."""
+    entry = record.get(purpose) or {}
+    if entry.get("firewall") != firewall or entry.get("zone") != zone:
+        return []
+    return list(entry.get("peers") or [])
+
+
+def owned_peers(
+    record: dict[str, dict[str, Any]], purpose: str, firewall: str, zone: str, *, wanted: list[str], found: list[str]
+) -> list[str]:
+    """The peers whose rule purpose holds after this run: those it added (wanted and not there before this run) and
+    those it held before and still wants. A rule that was there before the role added it is the operator's."""
+    before = set(recorded_peers(record, purpose, firewall, zone))
+    wanted_set = set(peer_list(wanted))
+    return peer_list(sorted((before & wanted_set) | (wanted_set - set(found))))
+
+
 def updated(
     record: dict[str, dict[str, Any]], purpose: str, entry: dict[str, Any] | None, retired: Sequence[str], zone: str
 ) -> dict[str, dict[str, Any]]:
@@ -138,6 +180,6 @@ def updated(
         for name, value in record.items()
         if name != purpose and not (name in retired and value["firewall"] == firewall and value["zone"] == zone)
     }
-    if entry and entry["ports"]:
+    if entry and (entry["ports"] or entry.get("peers")):
         after[purpose] = entry
     return after
