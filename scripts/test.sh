@@ -4,13 +4,13 @@
 # (each scenario has its own container names and docker network). Ends with a table of the steps, the slowest
 # test cases and Ansible tasks, and "N passed, N failed, N skipped".
 #
-#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default el operations network cluster inputs
-#                                demo proof; `molecule` stands for every Molecule scenario (make molecule)
+#   scripts/test.sh [STEP ...]   only these steps (after setup): lint unit default el operations network cluster
+#                                cluster-plain inputs demo proof; `molecule` stands for every Molecule scenario (make molecule)
 #   AIRGAP_PYPI_TEST_LANES=1     run the steps one after the other instead of in two lanes
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 # The Molecule scenarios (molecule/NAME), one step each in the lanes below: the only list of them.
-scenarios=(default el operations network cluster)
+scenarios=(default el operations network cluster cluster-plain)
 steps=(lint unit "${scenarios[@]}" inputs demo proof)
 wanted=()
 for name in "$@"; do
@@ -93,8 +93,8 @@ scenario() {
 # Lane A: the cluster scenario (a writer, two replicas, two balancers sharing an address, a client, backup and
 # restore, two promotions, a move to an own PKI), the real-EL scenario (NOT RUN without operator images) and the
 # default scenario (the largest: plain HTTP and TLS hosts). Lane B: what needs no containers first (lint, the unit
-# tests), then operations, network, the bad inputs (inputs/, moved out of the default scenario to even out the
-# lanes), demo and the air-gap proof. The two largest scenarios never overlap: run side by side (default with
+# tests), then operations, network, the plain HTTP cluster, the bad inputs (inputs/, moved out of the default
+# scenario to even out the lanes), demo and the air-gap proof. The two largest scenarios never overlap: run side by side (default with
 # cluster, tried on 2026-12-05) each took a quarter longer and make test 25.5 and 26 minutes. The cluster goes
 # first: alone it leaves half the two cores idle (it waits on its services: failovers, 200 installs in a row), so
 # it is better beside the unit tests than at the end of the run; the default scenario, which keeps both cores
@@ -112,6 +112,8 @@ lane_b() {
     step unit B unit.xml unit
     step operations B molecule-operations.xml scenario operations
     step network B molecule-network.xml scenario network
+    # The cluster without TLS (writer, replica, balancer, client): what differs from the HTTPS cluster of lane A.
+    step cluster-plain B molecule-cluster-plain.xml scenario cluster-plain
     # Bad input on pristine containers of its own (no scenario's hosts): site.yml stops before any change; and a
     # writer left without replicas, on the same harness.
     step inputs B inputs.xml pytest -q -p no:cacheprovider --junitxml="$results/inputs.xml" inputs
