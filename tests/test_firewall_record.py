@@ -283,14 +283,29 @@ def test_a_record_with_bad_peers_is_refused(tmp_path: Path, peers: Any) -> None:
         read_record(str(path))
 
 
-def test_the_stale_peers_are_the_recorded_ones_no_longer_wanted_in_the_zone_asked() -> None:
+def test_the_stale_peers_are_the_recorded_ones_no_longer_wanted_in_the_zone_recorded() -> None:
     recorded = {"vrrp": {**entry(zone="public"), "peers": ["10.0.0.2", "10.0.0.3"]}}
     detected = {"firewalld_listed": True, "firewalld_zone": "public", "recorded": recorded}
-    assert filters.vrrp_stale_peers(detected, "vrrp", ["10.0.0.3", "10.0.0.4"]) == ["10.0.0.2"]
-    assert filters.vrrp_stale_peers(detected, "vrrp", []) == ["10.0.0.2", "10.0.0.3"]
-    # Another zone, or firewalld that could not list its configuration: nothing is removed.
-    assert filters.vrrp_stale_peers({**detected, "firewalld_zone": "internal"}, "vrrp", []) == []
+    assert filters.vrrp_stale_peers(detected, "vrrp", ["10.0.0.3", "10.0.0.4"]) == [
+        {"address": "10.0.0.2", "zone": "public"}
+    ]
+    assert [item["address"] for item in filters.vrrp_stale_peers(detected, "vrrp", [])] == ["10.0.0.2", "10.0.0.3"]
+    # firewalld's zone changed since: every recorded rule goes, from the zone it is in.
+    moved = filters.vrrp_stale_peers({**detected, "firewalld_zone": "internal"}, "vrrp", ["10.0.0.3"])
+    assert moved == [{"address": "10.0.0.2", "zone": "public"}, {"address": "10.0.0.3", "zone": "public"}]
+    # firewalld that could not list its configuration, or another firewall's entry: nothing is removed.
     assert filters.vrrp_stale_peers({**detected, "firewalld_listed": False}, "vrrp", []) == []
+    other = {"vrrp": {**entry(firewall="nftables"), "peers": ["10.0.0.2"]}}
+    assert filters.vrrp_stale_peers({**detected, "recorded": other}, "vrrp", []) == []
+
+
+def test_the_peers_are_normalised_once_and_bounded() -> None:
+    assert filters.vrrp_addresses([" 10.0.0.3", "10.0.0.2\n", "10.0.0.3"]) == ["10.0.0.2", "10.0.0.3"]
+    assert filters.vrrp_addresses("10.0.0.2") == ["10.0.0.2"]
+    with pytest.raises(AnsibleFilterError, match="257 addresses: at most 256"):
+        filters.vrrp_addresses([f"10.0.{n // 256}.{n % 256}" for n in range(257)])
+    with pytest.raises(AnsibleFilterError, match=re.escape("'010.0.0.2' is not an IPv4 address")):
+        filters.vrrp_addresses(["010.0.0.2"])
 
 
 def test_the_rich_rules_found_are_the_peers_rules_as_the_role_writes_them() -> None:

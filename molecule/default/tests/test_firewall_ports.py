@@ -57,8 +57,8 @@ def record(host: str) -> dict:
     return json.loads(on(host, "cat /var/lib/airgap-pypi-firewall.json") or "{}")
 
 
-def firewall_play(tmp_path: Path, name: str, entry_point: str, settings: dict) -> str:
-    """pypi_firewall's entry point on the two hosts, for the test's purpose; the run's output."""
+def firewall_play(tmp_path: Path, name: str, entry_point: str, settings: dict, *args: str) -> str:
+    """pypi_firewall's entry point on the two hosts, for the test's purpose (ansible-playbook's args); the output."""
     play = [
         {
             "name": "Run pypi_firewall for a purpose of the test's own",
@@ -75,7 +75,7 @@ def firewall_play(tmp_path: Path, name: str, entry_point: str, settings: dict) -
     ]
     playbook = tmp_path / f"{name}.yml"
     playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    result = ansible_playbook(playbook, INVENTORY_DIR, project=PROJECT_DIR)
+    result = ansible_playbook(playbook, INVENTORY_DIR, *args, project=PROJECT_DIR)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return result.stdout
 
@@ -179,48 +179,76 @@ def nft_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]
     return has(on(NFTABLES, "nft list chain inet filter input")), has(on(NFTABLES, f"cat {NFT_CONFIG}"))
 
 
-def vrrp_play(tmp_path: Path, name: str, peers: list[str]) -> str:
-    return firewall_play(tmp_path, f"vrrp-{name}", "vrrp", {"pypi_firewall_vrrp_peers": peers})
+def vrrp_play(tmp_path: Path, name: str, peers: list[str], *args: str) -> str:
+    return firewall_play(tmp_path, f"vrrp-{name}", "vrrp", {"pypi_firewall_vrrp_peers": peers}, *args)
+
+
+def vrrp_state() -> dict:
+    """Each peer's rules (firewalld's and nftables' role rules, now and at boot), the record of both hosts and the
+    index port's state: what the VRRP runs change, and what they must leave alone."""
+    return {
+        "peers": {
+            peer: {"firewalld": firewalld_vrrp(peer), "nftables": nft_vrrp(peer)}
+            for peer in (*ROLE_PEERS, OPERATORS_PEER)
+        },
+        "operators_nft": nft_vrrp(OPERATORS_PEER, None),
+        "records": {host: record(host) for host in (FIREWALLD, NFTABLES)},
+        "index_port": {"firewalld": firewalld_open(PORT), "nftables": nft_open(PORT)},
+    }
 
 
 @pytest.fixture(scope="module")
-def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The operator's rules, then the runs with three peers, one, the same one again and none; their outputs."""
+def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The operator's rules, then the runs with three peers, one, the same one again (and in check mode, none), and
+    none; each run's output and the state after it."""
     tmp_path = tmp_path_factory.mktemp("vrrp")
     rule = RICH_RULE.format(OPERATORS_PEER)
     on(FIREWALLD, f"firewall-cmd --add-rich-rule='{rule}' && firewall-cmd --permanent --add-rich-rule='{rule}'")
     nft_add_line(f"ip saddr {OPERATORS_PEER} ip protocol 112 accept")
-    assert firewalld_vrrp(OPERATORS_PEER) == (True, True) and nft_vrrp(OPERATORS_PEER, None) == (True, True)
-    runs = {"three": vrrp_play(tmp_path, "three", [*ROLE_PEERS, OPERATORS_PEER])}
-    for peer in (*ROLE_PEERS, OPERATORS_PEER):
-        assert firewalld_vrrp(peer) == (True, True) and nft_vrrp(peer) == (True, True), (peer, runs["three"][-3000:])
-    runs["one"] = vrrp_play(tmp_path, "one", [ROLE_PEERS[1]])
-    runs["again"] = vrrp_play(tmp_path, "again", [ROLE_PEERS[1]])
-    runs["recorded"] = json.dumps(record(FIREWALLD).get("vrrp"))
-    runs["none"] = vrrp_play(tmp_path, "none", [])
+    runs: dict = {"before": {"state": vrrp_state()}}
+    for name, peers, args in (
+        ("three", [*ROLE_PEERS, OPERATORS_PEER], ()),
+        ("one", [ROLE_PEERS[1]], ()),
+        ("again", [ROLE_PEERS[1]], ()),
+        ("check", [], ("--check",)),
+        ("none", [], ()),
+    ):
+        runs[name] = {"output": vrrp_play(tmp_path, name, peers, *args), "state": vrrp_state()}
     return runs
 
 
-def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrrp_runs: dict[str, str]) -> None:
-    # After the second run: the first peer's rules are gone, the second's stay; after the third, both are gone.
-    assert json.loads(vrrp_runs["recorded"]) == {
+BOTH = ((True, True), (True, True))  # (now, at boot) in firewalld, then in nftables
+NEITHER = ((False, False), (False, False))
+
+
+def rules(state: dict, peer: str) -> tuple:
+    return state["peers"][peer]["firewalld"], state["peers"][peer]["nftables"]
+
+
+def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrrp_runs: dict) -> None:
+    three, one, last = (vrrp_runs[name]["state"] for name in ("three", "one", "none"))
+    assert all(rules(three, peer) == BOTH for peer in (*ROLE_PEERS, OPERATORS_PEER)), three
+    # One peer left: the first one's rules are gone, the second's stay.
+    assert rules(one, ROLE_PEERS[0]) == NEITHER and rules(one, ROLE_PEERS[1]) == BOTH, one
+    assert one["records"][FIREWALLD]["vrrp"] == {
         "firewall": "firewalld",
         "zone": "public",
         "ports": [],
         "peers": [ROLE_PEERS[1]],
     }
-    for peer in ROLE_PEERS:
-        assert firewalld_vrrp(peer) == (False, False), (peer, vrrp_runs["none"][-3000:])
-        assert nft_vrrp(peer) == (False, False), (peer, vrrp_runs["none"][-3000:])
-    assert "vrrp" not in record(FIREWALLD) and "vrrp" not in record(NFTABLES)
+    # No peers (the shared address dropped): every rule of the role's is gone, and its record entry.
+    assert all(rules(last, peer)[1] == NEITHER[1] for peer in (*ROLE_PEERS, OPERATORS_PEER)), last
+    assert rules(last, ROLE_PEERS[0]) == NEITHER and rules(last, ROLE_PEERS[1]) == NEITHER, last
+    assert all("vrrp" not in records for records in last["records"].values()), last["records"]
 
 
-def test_the_operators_vrrp_rules_stay(vrrp_runs: dict[str, str]) -> None:
+def test_the_operators_vrrp_rules_stay(vrrp_runs: dict) -> None:
     # firewalld: the rule was there before the role's first run, so never the role's. nftables: the role's own line
-    # for the peer (its comment) is gone, the operator's (none) stays.
-    assert firewalld_vrrp(OPERATORS_PEER) == (True, True)
-    assert nft_vrrp(OPERATORS_PEER) == (False, False)
-    assert nft_vrrp(OPERATORS_PEER, None) == (True, True)
+    # for the peer (its comment) went with the second run, the operator's (none) stays.
+    for name in ("three", "one", "none"):
+        state = vrrp_runs[name]["state"]
+        assert state["peers"][OPERATORS_PEER]["firewalld"] == (True, True), (name, state)
+        assert state["operators_nft"] == (True, True), (name, state)
     # What the test made by hand.
     rule = RICH_RULE.format(OPERATORS_PEER)
     on(FIREWALLD, f"firewall-cmd --remove-rich-rule='{rule}' && firewall-cmd --permanent --remove-rich-rule='{rule}'")
@@ -231,6 +259,25 @@ def test_the_operators_vrrp_rules_stay(vrrp_runs: dict[str, str]) -> None:
     assert firewalld_vrrp(OPERATORS_PEER) == (False, False) and nft_vrrp(OPERATORS_PEER, None) == (False, False)
 
 
-def test_a_vrrp_run_with_the_same_peers_changes_nothing(vrrp_runs: dict[str, str]) -> None:
-    for host, numbers in recap(vrrp_runs["again"]).items():
-        assert numbers["changed"] == 0, (host, changed_tasks(vrrp_runs["again"]))
+def test_vrrp_runs_leave_the_index_port_and_the_other_purposes_alone(vrrp_runs: dict) -> None:
+    before = vrrp_runs["before"]["state"]
+    for name in ("three", "one", "again", "check", "none"):
+        state = vrrp_runs[name]["state"]
+        assert state["index_port"] == before["index_port"] == {"firewalld": (True, True), "nftables": (True, True)}
+        for host in (FIREWALLD, NFTABLES):
+            others = {key: value for key, value in state["records"][host].items() if key != "vrrp"}
+            assert others == before["records"][host], (name, host, state["records"][host])
+
+
+def test_a_vrrp_run_with_the_same_peers_changes_nothing(vrrp_runs: dict) -> None:
+    numbers = recap(vrrp_runs["again"]["output"])
+    assert sorted(numbers) == sorted([FIREWALLD, NFTABLES]), numbers
+    for host, counts in numbers.items():
+        assert counts["changed"] == 0, (host, changed_tasks(vrrp_runs["again"]["output"]))
+
+
+def test_a_vrrp_run_in_check_mode_reports_the_removals_and_makes_none(vrrp_runs: dict) -> None:
+    numbers = recap(vrrp_runs["check"]["output"])
+    assert sorted(numbers) == sorted([FIREWALLD, NFTABLES]), numbers
+    assert all(counts["changed"] > 0 for counts in numbers.values()), numbers
+    assert vrrp_runs["check"]["state"] == vrrp_runs["again"]["state"]

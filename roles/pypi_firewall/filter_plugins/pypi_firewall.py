@@ -48,17 +48,19 @@ def vrrp_stale_regexp(peers: Any, firewall: str, comment: str = "airgap-pypi bal
     return r"^\s*" + re.escape(before) + others + r"[0-9.]{7,15}" + tail
 
 
-def vrrp_stale_peers(detected: Any, purpose: str, peers: Any) -> list[str]:
-    """The peers whose firewalld rich rule the record holds for purpose (in the zone the detection asked) and that
-    are peers no more: their rules are removed. None when firewalld could not list its configuration."""
+def vrrp_stale_peers(detected: Any, purpose: str, peers: Any) -> list[dict[str, str]]:
+    """The firewalld rich rules to remove, [{"address", "zone"}]: those the record holds for purpose whose address is a
+    peer no more, in the zone the record names; all of them when firewalld's zone changed since (the rules stay in
+    the old zone otherwise). None when firewalld could not list its configuration."""
     detected = detected or {}
     if not detected.get("firewalld_listed"):
         return []
     entry = (detected.get("recorded") or {}).get(purpose) or {}
-    if entry.get("firewall") != "firewalld" or entry.get("zone") != detected.get("firewalld_zone"):
+    if entry.get("firewall") != "firewalld":
         return []
-    wanted = {str(address) for address in _addresses(peers)}
-    return [peer for peer in entry.get("peers") or [] if peer not in wanted]
+    zone = str(entry.get("zone") or "")
+    wanted = set(vrrp_addresses(peers)) if zone == detected.get("firewalld_zone") else set()
+    return [{"address": peer, "zone": zone} for peer in entry.get("peers") or [] if peer not in wanted]
 
 
 def vrrp_rich_found(listing: Any, peers: Any) -> list[str]:
@@ -67,14 +69,28 @@ def vrrp_rich_found(listing: Any, peers: Any) -> list[str]:
     return [str(address) for address in _addresses(peers) if rule_lines("vrrp", [address], "firewalld", "")[0] in have]
 
 
+MAX_PEERS = 256  # as the record's (module_utils/pypi_firewall_record.py)
+
+
 def _addresses(peers: Any) -> list[ipaddress.IPv4Address]:
-    addresses = []
-    for peer in [peers] if isinstance(peers, str) else list(peers or []):
+    """The peers as addresses, blanks around them dropped, each once, in order (AnsibleFilterError naming a bad one)."""
+    items = [peers] if isinstance(peers, str) else list(peers or [])
+    if len(items) > MAX_PEERS:
+        raise AnsibleFilterError(f"pypi_firewall_vrrp_peers lists {len(items)} addresses: at most {MAX_PEERS}")
+    addresses: list[ipaddress.IPv4Address] = []
+    for peer in items:
         try:
-            addresses.append(ipaddress.IPv4Address(str(peer).strip()))
+            address = ipaddress.IPv4Address(str(peer).strip())
         except ValueError as error:
             raise AnsibleFilterError(f"VRRP peer {str(peer)[:80]!r} is not an IPv4 address") from error
+        if address not in addresses:
+            addresses.append(address)
     return addresses
+
+
+def vrrp_addresses(peers: Any) -> list[str]:
+    """The peers, checked and normalised once (blanks dropped, each once, sorted): what every VRRP task uses."""
+    return [str(address) for address in sorted(_addresses(peers))]
 
 
 def port_lines(ports: Any, firewall: str, comment: str) -> list[str]:
@@ -101,6 +117,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "pypi_firewall_vrrp_lines": vrrp_lines,
+            "pypi_firewall_vrrp_addresses": vrrp_addresses,
             "pypi_firewall_vrrp_stale_regexp": vrrp_stale_regexp,
             "pypi_firewall_vrrp_stale_peers": vrrp_stale_peers,
             "pypi_firewall_vrrp_rich_found": vrrp_rich_found,
