@@ -57,12 +57,20 @@ def record(host: str) -> dict:
     return json.loads(on(host, "cat /var/lib/airgap-pypi-firewall.json") or "{}")
 
 
-def firewall_play(tmp_path: Path, name: str, entry_point: str, settings: dict, *args: str) -> str:
-    """pypi_firewall's entry point on the two hosts, for the test's purpose (ansible-playbook's args); the output."""
+def firewall_play(
+    tmp_path: Path,
+    name: str,
+    entry_point: str,
+    settings: dict,
+    *args: str,
+    hosts: tuple[str, ...] = (FIREWALLD, NFTABLES),
+) -> str:
+    """pypi_firewall's entry point on the hosts (the two by default), for the test's purpose (ansible-playbook's args);
+    the output."""
     play = [
         {
             "name": "Run pypi_firewall for a purpose of the test's own",
-            "hosts": f"{FIREWALLD},{NFTABLES}",
+            "hosts": ",".join(hosts),
             "gather_facts": True,
             "tasks": [
                 {
@@ -152,12 +160,16 @@ def test_closing_the_purpose_closes_its_ports_and_leaves_the_rest(moved: str, tm
 
 
 # Entry point vrrp (the balancers' keepalived): the role's VRRP rules for addresses that are no longer peers go, the
-# operator's stay. Before the first run the operator accepts VRRP from OPERATORS_PEER: in firewalld by the same rich
-# rule the role writes (so the role finds it there and never records it), in nftables by a line without the role's
-# comment. The first run wants the three peers, the second ROLE_PEERS[1] alone, the third none (the shared address
-# dropped).
+# operator's stay, on the firewalld and nftables hosts and the iptables host of test_settings_changes.py. Before the
+# first run the operator accepts VRRP from OPERATORS_PEER: in firewalld by the same rich rule the role writes (so the
+# role finds it there and never records it), in nftables and iptables by a line without the role's comment. The first
+# run wants the three peers, the second ROLE_PEERS[1] alone, the third the same, a fourth none in check mode and the
+# fifth none (the shared address dropped).
 ROLE_PEERS, OPERATORS_PEER = ("192.0.2.11", "192.0.2.12"), "192.0.2.13"
 VRRP_COMMENT = "airgap-pypi balancers (VRRP)"
+IPTABLES, IPTABLES_RULES = "airgap-pypi-deb11", "/etc/iptables/rules.v4"
+VRRP_HOSTS = (FIREWALLD, NFTABLES, IPTABLES)
+OPERATORS_IPTABLES_LINE = f"-A INPUT -s {OPERATORS_PEER}/32 -p 112 -j ACCEPT"
 RICH_RULE = 'rule family="ipv4" source address="{}" protocol value="vrrp" accept'
 
 
@@ -179,8 +191,38 @@ def nft_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]
     return has(on(NFTABLES, "nft list chain inet filter input")), has(on(NFTABLES, f"cat {NFT_CONFIG}"))
 
 
+def ipt_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]:
+    """Whether iptables has a VRRP rule from peer with the role's comment (None: the operator's, without one) in its
+    INPUT chain now, and in the rules file loaded at boot."""
+
+    def has(text: str) -> bool:
+        lines = [line for line in text.splitlines() if f"-s {peer}/32 " in line]
+        return any((f'--comment "{comment}"' in line) if comment else "--comment" not in line for line in lines)
+
+    return has(on(IPTABLES, "iptables -S INPUT")), has(on(IPTABLES, f"cat {IPTABLES_RULES}"))
+
+
+def ipt_port(port: int) -> tuple[bool, bool]:
+    """Whether iptables accepts the TCP port by a rule of the role's now, and in the rules file loaded at boot."""
+    rule = f"--dport {port} -m comment --comment"
+    return rule in on(IPTABLES, "iptables -S INPUT"), rule in on(IPTABLES, f"cat {IPTABLES_RULES}")
+
+
+def ipt_operators_line(add: bool) -> None:
+    """The operator's own VRRP line in the filter table of the rules file (added before its first COMMIT, or
+    removed), loaded."""
+    # "|" and "#" as sed's delimiters: the line has slashes.
+    edit = (
+        f"sed -i '0,/^COMMIT$/s|^COMMIT$|{OPERATORS_IPTABLES_LINE}\\nCOMMIT|' {IPTABLES_RULES}"
+        if add
+        else f"sed -i '\\#^{OPERATORS_IPTABLES_LINE}$#d' {IPTABLES_RULES}"
+    )
+    on(IPTABLES, f"{edit} && iptables-restore {IPTABLES_RULES}")
+
+
 def vrrp_play(tmp_path: Path, name: str, peers: list[str], *args: str) -> str:
-    return firewall_play(tmp_path, f"vrrp-{name}", "vrrp", {"pypi_firewall_vrrp_peers": peers}, *args)
+    settings = {"pypi_firewall_vrrp_peers": peers}
+    return firewall_play(tmp_path, f"vrrp-{name}", "vrrp", settings, *args, hosts=VRRP_HOSTS)
 
 
 def vrrp_state() -> dict:
@@ -188,12 +230,13 @@ def vrrp_state() -> dict:
     index port's state: what the VRRP runs change, and what they must leave alone."""
     return {
         "peers": {
-            peer: {"firewalld": firewalld_vrrp(peer), "nftables": nft_vrrp(peer)}
+            peer: {"firewalld": firewalld_vrrp(peer), "nftables": nft_vrrp(peer), "iptables": ipt_vrrp(peer)}
             for peer in (*ROLE_PEERS, OPERATORS_PEER)
         },
         "operators_nft": nft_vrrp(OPERATORS_PEER, None),
-        "records": {host: record(host) for host in (FIREWALLD, NFTABLES)},
-        "index_port": {"firewalld": firewalld_open(PORT), "nftables": nft_open(PORT)},
+        "operators_ipt": ipt_vrrp(OPERATORS_PEER, None),
+        "records": {host: record(host) for host in VRRP_HOSTS},
+        "index_port": {"firewalld": firewalld_open(PORT), "nftables": nft_open(PORT), "iptables": ipt_port(PORT)},
     }
 
 
@@ -205,7 +248,9 @@ def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rule = RICH_RULE.format(OPERATORS_PEER)
     on(FIREWALLD, f"firewall-cmd --add-rich-rule='{rule}' && firewall-cmd --permanent --add-rich-rule='{rule}'")
     nft_add_line(f"ip saddr {OPERATORS_PEER} ip protocol 112 accept")
+    ipt_operators_line(add=True)
     runs: dict = {"before": {"state": vrrp_state()}}
+    assert runs["before"]["state"]["operators_ipt"] == (True, True), on(IPTABLES, f"cat {IPTABLES_RULES}")
     for name, peers, args in (
         ("three", [*ROLE_PEERS, OPERATORS_PEER], ()),
         ("one", [ROLE_PEERS[1]], ()),
@@ -217,12 +262,12 @@ def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return runs
 
 
-BOTH = ((True, True), (True, True))  # (now, at boot) in firewalld, then in nftables
-NEITHER = ((False, False), (False, False))
+BOTH = ((True, True),) * 3  # (now, at boot) in firewalld, nftables and iptables
+NEITHER = ((False, False),) * 3
 
 
 def rules(state: dict, peer: str) -> tuple:
-    return state["peers"][peer]["firewalld"], state["peers"][peer]["nftables"]
+    return tuple(state["peers"][peer][firewall] for firewall in ("firewalld", "nftables", "iptables"))
 
 
 def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrrp_runs: dict) -> None:
@@ -237,18 +282,19 @@ def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrr
         "peers": [ROLE_PEERS[1]],
     }
     # No peers (the shared address dropped): every rule of the role's is gone, and its record entry.
-    assert all(rules(last, peer)[1] == NEITHER[1] for peer in (*ROLE_PEERS, OPERATORS_PEER)), last
+    assert all(rules(last, peer)[1:] == NEITHER[1:] for peer in (*ROLE_PEERS, OPERATORS_PEER)), last
     assert rules(last, ROLE_PEERS[0]) == NEITHER and rules(last, ROLE_PEERS[1]) == NEITHER, last
     assert all("vrrp" not in records for records in last["records"].values()), last["records"]
 
 
 def test_the_operators_vrrp_rules_stay(vrrp_runs: dict) -> None:
-    # firewalld: the rule was there before the role's first run, so never the role's. nftables: the role's own line
-    # for the peer (its comment) went with the second run, the operator's (none) stays.
+    # firewalld: the rule was there before the role's first run, so never the role's. nftables and iptables: the
+    # role's own line for the peer (its comment) went with the second run, the operator's (none) stays.
     for name in ("three", "one", "none"):
         state = vrrp_runs[name]["state"]
         assert state["peers"][OPERATORS_PEER]["firewalld"] == (True, True), (name, state)
         assert state["operators_nft"] == (True, True), (name, state)
+        assert state["operators_ipt"] == (True, True), (name, state)
     # What the test made by hand.
     rule = RICH_RULE.format(OPERATORS_PEER)
     on(FIREWALLD, f"firewall-cmd --remove-rich-rule='{rule}' && firewall-cmd --permanent --remove-rich-rule='{rule}'")
@@ -256,28 +302,34 @@ def test_the_operators_vrrp_rules_stay(vrrp_runs: dict) -> None:
         NFTABLES,
         f"sed -i '/^\\s*ip saddr {OPERATORS_PEER} ip protocol 112 accept$/d' {NFT_CONFIG} && nft --file {NFT_CONFIG}",
     )
+    ipt_operators_line(add=False)
     assert firewalld_vrrp(OPERATORS_PEER) == (False, False) and nft_vrrp(OPERATORS_PEER, None) == (False, False)
+    assert ipt_vrrp(OPERATORS_PEER, None) == (False, False)
 
 
 def test_vrrp_runs_leave_the_index_port_and_the_other_purposes_alone(vrrp_runs: dict) -> None:
     before = vrrp_runs["before"]["state"]
     for name in ("three", "one", "again", "check", "none"):
         state = vrrp_runs[name]["state"]
-        assert state["index_port"] == before["index_port"] == {"firewalld": (True, True), "nftables": (True, True)}
-        for host in (FIREWALLD, NFTABLES):
+        assert (
+            state["index_port"]
+            == before["index_port"]
+            == dict.fromkeys(("firewalld", "nftables", "iptables"), (True, True))
+        )
+        for host in VRRP_HOSTS:
             others = {key: value for key, value in state["records"][host].items() if key != "vrrp"}
             assert others == before["records"][host], (name, host, state["records"][host])
 
 
 def test_a_vrrp_run_with_the_same_peers_changes_nothing(vrrp_runs: dict) -> None:
     numbers = recap(vrrp_runs["again"]["output"])
-    assert sorted(numbers) == sorted([FIREWALLD, NFTABLES]), numbers
+    assert sorted(numbers) == sorted(VRRP_HOSTS), numbers
     for host, counts in numbers.items():
         assert counts["changed"] == 0, (host, changed_tasks(vrrp_runs["again"]["output"]))
 
 
 def test_a_vrrp_run_in_check_mode_reports_the_removals_and_makes_none(vrrp_runs: dict) -> None:
     numbers = recap(vrrp_runs["check"]["output"])
-    assert sorted(numbers) == sorted([FIREWALLD, NFTABLES]), numbers
+    assert sorted(numbers) == sorted(VRRP_HOSTS), numbers
     assert all(counts["changed"] > 0 for counts in numbers.values()), numbers
     assert vrrp_runs["check"]["state"] == vrrp_runs["again"]["state"]
