@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.containers import docker, wait_for
+from scripts.containers import docker, role_play, wait_for
 from scripts.pristine import PREFIX, Case, Outcome, bad_input_runs
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -95,14 +95,10 @@ def revoked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outc
         Case("revoke-never", prepare=functools.partial(as_writer, None)),
         Case("revoke-root", {"pypi_replica_user": "root"}, prepare=functools.partial(as_writer, role_keys)),
     ]
-    task = {
-        "name": "pypi_replica writer_revoke",
-        "ansible.builtin.include_role": {"name": "pypi_replica", "tasks_from": "writer_revoke"},
-    }
     playbook = workdir / "revoke.yml"
     plays = [
-        {"hosts": f"pypi_servers:!{PREFIX}{CHECK_CASE}", "gather_facts": False, "tasks": [task]},
-        {"hosts": f"{PREFIX}{CHECK_CASE}", "gather_facts": False, "check_mode": True, "tasks": [task]},
+        role_play("pypi_replica", "writer_revoke", {}, hosts=f"pypi_servers:!{PREFIX}{CHECK_CASE}"),
+        {**role_play("pypi_replica", "writer_revoke", {}, hosts=f"{PREFIX}{CHECK_CASE}"), "check_mode": True},
     ]
     playbook.write_text(json.dumps(plays, indent=1))
     with bad_input_runs(

@@ -80,6 +80,25 @@ def _run_options() -> dict[str, dict[str, Any]]:
 SYSTEMD_RUN_OPTIONS = run_options("systemd")
 
 
+def role_play(
+    role: str, tasks_from: str, role_vars: dict[str, Any], hosts: str = "localhost", python: str | None = None
+) -> dict[str, Any]:
+    """A play that runs one task file of a role (include_role tasks_from) with role_vars on hosts, no facts gathered;
+    with python, as the hosts' interpreter (the tests' own, for plays on this machine)."""
+    return {
+        "hosts": hosts,
+        "gather_facts": False,
+        **({"vars": {"ansible_python_interpreter": python}} if python else {}),
+        "tasks": [
+            {
+                "name": f"{role} {tasks_from}",
+                "ansible.builtin.include_role": {"name": role, "tasks_from": tasks_from},
+                "vars": role_vars,
+            }
+        ],
+    }
+
+
 def ansible_playbook(
     playbook: Path, inventory: Path, *args: str, project: Path, timeout: int = 900
 ) -> subprocess.CompletedProcess[str]:

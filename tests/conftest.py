@@ -56,23 +56,6 @@ def module_argv(module: Path, args: Path) -> list[str]:
     ]
 
 
-def role_play(role: str, tasks_from: str, role_vars: dict[str, Any], hosts: str = "localhost") -> dict[str, Any]:
-    """A play that runs one task file of a role (include_role tasks_from) with role_vars, with the tests' Python
-    and no facts gathered (run_playbook runs it)."""
-    return {
-        "hosts": hosts,
-        "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable},
-        "tasks": [
-            {
-                "name": f"{role} {tasks_from}",
-                "ansible.builtin.include_role": {"name": role, "tasks_from": tasks_from},
-                "vars": role_vars,
-            }
-        ],
-    }
-
-
 def run_playbook(
     plays: list[dict[str, Any]], path: Path, inventory: str = "localhost,"
 ) -> subprocess.CompletedProcess[str]:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import pwd
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import role_play, run_playbook
+from conftest import run_playbook
+
+from scripts.containers import role_play
 
 HOME = "/var/lib/pypi-replica"
 
 
 def check(tmp_path: Path, user: str) -> str:
     """Run the role's user check on this machine (read-only: getent and an assert); what it said."""
-    play = role_play("pypi_replica", "user_check", {"pypi_replica_user": user, "pypi_replica_home": HOME})
+    settings = {"pypi_replica_user": user, "pypi_replica_home": HOME}
+    play = role_play("pypi_replica", "user_check", settings, python=sys.executable)
     play["connection"] = "local"
     done = run_playbook([play], tmp_path / "play.json")
     said = " ".join((done.stdout + done.stderr).split())

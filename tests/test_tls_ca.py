@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import role_play, run_playbook
+from conftest import run_playbook
 from cryptography import x509
+
+from scripts.containers import role_play
 
 HOST = "pypi01.example.internal"
 STEPS: dict[str, dict[str, Any]] = {
@@ -80,7 +82,11 @@ def test_an_inventory_name_that_is_no_file_name_issues_nothing_and_writes_nothin
     inventory = tmp_path / "inventory.json"
     inventory.write_text(json.dumps({"all": {"hosts": {host: {"ansible_connection": "local"}}}}))
     play = role_play(
-        "pypi_server", "tls_internal_ca", {"pypi_server_tls": True, "pypi_server_tls_ca_dir": str(ca_dir)}, "all"
+        "pypi_server",
+        "tls_internal_ca",
+        {"pypi_server_tls": True, "pypi_server_tls_ca_dir": str(ca_dir)},
+        "all",
+        python=sys.executable,
     )
     done = run_playbook([play], tmp_path / "play.json", inventory=str(inventory))
     assert done.returncode != 0, done.stdout[-3000:]
