@@ -57,6 +57,35 @@ def record(host: str) -> dict:
     return json.loads(on(host, "cat /var/lib/airgap-pypi-firewall.json") or "{}")
 
 
+# Rules another program (or the operator, by hand) added to the running firewall only: the role's runs add and remove
+# its own rules one by one and never load the file, which would drop these.
+OTHER_NFT_RULE = 'ip saddr 198.51.100.7 drop comment "another program"'
+OTHER_IPT_RULE = '-s 198.51.100.7/32 -m comment --comment "another program" -j DROP'
+
+
+def others_rules(host: str, add: bool) -> None:
+    """Another program's rules in the running firewall of host (nftables: one in the role's input chain and a table
+    of its own; iptables: one in INPUT): added, or removed."""
+    if host == NFTABLES:
+        handle = "$(nft -a list chain inet filter input | sed -n 's/.*\"another program\" # handle //p')"
+        command = (
+            f"nft insert rule inet filter input {OTHER_NFT_RULE} && nft add table ip another_program"
+            if add
+            else f"nft delete rule inet filter input handle {handle}; nft delete table ip another_program"
+        )
+    else:
+        command = f"iptables {'-I' if add else '-D'} INPUT {OTHER_IPT_RULE}"
+    on(host, command)
+
+
+def others_rules_stay(host: str) -> bool:
+    """Whether another program's rules (others_rules) are all in the running firewall of host."""
+    if host == NFTABLES:
+        chain = on(host, "nft list chain inet filter input")
+        return OTHER_NFT_RULE in chain and "table ip another_program" in on(host, "nft list tables")
+    return f"-A INPUT {OTHER_IPT_RULE}" in on(host, "iptables -S INPUT")
+
+
 def firewall_play(
     tmp_path: Path,
     name: str,
@@ -102,8 +131,11 @@ def moved(tmp_path_factory: pytest.TempPathFactory) -> str:
     nft_add_line(ROLE_LINE.format(EARLIER))
     nft_add_line(f"tcp dport {OWN_RULE} accept")
     assert nft_open(EARLIER, ROLE_LINE) == (True, True) and nft_open(OWN_RULE) == (True, True)
+    others_rules(NFTABLES, add=True)
+    assert others_rules_stay(NFTABLES)
     # The index's port too: the second run no longer wants it, and it stays open as the index holds it.
     first = open_ports(tmp_path, MOVED, [EARLIER, OWN_RULE, PORT])
+    assert others_rules_stay(NFTABLES), "the first run dropped another program's rules: " + first[-2000:]
     assert firewalld_open(MOVED) == (True, True) and nft_open(MOVED) == (True, True), first[-3000:]
     assert nft_open(OWN_RULE, ROLE_LINE) == (True, True), "the role's own line beside the operator's rule"
     assert record(FIREWALLD)[PURPOSE]["ports"] == [PORT, MOVED, OWN_RULE]
@@ -118,6 +150,13 @@ def test_a_port_no_longer_served_is_closed_now_and_at_boot(moved: str) -> None:
     assert firewalld_open(NEW) == (True, True) and nft_open(NEW) == (True, True)
     assert record(FIREWALLD)[PURPOSE] == {"firewall": "firewalld", "zone": "public", "ports": [NEW]}
     assert record(NFTABLES)[PURPOSE] == {"firewall": "nftables", "zone": "", "ports": [NEW]}
+
+
+def test_rules_another_program_added_at_run_time_stay_when_ports_open_and_close(moved: str) -> None:
+    # The fixture checked them after the first run (ports opened); the second opened one and closed two.
+    assert others_rules_stay(NFTABLES), on(NFTABLES, "nft list ruleset")
+    others_rules(NFTABLES, add=False)
+    assert not others_rules_stay(NFTABLES)
 
 
 def test_a_firewalld_port_the_operator_had_open_stays_open(moved: str) -> None:
@@ -237,6 +276,7 @@ def vrrp_state() -> dict:
         "operators_ipt": ipt_vrrp(OPERATORS_PEER, None),
         "records": {host: record(host) for host in VRRP_HOSTS},
         "index_port": {"firewalld": firewalld_open(PORT), "nftables": nft_open(PORT), "iptables": ipt_port(PORT)},
+        "others": {host: others_rules_stay(host) for host in (NFTABLES, IPTABLES)},
     }
 
 
@@ -249,6 +289,9 @@ def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     on(FIREWALLD, f"firewall-cmd --add-rich-rule='{rule}' && firewall-cmd --permanent --add-rich-rule='{rule}'")
     nft_add_line(f"ip saddr {OPERATORS_PEER} ip protocol 112 accept")
     ipt_operators_line(add=True)
+    # After the operator's lines are loaded (which drops what only ran).
+    for host in (NFTABLES, IPTABLES):
+        others_rules(host, add=True)
     runs: dict = {"before": {"state": vrrp_state()}}
     assert runs["before"]["state"]["operators_ipt"] == (True, True), on(IPTABLES, f"cat {IPTABLES_RULES}")
     for name, peers, args in (
@@ -305,6 +348,14 @@ def test_the_operators_vrrp_rules_stay(vrrp_runs: dict) -> None:
     ipt_operators_line(add=False)
     assert firewalld_vrrp(OPERATORS_PEER) == (False, False) and nft_vrrp(OPERATORS_PEER, None) == (False, False)
     assert ipt_vrrp(OPERATORS_PEER, None) == (False, False)
+
+
+def test_vrrp_runs_leave_the_rules_another_program_added_at_run_time(vrrp_runs: dict) -> None:
+    for name in ("before", "three", "one", "again", "check", "none"):
+        assert vrrp_runs[name]["state"]["others"] == {NFTABLES: True, IPTABLES: True}, name
+    for host in (NFTABLES, IPTABLES):
+        others_rules(host, add=False)
+        assert not others_rules_stay(host), host
 
 
 def test_vrrp_runs_leave_the_index_port_and_the_other_purposes_alone(vrrp_runs: dict) -> None:

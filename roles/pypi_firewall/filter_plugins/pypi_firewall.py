@@ -40,9 +40,10 @@ def vrrp_lines(peers: Any, firewall: str, comment: str = "airgap-pypi balancers"
 
 def vrrp_stale_regexp(peers: Any, firewall: str, comment: str = "airgap-pypi balancers") -> str:
     """A regular expression for lineinfile that matches the role's VRRP lines (its comment names them) of every
-    address but the peers', in the iptables rules file or the nftables configuration; with no peers, all of them."""
+    address but the peers', in the iptables rules file or the nftables configuration; with no peers, all of them.
+    The protocol may be written by its name, as iptables-save and nft write it back (-p vrrp, ip protocol vrrp)."""
     before, after = (part.format(comment=comment) for part in RULES["vrrp"][firewall].split("{item}"))
-    tail = re.escape(after) + r"\s*$"
+    tail = re.escape(after).replace(re.escape(" 112 "), re.escape(" ") + "(?:112|vrrp)" + re.escape(" ")) + r"\s*$"
     keep = "|".join(re.escape(str(address)) for address in _addresses(peers))
     others = f"(?!(?:{keep}){tail})" if keep else ""
     return r"^\s*" + re.escape(before) + others + r"[0-9.]{7,15}" + tail
