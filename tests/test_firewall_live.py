@@ -5,10 +5,12 @@ iptables and nftables are in the default scenario (molecule/default/tests/test_f
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_module
+import yaml
+from conftest import load_module, run_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
 live = load_module("pypi_firewall_live", ROOT / "roles" / "pypi_firewall" / "library" / "pypi_firewall_live.py")
@@ -78,8 +80,7 @@ def test_the_input_chain_of_other_tables_families_and_layouts() -> None:
     }
 }"""
     assert live.input_chain(config) == ("ip", "firewall", "in_put")
-    # The chain and its hook on one line.
-    assert live.input_chain("table ip6 t {\n chain c { type filter hook input priority 0; }\n}") == ("ip6", "t", "c")
+    assert live.input_chain(DEBIAN.replace("inet filter", "ip6 fw/v6")) == ("ip6", "fw/v6", "input")
 
 
 @pytest.mark.parametrize(
@@ -91,6 +92,9 @@ def test_the_input_chain_of_other_tables_families_and_layouts() -> None:
         "type filter hook input priority 0;\n",
         'table inet "my table" {\n chain input {\n  type filter hook input priority 0;\n }\n}\n',
         "table inet filter {\n chain input {\n }\n}\n}\n type filter hook input priority 0;\n",
+        # The hook on the chain's own line (lineinfile would write after the chain's end), or after a comment.
+        "table ip6 t {\n chain c { type filter hook input priority 0; }\n}\n",
+        "table ip6 t {\n chain c {\n  # x\n }\n  type filter hook input priority 0;\n}\n",
         # Commands, not tables of chains.
         "add table inet filter\nadd chain inet filter input { type filter hook input priority 0; }\n",
     ],
@@ -115,6 +119,10 @@ def test_a_rule_line_is_compared_as_the_firewall_lists_it() -> None:
     )
     assert live.canonical('-A INPUT -s 192.0.2.11/32 -p 112 -m comment --comment "x" -j ACCEPT') == (
         '-A INPUT -s 192.0.2.11/32 -p vrrp -m comment --comment "x" -j ACCEPT'
+    )
+    # Blanks within a quoted comment are the comment's: an operator's "airgap-pypi  index" is not the role's.
+    assert live.canonical('tcp dport 8080 accept comment "airgap-pypi  index"') != live.canonical(
+        'tcp dport 8080 accept comment "airgap-pypi index"'
     )
     # Only the protocol word: a port 112 stays a number.
     assert live.canonical("tcp dport 112 accept") == "tcp dport 112 accept"
@@ -164,3 +172,63 @@ def test_only_a_rule_of_the_input_chain_is_read_as_iptables_rule() -> None:
     for line in ("-A FORWARD -j ACCEPT", "-A INPUT", "tcp dport 1 accept"):
         with pytest.raises(ValueError, match="not a rule of the INPUT chain"):
             live.iptables_spec(line)
+
+
+def test_the_module_finds_the_chain_the_roles_lineinfile_writes_in(tmp_path: Path) -> None:
+    """The role's own lineinfile task's pattern (vars/main.yml), run by Ansible: the line lands in the chain the
+    module reads, also when an earlier chain names the input hook in a comment or a string."""
+    hook = yaml.safe_load((ROOT / "roles" / "pypi_firewall" / "vars" / "main.yml").read_text())[
+        "__pypi_firewall_nft_hook"
+    ]
+    config = tmp_path / "nftables.conf"
+    config.write_text(
+        "table inet filter {\n"
+        "\tchain forward {\n"
+        "\t\t# like the input chain (type filter hook input), for routed packets\n"
+        "\t\ttype filter hook forward priority 0; policy drop;\n"
+        '\t\tip saddr 192.0.2.1 drop comment "type filter hook input"\n'
+        "\t}\n"
+        "\tchain in {\n"
+        "\t\ttype  filter hook input priority 0; policy drop;\n"
+        "\t}\n"
+        "}\n"
+    )
+    task = {"ansible.builtin.lineinfile": {"path": str(config), "line": "\t\ttcp dport 1 accept", "insertafter": hook}}
+    done = run_playbook(
+        [
+            {
+                "hosts": "localhost",
+                "connection": "local",
+                "vars": {"ansible_python_interpreter": sys.executable},
+                "gather_facts": False,
+                "tasks": [task],
+            }
+        ],
+        tmp_path / "play.json",
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    lines = config.read_text().splitlines()
+    written = lines.index("\t\ttcp dport 1 accept")
+    assert lines[written - 2].strip() == "chain in {", lines
+    assert live.input_chain(config.read_text(), hook) == ("inet", "filter", "in")
+    assert hook == live.HOOK, "the module's default pattern is the role's"
+
+
+detect = load_module("pypi_firewall_detect", ROOT / "roles" / "pypi_firewall" / "library" / "pypi_firewall_detect.py")
+
+
+@pytest.mark.parametrize(
+    ("text", "table"),
+    [
+        ("*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n", "filter"),
+        ("*filter\n:INPUT DROP [0:0]\nCOMMIT\n*nat\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "filter"),
+        # iptables-save may write the nat table first: the role's line would go there, filtering nothing at boot.
+        ("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT DROP [0:0]\nCOMMIT\n", "nat"),
+        ("# nothing yet\n", ""),
+    ],
+)
+def test_the_table_the_roles_iptables_line_goes_into(tmp_path: Path, text: str, table: str) -> None:
+    rules = tmp_path / "rules.v4"
+    rules.write_text(text)
+    assert detect.insert_table(str(rules)) == table
+    assert detect.insert_table(str(tmp_path / "none")) == ""

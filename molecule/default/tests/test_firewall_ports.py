@@ -69,7 +69,7 @@ def others_rules(host: str, add: bool) -> None:
     if host == NFTABLES:
         handle = "$(nft -a list chain inet filter input | sed -n 's/.*\"another program\" # handle //p')"
         command = (
-            f"nft insert rule inet filter input {OTHER_NFT_RULE} && nft add table ip another_program"
+            f"nft insert rule inet filter input '{OTHER_NFT_RULE}' && nft add table ip another_program"
             if add
             else f"nft delete rule inet filter input handle {handle}; nft delete table ip another_program"
         )

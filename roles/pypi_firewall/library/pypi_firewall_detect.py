@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -115,6 +116,12 @@ recorded:
   description: The record read from I(record), by purpose.
   type: dict
   returned: always
+iptables_table:
+  description:
+    - The table of the iptables rules file that the role's line goes into (C(filter) in a usual file; the table
+      of the first C(-A INPUT) or C(COMMIT) line); empty when there is no such line.
+  type: str
+  returned: always
 stale:
   description: The ports to close (see I(record)).
   type: list
@@ -217,6 +224,23 @@ def lines_present(path: str, wanted: list[str]) -> list[str]:
     return [line for line in wanted if line.strip() in have]
 
 
+def insert_table(path: str) -> str:
+    """The table of the iptables rules file the role's line would go into: that of the first line the role's
+    lineinfile inserts before (`-A INPUT` or `COMMIT`); empty when the file is unreadable or has no such line."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_READ)
+    except OSError:
+        return ""
+    table = ""
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif re.match(r"(-A INPUT|COMMIT)", line):
+            return table
+    return ""
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -286,6 +310,7 @@ def main() -> None:
         firewalld_listed=ports["listed"],
         firewalld_zone=ports["zone"],
         rules_present=present,
+        iptables_table=insert_table(module.params["iptables_rules"]),
         recorded=recorded,
         stale=stale,
         **facts,

@@ -17,10 +17,11 @@ description:
     with lineinfile. This module makes the same change in the running firewall, rule by rule, in one atomic
     transaction (C(iptables-restore --noflush), C(nft --file -)). The file is not loaded, so what other programs
     (docker, fail2ban, libvirt) or the operator added at run time stays.
-  - In nftables the chain is the one the configuration's first C(type filter hook input) line is in (where the role
-    writes its lines). When the configuration cannot be read that way, or that chain is not in the running
-    firewall, the configuration is loaded whole instead, as C(nft --file) would at boot (C(loaded) says so, with a
-    warning), and only when I(config_changed) or the chain is missing.
+  - In nftables the chain is the one the configuration's first line matching I(hook) is in (where the role's
+    lineinfile writes its lines, with the same pattern). When the configuration cannot be read that way, it is
+    loaded whole instead when I(config_changed), as C(nft --file) would at boot, and left alone otherwise; when
+    that chain is not in the running firewall (the configuration never loaded), it is loaded whole. Either way
+    C(loaded) and a warning say so.
   - Supports check mode (lists, changes nothing).
 options:
   firewall:
@@ -54,6 +55,10 @@ options:
     description: The role changed the nftables configuration in this run (see the description's fallback).
     type: bool
     default: false
+  hook:
+    description: The regular expression of the input chain's hook line, as the role's lineinfile finds it.
+    type: str
+    default: '^\s*type\s+filter\s+hook\s+input\b'
 author: airgap-pypi
 """
 
@@ -81,10 +86,13 @@ loaded:
 
 MAX_READ = 1 << 20  # of the nftables configuration, as pypi_firewall_detect reads it
 MAX_LINES = 1024  # of add and remove: 256 peers or a few ports in practice
-NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+# A table or chain name nft reads without quotes (never a blank, ";" or a line break: safe in a script).
+NAME = r"[A-Za-z_][A-Za-z0-9_./-]{0,255}"
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 TABLE = re.compile(rf"^table\s+(?:({'|'.join(FAMILIES)})\s+)?({NAME})\s*\{{")
 CHAIN = re.compile(rf"^chain\s+({NAME})\s*\{{")
+# Where the role's lineinfile writes its nftables lines: after the first line that is the input hook.
+HOOK = r"^\s*type\s+filter\s+hook\s+input\b"
 HANDLE = re.compile(r"\s+#\s+handle\s+\d+\s*$")
 # How the firewalls list IP protocol 112 (the role's VRRP rules): by its name.
 PROTOCOL = (
@@ -94,9 +102,10 @@ PROTOCOL = (
 
 
 def canonical(line: str) -> str:
-    """A rule line as the running firewall lists it: blanks around and between words folded, no nftables handle,
-    protocol 112 by its name."""
-    text = " ".join(HANDLE.sub("", line).split())
+    """A rule line as the running firewall lists it: blanks around and between words folded (not within a quoted
+    comment), no nftables handle, protocol 112 by its name."""
+    parts = re.split(r'("[^"]*")', HANDLE.sub("", line).strip())
+    text = "".join(part if part.startswith('"') else re.sub(r"\s+", " ", part) for part in parts)
     for pattern, name in PROTOCOL:
         text = pattern.sub(name, text)
     return text
@@ -113,25 +122,22 @@ def uncomment(line: str) -> str:
     return line
 
 
-def input_chain(config: str) -> tuple[str, str, str] | None:
-    """(family, table, chain) of the chain the configuration's first `type filter hook input` line is in, where the
-    role's lineinfile writes its lines; None when the configuration does not read as tables of chains."""
+def input_chain(config: str, hook: str = HOOK) -> tuple[str, str, str] | None:
+    """(family, table, chain) of the chain the configuration's first line matching hook is in (whatever that line
+    is: lineinfile inserts after it); None when that line is not in a chain of a table, or the configuration does
+    not read as tables of chains."""
     depth = 0
     table: tuple[str, str] | None = None
     chain: str | None = None
     for raw in config.splitlines():
-        # Strings (a rule's comment) neither open nor close a block, nor name a hook.
+        if re.search(hook, raw):
+            return (table[0], table[1], chain) if depth == 2 and table and chain else None
+        # Strings (a rule's comment) and comments neither open nor close a block.
         line = re.sub(r'"[^"]*"', '""', uncomment(raw)).strip()
-        if not line:
-            continue
         if depth == 0 and (match := TABLE.match(line)):
             table = (match.group(1) or "ip", match.group(2))
         elif depth == 1 and table and (match := CHAIN.match(line)):
             chain = match.group(1)
-            depth += 1  # the chain's own brace: its hook may be on this line
-            line = line[match.end() :]
-        if re.search(r"\btype\s+filter\s+hook\s+input\b", line):
-            return (table[0], table[1], chain) if depth == 2 and table and chain else None
         depth += line.count("{") - line.count("}")
         if depth < 0:
             return None
@@ -184,20 +190,29 @@ def run(module: AnsibleModule, argv: list[str], data: str | None = None) -> str:
     return out
 
 
+def iptables_has(module: AnsibleModule, binary: str, line: str) -> bool:
+    """Whether the running INPUT chain has the rule (iptables -C: 0 it has, 1 it has not, else an error)."""
+    rc, out, err = module.run_command([binary, "-w", "-C", "INPUT", *iptables_spec(line)])
+    if rc not in (0, 1):
+        module.fail_json(msg=f"iptables -C INPUT failed ({rc}): {(err or out).strip()[-1000:]}", rc=rc)
+    return rc == 0
+
+
 def iptables(module: AnsibleModule, add: list[str], remove: list[str], regexp: re.Pattern[str] | None) -> dict:
     binary = module.get_bin_path("iptables", required=True)
     restore = module.get_bin_path("iptables-restore", required=True)
-    listed = [line for line in run(module, [binary, "-S", "INPUT"]).splitlines() if line.startswith("-A INPUT ")]
+    # -w: wait for the lock another program (docker, fail2ban) may hold.
+    listed = [line for line in run(module, [binary, "-w", "-S", "INPUT"]).splitlines() if line.startswith("-A INPUT ")]
     to_add, drop = plan(listed, add, remove, regexp)
     # A rule listed otherwise than the role writes it (another iptables' spelling): iptables itself compares.
-    to_add = [line for line in to_add if module.run_command([binary, "-C", "INPUT", *iptables_spec(line)])[0] != 0]
+    to_add = [line for line in to_add if not iptables_has(module, binary, line)]
     removed = [listed[index] for index in drop]
     if (to_add or removed) and not module.check_mode:
         script = ["*filter"]
         # The lines as written (iptables-save's quoting, which iptables-restore reads), not re-quoted.
         script += ["-D INPUT " + line.split(None, 2)[2] for line in removed]
         script += ["-I INPUT 1 " + line.split(None, 2)[2] for line in reversed(to_add)]
-        run(module, [restore, "--noflush"], data="\n".join([*script, "COMMIT", ""]))
+        run(module, [restore, "-w", "--noflush"], data="\n".join([*script, "COMMIT", ""]))
     return {"added": to_add, "removed": removed, "chain": [], "loaded": False}
 
 
@@ -210,24 +225,30 @@ def nftables(
             text = handle.read(MAX_READ).decode("utf-8", "replace")
     except OSError as error:
         module.fail_json(msg=f"cannot read the nftables configuration {config}: {error.strerror}")
-    chain = input_chain(text)
-    rc, listing, _ = (1, "", "") if chain is None else module.run_command([binary, "--handle", "list", "chain", *chain])
-    if rc != 0:
+    chain = input_chain(text, module.params["hook"])
+    rc, listing = 1, ""
+    if chain is not None:
+        rc, listing, err = module.run_command([binary, "--handle", "list", "chain", *chain])
+        if rc != 0 and "No such file or directory" not in err:
+            module.fail_json(msg=f"nft list chain {' '.join(chain)} failed ({rc}): {err.strip()[-1000:]}", rc=rc)
+    if chain is None or rc != 0:
         # Not readable as tables of chains, or its input chain not running: loaded whole, as at boot.
-        if chain is not None or module.params["config_changed"]:
-            if not module.check_mode:
-                run(module, [binary, "--file", config])
-            why = (
-                "has no input chain this module can find"
-                if chain is None
-                else f"has its input chain ({' '.join(chain)}) not in the running firewall"
-            )
-            module.warn(
-                f"The nftables configuration {config} {why}: it was loaded whole, so rules other programs added at "
-                "run time are gone where it flushes them."
-            )
-            return {"added": add, "removed": [], "chain": list(chain or []), "loaded": True}
-        return {"added": [], "removed": [], "chain": [], "loaded": False}
+        load = chain is not None or module.params["config_changed"]
+        if load and not module.check_mode:
+            run(module, [binary, "--file", config])
+        why = (
+            "has no input chain this module can find (a table or chain whose name needs quotes, commands, include)"
+            if chain is None
+            else f"has its input chain ({' '.join(chain)}) not in the running firewall"
+        )
+        done = (
+            ("would be loaded whole" if module.check_mode else "was loaded whole")
+            + ", so rules other programs added at run time are gone where it flushes them"
+            if load
+            else "was not changed in this run: the running firewall was left as it is, unchecked"
+        )
+        module.warn(f"The nftables configuration {config} {why}: it {done}.")
+        return {"added": add if load else [], "removed": [], "chain": list(chain or []), "loaded": load}
     rules = nft_rules(listing)
     to_add, drop = plan([line for line, _ in rules], add, remove, regexp)
     removed = [rules[index][0] for index in drop]
@@ -248,6 +269,7 @@ def main() -> None:
             "remove": {"type": "list", "elements": "str", "default": []},
             "remove_regexp": {"type": "str", "default": ""},
             "config_changed": {"type": "bool", "default": False},
+            "hook": {"type": "str", "default": HOOK},
         },
         supports_check_mode=True,
     )
