@@ -331,3 +331,14 @@ def test_the_stale_vrrp_lines_are_the_roles_own_of_other_addresses(firewall: str
     every = re.compile(filters.vrrp_stale_regexp([], firewall, comment))
     assert all(every.search(line) for line in kept + gone)
     assert not every.search(kept[0].replace(comment, "mine"))
+
+
+def test_only_peers_without_their_rich_rule_now_and_permanently_are_added() -> None:
+    rule = 'rule family="ipv4" source address="{}" protocol value="vrrp" accept'
+    permanent = "\n".join(rule.format(address) for address in ("10.0.0.2", "10.0.0.3"))
+    runtime = rule.format("10.0.0.2")
+    peers = ["10.0.0.4", " 10.0.0.3", "10.0.0.2"]
+    # 10.0.0.3 is permanent only (a reload away), 10.0.0.4 in neither: both added; 10.0.0.2 in both: skipped.
+    assert filters.vrrp_rich_missing(peers, permanent, runtime) == ["10.0.0.3", "10.0.0.4"]
+    # firewalld's rules not listed: every peer.
+    assert filters.vrrp_rich_missing(peers, "", "") == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]

@@ -377,6 +377,11 @@ def test_a_vrrp_run_with_the_same_peers_changes_nothing(vrrp_runs: dict) -> None
     assert sorted(numbers) == sorted(VRRP_HOSTS), numbers
     for host, counts in numbers.items():
         assert counts["changed"] == 0, (host, changed_tasks(vrrp_runs["again"]["output"]))
+    # firewalld's rules for the peers already there now and permanently: no module call for them (the first run,
+    # which added them, names them).
+    item = f"(item={ROLE_PEERS[1]})"
+    assert item in vrrp_runs["three"]["output"]
+    assert item not in vrrp_runs["again"]["output"], vrrp_runs["again"]["output"][-3000:]
 
 
 def test_a_vrrp_run_in_check_mode_reports_the_removals_and_makes_none(vrrp_runs: dict) -> None:

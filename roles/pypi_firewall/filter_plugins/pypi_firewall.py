@@ -70,6 +70,13 @@ def vrrp_rich_found(listing: Any, peers: Any) -> list[str]:
     return [str(address) for address in _addresses(peers) if rule_lines("vrrp", [address], "firewalld", "")[0] in have]
 
 
+def vrrp_rich_missing(peers: Any, permanent: Any, runtime: Any) -> list[str]:
+    """Those of peers whose rich rule firewalld's permanent or runtime listing lacks: those to add (every peer when
+    firewalld's rules could not be listed, both listings empty)."""
+    have = set(vrrp_rich_found(permanent, peers)) & set(vrrp_rich_found(runtime, peers))
+    return [address for address in vrrp_addresses(peers) if address not in have]
+
+
 MAX_PEERS = 256  # as the record's (module_utils/pypi_firewall_record.py)
 
 
@@ -119,6 +126,7 @@ class FilterModule:
         return {
             "pypi_firewall_vrrp_lines": vrrp_lines,
             "pypi_firewall_vrrp_addresses": vrrp_addresses,
+            "pypi_firewall_vrrp_rich_missing": vrrp_rich_missing,
             "pypi_firewall_vrrp_stale_regexp": vrrp_stale_regexp,
             "pypi_firewall_vrrp_stale_peers": vrrp_stale_peers,
             "pypi_firewall_vrrp_rich_found": vrrp_rich_found,
