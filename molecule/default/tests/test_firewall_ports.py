@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -379,9 +380,9 @@ def test_a_vrrp_run_with_the_same_peers_changes_nothing(vrrp_runs: dict) -> None
         assert counts["changed"] == 0, (host, changed_tasks(vrrp_runs["again"]["output"]))
     # firewalld's rules for the peers already there now and permanently: no module call for them (the first run,
     # which added them, names them).
-    item = f"(item={ROLE_PEERS[1]})"
-    assert item in vrrp_runs["three"]["output"]
-    assert item not in vrrp_runs["again"]["output"], vrrp_runs["again"]["output"][-3000:]
+    called = re.compile(rf"(ok|changed): \[{FIREWALLD}\] => \(item={re.escape(ROLE_PEERS[1])}\)")
+    assert called.search(vrrp_runs["three"]["output"]), vrrp_runs["three"]["output"][-3000:]
+    assert not called.search(vrrp_runs["again"]["output"]), vrrp_runs["again"]["output"][-3000:]
 
 
 def test_a_vrrp_run_in_check_mode_reports_the_removals_and_makes_none(vrrp_runs: dict) -> None:
@@ -389,3 +390,19 @@ def test_a_vrrp_run_in_check_mode_reports_the_removals_and_makes_none(vrrp_runs:
     assert sorted(numbers) == sorted(VRRP_HOSTS), numbers
     assert all(counts["changed"] > 0 for counts in numbers.values()), numbers
     assert vrrp_runs["check"]["state"] == vrrp_runs["again"]["state"]
+
+
+def test_a_rule_of_the_roles_gone_from_the_running_firewall_is_put_back(tmp_path: Path) -> None:
+    # The index port's rule taken out of the running firewall by hand (the files keep it): a run that wants the
+    # port finds its line in the file, and puts the rule back in the running chain all the same.
+    handle = f"$(nft -a list chain inet filter input | sed -n 's/^.*tcp dport {PORT} accept comment .* # handle //p')"
+    on(NFTABLES, f"nft delete rule inet filter input handle {handle}")
+    on(IPTABLES, f"iptables -D INPUT -p tcp -m tcp --dport {PORT} -m comment --comment 'airgap-pypi index' -j ACCEPT")
+    assert nft_open(PORT) == (False, True) and ipt_port(PORT) == (False, True)
+    settings = {"pypi_firewall_port": PORT, "pypi_firewall_extra_ports": []}
+    firewall_play(tmp_path, "put-back", "main", settings, hosts=(NFTABLES, IPTABLES))
+    assert nft_open(PORT) == (True, True) and ipt_port(PORT) == (True, True)
+    # The test's purpose closed again: the index holds the port, so it stays open.
+    firewall_play(tmp_path, "put-back-close", "close", {}, hosts=(NFTABLES, IPTABLES))
+    assert nft_open(PORT) == (True, True) and ipt_port(PORT) == (True, True)
+    assert all(PURPOSE not in record(host) for host in (NFTABLES, IPTABLES))
