@@ -76,6 +76,11 @@ BAD_VALUES = {
     ),
     "health-timeout": ({"pypi_server_health_timeout": 0}, ["pypi_server_health_timeout=0:", "1 or more"]),
     "upload-limit": ({"pypi_server_max_upload_mb": 0}, ["pypi_server_max_upload_mb=0:", "1-1048576"]),
+    # A string where the list goes: read digit by digit it opened ports 8, 4 and 3.
+    "firewall-extra-ports": (
+        {"pypi_firewall_extra_ports": "8443"},
+        ["pypi_firewall_extra_ports must be a list of ports, such as [8443], not '8443'"],
+    ),
 }
 # Each of these alone is bad: its message names it and no other number.
 NUMBERS = [

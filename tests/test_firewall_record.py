@@ -342,3 +342,24 @@ def test_only_peers_without_their_rich_rule_now_and_permanently_are_added() -> N
     assert filters.vrrp_rich_missing(peers, permanent, runtime) == ["10.0.0.3", "10.0.0.4"]
     # firewalld's rules not listed: every peer.
     assert filters.vrrp_rich_missing(peers, "", "") == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+
+
+@pytest.mark.parametrize(
+    ("port", "extra", "problem"),
+    [
+        (8080, [8443], ""),
+        ("8080", ["8443", 80], ""),
+        # A string where the list goes: read digit by digit, it would open ports 8, 4 and 3.
+        (8080, "8443", "pypi_firewall_extra_ports must be a list of ports, such as [8443], not '8443'"),
+        (8080, {"a": 1}, "pypi_firewall_extra_ports must be a list"),
+        (True, [], "pypi_firewall_port: 'True' is not a port number"),
+        (8080, [False], "pypi_firewall_extra_ports: 'False' is not a port number"),
+        (8080, ["80a"], "pypi_firewall_extra_ports: '80a' is not a port number"),
+        (0, [], "pypi_firewall_port: 0 is not a TCP port (1-65535)"),
+        (8080, [65536], "pypi_firewall_extra_ports: 65536 is not a TCP port"),
+        (8080, [None], "pypi_firewall_extra_ports: 'None' is not a port number"),
+    ],
+)
+def test_the_ports_are_a_port_and_a_list_of_ports(port: Any, extra: Any, problem: str) -> None:
+    found = filters.ports_problem(port, extra)
+    assert found.startswith(problem) and bool(found) == bool(problem), found

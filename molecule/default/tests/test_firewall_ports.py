@@ -94,9 +94,10 @@ def firewall_play(
     settings: dict,
     *args: str,
     hosts: tuple[str, ...] = (FIREWALLD, NFTABLES),
+    succeed: bool = True,
 ) -> str:
     """pypi_firewall's entry point on the hosts (the two by default), for the test's purpose (ansible-playbook's args);
-    the output."""
+    the output. The run must succeed, or with succeed=False fail."""
     play = [
         {
             "name": "Run pypi_firewall for a purpose of the test's own",
@@ -114,7 +115,7 @@ def firewall_play(
     playbook = tmp_path / f"{name}.yml"
     playbook.write_text(yaml.safe_dump(play, sort_keys=False))
     result = ansible_playbook(playbook, INVENTORY_DIR, *args, project=PROJECT_DIR)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-2000:]
     return result.stdout
 
 
@@ -406,3 +407,27 @@ def test_a_rule_of_the_roles_gone_from_the_running_firewall_is_put_back(tmp_path
     firewall_play(tmp_path, "put-back-close", "close", {}, hosts=(NFTABLES, IPTABLES))
     assert nft_open(PORT) == (True, True) and ipt_port(PORT) == (True, True)
     assert all(PURPOSE not in record(host) for host in (NFTABLES, IPTABLES))
+
+
+def write_rules(tmp_path: Path, text: str) -> None:
+    """The iptables host's rules file, written with text (not loaded)."""
+    source = tmp_path / "rules.v4"
+    source.write_text(text)
+    docker("exec", "-i", IPTABLES, "sh", "-c", f"cat > {IPTABLES_RULES}", input_file=source)
+
+
+def test_an_iptables_rules_file_whose_first_table_is_not_filter_is_refused_before_any_change(tmp_path: Path) -> None:
+    # iptables-save may write the nat table first: the role's line would go before nat's COMMIT, into a table that
+    # filters nothing at boot.
+    original = on(IPTABLES, f"cat {IPTABLES_RULES}")
+    nat_first = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n" + original
+    write_rules(tmp_path, nat_first)
+    before = on(IPTABLES, f"iptables -S; cat {IPTABLES_RULES} /var/lib/airgap-pypi-firewall.json")
+    try:
+        settings = {"pypi_firewall_port": NEW, "pypi_firewall_extra_ports": []}
+        output = firewall_play(tmp_path, "nat-first", "main", settings, hosts=(IPTABLES,), succeed=False)
+        assert "would go into its *nat table" in output and "put the *filter table first" in output, output[-3000:]
+        assert on(IPTABLES, f"iptables -S; cat {IPTABLES_RULES} /var/lib/airgap-pypi-firewall.json") == before
+    finally:
+        write_rules(tmp_path, original)
+    assert on(IPTABLES, f"cat {IPTABLES_RULES}") == original

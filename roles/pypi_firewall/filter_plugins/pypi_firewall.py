@@ -101,6 +101,30 @@ def vrrp_addresses(peers: Any) -> list[str]:
     return [str(address) for address in sorted(_addresses(peers))]
 
 
+def _port_problem(value: Any) -> str:
+    """Why value is not a TCP port (an integer 1-65535, or its digits), or ''."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"{str(value)[:40]!r} is not a port number"
+    if isinstance(value, str) and not value.strip().isdigit():
+        return f"{value[:40]!r} is not a port number"
+    if not 1 <= int(value) <= 65535:
+        return f"{int(value)} is not a TCP port (1-65535)"
+    return ""
+
+
+def ports_problem(port: Any, extra: Any) -> str:
+    """Why pypi_firewall_port and pypi_firewall_extra_ports are not a port and a list of ports, or '' (a string
+    given for the list would otherwise be read digit by digit: "8443" as ports 8, 4 and 3)."""
+    if problem := _port_problem(port):
+        return f"pypi_firewall_port: {problem}"
+    if isinstance(extra, (str, bytes, dict)) or not isinstance(extra, (list, tuple)):
+        return f"pypi_firewall_extra_ports must be a list of ports, such as [8443], not {str(extra)[:60]!r}"
+    for item in extra:
+        if problem := _port_problem(item):
+            return f"pypi_firewall_extra_ports: {problem}"
+    return ""
+
+
 def port_lines(ports: Any, firewall: str, comment: str) -> list[str]:
     """One rule line per TCP port accepting it, as the iptables rules file or the nftables configuration has it."""
     return rule_lines("port", [int(port) for port in ports or []], firewall, comment)
@@ -126,6 +150,7 @@ class FilterModule:
         return {
             "pypi_firewall_vrrp_lines": vrrp_lines,
             "pypi_firewall_vrrp_addresses": vrrp_addresses,
+            "pypi_firewall_ports_problem": ports_problem,
             "pypi_firewall_vrrp_rich_missing": vrrp_rich_missing,
             "pypi_firewall_vrrp_stale_regexp": vrrp_stale_regexp,
             "pypi_firewall_vrrp_stale_peers": vrrp_stale_peers,

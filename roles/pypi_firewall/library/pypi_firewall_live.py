@@ -18,10 +18,10 @@ description:
     transaction (C(iptables-restore --noflush), C(nft --file -)). The file is not loaded, so what other programs
     (docker, fail2ban, libvirt) or the operator added at run time stays.
   - In nftables the chain is the one the configuration's first line matching I(hook) is in (where the role's
-    lineinfile writes its lines, with the same pattern). When the configuration cannot be read that way, it is
-    loaded whole instead when I(config_changed), as C(nft --file) would at boot, and left alone otherwise; when
-    that chain is not in the running firewall (the configuration never loaded), it is loaded whole. Either way
-    C(loaded) and a warning say so.
+    lineinfile writes its lines, with the same pattern). When the configuration cannot be read that way, or that
+    chain is not in the running firewall (nftables stopped, the configuration never loaded), the running firewall
+    is left as it is, with a warning that says so: the configuration is never loaded (Debian's begins with
+    C(flush ruleset)).
   - Supports check mode (lists, changes nothing).
 options:
   firewall:
@@ -51,10 +51,6 @@ options:
         (the role's VRRP lines of addresses no longer peers).
     type: str
     default: ""
-  config_changed:
-    description: The role changed the nftables configuration in this run (see the description's fallback).
-    type: bool
-    default: false
   hook:
     description: The regular expression of the input chain's hook line, as the role's lineinfile finds it.
     type: str
@@ -78,8 +74,8 @@ chain:
   type: list
   elements: str
   returned: always
-loaded:
-  description: The nftables configuration was loaded whole (the fallback in the description).
+unchecked:
+  description: The running nftables firewall was left as it is (see the description), with a warning.
   type: bool
   returned: always
 """
@@ -213,7 +209,7 @@ def iptables(module: AnsibleModule, add: list[str], remove: list[str], regexp: r
         script += ["-D INPUT " + line.split(None, 2)[2] for line in removed]
         script += ["-I INPUT 1 " + line.split(None, 2)[2] for line in reversed(to_add)]
         run(module, [restore, "-w", "--noflush"], data="\n".join([*script, "COMMIT", ""]))
-    return {"added": to_add, "removed": removed, "chain": [], "loaded": False}
+    return {"added": to_add, "removed": removed, "chain": [], "unchecked": False}
 
 
 def nftables(
@@ -232,23 +228,17 @@ def nftables(
         if rc != 0 and "No such file or directory" not in err:
             module.fail_json(msg=f"nft list chain {' '.join(chain)} failed ({rc}): {err.strip()[-1000:]}", rc=rc)
     if chain is None or rc != 0:
-        # Not readable as tables of chains, or its input chain not running: loaded whole, as at boot.
-        load = chain is not None or module.params["config_changed"]
-        if load and not module.check_mode:
-            run(module, [binary, "--file", config])
         why = (
             "has no input chain this module can find (a table or chain whose name needs quotes, commands, include)"
             if chain is None
-            else f"has its input chain ({' '.join(chain)}) not in the running firewall"
+            else f"has its input chain ({' '.join(chain)}), which is not in the running firewall (nftables stopped?)"
         )
-        done = (
-            ("would be loaded whole" if module.check_mode else "was loaded whole")
-            + ", so rules other programs added at run time are gone where it flushes them"
-            if load
-            else "was not changed in this run: the running firewall was left as it is, unchecked"
+        module.warn(
+            f"The nftables configuration {config} {why}: the running firewall was left as it is. The configuration "
+            f"has the role's rules for the next boot; load it with nft --file {config} when that is safe (it may "
+            "flush the rules other programs added)."
         )
-        module.warn(f"The nftables configuration {config} {why}: it {done}.")
-        return {"added": add if load else [], "removed": [], "chain": list(chain or []), "loaded": load}
+        return {"added": [], "removed": [], "chain": list(chain or []), "unchecked": True}
     rules = nft_rules(listing)
     to_add, drop = plan([line for line, _ in rules], add, remove, regexp)
     removed = [rules[index][0] for index in drop]
@@ -257,7 +247,7 @@ def nftables(
         script = [f"delete rule {where} handle {rules[index][1]}" for index in drop]
         script += [f"insert rule {where} {line}" for line in reversed(to_add)]
         run(module, [binary, "--file", "-"], data="\n".join([*script, ""]))
-    return {"added": to_add, "removed": removed, "chain": list(chain), "loaded": False}
+    return {"added": to_add, "removed": removed, "chain": list(chain), "unchecked": False}
 
 
 def main() -> None:
@@ -268,7 +258,6 @@ def main() -> None:
             "add": {"type": "list", "elements": "str", "default": []},
             "remove": {"type": "list", "elements": "str", "default": []},
             "remove_regexp": {"type": "str", "default": ""},
-            "config_changed": {"type": "bool", "default": False},
             "hook": {"type": "str", "default": HOOK},
         },
         supports_check_mode=True,
@@ -287,7 +276,7 @@ def main() -> None:
             result = nftables(module, add, remove, regexp, module.params["nftables_config"])
     except (re.error, ValueError) as error:
         module.fail_json(msg=f"pypi_firewall_live: {error}")
-    module.exit_json(changed=bool(result["added"] or result["removed"] or result["loaded"]), **result)
+    module.exit_json(changed=bool(result["added"] or result["removed"]), **result)
 
 
 if __name__ == "__main__":
