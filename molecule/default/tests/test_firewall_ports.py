@@ -207,6 +207,8 @@ def test_closing_the_purpose_closes_its_ports_and_leaves_the_rest(moved: str, tm
 # run wants the three peers, the second ROLE_PEERS[1] alone, the third the same, a fourth none in check mode and the
 # fifth none (the shared address dropped).
 ROLE_PEERS, OPERATORS_PEER = ("192.0.2.11", "192.0.2.12"), "192.0.2.13"
+# The operator's rich rule for this peer is in firewalld's runtime configuration only (a --permanent away).
+RUNTIME_PEER = "192.0.2.14"
 VRRP_COMMENT = "airgap-pypi balancers (VRRP)"
 IPTABLES, IPTABLES_RULES = "airgap-pypi-deb11", "/etc/iptables/rules.v4"
 VRRP_HOSTS = (FIREWALLD, NFTABLES, IPTABLES)
@@ -272,7 +274,7 @@ def vrrp_state() -> dict:
     return {
         "peers": {
             peer: {"firewalld": firewalld_vrrp(peer), "nftables": nft_vrrp(peer), "iptables": ipt_vrrp(peer)}
-            for peer in (*ROLE_PEERS, OPERATORS_PEER)
+            for peer in (*ROLE_PEERS, OPERATORS_PEER, RUNTIME_PEER)
         },
         "operators_nft": nft_vrrp(OPERATORS_PEER, None),
         "operators_ipt": ipt_vrrp(OPERATORS_PEER, None),
@@ -289,6 +291,7 @@ def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp_path = tmp_path_factory.mktemp("vrrp")
     rule = RICH_RULE.format(OPERATORS_PEER)
     on(FIREWALLD, f"firewall-cmd --add-rich-rule='{rule}' && firewall-cmd --permanent --add-rich-rule='{rule}'")
+    on(FIREWALLD, f"firewall-cmd --add-rich-rule='{RICH_RULE.format(RUNTIME_PEER)}'")
     nft_add_line(f"ip saddr {OPERATORS_PEER} ip protocol 112 accept")
     ipt_operators_line(add=True)
     # After the operator's lines are loaded (which drops what only ran).
@@ -297,7 +300,7 @@ def vrrp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs: dict = {"before": {"state": vrrp_state()}}
     assert runs["before"]["state"]["operators_ipt"] == (True, True), on(IPTABLES, f"cat {IPTABLES_RULES}")
     for name, peers, args in (
-        ("three", [*ROLE_PEERS, OPERATORS_PEER], ()),
+        ("three", [*ROLE_PEERS, OPERATORS_PEER, RUNTIME_PEER], ()),
         ("one", [ROLE_PEERS[1]], ()),
         ("again", [ROLE_PEERS[1]], ()),
         ("check", [], ("--check",)),
@@ -317,7 +320,7 @@ def rules(state: dict, peer: str) -> tuple:
 
 def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrrp_runs: dict) -> None:
     three, one, last = (vrrp_runs[name]["state"] for name in ("three", "one", "none"))
-    assert all(rules(three, peer) == BOTH for peer in (*ROLE_PEERS, OPERATORS_PEER)), three
+    assert all(rules(three, peer) == BOTH for peer in (*ROLE_PEERS, OPERATORS_PEER, RUNTIME_PEER)), three
     # One peer left: the first one's rules are gone, the second's stay.
     assert rules(one, ROLE_PEERS[0]) == NEITHER and rules(one, ROLE_PEERS[1]) == BOTH, one
     assert one["records"][FIREWALLD]["vrrp"] == {
@@ -327,7 +330,7 @@ def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrr
         "peers": [ROLE_PEERS[1]],
     }
     # No peers (the shared address dropped): every rule of the role's is gone, and its record entry.
-    assert all(rules(last, peer)[1:] == NEITHER[1:] for peer in (*ROLE_PEERS, OPERATORS_PEER)), last
+    assert all(rules(last, peer)[1:] == NEITHER[1:] for peer in (*ROLE_PEERS, OPERATORS_PEER, RUNTIME_PEER)), last
     assert rules(last, ROLE_PEERS[0]) == NEITHER and rules(last, ROLE_PEERS[1]) == NEITHER, last
     assert all("vrrp" not in records for records in last["records"].values()), last["records"]
 
@@ -335,14 +338,20 @@ def test_vrrp_rules_of_addresses_no_longer_peers_are_removed_now_and_at_boot(vrr
 def test_the_operators_vrrp_rules_stay(vrrp_runs: dict) -> None:
     # firewalld: the rule was there before the role's first run, so never the role's. nftables and iptables: the
     # role's own line for the peer (its comment) went with the second run, the operator's (none) stays.
+    assert vrrp_runs["before"]["state"]["peers"][RUNTIME_PEER]["firewalld"] == (True, False)
     for name in ("three", "one", "none"):
         state = vrrp_runs[name]["state"]
         assert state["peers"][OPERATORS_PEER]["firewalld"] == (True, True), (name, state)
+        # The run that wanted it made it permanent too; as the operator's, no later run removes it.
+        assert state["peers"][RUNTIME_PEER]["firewalld"] == (True, True), (name, state)
         assert state["operators_nft"] == (True, True), (name, state)
         assert state["operators_ipt"] == (True, True), (name, state)
     # What the test made by hand.
     rule = RICH_RULE.format(OPERATORS_PEER)
     on(FIREWALLD, f"firewall-cmd --remove-rich-rule='{rule}' && firewall-cmd --permanent --remove-rich-rule='{rule}'")
+    rule = RICH_RULE.format(RUNTIME_PEER)
+    on(FIREWALLD, f"firewall-cmd --remove-rich-rule='{rule}' && firewall-cmd --permanent --remove-rich-rule='{rule}'")
+    assert firewalld_vrrp(RUNTIME_PEER) == (False, False)
     on(
         NFTABLES,
         f"sed -i '/^\\s*ip saddr {OPERATORS_PEER} ip protocol 112 accept$/d' {NFT_CONFIG} && nft --file {NFT_CONFIG}",
