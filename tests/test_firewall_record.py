@@ -315,6 +315,11 @@ def test_the_rich_rules_found_are_the_peers_rules_as_the_role_writes_them() -> N
     )
     assert filters.vrrp_rich_found(listing, ["10.0.0.2", "10.0.0.3", "10.0.0.30"]) == ["10.0.0.2"]
     assert filters.vrrp_rich_found("", ["10.0.0.2"]) == []
+    # The permanent and the runtime listing: a rule in either.
+    assert filters.vrrp_rich_found(
+        [listing, 'rule family="ipv4" source address="10.0.0.3" protocol value="vrrp" accept'], ["10.0.0.2", "10.0.0.3"]
+    ) == ["10.0.0.2", "10.0.0.3"]
+    assert filters.vrrp_rich_found(["", None], ["10.0.0.2"]) == []
 
 
 @pytest.mark.parametrize("firewall", ["iptables", "nftables"])

@@ -116,7 +116,8 @@ def firewall_play(
     playbook.write_text(yaml.safe_dump(play, sort_keys=False))
     result = ansible_playbook(playbook, INVENTORY_DIR, *args, project=PROJECT_DIR)
     assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-2000:]
-    return result.stdout
+    # A failed task's message is on standard error.
+    return result.stdout if succeed else result.stdout + result.stderr
 
 
 def open_ports(tmp_path: Path, port: int, extra: list[int]) -> str:

@@ -65,8 +65,10 @@ def vrrp_stale_peers(detected: Any, purpose: str, peers: Any) -> list[dict[str, 
 
 
 def vrrp_rich_found(listing: Any, peers: Any) -> list[str]:
-    """Those of peers whose rich rule, as the role writes it, firewalld's listing (--list-rich-rules) has."""
-    have = {line.strip() for line in str(listing or "").splitlines()}
+    """Those of peers whose rich rule, as the role writes it, firewalld's listing (--list-rich-rules) has; listing
+    may be a list of listings (the permanent and the runtime one): in any of them."""
+    text = "\n".join(str(part or "") for part in listing) if isinstance(listing, (list, tuple)) else str(listing or "")
+    have = {line.strip() for line in text.splitlines()}
     return [str(address) for address in _addresses(peers) if rule_lines("vrrp", [address], "firewalld", "")[0] in have]
 
 
