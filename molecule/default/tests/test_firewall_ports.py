@@ -162,6 +162,22 @@ def test_rules_another_program_added_at_run_time_stay_when_ports_open_and_close(
     assert not others_rules_stay(NFTABLES)
 
 
+def test_a_port_is_recorded_before_it_is_opened(moved: str) -> None:
+    # A run stopped between the two would otherwise find it open next time and take it for the operator's.
+    tasks = moved.split("\nTASK [")
+    record = next(
+        i for i, task in enumerate(tasks) if task.startswith("pypi_firewall : Record, before they are opened")
+    )
+    opened = [
+        i
+        for i, task in enumerate(tasks)
+        if task.startswith(("pypi_firewall : Open the index ports in", "pypi_firewall : Make the same change"))
+    ]
+    assert opened and record < min(opened), [task.split("]")[0] for task in tasks]
+    for host in (FIREWALLD, NFTABLES):
+        assert f"changed: [{host}]" in tasks[record], tasks[record]
+
+
 def test_a_firewalld_port_the_operator_had_open_stays_open(moved: str) -> None:
     # The role opened it now too (it was wanted), and leaves it so: it is not the role's to close.
     assert firewalld_open(EARLIER) == (True, True), "the role closed a port it had not opened"
