@@ -226,6 +226,10 @@ def test_lists_a_failed_lists_command_left_are_written_when_a_worker_starts_or_a
     while not all(lists_name(tree, "scale-000-newer").values()):
         assert time.monotonic() < deadline + 20, "the lists were not written after a read found the mark"
         time.sleep(0.05)
+    # The mark goes from the stamp after the lists are written: wait for that lists command to end.
+    while other.index._flusher is not None:
+        assert time.monotonic() < deadline + 20, "the lists command did not end"
+        time.sleep(0.05)
     assert "lists_stale" not in json.loads((tree / "stamp.json").read_text())
 
 
