@@ -6,9 +6,12 @@ How soon an upload reaches the replicas is a goal (issue 15: 2 s), not an assert
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
 import time
+import urllib.parse
 
 import pytest
 from conftest import (
@@ -19,11 +22,14 @@ from conftest import (
     CLIENT_BIN,
     DATA_DIR,
     INDEX_PROGRAM,
+    PASSWORD,
     PULL_PROGRAM,
     READ_URL,
     REPLICA_TLS,
     REPLICAS,
+    STATS_URL,
     SUPERVISORCTL,
+    USER,
     VIP,
     VIP_URL,
     WRITER,
@@ -71,6 +77,84 @@ def test_the_balancer_spreads_reads_over_the_replicas_and_the_writer(uploaded: s
     assert on(CLIENT, "/usr/bin/python3", "-c", read, f"{BALANCER_URL}/simple/?{marker}").returncode == 0
     for replica in REPLICAS:
         assert wait_for_log(replica, marker), f"no read reached {replica}"
+
+
+# pypi_balancer_cache_max_age of the scenario (molecule.yml): seconds HAProxy serves a kept package file.
+CACHE_MAX_AGE = 3
+# Runs on the client: GET argv[1] argv[2] times (with the Authorization header argv[3] when not empty); prints the
+# sha256 of each answer's body.
+CLIENT_READS = r"""
+import hashlib, json, sys, urllib.request
+url, count, authorization = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+digests = []
+for _ in range(count):
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        digests.append(hashlib.sha256(answer.read()).hexdigest())
+print(json.dumps(digests))
+"""
+
+
+def client_reads(url: str, count: int, authorization: str = "") -> list[str]:
+    done = on(CLIENT, "/usr/bin/python3", "-c", CLIENT_READS, url, str(count), authorization)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def reads_answered() -> int:
+    """The 2xx answers the servers of the reads backend have given through HAProxy (its statistics; health checks
+    are not counted)."""
+    done = on(BALANCER, "/usr/bin/python3", "-c", READ_URL, STATS_URL)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return sum(
+        int(row["hrsp_2xx"] or 0)
+        for row in rows
+        if row.get("pxname") == READS and row.get("svname") not in ("FRONTEND", "BACKEND")
+    )
+
+
+def test_a_package_file_reaches_the_servers_once_per_max_age_and_a_page_every_time(uploaded: str) -> None:
+    page_url = f"{BALANCER_URL}/simple/{uploaded}/"
+    hrefs = re.findall(r'href="([^"]+)"', client_page(page_url))
+    assert len(hrefs) == 1 and "#sha256=" in hrefs[0], hrefs
+    href, digest = hrefs[0].split("#sha256=")
+    file_url = urllib.parse.urljoin(page_url, href)
+    assert urllib.parse.urlsplit(file_url).path.startswith("/packages/"), file_url
+    # Whatever an earlier read kept has expired.
+    time.sleep(CACHE_MAX_AGE + 0.5)
+
+    # Five clients read the file: one read reaches a server, the other four are answered from HAProxy's memory,
+    # with the same bytes (the page's sha256).
+    before = reads_answered()
+    assert client_reads(file_url, 5) == [digest] * 5
+    assert reads_answered() - before == 1
+
+    # A page changes with each upload: every read of it reaches a server.
+    before = reads_answered()
+    assert len(client_reads(page_url, 5)) == 5
+    assert reads_answered() - before == 5
+
+    # A read with credentials is never answered from the cache (nor kept): it reaches a server each time.
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    before = reads_answered()
+    assert client_reads(file_url, 3, f"Basic {token}") == [digest] * 3
+    assert reads_answered() - before == 3
+
+    # Once the kept file is older than pypi_balancer_cache_max_age, the next read reaches a server again: how long
+    # a file removed from the index may still be served.
+    time.sleep(CACHE_MAX_AGE + 0.5)
+    before = reads_answered()
+    assert client_reads(file_url, 2) == [digest] * 2
+    assert reads_answered() - before == 1
+
+
+def client_page(url: str) -> str:
+    done = on(CLIENT, "/usr/bin/python3", "-c", READ_URL, url)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def wait_for_log(replica: str, needle: str, limit: float = 10) -> bool:

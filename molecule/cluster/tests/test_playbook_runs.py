@@ -95,6 +95,19 @@ BAD_LAYOUTS = {
         },
         [f"Replica {PRISTINE} cannot reach its writer {WRITER} at {UNUSED_ADDRESS} port 22", "No route to host"],
     ),
+    # A kept file larger than half the cache, which HAProxy would refuse to start with.
+    "balancer-cache-object-too-large": (
+        {
+            "pypi_servers": {"hosts": {WRITER: {}}},
+            "pypi_balancers": {
+                "hosts": {PRISTINE: {"pypi_balancer_cache_mb": 16, "pypi_balancer_cache_max_object_mb": 16}}
+            },
+        },
+        [
+            f"Bad cache setting for balancer {PRISTINE}: pypi_balancer_cache_mb=16",
+            "pypi_balancer_cache_max_object_mb=16 at least 1 and at most half of pypi_balancer_cache_mb",
+        ],
+    ),
     # A shared address outside every network of the balancer (keepalived could never hold it there).
     "balancer-vip-outside": (
         {
