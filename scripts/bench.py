@@ -27,7 +27,7 @@ runs. Sections (--only runs a subset; the others keep their last results in resu
              the initial copy, the lag of 20 uploads, and the lag's parts measured in-process
   balancer   one read replica (nginx with the front server's read-only site on a synthetic tree) read with wrk
              directly and through HAProxy with the balancer role's configuration (and beside it the same without
-             its log line per request), alternating; req/s, p99, each container's CPU per request, the ratio
+             its cache of package files), alternating; req/s, p99, each container's CPU per request, the ratio
              through / direct and what those predict per added replica
 
 Needs docker, the test images and wrk (scripts/bench.sh installs what is missing on Debian/Ubuntu).
@@ -2796,10 +2796,10 @@ GOAL_BALANCER_RATIO = 0.8
 BALANCER_FILES = 1000
 BALANCER_PORT = 8080
 BALANCER_STATS_PORT = 8404  # pypi_balancer_stats_port's default
-# A second HAProxy beside the role's, on other ports, differing only in logging no request: what the role's log line
-# per request (to stdout, the journal under systemd) costs.
-BALANCER_NO_LOG_PORT = 8081
-BALANCER_NO_LOG_STATS_PORT = 8405
+# A second HAProxy beside the role's, on other ports, differing only in having no cache of package files
+# (pypi_balancer_cache_mb: 0): what a read that reaches the replica costs the balancer.
+BALANCER_NO_CACHE_PORT = 8081
+BALANCER_NO_CACHE_STATS_PORT = 8405
 BALANCER_ROUNDS = 2  # wrk runs per target and path, alternating direct and through, so drift hits both alike
 BALANCER_PATHS = ("/simple/<project>/", "file")
 REPLICA_HEALTH = "health"  # the tree's directory whose ok.json answers /health, as the replica's pull keeps it
@@ -2828,9 +2828,11 @@ def balancer_vars(
     writer: tuple[str, str, int],
     port: int = BALANCER_PORT,
     defaults: Path = BALANCER_DEFAULTS,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The balancer template's variables: the role's defaults (templated ones rendered with these values), the
-    replicas (name, address, port) as __pypi_balancer_replicas, the writer a backup (reads go to the replicas)."""
+    """The balancer template's variables: the role's defaults (templated ones rendered with these values) with
+    overrides over them, the replicas (name, address, port) as __pypi_balancer_replicas, the writer a backup (reads
+    go to the replicas)."""
     import jinja2  # noqa: PLC0415 - Jinja2 comes with ansible-core in the toolchain
     import yaml  # noqa: PLC0415 - PyYAML comes with ansible-core in the toolchain
 
@@ -2841,6 +2843,7 @@ def balancer_vars(
         "pypi_balancer_writer_address": address,
         "pypi_balancer_port": port,
         "pypi_balancer_read_from_writer": False,
+        **(overrides or {}),
     }
     for key, value in list(values.items()):
         if isinstance(value, str) and "{{" in value:
@@ -2893,14 +2896,14 @@ def replica_nginx_conf(prefix: str, site: str, workers: int) -> str:
 """
 
 
-def without_request_log(cfg: str, port: int, stats_port: int) -> str:
-    """cfg logging no request (its `log global` default dropped), on port and stats_port instead of its own."""
-    out = re.sub(r"(?m)^    log global\n", "", cfg, count=1)
-    out = re.sub(r"(?m)^(    bind ):\d+$", rf"\g<1>:{port}", out, count=1)
-    out = re.sub(r"(?m)^(    bind 127\.0\.0\.1:)\d+$", rf"\g<1>{stats_port}", out, count=1)
-    if out.count("log global") or f"bind :{port}\n" not in out or f"127.0.0.1:{stats_port}\n" not in out:
-        raise ValueError("the balancer's configuration no longer has the lines the no-log variant changes")
-    return out
+def no_cache_vars(ip: str) -> dict[str, Any]:
+    """The balancer template's variables for the HAProxy beside the role's: the same with no cache, on other ports."""
+    return balancer_vars(
+        [(REPLICA, ip, YARDSTICK_PORT)],
+        ("bench-writer", ip, YARDSTICK_PORT),
+        port=BALANCER_NO_CACHE_PORT,
+        overrides={"pypi_balancer_cache_mb": 0, "pypi_balancer_stats_port": BALANCER_NO_CACHE_STATS_PORT},
+    )
 
 
 def haproxy_commands(configs: dict[str, str]) -> str:
@@ -2972,10 +2975,10 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
         through = [r for r in mine if r["target"] == "haproxy"]
         if not direct or not through:
             continue
-        no_log = [r for r in mine if r["target"] == "haproxy_no_log"]
+        no_cache = [r for r in mine if r["target"] == "haproxy_no_cache"]
         d_rps = statistics.fmean(r["rps"] for r in direct)
         t_rps = statistics.fmean(r["rps"] for r in through)
-        n_rps = statistics.fmean(r["rps"] for r in no_log) if no_log else None
+        n_rps = statistics.fmean(r["rps"] for r in no_cache) if no_cache else None
         ratio = round(t_rps / d_rps, 3) if d_rps else None
         p99s = {
             name: [r["p99_ms"] for r in group if r["p99_ms"] is not None]
@@ -2988,8 +2991,8 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
             "met": None if ratio is None else ratio >= goal_ratio,
             "direct_p99_ms": max(p99s["d"], default=None),
             "through_p99_ms": max(p99s["t"], default=None),
-            "no_log_rps": None if n_rps is None else round(n_rps, 1),
-            "no_log_over_direct": round(n_rps / d_rps, 3) if n_rps and d_rps else None,
+            "no_cache_rps": None if n_rps is None else round(n_rps, 1),
+            "no_cache_over_direct": round(n_rps / d_rps, 3) if n_rps and d_rps else None,
         }
 
     def per_request_us(target: str, container: str, path: str | None = None) -> float | None:
@@ -3011,9 +3014,10 @@ def balancer_summary(rows: Sequence[dict[str, Any]], goal_ratio: float = GOAL_BA
 
     cpu = {
         "haproxy_us_per_request": per_request_us("haproxy", "balancer"),
-        "haproxy_no_log_us_per_request": per_request_us("haproxy_no_log", "balancer"),
+        "haproxy_no_cache_us_per_request": per_request_us("haproxy_no_cache", "balancer"),
         "replica_us_per_request_direct": per_request_us("direct", "replica"),
         "replica_us_per_request_through": per_request_us("haproxy", "replica"),
+        "replica_us_per_request_no_cache": per_request_us("haproxy_no_cache", "replica"),
         "wrk_us_per_request_direct": per_request_us("direct", "wrk"),
         "wrk_us_per_request_through": per_request_us("haproxy", "wrk"),
     }
@@ -3028,8 +3032,8 @@ def balancer_goals(section: dict[str, Any]) -> list[dict[str, Any]]:
         value = row.get("through_over_direct")
         out.append(
             goal(
-                f"reads through HAProxy to one replica / the replica directly, {path} (`--only balancer`, 2 cores"
-                " shared by wrk, HAProxy and nginx)",
+                f"reads through HAProxy (the role's configuration, its cache of package files on) to one replica /"
+                f" the replica directly, {path} (`--only balancer`, 2 cores shared by wrk, HAProxy and nginx)",
                 value,
                 f">= {GOAL_BALANCER_RATIO:g}x",
                 None if value is None else value >= GOAL_BALANCER_RATIO,
@@ -3050,8 +3054,8 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
             v.get("direct_rps"),
             v.get("through_rps"),
             v.get("through_over_direct"),
-            v.get("no_log_rps"),
-            v.get("no_log_over_direct"),
+            v.get("no_cache_rps"),
+            v.get("no_cache_over_direct"),
             v.get("cpu_model_through_over_direct"),
             v.get("direct_p99_ms"),
             v.get("through_p99_ms"),
@@ -3065,8 +3069,8 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
         f"{fmt(section.get('tree', {}).get('files'))} files, read with wrk -t{load.get('threads')} "
         f"-c{load.get('connections')} -d{load.get('seconds')}s from the machine directly and through HAProxy "
         f"{section.get('haproxy')} ({section.get('balancer_config')}), {section.get('rounds')} runs each, "
-        "alternating; req/s are their means, p99 their worst. Without log: "
-        f"{section.get('no_log_variant')}. All containers and wrk share this machine's cores (1-minute load "
+        "alternating; req/s are their means, p99 their worst. Without cache: "
+        f"{section.get('no_cache_variant')}. All containers and wrk share this machine's cores (1-minute load "
         f"{fmt(section.get('load_1min'))} at the end).\n",
         table(
             [
@@ -3074,7 +3078,7 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
                 "Direct req/s",
                 "Through req/s",
                 "Through / direct",
-                "Without log req/s",
+                "Without cache req/s",
                 "/ direct",
                 "CPU model: through / direct",
                 "Direct p99 ms",
@@ -3086,15 +3090,23 @@ def balancer_markdown(section: dict[str, Any]) -> list[str]:
             ["CPU per request (container cgroup over requests served)", "us"],
             [
                 ["HAProxy, the role's configuration", cpu.get("haproxy_us_per_request")],
-                ["HAProxy, without its log line per request", cpu.get("haproxy_no_log_us_per_request")],
+                ["HAProxy, without its cache", cpu.get("haproxy_no_cache_us_per_request")],
                 ["the replica's nginx, read directly", cpu.get("replica_us_per_request_direct")],
                 ["the replica's nginx, read through HAProxy", cpu.get("replica_us_per_request_through")],
+                [
+                    "the replica's nginx, read through HAProxy without its cache",
+                    cpu.get("replica_us_per_request_no_cache"),
+                ],
                 ["wrk (on the machine), direct", cpu.get("wrk_us_per_request_direct")],
                 ["wrk (on the machine), through HAProxy", cpu.get("wrk_us_per_request_through")],
             ],
         ),
         table(
-            [f"Prediction from these numbers, hosts of {pred.get('cores_per_host')} cores", "Value"],
+            [
+                f"Prediction from these numbers for reads the cache does not answer (pages, files not yet kept),"
+                f" hosts of {pred.get('cores_per_host')} cores",
+                "Value",
+            ],
             [
                 ["one replica on its own host, req/s (cores / its CPU per request)", pred.get("replica_capacity_rps")],
                 ["the balancer on its own host, req/s (cores / HAProxy's)", pred.get("balancer_capacity_rps")],
@@ -3118,8 +3130,10 @@ def balancer_prediction(cpu: dict[str, float | None], cores: int) -> dict[str, A
     each, a replica serves about cores / its CPU per request, the balancer about cores / HAProxy's; replicas add
     their throughput until their sum reaches the balancer's. On one machine all of them share the same cores.
     Also: one replica through a balancer on a host like its own over the replica read directly (the goal's ratio
-    on separate hosts), and the balancer's cores each added replica host needs."""
-    haproxy, replica = cpu.get("haproxy_us_per_request"), cpu.get("replica_us_per_request_through")
+    on separate hosts), and the balancer's cores each added replica host needs. For reads that reach a replica:
+    the CPU of the HAProxy without a cache where measured (the role's own answers kept files without one)."""
+    haproxy = cpu.get("haproxy_no_cache_us_per_request") or cpu.get("haproxy_us_per_request")
+    replica = cpu.get("replica_us_per_request_no_cache") or cpu.get("replica_us_per_request_through")
     direct = cpu.get("replica_us_per_request_direct") or replica
     if not haproxy or not replica or not direct:
         return {}
@@ -3199,11 +3213,11 @@ def balancer_bench(
         cfg = role_template(
             BALANCER_TEMPLATE, balancer_vars([(REPLICA, ip, YARDSTICK_PORT)], ("bench-writer", ip, YARDSTICK_PORT))
         )
-        no_log = without_request_log(cfg, BALANCER_NO_LOG_PORT, BALANCER_NO_LOG_STATS_PORT)
-        with haproxy([(cfg, BALANCER_PORT), (no_log, BALANCER_NO_LOG_PORT)]) as (bases, haproxy_version):
+        no_cache = role_template(BALANCER_TEMPLATE, no_cache_vars(ip))
+        with haproxy([(cfg, BALANCER_PORT), (no_cache, BALANCER_NO_CACHE_PORT)]) as (bases, haproxy_version):
             urls = {"direct": check_server(direct, TARGET_PROJECT, VERSIONS)}
             urls["haproxy"] = check_server(bases[0], TARGET_PROJECT, VERSIONS)
-            urls["haproxy_no_log"] = check_server(bases[1], TARGET_PROJECT, VERSIONS)
+            urls["haproxy_no_cache"] = check_server(bases[1], TARGET_PROJECT, VERSIONS)
             for path in BALANCER_PATHS:
                 if len({http_get(u[path])[1] for u in urls.values()}) != 1:
                     raise RuntimeError(f"{path}: HAProxy's answer differs from the replica's")
@@ -3246,7 +3260,7 @@ def balancer_bench(
         "haproxy": haproxy_version,
         "replica_site": "roles/pypi_front/templates/airgap-pypi.conf.j2, pypi_front_read_only true",
         "balancer_config": "roles/pypi_balancer/templates/haproxy.cfg.j2, one replica, the writer a backup",
-        "no_log_variant": "the same configuration without its log line per request (log global dropped)",
+        "no_cache_variant": "the same configuration with pypi_balancer_cache_mb 0 (every read reaches the replica)",
         "reads_backend_during_runs": served,
         "rows": rows,
         **balancer_summary(rows),

@@ -694,21 +694,40 @@ def test_the_replica_site_is_the_front_servers_read_only_site_with_its_health() 
     assert "include /etc/nginx/mime.types;" in conf and "worker_processes 2;" in conf
 
 
-def test_the_no_log_variant_differs_only_in_its_log_and_ports() -> None:
-    cfg = balancer_cfg()
-    variant = bench.without_request_log(cfg, 8081, 8405)
-    assert "log global" in cfg and "log global" not in variant
+def test_the_no_cache_variant_differs_only_in_its_cache_and_ports() -> None:
+    cfg = bench.role_template(
+        bench.BALANCER_TEMPLATE,
+        bench.balancer_vars([(bench.REPLICA, "10.0.0.2", 80)], ("bench-writer", "10.0.0.2", 80)),
+    )
+    variant = bench.role_template(bench.BALANCER_TEMPLATE, bench.no_cache_vars("10.0.0.2"))
+    # The role's default keeps package files, and only them: the variant keeps nothing.
+    assert "\ncache airgap_pypi_files\n" in cfg and "cache-use airgap_pypi_files if" in cfg
+    assert "cache" not in variant.replace("Cache", "")
     assert "    bind :8081\n" in variant and "bind 127.0.0.1:8405\n" in variant
-    changed = {line for line in cfg.splitlines()} ^ {line for line in variant.splitlines()}
-    assert changed == {
-        "    log global",
-        "    bind :8080",
-        "    bind :8081",
-        "    bind 127.0.0.1:8404",
-        "    bind 127.0.0.1:8405",
+    ports = {
+        "    bind :{}",
+        "    bind 127.0.0.1:{}",
+        "# Each server's state (UP, DOWN, and why), on the balancer's loopback only: curl http://127.0.0.1:{}/stats;csv",
     }
-    with pytest.raises(ValueError):
-        bench.without_request_log("global\n    maxconn 1\n", 8081, 8405)
+    cfg_lines, variant_lines = set(cfg.splitlines()), set(variant.splitlines())
+    assert variant_lines - cfg_lines == {line.format(8081 if "bind :" in line else 8405) for line in ports}
+    # Beyond its ports, the variant lacks the cache section and the four lines that use it, and their comments.
+    left_out = {
+        line
+        for line in cfg_lines - variant_lines
+        if line not in {p.format(8080 if "bind :" in p else 8404) for p in ports}
+    }
+    assert {line for line in left_out if not line.lstrip().startswith("#")} == {
+        "cache airgap_pypi_files",
+        "    total-max-size 128",
+        "    max-object-size 16777216",
+        "    max-age 10",
+        "    acl airgap_pypi_file path_beg /packages/",
+        "    acl airgap_pypi_credentials req.hdr(authorization) -m found",
+        "    http-request set-var(txn.airgap_pypi_cached) bool(true) if airgap_pypi_file !airgap_pypi_credentials",
+        "    http-request cache-use airgap_pypi_files if { var(txn.airgap_pypi_cached) -m bool }",
+        "    http-response cache-store airgap_pypi_files if { var(txn.airgap_pypi_cached) -m bool }",
+    }
 
 
 def test_haproxy_commands_write_each_config_verbatim_and_check_it() -> None:
@@ -745,18 +764,19 @@ def test_the_balancer_summary_divides_through_by_direct_and_cpu_by_requests() ->
     rows = [
         lb_row("file", "direct", 1000.0, 10_000, (0.5, 0.0)),
         lb_row("file", "haproxy", 700.0, 7_000, (0.4, 0.7)),
-        lb_row("file", "haproxy_no_log", 900.0, 9_000, (0.45, 0.72)),
+        lb_row("file", "haproxy_no_cache", 900.0, 9_000, (0.45, 0.72)),
         lb_row("file", "direct", 1200.0, 12_000, (0.6, 0.0)),
         lb_row("file", "haproxy", 1100.0, 11_000, (0.5, 1.1)),
     ]
     summary = bench.balancer_summary(rows, goal_ratio=0.8)
     path = summary["paths"]["file"]
     assert (path["direct_rps"], path["through_rps"], path["through_over_direct"]) == (1100.0, 900.0, 0.818)
-    assert path["met"] is True and path["no_log_over_direct"] == 0.818
+    assert path["met"] is True and path["no_cache_over_direct"] == 0.818
     cpu = summary["cpu"]
     assert cpu["haproxy_us_per_request"] == 100.0  # 1.8 s over 18,000 requests
-    assert cpu["haproxy_no_log_us_per_request"] == 80.0
+    assert cpu["haproxy_no_cache_us_per_request"] == 80.0
     assert cpu["replica_us_per_request_direct"] == 50.0 and cpu["replica_us_per_request_through"] == 50.0
+    assert cpu["replica_us_per_request_no_cache"] == 50.0
     assert bench.balancer_summary(rows, goal_ratio=0.9)["paths"]["file"]["met"] is False
     assert path["cpu_model_through_over_direct"] is None  # no wrk CPU in these rows: no model
 
@@ -780,6 +800,14 @@ def test_the_prediction_per_replica_follows_the_cpu_per_request() -> None:
     assert prediction["separate_hosts_one_replica_over_direct"] == 0.5  # the balancer's 20,000 of the replica's 40,000
     assert prediction["balancer_cores_per_replica_host"] == 4.0
     assert bench.balancer_prediction({}, 2) == {}
+    # Where the HAProxy without a cache was measured, the prediction (reads that reach a replica) is its.
+    both = {
+        "haproxy_us_per_request": 10.0,
+        "replica_us_per_request_through": 5.0,
+        "haproxy_no_cache_us_per_request": 100.0,
+        "replica_us_per_request_no_cache": 50.0,
+    }
+    assert bench.balancer_prediction(both, 2) == prediction
 
 
 def test_balancer_goals_and_report() -> None:
