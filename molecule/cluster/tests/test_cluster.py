@@ -216,3 +216,68 @@ def test_a_replica_serves_pages_metadata_and_files_as_the_writer_does(wheel_on_c
         # The pull runs as the replica's user; its key stayed on the replica.
         key = on(replica, "stat", "-c", "%U %a", f"{REPLICA_HOME}/id_ed25519").stdout.split()
         assert key == ["pypi-replica", "600"]
+
+
+# Runs on the writer: a resolver that never answers. It listens on 127.0.0.2:53 (UDP) and appends the name of each
+# query it gets to the file argv[1], one per line, until killed.
+SILENT_RESOLVER = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.2", 53))
+while True:
+    packet, _ = sock.recvfrom(4096)
+    labels, at = [], 12
+    while at < len(packet) and packet[at]:
+        labels.append(packet[at + 1 : at + 1 + packet[at]].decode("ascii", "replace"))
+        at += 1 + packet[at]
+    with open(sys.argv[1], "a") as out:
+        out.write(".".join(labels) + "\n")
+"""
+
+
+def writer_contacts() -> dict[str, str]:
+    """{replica: the time of its last pull that reached the writer} from each replica's replica-status.json."""
+    contacts = {}
+    for replica in REPLICAS:
+        status, body = fetch(f"{replica_url(replica)}/replica-status.json")
+        assert status == 200, (status, body)
+        contacts[replica] = json.loads(body)["writer"]["last_contact"]
+    return contacts
+
+
+def test_a_pull_asks_the_writers_resolver_nothing() -> None:
+    # The writer's rsync (started by each replica's key, every second) is told not to look up the replica's
+    # address (`reverse lookup = no`): on a network whose resolver does not answer, each pull would otherwise wait
+    # for it. The writer's resolver is swapped for one that records every query and answers none, while each
+    # replica pulls at least twice.
+    addresses = {address for replica in REPLICAS for address in on(replica, "hostname", "-i").stdout.split()}
+    reverse = {".".join(reversed(address.split("."))) + ".in-addr.arpa" for address in addresses}
+    queries = f"/var/tmp/dns-queries-{time.time_ns()}"
+    kept = on(WRITER, "cat", "/etc/resolv.conf")
+    assert kept.returncode == 0, kept.stderr
+    started = on(WRITER, "sh", "-c", f"python3 -c '{SILENT_RESOLVER}' {queries} >/dev/null 2>&1 & echo $!")
+    pid = started.stdout.strip()
+    assert started.returncode == 0 and pid.isdigit(), started.stdout + started.stderr
+    try:
+        # /etc/resolv.conf is docker's bind mount: written in place, not replaced. One second per lookup at most.
+        quiet = "printf 'nameserver 127.0.0.2\\noptions timeout:1 attempts:1\\n' >/etc/resolv.conf"
+        assert on(WRITER, "sh", "-c", quiet).returncode == 0
+        # The resolver answers nothing, but hears: a lookup made now reaches it (once it listens).
+        deadline = time.monotonic() + 30
+        while "probe.airgap-pypi.invalid" not in on(WRITER, "cat", queries).stdout and time.monotonic() < deadline:
+            on(WRITER, "getent", "hosts", "probe.airgap-pypi.invalid", timeout=60)
+        assert "probe.airgap-pypi.invalid" in on(WRITER, "cat", queries).stdout, "the stand-in resolver heard nothing"
+        seen = [writer_contacts()]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 3:
+            time.sleep(1)
+            now = writer_contacts()
+            if all(now[replica] != seen[-1][replica] for replica in REPLICAS):
+                seen.append(now)
+        assert len(seen) == 3, f"the replicas did not pull twice within 60 s: {seen}"
+    finally:
+        restored = on(WRITER, "sh", "-c", f"cat >/etc/resolv.conf <<'EOF'\n{kept.stdout.rstrip()}\nEOF\n")
+        assert restored.returncode == 0, restored.stderr
+        on(WRITER, "kill", pid)
+    asked = set(on(WRITER, "cat", queries).stdout.split())
+    assert not asked & reverse, f"the writer looked up a replica's address: {sorted(asked & reverse)}"
