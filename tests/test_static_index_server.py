@@ -8,6 +8,7 @@ returns, pip resolving from the PEP 658 metadata files without downloading the w
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import json
 import os
@@ -131,3 +132,19 @@ def test_the_browse_page_lists_uploads_and_pypiserver_keeps_the_rest(server: dic
     with pytest.raises(urllib.error.HTTPError) as refused:
         OPENER.open(anonymous, timeout=20)
     assert refused.value.code == 401
+
+
+def test_a_file_and_its_metadata_carry_last_modified(server: dict[str, object], tmp_path: Path) -> None:
+    # The balancers' HAProxy keeps only answers with a validator, as nginx (a replica, the front server) sends.
+    url = str(server["url"])
+    wheel = build_wheel(tmp_path, "validated", "1.0")
+    assert twine_upload(url, wheel).returncode == 0
+    stored = Path(str(server["packages"])) / wheel.name
+    for path, expected in ((wheel.name, stored.stat().st_mtime), (f"{wheel.name}.metadata", None)):
+        with OPENER.open(f"{url}/packages/{path}", timeout=10) as answer:
+            assert answer.status == 200
+            modified = answer.headers["Last-Modified"]
+        assert modified and modified.endswith(" GMT"), (path, modified)
+        seconds = email.utils.parsedate_to_datetime(modified).timestamp()
+        if expected is not None:
+            assert seconds == int(expected), (path, modified, expected)

@@ -54,6 +54,7 @@ import calendar
 import contextlib
 import email.message
 import email.parser
+import email.utils
 import errno
 import fcntl
 import functools
@@ -3557,7 +3558,12 @@ class StaticIndex:
         if not _SAFE_PATH.match(relfn) or any(part.startswith(".") for part in relfn.split("/")):
             return NOT_FOUND
         if relfn.endswith(".metadata"):
-            return self.page(self.index.path("metadata", relfn), "text/plain; charset=utf-8")
+            path = self.index.path("metadata", relfn)
+            body, headers, status = self.page(path, "text/plain; charset=utf-8")
+            with contextlib.suppress(OSError):
+                if body is not None:
+                    headers.append(last_modified(os.stat(path).st_mtime))
+            return body, headers, status
         full = os.path.join(self.index.packages, relfn)
         if parse_filename(os.path.basename(relfn)) is None or not self.index.listed(relfn):
             return NOT_FOUND
@@ -3565,9 +3571,11 @@ class StaticIndex:
             handle = os.fdopen(os.open(full, os.O_RDONLY | os.O_NOFOLLOW), "rb")  # closed by the file wrapper
         except OSError:
             return NOT_FOUND
-        size = os.fstat(handle.fileno()).st_size
+        found = os.fstat(handle.fileno())
         kind = mimetypes.guess_type(relfn)[0] or "application/octet-stream"
-        return handle, [("Content-Type", kind), ("Content-Length", str(size))], "200 OK"
+        # A validator, as nginx sends: a cache (the balancers' HAProxy) keeps only answers that have one.
+        headers = [("Content-Type", kind), ("Content-Length", str(found.st_size)), last_modified(found.st_mtime)]
+        return handle, headers, "200 OK"
 
     def route_simple(self, environ: Dict[str, Any], rest: str) -> Response:
         """/simple/ and /simple/<project>/ (PEP 503 names; PEP 691 by the Accept header)."""
@@ -3601,6 +3609,11 @@ class StaticIndex:
         except OSError:
             return None, [("Content-Type", "text/plain")], "404 Not Found"
         return data, [("Content-Type", content_type), ("Content-Length", str(len(data)))], "200 OK"
+
+
+def last_modified(mtime: float) -> Tuple[str, str]:
+    """The Last-Modified header of a file modified at mtime (seconds since the epoch)."""
+    return "Last-Modified", email.utils.formatdate(mtime, usegmt=True)
 
 
 # A verified password is remembered this long (per worker), so reads with a password cost what reads without
