@@ -2789,6 +2789,7 @@ def tool_version(cmd: Sequence[str], pattern: str) -> str:
 BALANCER = f"{PREFIX}-haproxy"
 REPLICA = f"{PREFIX}-replica"
 BALANCER_DEFAULTS = ROOT / "roles" / "pypi_balancer" / "defaults" / "main.yml"
+BALANCER_VARS = ROOT / "roles" / "pypi_balancer" / "vars" / "main.yml"
 BALANCER_TEMPLATE = ROOT / "roles" / "pypi_balancer" / "templates" / "haproxy.cfg.j2"
 FRONT_DEFAULTS = ROOT / "roles" / "pypi_front" / "defaults" / "main.yml"
 FRONT_TEMPLATE = ROOT / "roles" / "pypi_front" / "templates" / "airgap-pypi.conf.j2"
@@ -2855,6 +2856,9 @@ def balancer_vars(
         "__pypi_balancer_writer_port": writer_port,
         # Plain HTTP: the bench measures the balancer's own cost, not TLS's.
         "__pypi_balancer_tls": False,
+        # The cache as the role sets it for a writer that does not overwrite files; the reads it keeps, the role's.
+        "__pypi_balancer_cache": int(values["pypi_balancer_cache_mb"]) > 0,
+        "__pypi_balancer_cache_path": yaml.safe_load(BALANCER_VARS.read_text())["__pypi_balancer_cache_path"],
         "__pypi_balancer_replicas": [
             {"inventory_hostname": n, "pypi_replica_serves": {"address": a, "port": p}} for n, a, p in replicas
         ],

@@ -122,3 +122,67 @@ def test_the_platforms_version_patterns_read_haproxy_and_keepalived_alike() -> N
         dnf = f"Available Packages\n{package}.x86_64    {version}.8-1.el9    appstream\n"
         assert re.search(pattern["RedHat"], dnf).group(1) == version
     assert re.search(pattern["RedHat"], "Error: No matching Packages to list\n") is None
+
+
+BALANCER_VARS = yaml.safe_load((ROOT / "roles" / "pypi_balancer" / "vars" / "main.yml").read_text())
+
+
+def kept_by_the_cache(path: str) -> bool:
+    """Whether the balancer's ACLs let HAProxy keep a read of path (no credentials): the role's regular expression,
+    case-insensitive (path_reg -i), and no '/.' or '%' in the path (path_sub)."""
+    pattern = re.compile(BALANCER_VARS["__pypi_balancer_cache_path"], re.IGNORECASE)
+    return bool(pattern.search(path)) and not any(part in path for part in ("/.", "%"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/packages/demo-1.0-py3-none-any.whl",
+        "/packages/demo-1.0-py3-none-any.whl.metadata",
+        "/packages/Demo-1.0.tar.gz",
+        "/packages/demo-1.0.ZIP",
+        "/packages/sub/demo-1.0.tar.bz2",
+    ],
+)
+def test_the_cache_keeps_package_files_and_their_metadata(path: str) -> None:
+    assert kept_by_the_cache(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/packages/",  # pypiserver's listing of the writer's files: a page
+        "/packages/../index.html",
+        "/packages/../project/demo-1.0.whl",  # nginx resolves the dot segment: a page under a file's name
+        "/packages/%2e%2e/project/demo/x.whl",
+        "/packages/demo-1.0.whl/",
+        "/packages/demo-1.0.whl.html",
+        "/simple/demo/",
+        "/project/demo/",
+        "/",
+        "/health",
+        "/x/packages/demo-1.0.whl",
+    ],
+)
+def test_the_cache_keeps_no_page(path: str) -> None:
+    assert not kept_by_the_cache(path)
+
+
+def cache_on(cache_mb: object, writer: dict[str, object]) -> bool:
+    """__pypi_balancer_cache as Ansible renders it (jinja2 with Ansible's own bool filter)."""
+    import jinja2  # noqa: PLC0415 - Jinja2 comes with ansible-core
+    from ansible.plugins.filter.core import to_bool  # noqa: PLC0415
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["bool"] = to_bool
+    rendered = env.from_string(BALANCER_VARS["__pypi_balancer_cache"]).render(
+        pypi_balancer_cache_mb=cache_mb, __pypi_balancer_writer_vars=writer
+    )
+    return to_bool(rendered.strip())
+
+
+def test_the_cache_is_off_while_the_writer_overwrites_files() -> None:
+    assert cache_on(128, {}) and cache_on("16", {"pypi_server_overwrite": False})
+    # A file uploaded again with other bytes would be served with its old ones until it expired.
+    assert not cache_on(128, {"pypi_server_overwrite": True}) and not cache_on(128, {"pypi_server_overwrite": "yes"})
+    assert not cache_on(0, {})

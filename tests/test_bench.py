@@ -722,9 +722,12 @@ def test_the_no_cache_variant_differs_only_in_its_cache_and_ports() -> None:
         "    total-max-size 128",
         "    max-object-size 16777216",
         "    max-age 10",
-        "    acl airgap_pypi_file path_beg /packages/",
+        "    acl airgap_pypi_file path_reg -i"
+        " ^/packages/.+[.](whl|tar[.]gz|tgz|tar[.]bz2|tbz|tar[.]xz|txz|zip|egg|tar)([.]metadata)?$",
+        "    acl airgap_pypi_odd_path path_sub /. %",
         "    acl airgap_pypi_credentials req.hdr(authorization) -m found",
-        "    http-request set-var(txn.airgap_pypi_cached) bool(true) if airgap_pypi_file !airgap_pypi_credentials",
+        "    http-request set-var(txn.airgap_pypi_cached) bool(true)"
+        " if airgap_pypi_file !airgap_pypi_odd_path !airgap_pypi_credentials",
         "    http-request cache-use airgap_pypi_files if { var(txn.airgap_pypi_cached) -m bool }",
         "    http-response cache-store airgap_pypi_files if { var(txn.airgap_pypi_cached) -m bool }",
     }
