@@ -76,6 +76,17 @@ BAD_LAYOUTS = {
         },
         ['pypi_replica_writer="nope.example.internal" is not a host of pypi_servers', WRITER],
     ),
+    # A writer whose downloads need a password: a replica's nginx would hand them out without one.
+    "replica-of-a-writer-that-guards-downloads": (
+        {
+            "pypi_servers": {"hosts": {WRITER: {"pypi_server_auth_downloads": True}}},
+            "pypi_replicas": {"hosts": {PRISTINE: {}}},
+        },
+        [
+            f"Replica {PRISTINE}: its writer {WRITER} has pypi_server_auth_downloads true",
+            "Set pypi_server_auth_downloads: false for the writer",
+        ],
+    ),
     # A balancer runs HAProxy and nothing of the index.
     "balancer-and-writer": (
         {"pypi_servers": {"hosts": {PRISTINE: {}}}, "pypi_balancers": {"hosts": {PRISTINE: {}}}},
