@@ -80,7 +80,7 @@ def test_the_balancer_spreads_reads_over_the_replicas_and_the_writer(uploaded: s
 
 
 # pypi_balancer_cache_max_age of the scenario (molecule.yml): seconds HAProxy serves a kept package file.
-CACHE_MAX_AGE = 3
+CACHE_MAX_AGE = 5
 # Runs on the client: GET argv[1] argv[2] times (with the Authorization header argv[3] when not empty); prints the
 # sha256 of each answer's body.
 CLIENT_READS = r"""
@@ -132,9 +132,10 @@ def test_a_package_file_reaches_the_servers_once_per_max_age_and_a_page_every_ti
     assert client_reads(file_url, 5) == [digest] * 5
     assert reads_answered() - before == 1
 
-    # A page changes with each upload: every read of it reaches a server.
+    # A page changes with each upload: every read of it reaches a server. (The project's browse page: the replicas'
+    # nginx sends it with a validator and without `Vary`, so HAProxy would keep it if the role let it.)
     before = reads_answered()
-    assert len(client_reads(page_url, 5)) == 5
+    assert len(client_reads(f"{BALANCER_URL}/project/{uploaded}/", 5)) == 5
     assert reads_answered() - before == 5
 
     # A read with credentials is never answered from the cache (nor kept): it reaches a server each time. (HAProxy
