@@ -2849,6 +2849,7 @@ def balancer_vars(
     for key, value in list(values.items()):
         if isinstance(value, str) and "{{" in value:
             values[key] = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(value).render(**values)
+    role_vars = yaml.safe_load(BALANCER_VARS.read_text())
     return {
         **values,
         "ansible_managed": "Written by scripts/bench.py (balancer section) from the role's template",
@@ -2858,7 +2859,8 @@ def balancer_vars(
         "__pypi_balancer_tls": False,
         # The cache as the role sets it for a writer that does not overwrite files; the reads it keeps, the role's.
         "__pypi_balancer_cache": int(values["pypi_balancer_cache_mb"]) > 0,
-        "__pypi_balancer_cache_path": yaml.safe_load(BALANCER_VARS.read_text())["__pypi_balancer_cache_path"],
+        "__pypi_balancer_cache_path": role_vars["__pypi_balancer_cache_path"],
+        "__pypi_balancer_marker": role_vars["__pypi_balancer_marker"],
         "__pypi_balancer_replicas": [
             {"inventory_hostname": n, "pypi_replica_serves": {"address": a, "port": p}} for n, a, p in replicas
         ],

@@ -196,3 +196,18 @@ def wait_for_state(backend: str, server: str, wanted: str, limit: float = 30) ->
             return time.monotonic() - start
         time.sleep(0.25)
     raise AssertionError(f"{server} of {backend} not {wanted} within {limit} s: {server_states()}")
+
+
+def holders() -> list[str]:
+    """The balancers that hold the shared address now (keepalived adds it to their eth0)."""
+    shows = {host: on(host, "ip", "-o", "-4", "addr", "show").stdout for host in (BALANCER, BALANCER2)}
+    return [host for host, addresses in shows.items() if f" inet {VIP}/" in addresses]
+
+
+def wait_for_holders(wanted: list[str], limit: float = 30) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if holders() == wanted:
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise AssertionError(f"not held by {wanted} within {limit} s: held by {holders()}")

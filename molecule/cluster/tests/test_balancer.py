@@ -33,11 +33,13 @@ from conftest import (
     VIP,
     VIP_URL,
     WRITER,
+    holders,
     on,
     pip_from,
     replica_url,
     twine_upload,
     upload_and_watch,
+    wait_for_holders,
     wait_for_state,
 )
 
@@ -347,12 +349,6 @@ def test_a_client_host_installs_through_the_balancer_with_no_flags(uploaded: str
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def holders() -> list[str]:
-    """The balancers that hold the shared address now (keepalived adds it to their eth0)."""
-    shows = {host: on(host, "ip", "-o", "-4", "addr", "show").stdout for host in (BALANCER, BALANCER2)}
-    return [host for host, addresses in shows.items() if f" inet {VIP}/" in addresses]
-
-
 # Runs on the client: GET url every 0.1 s for at most `seconds`, or until every answer in the 3 s since the file
 # `stop` appeared was 200; prints {"changes": [[seconds since start, status or error name], ...] at each change of the
 # answer, "failed": how many GETs failed}.
@@ -375,15 +371,6 @@ while time.monotonic() - start < seconds:
     time.sleep(0.1)
 print(json.dumps({"changes": changes, "failed": failed}))
 """
-
-
-def wait_for_holders(wanted: list[str], limit: float = 30) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if holders() == wanted:
-            return time.monotonic() - start
-        time.sleep(0.25)
-    raise AssertionError(f"not held by {wanted} within {limit} s: held by {holders()}")
 
 
 def test_the_shared_address_moves_to_the_other_balancer_when_haproxy_stops() -> None:
