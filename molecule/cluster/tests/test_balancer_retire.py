@@ -1,8 +1,8 @@
 """playbooks/retire_balancer.yml: a balancer taken out of service before it leaves pypi_balancers hands the shared
 address to another balancer and stops serving; without the confirmation, in check mode, or for a host that is not a
-balancer, nothing changes.
+balancer, nothing changes; the next site.yml run brings back a retired balancer still in the group.
 
-Runs last of the scenario's tests (by file name): it leaves the first balancer retired."""
+Runs right after test_balancer.py (by file name), while the balancers share their address."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from conftest import (
     holders,
     on,
     recap,
+    site,
     wait_for_holders,
 )
 
@@ -78,3 +79,13 @@ def test_a_retired_balancer_hands_the_address_over_and_stops_serving() -> None:
     result, said = retire("-e", f"balancer={BALANCER}", "-e", "confirm=true")
     assert result.returncode == 0, said[-3000:]
     assert recap(result.stdout)[BALANCER]["changed"] == 0, said[-3000:]
+
+
+def test_site_yml_brings_back_a_retired_balancer_still_in_the_group() -> None:
+    # The operator changed their mind (or the tests need the balancer again): it is still in pypi_balancers.
+    result = site(INVENTORY_DIR)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0, said[-3000:]
+    for unit in UNITS:
+        assert unit_state(BALANCER, unit) == ("active", "enabled"), unit
+    print(f"the address back on {BALANCER} {wait_for_holders([BALANCER], limit=30):.1f} s after site.yml")
