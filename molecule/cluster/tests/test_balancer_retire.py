@@ -18,7 +18,6 @@ from conftest import (
     VIP_URL,
     WRITER,
     ansible_playbook,
-    holders,
     on,
     recap,
     site,
@@ -48,9 +47,19 @@ def test_without_the_confirmation_or_in_check_mode_nothing_changes() -> None:
     result, said = retire("-e", f"balancer={BALANCER}", "-e", "confirm=true", "--check")
     assert result.returncode == 0, said[-3000:]
     assert recap(result.stdout)[BALANCER]["changed"] > 0, said[-3000:]  # it says what it would change
+    # A --limit without localhost skips the first play's checks: the second makes them again, on the hosts.
+    for args in (
+        ("-e", f"balancer={BALANCER}", "--limit", BALANCER),
+        ("-e", "balancer=pypi_balancers", "-e", "confirm=true", "--limit", "pypi_balancers"),
+    ):
+        result, said = retire(*args)
+        assert result.returncode != 0, said[-3000:]
+        assert "Retiring needs one inventory host in -e balancer=NAME" in said, said[-3000:]
+        assert all(numbers.get("changed", 0) == 0 for numbers in recap(result.stdout).values()), said[-3000:]
     for unit in UNITS:
         assert unit_state(BALANCER, unit) == ("active", "enabled"), unit
-    assert holders() == [BALANCER]
+        assert unit_state(BALANCER2, unit)[0] == "active", unit
+    wait_for_holders([BALANCER])
 
 
 def test_a_host_that_is_not_a_balancer_is_refused() -> None:
