@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tarfile
+import zlib
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -170,7 +171,8 @@ def verify(archive: str, dest: str | None = None, expect_digest: str | None = No
         if expect_digest and result["digest"] != expect_digest:
             raise BadArchive(f"its manifest is {result['digest']}, not {expect_digest} as verified before")
         return result
-    except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
+    # zlib.error is no OSError: a damaged byte in the deflate data ("invalid block type") is a bad archive too.
+    except (OSError, tarfile.TarError, EOFError, ValueError, zlib.error) as exc:
         clear(dest)
         message = "something follows the gzip stream" if isinstance(exc, gzip.BadGzipFile) else str(exc)
         raise BadArchive(f"cannot read it as one tar.gz archive: {message}") from exc
