@@ -186,3 +186,45 @@ def test_the_cache_is_off_while_the_writer_overwrites_files() -> None:
     # A file uploaded again with other bytes would be served with its old ones until it expired.
     assert not cache_on(128, {"pypi_server_overwrite": True}) and not cache_on(128, {"pypi_server_overwrite": "yes"})
     assert not cache_on(0, {})
+
+
+def test_service_state_reads_systemd_and_init_script_names_and_calls_a_removed_unit_missing() -> None:
+    services = {
+        "haproxy.service": {"name": "haproxy.service", "state": "running", "status": "enabled", "source": "systemd"},
+        "keepalived.service": {"state": "stopped", "status": "not-found", "source": "systemd"},
+        "nginx": {"name": "nginx", "state": "stopped", "status": "disabled", "source": "sysv"},
+    }
+    assert filters.service_state(services, "haproxy") == "running"
+    assert filters.service_state(services, "nginx") == "stopped"
+    assert filters.service_state(services, "keepalived") == "missing"
+    assert filters.service_state(services, "rsync") == "missing"
+    assert filters.service_state(None, "haproxy") == "missing"
+
+
+def test_retire_successors_are_the_other_balancers_running_haproxy_and_keepalived() -> None:
+    def ran(item: str, **states: str) -> dict:
+        services = {f"{unit}.service": {"state": state, "status": "enabled"} for unit, state in states.items()}
+        return {"item": item, "ansible_facts": {"services": services}}
+
+    results = {
+        "results": [
+            ran("b2", haproxy="running", keepalived="running"),
+            ran("b3", haproxy="stopped", keepalived="running"),
+            ran("b4", haproxy="running"),
+            {"item": "b5", "unreachable": True, "msg": "timed out"},
+            {"item": "b6", "failed": True, "msg": "no python"},
+            {"item": "b7", "skipped": True},
+        ]
+    }
+    assert filters.retire_successors(results) == {
+        "ready": ["b2"],
+        "not_ready": [
+            "b3 (haproxy stopped)",
+            "b4 (keepalived missing)",
+            "b5 (unreachable)",
+            "b6 (its services could not be read)",
+        ],
+    }
+    # The task skipped (no shared address), or no other balancer: nobody is ready.
+    assert filters.retire_successors({"skipped": True}) == {"ready": [], "not_ready": []}
+    assert filters.retire_successors({"results": []}) == {"ready": [], "not_ready": []}

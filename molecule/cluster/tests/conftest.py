@@ -174,18 +174,19 @@ def twine_upload(wheel: str) -> subprocess.CompletedProcess[str]:
 READ_URL = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
-def server_states() -> dict[tuple[str, str], str]:
-    """{(backend, server): status} from HAProxy's statistics on the balancer (UP, DOWN, MAINT, ...)."""
+def server_rows() -> list[dict[str, str]]:
+    """The servers' rows of HAProxy's CSV statistics on the balancer (not its FRONTEND and BACKEND rows)."""
     done = on(BALANCER, "/usr/bin/python3", "-c", READ_URL, STATS_URL)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     header = lines[0].lstrip("# ").split(",")
-    states = {}
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("svname") not in ("FRONTEND", "BACKEND", None):
-            states[(row["pxname"], row["svname"])] = row["status"].split()[0]
-    return states
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return [row for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND", None)]
+
+
+def server_states() -> dict[tuple[str, str], str]:
+    """{(backend, server): status} from HAProxy's statistics on the balancer (UP, DOWN, MAINT, ...)."""
+    return {(row["pxname"], row["svname"]): row["status"].split()[0] for row in server_rows()}
 
 
 def wait_for_state(backend: str, server: str, wanted: str, limit: float = 30) -> float:

@@ -27,7 +27,6 @@ from conftest import (
     READ_URL,
     REPLICA_TLS,
     REPLICAS,
-    STATS_URL,
     SUPERVISORCTL,
     USER,
     VIP,
@@ -37,6 +36,7 @@ from conftest import (
     on,
     pip_from,
     replica_url,
+    server_rows,
     twine_upload,
     upload_and_watch,
     wait_for_holders,
@@ -106,16 +106,7 @@ def client_reads(url: str, count: int, authorization: str = "") -> list[str]:
 def reads_answered() -> int:
     """The 2xx answers the servers of the reads backend have given through HAProxy (its statistics; health checks
     are not counted)."""
-    done = on(BALANCER, "/usr/bin/python3", "-c", READ_URL, STATS_URL)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
-    return sum(
-        int(row["hrsp_2xx"] or 0)
-        for row in rows
-        if row.get("pxname") == READS and row.get("svname") not in ("FRONTEND", "BACKEND")
-    )
+    return sum(int(row["hrsp_2xx"] or 0) for row in server_rows() if row["pxname"] == READS)
 
 
 def test_a_package_file_reaches_the_servers_once_per_max_age_and_a_page_every_time(uploaded: str) -> None:

@@ -1,11 +1,14 @@
 """playbooks/retire_balancer.yml: a balancer taken out of service before it leaves pypi_balancers hands the shared
-address to another balancer and stops serving; without the confirmation, in check mode, or for a host that is not a
-balancer, nothing changes; the next site.yml run brings back a retired balancer still in the group.
+address to another balancer, stops serving and closes its port and VRRP rules; without the confirmation, in check
+mode, for a host that is not a balancer (or whose HAProxy configuration is the operator's), or while no other balancer
+can take the address, nothing changes; a second run changes nothing, even with HAProxy's package gone; the next
+site.yml run brings back a retired balancer still in the group.
 
 Runs right after test_balancer.py (by file name), while the balancers share their address."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from conftest import (
@@ -13,6 +16,7 @@ from conftest import (
     BALANCER2,
     CLIENT,
     INVENTORY_DIR,
+    PORT,
     PROJECT_DIR,
     READ_URL,
     VIP_URL,
@@ -39,6 +43,30 @@ def unit_state(host: str, unit: str) -> tuple[str, str]:
     return tuple(on(host, "systemctl", verb, unit).stdout.strip() for verb in ("is-active", "is-enabled"))
 
 
+def firewall(host: str) -> dict[str, object]:
+    """What pypi_firewall keeps for the balancer on host: its port and VRRP rich rules in firewalld (now and at
+    boot), and the role's record."""
+    listing = {
+        name: on(host, "firewall-cmd", *flag, f"--list-{what}").stdout.split("\n" if what == "rich-rules" else None)
+        for name, flag, what in (
+            ("ports", (), "ports"),
+            ("ports at boot", ("--permanent",), "ports"),
+            ("vrrp", (), "rich-rules"),
+            ("vrrp at boot", ("--permanent",), "rich-rules"),
+        )
+    }
+    state: dict[str, object] = {
+        name: (f"{PORT}/tcp" in lines) if name.startswith("ports") else any('value="vrrp"' in line for line in lines)
+        for name, lines in listing.items()
+    }
+    record = on(host, "cat", "/var/lib/airgap-pypi-firewall.json").stdout
+    state["recorded"] = sorted(json.loads(record or "{}"))
+    return state
+
+
+SERVING = {"ports": True, "ports at boot": True, "vrrp": True, "vrrp at boot": True, "recorded": ["balancer", "vrrp"]}
+
+
 def test_without_the_confirmation_or_in_check_mode_nothing_changes() -> None:
     result, said = retire("-e", f"balancer={BALANCER}")
     assert result.returncode != 0, said[-3000:]
@@ -59,6 +87,7 @@ def test_without_the_confirmation_or_in_check_mode_nothing_changes() -> None:
     for unit in UNITS:
         assert unit_state(BALANCER, unit) == ("active", "enabled"), unit
         assert unit_state(BALANCER2, unit)[0] == "active", unit
+    assert firewall(BALANCER) == SERVING
     wait_for_holders([BALANCER])
 
 
@@ -72,6 +101,39 @@ def test_a_host_that_is_not_a_balancer_is_refused() -> None:
     assert result.returncode != 0 and "Name the balancer to retire with -e balancer=NAME" in said, said[-3000:]
 
 
+def test_a_haproxy_configuration_of_the_operators_own_is_left_alone() -> None:
+    # The client stands in for a host whose HAProxy the operator set up by hand.
+    own = "# written by hand\nglobal\n    daemon\n"
+    write = "mkdir /etc/haproxy && printf '%s\\n' '# written by hand' global '    daemon' > /etc/haproxy/haproxy.cfg"
+    assert on(CLIENT, "sh", "-c", write).returncode == 0
+    try:
+        result, said = retire("-e", f"balancer={CLIENT}", "-e", "confirm=true")
+        assert result.returncode != 0, said[-3000:]
+        expected = "/etc/haproxy/haproxy.cfg is not one role pypi_balancer wrote"
+        assert f"{CLIENT} is not a balancer of this index: {expected}" in said, said[-3000:]
+        assert recap(result.stdout)[CLIENT].get("changed", 0) == 0
+        assert on(CLIENT, "cat", "/etc/haproxy/haproxy.cfg").stdout == own
+    finally:
+        on(CLIENT, "rm", "-rf", "/etc/haproxy")
+
+
+def test_a_balancer_is_not_retired_while_no_other_can_take_the_address() -> None:
+    assert on(BALANCER2, "systemctl", "stop", "haproxy").returncode == 0
+    try:
+        result, said = retire("-e", f"balancer={BALANCER}", "-e", "confirm=true")
+        assert result.returncode != 0, said[-3000:]
+        assert "No other balancer can take the shared address 10.213.47.200/24" in said, said[-3000:]
+        assert f"{BALANCER2} (haproxy stopped)" in said, said[-3000:]
+        assert "-e leave_unserved=true. Nothing was changed on any host" in said, said[-3000:]
+        assert all(numbers.get("changed", 0) == 0 for numbers in recap(result.stdout).values()), said[-3000:]
+        for unit in UNITS:
+            assert unit_state(BALANCER, unit) == ("active", "enabled"), unit
+        assert firewall(BALANCER) == SERVING
+    finally:
+        on(BALANCER2, "systemctl", "start", "haproxy")
+    wait_for_holders([BALANCER])
+
+
 def test_a_retired_balancer_hands_the_address_over_and_stops_serving() -> None:
     wait_for_holders([BALANCER])
     result, said = retire("-e", f"balancer={BALANCER}", "-e", "confirm=true")
@@ -80,11 +142,15 @@ def test_a_retired_balancer_hands_the_address_over_and_stops_serving() -> None:
     assert set(recap(result.stdout)) == {"localhost", BALANCER}, recap(result.stdout)
     for unit in UNITS:
         assert unit_state(BALANCER, unit) == ("inactive", "disabled"), unit
+    # Its port and its VRRP rules are closed, now and at boot, and the record holds neither.
+    assert firewall(BALANCER) == {**dict.fromkeys(SERVING, False), "recorded": []}
     # The other balancer holds the shared address, and clients read through it.
     print(f"the address moved to {BALANCER2} {wait_for_holders([BALANCER2], limit=20):.1f} s after the run")
     done = on(CLIENT, "/usr/bin/python3", "-c", READ_URL, f"{VIP_URL}/simple/")
     assert done.returncode == 0, done.stderr
-    # A second run changes nothing.
+    # A second run changes nothing, even after HAProxy's package is gone (its unit with it; the configuration stays).
+    removed = on(BALANCER, "sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q haproxy", timeout=300)
+    assert removed.returncode == 0, removed.stdout[-2000:] + removed.stderr[-2000:]
     result, said = retire("-e", f"balancer={BALANCER}", "-e", "confirm=true")
     assert result.returncode == 0, said[-3000:]
     assert recap(result.stdout)[BALANCER]["changed"] == 0, said[-3000:]
@@ -97,4 +163,5 @@ def test_site_yml_brings_back_a_retired_balancer_still_in_the_group() -> None:
     assert result.returncode == 0, said[-3000:]
     for unit in UNITS:
         assert unit_state(BALANCER, unit) == ("active", "enabled"), unit
+    assert firewall(BALANCER) == SERVING
     print(f"the address back on {BALANCER} {wait_for_holders([BALANCER], limit=30):.1f} s after site.yml")

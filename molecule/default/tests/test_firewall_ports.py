@@ -13,9 +13,11 @@ test made by hand, so the hosts are left as the scenario made them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,17 +38,40 @@ def on(host: str, command: str) -> str:
     return docker("exec", host, "sh", "-c", command, check=False).stdout
 
 
+# Listings read once per state while one_reading() is on (vrrp_state reads each of them for every peer and port:
+# one firewall-cmd call takes about half a second).
+_READS: list[dict[tuple[str, str], str]] = []
+
+
+@contextlib.contextmanager
+def one_reading() -> Iterator[None]:
+    _READS.append({})
+    try:
+        yield
+    finally:
+        _READS.pop()
+
+
+def read(host: str, command: str) -> str:
+    """on(), for a command that only reads: once per one_reading()."""
+    if not _READS:
+        return on(host, command)
+    if (host, command) not in _READS[-1]:
+        _READS[-1][host, command] = on(host, command)
+    return _READS[-1][host, command]
+
+
 def firewalld_open(port: int) -> tuple[bool, bool]:
     """Whether firewalld has port/tcp open now, and in its permanent configuration."""
-    now = on(FIREWALLD, "firewall-cmd --list-ports").split()
-    saved = on(FIREWALLD, "firewall-cmd --permanent --list-ports").split()
+    now = read(FIREWALLD, "firewall-cmd --list-ports").split()
+    saved = read(FIREWALLD, "firewall-cmd --permanent --list-ports").split()
     return f"{port}/tcp" in now, f"{port}/tcp" in saved
 
 
 def nft_open(port: int, rule: str = "tcp dport {} accept") -> tuple[bool, bool]:
     """Whether the nftables input chain has the rule for port now, and the configuration loaded at boot."""
     text = rule.format(port)
-    return text in on(NFTABLES, "nft list chain inet filter input"), text in on(NFTABLES, f"cat {NFT_CONFIG}")
+    return text in read(NFTABLES, "nft list chain inet filter input"), text in read(NFTABLES, f"cat {NFT_CONFIG}")
 
 
 def nft_add_line(line: str) -> None:
@@ -55,7 +80,7 @@ def nft_add_line(line: str) -> None:
 
 
 def record(host: str) -> dict:
-    return json.loads(on(host, "cat /var/lib/airgap-pypi-firewall.json") or "{}")
+    return json.loads(read(host, "cat /var/lib/airgap-pypi-firewall.json") or "{}")
 
 
 # Rules another program (or the operator, by hand) added to the running firewall only: the role's runs add and remove
@@ -82,9 +107,9 @@ def others_rules(host: str, add: bool) -> None:
 def others_rules_stay(host: str) -> bool:
     """Whether another program's rules (others_rules) are all in the running firewall of host."""
     if host == NFTABLES:
-        chain = on(host, "nft list chain inet filter input")
-        return OTHER_NFT_RULE in chain and "table ip another_program" in on(host, "nft list tables")
-    return f"-A INPUT {OTHER_IPT_RULE}" in on(host, "iptables -S INPUT")
+        chain = read(host, "nft list chain inet filter input")
+        return OTHER_NFT_RULE in chain and "table ip another_program" in read(host, "nft list tables")
+    return f"-A INPUT {OTHER_IPT_RULE}" in read(host, "iptables -S INPUT")
 
 
 def firewall_play(
@@ -235,8 +260,8 @@ RICH_RULE = 'rule family="ipv4" source address="{}" protocol value="vrrp" accept
 
 def firewalld_vrrp(peer: str) -> tuple[bool, bool]:
     """Whether firewalld accepts VRRP from peer by the role's rich rule now, and in its permanent configuration."""
-    now = on(FIREWALLD, "firewall-cmd --list-rich-rules").splitlines()
-    saved = on(FIREWALLD, "firewall-cmd --permanent --list-rich-rules").splitlines()
+    now = read(FIREWALLD, "firewall-cmd --list-rich-rules").splitlines()
+    saved = read(FIREWALLD, "firewall-cmd --permanent --list-rich-rules").splitlines()
     return RICH_RULE.format(peer) in now, RICH_RULE.format(peer) in saved
 
 
@@ -248,7 +273,7 @@ def nft_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]
         lines = [line for line in text.splitlines() if f"ip saddr {peer} " in line]
         return any((f'comment "{comment}"' in line) if comment else "comment" not in line for line in lines)
 
-    return has(on(NFTABLES, "nft list chain inet filter input")), has(on(NFTABLES, f"cat {NFT_CONFIG}"))
+    return has(read(NFTABLES, "nft list chain inet filter input")), has(read(NFTABLES, f"cat {NFT_CONFIG}"))
 
 
 def ipt_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]:
@@ -259,13 +284,13 @@ def ipt_vrrp(peer: str, comment: str | None = VRRP_COMMENT) -> tuple[bool, bool]
         lines = [line for line in text.splitlines() if f"-s {peer}/32 " in line]
         return any((f'--comment "{comment}"' in line) if comment else "--comment" not in line for line in lines)
 
-    return has(on(IPTABLES, "iptables -S INPUT")), has(on(IPTABLES, f"cat {IPTABLES_RULES}"))
+    return has(read(IPTABLES, "iptables -S INPUT")), has(read(IPTABLES, f"cat {IPTABLES_RULES}"))
 
 
 def ipt_port(port: int) -> tuple[bool, bool]:
     """Whether iptables accepts the TCP port by a rule of the role's now, and in the rules file loaded at boot."""
     rule = f"--dport {port} -m comment --comment"
-    return rule in on(IPTABLES, "iptables -S INPUT"), rule in on(IPTABLES, f"cat {IPTABLES_RULES}")
+    return rule in read(IPTABLES, "iptables -S INPUT"), rule in read(IPTABLES, f"cat {IPTABLES_RULES}")
 
 
 def ipt_operators_line(add: bool) -> None:
@@ -288,6 +313,11 @@ def vrrp_play(tmp_path: Path, name: str, peers: list[str], *args: str) -> str:
 def vrrp_state() -> dict:
     """Each peer's rules (firewalld's and nftables' role rules, now and at boot), the record of both hosts and the
     index port's state: what the VRRP runs change, and what they must leave alone."""
+    with one_reading():
+        return vrrp_state_now()
+
+
+def vrrp_state_now() -> dict:
     return {
         "peers": {
             peer: {"firewalld": firewalld_vrrp(peer), "nftables": nft_vrrp(peer), "iptables": ipt_vrrp(peer)}

@@ -1,4 +1,5 @@
-"""Filters of role pypi_balancer: HAProxy's statistics, read; where keepalived puts the shared address."""
+"""Filters of role pypi_balancer: HAProxy's statistics, read; where keepalived puts the shared address; which
+services a host runs (service_facts), for retiring a balancer."""
 
 from __future__ import annotations
 
@@ -83,6 +84,49 @@ def vrrp_interface(vip: str, ip_addr_output: str) -> dict[str, Any]:
     }
 
 
+def service_state(services: Any, name: str) -> str:
+    """A service's state in service_facts' ansible_facts.services ("running", "stopped", ...), under its systemd
+    name (name.service) or its init script's (name); "missing" when the host has no such service (systemd still
+    lists a unit whose package was removed while it was loaded, with the status not-found)."""
+    if not isinstance(services, dict):
+        return "missing"
+    found = services.get(f"{name}.service", services.get(name))
+    if not isinstance(found, dict) or found.get("status") == "not-found":
+        return "missing"
+    return str(found.get("state") or "unknown")[:40]
+
+
+def retire_successors(results: Any, units: tuple[str, ...] = ("haproxy", "keepalived")) -> dict[str, list[str]]:
+    """The other balancers that can take the shared address, from service_facts run on each of them (a loop's
+    registered results): {"ready": names whose units all run, "not_ready": "name (why)" for each other one}."""
+    ready: list[str] = []
+    not_ready: list[str] = []
+    for result in (results or {}).get("results", []) if isinstance(results, dict) else []:
+        if not isinstance(result, dict):
+            continue
+        name = str(result.get("item", "?"))[:253]
+        if result.get("unreachable"):
+            not_ready.append(f"{name} (unreachable)")
+            continue
+        if result.get("skipped"):
+            continue
+        services = (result.get("ansible_facts") or {}).get("services")
+        if result.get("failed") or not isinstance(services, dict):
+            not_ready.append(f"{name} (its services could not be read)")
+            continue
+        down = [f"{unit} {state}" for unit in units if (state := service_state(services, unit)) != "running"]
+        if down:
+            not_ready.append(f"{name} ({', '.join(down)})")
+        else:
+            ready.append(name)
+    return {"ready": ready, "not_ready": not_ready}
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"pypi_balancer_server_states": server_states, "pypi_balancer_vrrp_interface": vrrp_interface}
+        return {
+            "pypi_balancer_server_states": server_states,
+            "pypi_balancer_vrrp_interface": vrrp_interface,
+            "pypi_balancer_service_state": service_state,
+            "pypi_balancer_retire_successors": retire_successors,
+        }
