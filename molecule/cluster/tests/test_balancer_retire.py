@@ -2,7 +2,8 @@
 address to another balancer, stops serving and closes its port and VRRP rules; without the confirmation, in check
 mode, for a host that is not a balancer (or whose HAProxy configuration is the operator's), or while no other balancer
 can take the address, nothing changes; a second run changes nothing, even with HAProxy's package gone; the next
-site.yml run brings back a retired balancer still in the group.
+site.yml run brings back a retired balancer still in the group, and changes nothing on the other hosts (the scenario's
+idempotence run).
 
 Runs right after test_balancer.py (by file name), while the balancers share their address."""
 
@@ -19,9 +20,11 @@ from conftest import (
     PORT,
     PROJECT_DIR,
     READ_URL,
+    REPLICAS,
     VIP_URL,
     WRITER,
     ansible_playbook,
+    changed_tasks,
     on,
     recap,
     site,
@@ -156,11 +159,19 @@ def test_a_retired_balancer_hands_the_address_over_and_stops_serving() -> None:
     assert recap(result.stdout)[BALANCER]["changed"] == 0, said[-3000:]
 
 
-def test_site_yml_brings_back_a_retired_balancer_still_in_the_group() -> None:
+def test_site_yml_brings_back_a_retired_balancer_and_changes_nothing_on_the_other_hosts() -> None:
     # The operator changed their mind (or the tests need the balancer again): it is still in pypi_balancers.
+    # This is also the scenario's idempotence run (molecule.yml has no idempotence step): the second site.yml run
+    # over the converged cluster changes nothing but the retired balancer.
     result = site(INVENTORY_DIR)
     said = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 0, said[-3000:]
+    counts = recap(result.stdout)
+    assert set(counts) == {WRITER, *REPLICAS, BALANCER, BALANCER2, CLIENT}, counts
+    assert counts[BALANCER]["changed"] > 0, counts
+    for host, numbers in counts.items():
+        if host != BALANCER:
+            assert numbers["changed"] == 0, (host, numbers, changed_tasks(result.stdout))
     for unit in UNITS:
         assert unit_state(BALANCER, unit) == ("active", "enabled"), unit
     assert firewall(BALANCER) == SERVING
