@@ -198,7 +198,12 @@ def test_service_state_reads_systemd_and_init_script_names_and_calls_a_removed_u
     assert filters.service_state(services, "nginx") == "stopped"
     assert filters.service_state(services, "keepalived") == "missing"
     assert filters.service_state(services, "rsync") == "missing"
-    assert filters.service_state(None, "haproxy") == "missing"
+    # Not read (service_facts found none, or failed): never "missing", so the stop is tried.
+    assert filters.service_state(None, "haproxy") == "unknown"
+    assert filters.service_state({}, "haproxy") == "unknown"
+    # A unit whose file is gone but whose daemon still runs is not missing.
+    running = {"keepalived.service": {"state": "running", "status": "not-found"}}
+    assert filters.service_state(running, "keepalived") == "running"
 
 
 def test_retire_successors_are_the_other_balancers_running_haproxy_and_keepalived() -> None:
@@ -213,7 +218,7 @@ def test_retire_successors_are_the_other_balancers_running_haproxy_and_keepalive
             ran("b4", haproxy="running"),
             {"item": "b5", "unreachable": True, "msg": "timed out"},
             {"item": "b6", "failed": True, "msg": "no python"},
-            {"item": "b7", "skipped": True},
+            {"item": "b7", "skipped": True, "msg": "Failed to find any services."},
         ]
     }
     assert filters.retire_successors(results) == {
@@ -223,6 +228,7 @@ def test_retire_successors_are_the_other_balancers_running_haproxy_and_keepalive
             "b4 (keepalived missing)",
             "b5 (unreachable)",
             "b6 (its services could not be read)",
+            "b7 (its services could not be read)",
         ],
     }
     # The task skipped (no shared address), or no other balancer: nobody is ready.

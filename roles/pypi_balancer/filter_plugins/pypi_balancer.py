@@ -86,14 +86,18 @@ def vrrp_interface(vip: str, ip_addr_output: str) -> dict[str, Any]:
 
 def service_state(services: Any, name: str) -> str:
     """A service's state in service_facts' ansible_facts.services ("running", "stopped", ...), under its systemd
-    name (name.service) or its init script's (name); "missing" when the host has no such service (systemd still
-    lists a unit whose package was removed while it was loaded, with the status not-found)."""
-    if not isinstance(services, dict):
-        return "missing"
+    name (name.service) or its init script's (name); "missing" only when the services were read and the host has no
+    such service (systemd still lists a unit whose package was removed while it was loaded, with the status
+    not-found: missing unless it still runs); "unknown" when the services could not be read."""
+    if not isinstance(services, dict) or not services:
+        return "unknown"
     found = services.get(f"{name}.service", services.get(name))
-    if not isinstance(found, dict) or found.get("status") == "not-found":
+    if not isinstance(found, dict):
         return "missing"
-    return str(found.get("state") or "unknown")[:40]
+    state = str(found.get("state") or "unknown")[:40]
+    if found.get("status") == "not-found" and state != "running":
+        return "missing"
+    return state
 
 
 def retire_successors(results: Any, units: tuple[str, ...] = ("haproxy", "keepalived")) -> dict[str, list[str]]:
@@ -108,10 +112,8 @@ def retire_successors(results: Any, units: tuple[str, ...] = ("haproxy", "keepal
         if result.get("unreachable"):
             not_ready.append(f"{name} (unreachable)")
             continue
-        if result.get("skipped"):
-            continue
         services = (result.get("ansible_facts") or {}).get("services")
-        if result.get("failed") or not isinstance(services, dict):
+        if result.get("failed") or result.get("skipped") or not isinstance(services, dict) or not services:
             not_ready.append(f"{name} (its services could not be read)")
             continue
         down = [f"{unit} {state}" for unit in units if (state := service_state(services, unit)) != "running"]
